@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"cmp"
+	"io"
+	"slices"
+	"strconv"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+)
+
+func newAuditCommand(g *globals) *cobra.Command {
+	return newGroup(&cobra.Command{
+		Use:   "audit",
+		Short: "Read the audit log of every change",
+		Long: `Read the audit log. Every change that reached the replicated log is recorded
+with who made it, what it was and whether it was applied or refused. The log
+is replicated like all other state, so every server has the same history.`,
+		Example: `  drover audit ls
+  drover audit ls --target model/resnet`,
+	}, newAuditListCommand(g))
+}
+
+func newAuditListCommand(g *globals) *cobra.Command {
+	var (
+		q      queryFlags
+		limit  uint32
+		after  uint64
+		target string
+	)
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List audit events, oldest first",
+		Long: `List audit events, oldest first.
+
+By default it shows the most recent 100 events. Each event has the Raft index
+at which the change was committed; pass the last one to --after to read only
+newer events, or to --index to wait for the next change.
+
+TARGET is the object acted on, such as model/resnet or model/resnet@prod;
+--target keeps only events whose target starts with the prefix.`,
+		Example: `  # The last 20 changes:
+  drover audit ls --limit 20
+
+  # Everything that happened to one model, including its aliases:
+  drover audit ls --target model/resnet
+
+  # Follow the log: wait up to 5 minutes for changes after index 812.
+  drover audit ls --after 812 --index 812 --wait 5m`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts, err := q.options(cmd)
+			if err != nil {
+				return err
+			}
+			c, err := g.clients()
+			if err != nil {
+				return err
+			}
+			resp, err := c.audit.ListEvents(cmd.Context(), connect.NewRequest(&droverv1.ListAuditEventsRequest{
+				AfterIndex:   after,
+				Limit:        limit,
+				TargetPrefix: target,
+				Options:      opts,
+			}))
+			if err != nil {
+				return err
+			}
+			return printResult(cmd, resp.Msg, func(w io.Writer) { auditTable(w, resp.Msg.GetEvents()) })
+		},
+	}
+	cmd.Flags().Uint32Var(&limit, "limit", 0, "show at most N most recent events (default 100)")
+	cmd.Flags().Uint64Var(&after, "after", 0, "show only events with an index greater than N")
+	cmd.Flags().StringVar(&target, "target", "", "show only events whose target starts with `PREFIX`")
+	addReadFlags(cmd, g, &q)
+	return cmd
+}
+
+func auditTable(w io.Writer, events []*droverv1.AuditEvent) {
+	events = slices.Clone(events)
+	slices.SortFunc(events, func(a, b *droverv1.AuditEvent) int { return cmp.Compare(a.GetIndex(), b.GetIndex()) })
+	row(w, "TIME", "INDEX", "ACTOR", "ACTION", "TARGET", "RESULT")
+	for _, e := range events {
+		row(w, formatTime(e.GetTime()), strconv.FormatUint(e.GetIndex(), 10), orDash(e.GetActor()),
+			e.GetAction(), orDash(e.GetTarget()), orDash(e.GetResult()))
+	}
+}

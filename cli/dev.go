@@ -1,0 +1,252 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	"github.com/droverhq/drover/controlplane/server"
+	"github.com/droverhq/drover/internal/logging"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+)
+
+// devFlags binds `drover dev`'s flags.
+type devFlags struct {
+	dataDir        string
+	port           int
+	logLevel       string
+	noClientConfig bool
+}
+
+func newDevCommand(g *globals) *cobra.Command {
+	f := &devFlags{}
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run everything on this machine, for trying Drover",
+		Long: `Run a single-server control plane in this process, with its data in a
+directory it prints, so you can try Drover without setting anything up.
+
+On first start it creates the cluster CA and a management token, and a sample
+model with a version and a "prod" alias. It writes a client config so that
+"drover" in another shell talks to it with no flags. Running it again reuses
+the same data, token and CA. Ctrl-C stops it cleanly.`,
+		Example: `  drover dev
+  # in another shell
+  drover status
+  drover model ls`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDev(cmd.Context(), g, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.dataDir, "data-dir", "", "where to keep the dev cluster's data (default $XDG_DATA_HOME/drover/dev)")
+	fl.IntVar(&f.port, "port", server.DefaultAPIPort, "API port; Raft and gossip use the next two")
+	fl.StringVar(&f.logLevel, "log-level", "warn", "server log level: debug, info, warn or error")
+	fl.BoolVar(&f.noClientConfig, "no-client-config", false, "do not write the client config file")
+	return cmd
+}
+
+func defaultDevDataDir(lookupEnv func(string) (string, bool)) (string, error) {
+	if d, ok := lookupEnv("XDG_DATA_HOME"); ok && d != "" {
+		return filepath.Join(d, "drover", "dev"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find home directory for the dev data dir: %w (pass --data-dir)", err)
+	}
+	return filepath.Join(home, ".local", "share", "drover", "dev"), nil
+}
+
+func runDev(ctx context.Context, g *globals, f *devFlags) error {
+	dir := f.dataDir
+	if dir == "" {
+		var err error
+		if dir, err = defaultDevDataDir(g.lookupEnv); err != nil {
+			return err
+		}
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	level, err := logging.ParseLevel(f.logLevel)
+	if err != nil {
+		return err
+	}
+	cfg := server.DefaultConfig()
+	cfg.Name = "dev"
+	cfg.DataDir = dir
+	cfg.APIAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(f.port))
+	cfg.RaftAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(f.port+1))
+	cfg.GossipAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(f.port+2))
+	cfg.BootstrapExpect = 1
+	cfg.Logger = logging.New(g.stderr, level, "text")
+
+	s, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := s.Start(); err != nil {
+		return fmt.Errorf("start dev server: %w", err)
+	}
+	stop := func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return s.Shutdown(sctx)
+	}
+	client, err := setUpDev(ctx, g, s, dir, f.noClientConfig)
+	if err != nil {
+		return errors.Join(err, stop())
+	}
+	fmt.Fprintf(g.stdout, `
+Drover dev cluster is running.
+
+  data dir     %s
+  api          https://%s
+  ca cert      %s
+  token        %s
+  client conf  %s
+
+Try, in another shell:
+  drover status
+  drover model ls
+  drover model show hello-classifier
+  drover model card hello-classifier@prod
+  drover audit ls
+
+Press Ctrl-C to stop; run "drover dev" again to continue with the same data.
+`, dir, s.APIAddr(), client.CACert, client.Token, client.path)
+	select {
+	case <-ctx.Done():
+	case <-s.Done():
+	}
+	fmt.Fprintln(g.stdout, "\nstopping dev cluster")
+	return stop()
+}
+
+type devClient struct {
+	ClientConfig
+	path string
+}
+
+// setUpDev waits for the server to lead, then makes sure the management
+// token, client config and sample model exist, reusing them on later runs.
+func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noClientConfig bool) (devClient, error) {
+	out := devClient{ClientConfig: ClientConfig{
+		Address: "https://" + s.APIAddr(),
+		CACert:  filepath.Join(dir, "tls", "ca.pem"),
+	}}
+	deadline := time.Now().Add(30 * time.Second)
+	for !s.IsLeader() {
+		if time.Now().After(deadline) {
+			return out, errors.New("dev server did not become leader within 30s; run with --log-level debug")
+		}
+		select {
+		case <-ctx.Done():
+			return out, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cl, err := newClients(out.ClientConfig, false)
+	if err != nil {
+		return out, err
+	}
+	tokenFile := filepath.Join(dir, "dev-token")
+	if b, err := os.ReadFile(tokenFile); err == nil {
+		out.Token = strings.TrimSpace(string(b))
+	} else {
+		res, err := cl.acl.Bootstrap(ctx, connect.NewRequest(&droverv1.BootstrapRequest{}))
+		if err != nil {
+			return out, fmt.Errorf("bootstrap ACLs: %w (if the token in %s was lost, delete %s to start over)", err, tokenFile, dir)
+		}
+		out.Token = res.Msg.GetSecretId()
+		if err := writeFileAtomic(tokenFile, []byte(out.Token+"\n"), 0o600); err != nil {
+			return out, err
+		}
+	}
+	if !noClientConfig {
+		path, err := DefaultClientConfigPath()
+		if err == nil {
+			err = WriteClientConfig(path, out.ClientConfig)
+		}
+		if err != nil {
+			return out, fmt.Errorf("write client config: %w (use --no-client-config to skip)", err)
+		}
+		out.path = path
+	} else {
+		out.path = "(not written)"
+	}
+	cl, err = newClients(out.ClientConfig, false)
+	if err != nil {
+		return out, err
+	}
+	return out, createSampleModel(ctx, cl)
+}
+
+// createSampleModel registers a small documented model the first time, so
+// a newcomer has something to look at.
+func createSampleModel(ctx context.Context, cl *clients) error {
+	const name = "hello-classifier"
+	_, err := cl.model.GetModel(ctx, connect.NewRequest(&droverv1.GetModelRequest{Name: name}))
+	if err == nil {
+		return nil
+	}
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		return fmt.Errorf("look up sample model: %w", err)
+	}
+	if _, err := cl.model.CreateModel(ctx, connect.NewRequest(&droverv1.CreateModelRequest{
+		Name: name, Description: "A tiny image classifier to try Drover with", Owner: "dev",
+		Tags: map[string]string{"task": "image-classification", "sample": "true"},
+	})); err != nil {
+		return fmt.Errorf("create sample model: %w", err)
+	}
+	v, err := cl.model.CreateVersion(ctx, connect.NewRequest(&droverv1.CreateVersionRequest{
+		Model: name,
+		Artifact: &droverv1.ArtifactManifest{
+			Digest:    "sha256:" + strings.Repeat("ab", 32),
+			SizeBytes: 4 << 20,
+			Format:    "onnx",
+			Files:     []*droverv1.ArtifactFile{{Path: "model.onnx", Digest: "sha256:" + strings.Repeat("ab", 32), SizeBytes: 4 << 20}},
+		},
+		Card: sampleCard,
+		Lineage: &droverv1.Lineage{
+			DatasetUri: "s3://example/datasets/hello-images/v1", TrainingRunId: "run-0001", CodeRevision: "0000000",
+		},
+		Metrics: map[string]float64{"accuracy": 0.913, "latency_p50_ms": 3.2},
+	}))
+	if err != nil {
+		return fmt.Errorf("create sample version: %w", err)
+	}
+	if _, err := cl.model.SetAlias(ctx, connect.NewRequest(&droverv1.SetAliasRequest{
+		Model: name, Alias: "prod", Version: v.Msg.GetVersion().GetVersion(),
+	})); err != nil {
+		return fmt.Errorf("set sample alias: %w", err)
+	}
+	return nil
+}
+
+const sampleCard = `# hello-classifier
+
+A small image classifier used to show Drover's registry.
+
+## Intended use
+Trying Drover locally. Not for production decisions.
+
+## Training data
+hello-images v1 (10 classes, 50k images).
+
+## Metrics
+| metric | value |
+| --- | --- |
+| accuracy | 0.913 |
+| latency p50 | 3.2 ms |
+`

@@ -1,0 +1,160 @@
+package cli
+
+import (
+	"maps"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+)
+
+func TestParseKeyValues(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      []string
+		want    map[string]string
+		wantErr string
+	}{
+		{nil, nil, ""},
+		{[]string{"team=cv", "url=a=b", "empty="}, map[string]string{"team": "cv", "url": "a=b", "empty": ""}, ""},
+		{[]string{"list=a,b"}, map[string]string{"list": "a,b"}, ""},
+		{[]string{"team"}, nil, "--tag team: want KEY=VALUE"},
+		{[]string{"=x"}, nil, "--tag =x: key is empty"},
+		{[]string{" k=x"}, nil, "--tag  k=x: key has surrounding spaces"},
+		{[]string{"a=1", "a=2"}, nil, `--tag a=2: key "a" given twice`},
+	}
+	for _, tt := range tests {
+		got, err := parseKeyValues("tag", tt.in)
+		if errString(err) != tt.wantErr || !maps.Equal(got, tt.want) {
+			t.Errorf("parseKeyValues(%q) = %v, %v; want %v, %q", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      []string
+		want    map[string]float64
+		wantErr string
+	}{
+		{[]string{"top1=0.812", "loss=1e-3", "n=-2"}, map[string]float64{"top1": 0.812, "loss": 0.001, "n": -2}, ""},
+		{[]string{"accuracy=high"}, nil, "--metric accuracy=high: value must be a number"},
+		{[]string{"accuracy="}, nil, "--metric accuracy=: value must be a number"},
+		{[]string{"x=NaN"}, nil, "--metric x=NaN: value must be a finite number"},
+		{[]string{"x=+Inf"}, nil, "--metric x=+Inf: value must be a finite number"},
+		{[]string{"accuracy"}, nil, "--metric accuracy: want KEY=VALUE"},
+		{[]string{"a=1", "a=2"}, nil, `--metric a=2: key "a" given twice`},
+	}
+	for _, tt := range tests {
+		got, err := parseMetrics("metric", tt.in)
+		if errString(err) != tt.wantErr || !maps.Equal(got, tt.want) {
+			t.Errorf("parseMetrics(%q) = %v, %v; want %v, %q", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestParseModelRef(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in, name, ref, wantErr string
+	}{
+		{"resnet", "resnet", "latest", ""},
+		{"resnet@3", "resnet", "3", ""},
+		{"resnet@prod", "resnet", "prod", ""},
+		{"resnet@latest", "resnet", "latest", ""},
+		{"@3", "", "", `"@3": model name is empty; want NAME or NAME@REF`},
+		{"", "", "", `"": model name is empty; want NAME or NAME@REF`},
+		{"resnet@", "", "", `"resnet@": nothing after @; want a version number, an alias or latest`},
+		{"a@b@c", "", "", `"a@b@c": more than one @; want NAME@REF`},
+	}
+	for _, tt := range tests {
+		name, ref, err := parseModelRef(tt.in)
+		if name != tt.name || ref != tt.ref || errString(err) != tt.wantErr {
+			t.Errorf("parseModelRef(%q) = %q, %q, %v; want %q, %q, %q", tt.in, name, ref, err, tt.name, tt.ref, tt.wantErr)
+		}
+	}
+}
+
+func TestParseDigest(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, wantErr string }{
+		{testDigest, ""},
+		{"md5:abc", "want sha256:<64 hex digits>"},
+		{"sha256:abc", "want 64 hex digits after sha256:, got 3"},
+		{"sha256:" + strings.Repeat("A", 64), `'A' is not a lowercase hex digit`},
+	}
+	for _, tt := range tests {
+		_, err := parseDigest(tt.in)
+		if errString(err) != tt.wantErr {
+			t.Errorf("parseDigest(%q) = %v, want %q", tt.in, err, tt.wantErr)
+		}
+	}
+}
+
+func TestParseFileSpec(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      string
+		want    *droverv1.ArtifactFile
+		wantErr string
+	}{
+		{"model.onnx=" + testDigest + ":1024", &droverv1.ArtifactFile{Path: "model.onnx", Digest: testDigest, SizeBytes: 1024}, ""},
+		{"dir/a=b.bin=" + testDigest + ":0", &droverv1.ArtifactFile{Path: "dir/a=b.bin", Digest: testDigest, SizeBytes: 0}, ""},
+		{"model.onnx", nil, "--file model.onnx: want PATH=sha256:HEX:SIZE"},
+		{"=" + testDigest + ":1", nil, "--file =" + testDigest + ":1: path is empty"},
+		{"m=" + testDigest, nil, "--file m=" + testDigest + ": want PATH=sha256:HEX:SIZE"},
+		{"m=sha1:abc:3", nil, "--file m=sha1:abc:3: digest: want sha256:<64 hex digits>"},
+		{"m=" + testDigest + ":12k", nil, "--file m=" + testDigest + ":12k: size must be a whole number of bytes"},
+	}
+	for _, tt := range tests {
+		got, err := parseFileSpec("file", tt.in)
+		if errString(err) != tt.wantErr || !proto.Equal(got, tt.want) {
+			t.Errorf("parseFileSpec(%q) = %v, %v; want %v, %q", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestNormalizeAddress(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want, wantErr string }{
+		{"127.0.0.1:7400", "https://127.0.0.1:7400", ""},
+		{"localhost:7400", "https://localhost:7400", ""},
+		{"[::1]:7400", "https://[::1]:7400", ""},
+		{"https://drover.example.com/", "https://drover.example.com", ""},
+		{" http://10.0.0.1:7400 ", "http://10.0.0.1:7400", ""},
+		{"", "", "server address is empty"},
+		{"ftp://x:1", "", `server address "ftp://x:1": scheme must be https (or http), not "ftp"`},
+		{"https://x:1/api", "", `server address "https://x:1/api": want only scheme, host and port, not the path "/api"`},
+		{"https://", "", `server address "https://": no host`},
+	}
+	for _, tt := range tests {
+		got, err := normalizeAddress(tt.in)
+		if got != tt.want || errString(err) != tt.wantErr {
+			t.Errorf("normalizeAddress(%q) = %q, %v; want %q, %q", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestCheckToken(t *testing.T) {
+	t.Parallel()
+	for _, tok := range []string{"", "abc-123", "s3cr3t/with+symbols="} {
+		if err := checkToken(tok); err != nil {
+			t.Errorf("checkToken(%q) = %v", tok, err)
+		}
+	}
+	for _, tok := range []string{"abc\n", "a b", "\tx"} {
+		if err := checkToken(tok); err == nil {
+			t.Errorf("checkToken(%q) accepted it", tok)
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,91 @@
+package fsm_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/droverhq/drover/controlplane/fsm"
+	"github.com/droverhq/drover/controlplane/state"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// TestWithRaft runs the FSM under a real single-server Raft: results reach
+// ApplyFuture.Response, configuration entries pass through ApplyBatch, and
+// an operator's snapshot restore goes through FSM.Restore.
+func TestWithRaft(t *testing.T) {
+	store := state.New()
+	conf := raft.DefaultConfig()
+	conf.LocalID = "s1"
+	conf.HeartbeatTimeout = 50 * time.Millisecond
+	conf.ElectionTimeout = 50 * time.Millisecond
+	conf.LeaderLeaseTimeout = 50 * time.Millisecond
+	conf.CommitTimeout = 5 * time.Millisecond
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Output: tWriter{t}, Level: hclog.Info})
+	addr, trans := raft.NewInmemTransport("")
+	r, err := raft.NewRaft(conf, fsm.New(store, testLogger(t)), raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore(), trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Shutdown().Error(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: addr}}}).Error(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.LeaderCh():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no leader")
+	}
+
+	apply := func(l *raft.Log) *fsm.ApplyResult {
+		t.Helper()
+		f := r.Apply(l.Data, 5*time.Second)
+		if err := f.Error(); err != nil {
+			t.Fatal(err)
+		}
+		res, ok := f.Response().(*fsm.ApplyResult)
+		if !ok || res.Index != f.Index() {
+			t.Fatalf("Response() = %#v for index %d", f.Response(), f.Index())
+		}
+		return res
+	}
+	res := apply(createModel(t, "alice", "resnet"))
+	if m, ok := res.Value.(*droverv1.Model); res.Err != nil || !ok || m.GetCreateIndex() != res.Index {
+		t.Fatalf("create model: %+v", res)
+	}
+	if res := apply(createModel(t, "bob", "resnet")); !errors.Is(res.Err, state.ErrAlreadyExists) {
+		t.Fatalf("create model again: %+v", res)
+	}
+	apply(createVersion(t, "alice", "resnet"))
+
+	snap := r.Snapshot()
+	if err := snap.Error(); err != nil {
+		t.Fatal(err)
+	}
+	atSnapshot := store.Index()
+	apply(createModel(t, "alice", "bert"))
+
+	meta, rc, err := snap.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := r.Restore(meta, rc, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Model("bert"); !errors.Is(err, state.ErrNotFound) || store.Index() != atSnapshot {
+		t.Errorf("after restore: bert %v, index %d, want %d", err, store.Index(), atSnapshot)
+	}
+	if v, err := store.Version("resnet", "latest"); err != nil || v.GetVersion() != 1 {
+		t.Errorf("after restore: %v, %v", v, err)
+	}
+	if res := apply(createModel(t, "alice", "bert")); res.Err != nil || store.Index() != res.Index {
+		t.Errorf("apply after restore: %+v, index %d", res, store.Index())
+	}
+}

@@ -1,0 +1,196 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/droverhq/drover/internal/pki"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
+)
+
+// HTTP headers of the API.
+const (
+	// ConsistencyHeader set to "stale" lets any server answer a read from
+	// its local state, which may lag the leader slightly.
+	ConsistencyHeader = "Drover-Consistency"
+	// forwardedHeader marks a request a follower forwarded to the leader,
+	// so it is never forwarded twice.
+	forwardedHeader = "Drover-Forwarded-By"
+)
+
+// Health endpoint paths; they need TLS but no token.
+const (
+	LivePath  = "/v1/health/live"
+	ReadyPath = "/v1/health/ready"
+)
+
+// setupAPI listens on the API address: HTTPS on TCP and HTTP/3 on UDP,
+// same port, same handlers. There is no plaintext listener.
+func (s *Server) setupAPI() error {
+	ln, err := net.Listen("tcp", s.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("listen for api on %s: %w", s.cfg.APIAddr, err)
+	}
+	s.cfg.APIAddr = resolvedAddr(s.cfg.APIAddr, ln.Addr())
+	pc, err := net.ListenPacket("udp", s.cfg.APIAddr)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("listen for http/3 on udp %s: %w", s.cfg.APIAddr, err)
+	}
+	s.apiListener, s.apiPacket = ln, pc
+
+	s.forwarder = newForwarder(s)
+	interceptors := connect.WithInterceptors(s.metrics.interceptor(), &authInterceptor{s: s})
+	mux := http.NewServeMux()
+	mux.Handle(droverv1connect.NewModelServiceHandler(&modelHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewACLServiceHandler(&aclHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewAuditServiceHandler(&auditHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewClusterServiceHandler(&clusterHandler{s: s}, interceptors))
+	mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc(ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
+		if leader, _ := s.leader(); leader == "" {
+			http.Error(w, "no known leader", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	handler := s.forwarder.wrap(mux)
+
+	tlsConf := pki.ServerTLSConfig(s.ca.Pool(), s.serverCert, tls.VerifyClientCertIfGiven)
+	tlsConf.NextProtos = []string{"h2", "http/1.1"}
+	s.httpServer = &http.Server{
+		Handler:           handler,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          nil,
+	}
+	s.h3Server = &http3.Server{
+		Handler:   handler,
+		TLSConfig: http3.ConfigureTLSConfig(tlsConf.Clone()),
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.httpServer.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Debug("https server stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.h3Server.Serve(pc); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Debug("http/3 server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// leader returns the current leader's name and gossip record.
+func (s *Server) leader() (string, serverMeta) {
+	if s.raft == nil {
+		return "", serverMeta{}
+	}
+	_, id := s.raft.LeaderWithID()
+	if id == "" {
+		return "", serverMeta{}
+	}
+	m, _ := s.serverByName(string(id))
+	return string(id), m
+}
+
+// publicProcedures need no token. Status must work before ACLs exist and
+// when the operator's token is lost; bootstrap is how the first token is
+// made.
+var publicProcedures = map[string]bool{
+	droverv1connect.ACLServiceBootstrapProcedure:         true,
+	droverv1connect.ClusterServiceGetStatusProcedure:     true,
+	droverv1connect.ClusterServiceGetServerInfoProcedure: true,
+}
+
+type actorKey struct{}
+
+// actorFrom returns who made the request, as recorded in the audit log.
+func actorFrom(ctx context.Context) string {
+	if a, ok := ctx.Value(actorKey{}).(string); ok {
+		return a
+	}
+	return "anonymous"
+}
+
+// authInterceptor checks the bearer token of every call that needs one and
+// records the caller for the audit log.
+type authInterceptor struct{ s *Server }
+
+var _ connect.Interceptor = (*authInterceptor)(nil)
+
+func (a *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		ctx, err := a.authorize(ctx, req.Spec().Procedure, req.Header())
+		if err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		ctx, err := a.authorize(ctx, conn.Spec().Procedure, conn.RequestHeader())
+		if err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+func (a *authInterceptor) authorize(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
+	if publicProcedures[procedure] {
+		return ctx, nil
+	}
+	st := a.s.state
+	secret, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	secret = strings.TrimSpace(secret)
+	if !st.ACLBootstrapped() {
+		return ctx, apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_ACL_NOT_BOOTSTRAPPED,
+			"ACLs are not bootstrapped: no token can be valid yet",
+			"run \"drover acl bootstrap\" once and keep the token it prints")
+	}
+	if !ok || secret == "" {
+		return ctx, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
+			"this call needs a token", "pass --token or set DROVER_TOKEN")
+	}
+	tok, found := st.TokenBySecretHash(sha256.Sum256([]byte(secret)))
+	if !found {
+		return ctx, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			"token not found: it is wrong or was revoked", "check --token / DROVER_TOKEN")
+	}
+	return context.WithValue(ctx, actorKey{}, tok.GetAccessorId()), nil
+}
+
+// apiErr builds a Connect error with Drover's stable reason and a hint.
+func apiErr(code connect.Code, reason droverv1.ErrorReason, msg, hint string) *connect.Error {
+	e := connect.NewError(code, errors.New(msg))
+	if d, err := connect.NewErrorDetail(&droverv1.ErrorDetail{Reason: reason, Hint: hint}); err == nil {
+		e.AddDetail(d)
+	}
+	return e
+}

@@ -1,0 +1,229 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
+)
+
+// procKind says where a procedure may be answered.
+type procKind int
+
+const (
+	procWrite procKind = iota // only the leader
+	procRead                  // the leader, or any server when stale is allowed
+	procLocal                 // the server that receives it
+)
+
+// localProcedures are about the receiving server itself, so they are never
+// forwarded.
+var localProcedures = []string{
+	droverv1connect.ClusterServiceGetStatusProcedure,
+	droverv1connect.ClusterServiceGetServerInfoProcedure,
+	droverv1connect.ClusterServiceLeaveProcedure,
+}
+
+// forwarder sends requests that need the leader to it, at the HTTP level,
+// so every service and streaming call is forwarded the same way and the
+// leader checks the caller's own token.
+type forwarder struct {
+	s         *Server
+	procs     map[string]procKind
+	transport *http.Transport
+	errWriter *connect.ErrorWriter
+
+	mu      sync.Mutex // guards proxies
+	proxies map[string]*httputil.ReverseProxy
+}
+
+func newForwarder(s *Server) *forwarder {
+	tlsConf := s.peerTLS.Clone()
+	tlsConf.NextProtos = []string{"h2"}
+	f := &forwarder{
+		s:     s,
+		procs: classifyProcedures(),
+		transport: &http.Transport{
+			TLSClientConfig:   tlsConf,
+			ForceAttemptHTTP2: true,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		errWriter: connect.NewErrorWriter(),
+		proxies:   make(map[string]*httputil.ReverseProxy),
+	}
+	return f
+}
+
+// classifyProcedures derives read/write from the schema: methods marked
+// NO_SIDE_EFFECTS are reads. New methods are classified without code here.
+func classifyProcedures() map[string]procKind {
+	procs := make(map[string]procKind)
+	files := []protoreflect.FileDescriptor{
+		droverv1.File_drover_v1_registry_proto,
+		droverv1.File_drover_v1_acl_proto,
+		droverv1.File_drover_v1_audit_proto,
+		droverv1.File_drover_v1_cluster_proto,
+	}
+	for _, fd := range files {
+		for i := range fd.Services().Len() {
+			svc := fd.Services().Get(i)
+			for j := range svc.Methods().Len() {
+				m := svc.Methods().Get(j)
+				path := "/" + string(svc.FullName()) + "/" + string(m.Name())
+				kind := procWrite
+				if opts, ok := m.Options().(*descriptorpb.MethodOptions); ok &&
+					opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS {
+					kind = procRead
+				}
+				procs[path] = kind
+			}
+		}
+	}
+	for _, p := range localProcedures {
+		procs[p] = procLocal
+	}
+	return procs
+}
+
+func (f *forwarder) close() { f.transport.CloseIdleConnections() }
+
+// wrap returns next behind the forwarding decision.
+func (f *forwarder) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind, ok := f.procs[r.URL.Path]
+		switch {
+		case !ok, kind == procLocal, f.s.IsLeader():
+			next.ServeHTTP(w, r)
+			return
+		case kind == procRead && r.Header.Get(ConsistencyHeader) == "stale":
+			next.ServeHTTP(w, r)
+			return
+		}
+		if by := r.Header.Get(forwardedHeader); by != "" {
+			// Whoever forwarded this thought we led; leadership moved on.
+			f.writeErr(w, r, f.s.noLeaderError(fmt.Sprintf("leadership changed while the request was forwarded by %s", by)))
+			return
+		}
+		name, leader := f.s.leader()
+		if name == "" || leader.APIAddr == "" {
+			f.writeErr(w, r, f.s.noLeaderError(""))
+			return
+		}
+		if f.s.peerBlocked(name) {
+			f.writeErr(w, r, f.s.noLeaderError(fmt.Sprintf("cannot reach the leader %s", name)))
+			return
+		}
+		f.proxy(name, leader.APIAddr).ServeHTTP(w, r)
+	})
+}
+
+func (f *forwarder) writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	_ = f.errWriter.Write(w, r, err)
+}
+
+// proxy returns the reverse proxy for a leader, made once per address.
+func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p, ok := f.proxies[addr]; ok {
+		return p
+	}
+	target := &url.URL{Scheme: "https", Host: addr}
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+			pr.Out.Header.Set(forwardedHeader, f.s.cfg.Name)
+		},
+		Transport:     f.transport,
+		FlushInterval: -1, // stream responses as they come
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			f.writeErr(w, r, apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
+				fmt.Sprintf("cannot reach the leader %s at %s: %v", name, addr, err),
+				"retry shortly; if it persists check \"drover status\""))
+		},
+	}
+	f.proxies[addr] = p
+	return p
+}
+
+// clusterClient is a ClusterService client to another server,
+// authenticated by this server's certificate.
+func (f *forwarder) clusterClient(apiAddr string) droverv1connect.ClusterServiceClient {
+	return droverv1connect.NewClusterServiceClient(&http.Client{Transport: f.transport}, "https://"+apiAddr)
+}
+
+// peerBlocked reports whether a test's fault network cuts this server off
+// from another. The API is not carried by the fault network (clients must
+// reach every server), so forwarding and status consult it here instead.
+func (s *Server) peerBlocked(name string) bool {
+	return s.cfg.Network != nil && name != s.cfg.Name && s.cfg.Network.Blocked(s.cfg.Name, name)
+}
+
+// noLeaderError explains why there is no leader in terms an operator can
+// act on: how many voters answer gossip and how many a quorum needs.
+func (s *Server) noLeaderError(why string) *connect.Error {
+	voters, reachable := s.voterReachability()
+	msg := "no cluster leader"
+	if why != "" {
+		msg += ": " + why
+	}
+	hint := "retry shortly; check \"drover status\""
+	if voters > 0 {
+		quorum := voters/2 + 1
+		msg += fmt.Sprintf(": %d of %d servers reachable, quorum needs %d", reachable, voters, quorum)
+		if reachable < quorum {
+			hint = fmt.Sprintf("start or reconnect at least %d more server(s); writes fail until a quorum is back", quorum-reachable)
+		} else {
+			hint = "an election is probably under way; retry in a few seconds"
+		}
+	}
+	return apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER, msg, hint)
+}
+
+// voterReachability counts the Raft voters and how many of them this
+// server can see alive in gossip (itself included).
+func (s *Server) voterReachability() (voters, reachable int) {
+	if s.raft == nil {
+		return 0, 0
+	}
+	future := s.raft.GetConfiguration()
+	if future.Error() != nil {
+		return 0, 0
+	}
+	alive := map[string]bool{s.cfg.Name: true}
+	for _, m := range s.gossipServers() {
+		if (m.Status == memberAlive || m.Status == memberSuspect) && !s.peerBlocked(m.Name) {
+			alive[m.Name] = true
+		}
+	}
+	// A partitioned server may still see peers in gossip; what matters is
+	// whether Raft hears from them, which a follower without a leader
+	// cannot tell, so gossip is the best evidence available here.
+	for _, srv := range future.Configuration().Servers {
+		if srv.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if alive[string(srv.ID)] {
+			reachable++
+		}
+	}
+	return voters, reachable
+}

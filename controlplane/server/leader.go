@@ -1,0 +1,156 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+)
+
+// reconcileInterval is how often the leader compares gossip membership
+// with the Raft configuration, besides reacting to gossip events.
+const reconcileInterval = 5 * time.Second
+
+// monitorLeadership starts the leader's duties when this server wins an
+// election and stops them when it loses leadership. It runs for the life of
+// the server.
+func (s *Server) monitorLeadership() {
+	defer s.wg.Done()
+	var (
+		stop context.CancelFunc
+		done chan struct{}
+	)
+	stopLeading := func() {
+		if stop == nil {
+			return
+		}
+		stop()
+		<-done
+		stop, done = nil, nil
+		s.mu.Lock()
+		s.readyForReads = nil
+		s.mu.Unlock()
+	}
+	defer stopLeading()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case isLeader := <-s.leaderNotify:
+			if isLeader && stop == nil {
+				ready := make(chan struct{})
+				s.mu.Lock()
+				s.readyForReads = ready
+				s.mu.Unlock()
+				var ctx context.Context
+				ctx, stop = context.WithCancel(s.ctx)
+				done = make(chan struct{})
+				go func() {
+					defer close(done)
+					s.leaderLoop(ctx, ready)
+				}()
+			} else if !isLeader {
+				stopLeading()
+			}
+		}
+	}
+}
+
+// leaderLoop runs while this server leads: it first makes sure every entry
+// from earlier terms is applied (so consistent reads are safe), initialises
+// the cluster's identity on first election, then keeps the Raft
+// configuration in step with gossip membership.
+func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
+	s.logger.Info("became leader; establishing leadership")
+	for {
+		if err := s.raft.Barrier(time.Duration(s.cfg.ApplyTimeout)).Error(); err != nil {
+			s.logger.Warn("leader barrier failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+				continue
+			}
+		}
+		break
+	}
+	close(ready)
+	if s.state.Cluster() == nil {
+		if err := s.initCluster(ctx); err != nil {
+			s.logger.Error("initialise cluster identity", "err", err)
+		}
+	}
+	s.logger.Info("leadership established", "index", s.raft.AppliedIndex())
+	ticker := time.NewTicker(reconcileInterval)
+	defer ticker.Stop()
+	for {
+		s.reconcileMembers()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-s.reconcileCh:
+		}
+	}
+}
+
+// initCluster writes the cluster's identity: a random id and the CA's
+// fingerprint. Snapshots carry it so a restore into the wrong cluster is
+// caught.
+func (s *Server) initCluster(ctx context.Context) error {
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("generate cluster id: %w", err)
+	}
+	cmd := &droverv1.InitClusterCommand{
+		Meta:      &droverv1.CommandMeta{Time: timestamppb.Now(), Actor: "server/" + s.cfg.Name},
+		ClusterId: hex.EncodeToString(id[:]),
+		CaSha256:  s.ca.Fingerprint(),
+	}
+	_, err := s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_INIT_CLUSTER, cmd)
+	return err
+}
+
+// reconcileMembers adds servers that gossip knows but Raft does not, and
+// removes servers that left gossip gracefully. Failed servers stay voters:
+// only an operator removes them (drover operator raft remove-peer), because
+// a crashed server usually comes back.
+func (s *Server) reconcileMembers() {
+	future := s.raft.GetConfiguration()
+	if err := future.Error(); err != nil {
+		s.logger.Warn("read raft configuration", "err", err)
+		return
+	}
+	inRaft := make(map[raft.ServerID]raft.Server)
+	for _, srv := range future.Configuration().Servers {
+		inRaft[srv.ID] = srv
+	}
+	for _, m := range s.gossipServers() {
+		id := raft.ServerID(m.Name)
+		switch m.Status {
+		case memberAlive:
+			srv, ok := inRaft[id]
+			if ok && string(srv.Address) == m.RaftAddr {
+				continue
+			}
+			s.logger.Info("adding server to raft", "server", m.Name, "raft", m.RaftAddr)
+			if err := s.raft.AddVoter(id, raft.ServerAddress(m.RaftAddr), 0, 10*time.Second).Error(); err != nil {
+				s.logger.Warn("add voter", "server", m.Name, "err", err)
+			}
+		case memberLeft:
+			if _, ok := inRaft[id]; !ok || m.Name == s.cfg.Name {
+				continue
+			}
+			s.logger.Info("removing server that left", "server", m.Name)
+			if err := s.raft.RemoveServer(id, 0, 10*time.Second).Error(); err != nil {
+				s.logger.Warn("remove server", "server", m.Name, "err", err)
+			}
+		}
+	}
+}

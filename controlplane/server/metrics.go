@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the server's Prometheus series, on its own registry so
+// several servers in one process (tests) do not collide.
+type metrics struct {
+	applyLatency prometheus.Histogram
+	requests     *prometheus.CounterVec
+	reqLatency   *prometheus.HistogramVec
+}
+
+func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
+	m := &metrics{
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "drover_raft_apply_seconds",
+			Help:    "Time from proposing a command until it is committed and applied on the leader.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_api_requests_total",
+			Help: "API calls handled, by procedure and Connect code.",
+		}, []string{"procedure", "code"}),
+		reqLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "drover_api_request_seconds",
+			Help:    "API call latency by procedure.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"procedure"}),
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	reg.MustRegister(
+		m.applyLatency, m.requests, m.reqLatency,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {
+			if s.raft == nil {
+				return 3
+			}
+			return float64(s.raft.State())
+		}),
+		gauge("drover_raft_is_leader", "1 when this server is the leader.", func() float64 {
+			if s.raft != nil && s.raft.State() == raft.Leader {
+				return 1
+			}
+			return 0
+		}),
+		gauge("drover_raft_term", "Current Raft term.", func() float64 { return raftStat(s, (*raft.Raft).CurrentTerm) }),
+		gauge("drover_raft_last_index", "Last Raft log index.", func() float64 { return raftStat(s, (*raft.Raft).LastIndex) }),
+		gauge("drover_raft_commit_index", "Raft commit index.", func() float64 { return raftStat(s, (*raft.Raft).CommitIndex) }),
+		gauge("drover_raft_applied_index", "Last index applied to the state machine.", func() float64 { return raftStat(s, (*raft.Raft).AppliedIndex) }),
+		gauge("drover_fsm_index", "Index of the replicated state.", func() float64 {
+			if s.state == nil {
+				return 0
+			}
+			return float64(s.state.Index())
+		}),
+		gauge("drover_raft_last_contact_seconds", "Seconds since a follower last heard from the leader (0 on the leader).", func() float64 {
+			if s.raft == nil || s.raft.State() == raft.Leader {
+				return 0
+			}
+			lc := s.raft.LastContact()
+			if lc.IsZero() {
+				return -1
+			}
+			return time.Since(lc).Seconds()
+		}),
+	)
+	return m
+}
+
+func raftStat(s *Server, f func(*raft.Raft) uint64) float64 {
+	if s.raft == nil {
+		return 0
+	}
+	return float64(f(s.raft))
+}
+
+// interceptor counts API calls and measures their latency.
+func (m *metrics) interceptor() connect.Interceptor {
+	return connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			start := time.Now()
+			res, err := next(ctx, req)
+			code := "ok"
+			if err != nil {
+				code = connect.CodeOf(err).String()
+				var ce *connect.Error
+				if !errors.As(err, &ce) {
+					code = connect.CodeUnknown.String()
+				}
+			}
+			proc := req.Spec().Procedure
+			m.requests.WithLabelValues(proc, code).Inc()
+			m.reqLatency.WithLabelValues(proc).Observe(time.Since(start).Seconds())
+			return res, err
+		}
+	})
+}

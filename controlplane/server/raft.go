@@ -1,0 +1,220 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/droverhq/drover/controlplane/fsm"
+	"github.com/droverhq/drover/controlplane/raftstore"
+	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/internal/logging"
+	"github.com/droverhq/drover/internal/pki"
+)
+
+// certValidity is how long a server certificate lives. Servers issue their
+// own at every start, so a year is only a bound for a server left running.
+const certValidity = 365 * 24 * time.Hour
+
+// setupTLS loads (or, for a single-server cluster, creates) the cluster CA
+// and issues this server's certificate.
+func (s *Server) setupTLS() error {
+	certFile, keyFile := s.cfg.CACertFile, s.cfg.CAKeyFile
+	if certFile == "" {
+		certFile = filepath.Join(s.cfg.tlsDir(), "ca.pem")
+		keyFile = filepath.Join(s.cfg.tlsDir(), "ca-key.pem")
+		if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
+			if s.cfg.BootstrapExpect != 1 {
+				return fmt.Errorf("no cluster CA: a cluster of several servers needs one shared CA; "+
+					"create it with \"drover tls ca create\" and pass --ca-file and --ca-key-file to every server (looked for %s)", certFile)
+			}
+			ca, err := pki.NewCA("Drover cluster CA", 10*365*24*time.Hour)
+			if err != nil {
+				return fmt.Errorf("create cluster CA: %w", err)
+			}
+			if err := os.MkdirAll(s.cfg.tlsDir(), 0o700); err != nil {
+				return fmt.Errorf("create tls dir: %w", err)
+			}
+			if err := ca.WriteFiles(certFile, keyFile); err != nil {
+				return fmt.Errorf("write cluster CA: %w", err)
+			}
+			s.logger.Info("created cluster CA", "cert", certFile, "sha256", ca.Fingerprint())
+		}
+	}
+	ca, err := pki.LoadCA(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("load cluster CA: %w", err)
+	}
+	hosts := []string{}
+	for _, a := range []string{s.cfg.APIAddr, s.cfg.RaftAddr, s.cfg.advertise(s.cfg.APIAddr)} {
+		if h, _, err := net.SplitHostPort(a); err == nil && h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	if s.cfg.AdvertiseHost != "" {
+		hosts = append(hosts, s.cfg.AdvertiseHost)
+	}
+	cert, err := ca.IssueServerCert(s.cfg.Name, hosts, certValidity)
+	if err != nil {
+		return fmt.Errorf("issue server certificate: %w", err)
+	}
+	s.ca = ca
+	s.serverCert = cert
+	s.peerTLS = pki.PeerTLSConfig(ca.Pool(), cert)
+	return nil
+}
+
+// setupRaft opens the stores and starts the Raft node.
+func (s *Server) setupRaft() error {
+	logs, err := raftstore.Open(s.cfg.raftDir(), raftstore.Options{NoSync: s.cfg.RaftNoSync, Logger: s.logger})
+	if err != nil {
+		return fmt.Errorf("open raft store: %w", err)
+	}
+	s.logs = logs
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, logging.HCLogAdapter(s.logger, "raft-snapshot"))
+	if err != nil {
+		return fmt.Errorf("open snapshot store: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", s.cfg.RaftAddr)
+	if err != nil {
+		return fmt.Errorf("listen for raft on %s: %w", s.cfg.RaftAddr, err)
+	}
+	s.cfg.RaftAddr = resolvedAddr(s.cfg.RaftAddr, ln.Addr())
+	stream := newTLSStreamLayer(s, ln)
+	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: 5,
+		Timeout: 10 * time.Second,
+		Logger:  logging.HCLogAdapter(s.logger, "raft-net"),
+	})
+
+	s.state = state.New()
+	s.fsm = fsm.New(s.state, s.logger)
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(s.cfg.Name)
+	rc.Logger = logging.HCLogAdapter(s.logger, "raft")
+	rc.HeartbeatTimeout = time.Duration(s.cfg.HeartbeatTimeout)
+	rc.ElectionTimeout = time.Duration(s.cfg.ElectionTimeout)
+	rc.LeaderLeaseTimeout = time.Duration(s.cfg.LeaderLeaseTimeout)
+	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
+	rc.TrailingLogs = s.cfg.TrailingLogs
+	rc.SnapshotInterval = 30 * time.Second
+	// Small commands arrive from many clients at once: let Raft batch them
+	// into one append and the FSM apply them in one go.
+	rc.MaxAppendEntries = 512
+	rc.BatchApplyCh = true
+	notify := make(chan bool, 16)
+	rc.NotifyCh = notify
+	s.leaderNotify = notify
+
+	hasState, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		return fmt.Errorf("inspect raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, s.fsm, logs, logs, snaps, s.trans)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	s.raft = r
+	if !hasState && s.cfg.BootstrapExpect == 1 {
+		if err := s.bootstrapRaft([]serverMeta{s.selfMeta()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bootstrapRaft writes the first Raft configuration with the given voters.
+func (s *Server) bootstrapRaft(voters []serverMeta) error {
+	var conf raft.Configuration
+	for _, m := range voters {
+		conf.Servers = append(conf.Servers, raft.Server{
+			Suffrage: raft.Voter,
+			ID:       raft.ServerID(m.Name),
+			Address:  raft.ServerAddress(m.RaftAddr),
+		})
+	}
+	err := s.raft.BootstrapCluster(conf).Error()
+	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("bootstrap raft: %w", err)
+	}
+	s.logger.Info("bootstrapped raft cluster", "voters", len(conf.Servers))
+	return nil
+}
+
+// tlsStreamLayer carries Raft over mutual TLS: both ends must present a
+// certificate with the server role from the cluster CA.
+type tlsStreamLayer struct {
+	net.Listener
+	s *Server
+}
+
+var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
+
+func newTLSStreamLayer(s *Server, ln net.Listener) *tlsStreamLayer {
+	if s.cfg.Network != nil {
+		ln = s.cfg.Network.Listener(s.cfg.Name, ln)
+		s.cfg.Network.Register(s.cfg.Name, ln.Addr().String())
+		s.cfg.Network.Register(s.cfg.Name, s.cfg.advertise(s.cfg.RaftAddr))
+	}
+	return &tlsStreamLayer{Listener: tls.NewListener(ln, s.peerTLS), s: s}
+}
+
+// Addr is what peers dial: the advertised Raft address.
+func (l *tlsStreamLayer) Addr() net.Addr {
+	return advertisedAddr{addr: l.s.cfg.advertise(l.s.cfg.RaftAddr)}
+}
+
+// Dial opens a mutual-TLS connection to another server's Raft port.
+func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := l.s.dial(ctx, string(address))
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(conn, l.s.peerTLS)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("raft tls handshake with %s: %w", address, err)
+	}
+	return tc, nil
+}
+
+// dial opens a TCP connection to another server, through the fault
+// network when one is configured.
+func (s *Server) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if s.cfg.Network != nil {
+		return s.cfg.Network.Dialer(s.cfg.Name)(ctx, "tcp", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+type advertisedAddr struct{ addr string }
+
+func (a advertisedAddr) Network() string { return "tcp" }
+func (a advertisedAddr) String() string  { return a.addr }
+
+// resolvedAddr replaces a zero port in configured with the port the
+// listener really got, keeping the configured host.
+func resolvedAddr(configured string, got net.Addr) string {
+	host, port, err := net.SplitHostPort(configured)
+	if err != nil || port != "0" {
+		return configured
+	}
+	_, realPort, err := net.SplitHostPort(got.String())
+	if err != nil {
+		return configured
+	}
+	return net.JoinHostPort(host, realPort)
+}

@@ -1,0 +1,299 @@
+package state
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+)
+
+// CreateModel applies a create-model command at Raft index idx and returns
+// the new model.
+func (s *Store) CreateModel(idx uint64, meta *droverv1.CommandMeta, req *droverv1.CreateModelRequest) (*droverv1.Model, error) {
+	var out *droverv1.Model
+	err := s.write(idx, meta, ActionModelCreate, func() (string, map[string]string, error) {
+		name := req.GetName()
+		target := modelTarget(name)
+		if err := validateCreateModel(req); err != nil {
+			return target, nil, err
+		}
+		if _, ok := s.t.models[name]; ok {
+			return target, nil, fmt.Errorf("model %q %w", name, ErrAlreadyExists)
+		}
+		m := &droverv1.Model{
+			Name:        name,
+			Description: req.GetDescription(),
+			Owner:       req.GetOwner(),
+			Tags:        maps.Clone(req.GetTags()),
+			CreatedBy:   actorOf(meta),
+			CreateIndex: idx,
+			ModifyIndex: idx,
+		}
+		if t := meta.GetTime(); t != nil {
+			m.CreateTime = clone(t)
+		}
+		s.t.models[name] = m
+		out = clone(m)
+		return target, nil, nil
+	})
+	return out, err
+}
+
+// DeleteModel applies a delete-model command: the model and all its
+// versions go. It is refused while an alias points into the model, because
+// an alias is what deployments follow; removing the alias first is a
+// deliberate, audited step.
+func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string) error {
+	return s.write(idx, meta, ActionModelDelete, func() (string, map[string]string, error) {
+		target := modelTarget(name)
+		m, ok := s.t.models[name]
+		if !ok {
+			return target, nil, fmt.Errorf("model %q %w", name, ErrNotFound)
+		}
+		if aliases := sortedAliases(m); len(aliases) > 0 {
+			a := aliases[0]
+			return target, nil, &refusal{
+				msg: fmt.Sprintf("model %q is referenced by alias %q (version %d): remove the alias first with \"drover model alias rm %s %s\"",
+					name, a, m.GetAliases()[a], name, a),
+				kind: ErrInUse,
+			}
+		}
+		n := len(s.t.versions[name])
+		delete(s.t.models, name)
+		delete(s.t.versions, name)
+		return target, map[string]string{"versions": strconv.Itoa(n)}, nil
+	})
+}
+
+// CreateVersion applies a create-version command and returns the new
+// version. Its number is the model's latest_version + 1; numbers are never
+// reused, and versions are immutable once created.
+func (s *Store) CreateVersion(idx uint64, meta *droverv1.CommandMeta, req *droverv1.CreateVersionRequest) (*droverv1.ModelVersion, error) {
+	var out *droverv1.ModelVersion
+	err := s.write(idx, meta, ActionVersionCreate, func() (string, map[string]string, error) {
+		name := req.GetModel()
+		target := modelTarget(name)
+		m, ok := s.t.models[name]
+		if !ok {
+			return target, nil, fmt.Errorf("model %q %w", name, ErrNotFound)
+		}
+		// Copy the request first so the stored version shares nothing with
+		// the caller's message.
+		r := clone(req)
+		v := &droverv1.ModelVersion{
+			Model:       name,
+			Version:     m.GetLatestVersion() + 1,
+			Artifact:    r.GetArtifact(),
+			Card:        r.GetCard(),
+			Lineage:     r.GetLineage(),
+			Metrics:     r.GetMetrics(),
+			Tags:        r.GetTags(),
+			CreatedBy:   actorOf(meta),
+			CreateIndex: idx,
+			ModifyIndex: idx,
+		}
+		if t := meta.GetTime(); t != nil {
+			v.CreateTime = clone(t)
+		}
+		if err := validateVersion(v); err != nil {
+			return target, nil, err
+		}
+		if p := v.GetLineage().GetParentVersion(); p != 0 && s.findVersionLocked(name, p) == nil {
+			return target, nil, fmt.Errorf("lineage parent version %d is %w: model %q has %s", p, ErrInvalid, name, describeVersions(m))
+		}
+		m = clone(m)
+		m.LatestVersion = v.GetVersion()
+		m.ModifyIndex = idx
+		s.t.models[name] = m
+		s.t.versions[name] = append(s.t.versions[name], v)
+		out = clone(v)
+		details := map[string]string{"version": strconv.FormatUint(v.GetVersion(), 10)}
+		if d := v.GetArtifact().GetDigest(); d != "" {
+			details["digest"] = d
+		}
+		return versionTarget(name, v.GetVersion()), details, nil
+	})
+	return out, err
+}
+
+// SetAlias applies a set-alias command: alias now points to version. It
+// returns the model and the version the alias pointed to before (0 if the
+// alias is new). Setting an alias to the version it already points to
+// changes nothing but is still recorded in the audit log.
+func (s *Store) SetAlias(idx uint64, meta *droverv1.CommandMeta, model, alias string, version uint64) (m *droverv1.Model, previous uint64, err error) {
+	err = s.write(idx, meta, ActionAliasSet, func() (string, map[string]string, error) {
+		target := aliasTarget(model, alias)
+		if err := ValidateAlias(alias); err != nil {
+			return target, nil, err
+		}
+		cur, ok := s.t.models[model]
+		if !ok {
+			return target, nil, fmt.Errorf("model %q %w", model, ErrNotFound)
+		}
+		if version == 0 {
+			return target, nil, fmt.Errorf("version 0 is %w: version numbers start at 1", ErrInvalid)
+		}
+		if s.findVersionLocked(model, version) == nil {
+			return target, nil, fmt.Errorf("model %q version %d %w: the model has %s", model, version, ErrNotFound, describeVersions(cur))
+		}
+		previous = cur.GetAliases()[alias]
+		details := map[string]string{"version": strconv.FormatUint(version, 10)}
+		if previous != 0 {
+			details["previous"] = strconv.FormatUint(previous, 10)
+		}
+		if previous != version {
+			cur = clone(cur)
+			if cur.Aliases == nil {
+				cur.Aliases = make(map[string]uint64)
+			}
+			cur.Aliases[alias] = version
+			cur.ModifyIndex = idx
+			s.t.models[model] = cur
+		}
+		m = clone(cur)
+		return target, details, nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return m, previous, nil
+}
+
+// DeleteAlias applies a delete-alias command.
+func (s *Store) DeleteAlias(idx uint64, meta *droverv1.CommandMeta, model, alias string) error {
+	return s.write(idx, meta, ActionAliasDelete, func() (string, map[string]string, error) {
+		target := aliasTarget(model, alias)
+		cur, ok := s.t.models[model]
+		if !ok {
+			return target, nil, fmt.Errorf("model %q %w", model, ErrNotFound)
+		}
+		v, ok := cur.GetAliases()[alias]
+		if !ok {
+			return target, nil, fmt.Errorf("model %q alias %q %w: the model has %s", model, alias, ErrNotFound, describeAliases(cur))
+		}
+		cur = clone(cur)
+		delete(cur.Aliases, alias)
+		cur.ModifyIndex = idx
+		s.t.models[model] = cur
+		return target, map[string]string{"version": strconv.FormatUint(v, 10)}, nil
+	})
+}
+
+// Model returns the named model.
+func (s *Store) Model(name string) (*droverv1.Model, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.t.models[name]
+	if !ok {
+		return nil, fmt.Errorf("model %q %w", name, ErrNotFound)
+	}
+	return clone(m), nil
+}
+
+// Models returns every model, sorted by name.
+func (s *Store) Models() []*droverv1.Model {
+	s.mu.RLock()
+	out := make([]*droverv1.Model, 0, len(s.t.models))
+	for _, m := range s.t.models {
+		out = append(out, clone(m))
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *droverv1.Model) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out
+}
+
+// Version resolves ref to one version of model. ref is a version number
+// ("3"), an alias ("prod") or "latest". The errors say what exists: the
+// model's version range or its aliases.
+func (s *Store) Version(model, ref string) (*droverv1.ModelVersion, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.t.models[model]
+	if !ok {
+		return nil, fmt.Errorf("model %q %w", model, ErrNotFound)
+	}
+	var n uint64
+	switch {
+	case ref == refLatest:
+		n = m.GetLatestVersion()
+		if n == 0 {
+			return nil, fmt.Errorf("model %q latest version %w: the model has no versions yet", model, ErrNotFound)
+		}
+	case isNumber(ref):
+		var err error
+		n, err = strconv.ParseUint(ref, 10, 64)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("model %q version %s %w: the model has %s", model, ref, ErrNotFound, describeVersions(m))
+		}
+	default:
+		if ValidateName("alias", ref) != nil {
+			return nil, fmt.Errorf("version reference %q is %w: use a version number, an alias or %q", ref, ErrInvalid, refLatest)
+		}
+		n, ok = m.GetAliases()[ref]
+		if !ok {
+			return nil, fmt.Errorf("model %q alias %q %w: the model has %s", model, ref, ErrNotFound, describeAliases(m))
+		}
+	}
+	v := s.findVersionLocked(model, n)
+	if v == nil {
+		return nil, fmt.Errorf("model %q version %d %w: the model has %s", model, n, ErrNotFound, describeVersions(m))
+	}
+	return clone(v), nil
+}
+
+// Versions returns every version of model in ascending order.
+func (s *Store) Versions(model string) ([]*droverv1.ModelVersion, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if _, ok := s.t.models[model]; !ok {
+		return nil, fmt.Errorf("model %q %w", model, ErrNotFound)
+	}
+	vs := s.t.versions[model]
+	out := make([]*droverv1.ModelVersion, len(vs))
+	for i, v := range vs {
+		out[i] = clone(v)
+	}
+	return out, nil
+}
+
+// findVersionLocked returns the stored version or nil. s.mu must be held.
+func (s *Store) findVersionLocked(model string, n uint64) *droverv1.ModelVersion {
+	return findVersion(s.t.versions[model], n)
+}
+
+// findVersion returns version n from vs, sorted ascending, or nil.
+func findVersion(vs []*droverv1.ModelVersion, n uint64) *droverv1.ModelVersion {
+	i, ok := slices.BinarySearchFunc(vs, n, func(v *droverv1.ModelVersion, n uint64) int { return cmp.Compare(v.GetVersion(), n) })
+	if !ok {
+		return nil
+	}
+	return vs[i]
+}
+
+func sortedAliases(m *droverv1.Model) []string {
+	return slices.Sorted(maps.Keys(m.GetAliases()))
+}
+
+// describeAliases lists a model's aliases for error messages.
+func describeAliases(m *droverv1.Model) string {
+	names := sortedAliases(m)
+	if len(names) == 0 {
+		return "no aliases"
+	}
+	parts := make([]string, len(names))
+	for i, a := range names {
+		parts[i] = fmt.Sprintf("%q (v%d)", a, m.GetAliases()[a])
+	}
+	return "aliases " + strings.Join(parts, ", ")
+}
+
+func actorOf(meta *droverv1.CommandMeta) string {
+	if a := meta.GetActor(); a != "" {
+		return a
+	}
+	return Anonymous
+}

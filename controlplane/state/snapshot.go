@@ -1,0 +1,317 @@
+package state
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+)
+
+// SnapshotFormat is the format version of the snapshot stream this server
+// writes and the only one it reads.
+//
+// The stream is a sequence of length-delimited protobuf messages (a varint
+// byte count, then the message, as encoding/protodelim writes them):
+//
+//  1. one SnapshotHeader (format, Raft index, cluster identity);
+//  2. SnapshotRecords: each model followed by its versions in ascending
+//     order, models sorted by name; then tokens sorted by accessor id;
+//     then audit events in ascending index order;
+//  3. one empty SnapshotRecord (a single zero byte) marking the end, so
+//     that a stream cut exactly between two records is still detected as
+//     truncated.
+//
+// A record whose type this server does not know is an error rather than
+// skipped: silently dropping part of the state is worse than refusing it.
+// Adding a record type therefore needs a new format version.
+const SnapshotFormat = 1
+
+// maxSnapshotRecord bounds one record when reading, so that a garbled
+// length prefix cannot make the reader allocate without limit. Writes are
+// held to maxRecordBytes, below it.
+const maxSnapshotRecord = maxRecordBytes + 1<<20
+
+// Snapshot is an immutable, consistent copy of a store's state at one
+// index. It shares the stored messages with the store, which never
+// modifies them in place, so taking one is cheap and it may be written out
+// while the store keeps applying commands. Its methods are safe for
+// concurrent use.
+type Snapshot struct {
+	index    uint64
+	cluster  *droverv1.ClusterMeta
+	models   []*droverv1.Model                   // sorted by name
+	versions map[string][]*droverv1.ModelVersion // by model, ascending
+	tokens   []*droverv1.ACLToken                // sorted by accessor id
+	audit    []*droverv1.AuditEvent              // ascending index
+}
+
+var _ io.WriterTo = (*Snapshot)(nil)
+
+// Snapshot captures the current state. It holds the read lock only while
+// copying pointers; sorting happens after.
+func (s *Store) Snapshot() *Snapshot {
+	s.mu.RLock()
+	snap := &Snapshot{
+		index:    s.index,
+		cluster:  s.t.cluster,
+		models:   slices.Collect(maps.Values(s.t.models)),
+		versions: make(map[string][]*droverv1.ModelVersion, len(s.t.versions)),
+		tokens:   slices.Collect(maps.Values(s.t.tokens)),
+		// The full slice expression keeps the store's later appends out of
+		// the snapshot's view.
+		audit: s.t.audit[:len(s.t.audit):len(s.t.audit)],
+	}
+	for name, vs := range s.t.versions {
+		snap.versions[name] = vs[:len(vs):len(vs)]
+	}
+	s.mu.RUnlock()
+	snap.sort()
+	return snap
+}
+
+func (snap *Snapshot) sort() {
+	slices.SortFunc(snap.models, func(a, b *droverv1.Model) int { return strings.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(snap.tokens, func(a, b *droverv1.ACLToken) int { return strings.Compare(a.GetAccessorId(), b.GetAccessorId()) })
+}
+
+// Index returns the Raft index of the last command the snapshot covers.
+func (snap *Snapshot) Index() uint64 { return snap.index }
+
+// Cluster returns the cluster identity the snapshot belongs to, or nil if
+// the cluster was not initialized when it was taken.
+func (snap *Snapshot) Cluster() *droverv1.ClusterMeta {
+	if snap.cluster == nil {
+		return nil
+	}
+	return clone(snap.cluster)
+}
+
+// WriteTo writes the snapshot as a stream in [SnapshotFormat] and returns
+// the number of bytes written. The same snapshot always produces the same
+// bytes.
+func (snap *Snapshot) WriteTo(w io.Writer) (int64, error) {
+	cw := &countingWriter{w: w}
+	bw := bufio.NewWriter(cw)
+	err := snap.encode(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		return cw.n, fmt.Errorf("write snapshot: %w", err)
+	}
+	return cw.n, nil
+}
+
+func (snap *Snapshot) encode(w io.Writer) error {
+	enc := protodelim.MarshalOptions{MarshalOptions: proto.MarshalOptions{Deterministic: true}}
+	put := func(m proto.Message) error {
+		_, err := enc.MarshalTo(w, m)
+		return err
+	}
+	if err := put(&droverv1.SnapshotHeader{Format: SnapshotFormat, Index: snap.index, Cluster: snap.cluster}); err != nil {
+		return err
+	}
+	for _, m := range snap.models {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Model{Model: m}}); err != nil {
+			return err
+		}
+		for _, v := range snap.versions[m.GetName()] {
+			if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Version{Version: v}}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, t := range snap.tokens {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Token{Token: t}}); err != nil {
+			return err
+		}
+	}
+	for _, ev := range snap.audit {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Audit{Audit: ev}}); err != nil {
+			return err
+		}
+	}
+	return put(&droverv1.SnapshotRecord{}) // end marker
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ReadSnapshot decodes and checks a whole snapshot stream without touching
+// any store, for example to look at an operator's snapshot before
+// restoring it. Every error wraps [ErrSnapshotInvalid]: the stream is
+// truncated, garbled, in another format, or describes an inconsistent state
+// (a version of a missing model, an alias to a missing version, duplicate
+// objects, audit events out of order).
+func ReadSnapshot(r io.Reader) (*Snapshot, error) {
+	snap, err := readSnapshot(bufio.NewReader(r))
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w: %w", ErrSnapshotInvalid, err)
+	}
+	return snap, nil
+}
+
+func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
+	dec := protodelim.UnmarshalOptions{MaxSize: maxSnapshotRecord}
+	hdr := &droverv1.SnapshotHeader{}
+	if err := dec.UnmarshalFrom(br, hdr); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the stream is empty")
+		}
+		return nil, fmt.Errorf("header: %w", err)
+	}
+	switch f := hdr.GetFormat(); {
+	case f > SnapshotFormat:
+		return nil, fmt.Errorf("format %d is newer than this server reads (format %d): upgrade the server to restore it", f, SnapshotFormat)
+	case f != SnapshotFormat:
+		return nil, fmt.Errorf("format %d is not supported: this server reads format %d", f, SnapshotFormat)
+	}
+	snap := &Snapshot{
+		index:    hdr.GetIndex(),
+		cluster:  hdr.GetCluster(),
+		versions: make(map[string][]*droverv1.ModelVersion),
+	}
+	for n := 1; ; n++ {
+		rec := &droverv1.SnapshotRecord{}
+		if err := dec.UnmarshalFrom(br, rec); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("the stream is truncated after %d records: the end marker is missing", n-1)
+			}
+			return nil, fmt.Errorf("record %d: %w", n, err)
+		}
+		switch r := rec.GetRecord().(type) {
+		case *droverv1.SnapshotRecord_Model:
+			snap.models = append(snap.models, r.Model)
+		case *droverv1.SnapshotRecord_Version:
+			v := r.Version
+			snap.versions[v.GetModel()] = append(snap.versions[v.GetModel()], v)
+		case *droverv1.SnapshotRecord_Token:
+			snap.tokens = append(snap.tokens, r.Token)
+		case *droverv1.SnapshotRecord_Audit:
+			snap.audit = append(snap.audit, r.Audit)
+		default:
+			if proto.Size(rec) != 0 {
+				return nil, fmt.Errorf("record %d has a type this server does not know", n)
+			}
+			if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("data follows the end marker after record %d", n-1)
+			}
+			snap.sort()
+			if err := snap.check(); err != nil {
+				return nil, err
+			}
+			return snap, nil
+		}
+	}
+}
+
+// check verifies that a decoded snapshot describes a state the write
+// methods could have produced, so that a restored store never has to cope
+// with dangling references.
+func (snap *Snapshot) check() error {
+	models := make(map[string]*droverv1.Model, len(snap.models))
+	for _, m := range snap.models {
+		if m.GetName() == "" {
+			return errors.New("a model has no name")
+		}
+		if _, dup := models[m.GetName()]; dup {
+			return fmt.Errorf("model %q appears twice", m.GetName())
+		}
+		models[m.GetName()] = m
+	}
+	for name, vs := range snap.versions {
+		m, ok := models[name]
+		if !ok {
+			return fmt.Errorf("version %d belongs to model %q, which the snapshot does not hold", vs[0].GetVersion(), name)
+		}
+		var prev uint64
+		for _, v := range vs {
+			n := v.GetVersion()
+			if n <= prev || n > m.GetLatestVersion() {
+				return fmt.Errorf("model %q version %d is out of order, repeated or beyond latest version %d", name, n, m.GetLatestVersion())
+			}
+			prev = n
+		}
+	}
+	for _, m := range snap.models {
+		for _, a := range sortedAliases(m) {
+			n := m.GetAliases()[a]
+			if findVersion(snap.versions[m.GetName()], n) == nil {
+				return fmt.Errorf("model %q alias %q points to version %d, which the snapshot does not hold", m.GetName(), a, n)
+			}
+		}
+	}
+	accessors := make(map[string]bool, len(snap.tokens))
+	secrets := make(map[[32]byte]bool, len(snap.tokens))
+	for _, t := range snap.tokens {
+		if err := validateToken(t); err != nil {
+			return err
+		}
+		h := [32]byte(t.GetSecretSha256())
+		if accessors[t.GetAccessorId()] || secrets[h] {
+			return fmt.Errorf("token %q appears twice or shares its secret", t.GetAccessorId())
+		}
+		accessors[t.GetAccessorId()] = true
+		secrets[h] = true
+	}
+	var prev uint64
+	for _, ev := range snap.audit {
+		if ev.GetIndex() <= prev || ev.GetIndex() > snap.index {
+			return fmt.Errorf("audit event at index %d is out of order or after the snapshot index %d", ev.GetIndex(), snap.index)
+		}
+		prev = ev.GetIndex()
+	}
+	return nil
+}
+
+// Restore replaces the store's whole state with the snapshot read from r.
+// The stream is decoded and checked completely first; on any error the
+// current state is left untouched. On success every blocked reader wakes
+// (see [Store.WaitForIndex]). Audit events beyond the store's retention are
+// dropped, oldest first.
+func (s *Store) Restore(r io.Reader) error {
+	snap, err := ReadSnapshot(r)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	t := newTables()
+	t.cluster = snap.cluster
+	for _, m := range snap.models {
+		t.models[m.GetName()] = m
+	}
+	for name, vs := range snap.versions {
+		t.versions[name] = vs
+	}
+	for _, tok := range snap.tokens {
+		t.tokens[tok.GetAccessorId()] = tok
+		t.secrets[[32]byte(tok.GetSecretSha256())] = tok
+	}
+	t.aclBootstrapped = len(snap.tokens) > 0
+	t.audit = snap.audit
+	if over := len(t.audit) - s.opts.AuditRetention; over > 0 {
+		t.audit = t.audit[over:]
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.t = t
+	s.index = snap.index
+	s.restores++
+	s.notifyLocked()
+	return nil
+}

@@ -1,0 +1,184 @@
+// Package state is the control plane's replicated state in memory (cluster
+// identity, models, versions, aliases, ACL tokens, audit log), written only
+// by the Raft FSM and read by everything else through blocking queries.
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Options tunes a Store. The zero value is not valid; start from
+// [DefaultOptions].
+type Options struct {
+	// AuditRetention is how many of the most recent audit events the store
+	// keeps (and writes into snapshots); older ones are dropped so the
+	// replicated state does not grow without bound. All servers of a
+	// cluster should use the same value, otherwise their audit logs (and
+	// snapshots) differ in length, though never in content.
+	AuditRetention int
+}
+
+// DefaultOptions returns the options every server uses unless told
+// otherwise.
+func DefaultOptions() Options {
+	return Options{AuditRetention: 10_000}
+}
+
+// Validate reports whether the options can be used.
+func (o Options) Validate() error {
+	if o.AuditRetention < 1 {
+		return fmt.Errorf("state options: AuditRetention is %d, it must be at least 1: %w", o.AuditRetention, ErrInvalid)
+	}
+	return nil
+}
+
+// Store is the replicated state of one server.
+//
+// Concurrency: writes (the methods that take a Raft index, and Restore) are
+// made by the FSM from one goroutine at a time; reads may run concurrently
+// with them and with each other from any goroutine. Every value a read
+// returns is a deep copy the caller owns. Stored messages are never
+// modified in place: a write stores a modified copy, which is what lets
+// [Store.Snapshot] share them without copying.
+//
+// Each write method applies one command: it changes the state (or refuses
+// to, returning an error that wraps one of the sentinel errors), appends
+// the command's audit event, advances [Store.Index] to the command's Raft
+// index and wakes blocked readers, all in one critical section. Refused
+// commands advance the index too, because their audit event is new state.
+// A reader therefore never sees an index whose audit event is missing.
+//
+// The idx given to a write must be greater than Index(); Raft guarantees
+// this for the FSM.
+type Store struct {
+	opts Options // read-only after New
+
+	mu       sync.RWMutex  // guards the fields below
+	index    uint64        // Raft index of the last command applied
+	restores uint64        // how many times Restore replaced the state
+	changed  chan struct{} // closed and replaced whenever index or state changes
+	t        tables
+}
+
+// tables is the replicated data proper; Restore swaps it as a whole.
+type tables struct {
+	cluster  *droverv1.ClusterMeta
+	models   map[string]*droverv1.Model
+	versions map[string][]*droverv1.ModelVersion // by model, ascending version
+	tokens   map[string]*droverv1.ACLToken       // by accessor id
+	secrets  map[[32]byte]*droverv1.ACLToken     // by SHA-256 of the secret
+	// aclBootstrapped is not stored in snapshots: it is true exactly when
+	// a token exists, because the bootstrap token is the first token.
+	aclBootstrapped bool
+	audit           []*droverv1.AuditEvent // ascending index
+}
+
+func newTables() tables {
+	return tables{
+		models:   make(map[string]*droverv1.Model),
+		versions: make(map[string][]*droverv1.ModelVersion),
+		tokens:   make(map[string]*droverv1.ACLToken),
+		secrets:  make(map[[32]byte]*droverv1.ACLToken),
+	}
+}
+
+// New returns an empty store with [DefaultOptions].
+func New() *Store {
+	s, err := NewWithOptions(DefaultOptions())
+	if err != nil {
+		panic("state: default options are invalid: " + err.Error())
+	}
+	return s
+}
+
+// NewWithOptions returns an empty store.
+func NewWithOptions(opts Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("new store: %w", err)
+	}
+	return &Store{
+		opts:    opts,
+		changed: make(chan struct{}),
+		t:       newTables(),
+	}, nil
+}
+
+// Index returns the Raft index of the last command applied to the state
+// (0 for a new store). Pass it to WaitForIndex to wait for the next change.
+func (s *Store) Index() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.index
+}
+
+// WaitForIndex blocks until the state index is greater than minIndex, then
+// returns it. It is the core of blocking queries: a reader answers, and
+// asks again with the index it got.
+//
+// When ctx's deadline passes first, WaitForIndex returns the current index
+// and a nil error: a blocking query that times out simply answers with the
+// current data. When ctx is canceled (the caller went away), it returns the
+// current index and ctx.Err(). When the state is replaced by Restore,
+// every waiter returns at once whatever the new index is, because a
+// restored state may hold an older index than the one a reader waits past
+// and still differ from what it last read.
+//
+// Waiting costs no goroutine and no polling: waiters block on a channel
+// that each change closes.
+func (s *Store) WaitForIndex(ctx context.Context, minIndex uint64) (uint64, error) {
+	s.mu.RLock()
+	idx, ch, restores := s.index, s.changed, s.restores
+	s.mu.RUnlock()
+	for idx <= minIndex {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			idx = s.Index()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return idx, nil
+			}
+			return idx, fmt.Errorf("wait for index %d: %w", minIndex, ctx.Err())
+		}
+		s.mu.RLock()
+		idx, ch = s.index, s.changed
+		restored := s.restores != restores
+		s.mu.RUnlock()
+		if restored {
+			return idx, nil
+		}
+	}
+	return idx, nil
+}
+
+// notifyLocked wakes every blocked reader. s.mu must be held for writing.
+func (s *Store) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// write runs one command's change under the write lock, then records its
+// audit event (result "ok" or the refusal), advances the index and wakes
+// readers. fn returns the audit target and details and the refusal, if any.
+func (s *Store) write(idx uint64, meta *droverv1.CommandMeta, action string, fn func() (target string, details map[string]string, err error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	target, details, err := fn()
+	s.appendAuditLocked(newEvent(idx, meta, action, target, details, err))
+	if idx > s.index {
+		s.index = idx
+	}
+	s.notifyLocked()
+	return err
+}
+
+// clone deep-copies a stored message for a reader or a writer that needs a
+// modified copy.
+func clone[M proto.Message](m M) M {
+	return proto.Clone(m).(M)
+}

@@ -1,0 +1,163 @@
+package state
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"slices"
+	"strings"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Limits enforced on writes. They are part of the replicated rules: every
+// server must refuse exactly the same commands, so changing one is a
+// change to the command semantics, not a local tuning knob.
+const (
+	// MaxCardBytes bounds a model card (Markdown).
+	MaxCardBytes = 1 << 20
+	// maxRecordBytes bounds one stored object. Snapshot restore refuses
+	// larger records, so the same bound on writes guarantees that every
+	// state the cluster can reach can also be restored.
+	maxRecordBytes = 16 << 20
+)
+
+// nameRE is the rule for model and alias names: short, lowercase, safe in
+// URLs, file names and the CLI's NAME@REF syntax.
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
+
+// ValidateName checks a model or alias name (kind is "model" or "alias" and
+// appears in the message). The error wraps [ErrInvalid] and states the rule
+// with an example.
+func ValidateName(kind, name string) error {
+	if nameRE.MatchString(name) {
+		return nil
+	}
+	example := "resnet-50"
+	if kind == "alias" {
+		example = "prod"
+	}
+	return fmt.Errorf("%s name %q is %w: use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit, e.g. %q",
+		kind, name, ErrInvalid, example)
+}
+
+// ValidateAlias checks an alias name: a valid name that is not a version
+// reference. "latest" and pure numbers are reserved because NAME@REF must
+// resolve the same way whatever aliases exist.
+func ValidateAlias(name string) error {
+	if err := ValidateName("alias", name); err != nil {
+		return err
+	}
+	if name == refLatest {
+		return fmt.Errorf("alias name %q is %w: it is reserved for the newest version; pick another name such as \"prod\"", name, ErrInvalid)
+	}
+	if isNumber(name) {
+		return fmt.Errorf("alias name %q is %w: numbers are reserved for version numbers; pick a name with a letter such as \"v%s\"", name, ErrInvalid, name)
+	}
+	return nil
+}
+
+// refLatest is the version reference that always resolves to the newest
+// version.
+const refLatest = "latest"
+
+func isNumber(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func validateTags(what string, tags map[string]string) error {
+	if _, ok := tags[""]; ok {
+		return fmt.Errorf("%s tag with an empty key is %w: every tag needs a key", what, ErrInvalid)
+	}
+	return nil
+}
+
+func validateCreateModel(req *droverv1.CreateModelRequest) error {
+	if req == nil {
+		return fmt.Errorf("create model request is %w: it is empty", ErrInvalid)
+	}
+	if err := ValidateName("model", req.GetName()); err != nil {
+		return err
+	}
+	return validateTags("model", req.GetTags())
+}
+
+// validateDigest accepts only the canonical form, so two spellings of one
+// digest can never name two different objects.
+func validateDigest(what, d string) error {
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	if ok && len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == "" {
+		return nil
+	}
+	return fmt.Errorf("%s %q is %w: use \"sha256:\" followed by 64 lowercase hex digits", what, d, ErrInvalid)
+}
+
+// validateVersion checks a new version against the request rules; the
+// caller checks references to other versions. Map keys are checked in sorted order so that the first
+// error reported is the same on every server.
+func validateVersion(v *droverv1.ModelVersion) error {
+	if a := v.GetArtifact(); a != nil {
+		if a.GetDigest() != "" {
+			if err := validateDigest("artifact digest", a.GetDigest()); err != nil {
+				return err
+			}
+			if a.GetSizeBytes() == 0 {
+				return fmt.Errorf("artifact size is %w: a version with a digest needs size_bytes > 0", ErrInvalid)
+			}
+		}
+		for i, f := range a.GetFiles() {
+			if f.GetPath() == "" {
+				return fmt.Errorf("artifact file %d is %w: it has no path", i, ErrInvalid)
+			}
+			if f.GetDigest() != "" {
+				if err := validateDigest(fmt.Sprintf("digest of artifact file %q", f.GetPath()), f.GetDigest()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if len(v.GetCard()) > MaxCardBytes {
+		return fmt.Errorf("model card is %w: %d bytes is more than the %d allowed", ErrInvalid, len(v.GetCard()), MaxCardBytes)
+	}
+	keys := make([]string, 0, len(v.GetMetrics()))
+	for k := range v.GetMetrics() {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if k == "" {
+			return fmt.Errorf("metric with an empty name is %w: every metric needs a name", ErrInvalid)
+		}
+		if x := v.GetMetrics()[k]; math.IsNaN(x) || math.IsInf(x, 0) {
+			return fmt.Errorf("metric %q is %w: %v is not a finite number", k, ErrInvalid, x)
+		}
+	}
+	if err := validateTags("version", v.GetTags()); err != nil {
+		return err
+	}
+	if n := proto.Size(v); n > maxRecordBytes {
+		return fmt.Errorf("version is %w: its manifest is %d bytes encoded, more than the %d allowed", ErrInvalid, n, maxRecordBytes)
+	}
+	return nil
+}
+
+// describeVersions says which version numbers exist, for error messages.
+func describeVersions(m *droverv1.Model) string {
+	switch n := m.GetLatestVersion(); n {
+	case 0:
+		return "no versions yet"
+	case 1:
+		return "only version 1"
+	default:
+		return fmt.Sprintf("versions 1-%d", n)
+	}
+}

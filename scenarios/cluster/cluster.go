@@ -1,0 +1,342 @@
+// Package cluster starts real Drover servers inside one test process, on
+// loopback with real TLS, Raft and Pebble, and injects faults into them:
+// kill, restart, partition, delay. Scenarios build on it.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/net/http2"
+
+	"github.com/droverhq/drover/controlplane/server"
+	"github.com/droverhq/drover/internal/faultnet"
+	"github.com/droverhq/drover/internal/logging"
+	"github.com/droverhq/drover/internal/pki"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
+)
+
+// Options tune a cluster. Zero values take the defaults.
+type Options struct {
+	// Configure, when set, adjusts each server's config before it starts.
+	Configure func(*server.Config)
+	// NoBootstrapACL leaves ACLs unbootstrapped (no token).
+	NoBootstrapACL bool
+}
+
+// Cluster is a set of in-process servers sharing one CA and one fault
+// network. Methods are safe for concurrent use unless noted.
+type Cluster struct {
+	t    testing.TB
+	opts Options
+	// Net carries every server-to-server connection; use it to partition.
+	Net    *faultnet.Network
+	CA     *pki.CA
+	caCert string
+	caKey  string
+	dir    string
+
+	mu    sync.Mutex // guards nodes and token
+	nodes []*Node
+	token string
+}
+
+// Node is one server of the cluster; Server is nil while it is killed.
+type Node struct {
+	Name string
+	cfg  server.Config
+
+	mu  sync.Mutex // guards srv
+	srv *server.Server
+}
+
+// Server returns the running server, or nil while the node is down.
+func (n *Node) Server() *server.Server {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.srv
+}
+
+// APIAddr is the node's API address, stable across restarts.
+func (n *Node) APIAddr() string { return n.cfg.APIAddr }
+
+// Make starts n servers that bootstrap together, waits for a leader and
+// (unless told not to) bootstraps ACLs. Everything stops when the test
+// ends.
+func Make(t testing.TB, n int, opts Options) *Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewCA("Drover test CA", 24*time.Hour)
+	if err != nil {
+		t.Fatalf("cluster: create CA: %v", err)
+	}
+	c := &Cluster{
+		t: t, opts: opts, Net: faultnet.New(), CA: ca, dir: dir,
+		caCert: filepath.Join(dir, "ca.pem"), caKey: filepath.Join(dir, "ca-key.pem"),
+	}
+	if err := ca.WriteFiles(c.caCert, c.caKey); err != nil {
+		t.Fatalf("cluster: write CA: %v", err)
+	}
+	t.Cleanup(c.Shutdown)
+	expect := n
+	var join []string
+	for i := range n {
+		node := c.newNode(fmt.Sprintf("s%d", i+1), expect, join)
+		if err := c.start(node); err != nil {
+			t.Fatalf("cluster: start %s: %v", node.Name, err)
+		}
+		if i == 0 {
+			join = []string{node.cfg.GossipAddr}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.WaitLeader(ctx); err != nil {
+		t.Fatalf("cluster: %v", err)
+	}
+	if !opts.NoBootstrapACL {
+		c.bootstrapACL(ctx)
+	}
+	return c
+}
+
+func (c *Cluster) newNode(name string, expect int, join []string) *Node {
+	cfg := server.DefaultConfig()
+	cfg.Name = name
+	cfg.DataDir = filepath.Join(c.dir, name)
+	cfg.APIAddr = "127.0.0.1:0"
+	cfg.RaftAddr = "127.0.0.1:0"
+	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.BootstrapExpect = expect
+	cfg.Join = slices.Clone(join)
+	cfg.CACertFile, cfg.CAKeyFile = c.caCert, c.caKey
+	cfg.Network = c.Net
+	cfg.Logger = logging.TestLogger(c.t).With("node", name)
+	// Snapshot often so scenarios exercise log truncation.
+	cfg.SnapshotThreshold = 256
+	cfg.TrailingLogs = 128
+	if c.opts.Configure != nil {
+		c.opts.Configure(&cfg)
+	}
+	node := &Node{Name: name, cfg: cfg}
+	c.mu.Lock()
+	c.nodes = append(c.nodes, node)
+	c.mu.Unlock()
+	return node
+}
+
+// start runs the node's server and records its resolved addresses, so a
+// restart reuses the same ports and data.
+func (c *Cluster) start(n *Node) error {
+	s, err := server.New(n.cfg)
+	if err != nil {
+		return err
+	}
+	if err := s.Start(); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.srv = s
+	n.cfg = s.Config()
+	n.mu.Unlock()
+	return nil
+}
+
+// Nodes returns every node, running or not, in creation order.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.nodes)
+}
+
+// Node returns the node with this name; it fails the test if none.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.Nodes() {
+		if n.Name == name {
+			return n
+		}
+	}
+	c.t.Fatalf("cluster: no node %q", name)
+	return nil
+}
+
+// Token is the management token (empty with NoBootstrapACL).
+func (c *Cluster) Token() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token
+}
+
+// Leader returns the node that currently leads, or nil.
+func (c *Cluster) Leader() *Node {
+	for _, n := range c.Nodes() {
+		if s := n.Server(); s != nil && s.IsLeader() {
+			return n
+		}
+	}
+	return nil
+}
+
+// WaitLeader waits until some running node leads and has established
+// leadership (it can serve consistent reads).
+func (c *Cluster) WaitLeader(ctx context.Context) (*Node, error) {
+	for {
+		if l := c.Leader(); l != nil && l.Server().LeadershipEstablished() {
+			return l, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no leader elected: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Kill stops a node abruptly: no leave, no drain, connections cut.
+func (c *Cluster) Kill(n *Node) {
+	n.mu.Lock()
+	s := n.srv
+	n.srv = nil
+	n.mu.Unlock()
+	if s != nil {
+		c.Net.Kill(n.Name)
+		s.Kill()
+		c.Net.Revive(n.Name)
+	}
+}
+
+// Restart starts a killed node again from the same data dir and ports.
+func (c *Cluster) Restart(n *Node) error {
+	if n.Server() != nil {
+		return fmt.Errorf("restart %s: it is running", n.Name)
+	}
+	// The port may linger briefly after a kill; retry a little.
+	var err error
+	for range 50 {
+		if err = c.start(n); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("restart %s: %w", n.Name, err)
+}
+
+// AddServer starts a new server that joins the running cluster without
+// bootstrapping; the leader adds it as a voter.
+func (c *Cluster) AddServer(name string) (*Node, error) {
+	var join []string
+	for _, n := range c.Nodes() {
+		if n.Server() != nil {
+			join = append(join, n.cfg.GossipAddr)
+		}
+	}
+	node := c.newNode(name, 0, join)
+	return node, c.start(node)
+}
+
+// Partition splits the named nodes into groups that cannot reach each
+// other over Raft or request forwarding. Clients still reach every node.
+func (c *Cluster) Partition(groups ...[]string) { c.Net.Partition(groups...) }
+
+// Heal removes every partition.
+func (c *Cluster) Heal() { c.Net.Heal() }
+
+// Shutdown stops every running node. Idempotent; runs at test cleanup.
+func (c *Cluster) Shutdown() {
+	var wg sync.WaitGroup
+	for _, n := range c.Nodes() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.mu.Lock()
+			s := n.srv
+			n.srv = nil
+			n.mu.Unlock()
+			if s != nil {
+				s.Kill()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// Clients are the API clients for one node.
+type Clients struct {
+	Models  droverv1connect.ModelServiceClient
+	ACL     droverv1connect.ACLServiceClient
+	Audit   droverv1connect.AuditServiceClient
+	Cluster droverv1connect.ClusterServiceClient
+}
+
+// Client returns API clients that talk to node n with the cluster's token.
+// With stale set, reads may be answered by n from its local state.
+func (c *Cluster) Client(n *Node, stale bool) *Clients {
+	hc := &http.Client{Transport: &http2.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13},
+	}}
+	token := c.Token()
+	opts := connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if token != "" {
+				req.Header().Set("Authorization", "Bearer "+token)
+			}
+			if stale {
+				req.Header().Set(server.ConsistencyHeader, "stale")
+			}
+			return next(ctx, req)
+		}
+	}))
+	base := "https://" + n.APIAddr()
+	return &Clients{
+		Models:  droverv1connect.NewModelServiceClient(hc, base, opts),
+		ACL:     droverv1connect.NewACLServiceClient(hc, base, opts),
+		Audit:   droverv1connect.NewAuditServiceClient(hc, base, opts),
+		Cluster: droverv1connect.NewClusterServiceClient(hc, base, opts),
+	}
+}
+
+func (c *Cluster) bootstrapACL(ctx context.Context) {
+	l := c.Leader()
+	res, err := c.Client(l, false).ACL.Bootstrap(ctx, connect.NewRequest(&droverv1.BootstrapRequest{}))
+	if err != nil {
+		c.t.Fatalf("cluster: bootstrap ACL: %v", err)
+	}
+	c.mu.Lock()
+	c.token = res.Msg.GetSecretId()
+	c.mu.Unlock()
+}
+
+// WaitConverged waits until every running node has applied the same Raft
+// index as the leader and returns that index.
+func (c *Cluster) WaitConverged(ctx context.Context) (uint64, error) {
+	for {
+		l := c.Leader()
+		if l != nil {
+			want := l.Server().Raft().AppliedIndex()
+			ok := true
+			for _, n := range c.Nodes() {
+				s := n.Server()
+				if s != nil && s.Raft().AppliedIndex() < want {
+					ok = false
+				}
+			}
+			if ok {
+				return want, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("servers did not converge: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
