@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -56,8 +57,8 @@ func newForwarder(s *Server) *forwarder {
 		s:     s,
 		procs: classifyProcedures(),
 		transport: &http.Transport{
-			TLSClientConfig:   tlsConf,
-			ForceAttemptHTTP2: true,
+			TLSClientConfig:     tlsConf,
+			ForceAttemptHTTP2:   true,
 			MaxIdleConnsPerHost: 16,
 			IdleConnTimeout:     90 * time.Second,
 		},
@@ -152,6 +153,12 @@ func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
 		FlushInterval: -1, // stream responses as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
+				return
+			}
+			var opErr *net.OpError
+			if errors.As(err, &opErr) && opErr.Op == "dial" {
+				// Nothing was sent, so the caller may safely retry.
+				f.writeErr(w, r, f.s.noLeaderError(fmt.Sprintf("the leader %s at %s is unreachable (%v); the request was not sent", name, addr, opErr.Err)))
 				return
 			}
 			f.writeErr(w, r, apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,

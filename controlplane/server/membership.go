@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -37,6 +39,10 @@ type serverMeta struct {
 	BootstrapExpect int          `json:"expect"`
 	Version         string       `json:"version"`
 	Status          memberStatus `json:"-"`
+	// Leaving is set by a server that leaves gracefully, just before it
+	// leaves gossip: memberlist's events do not tell a leave from a
+	// failure, and only a leave makes the leader remove it from Raft.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 func (s *Server) selfMeta() serverMeta {
@@ -47,6 +53,7 @@ func (s *Server) selfMeta() serverMeta {
 		GossipAddr:      s.cfg.advertise(s.cfg.GossipAddr),
 		BootstrapExpect: s.cfg.BootstrapExpect,
 		Version:         Version,
+		Leaving:         s.leaving.Load(),
 		Status:          memberAlive,
 	}
 }
@@ -88,25 +95,66 @@ func (s *Server) setupGossip() error {
 	if port == 0 {
 		s.cfg.GossipAddr = net.JoinHostPort(host, strconv.Itoa(int(ml.LocalNode().Port)))
 	}
-	if len(s.cfg.Join) > 0 {
+	if targets := s.joinTargets(); len(targets) > 0 {
 		s.wg.Add(1)
-		go s.joinLoop()
+		go s.joinLoop(targets)
 	}
 	return nil
 }
 
+// knownPeersFile remembers the gossip addresses of the other servers, so a
+// restarted server finds the cluster again even when it was started
+// without --join (the first server of a cluster usually is).
+func (c *Config) knownPeersFile() string { return filepath.Join(c.DataDir, "known-servers.json") }
+
+// joinTargets is --join plus every server seen before a restart.
+func (s *Server) joinTargets() []string {
+	targets := slices.Clone(s.cfg.Join)
+	if b, err := os.ReadFile(s.cfg.knownPeersFile()); err == nil {
+		var known []string
+		if err := json.Unmarshal(b, &known); err != nil {
+			s.logger.Warn("ignoring unreadable known-servers file", "path", s.cfg.knownPeersFile(), "err", err)
+		}
+		for _, a := range known {
+			if !slices.Contains(targets, a) && a != s.cfg.advertise(s.cfg.GossipAddr) {
+				targets = append(targets, a)
+			}
+		}
+	}
+	return targets
+}
+
+// saveKnownPeers records the gossip addresses of live servers. Losing the
+// file only costs an automatic rejoin, so errors are logged, not fatal.
+func (s *Server) saveKnownPeers() {
+	var addrs []string
+	for _, m := range s.gossipServers() {
+		if m.Name != s.cfg.Name && m.GossipAddr != "" && m.Status != memberLeft {
+			addrs = append(addrs, m.GossipAddr)
+		}
+	}
+	b, _ := json.Marshal(addrs)
+	tmp := s.cfg.knownPeersFile() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err == nil {
+		err = os.Rename(tmp, s.cfg.knownPeersFile())
+		if err != nil {
+			s.logger.Debug("save known servers", "err", err)
+		}
+	}
+}
+
 // joinLoop contacts the configured peers until one answers, so servers can
 // start in any order.
-func (s *Server) joinLoop() {
+func (s *Server) joinLoop(targets []string) {
 	defer s.wg.Done()
 	backoff := 200 * time.Millisecond
 	for {
-		n, err := s.members.Join(s.cfg.Join)
+		n, err := s.members.Join(targets)
 		if n > 0 {
 			s.logger.Info("joined gossip", "contacted", n)
 			return
 		}
-		s.logger.Info("waiting for other servers to answer", "join", s.cfg.Join, "err", err)
+		s.logger.Info("waiting for other servers to answer", "join", targets, "err", err)
 		select {
 		case <-s.ctx.Done():
 			return
@@ -135,6 +183,9 @@ func (s *Server) membershipLoop() {
 			return
 		case ev := <-s.events:
 			s.recordEvent(ev)
+			if ev.Event == memberlist.NodeJoin {
+				s.saveKnownPeers()
+			}
 			select {
 			case s.reconcileCh <- struct{}{}:
 			default:
@@ -158,9 +209,11 @@ func (s *Server) recordEvent(ev memberlist.NodeEvent) {
 		meta.Status = memberAlive
 	case memberlist.NodeLeave:
 		meta.Status = memberFailed
-		if ev.Node.State == memberlist.StateLeft {
-			meta.Status = memberLeft
-		}
+	}
+	// ev.Node.State is not maintained by memberlist (it stays "alive"), so
+	// whether a server left is read from its own announcement.
+	if meta.Leaving {
+		meta.Status = memberLeft
 	}
 	s.mu.Lock()
 	s.serverMeta[meta.Name] = meta
