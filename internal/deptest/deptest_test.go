@@ -1,0 +1,96 @@
+// Package deptest enforces Drover's import rules: the layout in
+// DESIGN.md only works if imports point down the list of folders.
+package deptest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/droverhq/drover"
+
+type pkg struct {
+	ImportPath string
+	Imports    []string
+	Deps       []string
+}
+
+func listPackages(t *testing.T, args ...string) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list", "-json"}, args...)...)
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// area is the top-level folder of one of our packages.
+func area(path string) string {
+	rest := strings.TrimPrefix(path, module+"/")
+	if i := strings.Index(rest, "/"); i >= 0 {
+		return rest[:i]
+	}
+	return rest
+}
+
+func TestImportRules(t *testing.T) {
+	// What each area may import from the module (besides itself).
+	allowed := map[string][]string{
+		"proto":        {},
+		"internal":     {"proto"},
+		"hwprobe":      {"proto", "internal"},
+		"controlplane": {"proto", "internal"},
+		"agent":        {"proto", "internal", "hwprobe"},
+		"cli":          {"proto", "internal", "controlplane"},
+		"cmd":          {"proto", "internal", "hwprobe", "controlplane", "agent", "cli"},
+		"scenarios":    {"proto", "internal", "hwprobe", "controlplane", "agent", "cli"},
+	}
+	for _, p := range listPackages(t, "./...") {
+		from := area(p.ImportPath)
+		ok, known := allowed[from]
+		if !known {
+			t.Errorf("%s is in an unknown top-level folder %q: add it to DESIGN.md's layout and to this test", p.ImportPath, from)
+			continue
+		}
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module+"/") {
+				continue
+			}
+			to := area(imp)
+			if to == from {
+				continue
+			}
+			permitted := false
+			for _, a := range ok {
+				permitted = permitted || a == to
+			}
+			if !permitted {
+				t.Errorf("%s imports %s: %s may not import %s", p.ImportPath, imp, from, to)
+			}
+		}
+	}
+}
+
+// The product never links the baseline stores used by benchmarks.
+func TestBenchmarkBaselinesStayOut(t *testing.T) {
+	for _, p := range listPackages(t, "-deps", "./cmd/...") {
+		for _, bad := range []string{"github.com/hashicorp/raft-boltdb", "github.com/hashicorp/raft-wal", "go.etcd.io/bbolt", "github.com/boltdb/bolt"} {
+			if strings.HasPrefix(p.ImportPath, bad) {
+				t.Errorf("the product links %s: keep benchmark baselines in the bench module", p.ImportPath)
+			}
+		}
+	}
+}
