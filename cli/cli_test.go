@@ -609,17 +609,6 @@ func TestCommandTree(t *testing.T) {
 	walk(newRootCommand(&globals{}))
 }
 
-func TestPlaceholders(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	for _, name := range []string{"server", "dev"} {
-		r := h.run(name)
-		if r.code != exitError || r.stderr != "Error: drover "+name+": not available in this build\n" {
-			t.Errorf("drover %s: %+v", name, r)
-		}
-	}
-}
-
 // deadAddress returns a loopback HOST:PORT where nothing listens.
 func deadAddress(t *testing.T) string {
 	t.Helper()

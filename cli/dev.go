@@ -49,14 +49,14 @@ the same data, token and CA. Ctrl-C stops it cleanly.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.dataDir, "data-dir", "", "where to keep the dev cluster's data (default $XDG_DATA_HOME/drover/dev)")
-	fl.IntVar(&f.port, "port", server.DefaultAPIPort, "API port; Raft and gossip use the next two")
+	fl.IntVar(&f.port, "port", server.DefaultAPIPort, "API port; Raft and gossip use the next two (0: any free ports)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "server log level: debug, info, warn or error")
 	fl.BoolVar(&f.noClientConfig, "no-client-config", false, "do not write the client config file")
 	return cmd
 }
 
 func defaultDevDataDir(lookupEnv func(string) (string, bool)) (string, error) {
-	if d, ok := lookupEnv("XDG_DATA_HOME"); ok && d != "" {
+	if d := env(lookupEnv, "XDG_DATA_HOME"); filepath.IsAbs(d) {
 		return filepath.Join(d, "drover", "dev"), nil
 	}
 	home, err := os.UserHomeDir()
@@ -85,9 +85,15 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 	cfg := server.DefaultConfig()
 	cfg.Name = "dev"
 	cfg.DataDir = dir
-	cfg.APIAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(f.port))
-	cfg.RaftAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(f.port+1))
-	cfg.GossipAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(f.port+2))
+	port := func(offset int) string {
+		if f.port == 0 {
+			return "0" // any free port, for each listener
+		}
+		return fmt.Sprint(f.port + offset)
+	}
+	cfg.APIAddr = net.JoinHostPort("127.0.0.1", port(0))
+	cfg.RaftAddr = net.JoinHostPort("127.0.0.1", port(1))
+	cfg.GossipAddr = net.JoinHostPort("127.0.0.1", port(2))
 	cfg.BootstrapExpect = 1
 	cfg.Logger = logging.New(g.stderr, level, "text")
 
@@ -174,7 +180,7 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 		}
 	}
 	if !noClientConfig {
-		path, err := DefaultClientConfigPath()
+		path, _, err := clientConfigPath(g.lookupEnv)
 		if err == nil {
 			err = WriteClientConfig(path, out.ClientConfig)
 		}

@@ -16,10 +16,22 @@ func newTLSCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "tls",
 		Short: "Create the cluster's TLS material",
-		Args:  groupArgs,
-		RunE:  showHelp,
+		Long: `Create the TLS material a cluster needs. Drover uses mutual TLS everywhere:
+servers prove themselves to each other and to clients with certificates from
+one cluster CA.`,
+		Example: `  drover tls ca create --dir ./ca`,
+		Args:    groupArgs,
+		RunE:    showHelp,
 	}
-	ca := &cobra.Command{Use: "ca", Short: "Manage the cluster CA", Args: groupArgs, RunE: showHelp}
+	ca := &cobra.Command{
+		Use:   "ca",
+		Short: "Manage the cluster CA",
+		Long: `The cluster CA signs every server's certificate (and, later, every agent's).
+Its certificate is what clients pass as --ca-cert.`,
+		Example: `  drover tls ca create --dir ./ca`,
+		Args:    groupArgs,
+		RunE:    showHelp,
+	}
 	var dir string
 	var days int
 	create := &cobra.Command{

@@ -22,6 +22,9 @@ const (
 	DefaultGossipPort = 7402
 )
 
+// minRaftTimeout is the shortest Raft timeout hashicorp/raft accepts.
+const minRaftTimeout = 5 * time.Millisecond
+
 // Config is everything a server needs to start. Build it with DefaultConfig
 // and check it with Validate; New validates again.
 type Config struct {
@@ -152,8 +155,13 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s address %q is not HOST:PORT: set --%s-addr", kind, addrs[kind], kind))
 		}
 	}
-	if !strings.HasSuffix(c.RaftAddr, ":0") && (c.RaftAddr == c.APIAddr || c.RaftAddr == c.GossipAddr) {
-		errs = append(errs, fmt.Errorf("raft address %s is also used by another listener: give each its own port", c.RaftAddr))
+	// Every pair collides: API and gossip both use TCP and UDP, Raft TCP.
+	for _, p := range [][2]string{{"api", "raft"}, {"api", "gossip"}, {"raft", "gossip"}} {
+		a, b := addrs[p[0]], addrs[p[1]]
+		if a == b && !strings.HasSuffix(a, ":0") {
+			errs = append(errs, fmt.Errorf("%s and %s addresses are both %s: give --%s-addr and --%s-addr different ports",
+				p[0], p[1], a, p[0], p[1]))
+		}
 	}
 	if c.BootstrapExpect < 0 {
 		errs = append(errs, fmt.Errorf("bootstrap-expect %d is negative", c.BootstrapExpect))
@@ -167,18 +175,34 @@ func (c *Config) Validate() error {
 	if (c.CACertFile == "") != (c.CAKeyFile == "") {
 		errs = append(errs, errors.New("give both --ca-file and --ca-key-file, or neither"))
 	}
-	if c.HeartbeatTimeout <= 0 || c.ElectionTimeout <= 0 || c.LeaderLeaseTimeout <= 0 {
-		errs = append(errs, errors.New("raft timeouts must be positive"))
+	// Raft timings are config-file settings only; messages name the keys.
+	// Raft itself refuses less than 5ms, an election timeout shorter than
+	// the heartbeat timeout, and a lease longer than the heartbeat.
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"raft_heartbeat_timeout", c.HeartbeatTimeout},
+		{"raft_election_timeout", c.ElectionTimeout},
+		{"raft_leader_lease_timeout", c.LeaderLeaseTimeout},
+	} {
+		if d.v < Duration(minRaftTimeout) {
+			errs = append(errs, fmt.Errorf("%s %s is too short: use at least %s", d.key, time.Duration(d.v), minRaftTimeout))
+		}
 	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
-		errs = append(errs, fmt.Errorf("raft leader lease timeout %s must not exceed heartbeat timeout %s",
+		errs = append(errs, fmt.Errorf("raft_leader_lease_timeout %s must not exceed raft_heartbeat_timeout %s",
 			time.Duration(c.LeaderLeaseTimeout), time.Duration(c.HeartbeatTimeout)))
 	}
+	if c.ElectionTimeout < c.HeartbeatTimeout {
+		errs = append(errs, fmt.Errorf("raft_election_timeout %s must not be shorter than raft_heartbeat_timeout %s",
+			time.Duration(c.ElectionTimeout), time.Duration(c.HeartbeatTimeout)))
+	}
 	if c.ApplyTimeout <= 0 {
-		errs = append(errs, errors.New("apply timeout must be positive"))
+		errs = append(errs, errors.New("apply_timeout must be positive"))
 	}
 	if c.SnapshotThreshold == 0 {
-		errs = append(errs, errors.New("snapshot threshold must be positive"))
+		errs = append(errs, errors.New("snapshot_threshold must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid server config: %w", err)

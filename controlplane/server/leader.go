@@ -22,44 +22,55 @@ const reconcileInterval = 5 * time.Second
 // the server.
 func (s *Server) monitorLeadership() {
 	defer s.wg.Done()
-	var (
-		stop context.CancelFunc
-		done chan struct{}
-	)
-	stopLeading := func() {
-		if stop == nil {
-			return
-		}
-		stop()
-		<-done
-		stop, done = nil, nil
-		s.mu.Lock()
-		s.readyForReads = nil
-		s.mu.Unlock()
-	}
-	defer stopLeading()
+	var leading *leaderDuty
+	defer func() { leading.stop(s) }()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case isLeader := <-s.leaderNotify:
-			if isLeader && stop == nil {
-				ready := make(chan struct{})
-				s.mu.Lock()
-				s.readyForReads = ready
-				s.mu.Unlock()
-				var ctx context.Context
-				ctx, stop = context.WithCancel(s.ctx)
-				done = make(chan struct{})
-				go func() {
-					defer close(done)
-					s.leaderLoop(ctx, ready)
-				}()
-			} else if !isLeader {
-				stopLeading()
+			switch {
+			case isLeader && leading == nil:
+				leading = s.startLeading()
+			case !isLeader && leading != nil:
+				leading.stop(s)
+				leading = nil
 			}
 		}
 	}
+}
+
+// leaderDuty is one term's worth of leader work, owned by
+// monitorLeadership.
+type leaderDuty struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *Server) startLeading() *leaderDuty {
+	ready := make(chan struct{})
+	s.mu.Lock()
+	s.readyForReads = ready
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(s.ctx)
+	d := &leaderDuty{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		s.leaderLoop(ctx, ready)
+	}()
+	return d
+}
+
+// stop ends the leader work and waits for it; nil is a no-op.
+func (d *leaderDuty) stop(s *Server) {
+	if d == nil {
+		return
+	}
+	d.cancel()
+	<-d.done
+	s.mu.Lock()
+	s.readyForReads = nil
+	s.mu.Unlock()
 }
 
 // leaderLoop runs while this server leads: it first makes sure every entry

@@ -10,10 +10,10 @@ import (
 )
 
 // Leave removes this server from the cluster gracefully: it hands
-// leadership to another server if it leads, announces its departure in
-// gossip (the leader then removes it from the Raft configuration), waits
-// until it is out of the configuration, and signals LeaveRequested so its
-// owner shuts it down.
+// leadership to another server if it leads, announces in its gossip
+// metadata that it is leaving (the leader then removes it from the Raft
+// configuration), waits until it is out of the configuration, leaves
+// gossip, and signals LeaveRequested so its owner shuts it down.
 func (s *Server) Leave(ctx context.Context) error {
 	if s.IsLeader() {
 		voters := 0
@@ -31,19 +31,27 @@ func (s *Server) Leave(ctx context.Context) error {
 			return fmt.Errorf("leave: transfer leadership: %w", err)
 		}
 	}
-	if err := s.members.Leave(5 * time.Second); err != nil {
+	// The intent travels as a metadata update while this server is still
+	// in gossip; leaving gossip first could let the leader see it go
+	// before it sees why, and take the leave for a failure.
+	s.leaving.Store(true)
+	if err := s.members.UpdateNode(5 * time.Second); err != nil {
 		return fmt.Errorf("leave: announce in gossip: %w", err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if !s.inRaftConfig() {
-			break
+	for s.inRaftConfig() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("leave: the leader has not removed this server from Raft after 30s; "+
+				"check \"drover status\", or remove it with \"drover operator raft remove-peer %s\"", s.cfg.Name)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+	if err := s.members.Leave(5 * time.Second); err != nil {
+		return fmt.Errorf("leave: leave gossip: %w", err)
 	}
 	s.logger.Info("left the cluster")
 	s.leaveOnce.Do(func() { close(s.leaveCh) })

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -70,6 +71,7 @@ type Server struct {
 	reconcileCh  chan struct{} // nudges the leader to reconcile members
 	leaveCh      chan struct{} // closed after a graceful Leave
 	leaveOnce    sync.Once
+	leaving      atomic.Bool // set by Leave; advertised in gossip metadata
 
 	mu            sync.Mutex            // guards the fields below
 	serverMeta    map[string]serverMeta // gossip view of servers, by name

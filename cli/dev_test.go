@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// runDevUntilReady starts `drover dev` and returns once it says it is
+// running; stop ends it as Ctrl-C would and returns its exit code.
+func runDevUntilReady(t *testing.T, dataDir, configPath string) (out *syncBuffer, stop func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out, errOut := &syncBuffer{}, &syncBuffer{}
+	g := &globals{
+		stdin: strings.NewReader(""), stdout: out, stderr: errOut,
+		lookupEnv: func(k string) (string, bool) {
+			if k == envConfig {
+				return configPath, true
+			}
+			return "", false
+		},
+		isTerminal: func(any) bool { return false },
+		now:        time.Now,
+	}
+	done := make(chan int, 1)
+	go func() { done <- g.run(ctx, []string{"dev", "--port", "0", "--data-dir", dataDir}) }()
+	deadline := time.After(60 * time.Second)
+	for !strings.Contains(out.String(), "Drover dev cluster is running") {
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("drover dev exited with %d before it was ready:\n%s\n%s", code, out, errOut)
+		case <-deadline:
+			cancel()
+			t.Fatalf("drover dev not ready after 60s:\n%s\n%s", out, errOut)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return out, func() int {
+		cancel()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(30 * time.Second):
+			t.Fatal("drover dev did not stop within 30s of Ctrl-C")
+			return -1
+		}
+	}
+}
+
+// A newcomer's first run creates a CA, a token, a client config and a
+// sample model; the CLI then works with no flags; a second run reuses all
+// of it.
+func TestDevRunsAndResumes(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	configPath := filepath.Join(dir, "config.json")
+
+	out, stop := runDevUntilReady(t, dataDir, configPath)
+	if !strings.Contains(out.String(), dataDir) {
+		t.Errorf("drover dev does not print its data dir:\n%s", out)
+	}
+	cfg, err := loadClientConfig(func(k string) (string, bool) {
+		if k == envConfig {
+			return configPath, true
+		}
+		return "", false
+	})
+	if err != nil {
+		t.Fatalf("client config: %v", err)
+	}
+	if cfg.Token == "" || cfg.CACert == "" || cfg.Address == "" {
+		t.Fatalf("client config incomplete: %+v", cfg)
+	}
+	// The CLI, configured only by the file dev wrote, sees the sample.
+	h := &globals{
+		stdin: strings.NewReader(""), stdout: &syncBuffer{}, stderr: &syncBuffer{},
+		lookupEnv: func(k string) (string, bool) {
+			if k == envConfig {
+				return configPath, true
+			}
+			return "", false
+		},
+		isTerminal: func(any) bool { return false }, now: time.Now,
+	}
+	if code := h.run(context.Background(), []string{"model", "card", "hello-classifier@prod"}); code != exitOK {
+		t.Fatalf("model card exited %d: %s", code, h.stderr)
+	}
+	if !strings.Contains(h.stdout.(*syncBuffer).String(), "# hello-classifier") {
+		t.Fatalf("sample card not printed: %s", h.stdout)
+	}
+	if code := stop(); code != exitOK && code != exitInterrupted {
+		t.Fatalf("drover dev exited %d after Ctrl-C", code)
+	}
+	token, err := os.ReadFile(filepath.Join(dataDir, "dev-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Second run: same data, same token, no second sample.
+	out, stop = runDevUntilReady(t, dataDir, configPath)
+	if !strings.Contains(out.String(), strings.TrimSpace(string(token))) {
+		t.Errorf("second run uses another token:\n%s", out)
+	}
+	h.stdout = &syncBuffer{}
+	if code := h.run(context.Background(), []string{"model", "version", "ls", "hello-classifier", "-o", "json"}); code != exitOK {
+		t.Fatalf("version ls exited %d: %s", code, h.stderr)
+	}
+	if n := strings.Count(h.stdout.(*syncBuffer).String(), `"version":`); n != 1 {
+		t.Errorf("sample model has %d versions after a rerun, want 1", n)
+	}
+	stop()
+}
