@@ -216,7 +216,7 @@ func (s *Server) voterReachability() (voters, reachable int) {
 	}
 	alive := map[string]bool{s.cfg.Name: true}
 	for _, m := range s.gossipServers() {
-		if (m.Status == memberAlive || m.Status == memberSuspect) && !s.peerBlocked(m.Name) {
+		if m.Status == memberAlive && !s.peerBlocked(m.Name) {
 			alive[m.Name] = true
 		}
 	}

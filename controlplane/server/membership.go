@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,7 +26,6 @@ type memberStatus string
 
 const (
 	memberAlive   memberStatus = "alive"
-	memberSuspect memberStatus = "suspect"
 	memberFailed  memberStatus = "failed"
 	memberLeft    memberStatus = "left"
 )
@@ -222,37 +222,20 @@ func (s *Server) recordEvent(ev memberlist.NodeEvent) {
 }
 
 // gossipServers lists every server gossip has seen, with its status,
-// sorted by name. Suspect servers are reported as such.
+// sorted by name. (memberlist does not report suspicion through its
+// public API, so a suspect server reads as alive until it is declared
+// failed.)
 func (s *Server) gossipServers() []serverMeta {
-	suspect := map[string]bool{}
-	if s.members != nil {
-		for _, n := range s.members.Members() {
-			if n.State == memberlist.StateSuspect {
-				suspect[n.Name] = true
-			}
-		}
-	}
 	s.mu.Lock()
 	out := make([]serverMeta, 0, len(s.serverMeta)+1)
 	for _, m := range s.serverMeta {
-		if suspect[m.Name] && m.Status == memberAlive {
-			m.Status = memberSuspect
-		}
 		out = append(out, m)
 	}
 	s.mu.Unlock()
 	if !slices.ContainsFunc(out, func(m serverMeta) bool { return m.Name == s.cfg.Name }) {
 		out = append(out, s.selfMeta())
 	}
-	slices.SortFunc(out, func(a, b serverMeta) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b serverMeta) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
