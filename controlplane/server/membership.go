@@ -25,9 +25,9 @@ import (
 type memberStatus string
 
 const (
-	memberAlive   memberStatus = "alive"
-	memberFailed  memberStatus = "failed"
-	memberLeft    memberStatus = "left"
+	memberAlive  memberStatus = "alive"
+	memberFailed memberStatus = "failed"
+	memberLeft   memberStatus = "left"
 )
 
 // serverMeta is what a server advertises about itself in gossip.
