@@ -198,7 +198,13 @@ func (s *Server) noLeaderError(why string) *connect.Error {
 		if reachable < quorum {
 			hint = fmt.Sprintf("start or reconnect at least %d more server(s); writes fail until a quorum is back", quorum-reachable)
 		} else {
+			// Gossip lags a real partition by a few seconds, so say what
+			// Raft knows too: how long since a leader was heard from.
 			hint = "an election is probably under way; retry in a few seconds"
+			if lc := s.raft.LastContact(); !lc.IsZero() && time.Since(lc) > 2*time.Duration(s.cfg.ElectionTimeout) {
+				hint = fmt.Sprintf("this server last heard from a leader %s ago: it may be cut off from the others; "+
+					"retry against another server and check \"drover status\" there", time.Since(lc).Round(100*time.Millisecond))
+			}
 		}
 	}
 	return apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER, msg, hint)
