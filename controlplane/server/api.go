@@ -169,6 +169,13 @@ func (a *authInterceptor) authorize(ctx context.Context, procedure string, h htt
 	st := a.s.state
 	secret, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
 	secret = strings.TrimSpace(secret)
+	if !st.ACLBootstrapped() && st.Index() < a.s.raft.CommitIndex() {
+		// A restarted server replays its log before it knows the tokens;
+		// "not bootstrapped" would send the operator the wrong way.
+		return ctx, apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
+			fmt.Sprintf("this server is still replaying its log (at index %d of %d)", st.Index(), a.s.raft.CommitIndex()),
+			"retry in a moment")
+	}
 	if !st.ACLBootstrapped() {
 		return ctx, apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_ACL_NOT_BOOTSTRAPPED,
 			"ACLs are not bootstrapped: no token can be valid yet",

@@ -57,7 +57,11 @@ func newForwarder(s *Server) *forwarder {
 		s:     s,
 		procs: classifyProcedures(),
 		transport: &http.Transport{
-			TLSClientConfig:     tlsConf,
+			TLSClientConfig: tlsConf,
+			// A leader whose host vanished without a reset must not hold
+			// forwarded calls until the client gives up.
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 5 * time.Second,
 			ForceAttemptHTTP2:   true,
 			MaxIdleConnsPerHost: 16,
 			IdleConnTimeout:     90 * time.Second,
