@@ -316,3 +316,34 @@ func TestNewServerCatchesUpFromSnapshot(t *testing.T) {
 	}
 	_ = errors.New
 }
+
+// A slow link to one follower neither stops writes nor lets that follower
+// fall behind for good: the leader commits with the other follower, and the
+// slow one catches up once the link is fast again.
+func TestSlowFollower(t *testing.T) {
+	c := cluster.Make(t, 3, cluster.Options{})
+	leader := c.Leader()
+	var slow *cluster.Node
+	for _, n := range c.Nodes() {
+		if n != leader {
+			slow = n
+			break
+		}
+	}
+	c.Delay(leader, slow, 150*time.Millisecond)
+	cl := c.Client(leader, false)
+	createModel(t, cl, "m")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range 50 {
+		if _, err := createVersion(ctx, cl, "m", i, nil); err != nil {
+			t.Fatalf("write %d with a slow follower: %v", i, err)
+		}
+	}
+	if l := c.Leader(); l != leader {
+		t.Logf("leadership moved to %s under the delay", l.Name)
+	}
+	c.Delay(leader, slow, 0)
+	waitConverged(t, c)
+	assertSameRegistry(t, c)
+}

@@ -247,8 +247,12 @@ func (c *Cluster) AddServer(name string) (*Node, error) {
 // other over Raft or request forwarding. Clients still reach every node.
 func (c *Cluster) Partition(groups ...[]string) { c.Net.Partition(groups...) }
 
-// Heal removes every partition.
+// Heal removes every partition (delays stay; see Delay).
 func (c *Cluster) Heal() { c.Net.Heal() }
+
+// Delay adds latency to traffic between two nodes, both ways; zero
+// removes it.
+func (c *Cluster) Delay(a, b *Node, d time.Duration) { c.Net.SetDelay(a.Name, b.Name, d) }
 
 // Shutdown stops every running node. Idempotent; runs at test cleanup.
 func (c *Cluster) Shutdown() {
