@@ -62,8 +62,8 @@ const (
 	logKeyLen = 1 + 8
 )
 
-// memTableSize is Pebble's memtable size, and so (times 1.1) the size of a
-// WAL file. Log entries live briefly (Raft deletes them once a snapshot
+// memTableSize is Pebble's memtable size, and so about the most a WAL file
+// holds before Pebble starts the next. Log entries live briefly (Raft deletes them once a snapshot
 // covers them), so a memtable that holds many seconds of a busy cluster's log
 // (some 15 s at 15k applies/s of 100-byte commands) means few flushes of
 // entries that are about to be deleted anyway. Pebble stops writes while two
@@ -199,7 +199,7 @@ func pebbleOptions(log *slog.Logger) *pebble.Options {
 		EventListener:      eventListener(log),
 		FormatMajorVersion: formatVersion,
 		MemTableSize:       memTableSize,
-		FS:                 tmpFS(),
+		FS:                 walFS{vfs.Default},
 	}
 }
 
