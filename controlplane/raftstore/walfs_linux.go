@@ -32,14 +32,17 @@ type extendingFile struct {
 	fd       int
 	written  int64 // offset after the last Write
 	extended int64 // size the file has been extended to
+	cannot   bool  // fallocate failed once; do not try again
 }
 
 func (f *extendingFile) Write(p []byte) (int, error) {
-	if need := f.written + int64(len(p)); need > f.extended {
+	if need := f.written + int64(len(p)); need > f.extended && !f.cannot {
 		size := (need/walExtendStep + 1) * walExtendStep
-		// On failure (a file system without fallocate, say) the write
-		// just grows the file, as it would have without this.
-		if err := unix.Fallocate(f.fd, 0, f.extended, size-f.extended); err == nil {
+		// On failure (a file system without fallocate, say) writes just
+		// grow the file, as they would have without this.
+		if err := unix.Fallocate(f.fd, 0, f.extended, size-f.extended); err != nil {
+			f.cannot = true
+		} else {
 			f.extended = size
 		}
 	}

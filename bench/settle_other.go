@@ -1,0 +1,6 @@
+//go:build !unix
+
+package bench
+
+// settleDisk does nothing where there is no sync(2).
+func settleDisk() {}
