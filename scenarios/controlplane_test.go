@@ -2,7 +2,6 @@ package scenarios
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -314,7 +313,6 @@ func TestNewServerCatchesUpFromSnapshot(t *testing.T) {
 	if len(res.Msg.GetPeers()) != 4 {
 		t.Fatalf("peers after adding s4: %v", res.Msg.GetPeers())
 	}
-	_ = errors.New
 }
 
 // A slow link to one follower neither stops writes nor lets that follower

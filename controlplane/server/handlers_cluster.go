@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,7 +101,7 @@ func (s *Server) serverInfo() *droverv1.ServerInfo {
 		RaftAddr:     s.cfg.advertise(s.cfg.RaftAddr),
 		ApiAddr:      s.cfg.advertise(s.cfg.APIAddr),
 		GossipAddr:   s.cfg.advertise(s.cfg.GossipAddr),
-		RaftState:    stringsLower(s.raft.State().String()),
+		RaftState:    strings.ToLower(s.raft.State().String()),
 		Term:         s.raft.CurrentTerm(),
 		LastLogIndex: s.raft.LastIndex(),
 		CommitIndex:  s.raft.CommitIndex(),

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -74,5 +73,3 @@ func (s *Server) inRaftConfig() bool {
 	}
 	return false
 }
-
-func stringsLower(s string) string { return strings.ToLower(s) }

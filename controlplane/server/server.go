@@ -30,14 +30,6 @@ import (
 // Version is the server's software version, reported in status.
 const Version = "0.1.0-dev"
 
-// Errors returned by the server, matched with errors.Is.
-var (
-	// ErrNoLeader means the cluster has no leader this server can reach.
-	ErrNoLeader = errors.New("no cluster leader")
-	// ErrShutdown means the server is stopping or stopped.
-	ErrShutdown = errors.New("server is shut down")
-)
-
 // Server is one control-plane server. Create it with New, start it with
 // Start, stop it with Shutdown (graceful) or Kill (abrupt, for fault
 // injection). All methods are safe for concurrent use.
@@ -73,15 +65,15 @@ type Server struct {
 	leaveOnce    sync.Once
 	leaving      atomic.Bool // set by Leave; advertised in gossip metadata
 
+	ctx      context.Context // ends when the server stops
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // every goroutine the server starts
+	stopOnce sync.Once
+	stopped  chan struct{}
+
 	mu            sync.Mutex            // guards the fields below
 	serverMeta    map[string]serverMeta // gossip view of servers, by name
 	readyForReads chan struct{}         // closed once a new leader's barrier is done; nil when not leader
-
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	stopOnce sync.Once
-	stopped  chan struct{}
 }
 
 // New validates cfg and prepares a server; nothing listens until Start.
