@@ -319,13 +319,16 @@ func (c *Cluster) bootstrapACL(ctx context.Context) {
 	c.mu.Unlock()
 }
 
-// WaitConverged waits until every running node has applied the same Raft
-// index as the leader and returns that index.
+// WaitConverged waits until the leader has established its leadership and
+// every running node has applied everything in the leader's log, and
+// returns that index. Call it when clients have stopped writing. (The
+// leader's applied index is not enough: a leader that just restarted may
+// still be replaying its own log.)
 func (c *Cluster) WaitConverged(ctx context.Context) (uint64, error) {
 	for {
 		l := c.Leader()
-		if l != nil {
-			want := l.Server().Raft().AppliedIndex()
+		if l != nil && l.Server().LeadershipEstablished() {
+			want := l.Server().Raft().LastIndex()
 			ok := true
 			for _, n := range c.Nodes() {
 				s := n.Server()
