@@ -19,6 +19,10 @@ import (
 	"github.com/droverhq/drover/internal/pki"
 )
 
+// raftLogCacheSize is how many recent log entries stay in memory, one
+// full append batch (MaxAppendEntries).
+const raftLogCacheSize = 512
+
 // certValidity is how long a server certificate lives. Servers issue their
 // own at every start, so a year is only a bound for a server left running.
 const certValidity = 365 * 24 * time.Hour
@@ -120,7 +124,13 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("inspect raft state: %w", err)
 	}
-	r, err := raft.NewRaft(rc, s.fsm, logs, logs, snaps, s.trans)
+	// The leader replicates entries it has just written: keep the recent
+	// ones in memory rather than reading them back from the store.
+	cached, err := raft.NewLogCache(raftLogCacheSize, logs)
+	if err != nil {
+		return fmt.Errorf("raft log cache: %w", err)
+	}
+	r, err := raft.NewRaft(rc, s.fsm, cached, logs, snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
