@@ -115,12 +115,9 @@ func TestMinorityPartition(t *testing.T) {
 	createModel(t, c.Client(leader, false), "m")
 
 	var follower *cluster.Node
-	var others []string
 	for _, n := range c.Nodes() {
 		if n != leader && follower == nil {
 			follower = n
-		} else {
-			others = append(others, n.Name)
 		}
 	}
 

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/net/http2"
 
 	"github.com/droverhq/drover/controlplane/server"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -37,7 +36,7 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // empty) and, with stale set, the stale-consistency header.
 func clientsWith(t *testing.T, c *cluster.Cluster, n *cluster.Node, token string, stale bool) *cluster.Clients {
 	t.Helper()
-	h2 := &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}}
+	h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
 	hdr := http.Header{}
 	if token != "" {

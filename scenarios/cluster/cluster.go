@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/net/http2"
 
 	"github.com/droverhq/drover/controlplane/server"
 	"github.com/droverhq/drover/internal/faultnet"
@@ -44,6 +43,10 @@ type Cluster struct {
 	caCert string
 	caKey  string
 	dir    string
+
+	// transport is shared by every client, so connections are reused and
+	// closed at Shutdown.
+	transport *http.Transport
 
 	mu    sync.Mutex // guards nodes and token
 	nodes []*Node
@@ -82,6 +85,10 @@ func Make(t testing.TB, n int, opts Options) *Cluster {
 	c := &Cluster{
 		t: t, opts: opts, Net: faultnet.New(), CA: ca, dir: dir,
 		caCert: filepath.Join(dir, "ca.pem"), caKey: filepath.Join(dir, "ca-key.pem"),
+		transport: &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS13},
+			ForceAttemptHTTP2: true,
+		},
 	}
 	if err := ca.WriteFiles(c.caCert, c.caKey); err != nil {
 		t.Fatalf("cluster: write CA: %v", err)
@@ -271,6 +278,7 @@ func (c *Cluster) Shutdown() {
 		}()
 	}
 	wg.Wait()
+	c.transport.CloseIdleConnections()
 }
 
 // Clients are the API clients for one node.
@@ -284,9 +292,7 @@ type Clients struct {
 // Client returns API clients that talk to node n with the cluster's token.
 // With stale set, reads may be answered by n from its local state.
 func (c *Cluster) Client(n *Node, stale bool) *Clients {
-	hc := &http.Client{Transport: &http2.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13},
-	}}
+	hc := &http.Client{Transport: c.transport}
 	token := c.Token()
 	opts := connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
