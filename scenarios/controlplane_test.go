@@ -290,10 +290,10 @@ func TestNewServerCatchesUpFromSnapshot(t *testing.T) {
 	}
 	idx := waitConverged(t, c)
 	// Wait until s4 is in the configuration and caught up.
-	for s4.Server().Raft().AppliedIndex() < idx {
+	for s4.Server().State().Index() < idx {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("s4 did not catch up: applied %d, want %d", s4.Server().Raft().AppliedIndex(), idx)
+			t.Fatalf("s4 did not catch up: applied %d, want %d", s4.Server().State().Index(), idx)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

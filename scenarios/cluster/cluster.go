@@ -325,20 +325,22 @@ func (c *Cluster) bootstrapACL(ctx context.Context) {
 	c.mu.Unlock()
 }
 
-// WaitConverged waits until the leader has established its leadership and
-// every running node has applied everything in the leader's log, and
-// returns that index. Call it when clients have stopped writing. (The
-// leader's applied index is not enough: a leader that just restarted may
-// still be replaying its own log.)
+// WaitConverged waits until every running node's state machine holds
+// everything the established leader has applied, and returns that state
+// index. Call it when clients have stopped writing.
+//
+// Raft's AppliedIndex is not the measure: hashicorp/raft advances it when it
+// hands entries to the state machine, before they are applied. A barrier on
+// the leader waits for its state machine; followers are then compared by
+// the index of their own state.
 func (c *Cluster) WaitConverged(ctx context.Context) (uint64, error) {
 	for {
 		l := c.Leader()
-		if l != nil && l.Server().LeadershipEstablished() {
-			want := l.Server().Raft().LastIndex()
+		if l != nil && l.Server().LeadershipEstablished() && l.Server().Raft().Barrier(5*time.Second).Error() == nil {
+			want := l.Server().State().Index()
 			ok := true
 			for _, n := range c.Nodes() {
-				s := n.Server()
-				if s != nil && s.Raft().AppliedIndex() < want {
+				if s := n.Server(); s != nil && s.State().Index() < want {
 					ok = false
 				}
 			}
