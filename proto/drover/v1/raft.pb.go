@@ -27,37 +27,61 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED    CommandType = 0
-	CommandType_COMMAND_TYPE_INIT_CLUSTER   CommandType = 1
-	CommandType_COMMAND_TYPE_BOOTSTRAP_ACL  CommandType = 2
-	CommandType_COMMAND_TYPE_CREATE_MODEL   CommandType = 3
-	CommandType_COMMAND_TYPE_DELETE_MODEL   CommandType = 4
-	CommandType_COMMAND_TYPE_CREATE_VERSION CommandType = 5
-	CommandType_COMMAND_TYPE_SET_ALIAS      CommandType = 6
-	CommandType_COMMAND_TYPE_DELETE_ALIAS   CommandType = 7
+	CommandType_COMMAND_TYPE_UNSPECIFIED       CommandType = 0
+	CommandType_COMMAND_TYPE_INIT_CLUSTER      CommandType = 1
+	CommandType_COMMAND_TYPE_BOOTSTRAP_ACL     CommandType = 2
+	CommandType_COMMAND_TYPE_CREATE_MODEL      CommandType = 3
+	CommandType_COMMAND_TYPE_DELETE_MODEL      CommandType = 4
+	CommandType_COMMAND_TYPE_CREATE_VERSION    CommandType = 5
+	CommandType_COMMAND_TYPE_SET_ALIAS         CommandType = 6
+	CommandType_COMMAND_TYPE_DELETE_ALIAS      CommandType = 7
+	CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN CommandType = 8
+	CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN CommandType = 9
+	CommandType_COMMAND_TYPE_ENROLL_NODE       CommandType = 10
+	CommandType_COMMAND_TYPE_REGISTER_NODE     CommandType = 11
+	CommandType_COMMAND_TYPE_SET_NODE_STATUS   CommandType = 12
+	CommandType_COMMAND_TYPE_SET_NODE_DRAIN    CommandType = 13
+	CommandType_COMMAND_TYPE_SET_NODE_LABELS   CommandType = 14
+	CommandType_COMMAND_TYPE_REVOKE_NODE       CommandType = 15
 )
 
 // Enum value maps for CommandType.
 var (
 	CommandType_name = map[int32]string{
-		0: "COMMAND_TYPE_UNSPECIFIED",
-		1: "COMMAND_TYPE_INIT_CLUSTER",
-		2: "COMMAND_TYPE_BOOTSTRAP_ACL",
-		3: "COMMAND_TYPE_CREATE_MODEL",
-		4: "COMMAND_TYPE_DELETE_MODEL",
-		5: "COMMAND_TYPE_CREATE_VERSION",
-		6: "COMMAND_TYPE_SET_ALIAS",
-		7: "COMMAND_TYPE_DELETE_ALIAS",
+		0:  "COMMAND_TYPE_UNSPECIFIED",
+		1:  "COMMAND_TYPE_INIT_CLUSTER",
+		2:  "COMMAND_TYPE_BOOTSTRAP_ACL",
+		3:  "COMMAND_TYPE_CREATE_MODEL",
+		4:  "COMMAND_TYPE_DELETE_MODEL",
+		5:  "COMMAND_TYPE_CREATE_VERSION",
+		6:  "COMMAND_TYPE_SET_ALIAS",
+		7:  "COMMAND_TYPE_DELETE_ALIAS",
+		8:  "COMMAND_TYPE_CREATE_JOIN_TOKEN",
+		9:  "COMMAND_TYPE_REVOKE_JOIN_TOKEN",
+		10: "COMMAND_TYPE_ENROLL_NODE",
+		11: "COMMAND_TYPE_REGISTER_NODE",
+		12: "COMMAND_TYPE_SET_NODE_STATUS",
+		13: "COMMAND_TYPE_SET_NODE_DRAIN",
+		14: "COMMAND_TYPE_SET_NODE_LABELS",
+		15: "COMMAND_TYPE_REVOKE_NODE",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":    0,
-		"COMMAND_TYPE_INIT_CLUSTER":   1,
-		"COMMAND_TYPE_BOOTSTRAP_ACL":  2,
-		"COMMAND_TYPE_CREATE_MODEL":   3,
-		"COMMAND_TYPE_DELETE_MODEL":   4,
-		"COMMAND_TYPE_CREATE_VERSION": 5,
-		"COMMAND_TYPE_SET_ALIAS":      6,
-		"COMMAND_TYPE_DELETE_ALIAS":   7,
+		"COMMAND_TYPE_UNSPECIFIED":       0,
+		"COMMAND_TYPE_INIT_CLUSTER":      1,
+		"COMMAND_TYPE_BOOTSTRAP_ACL":     2,
+		"COMMAND_TYPE_CREATE_MODEL":      3,
+		"COMMAND_TYPE_DELETE_MODEL":      4,
+		"COMMAND_TYPE_CREATE_VERSION":    5,
+		"COMMAND_TYPE_SET_ALIAS":         6,
+		"COMMAND_TYPE_DELETE_ALIAS":      7,
+		"COMMAND_TYPE_CREATE_JOIN_TOKEN": 8,
+		"COMMAND_TYPE_REVOKE_JOIN_TOKEN": 9,
+		"COMMAND_TYPE_ENROLL_NODE":       10,
+		"COMMAND_TYPE_REGISTER_NODE":     11,
+		"COMMAND_TYPE_SET_NODE_STATUS":   12,
+		"COMMAND_TYPE_SET_NODE_DRAIN":    13,
+		"COMMAND_TYPE_SET_NODE_LABELS":   14,
+		"COMMAND_TYPE_REVOKE_NODE":       15,
 	}
 )
 
@@ -673,6 +697,8 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Version
 	//	*SnapshotRecord_Audit
 	//	*SnapshotRecord_Token
+	//	*SnapshotRecord_JoinToken
+	//	*SnapshotRecord_Node
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -751,6 +777,24 @@ func (x *SnapshotRecord) GetToken() *ACLToken {
 	return nil
 }
 
+func (x *SnapshotRecord) GetJoinToken() *JoinToken {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_JoinToken); ok {
+			return x.JoinToken
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetNode() *Node {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Node); ok {
+			return x.Node
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -771,6 +815,14 @@ type SnapshotRecord_Token struct {
 	Token *ACLToken `protobuf:"bytes,4,opt,name=token,proto3,oneof"`
 }
 
+type SnapshotRecord_JoinToken struct {
+	JoinToken *JoinToken `protobuf:"bytes,5,opt,name=join_token,json=joinToken,proto3,oneof"`
+}
+
+type SnapshotRecord_Node struct {
+	Node *Node `protobuf:"bytes,6,opt,name=node,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Model) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Version) isSnapshotRecord_Record() {}
@@ -779,11 +831,15 @@ func (*SnapshotRecord_Audit) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Token) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_JoinToken) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
+
 var File_drover_v1_raft_proto protoreflect.FileDescriptor
 
 const file_drover_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
+	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
 	"\vCommandMeta\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\"|\n" +
@@ -822,13 +878,16 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x120\n" +
-	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xd5\x01\n" +
+	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xb3\x02\n" +
 	"\x0eSnapshotRecord\x12(\n" +
 	"\x05model\x18\x01 \x01(\v2\x10.drover.v1.ModelH\x00R\x05model\x123\n" +
 	"\aversion\x18\x02 \x01(\v2\x17.drover.v1.ModelVersionH\x00R\aversion\x12-\n" +
 	"\x05audit\x18\x03 \x01(\v2\x15.drover.v1.AuditEventH\x00R\x05audit\x12+\n" +
-	"\x05token\x18\x04 \x01(\v2\x13.drover.v1.ACLTokenH\x00R\x05tokenB\b\n" +
-	"\x06record*\x84\x02\n" +
+	"\x05token\x18\x04 \x01(\v2\x13.drover.v1.ACLTokenH\x00R\x05token\x125\n" +
+	"\n" +
+	"join_token\x18\x05 \x01(\v2\x14.drover.v1.JoinTokenH\x00R\tjoinToken\x12%\n" +
+	"\x04node\x18\x06 \x01(\v2\x0f.drover.v1.NodeH\x00R\x04nodeB\b\n" +
+	"\x06record*\x8d\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -837,7 +896,16 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_DELETE_MODEL\x10\x04\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_CREATE_VERSION\x10\x05\x12\x1a\n" +
 	"\x16COMMAND_TYPE_SET_ALIAS\x10\x06\x12\x1d\n" +
-	"\x19COMMAND_TYPE_DELETE_ALIAS\x10\aB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x19COMMAND_TYPE_DELETE_ALIAS\x10\a\x12\"\n" +
+	"\x1eCOMMAND_TYPE_CREATE_JOIN_TOKEN\x10\b\x12\"\n" +
+	"\x1eCOMMAND_TYPE_REVOKE_JOIN_TOKEN\x10\t\x12\x1c\n" +
+	"\x18COMMAND_TYPE_ENROLL_NODE\x10\n" +
+	"\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_REGISTER_NODE\x10\v\x12 \n" +
+	"\x1cCOMMAND_TYPE_SET_NODE_STATUS\x10\f\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_SET_NODE_DRAIN\x10\r\x12 \n" +
+	"\x1cCOMMAND_TYPE_SET_NODE_LABELS\x10\x0e\x12\x1c\n" +
+	"\x18COMMAND_TYPE_REVOKE_NODE\x10\x0fB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
@@ -873,6 +941,8 @@ var file_drover_v1_raft_proto_goTypes = []any{
 	(*Model)(nil),                 // 16: drover.v1.Model
 	(*ModelVersion)(nil),          // 17: drover.v1.ModelVersion
 	(*AuditEvent)(nil),            // 18: drover.v1.AuditEvent
+	(*JoinToken)(nil),             // 19: drover.v1.JoinToken
+	(*Node)(nil),                  // 20: drover.v1.Node
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
 	12, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
@@ -892,11 +962,13 @@ var file_drover_v1_raft_proto_depIdxs = []int32{
 	17, // 14: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
 	18, // 15: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
 	13, // 16: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	19, // 17: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	20, // 18: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -906,12 +978,15 @@ func file_drover_v1_raft_proto_init() {
 	}
 	file_drover_v1_acl_proto_init()
 	file_drover_v1_audit_proto_init()
+	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
 	file_drover_v1_raft_proto_msgTypes[10].OneofWrappers = []any{
 		(*SnapshotRecord_Model)(nil),
 		(*SnapshotRecord_Version)(nil),
 		(*SnapshotRecord_Audit)(nil),
 		(*SnapshotRecord_Token)(nil),
+		(*SnapshotRecord_JoinToken)(nil),
+		(*SnapshotRecord_Node)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
