@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -78,7 +80,9 @@ func (s *Server) setupAPI() error {
 		Handler:           handler,
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+		// Failed handshakes (a client without the CA, a port scanner) are
+		// the client's problem: log them at debug, structured.
+		ErrorLog: logging.StdLogAdapter(s.logger.With("component", "https"), slog.LevelDebug),
 	}
 	s.h3Server = &http3.Server{
 		Handler:   handler,
