@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -131,7 +132,7 @@ func (p *progress) update(n int64) {
 	if t := p.now(); !p.drawn || t.Sub(p.last) >= 100*time.Millisecond {
 		p.last = t
 		p.drawn = true
-		fmt.Fprintf(p.w, "\r%s: %s", p.label, formatBytes(uint64(n)))
+		fmt.Fprintf(p.w, "\r%s: %s", p.label, units.Bytes(uint64(n)))
 	}
 }
 
@@ -139,7 +140,7 @@ func (p *progress) done(n int64) {
 	if p == nil {
 		return
 	}
-	fmt.Fprintf(p.w, "\r%s: %s\n", p.label, formatBytes(uint64(n)))
+	fmt.Fprintf(p.w, "\r%s: %s\n", p.label, units.Bytes(uint64(n)))
 }
 
 // queryFlags are the blocking-query flags of a read.

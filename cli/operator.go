@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -184,7 +185,7 @@ servers' data directories (it is created readable by you only).`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Saved snapshot to %s (%s)\n", path, formatBytes(uint64(n)))
+			fmt.Fprintf(cmd.OutOrStdout(), "Saved snapshot to %s (%s)\n", path, units.Bytes(uint64(n)))
 			return nil
 		},
 	}
@@ -282,7 +283,7 @@ When stdin is a terminal it asks for confirmation; --yes skips the question
 			}
 			if !yes && g.isTerminal(g.stdin) {
 				ok, err := g.confirm(cmd.Context(), fmt.Sprintf(
-					"Replace all state of the cluster at %s with %s (%s)?", c.address, path, formatBytes(uint64(st.Size()))))
+					"Replace all state of the cluster at %s with %s (%s)?", c.address, path, units.Bytes(uint64(st.Size()))))
 				if err != nil {
 					return err
 				}

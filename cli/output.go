@@ -130,20 +130,6 @@ func formatAge(ts *timestamppb.Timestamp, now time.Time) string {
 	}
 }
 
-// formatBytes renders a size in binary units: 512 B, 1.5 KiB, 3.2 GiB.
-func formatBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // shortDigest cuts "sha256:<64 hex>" to 12 hex digits for tables; the full
 // digest is in show and in -o json.
 func shortDigest(d string) string {

@@ -68,22 +68,6 @@ func TestFormatAge(t *testing.T) {
 	}
 }
 
-func TestFormatBytes(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		n    uint64
-		want string
-	}{
-		{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {1536, "1.5 KiB"},
-		{102400000, "97.7 MiB"}, {5 << 30, "5.0 GiB"}, {1 << 62, "4.0 EiB"},
-	}
-	for _, tt := range tests {
-		if got := formatBytes(tt.n); got != tt.want {
-			t.Errorf("formatBytes(%d) = %q, want %q", tt.n, got, tt.want)
-		}
-	}
-}
-
 func TestShortDigest(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{

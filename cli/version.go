@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -232,7 +233,7 @@ func versionTable(w io.Writer, versions []*droverv1.ModelVersion, aliases map[ui
 	row(w, "VERSION", "DIGEST", "SIZE", "FORMAT", "ALIASES", "CREATED", "AGE")
 	for _, v := range versions {
 		a := v.GetArtifact()
-		row(w, formatUint(v.GetVersion()), shortDigest(a.GetDigest()), formatBytes(a.GetSizeBytes()),
+		row(w, formatUint(v.GetVersion()), shortDigest(a.GetDigest()), units.Bytes(a.GetSizeBytes()),
 			orDash(a.GetFormat()), orDash(aliases[v.GetVersion()]),
 			formatTime(v.GetCreateTime()), formatAge(v.GetCreateTime(), g.now()))
 	}
@@ -283,7 +284,7 @@ func versionView(w io.Writer, v *droverv1.ModelVersion, g *globals) {
 	field(w, "Model", v.GetModel())
 	field(w, "Version", formatUint(v.GetVersion()))
 	field(w, "Digest", a.GetDigest())
-	field(w, "Size", fmt.Sprintf("%s (%d bytes)", formatBytes(a.GetSizeBytes()), a.GetSizeBytes()))
+	field(w, "Size", fmt.Sprintf("%s (%d bytes)", units.Bytes(a.GetSizeBytes()), a.GetSizeBytes()))
 	field(w, "Format", a.GetFormat())
 	if lin.GetParentVersion() != 0 {
 		field(w, "Parent version", formatUint(lin.GetParentVersion()))
@@ -318,7 +319,7 @@ func versionView(w io.Writer, v *droverv1.ModelVersion, g *globals) {
 		fmt.Fprintln(w)
 		row(w, "FILE", "DIGEST", "SIZE")
 		for _, f := range files {
-			row(w, f.GetPath(), f.GetDigest(), formatBytes(f.GetSizeBytes()))
+			row(w, f.GetPath(), f.GetDigest(), units.Bytes(f.GetSizeBytes()))
 		}
 	}
 }

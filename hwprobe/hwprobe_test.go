@@ -166,23 +166,3 @@ func TestSummary(t *testing.T) {
 		t.Errorf("empty Summary = %q", got)
 	}
 }
-
-func TestHumanBytes(t *testing.T) {
-	tests := []struct {
-		in   uint64
-		want string
-	}{
-		{0, "0 B"},
-		{1023, "1023 B"},
-		{1536, "1.5 KiB"},
-		{4 << 30, "4.0 GiB"},
-		{2 << 40, "2.0 TiB"},
-		{3 << 50, "3.0 PiB"},
-		{5 << 60, "5120.0 PiB"},
-	}
-	for _, tt := range tests {
-		if got := humanBytes(tt.in); got != tt.want {
-			t.Errorf("humanBytes(%d) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}

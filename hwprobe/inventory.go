@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/internal/units"
 )
 
 // Inventory is everything the probers found. It is plain data with JSON
@@ -221,14 +223,14 @@ func (inv *Inventory) Summary() string {
 		parts = append(parts, fmt.Sprintf("%d threads", inv.CPU.Threads))
 	}
 	if inv.Memory.TotalBytes > 0 {
-		parts = append(parts, humanBytes(inv.Memory.TotalBytes)+" RAM")
+		parts = append(parts, units.Bytes(inv.Memory.TotalBytes)+" RAM")
 	}
 	var limits []string
 	if c := inv.EffectiveCPUs(); c > 0 && c < float64(inv.CPU.Threads) {
 		limits = append(limits, fmt.Sprintf("%g CPUs", c))
 	}
 	if m := inv.EffectiveMemory(); m > 0 && m < inv.Memory.TotalBytes {
-		limits = append(limits, humanBytes(m))
+		limits = append(limits, units.Bytes(m))
 	}
 	if len(limits) > 0 {
 		parts = append(parts, "limited to "+strings.Join(limits, " and "))
@@ -264,17 +266,4 @@ func shortCPUModel(m string) string {
 	}
 	m = strings.NewReplacer("(R)", "", "(TM)", "", "(tm)", "", " CPU", "").Replace(m)
 	return strings.Join(strings.Fields(m), " ")
-}
-
-func humanBytes(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit && exp < 4; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTP"[exp])
 }
