@@ -66,6 +66,22 @@ func newPayload(t droverv1.CommandType) (proto.Message, bool) {
 		return new(droverv1.SetAliasCommand), true
 	case droverv1.CommandType_COMMAND_TYPE_DELETE_ALIAS:
 		return new(droverv1.DeleteAliasCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN:
+		return new(droverv1.CreateJoinTokenCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN:
+		return new(droverv1.RevokeJoinTokenCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_ENROLL_NODE:
+		return new(droverv1.EnrollNodeCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_REGISTER_NODE:
+		return new(droverv1.RegisterNodeCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_STATUS:
+		return new(droverv1.SetNodeStatusCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_DRAIN:
+		return new(droverv1.SetNodeDrainCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_LABELS:
+		return new(droverv1.SetNodeLabelsCommand), true
+	case droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE:
+		return new(droverv1.RevokeNodeCommand), true
 	}
 	return nil, false
 }

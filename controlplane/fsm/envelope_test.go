@@ -110,6 +110,14 @@ func FuzzDecode(f *testing.F) {
 		{droverv1.CommandType_COMMAND_TYPE_CREATE_VERSION, &droverv1.CreateVersionCommand{Request: &droverv1.CreateVersionRequest{Model: "m", Metrics: map[string]float64{"x": 1}}}},
 		{droverv1.CommandType_COMMAND_TYPE_SET_ALIAS, &droverv1.SetAliasCommand{Model: "m", Alias: "prod", Version: 1}},
 		{droverv1.CommandType_COMMAND_TYPE_DELETE_ALIAS, &droverv1.DeleteAliasCommand{Model: "m", Alias: "prod"}},
+		{droverv1.CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN, &droverv1.CreateJoinTokenCommand{Token: &droverv1.JoinToken{Id: "t", SecretSha256: make([]byte, 32), Labels: map[string]string{"a": "b"}}}},
+		{droverv1.CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN, &droverv1.RevokeJoinTokenCommand{Id: "t"}},
+		{droverv1.CommandType_COMMAND_TYPE_ENROLL_NODE, &droverv1.EnrollNodeCommand{TokenId: "t", TokenSecretSha256: make([]byte, 32), Node: &droverv1.Node{Id: "n", Name: "n"}}},
+		{droverv1.CommandType_COMMAND_TYPE_REGISTER_NODE, &droverv1.RegisterNodeCommand{NodeId: "n", Inventory: &droverv1.NodeInventory{Gpus: []*droverv1.GPUInfo{{Name: "T4"}}}}},
+		{droverv1.CommandType_COMMAND_TYPE_SET_NODE_STATUS, &droverv1.SetNodeStatusCommand{Updates: []*droverv1.NodeStatusUpdate{{NodeId: "n", Status: droverv1.NodeStatus_NODE_STATUS_DOWN}}}},
+		{droverv1.CommandType_COMMAND_TYPE_SET_NODE_DRAIN, &droverv1.SetNodeDrainCommand{NodeId: "n", Draining: true}},
+		{droverv1.CommandType_COMMAND_TYPE_SET_NODE_LABELS, &droverv1.SetNodeLabelsCommand{NodeId: "n", Set: map[string]string{"a": "b"}, Remove: []string{"c"}}},
+		{droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE, &droverv1.RevokeNodeCommand{NodeId: "n"}},
 	}
 	for _, s := range seeds {
 		b, err := fsm.Encode(s.t, s.msg)

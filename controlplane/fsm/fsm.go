@@ -37,7 +37,12 @@ const (
 //	CREATE_MODEL    *droverv1.Model
 //	CREATE_VERSION  *droverv1.ModelVersion
 //	SET_ALIAS       *droverv1.SetAliasResponse (model and previous version; meta unset)
-//	others          nil
+//	CREATE_JOIN_TOKEN, REVOKE_JOIN_TOKEN
+//	                *droverv1.JoinToken
+//	ENROLL_NODE, REGISTER_NODE, SET_NODE_DRAIN, SET_NODE_LABELS, REVOKE_NODE
+//	                *droverv1.Node
+//	others          nil (SET_NODE_STATUS reports what it did in its audit
+//	                event's details)
 //
 // Err is the refusal, wrapping a state sentinel error (map it with
 // state.Reason), or ErrMalformed for an entry that does not decode. A
@@ -174,12 +179,37 @@ func (f *FSM) apply(idx uint64, data []byte) *ApplyResult {
 		}
 	case *droverv1.DeleteAliasCommand:
 		res.Err = f.store.DeleteAlias(idx, c.GetMeta(), c.GetModel(), c.GetAlias())
+	case *droverv1.CreateJoinTokenCommand:
+		res.Value, res.Err = value(f.store.CreateJoinToken(idx, c.GetMeta(), c.GetToken()))
+	case *droverv1.RevokeJoinTokenCommand:
+		res.Value, res.Err = value(f.store.RevokeJoinToken(idx, c.GetMeta(), c.GetId()))
+	case *droverv1.EnrollNodeCommand:
+		res.Value, res.Err = value(f.store.EnrollNode(idx, c.GetMeta(), c))
+	case *droverv1.RegisterNodeCommand:
+		res.Value, res.Err = value(f.store.RegisterNode(idx, c.GetMeta(), c.GetNodeId(), c.GetInventory(), c.GetAgentVersion()))
+	case *droverv1.SetNodeStatusCommand:
+		res.Err = f.store.SetNodeStatus(idx, c.GetMeta(), c.GetUpdates())
+	case *droverv1.SetNodeDrainCommand:
+		res.Value, res.Err = value(f.store.SetNodeDrain(idx, c.GetMeta(), c.GetNodeId(), c.GetDraining()))
+	case *droverv1.SetNodeLabelsCommand:
+		res.Value, res.Err = value(f.store.SetNodeLabels(idx, c.GetMeta(), c.GetNodeId(), c.GetSet(), c.GetRemove()))
+	case *droverv1.RevokeNodeCommand:
+		res.Value, res.Err = value(f.store.RevokeNode(idx, c.GetMeta(), c.GetNodeId()))
 	default:
 		// A type newPayload knows without a case here is a bug in this
 		// package, not in the log: fail the same way on every server.
 		f.fatal(idx, fmt.Sprintf("holds command type %v, which this server decodes but cannot apply", env.Type))
 	}
 	return res
+}
+
+// value turns a write's result into ApplyResult's fields: a refusal
+// carries no value, and a nil message is a nil interface, not a typed nil.
+func value[M proto.Message](m M, err error) (proto.Message, error) {
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // actionOf names a command type's audit action, for entries whose payload
@@ -200,6 +230,24 @@ func actionOf(t droverv1.CommandType) string {
 		return state.ActionAliasSet
 	case droverv1.CommandType_COMMAND_TYPE_DELETE_ALIAS:
 		return state.ActionAliasDelete
+	case droverv1.CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN:
+		return state.ActionTokenCreate
+	case droverv1.CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN:
+		return state.ActionTokenRevoke
+	case droverv1.CommandType_COMMAND_TYPE_ENROLL_NODE:
+		return state.ActionNodeEnroll
+	case droverv1.CommandType_COMMAND_TYPE_REGISTER_NODE:
+		return state.ActionNodeRegister
+	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_STATUS:
+		return state.ActionNodeStatus
+	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_DRAIN:
+		// Whether it drains or undrains is in the payload that did not
+		// decode.
+		return state.ActionNodeDrain
+	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_LABELS:
+		return state.ActionNodeLabel
+	case droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE:
+		return state.ActionNodeRevoke
 	}
 	return ActionCommandInvalid
 }

@@ -421,6 +421,17 @@ func populate(t testing.TB) []*raft.Log {
 		deleteModel(t, "alice", "tmp"),
 		{Type: raft.LogNoop},
 		createVersion(t, "bob", "nope"),
+		createJoinToken(t, "alice", &droverv1.JoinToken{Id: "tok", SecretSha256: joinSecret[:], MaxUses: 3, Labels: map[string]string{"zone": "a"}}),
+		createJoinToken(t, "alice", &droverv1.JoinToken{Id: "old", SecretSha256: joinSecret[:]}),
+		revokeJoinToken(t, "alice", "old"),
+		enrollNode(t, epoch, "tok", joinSecret[:], "n1", "gpu-01"),
+		enrollNode(t, epoch, "tok", joinSecret[:], "n2", "gpu-02"),
+		enrollNode(t, epoch, "old", joinSecret[:], "n3", "gpu-03"),
+		registerNode(t, "n1", gpuInventory),
+		setNodeStatus(t, &droverv1.NodeStatusUpdate{NodeId: "n2", Status: droverv1.NodeStatus_NODE_STATUS_DOWN, Reason: "missed heartbeats"}),
+		setNodeDrain(t, "alice", "n1", true),
+		setNodeLabels(t, "alice", "n1", map[string]string{"rack": "4"}, nil),
+		revokeNode(t, "alice", "n2"),
 	}
 	for i, l := range logs {
 		l.Index, l.Term = uint64(i+1), 1
@@ -501,6 +512,24 @@ func requireSameState(t *testing.T, a, b *state.Store) {
 			if !proto.Equal(va[j], vb[j]) {
 				t.Errorf("version %v != %v", va[j], vb[j])
 			}
+		}
+	}
+	ja, jb := a.JoinTokens(), b.JoinTokens()
+	if len(ja) != len(jb) {
+		t.Fatalf("%d join tokens != %d", len(ja), len(jb))
+	}
+	for i := range ja {
+		if !proto.Equal(ja[i], jb[i]) {
+			t.Errorf("join token %v != %v", ja[i], jb[i])
+		}
+	}
+	na, nb := a.Nodes(), b.Nodes()
+	if len(na) != len(nb) {
+		t.Fatalf("%d nodes != %d", len(na), len(nb))
+	}
+	for i := range na {
+		if !proto.Equal(na[i], nb[i]) {
+			t.Errorf("node %v != %v", na[i], nb[i])
 		}
 	}
 	ea, eb := a.Audit(0, 0, ""), b.Audit(0, 0, "")
@@ -766,10 +795,16 @@ func FuzzApply(f *testing.F) {
 		s := state.New()
 		m := fsm.New(s, nil)
 		// Give commands something to act on.
-		for i, l := range []*raft.Log{createModel(t, "a", "m"), createVersion(t, "a", "m"), setAlias(t, "a", "m", "prod", 1)} {
+		setup := []*raft.Log{
+			createModel(t, "a", "m"), createVersion(t, "a", "m"), setAlias(t, "a", "m", "prod", 1),
+			createJoinToken(t, "a", &droverv1.JoinToken{Id: "tok", SecretSha256: joinSecret[:]}),
+			enrollNode(t, epoch, "tok", joinSecret[:], "n1", "node-1"),
+		}
+		for i, l := range setup {
 			l.Index = uint64(i + 1)
 			m.Apply(l)
 		}
+		idx := uint64(len(setup) + 1)
 		defer func() {
 			if r := recover(); r != nil {
 				if s, _ := r.(string); !strings.Contains(s, "older than the cluster") {
@@ -777,8 +812,8 @@ func FuzzApply(f *testing.F) {
 				}
 			}
 		}()
-		res := m.Apply(&raft.Log{Index: 4, Type: raft.LogCommand, Data: data}).(*fsm.ApplyResult)
-		if s.Index() != 4 || res.Index != 4 || len(s.Audit(3, 0, "")) != 1 {
+		res := m.Apply(&raft.Log{Index: idx, Type: raft.LogCommand, Data: data}).(*fsm.ApplyResult)
+		if s.Index() != idx || res.Index != idx || len(s.Audit(idx-1, 0, "")) != 1 {
 			t.Fatalf("entry not accounted for: index %d, result %+v", s.Index(), res)
 		}
 	})

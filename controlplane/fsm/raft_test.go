@@ -17,31 +17,7 @@ import (
 // an operator's snapshot restore goes through FSM.Restore.
 func TestWithRaft(t *testing.T) {
 	store := state.New()
-	conf := raft.DefaultConfig()
-	conf.LocalID = "s1"
-	conf.HeartbeatTimeout = 50 * time.Millisecond
-	conf.ElectionTimeout = 50 * time.Millisecond
-	conf.LeaderLeaseTimeout = 50 * time.Millisecond
-	conf.CommitTimeout = 5 * time.Millisecond
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Output: tWriter{t}, Level: hclog.Info})
-	addr, trans := raft.NewInmemTransport("")
-	r, err := raft.NewRaft(conf, fsm.New(store, testLogger(t)), raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore(), trans)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Shutdown().Error(); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: addr}}}).Error(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-r.LeaderCh():
-	case <-time.After(10 * time.Second):
-		t.Fatal("no leader")
-	}
+	r := startRaft(t, store)
 
 	apply := func(l *raft.Log) *fsm.ApplyResult {
 		t.Helper()
@@ -88,4 +64,36 @@ func TestWithRaft(t *testing.T) {
 	if res := apply(createModel(t, "alice", "bert")); res.Err != nil || store.Index() != res.Index {
 		t.Errorf("apply after restore: %+v, index %d", res, store.Index())
 	}
+}
+
+// startRaft runs a single-server Raft cluster over an FSM on store and
+// waits until it leads; it shuts down when the test ends.
+func startRaft(t *testing.T, store *state.Store) *raft.Raft {
+	t.Helper()
+	conf := raft.DefaultConfig()
+	conf.LocalID = "s1"
+	conf.HeartbeatTimeout = 50 * time.Millisecond
+	conf.ElectionTimeout = 50 * time.Millisecond
+	conf.LeaderLeaseTimeout = 50 * time.Millisecond
+	conf.CommitTimeout = 5 * time.Millisecond
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Output: tWriter{t}, Level: hclog.Info})
+	addr, trans := raft.NewInmemTransport("")
+	r, err := raft.NewRaft(conf, fsm.New(store, testLogger(t)), raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore(), trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Shutdown().Error(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: addr}}}).Error(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.LeaderCh():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no leader")
+	}
+	return r
 }

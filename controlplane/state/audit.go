@@ -17,6 +17,15 @@ const (
 	ActionVersionCreate = "version.create"
 	ActionAliasSet      = "alias.set"
 	ActionAliasDelete   = "alias.rm"
+	ActionTokenCreate   = "token.create"
+	ActionTokenRevoke   = "token.revoke"
+	ActionNodeEnroll    = "node.enroll"
+	ActionNodeRegister  = "node.register"
+	ActionNodeStatus    = "node.status"
+	ActionNodeDrain     = "node.drain"
+	ActionNodeUndrain   = "node.undrain"
+	ActionNodeLabel     = "node.label"
+	ActionNodeRevoke    = "node.revoke"
 )
 
 // ResultOK is the audit result of an applied command; a refused command
@@ -32,6 +41,12 @@ const Anonymous = "anonymous"
 func modelTarget(model string) string             { return "model/" + model }
 func versionTarget(model string, v uint64) string { return fmt.Sprintf("model/%s/v%d", model, v) }
 func aliasTarget(model, alias string) string      { return "model/" + model + "@" + alias }
+func joinTokenTarget(id string) string            { return "token/" + id }
+func nodeTarget(id string) string                 { return "node/" + id }
+
+// nodesTarget is the target of a command that acts on several nodes at
+// once; it is a prefix of every node's target.
+const nodesTarget = "node/"
 
 // newEvent builds the audit event of the command at idx.
 func newEvent(idx uint64, meta *droverv1.CommandMeta, action, target string, details map[string]string, err error) *droverv1.AuditEvent {

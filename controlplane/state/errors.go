@@ -14,7 +14,8 @@ import (
 // verbatim in the replicated audit log, which must be identical on every
 // server.
 var (
-	// ErrNotFound: the model, version, alias or token does not exist.
+	// ErrNotFound: the model, version, alias, token, join token or node
+	// does not exist.
 	ErrNotFound = errors.New("not found")
 	// ErrAlreadyExists: an object with that name already exists.
 	ErrAlreadyExists = errors.New("already exists")
@@ -31,6 +32,21 @@ var (
 	// ErrSnapshotInvalid: a snapshot stream is truncated, garbled,
 	// inconsistent or in a format this server does not read.
 	ErrSnapshotInvalid = errors.New("invalid snapshot")
+	// ErrTokenInvalid: an enrollment named a join token that does not
+	// exist or gave the wrong secret. The two are deliberately one error,
+	// so that an agent learns nothing about which token ids exist; the
+	// audit event's details tell an operator which it was.
+	ErrTokenInvalid = errors.New("invalid join token")
+	// ErrTokenRevoked: the join token was revoked.
+	ErrTokenRevoked = errors.New("join token revoked")
+	// ErrTokenExpired: the join token's expire_time is not after the
+	// enrollment command's time.
+	ErrTokenExpired = errors.New("join token expired")
+	// ErrTokenUsedUp: the join token has been used max_uses times.
+	ErrTokenUsedUp = errors.New("join token used up")
+	// ErrNodeRevoked: the node was revoked; its agent must enroll again
+	// with a new join token.
+	ErrNodeRevoked = errors.New("node revoked")
 )
 
 // Reason maps an error from this package to the stable wire reason that
@@ -54,6 +70,13 @@ func Reason(err error) droverv1.ErrorReason {
 		return droverv1.ErrorReason_ERROR_REASON_ACL_ALREADY_BOOTSTRAPPED
 	case errors.Is(err, ErrSnapshotInvalid):
 		return droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID
+	case errors.Is(err, ErrTokenInvalid), errors.Is(err, ErrTokenRevoked),
+		errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenUsedUp),
+		errors.Is(err, ErrNodeRevoked):
+		// The wire has one reason for a credential the server will not
+		// accept; the message says which refusal it was. A revoked node's
+		// credential is refused like a token's.
+		return droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID
 	case errors.Is(err, context.DeadlineExceeded):
 		return droverv1.ErrorReason_ERROR_REASON_TIMEOUT
 	default:

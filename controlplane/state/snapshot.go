@@ -15,7 +15,7 @@ import (
 )
 
 // SnapshotFormat is the format version of the snapshot stream this server
-// writes and the only one it reads.
+// writes. It reads this format and every older one back to format 1.
 //
 // The stream is a sequence of length-delimited protobuf messages (a varint
 // byte count, then the message, as encoding/protodelim writes them):
@@ -23,7 +23,8 @@ import (
 //  1. one SnapshotHeader (format, Raft index, cluster identity);
 //  2. SnapshotRecords: each model followed by its versions in ascending
 //     order, models sorted by name; then tokens sorted by accessor id;
-//     then audit events in ascending index order;
+//     then join tokens sorted by id; then nodes sorted by id; then audit
+//     events in ascending index order;
 //  3. one empty SnapshotRecord (a single zero byte) marking the end, so
 //     that a stream cut exactly between two records is still detected as
 //     truncated.
@@ -31,7 +32,15 @@ import (
 // A record whose type this server does not know is an error rather than
 // skipped: silently dropping part of the state is worse than refusing it.
 // Adding a record type therefore needs a new format version.
-const SnapshotFormat = 1
+//
+// Format history: 1 has models, versions, tokens and audit events; 2 adds
+// join tokens and nodes.
+const SnapshotFormat = 2
+
+// minSnapshotFormat is the oldest format this server reads. A snapshot in
+// an older format than SnapshotFormat simply has none of the records added
+// since; it restores to a state without those objects.
+const minSnapshotFormat = 1
 
 // maxSnapshotRecord bounds one record when reading, so that a garbled
 // length prefix cannot make the reader allocate without limit. Writes are
@@ -44,12 +53,14 @@ const maxSnapshotRecord = maxRecordBytes + 1<<20
 // while the store keeps applying commands. Its methods are safe for
 // concurrent use.
 type Snapshot struct {
-	index    uint64
-	cluster  *droverv1.ClusterMeta
-	models   []*droverv1.Model                   // sorted by name
-	versions map[string][]*droverv1.ModelVersion // by model, ascending
-	tokens   []*droverv1.ACLToken                // sorted by accessor id
-	audit    []*droverv1.AuditEvent              // ascending index
+	index      uint64
+	cluster    *droverv1.ClusterMeta
+	models     []*droverv1.Model                   // sorted by name
+	versions   map[string][]*droverv1.ModelVersion // by model, ascending
+	tokens     []*droverv1.ACLToken                // sorted by accessor id
+	joinTokens []*droverv1.JoinToken               // sorted by id
+	nodes      []*droverv1.Node                    // sorted by id
+	audit      []*droverv1.AuditEvent              // ascending index
 }
 
 var _ io.WriterTo = (*Snapshot)(nil)
@@ -59,11 +70,13 @@ var _ io.WriterTo = (*Snapshot)(nil)
 func (s *Store) Snapshot() *Snapshot {
 	s.mu.RLock()
 	snap := &Snapshot{
-		index:    s.index,
-		cluster:  s.t.cluster,
-		models:   slices.Collect(maps.Values(s.t.models)),
-		versions: make(map[string][]*droverv1.ModelVersion, len(s.t.versions)),
-		tokens:   slices.Collect(maps.Values(s.t.tokens)),
+		index:      s.index,
+		cluster:    s.t.cluster,
+		models:     slices.Collect(maps.Values(s.t.models)),
+		versions:   make(map[string][]*droverv1.ModelVersion, len(s.t.versions)),
+		tokens:     slices.Collect(maps.Values(s.t.tokens)),
+		joinTokens: slices.Collect(maps.Values(s.t.joinTokens)),
+		nodes:      slices.Collect(maps.Values(s.t.nodes)),
 		// The full slice expression keeps the store's later appends out of
 		// the snapshot's view.
 		audit: s.t.audit[:len(s.t.audit):len(s.t.audit)],
@@ -79,6 +92,8 @@ func (s *Store) Snapshot() *Snapshot {
 func (snap *Snapshot) sort() {
 	slices.SortFunc(snap.models, func(a, b *droverv1.Model) int { return strings.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(snap.tokens, func(a, b *droverv1.ACLToken) int { return strings.Compare(a.GetAccessorId(), b.GetAccessorId()) })
+	slices.SortFunc(snap.joinTokens, func(a, b *droverv1.JoinToken) int { return strings.Compare(a.GetId(), b.GetId()) })
+	slices.SortFunc(snap.nodes, func(a, b *droverv1.Node) int { return strings.Compare(a.GetId(), b.GetId()) })
 }
 
 // Index returns the Raft index of the last command the snapshot covers.
@@ -133,6 +148,16 @@ func (snap *Snapshot) encode(w io.Writer) error {
 			return err
 		}
 	}
+	for _, t := range snap.joinTokens {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_JoinToken{JoinToken: t}}); err != nil {
+			return err
+		}
+	}
+	for _, n := range snap.nodes {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Node{Node: n}}); err != nil {
+			return err
+		}
+	}
 	for _, ev := range snap.audit {
 		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Audit{Audit: ev}}); err != nil {
 			return err
@@ -175,11 +200,12 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 		}
 		return nil, fmt.Errorf("header: %w", err)
 	}
-	switch f := hdr.GetFormat(); {
-	case f > SnapshotFormat:
-		return nil, fmt.Errorf("format %d is newer than this server reads (format %d): upgrade the server to restore it", f, SnapshotFormat)
-	case f != SnapshotFormat:
-		return nil, fmt.Errorf("format %d is not supported: this server reads format %d", f, SnapshotFormat)
+	format := hdr.GetFormat()
+	switch {
+	case format > SnapshotFormat:
+		return nil, fmt.Errorf("format %d is newer than this server reads (format %d): upgrade the server to restore it", format, SnapshotFormat)
+	case format < minSnapshotFormat:
+		return nil, fmt.Errorf("format %d is not supported: this server reads formats %d to %d", format, minSnapshotFormat, SnapshotFormat)
 	}
 	snap := &Snapshot{
 		index:    hdr.GetIndex(),
@@ -202,6 +228,16 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 			snap.versions[v.GetModel()] = append(snap.versions[v.GetModel()], v)
 		case *droverv1.SnapshotRecord_Token:
 			snap.tokens = append(snap.tokens, r.Token)
+		case *droverv1.SnapshotRecord_JoinToken:
+			if format < 2 {
+				return nil, fmt.Errorf("record %d is a join token, which format %d snapshots do not have", n, format)
+			}
+			snap.joinTokens = append(snap.joinTokens, r.JoinToken)
+		case *droverv1.SnapshotRecord_Node:
+			if format < 2 {
+				return nil, fmt.Errorf("record %d is a node, which format %d snapshots do not have", n, format)
+			}
+			snap.nodes = append(snap.nodes, r.Node)
 		case *droverv1.SnapshotRecord_Audit:
 			snap.audit = append(snap.audit, r.Audit)
 		default:
@@ -269,6 +305,19 @@ func (snap *Snapshot) check() error {
 		accessors[t.GetAccessorId()] = true
 		secrets[h] = true
 	}
+	joinTokens := make(map[string]bool, len(snap.joinTokens))
+	for _, t := range snap.joinTokens {
+		if err := validateJoinToken(t); err != nil {
+			return err
+		}
+		if joinTokens[t.GetId()] {
+			return fmt.Errorf("join token %q appears twice", t.GetId())
+		}
+		joinTokens[t.GetId()] = true
+	}
+	if _, err := indexNodes(snap.nodes); err != nil {
+		return err
+	}
 	var prev uint64
 	for _, ev := range snap.audit {
 		if ev.GetIndex() <= prev || ev.GetIndex() > snap.index {
@@ -277,6 +326,37 @@ func (snap *Snapshot) check() error {
 		prev = ev.GetIndex()
 	}
 	return nil
+}
+
+// indexNodes checks that nodes describe a state the write methods could
+// have produced (valid ids, each once, a status a node can have, names
+// unique among the nodes that have not left) and returns the name index of
+// the nodes that have not left.
+func indexNodes(nodes []*droverv1.Node) (map[string]string, error) {
+	ids := make(map[string]bool, len(nodes))
+	names := make(map[string]string, len(nodes))
+	for _, n := range nodes {
+		id := n.GetId()
+		if err := validateID("node", id); err != nil {
+			return nil, err
+		}
+		if ids[id] {
+			return nil, fmt.Errorf("node %q appears twice", id)
+		}
+		ids[id] = true
+		switch n.GetStatus() {
+		case droverv1.NodeStatus_NODE_STATUS_INITIALIZING, droverv1.NodeStatus_NODE_STATUS_READY, droverv1.NodeStatus_NODE_STATUS_DOWN:
+		case droverv1.NodeStatus_NODE_STATUS_LEFT:
+			continue
+		default:
+			return nil, fmt.Errorf("node %q has status %v, which no node can have", id, n.GetStatus())
+		}
+		if other, dup := names[n.GetName()]; dup {
+			return nil, fmt.Errorf("nodes %q and %q share the name %q and neither has left", other, id, n.GetName())
+		}
+		names[n.GetName()] = id
+	}
+	return names, nil
 }
 
 // Restore replaces the store's whole state with the snapshot read from r.
@@ -302,6 +382,17 @@ func (s *Store) Restore(r io.Reader) error {
 		t.secrets[[32]byte(tok.GetSecretSha256())] = tok
 	}
 	t.aclBootstrapped = len(snap.tokens) > 0
+	for _, jt := range snap.joinTokens {
+		t.joinTokens[jt.GetId()] = jt
+	}
+	for _, n := range snap.nodes {
+		t.nodes[n.GetId()] = n
+	}
+	t.nodeNames, err = indexNodes(snap.nodes)
+	if err != nil {
+		// check accepted these nodes already.
+		return fmt.Errorf("restore: %w: %w", ErrSnapshotInvalid, err)
+	}
 	t.audit = snap.audit
 	if over := len(t.audit) - s.opts.AuditRetention; over > 0 {
 		t.audit = t.audit[over:]

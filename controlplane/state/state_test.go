@@ -564,7 +564,7 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 		mention string
 	}{
 		{"empty", nil, "empty"},
-		{"newer format", stream(t, &droverv1.SnapshotHeader{Format: 2}, end), "upgrade"},
+		{"newer format", stream(t, &droverv1.SnapshotHeader{Format: state.SnapshotFormat + 1}, end), "upgrade"},
 		{"format 0", stream(t, &droverv1.SnapshotHeader{}, end), "format 0"},
 		{"no end marker", stream(t, hdr, model("a", 0, nil)), "truncated"},
 		{"data after end", stream(t, hdr, end, model("a", 0, nil)), "follows the end marker"},

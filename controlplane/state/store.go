@@ -1,6 +1,7 @@
 // Package state is the control plane's replicated state in memory (cluster
-// identity, models, versions, aliases, ACL tokens, audit log), written only
-// by the Raft FSM and read by everything else through blocking queries.
+// identity, models, versions, aliases, ACL tokens, join tokens, nodes,
+// audit log), written only by the Raft FSM and read by everything else
+// through blocking queries.
 package state
 
 import (
@@ -11,6 +12,7 @@ import (
 
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Options tunes a Store. The zero value is not valid; start from
@@ -76,15 +78,23 @@ type tables struct {
 	// aclBootstrapped is not stored in snapshots: it is true exactly when
 	// a token exists, because the bootstrap token is the first token.
 	aclBootstrapped bool
-	audit           []*droverv1.AuditEvent // ascending index
+	joinTokens      map[string]*droverv1.JoinToken // by id
+	nodes           map[string]*droverv1.Node      // by id
+	// nodeNames indexes the nodes that have not left by name (name → id);
+	// it is not stored in snapshots but rebuilt from the nodes.
+	nodeNames map[string]string
+	audit     []*droverv1.AuditEvent // ascending index
 }
 
 func newTables() tables {
 	return tables{
-		models:   make(map[string]*droverv1.Model),
-		versions: make(map[string][]*droverv1.ModelVersion),
-		tokens:   make(map[string]*droverv1.ACLToken),
-		secrets:  make(map[[32]byte]*droverv1.ACLToken),
+		models:     make(map[string]*droverv1.Model),
+		versions:   make(map[string][]*droverv1.ModelVersion),
+		tokens:     make(map[string]*droverv1.ACLToken),
+		secrets:    make(map[[32]byte]*droverv1.ACLToken),
+		joinTokens: make(map[string]*droverv1.JoinToken),
+		nodes:      make(map[string]*droverv1.Node),
+		nodeNames:  make(map[string]string),
 	}
 }
 
@@ -181,4 +191,23 @@ func (s *Store) write(idx uint64, meta *droverv1.CommandMeta, action string, fn 
 // modified copy.
 func clone[M proto.Message](m M) M {
 	return proto.Clone(m).(M)
+}
+
+// shallowCopy copies the top level of a stored message for a writer that
+// changes a few of its fields: sub-messages, maps and lists may be shared
+// with m. That is safe only because stored messages are never modified in
+// place, so the writer must replace a shared field (assign a new map,
+// slice or message) rather than change it. It spares copying large parts
+// that a write leaves alone, such as a node's inventory on a status change.
+func shallowCopy[M proto.Message](m M) M {
+	src := m.ProtoReflect()
+	dst := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
+	if u := src.GetUnknown(); len(u) > 0 {
+		dst.SetUnknown(u)
+	}
+	return dst.Interface().(M)
 }

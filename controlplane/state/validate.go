@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
 	"slices"
@@ -17,6 +18,18 @@ import (
 const (
 	// MaxCardBytes bounds a model card (Markdown).
 	MaxCardBytes = 1 << 20
+	// MaxInventoryBytes bounds a node's hardware inventory, encoded.
+	MaxInventoryBytes = 1 << 20
+	// MaxLabels bounds the labels of a join token or a node (after the
+	// token's labels are merged into the agent's).
+	MaxLabels = 64
+	// MaxNodeHistory is how many status changes a node keeps, most recent
+	// last; older ones are dropped.
+	MaxNodeHistory = 50
+	// MaxReasonBytes bounds the reason of one status change.
+	MaxReasonBytes = 1024
+	// maxDescriptionBytes bounds a join token's description.
+	maxDescriptionBytes = 1024
 	// maxRecordBytes bounds one stored object. Snapshot restore refuses
 	// larger records, so the same bound on writes guarantees that every
 	// state the cluster can reach can also be restored.
@@ -27,16 +40,21 @@ const (
 // URLs, file names and the CLI's NAME@REF syntax.
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
 
-// ValidateName checks a model or alias name (kind is "model" or "alias" and
-// appears in the message). The error wraps [ErrInvalid] and states the rule
-// with an example.
+// ValidateName checks a model, alias, node or site name (kind is "model",
+// "alias", "node" or "site" and appears in the message). The error wraps
+// [ErrInvalid] and states the rule with an example.
 func ValidateName(kind, name string) error {
 	if nameRE.MatchString(name) {
 		return nil
 	}
 	example := "resnet-50"
-	if kind == "alias" {
+	switch kind {
+	case "alias":
 		example = "prod"
+	case "node":
+		example = "gpu-01"
+	case "site":
+		example = "eu-west-1"
 	}
 	return fmt.Errorf("%s name %q is %w: use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit, e.g. %q",
 		kind, name, ErrInvalid, example)
@@ -54,6 +72,60 @@ func ValidateAlias(name string) error {
 	}
 	if isNumber(name) {
 		return fmt.Errorf("alias name %q is %w: numbers are reserved for version numbers; pick a name with a letter such as \"v%s\"", name, ErrInvalid, name)
+	}
+	return nil
+}
+
+// validateID checks the id of a join token or node: the same rule as
+// names, so that an id is safe in audit targets, URLs and the CLI.
+func validateID(kind, id string) error {
+	if nameRE.MatchString(id) {
+		return nil
+	}
+	return fmt.Errorf("%s id %q is %w: use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+		kind, id, ErrInvalid)
+}
+
+// Label rules, as Kubernetes has them, so that labels read the same in a
+// node selector as operators know them from there: a key is a name with an
+// optional DNS prefix ("drover.dev/zone"); a value is empty or a name.
+var (
+	labelNameRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
+	labelPrefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
+)
+
+// ValidateLabelKey checks one label key. The error wraps [ErrInvalid] and
+// states the rule with an example.
+func ValidateLabelKey(key string) error {
+	name := key
+	prefix, rest, hasPrefix := strings.Cut(key, "/")
+	if hasPrefix {
+		name = rest
+	}
+	if labelNameRE.MatchString(name) && (!hasPrefix || labelPrefixRE.MatchString(prefix)) {
+		return nil
+	}
+	return fmt.Errorf("label key %q is %w: use 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, optionally after a lowercase DNS prefix and '/', e.g. \"gpu\" or \"drover.dev/zone\"",
+		key, ErrInvalid)
+}
+
+// ValidateLabels checks a set of labels: at most [MaxLabels], every key
+// valid (see [ValidateLabelKey]) and every value empty or 1-63 letters,
+// digits, '.', '_' or '-' starting and ending with a letter or digit. Keys
+// are checked in sorted order, so the error reported is the same on every
+// server.
+func ValidateLabels(labels map[string]string) error {
+	if n := len(labels); n > MaxLabels {
+		return fmt.Errorf("labels are %w: %d labels is more than the %d allowed", ErrInvalid, n, MaxLabels)
+	}
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if err := ValidateLabelKey(k); err != nil {
+			return err
+		}
+		if v := labels[k]; v != "" && !labelNameRE.MatchString(v) {
+			return fmt.Errorf("label %q value %q is %w: use an empty value or 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, e.g. \"a100\"",
+				k, v, ErrInvalid)
+		}
 	}
 	return nil
 }

@@ -195,7 +195,7 @@ func (x *EnrollNodeCommand) GetNode() *Node {
 	return nil
 }
 
-// RegisterNodeCommand records a node's inventory, labels it asked for and
+// RegisterNodeCommand records a node's inventory and
 // agent version; it moves an initializing node to ready.
 type RegisterNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
