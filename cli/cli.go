@@ -94,6 +94,8 @@ or, with -o json, the API's response message.`,
 	root.AddCommand(
 		newStatusCommand(g),
 		newModelCommand(g),
+		newTokenCommand(g),
+		newNodeCommand(g),
 		newACLCommand(g),
 		newAuditCommand(g),
 		newOperatorCommand(g),

@@ -50,6 +50,7 @@ type result struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	fake := newFakeServer(testNow.Add(-2 * time.Hour))
+	fake.now = testNow
 	srv := httptest.NewUnstartedServer(fake.handler())
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
@@ -558,6 +559,25 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"model", "version", "create", "m", "--digest", testDigest, "--size", "1", "--metric", "accuracy=high"},
 			"--metric accuracy=high: value must be a number", ""},
 		{[]string{"operator", "snapshot", "save"}, "missing FILE", "drover operator snapshot save FILE [flags]"},
+		{[]string{"token", "create", "--ttl", "-1h"}, "--ttl -1h0m0s: must not be negative; 0 means the token never expires", "drover token create [flags]"},
+		{[]string{"token", "create", "--ttl", "1d"}, `invalid argument "1d" for "--ttl" flag`, "drover token create [flags]"},
+		{[]string{"token", "create", "--label", "gpu"}, "--label gpu: want KEY=VALUE", "drover token create [flags]"},
+		{[]string{"token", "create", "--max-uses", "-1"}, `invalid argument "-1" for "--max-uses" flag`, "drover token create [flags]"},
+		{[]string{"token", "revoke"}, "missing ID", "drover token revoke ID [flags]"},
+		{[]string{"node", "ls", "--status", "busy"}, "--status busy: want ready, down, initializing or left", "drover node ls [flags]"},
+		{[]string{"node", "ls", "--min-gpu-memory", "40XB"}, `--min-gpu-memory 40XB: unknown unit "XB"; want B, KB`, "drover node ls [flags]"},
+		{[]string{"node", "ls", "--min-gpu-memory", "lots"}, "--min-gpu-memory lots: want a size such as 40GiB, 80G, 512MiB or a number of bytes", ""},
+		{[]string{"node", "ls", "--label", "pool"}, "--label pool: want KEY=VALUE", "drover node ls [flags]"},
+		{[]string{"node", "ls", "extra"}, `unexpected argument "extra"`, "drover node ls [flags]"},
+		{[]string{"node", "show"}, "missing NODE", "drover node show NODE [flags]"},
+		{[]string{"node", "drain"}, "missing NODE", "drover node drain NODE [flags]"},
+		{[]string{"node", "undrain", "a", "b"}, `unexpected argument "b"`, "drover node undrain NODE [flags]"},
+		{[]string{"node", "label"}, "missing NODE", "drover node label NODE [KEY=VALUE]... [--remove KEY]... [flags]"},
+		{[]string{"node", "label", "gpu-01"}, "nothing to change: give KEY=VALUE arguments", "drover node label NODE"},
+		{[]string{"node", "label", "gpu-01", "spare-"}, `"spare-": want KEY=VALUE to set a label; to remove one, use --remove spare`, ""},
+		{[]string{"node", "label", "gpu-01", "a=1", "--remove", "a"}, `label "a" is both set and removed`, ""},
+		{[]string{"node", "revoke"}, "missing NODE", "drover node revoke NODE [flags]"},
+		{[]string{"node", "bogus"}, `unknown command "bogus" for "drover node"`, "drover node COMMAND"},
 	}
 	for _, tt := range tests {
 		r := h.run(tt.args...)

@@ -41,6 +41,14 @@ type fakeServer struct {
 	requests     []recorded
 	lastQuery    *droverv1.QueryOptions
 	lastAudit    *droverv1.ListAuditEventsRequest
+
+	now             time.Time             // the clock of token expiry
+	tokens          []*droverv1.JoinToken // in creation order
+	nodes           []*droverv1.Node
+	lastCreateToken *droverv1.CreateTokenRequest
+	lastListNodes   *droverv1.ListNodesRequest
+	lastLabelNode   *droverv1.LabelNodeRequest
+	revokedNodes    []string // RevokeNode requests, in order
 }
 
 type recorded struct {
@@ -54,23 +62,28 @@ var (
 	_ droverv1connect.ACLServiceHandler     = (*fakeServer)(nil)
 	_ droverv1connect.AuditServiceHandler   = (*fakeServer)(nil)
 	_ droverv1connect.ClusterServiceHandler = (*fakeServer)(nil)
+	_ droverv1connect.TokenServiceHandler   = (*fakeServer)(nil)
+	_ droverv1connect.NodeServiceHandler    = (*fakeServer)(nil)
 )
 
 func newFakeServer(created time.Time) *fakeServer {
 	return &fakeServer{
 		created:  created,
+		now:      created,
 		models:   map[string]*droverv1.Model{},
 		versions: map[string][]*droverv1.ModelVersion{},
 	}
 }
 
-// handler serves all four services and records every request.
+// handler serves every service and records every request.
 func (f *fakeServer) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(droverv1connect.NewModelServiceHandler(f))
 	mux.Handle(droverv1connect.NewACLServiceHandler(f))
 	mux.Handle(droverv1connect.NewAuditServiceHandler(f))
 	mux.Handle(droverv1connect.NewClusterServiceHandler(f))
+	mux.Handle(droverv1connect.NewTokenServiceHandler(f))
+	mux.Handle(droverv1connect.NewNodeServiceHandler(f))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})
@@ -367,4 +380,171 @@ func (f *fakeServer) Leave(_ context.Context, _ *connect.Request[droverv1.LeaveR
 	}
 	f.left = true
 	return connect.NewResponse(&droverv1.LeaveResponse{}), nil
+}
+
+// testCAHash stands for the cluster CA's SHA-256 in join token strings.
+const testCAHash = "5f1c0a9e2d7b4c3a8e6f0d1b9a7c5e3f2a4b6c8d0e1f3a5b7c9d2e4f6a8b0c1d"
+
+func (f *fakeServer) CreateToken(_ context.Context, req *connect.Request[droverv1.CreateTokenRequest]) (*connect.Response[droverv1.CreateTokenResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := req.Msg
+	f.lastCreateToken = proto.Clone(r).(*droverv1.CreateTokenRequest)
+	id := fmt.Sprintf("tok%d", len(f.tokens)+1)
+	idx := f.commitLocked("token.create", "token/"+id)
+	t := &droverv1.JoinToken{
+		Id: id, Description: r.GetDescription(), Labels: r.GetLabels(), Site: r.GetSite(),
+		CreateTime: timestamppb.New(f.now), MaxUses: r.GetMaxUses(), CreatedBy: "anonymous",
+		CreateIndex: idx, ModifyIndex: idx,
+	}
+	switch ttl := r.GetTtl(); {
+	case ttl == nil:
+		t.ExpireTime = timestamppb.New(f.now.Add(time.Hour))
+	case ttl.AsDuration() > 0:
+		t.ExpireTime = timestamppb.New(f.now.Add(ttl.AsDuration()))
+	}
+	f.tokens = append(f.tokens, t)
+	return connect.NewResponse(&droverv1.CreateTokenResponse{
+		Token: proto.Clone(t).(*droverv1.JoinToken), TokenString: "drover-join.v1." + testCAHash + "." + id + ".s3cr3t" + id,
+		Meta: &droverv1.WriteMeta{Index: idx},
+	}), nil
+}
+
+func (f *fakeServer) ListTokens(_ context.Context, req *connect.Request[droverv1.ListTokensRequest]) (*connect.Response[droverv1.ListTokensResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &droverv1.ListTokensResponse{Meta: f.queryMetaLocked(req.Msg.GetOptions())}
+	for _, t := range f.tokens {
+		resp.Tokens = append(resp.Tokens, proto.Clone(t).(*droverv1.JoinToken))
+	}
+	slices.Reverse(resp.Tokens) // newest first, on purpose: the command must sort
+	return connect.NewResponse(resp), nil
+}
+
+func (f *fakeServer) RevokeToken(_ context.Context, req *connect.Request[droverv1.RevokeTokenRequest]) (*connect.Response[droverv1.RevokeTokenResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.tokens {
+		if t.GetId() == req.Msg.GetId() {
+			t.Revoked = true
+			idx := f.commitLocked("token.revoke", "token/"+t.GetId())
+			return connect.NewResponse(&droverv1.RevokeTokenResponse{Meta: &droverv1.WriteMeta{Index: idx}}), nil
+		}
+	}
+	return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+		"list join tokens with `drover token ls`", "join token %q not found", req.Msg.GetId())
+}
+
+// addNodes stores nodes as if they had enrolled.
+func (f *fakeServer) addNodes(nodes ...*droverv1.Node) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nodes = append(f.nodes, nodes...)
+}
+
+// nodeLocked finds a node by id or name, as the server does.
+func (f *fakeServer) nodeLocked(ref string) (*droverv1.Node, error) {
+	for _, n := range f.nodes {
+		if n.GetId() == ref || n.GetName() == ref {
+			return n, nil
+		}
+	}
+	return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+		"list nodes with `drover node ls`", "node %q not found", ref)
+}
+
+func (f *fakeServer) ListNodes(_ context.Context, req *connect.Request[droverv1.ListNodesRequest]) (*connect.Response[droverv1.ListNodesResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := req.Msg
+	f.lastListNodes = proto.Clone(r).(*droverv1.ListNodesRequest)
+	resp := &droverv1.ListNodesResponse{Meta: f.queryMetaLocked(r.GetOptions())}
+	for _, n := range f.nodes {
+		if fakeNodeMatches(r, n) {
+			resp.Nodes = append(resp.Nodes, proto.Clone(n).(*droverv1.Node))
+		}
+	}
+	slices.Reverse(resp.Nodes) // on purpose: the command must sort
+	return connect.NewResponse(resp), nil
+}
+
+func fakeNodeMatches(r *droverv1.ListNodesRequest, n *droverv1.Node) bool {
+	for k, v := range r.GetLabels() {
+		if got, ok := n.GetLabels()[k]; !ok || got != v {
+			return false
+		}
+	}
+	if (r.GetSite() != "" && n.GetSite() != r.GetSite()) ||
+		(r.GetStatus() != droverv1.NodeStatus_NODE_STATUS_UNSPECIFIED && n.GetStatus() != r.GetStatus()) {
+		return false
+	}
+	if r.GetGpuModel() == "" && r.GetMinGpuMemoryBytes() == 0 {
+		return true
+	}
+	for _, g := range n.GetInventory().GetGpus() {
+		if strings.Contains(strings.ToLower(g.GetName()), strings.ToLower(r.GetGpuModel())) &&
+			g.GetMemoryTotalBytes() >= r.GetMinGpuMemoryBytes() {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *fakeServer) GetNode(_ context.Context, req *connect.Request[droverv1.GetNodeRequest]) (*connect.Response[droverv1.GetNodeResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.nodeLocked(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.GetNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: f.queryMetaLocked(req.Msg.GetOptions())}), nil
+}
+
+func (f *fakeServer) DrainNode(_ context.Context, req *connect.Request[droverv1.DrainNodeRequest]) (*connect.Response[droverv1.DrainNodeResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.nodeLocked(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	n.Draining = req.Msg.GetDrain()
+	idx := f.commitLocked("node.drain", "node/"+n.GetId())
+	n.ModifyIndex = idx
+	return connect.NewResponse(&droverv1.DrainNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
+func (f *fakeServer) LabelNode(_ context.Context, req *connect.Request[droverv1.LabelNodeRequest]) (*connect.Response[droverv1.LabelNodeResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastLabelNode = proto.Clone(req.Msg).(*droverv1.LabelNodeRequest)
+	n, err := f.nodeLocked(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
+	for k, v := range req.Msg.GetSet() {
+		n.Labels[k] = v
+	}
+	for _, k := range req.Msg.GetRemove() {
+		delete(n.Labels, k)
+	}
+	idx := f.commitLocked("node.label", "node/"+n.GetId())
+	n.ModifyIndex = idx
+	return connect.NewResponse(&droverv1.LabelNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
+func (f *fakeServer) RevokeNode(_ context.Context, req *connect.Request[droverv1.RevokeNodeRequest]) (*connect.Response[droverv1.RevokeNodeResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revokedNodes = append(f.revokedNodes, req.Msg.GetNode())
+	n, err := f.nodeLocked(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	n.Revoked = true
+	idx := f.commitLocked("node.revoke", "node/"+n.GetId())
+	n.ModifyIndex = idx
+	return connect.NewResponse(&droverv1.RevokeNodeResponse{Meta: &droverv1.WriteMeta{Index: idx}}), nil
 }

@@ -87,7 +87,7 @@ func (g *globals) clientConfig() (ClientConfig, error) {
 	return c, nil
 }
 
-// clients connects the four API clients to the configured server. It does
+// clients connects the API clients to the configured server. It does
 // no I/O beyond reading the config and CA files; the first call dials.
 func (g *globals) clients() (*clients, error) {
 	cfg, err := g.clientConfig()

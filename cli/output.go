@@ -116,9 +116,29 @@ func formatAge(ts *timestamppb.Timestamp, now time.Time) string {
 		return "-"
 	}
 	d := now.Sub(ts.AsTime())
-	switch {
-	case d < 0:
+	if d < 0 {
 		return "0s" // the server's clock is ahead of ours
+	}
+	return roughDuration(d)
+}
+
+// formatUntil renders how far in the future ts is, as "in 45m", or how
+// long ago it passed, as "3h ago".
+func formatUntil(ts *timestamppb.Timestamp, now time.Time) string {
+	if ts == nil {
+		return "-"
+	}
+	d := ts.AsTime().Sub(now)
+	if d <= 0 {
+		return roughDuration(-d) + " ago"
+	}
+	return "in " + roughDuration(d)
+}
+
+// roughDuration renders a non-negative duration in its largest unit,
+// rounded down: 45s, 12m, 3h; days from 48 hours on.
+func roughDuration(d time.Duration) string {
+	switch {
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d/time.Second))
 	case d < time.Hour:

@@ -68,6 +68,24 @@ func TestFormatAge(t *testing.T) {
 	}
 }
 
+func TestFormatUntil(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	for d, want := range map[time.Duration]string{
+		59 * time.Minute: "in 59m",
+		72 * time.Hour:   "in 3d",
+		0:                "0s ago",
+		-3 * time.Hour:   "3h ago",
+	} {
+		if got := formatUntil(timestamppb.New(now.Add(d)), now); got != want {
+			t.Errorf("formatUntil(now%+v) = %q, want %q", d, got, want)
+		}
+	}
+	if got := formatUntil(nil, now); got != "-" {
+		t.Errorf("formatUntil(nil) = %q", got)
+	}
+}
+
 func TestShortDigest(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{

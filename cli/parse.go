@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -152,4 +154,95 @@ func parseFileSpec(flag, s string) (*droverv1.ArtifactFile, error) {
 func parseVersionNumber(s string) (uint64, bool) {
 	n, err := strconv.ParseUint(s, 10, 64)
 	return n, err == nil && n > 0
+}
+
+// byteUnits are the unit suffixes parseByteSize accepts, lowercased: SI
+// (powers of 1000) without an "i", IEC (powers of 1024) with one, as
+// Kubernetes quantities and most tools read them.
+var byteUnits = map[string]uint64{
+	"": 1, "b": 1,
+	"k": 1e3, "kb": 1e3, "ki": 1 << 10, "kib": 1 << 10,
+	"m": 1e6, "mb": 1e6, "mi": 1 << 20, "mib": 1 << 20,
+	"g": 1e9, "gb": 1e9, "gi": 1 << 30, "gib": 1 << 30,
+	"t": 1e12, "tb": 1e12, "ti": 1 << 40, "tib": 1 << 40,
+	"p": 1e15, "pb": 1e15, "pi": 1 << 50, "pib": 1 << 50,
+}
+
+// parseByteSize parses a size people write: a number of bytes, or a
+// number with a unit, such as 40GiB, 80G, 512MiB or 1.5TB. Units are
+// case-insensitive; G and GB are 10⁹ bytes, Gi and GiB are 2³⁰. A fraction
+// that does not come to a whole number of bytes is rounded up, which keeps
+// "at least SIZE" exact.
+func parseByteSize(s string) (uint64, error) {
+	in := strings.TrimSpace(s)
+	i := 0
+	for i < len(in) && ('0' <= in[i] && in[i] <= '9' || in[i] == '.') {
+		i++
+	}
+	num, unit := in[:i], strings.TrimSpace(in[i:])
+	if num == "" || strings.Count(num, ".") > 1 || num == "." {
+		return 0, errors.New("want a size such as 40GiB, 80G, 512MiB or a number of bytes")
+	}
+	mult, ok := byteUnits[strings.ToLower(unit)]
+	if !ok {
+		return 0, fmt.Errorf("unknown unit %q; want B, KB, MB, GB, TB, PB (powers of 1000) or KiB, MiB, GiB, TiB, PiB (powers of 1024)", unit)
+	}
+	r, ok := new(big.Rat).SetString(num)
+	if !ok {
+		return 0, errors.New("want a size such as 40GiB, 80G, 512MiB or a number of bytes")
+	}
+	r.Mul(r, new(big.Rat).SetUint64(mult))
+	n := new(big.Int).Quo(r.Num(), r.Denom())
+	if !r.IsInt() {
+		n.Add(n, big.NewInt(1))
+	}
+	if !n.IsUint64() {
+		return 0, errors.New("too large: the most is 16 EiB")
+	}
+	return n.Uint64(), nil
+}
+
+// parseLabelChanges checks the label changes of `node label`: KEY=VALUE
+// arguments to set and --remove keys. It refuses an empty change and a key
+// both set and removed, which would depend on the order they are applied.
+func parseLabelChanges(args, remove []string) (map[string]string, []string, error) {
+	if len(args) == 0 && len(remove) == 0 {
+		return nil, nil, errors.New("nothing to change: give KEY=VALUE arguments to set labels or --remove KEY to remove them")
+	}
+	set := make(map[string]string, len(args))
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		switch {
+		case !ok:
+			key := strings.TrimSuffix(a, "-") // kubectl's "KEY-" removes a label
+			return nil, nil, fmt.Errorf("%q: want KEY=VALUE to set a label; to remove one, use --remove %s", a, key)
+		case strings.TrimSpace(k) == "":
+			return nil, nil, fmt.Errorf("%q: label key is empty", a)
+		case k != strings.TrimSpace(k):
+			return nil, nil, fmt.Errorf("%q: label key has surrounding spaces", a)
+		}
+		if _, dup := set[k]; dup {
+			return nil, nil, fmt.Errorf("%q: label %q given twice", a, k)
+		}
+		set[k] = v
+	}
+	var rm []string
+	for _, k := range remove {
+		switch {
+		case strings.TrimSpace(k) == "":
+			return nil, nil, errors.New("--remove: label key is empty")
+		case strings.Contains(k, "="):
+			return nil, nil, fmt.Errorf("--remove %s: want only the label key, without a value", k)
+		}
+		if _, both := set[k]; both {
+			return nil, nil, fmt.Errorf("label %q is both set and removed; give one or the other", k)
+		}
+		if !slices.Contains(rm, k) {
+			rm = append(rm, k)
+		}
+	}
+	if len(set) == 0 {
+		set = nil
+	}
+	return set, rm, nil
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -157,4 +158,81 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+func TestParseByteSize(t *testing.T) {
+	t.Parallel()
+	const unitErr = `; want B, KB, MB, GB, TB, PB (powers of 1000) or KiB, MiB, GiB, TiB, PiB (powers of 1024)`
+	const sizeErr = "want a size such as 40GiB, 80G, 512MiB or a number of bytes"
+	tests := []struct {
+		in      string
+		want    uint64
+		wantErr string
+	}{
+		{"0", 0, ""},
+		{"85899345920", 80 << 30, ""},
+		{"40GiB", 40 << 30, ""},
+		{"40gib", 40 << 30, ""},
+		{"40Gi", 40 << 30, ""},
+		{"80G", 80e9, ""},
+		{"80GB", 80e9, ""},
+		{"80 GB", 80e9, ""},
+		{" 512MiB ", 512 << 20, ""},
+		{"512M", 512e6, ""},
+		{"1KiB", 1024, ""},
+		{"1k", 1000, ""},
+		{"100B", 100, ""},
+		{"1.5GiB", 3 << 29, ""},
+		{"1.5TB", 15e11, ""},
+		{".5KiB", 512, ""},
+		{"1.1KiB", 1127, ""}, // 1126.4 rounds up
+		{"2PiB", 2 << 50, ""},
+		{"18446744073709551615", 1<<64 - 1, ""},
+		{"18446744073709551616", 0, "too large: the most is 16 EiB"},
+		{"16384PiB", 0, "too large: the most is 16 EiB"},
+		{"", 0, sizeErr},
+		{"GiB", 0, sizeErr},
+		{"-1GiB", 0, sizeErr},
+		{"1.2.3G", 0, sizeErr},
+		{".", 0, sizeErr},
+		{"1e9", 0, `unknown unit "e9"` + unitErr},
+		{"40XB", 0, `unknown unit "XB"` + unitErr},
+		{"40 GiBs", 0, `unknown unit "GiBs"` + unitErr},
+		{"0x10", 0, `unknown unit "x10"` + unitErr},
+	}
+	for _, tt := range tests {
+		got, err := parseByteSize(tt.in)
+		if got != tt.want || errString(err) != tt.wantErr {
+			t.Errorf("parseByteSize(%q) = %d, %v; want %d, %q", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestParseLabelChanges(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args, remove []string
+		set          map[string]string
+		rm           []string
+		wantErr      string
+	}{
+		{[]string{"pool=training", "note=a=b", "empty="}, nil, map[string]string{"pool": "training", "note": "a=b", "empty": ""}, nil, ""},
+		{nil, []string{"spare", "zone", "spare"}, nil, []string{"spare", "zone"}, ""},
+		{[]string{"pool=x"}, []string{"zone"}, map[string]string{"pool": "x"}, []string{"zone"}, ""},
+		{nil, nil, nil, nil, "nothing to change: give KEY=VALUE arguments to set labels or --remove KEY to remove them"},
+		{[]string{"pool"}, nil, nil, nil, `"pool": want KEY=VALUE to set a label; to remove one, use --remove pool`},
+		{[]string{"spare-"}, nil, nil, nil, `"spare-": want KEY=VALUE to set a label; to remove one, use --remove spare`},
+		{[]string{"=x"}, nil, nil, nil, `"=x": label key is empty`},
+		{[]string{" k=x"}, nil, nil, nil, `" k=x": label key has surrounding spaces`},
+		{[]string{"a=1", "a=2"}, nil, nil, nil, `"a=2": label "a" given twice`},
+		{[]string{"a=1"}, []string{"a"}, nil, nil, `label "a" is both set and removed; give one or the other`},
+		{nil, []string{"a=1"}, nil, nil, "--remove a=1: want only the label key, without a value"},
+		{nil, []string{""}, nil, nil, "--remove: label key is empty"},
+	}
+	for _, tt := range tests {
+		set, rm, err := parseLabelChanges(tt.args, tt.remove)
+		if errString(err) != tt.wantErr || !maps.Equal(set, tt.set) || !slices.Equal(rm, tt.rm) {
+			t.Errorf("parseLabelChanges(%q, %q) = %v, %q, %v; want %v, %q, %q", tt.args, tt.remove, set, rm, err, tt.set, tt.rm, tt.wantErr)
+		}
+	}
 }

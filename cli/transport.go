@@ -26,6 +26,8 @@ type clients struct {
 	acl     droverv1connect.ACLServiceClient
 	audit   droverv1connect.AuditServiceClient
 	cluster droverv1connect.ClusterServiceClient
+	token   droverv1connect.TokenServiceClient
+	node    droverv1connect.NodeServiceClient
 }
 
 // Request headers the server reads.
@@ -55,6 +57,8 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		acl:     droverv1connect.NewACLServiceClient(hc, cfg.Address, opts...),
 		audit:   droverv1connect.NewAuditServiceClient(hc, cfg.Address, opts...),
 		cluster: droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
+		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
+		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
 	}, nil
 }
 
