@@ -60,6 +60,9 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewACLServiceHandler(&aclHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewAuditServiceHandler(&auditHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewClusterServiceHandler(&clusterHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewTokenServiceHandler(&tokenHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewNodeServiceHandler(&nodeHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s}, interceptors))
 	mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusOK)
@@ -72,7 +75,7 @@ func (s *Server) setupAPI() error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	handler := s.forwarder.wrap(mux)
+	handler := s.identify(s.forwarder.wrap(mux))
 
 	tlsConf := pki.ServerTLSConfig(s.ca.Pool(), s.serverCert, tls.VerifyClientCertIfGiven)
 	tlsConf.NextProtos = []string{"h2", "http/1.1"}
@@ -119,11 +122,22 @@ func (s *Server) leader() (string, serverMeta) {
 
 // publicProcedures need no token. Status must work before ACLs exist and
 // when the operator's token is lost; bootstrap is how the first token is
-// made.
+// made. An agent's first calls have no credential but its join token,
+// which Enroll checks itself.
 var publicProcedures = map[string]bool{
 	droverv1connect.ACLServiceBootstrapProcedure:         true,
 	droverv1connect.ClusterServiceGetStatusProcedure:     true,
 	droverv1connect.ClusterServiceGetServerInfoProcedure: true,
+	droverv1connect.AgentServiceGetClusterInfoProcedure:  true,
+	droverv1connect.AgentServiceEnrollProcedure:          true,
+}
+
+// agentProcedures authenticate with the node's client certificate instead
+// of a token (see authenticateAgent).
+var agentProcedures = map[string]bool{
+	droverv1connect.AgentServiceRegisterProcedure:         true,
+	droverv1connect.AgentServiceRenewCertificateProcedure: true,
+	droverv1connect.AgentServiceHeartbeatProcedure:        true,
 }
 
 type actorKey struct{}
@@ -169,6 +183,9 @@ func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 func (a *authInterceptor) authorize(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
 	if publicProcedures[procedure] {
 		return ctx, nil
+	}
+	if agentProcedures[procedure] {
+		return a.s.authenticateAgent(ctx)
 	}
 	st := a.s.state
 	secret, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")

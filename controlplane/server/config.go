@@ -68,6 +68,15 @@ type Config struct {
 	// TrailingLogs is how many entries stay in the log after a snapshot.
 	TrailingLogs uint64 `json:"trailing_logs,omitempty"`
 
+	// Node heartbeats. The leader hands each agent a TTL of
+	// max(HeartbeatMinTTL, nodes / MaxHeartbeatsPerSecond) plus a little
+	// jitter and marks a node DOWN when it has not heard from it within
+	// that TTL and half as much again. After a leader change every node
+	// gets one TTL plus HeartbeatLeaderGrace before it can be marked down.
+	HeartbeatMinTTL        Duration `json:"heartbeat_min_ttl,omitempty"`
+	MaxHeartbeatsPerSecond float64  `json:"max_heartbeats_per_second,omitempty"`
+	HeartbeatLeaderGrace   Duration `json:"heartbeat_leader_grace,omitempty"`
+
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
 	// Network, when set, wraps Raft and forwarding connections so tests can
@@ -121,6 +130,10 @@ func DefaultConfig() Config {
 		ApplyTimeout:       Duration(10 * time.Second),
 		SnapshotThreshold:  8192,
 		TrailingLogs:       10240,
+
+		HeartbeatMinTTL:        Duration(10 * time.Second),
+		MaxHeartbeatsPerSecond: 50,
+		HeartbeatLeaderGrace:   Duration(10 * time.Second),
 	}
 }
 
@@ -203,6 +216,16 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotThreshold == 0 {
 		errs = append(errs, errors.New("snapshot_threshold must be positive"))
+	}
+	if c.HeartbeatMinTTL < Duration(minHeartbeatTTL) {
+		errs = append(errs, fmt.Errorf("heartbeat_min_ttl %s is too short: use at least %s (the leader checks deadlines every %s)",
+			time.Duration(c.HeartbeatMinTTL), minHeartbeatTTL, heartbeatTick))
+	}
+	if c.MaxHeartbeatsPerSecond <= 0 {
+		errs = append(errs, fmt.Errorf("max_heartbeats_per_second %v must be positive", c.MaxHeartbeatsPerSecond))
+	}
+	if c.HeartbeatLeaderGrace < 0 {
+		errs = append(errs, fmt.Errorf("heartbeat_leader_grace %s is negative", time.Duration(c.HeartbeatLeaderGrace)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid server config: %w", err)

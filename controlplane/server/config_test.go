@@ -50,6 +50,9 @@ func TestValidateRejects(t *testing.T) {
 		{"election shorter than heartbeat", func(c *Config) { c.ElectionTimeout = c.HeartbeatTimeout / 2 }, "raft_election_timeout"},
 		{"zero apply timeout", func(c *Config) { c.ApplyTimeout = 0 }, "apply_timeout"},
 		{"zero snapshot threshold", func(c *Config) { c.SnapshotThreshold = 0 }, "snapshot_threshold"},
+		{"heartbeat TTL shorter than a few ticks", func(c *Config) { c.HeartbeatMinTTL = Duration(100 * time.Millisecond) }, "heartbeat_min_ttl"},
+		{"zero heartbeat rate", func(c *Config) { c.MaxHeartbeatsPerSecond = 0 }, "max_heartbeats_per_second"},
+		{"negative leader grace", func(c *Config) { c.HeartbeatLeaderGrace = Duration(-time.Second) }, "heartbeat_leader_grace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +36,9 @@ var localProcedures = []string{
 	droverv1connect.ClusterServiceGetStatusProcedure,
 	droverv1connect.ClusterServiceGetServerInfoProcedure,
 	droverv1connect.ClusterServiceLeaveProcedure,
+	// Any server knows the CA and the servers; agents ask whichever
+	// they reach first.
+	droverv1connect.AgentServiceGetClusterInfoProcedure,
 }
 
 // forwarder sends requests that need the leader to it, at the HTTP level,
@@ -81,6 +85,8 @@ func classifyProcedures() map[string]procKind {
 		droverv1.File_drover_v1_acl_proto,
 		droverv1.File_drover_v1_audit_proto,
 		droverv1.File_drover_v1_cluster_proto,
+		droverv1.File_drover_v1_node_proto,
+		droverv1.File_drover_v1_agent_proto,
 	}
 	for _, fd := range files {
 		for i := range fd.Services().Len() {
@@ -152,6 +158,12 @@ func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Set(forwardedHeader, f.s.cfg.Name)
+			// identify removed any incoming copy; vouch only for a
+			// certificate this server's TLS stack verified.
+			pr.Out.Header.Del(forwardedCertHeader)
+			if c := agentCertFrom(pr.In.Context()); c != nil {
+				pr.Out.Header.Set(forwardedCertHeader, base64.StdEncoding.EncodeToString(c.Raw))
+			}
 		},
 		Transport:     f.transport,
 		FlushInterval: -1, // stream responses as they come

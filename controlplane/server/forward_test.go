@@ -34,6 +34,21 @@ func TestClassifyProcedures(t *testing.T) {
 		droverv1connect.ClusterServiceGetStatusProcedure:       procLocal,
 		droverv1connect.ClusterServiceGetServerInfoProcedure:   procLocal,
 		droverv1connect.ClusterServiceLeaveProcedure:           procLocal,
+		droverv1connect.TokenServiceCreateTokenProcedure:       procWrite,
+		droverv1connect.TokenServiceListTokensProcedure:        procRead,
+		droverv1connect.TokenServiceRevokeTokenProcedure:       procWrite,
+		droverv1connect.NodeServiceListNodesProcedure:          procRead,
+		droverv1connect.NodeServiceGetNodeProcedure:            procRead,
+		droverv1connect.NodeServiceDrainNodeProcedure:          procWrite,
+		droverv1connect.NodeServiceLabelNodeProcedure:          procWrite,
+		droverv1connect.NodeServiceRevokeNodeProcedure:         procWrite,
+		// Any server knows the CA; enrollment and heartbeats need the
+		// leader (the heartbeat deadlines live there).
+		droverv1connect.AgentServiceGetClusterInfoProcedure:   procLocal,
+		droverv1connect.AgentServiceEnrollProcedure:           procWrite,
+		droverv1connect.AgentServiceRegisterProcedure:         procWrite,
+		droverv1connect.AgentServiceRenewCertificateProcedure: procWrite,
+		droverv1connect.AgentServiceHeartbeatProcedure:        procWrite,
 	}
 	names := map[procKind]string{procRead: "read", procWrite: "write", procLocal: "local"}
 	for proc, kind := range want {
@@ -62,6 +77,8 @@ func TestClassifyProcedures(t *testing.T) {
 		droverv1.File_drover_v1_acl_proto,
 		droverv1.File_drover_v1_audit_proto,
 		droverv1.File_drover_v1_cluster_proto,
+		droverv1.File_drover_v1_node_proto,
+		droverv1.File_drover_v1_agent_proto,
 	} {
 		for i := range fd.Services().Len() {
 			svc := fd.Services().Get(i)

@@ -76,7 +76,8 @@ func (d *leaderDuty) stop(s *Server) {
 // leaderLoop runs while this server leads: it first makes sure every entry
 // from earlier terms is applied (so consistent reads are safe), initialises
 // the cluster's identity on first election, then keeps the Raft
-// configuration in step with gossip membership.
+// configuration in step with gossip membership, and runs the heartbeat
+// tracker, which it drops when leadership ends.
 func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 	s.logger.Info("became leader; establishing leadership")
 	for {
@@ -98,6 +99,23 @@ func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 		}
 	}
 	s.logger.Info("leadership established", "index", s.raft.AppliedIndex())
+
+	hb := newHeartbeatTracker(s)
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		hb.run(ctx)
+	}()
+	s.mu.Lock()
+	s.heartbeats = hb
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.heartbeats = nil
+		s.mu.Unlock()
+		<-hbDone // ctx has ended: leaderLoop returns only then
+	}()
+
 	ticker := time.NewTicker(reconcileInterval)
 	defer ticker.Stop()
 	for {

@@ -3,12 +3,15 @@ package server
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 // metrics are the server's Prometheus series, on its own registry so
@@ -17,6 +20,7 @@ type metrics struct {
 	applyLatency prometheus.Histogram
 	requests     *prometheus.CounterVec
 	reqLatency   *prometheus.HistogramVec
+	heartbeats   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -35,12 +39,16 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 			Help:    "API call latency by procedure.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"procedure"}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_heartbeats_total",
+			Help: "Node heartbeats this server handled as leader.",
+		}),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(
-		m.applyLatency, m.requests, m.reqLatency,
+		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, nodeCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {
@@ -106,4 +114,28 @@ func (m *metrics) interceptor() connect.Interceptor {
 			return res, err
 		}
 	})
+}
+
+// nodeCollector reports drover_nodes: how many nodes this server's state
+// holds in each status, counted once per scrape.
+type nodeCollector struct{ s *Server }
+
+var nodesDesc = prometheus.NewDesc("drover_nodes", "Nodes by status, from this server's state.", []string{"status"}, nil)
+
+func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- nodesDesc }
+
+func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := map[droverv1.NodeStatus]int{}
+	if c.s.state != nil {
+		for _, n := range c.s.state.Nodes() {
+			counts[n.GetStatus()]++
+		}
+	}
+	for _, st := range []droverv1.NodeStatus{
+		droverv1.NodeStatus_NODE_STATUS_INITIALIZING, droverv1.NodeStatus_NODE_STATUS_READY,
+		droverv1.NodeStatus_NODE_STATUS_DOWN, droverv1.NodeStatus_NODE_STATUS_LEFT,
+	} {
+		label := strings.ToLower(strings.TrimPrefix(st.String(), "NODE_STATUS_"))
+		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(counts[st]), label)
+	}
 }

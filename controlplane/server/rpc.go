@@ -104,6 +104,13 @@ func toAPIError(err error) error {
 		code = connect.CodeInvalidArgument
 	case droverv1.ErrorReason_ERROR_REASON_IN_USE:
 		code = connect.CodeFailedPrecondition
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID:
+		// A join token or node credential the state refused; the
+		// message says which refusal it was and never holds a secret.
+		code = connect.CodeUnauthenticated
+		if errors.Is(err, state.ErrNodeRevoked) {
+			code = connect.CodePermissionDenied
+		}
 	case droverv1.ErrorReason_ERROR_REASON_ACL_ALREADY_BOOTSTRAPPED:
 		code = connect.CodeFailedPrecondition
 		hint = "the management token was printed by the first bootstrap; if it is lost, restore access with a new cluster"

@@ -1,0 +1,222 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base32"
+	"encoding/pem"
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/internal/jointoken"
+	"github.com/droverhq/drover/internal/pki"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
+)
+
+// agentCertValidity is how long a node certificate is valid; agents renew
+// well before.
+const agentCertValidity = 24 * time.Hour
+
+// agentHandler serves what drover-agent calls. GetClusterInfo and Enroll
+// are public (Enroll checks the join token); the other calls are
+// authenticated by the node's client certificate in the auth interceptor.
+type agentHandler struct{ s *Server }
+
+var _ droverv1connect.AgentServiceHandler = (*agentHandler)(nil)
+
+func (h *agentHandler) GetClusterInfo(_ context.Context, _ *connect.Request[droverv1.GetClusterInfoRequest]) (*connect.Response[droverv1.GetClusterInfoResponse], error) {
+	return connect.NewResponse(&droverv1.GetClusterInfoResponse{
+		CaPem:     h.s.ca.CertPEM(),
+		ClusterId: h.s.state.Cluster().GetClusterId(),
+		Servers:   h.s.serverAPIAddrs(),
+	}), nil
+}
+
+// serverAPIAddrs lists the API addresses of the servers alive in gossip.
+func (s *Server) serverAPIAddrs() []string {
+	var out []string
+	for _, m := range s.gossipServers() {
+		if m.Status == memberAlive && m.APIAddr != "" {
+			out = append(out, m.APIAddr)
+		}
+	}
+	return out
+}
+
+// Enroll trades a join token and a CSR for a node identity. The
+// certificate is signed before the token is used, so a bad CSR never
+// costs a use; it is handed out only if the enrollment is committed.
+func (h *agentHandler) Enroll(ctx context.Context, req *connect.Request[droverv1.EnrollRequest]) (*connect.Response[droverv1.EnrollResponse], error) {
+	tok, err := jointoken.Parse(req.Msg.GetToken())
+	if err != nil {
+		// Parse's messages never contain the secret.
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			err.Error(), "pass the whole token string \"drover token create\" printed")
+	}
+	if tok.CAHash != h.s.ca.Fingerprint() {
+		return nil, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			fmt.Sprintf("join token %q is for another cluster: it pins CA %.12s..., this cluster's CA is %.12s...",
+				tok.ID, tok.CAHash, h.s.ca.Fingerprint()),
+			"use a token made by this cluster, or point the agent at the cluster that made it")
+	}
+	name := req.Msg.GetName()
+	if name == "" {
+		name = req.Msg.GetInventory().GetHost().GetHostname()
+	}
+	name = normalizeNodeName(name)
+	if err := state.ValidateName("node", name); err != nil {
+		return nil, toAPIError(err)
+	}
+	id, err := newNodeID()
+	if err != nil {
+		return nil, apiErr(connect.CodeInternal, droverv1.ErrorReason_ERROR_REASON_INTERNAL, err.Error(), "")
+	}
+	certDER, expiry, err := h.signCSR(req.Msg.GetCsrDer(), id)
+	if err != nil {
+		return nil, err
+	}
+	sum := tok.SecretHash()
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_ENROLL_NODE, &droverv1.EnrollNodeCommand{
+		Meta:              &droverv1.CommandMeta{Time: timestamppb.Now(), Actor: "agent/" + name},
+		TokenId:           tok.ID,
+		TokenSecretSha256: sum[:],
+		Node: &droverv1.Node{
+			Id:           id,
+			Name:         name,
+			Labels:       req.Msg.GetLabels(),
+			Site:         req.Msg.GetSite(),
+			Inventory:    req.Msg.GetInventory(),
+			AgentVersion: req.Msg.GetAgentVersion(),
+		},
+	})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	n := res.Value.(*droverv1.Node)
+	return connect.NewResponse(&droverv1.EnrollResponse{
+		Node:              n,
+		CertificatePem:    certDER,
+		CertificateExpiry: timestamppb.New(expiry),
+		SiteGossipKey:     pki.DeriveKey(h.s.ca, "drover site gossip v1 "+n.GetSite(), 32),
+		Servers:           h.s.serverAPIAddrs(),
+		Meta:              &droverv1.WriteMeta{Index: res.Index},
+	}), nil
+}
+
+// signCSR signs a node's CSR as an agent certificate for node id and
+// returns it as PEM with its expiry.
+func (h *agentHandler) signCSR(csr []byte, id string) ([]byte, time.Time, error) {
+	der, err := h.s.ca.SignCSR(csr, id, pki.RoleAgent, agentCertValidity)
+	if err != nil {
+		return nil, time.Time{}, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			err.Error(), "send a PKCS#10 request (DER) for an ECDSA P-256 key")
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, time.Time{}, apiErr(connect.CodeInternal, droverv1.ErrorReason_ERROR_REASON_INTERNAL, err.Error(), "")
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), cert.NotAfter, nil
+}
+
+// Register records the node's inventory and makes it READY; from then on
+// the leader expects its heartbeats.
+func (h *agentHandler) Register(ctx context.Context, req *connect.Request[droverv1.RegisterRequest]) (*connect.Response[droverv1.RegisterResponse], error) {
+	node := agentNodeFrom(ctx)
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_REGISTER_NODE, &droverv1.RegisterNodeCommand{
+		Meta:         commandMeta(ctx),
+		NodeId:       node.GetId(),
+		Inventory:    req.Msg.GetInventory(),
+		AgentVersion: req.Msg.GetAgentVersion(),
+	})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	if hb := h.s.heartbeatTracker(); hb != nil {
+		hb.heartbeat(node.GetId(), false)
+	}
+	return connect.NewResponse(&droverv1.RegisterResponse{
+		Node: res.Value.(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: res.Index},
+	}), nil
+}
+
+func (h *agentHandler) RenewCertificate(ctx context.Context, req *connect.Request[droverv1.RenewCertificateRequest]) (*connect.Response[droverv1.RenewCertificateResponse], error) {
+	node := agentNodeFrom(ctx)
+	certPEM, expiry, err := h.signCSR(req.Msg.GetCsrDer(), node.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.RenewCertificateResponse{
+		CertificatePem: certPEM, CertificateExpiry: timestamppb.New(expiry),
+	}), nil
+}
+
+// Heartbeat resets the node's deadline on the leader. It writes nothing
+// to the log unless the node was down.
+func (h *agentHandler) Heartbeat(ctx context.Context, _ *connect.Request[droverv1.HeartbeatRequest]) (*connect.Response[droverv1.HeartbeatResponse], error) {
+	node := agentNodeFrom(ctx)
+	hb := h.s.heartbeatTracker()
+	if hb == nil {
+		return nil, h.s.noLeaderError("this server is not (yet) an established leader")
+	}
+	h.s.metrics.heartbeats.Inc()
+	resp := &droverv1.HeartbeatResponse{Status: node.GetStatus(), Servers: h.s.serverAPIAddrs()}
+	if node.GetStatus() == droverv1.NodeStatus_NODE_STATUS_INITIALIZING {
+		// Not registered yet: it is tracked once it has.
+		resp.Reregister = true
+		resp.Ttl = durationpb.New(time.Duration(h.s.cfg.HeartbeatMinTTL))
+		return connect.NewResponse(resp), nil
+	}
+	wasDown := node.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN
+	resp.Ttl = durationpb.New(hb.heartbeat(node.GetId(), wasDown))
+	if wasDown {
+		resp.Status = droverv1.NodeStatus_NODE_STATUS_READY
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// heartbeatTracker returns the leader's tracker, or nil when this server
+// is not an established leader.
+func (s *Server) heartbeatTracker() *heartbeatTracker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.heartbeats
+}
+
+// normalizeNodeName turns a host name into a node name: lowercase, any
+// character a name may not hold replaced by '-', at most 63 characters,
+// starting and ending with a letter or digit.
+func normalizeNodeName(name string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(name)) {
+		switch {
+		case 'a' <= r && r <= 'z', '0' <= r && r <= '9', r == '.', r == '_', r == '-':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	out := b.String()
+	if len(out) > 63 {
+		out = out[:63]
+	}
+	return strings.Trim(out, "-._")
+}
+
+// newNodeID returns a random node id: "n-" and 12 lowercase base32
+// characters (60 bits).
+func newNodeID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random node id: %w", err)
+	}
+	enc := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])
+	return "n-" + strings.ToLower(enc[:12]), nil
+}

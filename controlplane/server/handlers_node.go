@@ -1,0 +1,129 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/droverhq/drover/controlplane/state"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
+)
+
+// nodeHandler serves the operator's view of the fleet.
+type nodeHandler struct{ s *Server }
+
+var _ droverv1connect.NodeServiceHandler = (*nodeHandler)(nil)
+
+func (h *nodeHandler) ListNodes(ctx context.Context, req *connect.Request[droverv1.ListNodesRequest]) (*connect.Response[droverv1.ListNodesResponse], error) {
+	meta, err := h.s.query(ctx, req.Header(), req.Msg.GetOptions())
+	if err != nil {
+		return nil, err
+	}
+	nodes := h.s.state.NodesFiltered(state.NodeFilter{
+		Labels:            req.Msg.GetLabels(),
+		Site:              req.Msg.GetSite(),
+		Status:            req.Msg.GetStatus(),
+		GPUModelContains:  req.Msg.GetGpuModel(),
+		MinGPUMemoryBytes: req.Msg.GetMinGpuMemoryBytes(),
+	})
+	return connect.NewResponse(&droverv1.ListNodesResponse{Nodes: nodes, Meta: meta}), nil
+}
+
+func (h *nodeHandler) GetNode(ctx context.Context, req *connect.Request[droverv1.GetNodeRequest]) (*connect.Response[droverv1.GetNodeResponse], error) {
+	meta, err := h.s.query(ctx, req.Header(), req.Msg.GetOptions())
+	if err != nil {
+		return nil, err
+	}
+	n, err := h.s.findNode(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.GetNodeResponse{Node: n, Meta: meta}), nil
+}
+
+func (h *nodeHandler) DrainNode(ctx context.Context, req *connect.Request[droverv1.DrainNodeRequest]) (*connect.Response[droverv1.DrainNodeResponse], error) {
+	n, err := h.s.findNode(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_SET_NODE_DRAIN,
+		&droverv1.SetNodeDrainCommand{Meta: commandMeta(ctx), NodeId: n.GetId(), Draining: req.Msg.GetDrain()})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	return connect.NewResponse(&droverv1.DrainNodeResponse{
+		Node: res.Value.(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: res.Index},
+	}), nil
+}
+
+func (h *nodeHandler) LabelNode(ctx context.Context, req *connect.Request[droverv1.LabelNodeRequest]) (*connect.Response[droverv1.LabelNodeResponse], error) {
+	n, err := h.s.findNode(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_SET_NODE_LABELS, &droverv1.SetNodeLabelsCommand{
+		Meta: commandMeta(ctx), NodeId: n.GetId(), Set: req.Msg.GetSet(), Remove: req.Msg.GetRemove(),
+	})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	return connect.NewResponse(&droverv1.LabelNodeResponse{
+		Node: res.Value.(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: res.Index},
+	}), nil
+}
+
+// RevokeNode revokes a node: its certificate is refused from now on, and
+// the leader stops tracking its heartbeats.
+func (h *nodeHandler) RevokeNode(ctx context.Context, req *connect.Request[droverv1.RevokeNodeRequest]) (*connect.Response[droverv1.RevokeNodeResponse], error) {
+	n, err := h.s.findNode(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE,
+		&droverv1.RevokeNodeCommand{Meta: commandMeta(ctx), NodeId: n.GetId()})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	if hb := h.s.heartbeatTracker(); hb != nil {
+		hb.forget(n.GetId())
+	}
+	return connect.NewResponse(&droverv1.RevokeNodeResponse{Meta: &droverv1.WriteMeta{Index: res.Index}}), nil
+}
+
+// findNode looks a node up by id, then by name. A name names the node
+// that has not left; among nodes that all left it must be unambiguous.
+func (s *Server) findNode(ref string) (*droverv1.Node, error) {
+	if ref == "" {
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			"no node given", "name a node by id or name; \"drover node ls\" lists them")
+	}
+	if n, err := s.state.Node(ref); err == nil {
+		return n, nil
+	}
+	var left []*droverv1.Node
+	for _, n := range s.state.Nodes() {
+		if n.GetName() != ref {
+			continue
+		}
+		if n.GetStatus() != droverv1.NodeStatus_NODE_STATUS_LEFT {
+			return n, nil
+		}
+		left = append(left, n)
+	}
+	switch len(left) {
+	case 0:
+		return nil, toAPIError(fmt.Errorf("node %q %w", ref, state.ErrNotFound))
+	case 1:
+		return left[0], nil
+	}
+	ids := make([]string, len(left))
+	for i, n := range left {
+		ids[i] = n.GetId()
+	}
+	return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+		fmt.Sprintf("node name %q is ambiguous: nodes %s had it and left", ref, strings.Join(ids, ", ")),
+		"name the node by id")
+}
