@@ -94,3 +94,31 @@ func TestBenchmarkBaselinesStayOut(t *testing.T) {
 		}
 	}
 }
+
+// drover-agent runs on edge devices that pay for every megabyte: it must
+// not link the control plane's consensus and storage, the server, the
+// operator CLI, or test helpers.
+func TestAgentBinaryStaysLean(t *testing.T) {
+	forbidden := []string{
+		"github.com/hashicorp/raft",
+		"github.com/hashicorp/raft-boltdb",
+		"github.com/cockroachdb/pebble",
+		module + "/controlplane",
+		module + "/cli",
+		module + "/agent/agenttest",
+		"testing",
+	}
+	pkgs := listPackages(t, "-deps", "./cmd/drover-agent")
+	if len(pkgs) == 0 {
+		t.Fatal("go list -deps ./cmd/drover-agent listed nothing")
+	}
+	for _, p := range pkgs {
+		for _, root := range forbidden {
+			// A module path like pebble's carries a major version
+			// ("…/pebble/v2"), so everything under root counts.
+			if p.ImportPath == root || strings.HasPrefix(p.ImportPath, root+"/") {
+				t.Errorf("drover-agent links %s: keep it out of the agent (see DESIGN.md, Layout)", p.ImportPath)
+			}
+		}
+	}
+}

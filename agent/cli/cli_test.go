@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/agent/agenttest"
+	"github.com/droverhq/drover/hwprobe"
+)
+
+// runCLI runs the command line with env as the whole environment.
+func runCLI(t *testing.T, ctx context.Context, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	lookup := func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	}
+	code = run(ctx, args, &out, &errOut, lookup)
+	return code, out.String(), errOut.String()
+}
+
+func TestProbeJSON(t *testing.T) {
+	code, out, errOut := runCLI(t, context.Background(), nil, "probe", "-o", "json", "--data-dir", t.TempDir())
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var inv hwprobe.Inventory
+	if err := json.Unmarshal([]byte(out), &inv); err != nil {
+		t.Fatalf("probe -o json is not an inventory: %v\n%s", err, out)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := raw["host"]; !ok || inv.Host.Arch == "" || inv.Host.Hostname == "" {
+		t.Errorf("no host section in %s", out)
+	}
+	if len(inv.Disks) != 1 {
+		t.Errorf("disks %v, want the data directory's", inv.Disks)
+	}
+}
+
+func TestProbeTable(t *testing.T) {
+	code, out, errOut := runCLI(t, context.Background(), nil, "probe", "--data-dir", t.TempDir())
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, row := range []string{"Host ", "CPU ", "Memory ", "Disk ", "Limits ", "Board ", "GPUs "} {
+		if !strings.Contains(out, "\n"+row) && !strings.HasPrefix(out, row) {
+			t.Errorf("no %q row in\n%s", row, out)
+		}
+	}
+}
+
+func TestInventoryTable(t *testing.T) {
+	inv := &hwprobe.Inventory{
+		Host:      hwprobe.Host{Hostname: "dgx-01", OS: "Ubuntu 22.04.4 LTS", Kernel: "5.15.0", Arch: "amd64"},
+		CPU:       hwprobe.CPU{Model: "Intel Xeon Platinum 8480+", Sockets: 2, Cores: 112, Threads: 224, MHz: 3800},
+		Memory:    hwprobe.Memory{TotalBytes: 2 << 40, AvailableBytes: 1 << 40},
+		Disks:     []hwprobe.Disk{{Path: "/var/lib/drover-agent", MountPoint: "/", FSType: "xfs", TotalBytes: 4 << 40, FreeBytes: 3 << 40}},
+		Container: hwprobe.ContainerLimits{CgroupVersion: 2, CgroupPath: "/kubepods.slice/pod1", CPUQuota: 8, MemoryMaxBytes: 64 << 30},
+		GPUProbe:  hwprobe.GPUProbe{Available: true, DriverVersion: "550.54.15", CUDADriverVersion: "12.4"},
+		GPUs: []hwprobe.GPU{
+			{Index: 0, UUID: "GPU-a", Name: "NVIDIA H100 80GB HBM3", MemoryTotalBytes: 80 << 30, ComputeCapability: "9.0", MIG: &hwprobe.MIGMode{Current: true, Pending: true}},
+			{Index: 1, UUID: "GPU-b", Name: "NVIDIA H100 80GB HBM3", MemoryTotalBytes: 80 << 30, ComputeCapability: "9.0", MIG: &hwprobe.MIGMode{Current: false, Pending: true}},
+			{Index: 0, UUID: "MIG-c", Name: "NVIDIA H100 80GB HBM3 MIG 3g.40gb", MemoryTotalBytes: 40 << 30, ParentUUID: "GPU-a"},
+		},
+		Warnings: []hwprobe.Warning{{Probe: "gpu", Message: "GPU 2: skipped"}},
+	}
+	var b bytes.Buffer
+	if err := printInventory(&b, inv); err != nil {
+		t.Fatal(err)
+	}
+	// Compare with runs of spaces collapsed: the column widths are the
+	// tabwriter's business.
+	out := strings.Join(strings.Fields(strings.ReplaceAll(b.String(), "\n", " | ")), " ")
+	for _, want := range []string{
+		"dgx-01 · Ubuntu 22.04.4 LTS · kernel 5.15.0 · amd64",
+		"2 sockets, 112 cores, 224 threads · 3800 MHz",
+		"2.0 TiB (1.0 TiB available)",
+		"/var/lib/drover-agent: 3.0 TiB free of 4.0 TiB (xfs on /)",
+		"cgroup v2 /kubepods.slice/pod1: 8 CPUs, 64.0 GiB memory",
+		"GPUs 2 · NVIDIA driver 550.54.15 · CUDA 12.4",
+		"INDEX NAME MEMORY COMPUTE MIG UUID",
+		"0 NVIDIA H100 80GB HBM3 80.0 GiB 9.0 on GPU-a",
+		"1 NVIDIA H100 80GB HBM3 80.0 GiB 9.0 off (on after reset) GPU-b",
+		"instance of GPU-a",
+		"gpu: GPU 2: skipped",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+
+	b.Reset()
+	if err := printInventory(&b, &hwprobe.Inventory{GPUProbe: hwprobe.GPUProbe{Reason: "built without cgo: NVML unavailable"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "none: built without cgo") {
+		t.Errorf("table without GPUs does not say why:\n%s", b.String())
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, out, _ := runCLI(t, context.Background(), nil, "--help")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"DROVER_TOKEN", "drover token create", "--server 10.0.0.5:7400", "drover-agent probe -o json", "identity.json", "SIGTERM"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	code, out, _ = runCLI(t, context.Background(), nil, "probe", "--help")
+	if code != 0 || !strings.Contains(out, "without cgo") || !strings.Contains(out, "--root /host") {
+		t.Errorf("probe --help: exit %d\n%s", code, out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"prob"}, `did you mean "probe"`},
+		{[]string{"--label", "gpu"}, `--label "gpu": want KEY=VALUE`},
+		{[]string{"--server", "10.0.0.5"}, `--server "10.0.0.5": want HOST:PORT`},
+		{[]string{"--token", "not-a-token", "--server", "a:1"}, "--token (or DROVER_TOKEN)"},
+		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--log-format", "xml"}, "--log-format"},
+		{[]string{"--name", "Bad Name"}, "--name"},
+		{[]string{"--nope"}, "unknown flag: --nope"},
+		{[]string{"probe", "-o", "yaml"}, "-o yaml: want table or json"},
+		{[]string{"probe", "extra"}, `unexpected argument "extra"`},
+	} {
+		code, _, errOut := runCLI(t, context.Background(), map[string]string{}, tt.args...)
+		if code != exitUsage || !strings.Contains(errOut, tt.want) || !strings.Contains(errOut, "Usage: ") {
+			t.Errorf("%v: exit %d, stderr:\n%s\nwant exit 2 with %q and the usage", tt.args, code, errOut, tt.want)
+		}
+	}
+}
+
+// DROVER_TOKEN is also where the drover CLI keeps an operator token; the
+// agent says so rather than failing to parse it.
+func TestOperatorTokenInEnv(t *testing.T) {
+	code, _, errOut := runCLI(t, context.Background(), map[string]string{envToken: "5f0c1e9a-operator-token"}, "--data-dir", t.TempDir())
+	if code != exitUsage || !strings.Contains(errOut, "DROVER_TOKEN does not hold a join token") || strings.Contains(errOut, "5f0c1e9a") {
+		t.Errorf("exit %d, stderr:\n%s", code, errOut)
+	}
+}
+
+func TestNotEnrolled(t *testing.T) {
+	code, _, errOut := runCLI(t, context.Background(), nil, "--data-dir", t.TempDir(), "--name", "n1")
+	if code != exitError || !strings.Contains(errOut, "Error: no identity") || !strings.Contains(errOut, "Hint: ") {
+		t.Errorf("exit %d, stderr:\n%s\nwant exit 1 with an error and a hint", code, errOut)
+	}
+}
+
+// The agent takes its token from DROVER_TOKEN, enrolls, heartbeats, and
+// exits 0 when its context ends (as on SIGTERM).
+func TestRunWithTokenFromEnv(t *testing.T) {
+	c := agenttest.NewCluster(t, 1)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := runCLI(t, ctx, map[string]string{envToken: c.NewToken()},
+			"--server", c.Addrs()[0], "--data-dir", dir, "--name", "edge-7", "--label", "board=orin", "--site", "lab", "--log-level", "debug")
+		done <- result{code, out, errOut}
+	}()
+	c.WaitForCalls(agenttest.Heartbeat, 1)
+	cancel()
+	r := <-done
+	if r.code != 0 {
+		t.Fatalf("exit %d after cancel, stderr:\n%s", r.code, r.stderr)
+	}
+	enroll := c.Nodes()
+	if len(enroll) != 1 || enroll[0].Name != "edge-7" || enroll[0].Labels["board"] != "orin" || enroll[0].Site != "lab" {
+		t.Errorf("enrolled %+v", enroll)
+	}
+	if _, err := os.Stat(filepath.Join(dir, agent.IdentityFile)); err != nil {
+		t.Error(err)
+	}
+	if !strings.Contains(r.stderr, "drover-agent stopped") {
+		t.Errorf("no clean stop in the log:\n%s", r.stderr)
+	}
+}

@@ -1,0 +1,125 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/internal/logging"
+)
+
+func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *cobra.Command {
+	var (
+		servers, labels      []string
+		token, dataDir, name string
+		site, root           string
+		logLevel, logFormat  string
+	)
+	defaults := agent.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "drover-agent",
+		Short: "Run the Drover agent on this machine",
+		Long: `drover-agent runs on every machine of a Drover fleet, GPU server or edge
+device. It probes the hardware, enrolls the machine in a cluster, and keeps a
+mutually authenticated HTTP/3 (QUIC) session to the control plane, through
+which it registers the hardware and heartbeats.
+
+The first start enrolls: it needs the address of at least one server and a
+join token, which an operator makes with ` + "`drover token create`" + `. The
+token pins the cluster's CA, so the agent refuses to send it to a server of
+any other cluster. Enrolling saves the node's identity (its key, certificate
+and the servers it knows) in the data directory, and every later start uses
+that identity instead: no token needed. To enroll again, remove
+<data-dir>/identity.json.
+
+Pass the token in ` + envToken + ` rather than --token where you can: other
+users can read command lines, not environments.
+
+The agent runs until SIGINT or SIGTERM, then stops cleanly (exit 0). It
+exits 1 when it cannot go on (no identity and no token, a refused token, a
+revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
+		Example: `  # First start: enroll with a token from ` + "`drover token create`" + `.
+  export ` + envToken + `=drover-join.v1.…
+  drover-agent --server 10.0.0.5:7400 --server 10.0.0.6:7400 \
+    --label gpu=h100 --site eu-west-1
+
+  # Later starts need no token: the identity in the data directory is enough.
+  drover-agent
+
+  # A second agent on one machine, with its own identity and debug logs.
+  drover-agent --data-dir /tmp/agent2 --name gpu-01-b --log-level debug
+
+  # In a container, read the host's hardware from its root mounted at /host.
+  drover-agent --root /host --server 10.0.0.5:7400
+
+  # What this machine would report, without joining anything.
+  drover-agent probe
+  drover-agent probe -o json | jq .gpus`,
+		Version:                    agent.Version,
+		Args:                       noArgs,
+		SuggestionsMinimumDistance: 2,
+		SilenceErrors:              true, // renderError prints errors, once
+		SilenceUsage:               true,
+		CompletionOptions:          cobra.CompletionOptions{HiddenDefaultCmd: true},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := agent.DefaultConfig()
+			cfg.Servers = splitServers(servers)
+			cfg.Token = token
+			if !cmd.Flags().Changed("token") {
+				cfg.Token, _ = lookupEnv(envToken)
+				if t := strings.TrimSpace(cfg.Token); t != "" && !strings.HasPrefix(t, "drover-join.") {
+					return usageErr(cmd, fmt.Errorf("%s does not hold a join token (one starts with \"drover-join.\"); "+
+						"the drover CLI keeps operator tokens in the same variable: unset it for the agent, or pass --token", envToken))
+				}
+			}
+			cfg.DataDir, cfg.Root, cfg.Site = dataDir, root, site
+			if name != "" {
+				cfg.Name = name
+			}
+			var err error
+			if cfg.Labels, err = parseLabels("label", labels); err != nil {
+				return usageErr(cmd, err)
+			}
+			level, err := logging.ParseLevel(logLevel)
+			if err != nil {
+				return usageErr(cmd, fmt.Errorf("--log-level: %w", err))
+			}
+			if err := logging.CheckFormat(logFormat); err != nil {
+				return usageErr(cmd, fmt.Errorf("--log-format: %w", err))
+			}
+			cfg.Logger = logging.New(stderr, level, logFormat)
+			a, err := agent.New(cfg)
+			if errors.Is(err, agent.ErrInvalidConfig) {
+				return usageErr(cmd, err)
+			}
+			if err != nil {
+				return err
+			}
+			cfg.Logger.Info("drover-agent starting", "version", agent.Version, "data_dir", cfg.DataDir, "name", cfg.Name)
+			if err := a.Run(cmd.Context()); err != nil {
+				return err
+			}
+			cfg.Logger.Info("drover-agent stopped")
+			return nil
+		},
+	}
+	cmd.SetVersionTemplate("drover-agent {{.Version}}\n")
+	cmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageErr(cmd, err) })
+	f := cmd.Flags()
+	f.StringArrayVar(&servers, "server", nil, "control-plane API address `HOST:PORT` to enroll with (repeatable, or comma-separated)")
+	f.StringVar(&token, "token", "", "join `TOKEN` to enroll with (default $"+envToken+")")
+	f.StringVar(&dataDir, "data-dir", defaults.DataDir, "`DIR` for the node's identity")
+	f.StringVar(&name, "name", "", "node `NAME` to ask for at enrollment (default: the hostname)")
+	f.StringArrayVar(&labels, "label", nil, "label to ask for at enrollment, `KEY=VALUE` (repeatable)")
+	f.StringVar(&site, "site", "", "`SITE` to ask for at enrollment, such as eu-west-1")
+	f.StringVar(&root, "root", defaults.Root, "`DIR` that stands for / when reading /proc, /sys and /etc")
+	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
+
+	cmd.AddCommand(newProbeCommand())
+	return cmd
+}

@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/droverhq/drover/internal/jointoken"
+)
+
+// DefaultDataDir is where the agent keeps its identity unless told
+// otherwise.
+const DefaultDataDir = "/var/lib/drover-agent"
+
+// Config configures an Agent. Start from DefaultConfig; New validates it.
+type Config struct {
+	// Servers are control-plane API addresses, HOST:PORT. Enrollment needs
+	// at least one; afterwards the agent also knows every server the
+	// cluster told it about, and remembers them in its identity.
+	Servers []string
+	// Token is the join token, "drover-join.v1.<ca>.<id>.<secret>". It is
+	// needed only to enroll: an agent whose data directory holds an
+	// identity ignores it (unless it pins another cluster's CA).
+	Token string
+	// DataDir holds the agent's identity (and, later, its model cache).
+	DataDir string
+	// Name is the node name the agent asks for at enrollment; the default
+	// is this machine's hostname, lowercased.
+	Name string
+	// Labels are asked for at enrollment; the join token's labels win on
+	// conflict.
+	Labels map[string]string
+	// Site is asked for at enrollment; a join token with a site overrides
+	// it.
+	Site string
+	// Root is the directory that stands for "/" when the hardware probe
+	// reads /proc, /sys and /etc: "/" normally, or the host's root mounted
+	// into a container.
+	Root string
+	// ProbeInterval is how often the hardware is probed again; the agent
+	// registers again whenever the static facts changed (a GPU added or
+	// lost, MIG mode switched).
+	ProbeInterval time.Duration
+	// Logger receives the agent's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a configuration with every default filled in;
+// callers add Servers and Token.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:       DefaultDataDir,
+		Name:          DefaultName(),
+		Root:          "/",
+		ProbeInterval: time.Minute,
+	}
+}
+
+// DefaultName returns this machine's hostname made into a node name:
+// lowercased, with characters a node name cannot hold replaced by '-'. It
+// returns "" if the hostname cannot be read.
+func DefaultName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	b := []byte(strings.ToLower(h))
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 63 {
+		b = b[:63]
+	}
+	return strings.Trim(string(b), "._-")
+}
+
+// Name and label rules. They are the control plane's, checked here too so
+// that a mistake is reported before anything is sent, naming the flag.
+var (
+	nameRE        = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
+	labelNameRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
+	labelPrefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
+)
+
+const nameRule = "use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+
+// Validate reports every problem with c at once, each naming the
+// command-line flag that sets the field. The errors wrap ErrInvalidConfig.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...)))
+	}
+	for _, s := range c.Servers {
+		if err := checkServerAddr(s); err != nil {
+			bad("--server %q: %v", s, err)
+		}
+	}
+	if c.Token != "" {
+		if _, err := jointoken.Parse(c.Token); err != nil {
+			bad("--token (or DROVER_TOKEN): %v", err)
+		}
+	}
+	if c.DataDir == "" {
+		bad("--data-dir is empty: the agent needs a directory for its identity, such as %s", DefaultDataDir)
+	}
+	if c.Root == "" {
+		bad(`--root is empty: use "/" for this machine`)
+	}
+	switch {
+	case c.Name == "":
+		bad("--name is empty and the hostname could not be read: name this node with --name")
+	case !nameRE.MatchString(c.Name):
+		bad("--name %q: %s, such as \"gpu-01\"", c.Name, nameRule)
+	}
+	if c.Site != "" && !nameRE.MatchString(c.Site) {
+		bad("--site %q: %s, such as \"eu-west-1\"", c.Site, nameRule)
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Labels)) {
+		if err := checkLabel(k, c.Labels[k]); err != nil {
+			bad("--label %s=%s: %v", k, c.Labels[k], err)
+		}
+	}
+	if c.ProbeInterval < time.Second {
+		bad("probe interval %s is shorter than a second", c.ProbeInterval)
+	}
+	return errors.Join(errs...)
+}
+
+// checkServerAddr checks one HOST:PORT.
+func checkServerAddr(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT, such as 10.0.0.5:7400")
+	}
+	if host == "" {
+		return fmt.Errorf("no host: want HOST:PORT, such as 10.0.0.5:7400")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// checkLabel checks one label as the control plane does: a key is a name
+// with an optional DNS prefix ("drover.dev/zone"), a value empty or a name.
+func checkLabel(key, value string) error {
+	name := key
+	prefix, rest, hasPrefix := strings.Cut(key, "/")
+	if hasPrefix {
+		name = rest
+	}
+	if !labelNameRE.MatchString(name) || hasPrefix && !labelPrefixRE.MatchString(prefix) {
+		return fmt.Errorf("key: use 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, optionally after a lowercase DNS prefix and '/', such as \"gpu\" or \"drover.dev/zone\"")
+	}
+	if value != "" && !labelNameRE.MatchString(value) {
+		return fmt.Errorf("value: use an empty value or 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, such as \"a100\"")
+	}
+	return nil
+}
