@@ -15,8 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"syscall"
 
+	"github.com/droverhq/drover/internal/atomicfile"
 	"github.com/droverhq/drover/internal/pki"
 )
 
@@ -153,7 +153,7 @@ func (id *identity) save(dataDir string) error {
 	if err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
-	if err := writeFileAtomic(identityPath(dataDir), append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(identityPath(dataDir), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
 	return nil
@@ -215,50 +215,4 @@ func parseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) {
 		return nil, errors.New("not an ECDSA P-256 key")
 	}
 	return ec, nil
-}
-
-// writeFileAtomic replaces path with data: it writes a temporary file in
-// the same directory with mode perm, syncs it, renames it over path and
-// syncs the directory, so that a crash leaves the old file or the new one,
-// never a mix.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, errors.ErrUnsupported) {
-		return err
-	}
-	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/droverhq/drover/internal/atomicfile"
 )
 
 // ClientConfig is where the command line finds a server and how it proves who
@@ -133,60 +135,13 @@ func WriteClientConfig(path string, c ClientConfig) error {
 	if err != nil {
 		return fmt.Errorf("write client config: %w", err)
 	}
-	if err := writeFileAtomic(path, append(data, '\n'), 0o600); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("write client config: %w", err)
+	}
+	if err := atomicfile.Write(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write client config: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either
-// the old file or the new one, never a torn one. The file is created with
-// perm from the start, so a secret is never readable by others, not even
-// briefly.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	syncDir(dir)
-	return nil
-}
-
-// syncDir makes a rename in dir durable. It is best effort: some systems
-// (Windows, some network file systems) cannot sync a directory, and the
-// rename has happened either way.
-func syncDir(dir string) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	_ = d.Sync()
-	d.Close()
 }
 
 // loadClientConfig reads the client config file if there is one. A missing

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/droverhq/drover/controlplane/server"
+	"github.com/droverhq/drover/internal/atomicfile"
 	"github.com/droverhq/drover/internal/logging"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -175,7 +176,7 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 			return out, fmt.Errorf("bootstrap ACLs: %w (if the token in %s was lost, delete %s to start over)", err, tokenFile, dir)
 		}
 		out.Token = res.Msg.GetSecretId()
-		if err := writeFileAtomic(tokenFile, []byte(out.Token+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(tokenFile, []byte(out.Token+"\n"), 0o600); err != nil {
 			return out, err
 		}
 	}

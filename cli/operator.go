@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"github.com/droverhq/drover/internal/atomicfile"
 	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -237,7 +238,7 @@ func saveSnapshot(ctx context.Context, c *clients, path string, prog *progress) 
 	if err := os.Rename(tmp, path); err != nil {
 		return n, fmt.Errorf("save snapshot: %w", err)
 	}
-	syncDir(filepath.Dir(path))
+	_ = atomicfile.SyncDir(filepath.Dir(path)) // best effort: the file itself is synced
 	return n, nil
 }
 

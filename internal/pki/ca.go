@@ -14,6 +14,8 @@ import (
 	"math/big"
 	"os"
 	"time"
+
+	"github.com/droverhq/drover/internal/atomicfile"
 )
 
 // clockSkew backdates NotBefore on every certificate this package makes, so a
@@ -137,10 +139,10 @@ func (c *CA) WriteFiles(certFile, keyFile string) error {
 	}
 	// The key goes first: a certificate on disk without its key is an
 	// unusable CA, but that state is easier to spot than the reverse.
-	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("write CA files: %w", err)
 	}
-	if err := writeFileAtomic(certFile, c.CertPEM(), 0o644); err != nil {
+	if err := atomicfile.Write(certFile, c.CertPEM(), 0o644); err != nil {
 		return fmt.Errorf("write CA files: %w", err)
 	}
 	return nil

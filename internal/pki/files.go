@@ -6,11 +6,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"syscall"
+
+	"github.com/droverhq/drover/internal/atomicfile"
 )
 
 // WriteCertKeyFiles writes cert's chain (leaf first) as PEM to certFile with
@@ -28,10 +27,10 @@ func WriteCertKeyFiles(cert tls.Certificate, certFile, keyFile string) error {
 	if err != nil {
 		return fmt.Errorf("write certificate files: %w", err)
 	}
-	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("write certificate files: %w", err)
 	}
-	if err := writeFileAtomic(certFile, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certFile, certPEM, 0o644); err != nil {
 		return fmt.Errorf("write certificate files: %w", err)
 	}
 	return nil
@@ -141,61 +140,4 @@ func encodeKeyPEM(key any) ([]byte, error) {
 		return nil, fmt.Errorf("marshal private key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// writeFileAtomic replaces path with data: it writes a temporary file in the
-// same directory, syncs it, renames it over path and syncs the directory, so
-// that after a crash path holds either the old or the new contents, never a
-// mix, and the rename itself is durable.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	// CreateTemp makes the file 0600, so a key is never readable by others,
-	// not even for the moment before the Chmod below.
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-// syncDir makes a rename in dir durable. Some file systems refuse to sync a
-// directory; that only weakens durability, so it is not reported.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, errors.ErrUnsupported) {
-		return err
-	}
-	return nil
 }
