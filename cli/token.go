@@ -76,7 +76,7 @@ its secret. Treat it like a password until it expires.
 
   # Capture it for a provisioning script:
   TOKEN=$(drover token create --ttl 24h --max-uses 50 --site edge-eu --label class=jetson)
-  drover-agent --server https://10.0.0.5:7400 --token "$TOKEN"
+  drover-agent --server 10.0.0.5:7400 --token "$TOKEN"
 
   # A token for an autoscaling group that never expires (revoke it when done):
   drover token create --ttl 0 --description "gpu-pool autoscaler" --label pool=gpu
@@ -149,7 +149,9 @@ func tokenCreatedNote(w io.Writer, m *droverv1.CreateTokenResponse, address stri
 	if len(t.GetLabels()) > 0 {
 		fmt.Fprintf(w, "  Labels:   %s\n", formatPairs(t.GetLabels(), formatString))
 	}
-	fmt.Fprintf(w, "Start an agent with it:\n  drover-agent --server %s --token <token>\n", address)
+	// The agent takes HOST:PORT; the CLI's address carries a scheme.
+	hostPort := strings.TrimPrefix(strings.TrimPrefix(address, "https://"), "http://")
+	fmt.Fprintf(w, "Start an agent with it:\n  drover-agent --server %s --token <token>\n", hostPort)
 }
 
 func newTokenListCommand(g *globals) *cobra.Command {

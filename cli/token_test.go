@@ -37,7 +37,7 @@ func TestTokenCreate(t *testing.T) {
 		"  Uses:     at most 3\n",
 		"  Site:     edge-eu\n",
 		"  Labels:   class=jetson, pool=edge\n",
-		"  drover-agent --server "+h.srv.URL+" --token <token>\n")
+		"  drover-agent --server "+strings.TrimPrefix(h.srv.URL, "https://")+" --token <token>\n")
 	if strings.Contains(r.stderr, "s3cr3t") {
 		t.Errorf("stderr repeats the secret:\n%s", r.stderr)
 	}
