@@ -267,21 +267,7 @@ REF is a version number, an alias or latest (the default).`,
   drover model card resnet@3 | glow -`,
 		Args: exactArgs("NAME[@REF]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, ref, err := parseModelRef(args[0])
-			if err != nil {
-				return usageErr(cmd, err)
-			}
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
-			if err != nil {
-				return err
-			}
-			resp, err := c.model.GetVersion(cmd.Context(), connect.NewRequest(&droverv1.GetVersionRequest{
-				Model: name, Ref: ref, Options: opts,
-			}))
+			resp, err := fetchVersion(cmd, g, &q, args[0])
 			if err != nil {
 				return err
 			}
@@ -290,7 +276,7 @@ REF is a version number, an alias or latest (the default).`,
 			}
 			card := resp.Msg.GetVersion().GetCard()
 			if card == "" {
-				fmt.Fprintf(g.stderr, "%s@%d has no model card.\n", name, resp.Msg.GetVersion().GetVersion())
+				fmt.Fprintf(g.stderr, "%s@%d has no model card.\n", resp.Msg.GetVersion().GetModel(), resp.Msg.GetVersion().GetVersion())
 				return nil
 			}
 			if !strings.HasSuffix(card, "\n") {

@@ -254,21 +254,7 @@ REF is a version number, an alias or latest (the default).`,
   drover model version show resnet          # the latest version`,
 		Args: exactArgs("NAME[@REF]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, ref, err := parseModelRef(args[0])
-			if err != nil {
-				return usageErr(cmd, err)
-			}
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
-			if err != nil {
-				return err
-			}
-			resp, err := c.model.GetVersion(cmd.Context(), connect.NewRequest(&droverv1.GetVersionRequest{
-				Model: name, Ref: ref, Options: opts,
-			}))
+			resp, err := fetchVersion(cmd, g, &q, args[0])
 			if err != nil {
 				return err
 			}
@@ -322,4 +308,24 @@ func versionView(w io.Writer, v *droverv1.ModelVersion, g *globals) {
 			row(w, f.GetPath(), f.GetDigest(), units.Bytes(f.GetSizeBytes()))
 		}
 	}
+}
+
+// fetchVersion reads the version NAME[@REF] names, with the command's
+// query flags; model card and version show share it.
+func fetchVersion(cmd *cobra.Command, g *globals, q *queryFlags, arg string) (*connect.Response[droverv1.GetVersionResponse], error) {
+	name, ref, err := parseModelRef(arg)
+	if err != nil {
+		return nil, usageErr(cmd, err)
+	}
+	opts, err := q.options(cmd)
+	if err != nil {
+		return nil, err
+	}
+	c, err := g.clients()
+	if err != nil {
+		return nil, err
+	}
+	return c.model.GetVersion(cmd.Context(), connect.NewRequest(&droverv1.GetVersionRequest{
+		Model: name, Ref: ref, Options: opts,
+	}))
 }
