@@ -7,13 +7,13 @@ import (
 	"maps"
 	"net"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/droverhq/drover/internal/jointoken"
+	"github.com/droverhq/drover/internal/names"
 )
 
 // DefaultDataDir is where the agent keeps its identity unless told
@@ -84,14 +84,9 @@ func DefaultName() string {
 	return strings.Trim(string(b), "._-")
 }
 
-// Name and label rules. They are the control plane's, checked here too so
-// that a mistake is reported before anything is sent, naming the flag.
-var (
-	nameRE        = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
-	labelNameRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
-	labelPrefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
-)
-
+// Name and label rules are the control plane's (internal/names), checked
+// here too so that a mistake is reported before anything is sent, naming
+// the flag.
 const nameRule = "use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
 
 // Validate reports every problem with c at once, each naming the
@@ -120,10 +115,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.Name == "":
 		bad("--name is empty and the hostname could not be read: name this node with --name")
-	case !nameRE.MatchString(c.Name):
+	case !names.IsName(c.Name):
 		bad("--name %q: %s, such as \"gpu-01\"", c.Name, nameRule)
 	}
-	if c.Site != "" && !nameRE.MatchString(c.Site) {
+	if c.Site != "" && !names.IsName(c.Site) {
 		bad("--site %q: %s, such as \"eu-west-1\"", c.Site, nameRule)
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.Labels)) {
@@ -155,15 +150,10 @@ func checkServerAddr(s string) error {
 // checkLabel checks one label as the control plane does: a key is a name
 // with an optional DNS prefix ("drover.dev/zone"), a value empty or a name.
 func checkLabel(key, value string) error {
-	name := key
-	prefix, rest, hasPrefix := strings.Cut(key, "/")
-	if hasPrefix {
-		name = rest
-	}
-	if !labelNameRE.MatchString(name) || hasPrefix && !labelPrefixRE.MatchString(prefix) {
+	if !names.IsLabelKey(key) {
 		return fmt.Errorf("key: use 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, optionally after a lowercase DNS prefix and '/', such as \"gpu\" or \"drover.dev/zone\"")
 	}
-	if value != "" && !labelNameRE.MatchString(value) {
+	if !names.IsLabelValue(value) {
 		return fmt.Errorf("value: use an empty value or 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, such as \"a100\"")
 	}
 	return nil

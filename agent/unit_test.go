@@ -8,6 +8,7 @@ import (
 
 	"github.com/droverhq/drover/hwprobe"
 	"github.com/droverhq/drover/internal/jointoken"
+	"github.com/droverhq/drover/internal/names"
 )
 
 func TestHeartbeatInterval(t *testing.T) {
@@ -131,7 +132,7 @@ func TestConfigValidate(t *testing.T) {
 
 func TestDefaultName(t *testing.T) {
 	n := DefaultName()
-	if n != "" && !nameRE.MatchString(n) {
+	if n != "" && !names.IsName(n) {
 		t.Errorf("DefaultName() = %q, not a valid node name", n)
 	}
 }

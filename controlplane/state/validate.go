@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"regexp"
 	"slices"
 	"strings"
 
-	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/droverhq/drover/internal/names"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 // Limits enforced on writes. They are part of the replicated rules: every
@@ -36,15 +37,11 @@ const (
 	maxRecordBytes = 16 << 20
 )
 
-// nameRE is the rule for model and alias names: short, lowercase, safe in
-// URLs, file names and the CLI's NAME@REF syntax.
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
-
 // ValidateName checks a model, alias, node or site name (kind is "model",
 // "alias", "node" or "site" and appears in the message). The error wraps
 // [ErrInvalid] and states the rule with an example.
 func ValidateName(kind, name string) error {
-	if nameRE.MatchString(name) {
+	if names.IsName(name) {
 		return nil
 	}
 	example := "resnet-50"
@@ -79,30 +76,17 @@ func ValidateAlias(name string) error {
 // validateID checks the id of a join token or node: the same rule as
 // names, so that an id is safe in audit targets, URLs and the CLI.
 func validateID(kind, id string) error {
-	if nameRE.MatchString(id) {
+	if names.IsName(id) {
 		return nil
 	}
 	return fmt.Errorf("%s id %q is %w: use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
 		kind, id, ErrInvalid)
 }
 
-// Label rules, as Kubernetes has them, so that labels read the same in a
-// node selector as operators know them from there: a key is a name with an
-// optional DNS prefix ("drover.dev/zone"); a value is empty or a name.
-var (
-	labelNameRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
-	labelPrefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
-)
-
 // ValidateLabelKey checks one label key. The error wraps [ErrInvalid] and
 // states the rule with an example.
 func ValidateLabelKey(key string) error {
-	name := key
-	prefix, rest, hasPrefix := strings.Cut(key, "/")
-	if hasPrefix {
-		name = rest
-	}
-	if labelNameRE.MatchString(name) && (!hasPrefix || labelPrefixRE.MatchString(prefix)) {
+	if names.IsLabelKey(key) {
 		return nil
 	}
 	return fmt.Errorf("label key %q is %w: use 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, optionally after a lowercase DNS prefix and '/', e.g. \"gpu\" or \"drover.dev/zone\"",
@@ -122,7 +106,7 @@ func ValidateLabels(labels map[string]string) error {
 		if err := ValidateLabelKey(k); err != nil {
 			return err
 		}
-		if v := labels[k]; v != "" && !labelNameRE.MatchString(v) {
+		if v := labels[k]; !names.IsLabelValue(v) {
 			return fmt.Errorf("label %q value %q is %w: use an empty value or 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, e.g. \"a100\"",
 				k, v, ErrInvalid)
 		}
