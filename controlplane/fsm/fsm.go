@@ -186,7 +186,7 @@ func (f *FSM) apply(idx uint64, data []byte) *ApplyResult {
 	case *droverv1.EnrollNodeCommand:
 		res.Value, res.Err = value(f.store.EnrollNode(idx, c.GetMeta(), c))
 	case *droverv1.RegisterNodeCommand:
-		res.Value, res.Err = value(f.store.RegisterNode(idx, c.GetMeta(), c.GetNodeId(), c.GetInventory(), c.GetAgentVersion()))
+		res.Value, res.Err = value(f.store.RegisterNode(idx, c.GetMeta(), c.GetNodeId(), c.GetInventory(), c.GetAgentVersion(), c.GetGossipAddr()))
 	case *droverv1.SetNodeStatusCommand:
 		res.Err = f.store.SetNodeStatus(idx, c.GetMeta(), c.GetUpdates())
 	case *droverv1.SetNodeDrainCommand:

@@ -135,6 +135,7 @@ func (h *agentHandler) Register(ctx context.Context, req *connect.Request[drover
 		NodeId:       node.GetId(),
 		Inventory:    req.Msg.GetInventory(),
 		AgentVersion: req.Msg.GetAgentVersion(),
+		GossipAddr:   req.Msg.GetGossipAddr(),
 	})
 	if err != nil {
 		return nil, toAPIError(err)

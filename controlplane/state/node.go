@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -120,12 +121,26 @@ func validateInventory(id string, inv *droverv1.NodeInventory) error {
 	return nil
 }
 
+// validateGossipAddr checks a node's gossip address: empty, or HOST:PORT
+// with a port from 1 to 65535.
+func validateGossipAddr(id, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	n, perr := strconv.ParseUint(port, 10, 16)
+	if err != nil || host == "" || len(addr) > 255 || perr != nil || n == 0 {
+		return fmt.Errorf("node %q gossip address %q is %w: want HOST:PORT, such as 10.0.0.7:7947", id, addr, ErrInvalid)
+	}
+	return nil
+}
+
 // RegisterNode applies a register-node command: it stores the node's
-// inventory and agent version and moves an INITIALIZING or DOWN node to
+// inventory, agent version and gossip address and moves an INITIALIZING or DOWN node to
 // READY (a READY node stays READY). It returns the node. A revoked node is
 // refused with [ErrNodeRevoked], a node that left with [ErrInvalid]: its
 // name may belong to another node by now, so the machine enrolls again.
-func (s *Store) RegisterNode(idx uint64, meta *droverv1.CommandMeta, nodeID string, inventory *droverv1.NodeInventory, agentVersion string) (*droverv1.Node, error) {
+func (s *Store) RegisterNode(idx uint64, meta *droverv1.CommandMeta, nodeID string, inventory *droverv1.NodeInventory, agentVersion, gossipAddr string) (*droverv1.Node, error) {
 	var out *droverv1.Node
 	err := s.write(idx, meta, ActionNodeRegister, func() (string, map[string]string, error) {
 		target := nodeTarget(nodeID)
@@ -142,18 +157,23 @@ func (s *Store) RegisterNode(idx uint64, meta *droverv1.CommandMeta, nodeID stri
 		if err := validateInventory(nodeID, inventory); err != nil {
 			return target, nil, err
 		}
+		if err := validateGossipAddr(nodeID, gossipAddr); err != nil {
+			return target, nil, err
+		}
 		details := map[string]string{"status": statusName(droverv1.NodeStatus_NODE_STATUS_READY)}
 		if agentVersion != "" {
 			details["agent_version"] = agentVersion
 		}
 		prev := cur.GetStatus()
-		if prev == droverv1.NodeStatus_NODE_STATUS_READY && cur.GetAgentVersion() == agentVersion && proto.Equal(cur.GetInventory(), inventory) {
+		if prev == droverv1.NodeStatus_NODE_STATUS_READY && cur.GetAgentVersion() == agentVersion &&
+			cur.GetGossipAddr() == gossipAddr && proto.Equal(cur.GetInventory(), inventory) {
 			out = clone(cur)
 			return target, details, nil
 		}
 		n := shallowCopy(cur)
 		n.Inventory = clone(inventory)
 		n.AgentVersion = agentVersion
+		n.GossipAddr = gossipAddr
 		n.ModifyIndex = idx
 		if prev != droverv1.NodeStatus_NODE_STATUS_READY {
 			details["previous"] = statusName(prev)

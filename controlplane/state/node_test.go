@@ -312,12 +312,12 @@ func TestRegisterNode(t *testing.T) {
 	f.enroll("n1", nil)
 	inv := &droverv1.NodeInventory{Gpus: []*droverv1.GPUInfo{{Name: "NVIDIA A100", MemoryTotalBytes: 80 << 30}}}
 
-	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "nope", inv, "1.0"); !errors.Is(err, state.ErrNotFound) {
+	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "nope", inv, "1.0", ""); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("register unknown = %v", err)
 	}
 
 	idx := f.next()
-	n, err := f.s.RegisterNode(idx, meta("agent"), "n1", inv, "1.0")
+	n, err := f.s.RegisterNode(idx, meta("agent"), "n1", inv, "1.0", "")
 	if err != nil || n.GetStatus() != ready || n.GetAgentVersion() != "1.0" || !proto.Equal(n.GetInventory(), inv) || n.GetModifyIndex() != idx {
 		t.Fatalf("register = %v, %v", n, err)
 	}
@@ -335,27 +335,27 @@ func TestRegisterNode(t *testing.T) {
 
 	// READY stays READY; the same registration again changes nothing.
 	inv.Gpus[0].Name = "NVIDIA A100"
-	n, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0")
+	n, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0", "")
 	if err != nil || n.GetStatus() != ready || len(n.GetHistory()) != 2 || n.GetModifyIndex() != idx {
 		t.Errorf("register again = %v, %v", n, err)
 	}
 	// A new agent version is stored without a status change.
 	idx = f.next()
-	n, err = f.s.RegisterNode(idx, meta("agent"), "n1", inv, "1.1")
+	n, err = f.s.RegisterNode(idx, meta("agent"), "n1", inv, "1.1", "")
 	if err != nil || n.GetAgentVersion() != "1.1" || len(n.GetHistory()) != 2 || n.GetModifyIndex() != idx {
 		t.Errorf("register a new version = %v, %v", n, err)
 	}
 
 	// DOWN → READY.
 	f.status(update("n1", down))
-	n, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.1")
+	n, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.1", "")
 	if err != nil || n.GetStatus() != ready || len(n.GetHistory()) != 4 {
 		t.Errorf("register when down = %v, %v", n, err)
 	}
 
 	// Oversized inventory.
 	big := &droverv1.NodeInventory{Warnings: []string{strings.Repeat("x", state.MaxInventoryBytes)}}
-	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", big, "1.1"); !errors.Is(err, state.ErrInvalid) || !strings.Contains(err.Error(), "inventory") {
+	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", big, "1.1", ""); !errors.Is(err, state.ErrInvalid) || !strings.Contains(err.Error(), "inventory") {
 		t.Errorf("register a big inventory = %v", err)
 	}
 
@@ -364,7 +364,7 @@ func TestRegisterNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := f.node("n1")
-	_, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.2")
+	_, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.2", "")
 	if !errors.Is(err, state.ErrNodeRevoked) || state.Reason(err) != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
 		t.Errorf("register a revoked node = %v", err)
 	}
@@ -375,7 +375,7 @@ func TestRegisterNode(t *testing.T) {
 	// Left: refused.
 	f.enroll("n2", nil)
 	f.status(update("n2", left))
-	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n2", inv, "1.0"); !errors.Is(err, state.ErrInvalid) || !strings.Contains(err.Error(), "left") {
+	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n2", inv, "1.0", ""); !errors.Is(err, state.ErrInvalid) || !strings.Contains(err.Error(), "left") {
 		t.Errorf("register a node that left = %v", err)
 	}
 }
@@ -674,7 +674,7 @@ func TestNodeReadsAreCopies(t *testing.T) {
 	f.joinToken(joinToken("tok"))
 	f.enroll("n1", map[string]string{"a": "b"})
 	inv := &droverv1.NodeInventory{Gpus: []*droverv1.GPUInfo{{Name: "T4"}}}
-	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0"); err != nil {
+	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0", ""); err != nil {
 		t.Fatal(err)
 	}
 	n := f.node("n1")
@@ -705,7 +705,7 @@ func populateNodes(f *fixture) {
 		f.enroll(id, map[string]string{"id": id})
 	}
 	inv := &droverv1.NodeInventory{Host: &droverv1.HostInfo{Hostname: "n1"}, Gpus: []*droverv1.GPUInfo{{Name: "T4", MemoryTotalBytes: 16 << 30}}}
-	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0"); err != nil {
+	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0", ""); err != nil {
 		f.t.Fatal(err)
 	}
 	f.status(update("n2", down), update("n3", left))

@@ -306,9 +306,12 @@ func (x *EnrollResponse) GetMeta() *WriteMeta {
 }
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Inventory     *NodeInventory         `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Inventory    *NodeInventory         `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Where the node's site gossip pool listens, HOST:PORT, as its site
+	// peers should dial it; empty when it has no pool.
+	GossipAddr    string `protobuf:"bytes,3,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -357,10 +360,20 @@ func (x *RegisterRequest) GetAgentVersion() string {
 	return ""
 }
 
+func (x *RegisterRequest) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
 type RegisterResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Meta          *WriteMeta             `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Meta  *WriteMeta             `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Gossip addresses of a few other live nodes of the node's site, for
+	// its pool to join.
+	SitePeers     []string `protobuf:"bytes,3,rep,name=site_peers,json=sitePeers,proto3" json:"site_peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -405,6 +418,13 @@ func (x *RegisterResponse) GetNode() *Node {
 func (x *RegisterResponse) GetMeta() *WriteMeta {
 	if x != nil {
 		return x.Meta
+	}
+	return nil
+}
+
+func (x *RegisterResponse) GetSitePeers() []string {
+	if x != nil {
+		return x.SitePeers
 	}
 	return nil
 }
@@ -507,8 +527,13 @@ func (x *RenewCertificateResponse) GetCertificateExpiry() *timestamppb.Timestamp
 
 type HeartbeatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Gossip peers this node currently suspects of having failed.
-	Suspects      []string `protobuf:"bytes,1,rep,name=suspects,proto3" json:"suspects,omitempty"`
+	// Node ids of site gossip peers this node currently suspects of having
+	// failed. Suspicion only shortens how long the leader waits for a
+	// suspect's next heartbeat; it never marks a node down by itself.
+	Suspects []string `protobuf:"bytes,1,rep,name=suspects,proto3" json:"suspects,omitempty"`
+	// Live members the node's site pool sees, itself included; 0 when it
+	// has no pool.
+	GossipMembers uint32 `protobuf:"varint,2,opt,name=gossip_members,json=gossipMembers,proto3" json:"gossip_members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +575,13 @@ func (x *HeartbeatRequest) GetSuspects() []string {
 	return nil
 }
 
+func (x *HeartbeatRequest) GetGossipMembers() uint32 {
+	if x != nil {
+		return x.GossipMembers
+	}
+	return 0
+}
+
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Send the next heartbeat within this; the TTL grows with fleet size.
@@ -557,7 +589,11 @@ type HeartbeatResponse struct {
 	Status  NodeStatus           `protobuf:"varint,2,opt,name=status,proto3,enum=drover.v1.NodeStatus" json:"status,omitempty"`
 	Servers []string             `protobuf:"bytes,3,rep,name=servers,proto3" json:"servers,omitempty"`
 	// Set when the leader wants the inventory again (after a restore, say).
-	Reregister    bool `protobuf:"varint,4,opt,name=reregister,proto3" json:"reregister,omitempty"`
+	Reregister bool `protobuf:"varint,4,opt,name=reregister,proto3" json:"reregister,omitempty"`
+	// Gossip addresses of other live nodes of the site, sent when the
+	// node's pool sees no peer while others of its site are ready (it
+	// started alone, or a partition split the pool).
+	SitePeers     []string `protobuf:"bytes,5,rep,name=site_peers,json=sitePeers,proto3" json:"site_peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +654,13 @@ func (x *HeartbeatResponse) GetReregister() bool {
 		return x.Reregister
 	}
 	return false
+}
+
+func (x *HeartbeatResponse) GetSitePeers() []string {
+	if x != nil {
+		return x.SitePeers
+	}
+	return nil
 }
 
 type ListNodesRequest struct {
@@ -1197,27 +1240,34 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x12certificate_expiry\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\x12&\n" +
 	"\x0fsite_gossip_key\x18\x04 \x01(\fR\rsiteGossipKey\x12\x18\n" +
 	"\aservers\x18\x05 \x03(\tR\aservers\x12(\n" +
-	"\x04meta\x18\x06 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"n\n" +
+	"\x04meta\x18\x06 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"\x8f\x01\n" +
 	"\x0fRegisterRequest\x126\n" +
 	"\tinventory\x18\x01 \x01(\v2\x18.drover.v1.NodeInventoryR\tinventory\x12#\n" +
-	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\"a\n" +
+	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x1f\n" +
+	"\vgossip_addr\x18\x03 \x01(\tR\n" +
+	"gossipAddr\"\x80\x01\n" +
 	"\x10RegisterResponse\x12#\n" +
 	"\x04node\x18\x01 \x01(\v2\x0f.drover.v1.NodeR\x04node\x12(\n" +
-	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"2\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\x12\x1d\n" +
+	"\n" +
+	"site_peers\x18\x03 \x03(\tR\tsitePeers\"2\n" +
 	"\x17RenewCertificateRequest\x12\x17\n" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"\x8e\x01\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\fR\x0ecertificatePem\x12I\n" +
-	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\".\n" +
+	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"U\n" +
 	"\x10HeartbeatRequest\x12\x1a\n" +
-	"\bsuspects\x18\x01 \x03(\tR\bsuspects\"\xa9\x01\n" +
+	"\bsuspects\x18\x01 \x03(\tR\bsuspects\x12%\n" +
+	"\x0egossip_members\x18\x02 \x01(\rR\rgossipMembers\"\xc8\x01\n" +
 	"\x11HeartbeatResponse\x12+\n" +
 	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12\x18\n" +
 	"\aservers\x18\x03 \x03(\tR\aservers\x12\x1e\n" +
 	"\n" +
 	"reregister\x18\x04 \x01(\bR\n" +
-	"reregister\"\xd2\x02\n" +
+	"reregister\x12\x1d\n" +
+	"\n" +
+	"site_peers\x18\x05 \x03(\tR\tsitePeers\"\xd2\x02\n" +
 	"\x10ListNodesRequest\x12?\n" +
 	"\x06labels\x18\x01 \x03(\v2'.drover.v1.ListNodesRequest.LabelsEntryR\x06labels\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12-\n" +

@@ -47,6 +47,16 @@ const (
 	ErrorReason_ERROR_REASON_SNAPSHOT_WRONG_CLUSTER   ErrorReason = 12
 	ErrorReason_ERROR_REASON_PEER_NOT_FOUND           ErrorReason = 13
 	ErrorReason_ERROR_REASON_INTERNAL                 ErrorReason = 14
+	// Join token refusals, each its own reason so an agent (or a script)
+	// can tell the operator exactly what to fix. TOKEN_INVALID stays for a
+	// malformed token or an unknown token or secret.
+	ErrorReason_ERROR_REASON_TOKEN_EXPIRED ErrorReason = 15
+	ErrorReason_ERROR_REASON_TOKEN_REVOKED ErrorReason = 16
+	ErrorReason_ERROR_REASON_TOKEN_USED_UP ErrorReason = 17
+	// The join token pins another cluster's CA.
+	ErrorReason_ERROR_REASON_TOKEN_WRONG_CLUSTER ErrorReason = 18
+	// The node behind a client certificate was revoked or has left.
+	ErrorReason_ERROR_REASON_NODE_REVOKED ErrorReason = 19
 )
 
 // Enum value maps for ErrorReason.
@@ -67,6 +77,11 @@ var (
 		12: "ERROR_REASON_SNAPSHOT_WRONG_CLUSTER",
 		13: "ERROR_REASON_PEER_NOT_FOUND",
 		14: "ERROR_REASON_INTERNAL",
+		15: "ERROR_REASON_TOKEN_EXPIRED",
+		16: "ERROR_REASON_TOKEN_REVOKED",
+		17: "ERROR_REASON_TOKEN_USED_UP",
+		18: "ERROR_REASON_TOKEN_WRONG_CLUSTER",
+		19: "ERROR_REASON_NODE_REVOKED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -84,6 +99,11 @@ var (
 		"ERROR_REASON_SNAPSHOT_WRONG_CLUSTER":   12,
 		"ERROR_REASON_PEER_NOT_FOUND":           13,
 		"ERROR_REASON_INTERNAL":                 14,
+		"ERROR_REASON_TOKEN_EXPIRED":            15,
+		"ERROR_REASON_TOKEN_REVOKED":            16,
+		"ERROR_REASON_TOKEN_USED_UP":            17,
+		"ERROR_REASON_TOKEN_WRONG_CLUSTER":      18,
+		"ERROR_REASON_NODE_REVOKED":             19,
 	}
 )
 
@@ -353,7 +373,7 @@ const file_drover_v1_common_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"Q\n" +
 	"\vErrorDetail\x12.\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x16.drover.v1.ErrorReasonR\x06reason\x12\x12\n" +
-	"\x04hint\x18\x02 \x01(\tR\x04hint*\xf4\x03\n" +
+	"\x04hint\x18\x02 \x01(\tR\x04hint*\x99\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ERROR_REASON_NO_LEADER\x10\x01\x12\x1a\n" +
@@ -370,7 +390,12 @@ const file_drover_v1_common_proto_rawDesc = "" +
 	"\x1dERROR_REASON_SNAPSHOT_INVALID\x10\v\x12'\n" +
 	"#ERROR_REASON_SNAPSHOT_WRONG_CLUSTER\x10\f\x12\x1f\n" +
 	"\x1bERROR_REASON_PEER_NOT_FOUND\x10\r\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x0eB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x15ERROR_REASON_INTERNAL\x10\x0e\x12\x1e\n" +
+	"\x1aERROR_REASON_TOKEN_EXPIRED\x10\x0f\x12\x1e\n" +
+	"\x1aERROR_REASON_TOKEN_REVOKED\x10\x10\x12\x1e\n" +
+	"\x1aERROR_REASON_TOKEN_USED_UP\x10\x11\x12$\n" +
+	" ERROR_REASON_TOKEN_WRONG_CLUSTER\x10\x12\x12\x1d\n" +
+	"\x19ERROR_REASON_NODE_REVOKED\x10\x13B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_common_proto_rawDescOnce sync.Once

@@ -1075,9 +1075,12 @@ type Node struct {
 	TokenId    string                 `protobuf:"bytes,10,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
 	EnrollTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=enroll_time,json=enrollTime,proto3" json:"enroll_time,omitempty"`
 	// Most recent last; bounded.
-	History       []*NodeStatusChange `protobuf:"bytes,12,rep,name=history,proto3" json:"history,omitempty"`
-	CreateIndex   uint64              `protobuf:"varint,13,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64              `protobuf:"varint,14,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	History     []*NodeStatusChange `protobuf:"bytes,12,rep,name=history,proto3" json:"history,omitempty"`
+	CreateIndex uint64              `protobuf:"varint,13,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64              `protobuf:"varint,14,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Where the node's site gossip pool listens, HOST:PORT; empty when it
+	// has no pool (no site, or gossip turned off).
+	GossipAddr    string `protobuf:"bytes,15,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1208,6 +1211,13 @@ func (x *Node) GetModifyIndex() uint64 {
 		return x.ModifyIndex
 	}
 	return 0
+}
+
+func (x *Node) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
 }
 
 type CreateTokenRequest struct {
@@ -1640,7 +1650,7 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xc5\x04\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\xe6\x04\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
@@ -1657,7 +1667,9 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"enrollTime\x125\n" +
 	"\ahistory\x18\f \x03(\v2\x1b.drover.v1.NodeStatusChangeR\ahistory\x12!\n" +
 	"\fcreate_index\x18\r \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\x0e \x01(\x04R\vmodifyIndex\x1a9\n" +
+	"\fmodify_index\x18\x0e \x01(\x04R\vmodifyIndex\x12\x1f\n" +
+	"\vgossip_addr\x18\x0f \x01(\tR\n" +
+	"gossipAddr\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x02\n" +

@@ -203,6 +203,7 @@ type RegisterNodeCommand struct {
 	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Inventory     *NodeInventory         `protobuf:"bytes,3,opt,name=inventory,proto3" json:"inventory,omitempty"`
 	AgentVersion  string                 `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	GossipAddr    string                 `protobuf:"bytes,5,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -261,6 +262,13 @@ func (x *RegisterNodeCommand) GetInventory() *NodeInventory {
 func (x *RegisterNodeCommand) GetAgentVersion() string {
 	if x != nil {
 		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *RegisterNodeCommand) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
 	}
 	return ""
 }
@@ -574,12 +582,14 @@ const file_drover_v1_raft_node_proto_rawDesc = "" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\tR\atokenId\x12.\n" +
 	"\x13token_secret_sha256\x18\x03 \x01(\fR\x11tokenSecretSha256\x12#\n" +
-	"\x04node\x18\x04 \x01(\v2\x0f.drover.v1.NodeR\x04node\"\xb7\x01\n" +
+	"\x04node\x18\x04 \x01(\v2\x0f.drover.v1.NodeR\x04node\"\xd8\x01\n" +
 	"\x13RegisterNodeCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x126\n" +
 	"\tinventory\x18\x03 \x01(\v2\x18.drover.v1.NodeInventoryR\tinventory\x12#\n" +
-	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"y\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\x12\x1f\n" +
+	"\vgossip_addr\x18\x05 \x01(\tR\n" +
+	"gossipAddr\"y\n" +
 	"\x14SetNodeStatusCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x125\n" +
 	"\aupdates\x18\x02 \x03(\v2\x1b.drover.v1.NodeStatusUpdateR\aupdates\"r\n" +
