@@ -47,10 +47,10 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.
 	$(GO) test -run=NONE -bench=. -benchtime=1x -timeout 30m ./scenarios/process/
 
-dev: ## Run a single-server control plane locally (drover dev).
+dev: ## Run a single-server control plane and 3 local agents (drover dev).
 	$(GO) run ./cmd/drover dev
 
-scenarios-docker: ## Container scenarios: a 3-server cluster under docker kill / disconnect.
+scenarios-docker: ## Container scenarios: 3 servers and 20 agents under docker kill / disconnect.
 	bash deploy/docker/scenarios.sh
 
 clean:

@@ -1,7 +1,8 @@
 // Package agent is drover-agent, the process on every fleet machine: it
-// probes the hardware, enrolls with a join token, and keeps a mutually
+// probes the hardware, enrolls with a join token, keeps a mutually
 // authenticated HTTP/3 session to the control plane through which it
-// registers and heartbeats. Telemetry and model serving come later.
+// registers and heartbeats, and joins the gossip pool of its site's agents
+// (gossip.go). Telemetry and model serving come later.
 //
 // The agent never imports the control plane; it speaks only the wire API
 // in proto/drover/v1.
@@ -61,6 +62,15 @@ type Status struct {
 	HeartbeatTTL      time.Duration
 	CertificateExpiry time.Time
 	Renewals          int
+	// GossipAddr is where the node's site gossip pool listens, as its
+	// peers dial it; "" when it has none (no site, or --gossip-addr off).
+	GossipAddr string
+	// GossipMembers is how many live members the pool sees, this node
+	// included; 0 without a pool.
+	GossipMembers int
+	// Suspects are the node ids of pool members declared failed that the
+	// next heartbeat reports to the control plane.
+	Suspects []string
 	// LastError is the most recent failure the agent is working around,
 	// such as a server that does not answer; a heartbeat clears it.
 	LastError error
@@ -81,6 +91,7 @@ type Agent struct {
 	dialTimeout time.Duration
 
 	running atomic.Bool
+	pool    atomic.Pointer[gossipPool] // the running site gossip pool, nil for none
 
 	mu     sync.Mutex // guards the fields below
 	status Status
@@ -208,12 +219,17 @@ func (a *Agent) run(ctx context.Context) error {
 	return a.runSession(ctx, id, inv, preferred)
 }
 
-// Status returns a snapshot of what the agent is doing.
+// Status returns a snapshot of what the agent is doing. The gossip pool's
+// members and suspects are as the pool sees them now.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	st := a.status
 	st.Servers = slices.Clone(st.Servers)
+	a.mu.Unlock()
+	if p := a.pool.Load(); p != nil {
+		st.GossipMembers = p.NumMembers()
+		st.Suspects = p.Suspects()
+	}
 	return st
 }
 

@@ -93,6 +93,7 @@ func testConfig(t *testing.T, c *agenttest.Cluster) Config {
 	cfg.Name = "gpu-01"
 	cfg.Labels = map[string]string{"zone": "b"}
 	cfg.Site = "lab"
+	cfg.GossipAddr = "127.0.0.1:0" // a pool of its own, on loopback
 	cfg.ProbeInterval = 24 * time.Hour
 	cfg.Logger = logging.TestLogger(t)
 	return cfg
@@ -281,6 +282,10 @@ func TestEnrollRefusesCAMismatch(t *testing.T) {
 	if !errors.Is(err, jointoken.ErrCAMismatch) {
 		t.Fatalf("Run = %v, want ErrCAMismatch", err)
 	}
+	// The agent caught it, not a server: it is no server refusal.
+	if errors.Is(err, ErrTokenRefused) || errors.Is(err, ErrTokenWrongCluster) {
+		t.Errorf("Run = %v, want neither ErrTokenRefused nor ErrTokenWrongCluster", err)
+	}
 	if !strings.Contains(err.Error(), c.Addrs()[0]) || Hint(err) == "" {
 		t.Errorf("error %q (hint %q) should name the server and say what to check", err, Hint(err))
 	}
@@ -295,31 +300,47 @@ func TestEnrollRefusesCAMismatch(t *testing.T) {
 	}
 }
 
-// Each refusal a server can answer Enroll with stops the agent with an
-// error that says which, without retrying.
+// tokenKinds are the errors for the join token refusals a server names;
+// each refusal must wrap its own and none of the others.
+var tokenKinds = []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenRevoked, ErrTokenUsedUp, ErrTokenWrongCluster}
+
+// Each refusal a server can answer Enroll with stops the agent, without
+// retrying, with an error of its own (errors.Is) whose message names the
+// refusal and whose hint says what to do about it.
 func TestEnrollRefusals(t *testing.T) {
 	tests := []struct {
 		name    string
 		err     *connect.Error
-		want    error
-		message string
+		want    error  // the refusal's own error; nil: ErrTokenRefused or ErrRefused alone
+		refused error  // the broad error it also wraps
+		message string // the server's words, in the message
+		hint    string // in the hint
 	}{
-		{"expired", agenttest.RefusalError(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			`join token "abcdefgh" expired at 2026-11-25T10:00:00Z`, ""), ErrTokenRefused, "expired"},
-		{"revoked", agenttest.RefusalError(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			`join token "abcdefgh" revoked`, ""), ErrTokenRefused, "revoked"},
-		{"used up", agenttest.RefusalError(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			`join token "abcdefgh" used up: 3 of 3 uses`, ""), ErrTokenRefused, "used up"},
+		{"expired", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED,
+			`join token "abcdefgh" expired at 2026-11-25T10:00:00Z`, "server hint"), ErrTokenExpired, ErrTokenRefused,
+			"expired at 2026-11-25T10:00:00Z", "--ttl"},
+		{"revoked", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED,
+			`join token "abcdefgh" was revoked`, ""), ErrTokenRevoked, ErrTokenRefused,
+			"was revoked", "an operator revoked this token"},
+		{"used up", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP,
+			`join token "abcdefgh" is used up (max_uses 3)`, ""), ErrTokenUsedUp, ErrTokenRefused,
+			"max_uses 3", "--max-uses are spent"},
+		{"wrong cluster", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_WRONG_CLUSTER,
+			`join token "abcdefgh" is for another cluster`, ""), ErrTokenWrongCluster, ErrTokenRefused,
+			"for another cluster", "point --server"},
 		{"unknown", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			"invalid join token", ""), ErrTokenRefused, "invalid join token"},
+			"invalid join token", ""), ErrTokenInvalid, ErrTokenRefused,
+			"invalid join token", "whole string"},
 		{"missing", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
-			"no join token", ""), ErrTokenRefused, "no join token"},
+			"no join token", ""), nil, ErrTokenRefused, "no join token", "drover token create"},
+		{"unnamed refusal keeps the server's hint", agenttest.RefusalError(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED,
+			"not today", "come back tomorrow"), nil, ErrTokenRefused, "not today", "come back tomorrow"},
 		{"malformed", agenttest.RefusalError(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
-			"parse join token: 4 dot-separated parts, want 5", ""), ErrRefused, "4 dot-separated parts"},
+			"parse join token: 4 dot-separated parts, want 5", ""), nil, ErrRefused, "4 dot-separated parts", ""},
 		{"name taken", agenttest.RefusalError(connect.CodeAlreadyExists, droverv1.ErrorReason_ERROR_REASON_ALREADY_EXISTS,
-			`node name "gpu-01" already exists`, ""), ErrRefused, "already exists"},
+			`node name "gpu-01" already exists`, ""), nil, ErrRefused, "already exists", "--name"},
 	}
-	seen := map[string]string{}
+	seen, seenHint := map[string]string{}, map[string]string{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := agenttest.NewCluster(t, 1)
@@ -328,27 +349,83 @@ func TestEnrollRefusals(t *testing.T) {
 			a, _, _ := newTestAgent(t, cfg)
 
 			err := runToError(t, a)
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("Run = %v, want %v", err, tt.want)
+			if !errors.Is(err, tt.refused) {
+				t.Fatalf("Run = %v, want %v", err, tt.refused)
+			}
+			for _, kind := range tokenKinds {
+				if got := errors.Is(err, kind); got != (kind == tt.want) {
+					t.Errorf("errors.Is(%v, %v) = %v", err, kind, got)
+				}
+			}
+			if tt.want != nil && !strings.Contains(err.Error(), tt.want.Error()) {
+				t.Errorf("error %q does not name the refusal (%q)", err, tt.want)
 			}
 			if !strings.Contains(err.Error(), tt.message) || !strings.Contains(err.Error(), c.Addrs()[0]) {
 				t.Errorf("error %q should carry the server's words %q and name the server", err, tt.message)
 			}
-			if Hint(err) == "" && tt.want == ErrTokenRefused {
-				t.Errorf("no hint for %v", err)
+			if h := Hint(err); !strings.Contains(h, tt.hint) || (tt.refused == ErrTokenRefused && h == "") {
+				t.Errorf("hint %q should say %q", h, tt.hint)
 			}
 			if n := len(c.Calls(agenttest.Enroll)); n != 1 {
 				t.Errorf("%d Enroll calls, want 1: a refusal is not retried", n)
 			}
-			if strings.Contains(err.Error(), mustParse(t, cfg.Token).Secret) {
+			if strings.Contains(err.Error()+Hint(err), mustParse(t, cfg.Token).Secret) {
 				t.Errorf("error %q contains the token's secret", err)
 			}
 			if other, dup := seen[err.Error()]; dup {
 				t.Errorf("%s and %s give the same error %q", other, tt.name, err)
 			}
 			seen[err.Error()] = tt.name
+			if h := Hint(err); h != "" {
+				if other, dup := seenHint[h]; dup {
+					t.Errorf("%s and %s give the same hint %q", other, tt.name, h)
+				}
+				seenHint[h] = tt.name
+			}
 			if _, err := os.Stat(filepath.Join(cfg.DataDir, IdentityFile)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("identity file: %v, want none", err)
+			}
+		})
+	}
+}
+
+// Each refusal of the node's certificate stops the agent with an error of
+// its own, a hint that names the identity file, and no new enrollment.
+func TestSessionRefusals(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     *connect.Error
+		unknown bool   // ErrNodeUnknown as well as ErrRevoked
+		hint    string // in the hint, besides the identity file
+	}{
+		{"revoked", agenttest.RefusalError(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED,
+			`node "n1" was revoked`, ""), false, "an operator revoked this node"},
+		{"unknown", agenttest.RefusalError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			`node "n1" of this certificate is not known to the cluster`, ""), true, "no record of this node"},
+		// A server from before NODE_REVOKED.
+		{"revoked, older server", agenttest.RefusalError(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			`node "n1" was revoked`, ""), false, "no longer accepts this node"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := agenttest.NewCluster(t, 1)
+			c.Refuse(agenttest.Register, tt.err)
+			cfg := testConfig(t, c)
+			a, _, _ := newTestAgent(t, cfg)
+
+			err := runToError(t, a)
+			if !errors.Is(err, ErrRevoked) || errors.Is(err, ErrNodeUnknown) != tt.unknown || errors.Is(err, ErrTokenRefused) {
+				t.Fatalf("Run = %v, want ErrRevoked (ErrNodeUnknown %v)", err, tt.unknown)
+			}
+			if !strings.Contains(err.Error(), tt.err.Message()) || !strings.Contains(err.Error(), c.Addrs()[0]) {
+				t.Errorf("error %q should carry the server's words and name the server", err)
+			}
+			path := filepath.Join(cfg.DataDir, IdentityFile)
+			if h := Hint(err); !strings.Contains(h, tt.hint) || !strings.Contains(h, "remove "+path) {
+				t.Errorf("hint %q should say %q and name %s", h, tt.hint, path)
+			}
+			if n, m := len(c.Calls(agenttest.Register)), len(c.Calls(agenttest.Enroll)); n != 1 || m != 1 {
+				t.Errorf("%d registrations and %d enrollments, want 1 and 1", n, m)
 			}
 		})
 	}

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/names"
@@ -49,8 +53,22 @@ type Config struct {
 	// registers again whenever the static facts changed (a GPU added or
 	// lost, MIG mode switched).
 	ProbeInterval time.Duration
+	// GossipAddr is where the site gossip pool listens, IP:PORT, on TCP
+	// and UDP; "" turns the pool off. Port 0 picks a free port (tests,
+	// `drover dev`). A node without a site has no pool whatever this says.
+	GossipAddr string
+	// GossipAdvertise is the IP:PORT the site's other agents dial to reach
+	// this one's pool, for when the bind address is not what they see
+	// (NAT, containers). "" advertises the bind address, or for 0.0.0.0
+	// a private address of this machine.
+	GossipAdvertise string
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
+	// DialQUIC, when set, opens the agent's QUIC connections to servers
+	// instead of quic-go's dialer (one UDP socket for every server).
+	// Scenarios use it to put an agent behind a network they can cut;
+	// leave it nil everywhere else.
+	DialQUIC func(ctx context.Context, addr string, tlsConf *tls.Config, qc *quic.Config) (*quic.Conn, error)
 }
 
 // DefaultConfig returns a configuration with every default filled in;
@@ -61,6 +79,7 @@ func DefaultConfig() Config {
 		Name:          DefaultName(),
 		Root:          "/",
 		ProbeInterval: time.Minute,
+		GossipAddr:    DefaultGossipAddr,
 	}
 }
 
@@ -128,6 +147,24 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeInterval < time.Second {
 		bad("probe interval %s is shorter than a second", c.ProbeInterval)
+	}
+	if c.GossipAddr != "" {
+		if ip, _, err := splitIPPort(c.GossipAddr); err != nil {
+			bad(`--gossip-addr %q: %v; or "off" for no site gossip pool`, c.GossipAddr, err)
+		} else if ip.Is6() && ip.IsUnspecified() && c.GossipAdvertise == "" {
+			bad("--gossip-addr %q listens on every IPv6 address: name the address the site's other agents dial with --gossip-advertise IP:PORT", c.GossipAddr)
+		}
+	}
+	if c.GossipAdvertise != "" {
+		ip, port, err := splitIPPort(c.GossipAdvertise)
+		switch {
+		case c.GossipAddr == "":
+			bad("--gossip-advertise %q is set but the site gossip pool is off (--gossip-addr off)", c.GossipAdvertise)
+		case err != nil:
+			bad("--gossip-advertise %q: %v", c.GossipAdvertise, err)
+		case ip.IsUnspecified() || port == 0:
+			bad("--gossip-advertise %q: want the IP:PORT the site's other agents dial, not an unspecified address or port 0", c.GossipAdvertise)
+		}
 	}
 	return errors.Join(errs...)
 }

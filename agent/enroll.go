@@ -155,6 +155,7 @@ func (a *Agent) enrollWith(ctx context.Context, tr *http3.Transport, addr string
 		Servers:   servers,
 		CA:        ca,
 		Cert:      tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
+		Site:      node.GetSite(),
 		GossipKey: m.GetSiteGossipKey(),
 	}, nil
 }

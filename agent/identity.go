@@ -27,7 +27,8 @@ const IdentityFile = "identity.json"
 const identityVersion = 1
 
 // identity is what makes an agent a node of one cluster: its id, its key
-// and certificate, the cluster CA it trusts, and the servers it knows.
+// and certificate, the cluster CA it trusts, the servers it knows, and its
+// site with the key of the site's gossip pool.
 // It is kept in one file, written atomically, so that a key and its
 // certificate are always replaced together.
 type identity struct {
@@ -37,6 +38,10 @@ type identity struct {
 	Servers   []string
 	CA        *x509.Certificate
 	Cert      tls.Certificate // with Leaf and PrivateKey set
+	// Site is the node's site as the control plane recorded it (a join
+	// token's site overrides the one the agent asked for); "" for none.
+	Site string
+	// GossipKey encrypts the site's gossip pool (AES-256).
 	GossipKey []byte
 }
 
@@ -50,6 +55,7 @@ type identityJSON struct {
 	CAPEM          string   `json:"ca_pem"`
 	CertificatePEM string   `json:"certificate_pem"`
 	KeyPEM         string   `json:"key_pem"`
+	Site           string   `json:"site,omitempty"`
 	SiteGossipKey  []byte   `json:"site_gossip_key,omitempty"`
 }
 
@@ -108,6 +114,7 @@ func parseIdentity(data []byte) (*identity, error) {
 		Servers:   f.Servers,
 		CA:        ca,
 		Cert:      tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
+		Site:      f.Site,
 		GossipKey: f.SiteGossipKey,
 	}, nil
 }
@@ -147,6 +154,7 @@ func (id *identity) save(dataDir string) error {
 		CAPEM:          string(certPEM(id.CA.Raw)),
 		CertificatePEM: string(certPEM(id.Cert.Leaf.Raw)),
 		KeyPEM:         string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		Site:           id.Site,
 		SiteGossipKey:  id.GossipKey,
 	}
 	data, err := json.MarshalIndent(f, "", "  ")

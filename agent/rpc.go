@@ -19,16 +19,24 @@ import (
 )
 
 const (
-	// rpcTimeout bounds one call to a server, so that a server that stopped
-	// answering is given up on and the next one tried.
+	// rpcTimeout bounds one enrollment call, so that a server that stopped
+	// answering is given up on and the next one tried. It is longer than
+	// the session's calls (sessionCallTimeout): an enrollment whose answer
+	// is lost may have enrolled the machine under its name.
 	rpcTimeout = 15 * time.Second
 	// defaultDialTimeout bounds a QUIC handshake. A server that is down
 	// does not answer at all (QUIC does not see ICMP errors), so this is
 	// how long the agent waits before trying the next server.
 	defaultDialTimeout = 5 * time.Second
 	// idleTimeout closes a QUIC connection with no traffic; the next call
-	// dials again.
-	idleTimeout = time.Minute
+	// dials again. Servers wait as long (apiIdleTimeout there).
+	idleTimeout = 5 * time.Minute
+	// keepAlivePeriod is how long a connection may be quiet before the
+	// agent sends a keep-alive: the session is one connection for as long
+	// as the agent runs, also when a large fleet's TTL spaces heartbeats
+	// out by minutes, and a keep-alive is one small packet where a new
+	// connection would be a full handshake.
+	keepAlivePeriod = time.Minute
 	// maxMessageBytes bounds a response the agent reads.
 	maxMessageBytes = 4 << 20
 )
@@ -41,7 +49,9 @@ func (a *Agent) newTransport(tlsConf *tls.Config) *http3.Transport {
 		QUICConfig: &quic.Config{
 			HandshakeIdleTimeout: a.dialTimeout,
 			MaxIdleTimeout:       idleTimeout,
+			KeepAlivePeriod:      keepAlivePeriod,
 		},
+		Dial: a.cfg.DialQUIC,
 	}
 }
 
@@ -93,19 +103,46 @@ func serverWords(ce *connect.Error) string {
 	return ce.Code().String()
 }
 
+// tokenRefusal returns advice for the person running the agent and the
+// agent's error for a join token refusal the server named with a reason of
+// its own; a nil error for any other reason. addr is the server.
+func tokenRefusal(reason droverv1.ErrorReason, addr string) (hint string, kind error) {
+	const ask = "ask an operator for a new join token (`drover token create`) and start the agent with it"
+	switch reason {
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID:
+		return "the server does not know this token, or its secret is wrong or garbled: pass the whole string " +
+			"`drover token create` printed, in DROVER_TOKEN or --token; if it is lost, " + ask, ErrTokenInvalid
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED:
+		return "the token outlived its --ttl; " + ask, ErrTokenExpired
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED:
+		return "an operator revoked this token; " + ask, ErrTokenRevoked
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP:
+		return "the token's --max-uses are spent: as many machines as it allowed have enrolled with it; " + ask, ErrTokenUsedUp
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_WRONG_CLUSTER:
+		return fmt.Sprintf("the token belongs to another cluster than the one at %s: "+
+			"point --server at a server of the cluster that made the token, or ask for a token made by this one", addr), ErrTokenWrongCluster
+	}
+	return "", nil
+}
+
 // enrollRefusal turns an Enroll error from addr into a permanent error, or
 // returns nil when the error is worth retrying, on this server or another.
 // maybeEnrolled says an earlier attempt's outcome is unknown (its answer was
-// lost), so that a name now taken may be this machine's own.
+// lost), so that a name now taken may be this machine's own. A refused
+// token wraps ErrTokenRefused and, when the server said which refusal it
+// was, that refusal's own error (ErrTokenExpired, …).
 func enrollRefusal(addr string, tok jointoken.Token, maybeEnrolled bool, err error) error {
 	ce, detail := errorDetail(err)
 	if ce == nil {
 		return nil
 	}
 	reason, code := detail.GetReason(), ce.Code()
+	if hint, kind := tokenRefusal(reason, addr); kind != nil {
+		return withHint(fmt.Errorf("enroll with %s: server refused join token %s: %s: %w",
+			addr, tok.ID, serverWords(ce), kind), "%s", hint)
+	}
 	switch {
-	case reason == droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID ||
-		reason == droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING ||
+	case reason == droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING ||
 		code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied:
 		hint := detail.GetHint()
 		if hint == "" {
@@ -138,21 +175,30 @@ func enrollRefusal(addr string, tok jointoken.Token, maybeEnrolled bool, err err
 // sessionRefusal turns an error from a call made with the node's
 // certificate into a permanent error, or returns nil when it is worth
 // retrying on this server or another. Only clear answers stop the agent:
-// the node's certificate refused (revoked), or the node unknown or its
-// request invalid; anything else is retried, because an agent that gives up
-// stays down until someone restarts it. idPath names the identity file for
-// the advice.
+// the node's certificate refused (revoked, left, or unknown to the
+// cluster), or the node's request invalid; anything else is retried,
+// because an agent that gives up stays down until someone restarts it.
+// idPath names the identity file for the advice.
 func sessionRefusal(op, addr, nodeID, idPath string, err error) error {
 	ce, detail := errorDetail(err)
 	if ce == nil {
 		return nil
 	}
 	reason, code := detail.GetReason(), ce.Code()
+	rejoin := fmt.Sprintf("the agent will not enroll again by itself; to rejoin, remove %s and start the agent with a new join token (`drover token create`)", idPath)
 	switch {
+	case reason == droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED:
+		return withHint(fmt.Errorf("%s: server %s refused node %s: %s: %w", op, addr, nodeID, serverWords(ce), ErrRevoked),
+			"an operator revoked this node, or it left the fleet; %s", rejoin)
+	case reason == droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID && code == connect.CodeUnauthenticated:
+		// Servers before NODE_REVOKED sent TOKEN_INVALID with
+		// PermissionDenied for a revoked node; that is the case below.
+		return withHint(fmt.Errorf("%s: server %s refused node %s: %s: %w", op, addr, nodeID, serverWords(ce), ErrNodeUnknown),
+			"the cluster has no record of this node (was it rebuilt?); %s", rejoin)
 	case code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied ||
 		reason == droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID:
 		return withHint(fmt.Errorf("%s: server %s refused node %s: %s: %w", op, addr, nodeID, serverWords(ce), ErrRevoked),
-			"the control plane no longer accepts this node, and the agent will not enroll again by itself; to rejoin, remove %s and start the agent with a new join token", idPath)
+			"the control plane no longer accepts this node; %s", rejoin)
 	case code == connect.CodeInvalidArgument || code == connect.CodeNotFound ||
 		reason == droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT ||
 		reason == droverv1.ErrorReason_ERROR_REASON_NOT_FOUND:

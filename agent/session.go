@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -21,6 +22,15 @@ const (
 	// minHeartbeatInterval is the fastest the agent heartbeats, whatever
 	// TTL a server asks for.
 	minHeartbeatInterval = 200 * time.Millisecond
+	// minHeartbeatTimeout is the shortest a heartbeat call may take
+	// before the agent gives up on the server; see heartbeatTimeout.
+	minHeartbeatTimeout = 2 * time.Second
+	// sessionCallTimeout bounds a registration or renewal, and a heartbeat
+	// at most. Each is answered in milliseconds when anything answers at
+	// all; a server that died without a word must be given up on soon
+	// enough for the next one to hear from the agent before the node's
+	// TTL, or a new leader's grace, runs out.
+	sessionCallTimeout = 5 * time.Second
 	// defaultTTL stands in for a TTL a server did not send.
 	defaultTTL = 30 * time.Second
 	// minRenewInterval keeps a server that issues very short certificates
@@ -36,6 +46,17 @@ func heartbeatInterval(ttl time.Duration) time.Duration {
 		ttl = defaultTTL
 	}
 	return max(ttl/3, minHeartbeatInterval)
+}
+
+// heartbeatTimeout bounds one heartbeat call. A server that died without
+// a word (power lost, kill -9) answers nothing, and QUIC does not hear
+// ICMP, so only a timeout tells the agent to try another server. It must
+// be well inside the TTL: one heartbeat interval (a third of the TTL), but
+// never under minHeartbeatTimeout, which a heartbeat forwarded during a
+// leader election may need, nor over sessionCallTimeout, which also holds
+// before the first answer has told the agent its TTL.
+func heartbeatTimeout(interval time.Duration) time.Duration {
+	return min(max(interval, minHeartbeatTimeout), sessionCallTimeout)
 }
 
 // renewalTime is when a certificate valid from notBefore to notAfter is
@@ -64,6 +85,7 @@ type session struct {
 
 	id            *identity
 	inv           *droverv1.NodeInventory
+	pool          *gossipPool // nil: no site gossip pool
 	needRegister  bool
 	interval      time.Duration // between heartbeats
 	nextHeartbeat time.Time
@@ -94,6 +116,12 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 		return s.cert.Load(), nil
 	}))
 	defer s.tr.Close()
+	// The pool runs before the first registration, which tells the
+	// control plane where it listens.
+	if err := s.startPool(); err != nil {
+		return err
+	}
+	defer s.closePool()
 	a.update(func(st *Status) {
 		st.State = StateConnecting
 		st.NodeID, st.Name = id.NodeID, id.Name
@@ -205,20 +233,78 @@ func (s *session) serve(ctx context.Context, addr string) (progressed bool, err 
 	}
 }
 
-// register sends the inventory.
+// startPool starts the node's site gossip pool, unless it has one, has no
+// site, or the pool is turned off. A pool that cannot start (its address
+// taken, say) stops the agent: the operator asked for it.
+func (s *session) startPool() error {
+	cfg, id := s.a.cfg, s.id
+	switch {
+	case s.pool != nil:
+		return nil
+	case cfg.GossipAddr == "":
+		s.log.Info("site gossip pool off (--gossip-addr off)")
+		return nil
+	case id.Site == "":
+		s.log.Info("this node has no site, so it joins no site gossip pool")
+		return nil
+	case len(id.GossipKey) != 32:
+		s.log.Warn("the identity holds no site gossip key, so this node joins no site gossip pool; enroll the machine again to get one",
+			"site", id.Site)
+		return nil
+	}
+	p, err := newGossipPool(poolConfig{
+		Name:      id.NodeID,
+		Site:      id.Site,
+		Key:       id.GossipKey,
+		Bind:      cfg.GossipAddr,
+		Advertise: cfg.GossipAdvertise,
+		Logger:    s.log,
+	})
+	if err != nil {
+		return withHint(fmt.Errorf("node %s: %w", id.NodeID, err),
+			"give the site gossip pool a free address with --gossip-addr IP:PORT (and --gossip-advertise IP:PORT if its peers must dial another), or turn it off with --gossip-addr off")
+	}
+	s.pool = p
+	s.a.pool.Store(p)
+	s.a.update(func(st *Status) { st.GossipAddr = p.Addr() })
+	return nil
+}
+
+// closePool leaves the site gossip pool, as a node that stops on purpose
+// does, and stops it.
+func (s *session) closePool() {
+	if s.pool == nil {
+		return
+	}
+	s.a.pool.Store(nil)
+	_ = s.pool.Close(true)
+	s.pool = nil
+	s.a.update(func(st *Status) { st.GossipAddr = "" })
+}
+
+// register sends the inventory and the pool's address, and has the pool
+// join the site peers the answer names.
 func (s *session) register(ctx context.Context, c droverv1connect.AgentServiceClient, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	ctx, cancel := context.WithTimeout(ctx, sessionCallTimeout)
 	defer cancel()
-	resp, err := c.Register(ctx, connect.NewRequest(&droverv1.RegisterRequest{
-		Inventory:    s.inv,
-		AgentVersion: Version,
-	}))
+	req := &droverv1.RegisterRequest{Inventory: s.inv, AgentVersion: Version}
+	if s.pool != nil {
+		req.GossipAddr = s.pool.Addr()
+	}
+	resp, err := c.Register(ctx, connect.NewRequest(req))
 	if err != nil {
 		return s.callError("register", addr, err)
 	}
 	s.needRegister = false
 	node := resp.Msg.GetNode()
-	s.log.Info("registered", "server", addr, "name", node.GetName(), "status", node.GetStatus().String())
+	s.log.Info("registered", "server", addr, "name", node.GetName(), "status", node.GetStatus().String(),
+		"site_peers", len(resp.Msg.GetSitePeers()))
+	if site := node.GetSite(); site != "" && s.id.Site == "" {
+		s.learnSite(site)
+	}
+	if s.pool != nil {
+		s.pool.JoinAsync(resp.Msg.GetSitePeers())
+	}
 	s.a.update(func(st *Status) {
 		st.Registrations++
 		if n := node.GetName(); n != "" {
@@ -228,12 +314,40 @@ func (s *session) register(ctx context.Context, c droverv1connect.AgentServiceCl
 	return nil
 }
 
-// heartbeat sends one heartbeat and takes the TTL, the server list and any
-// request to register again from the answer.
+// learnSite records the site of a node whose identity was saved before
+// identities held one, and starts its gossip pool; registering again tells
+// the control plane where the pool listens.
+func (s *session) learnSite(site string) {
+	id := s.id.clone()
+	id.Site = site
+	s.id = id
+	if err := id.save(s.a.cfg.DataDir); err != nil {
+		s.log.Error("the node's site could not be saved in its identity; it is used until the agent restarts", "site", site, "err", err)
+	}
+	if s.a.cfg.GossipAddr == "" {
+		return // off, as startPool said already
+	}
+	if err := s.startPool(); err != nil {
+		s.log.Error("the site gossip pool could not start; carrying on without it", "err", err, "hint", Hint(err))
+		return
+	}
+	if s.pool != nil {
+		s.needRegister = true
+	}
+}
+
+// heartbeat sends one heartbeat, with what the gossip pool sees, and takes
+// the TTL, the server list, site peers to join and any request to register
+// again from the answer.
 func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceClient, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	ctx, cancel := context.WithTimeout(ctx, heartbeatTimeout(s.interval))
 	defer cancel()
-	resp, err := c.Heartbeat(ctx, connect.NewRequest(&droverv1.HeartbeatRequest{}))
+	req := &droverv1.HeartbeatRequest{}
+	if s.pool != nil {
+		req.Suspects = s.pool.Suspects()
+		req.GossipMembers = uint32(s.pool.NumMembers())
+	}
+	resp, err := c.Heartbeat(ctx, connect.NewRequest(req))
 	if err != nil {
 		return s.callError("heartbeat", addr, err)
 	}
@@ -246,6 +360,15 @@ func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceC
 	if m.GetReregister() {
 		s.log.Info("the control plane asked for the inventory again", "server", addr)
 		s.needRegister = true
+	}
+	if s.pool != nil {
+		// A failed member stays a suspect as long as the leader keeps
+		// a suspicion without a new report: one TTL.
+		s.pool.SetSuspectWindow(cmp.Or(ttl, defaultTTL))
+		if peers := m.GetSitePeers(); len(peers) > 0 {
+			s.log.Debug("the control plane sent site peers to join", "peers", peers)
+			s.pool.JoinAsync(peers)
+		}
 	}
 	if servers := normalizeServers(m.GetServers()); len(servers) > 0 && !slices.Equal(servers, s.id.Servers) {
 		s.log.Info("server list changed", "servers", servers)
@@ -275,7 +398,7 @@ func (s *session) renew(ctx context.Context, c droverv1connect.AgentServiceClien
 	if err != nil {
 		return fmt.Errorf("renew certificate: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	ctx, cancel := context.WithTimeout(ctx, sessionCallTimeout)
 	defer cancel()
 	resp, err := c.RenewCertificate(ctx, connect.NewRequest(&droverv1.RenewCertificateRequest{CsrDer: csr}))
 	if err != nil {

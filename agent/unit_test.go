@@ -98,6 +98,19 @@ func TestConfigValidate(t *testing.T) {
 		{"bad label key", func(c *Config) { c.Labels = map[string]string{"a b": "c"} }, "--label a b=c: key"},
 		{"bad label value", func(c *Config) { c.Labels = map[string]string{"k": "a b"} }, "--label k=a b: value"},
 		{"probe interval", func(c *Config) { c.ProbeInterval = time.Millisecond }, "probe interval"},
+		{"gossip off", func(c *Config) { c.GossipAddr = "" }, ""},
+		{"gossip on loopback, free port", func(c *Config) { c.GossipAddr = "127.0.0.1:0" }, ""},
+		{"gossip every address", func(c *Config) { c.GossipAddr = ":7947" }, ""},
+		{"gossip IPv6 advertised", func(c *Config) { c.GossipAddr, c.GossipAdvertise = "[::]:7947", "[fd00::7]:7947" }, ""},
+		{"gossip NATed", func(c *Config) { c.GossipAdvertise = "203.0.113.7:17947" }, ""},
+		{"gossip host name", func(c *Config) { c.GossipAddr = "gpu-01:7947" }, `--gossip-addr "gpu-01:7947": "gpu-01" is not an IP address`},
+		{"gossip without port", func(c *Config) { c.GossipAddr = "10.0.0.7" }, `--gossip-addr "10.0.0.7": want IP:PORT`},
+		{"gossip bad port", func(c *Config) { c.GossipAddr = "10.0.0.7:70000" }, `--gossip-addr "10.0.0.7:70000": port "70000"`},
+		{"gossip every IPv6 address", func(c *Config) { c.GossipAddr = "[::]:7947" }, "--gossip-advertise IP:PORT"},
+		{"advertise with pool off", func(c *Config) { c.GossipAddr, c.GossipAdvertise = "", "10.0.0.7:7947" }, "--gossip-advertise \"10.0.0.7:7947\" is set but the site gossip pool is off"},
+		{"advertise unspecified", func(c *Config) { c.GossipAdvertise = "0.0.0.0:7947" }, `--gossip-advertise "0.0.0.0:7947"`},
+		{"advertise port 0", func(c *Config) { c.GossipAdvertise = "10.0.0.7:0" }, `--gossip-advertise "10.0.0.7:0"`},
+		{"advertise host name", func(c *Config) { c.GossipAdvertise = "gpu-01:7947" }, `--gossip-advertise "gpu-01:7947": "gpu-01" is not an IP address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

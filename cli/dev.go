@@ -25,6 +25,7 @@ type devFlags struct {
 	port           int
 	logLevel       string
 	noClientConfig bool
+	agents         int
 }
 
 func newDevCommand(g *globals) *cobra.Command {
@@ -32,19 +33,27 @@ func newDevCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything on this machine, for trying Drover",
-		Long: `Run a single-server control plane in this process, with its data in a
-directory it prints, so you can try Drover without setting anything up.
+		Long: `Run a single-server control plane and a few agents in this process, with
+their data in a directory it prints, so you can try Drover without setting
+anything up.
 
-On first start it creates the cluster CA and a management token, and a sample
-model with a version and a "prod" alias. It writes a client config so that
-"drover" in another shell talks to it with no flags. Running it again reuses
-the same data, token and CA. Ctrl-C stops it cleanly.`,
+On first start it creates the cluster CA and a management token, a sample
+model with a version and a "prod" alias, and enrolls the local agents (3 by
+default, spread over the sites dev-a and dev-b) with a join token, just as
+real machines would. It writes a client config so that "drover" in another
+shell talks to it with no flags. Running it again reuses the same data,
+token, CA and node identities. Ctrl-C stops it cleanly.`,
 		Example: `  drover dev
+  drover dev --agents 10
   # in another shell
   drover status
+  drover node ls
   drover model ls`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.agents < 0 || f.agents > maxDevAgents {
+				return usageErr(cmd, fmt.Errorf("--agents %d: give a number from 0 to %d", f.agents, maxDevAgents))
+			}
 			return runDev(cmd.Context(), g, f)
 		},
 	}
@@ -53,6 +62,7 @@ the same data, token and CA. Ctrl-C stops it cleanly.`,
 	fl.IntVar(&f.port, "port", server.DefaultAPIPort, "API port; Raft and gossip use the next two (0: any free ports)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "server log level: debug, info, warn or error")
 	fl.BoolVar(&f.noClientConfig, "no-client-config", false, "do not write the client config file")
+	fl.IntVar(&f.agents, "agents", 3, fmt.Sprintf("local agents to run, spread over the sites %s (0: none, at most %d)", strings.Join(devSites, " and "), maxDevAgents))
 	return cmd
 }
 
@@ -66,6 +76,10 @@ func defaultDevDataDir(lookupEnv func(string) (string, bool)) (string, error) {
 	}
 	return filepath.Join(home, ".local", "share", "drover", "dev"), nil
 }
+
+// maxDevAgents bounds --agents: each agent is a real one, with its own
+// QUIC connection, gossip pool and hardware probe.
+const maxDevAgents = 100
 
 func runDev(ctx context.Context, g *globals, f *devFlags) error {
 	dir := f.dataDir
@@ -110,9 +124,30 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 		defer cancel()
 		return s.Shutdown(sctx)
 	}
-	client, err := setUpDev(ctx, g, s, dir, f.noClientConfig)
+	client, cl, err := setUpDev(ctx, g, s, dir, f.noClientConfig)
 	if err != nil {
 		return errors.Join(err, stop())
+	}
+	fleet, err := startDevAgents(ctx, cl, s.APIAddr(), dir, f.agents, g.stderr, level)
+	if err != nil {
+		return errors.Join(err, stop())
+	}
+	stopAll := func() error {
+		fleet.stop()
+		return stop()
+	}
+	agentsLine := "none (--agents 0)"
+	if f.agents > 0 {
+		fmt.Fprintf(g.stdout, "starting %d local agents...\n", f.agents)
+		ready, err := fleet.waitReady(ctx)
+		if ctx.Err() != nil {
+			fmt.Fprintln(g.stdout, "\nstopping dev cluster")
+			return stopAll()
+		}
+		if err != nil {
+			fmt.Fprintf(g.stderr, "some dev agents stopped: %v\n", err)
+		}
+		agentsLine = fmt.Sprintf("%d of %d ready, in sites %s", ready, f.agents, strings.Join(devSites[:min(f.agents, len(devSites))], ", "))
 	}
 	fmt.Fprintf(g.stdout, `
 Drover dev cluster is running.
@@ -122,22 +157,24 @@ Drover dev cluster is running.
   ca cert      %s
   token        %s
   client conf  %s
+  agents       %s
 
 Try, in another shell:
   drover status
+  drover node ls
   drover model ls
   drover model show hello-classifier
   drover model card hello-classifier@prod
   drover audit ls
 
 Press Ctrl-C to stop; run "drover dev" again to continue with the same data.
-`, dir, s.APIAddr(), client.CACert, client.Token, client.path)
+`, dir, s.APIAddr(), client.CACert, client.Token, client.path, agentsLine)
 	select {
 	case <-ctx.Done():
 	case <-s.Done():
 	}
 	fmt.Fprintln(g.stdout, "\nstopping dev cluster")
-	return stop()
+	return stopAll()
 }
 
 type devClient struct {
@@ -147,7 +184,8 @@ type devClient struct {
 
 // setUpDev waits for the server to lead, then makes sure the management
 // token, client config and sample model exist, reusing them on later runs.
-func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noClientConfig bool) (devClient, error) {
+// It returns clients that use the management token.
+func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noClientConfig bool) (devClient, *clients, error) {
 	out := devClient{ClientConfig: ClientConfig{
 		Address: "https://" + s.APIAddr(),
 		CACert:  filepath.Join(dir, "tls", "ca.pem"),
@@ -155,17 +193,17 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 	deadline := time.Now().Add(30 * time.Second)
 	for !s.IsLeader() {
 		if time.Now().After(deadline) {
-			return out, errors.New("dev server did not become leader within 30s; run with --log-level debug")
+			return out, nil, errors.New("dev server did not become leader within 30s; run with --log-level debug")
 		}
 		select {
 		case <-ctx.Done():
-			return out, ctx.Err()
+			return out, nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	cl, err := newClients(out.ClientConfig, false)
 	if err != nil {
-		return out, err
+		return out, nil, err
 	}
 	tokenFile := filepath.Join(dir, "dev-token")
 	if b, err := os.ReadFile(tokenFile); err == nil {
@@ -173,11 +211,11 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 	} else {
 		res, err := cl.acl.Bootstrap(ctx, connect.NewRequest(&droverv1.BootstrapRequest{}))
 		if err != nil {
-			return out, fmt.Errorf("bootstrap ACLs: %w (if the token in %s was lost, delete %s to start over)", err, tokenFile, dir)
+			return out, nil, fmt.Errorf("bootstrap ACLs: %w (if the token in %s was lost, delete %s to start over)", err, tokenFile, dir)
 		}
 		out.Token = res.Msg.GetSecretId()
 		if err := atomicfile.Write(tokenFile, []byte(out.Token+"\n"), 0o600); err != nil {
-			return out, err
+			return out, nil, err
 		}
 	}
 	if !noClientConfig {
@@ -186,7 +224,7 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 			err = WriteClientConfig(path, out.ClientConfig)
 		}
 		if err != nil {
-			return out, fmt.Errorf("write client config: %w (use --no-client-config to skip)", err)
+			return out, nil, fmt.Errorf("write client config: %w (use --no-client-config to skip)", err)
 		}
 		out.path = path
 	} else {
@@ -194,9 +232,9 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 	}
 	cl, err = newClients(out.ClientConfig, false)
 	if err != nil {
-		return out, err
+		return out, nil, err
 	}
-	return out, createSampleModel(ctx, cl)
+	return out, cl, createSampleModel(ctx, cl)
 }
 
 // createSampleModel registers a small documented model the first time, so

@@ -3,8 +3,10 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +115,24 @@ func TestDevRunsAndResumes(t *testing.T) {
 	if !strings.Contains(h.stdout.(*syncBuffer).String(), "# hello-classifier") {
 		t.Fatalf("sample card not printed: %s", h.stdout)
 	}
+	// Its three local agents enrolled and are ready, in two sites.
+	firstNodes := devNodes(t, h)
+	if len(firstNodes) != 3 {
+		t.Fatalf("drover dev runs %d nodes, want its 3 default agents: %v", len(firstNodes), firstNodes)
+	}
+	sites := map[string]bool{}
+	for _, n := range firstNodes {
+		if n.Status != "NODE_STATUS_READY" {
+			t.Errorf("dev node %s is %s, want ready", n.Name, n.Status)
+		}
+		sites[n.Site] = true
+	}
+	if len(sites) != 2 {
+		t.Errorf("dev agents are in sites %v, want two sites", sites)
+	}
+	if !strings.Contains(out.String(), "3 of 3 ready") {
+		t.Errorf("drover dev does not say its agents are ready:\n%s", out)
+	}
 	if code := stop(); code != exitOK && code != exitInterrupted {
 		t.Fatalf("drover dev exited %d after Ctrl-C", code)
 	}
@@ -133,5 +153,46 @@ func TestDevRunsAndResumes(t *testing.T) {
 	if n := strings.Count(h.stdout.(*syncBuffer).String(), `"version":`); n != 1 {
 		t.Errorf("sample model has %d versions after a rerun, want 1", n)
 	}
+	// The agents came back as the same nodes: no second enrollment.
+	again := devNodes(t, h)
+	if len(again) != len(firstNodes) {
+		t.Errorf("after a rerun there are %d nodes, want the same %d: %v", len(again), len(firstNodes), again)
+	}
+	for i := range min(len(again), len(firstNodes)) {
+		if again[i].ID != firstNodes[i].ID {
+			t.Errorf("node %d is %s after a rerun, was %s", i, again[i].ID, firstNodes[i].ID)
+		}
+	}
 	stop()
+}
+
+type devNode struct {
+	ID, Name, Site, Status string
+}
+
+// devNodes lists the nodes with `drover node ls -o json`, sorted by name,
+// once every node is ready (or after 30 seconds, as they are).
+func devNodes(t *testing.T, h *globals) []devNode {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out := &syncBuffer{}
+		h.stdout = out
+		if code := h.run(context.Background(), []string{"node", "ls", "-o", "json"}); code != exitOK {
+			t.Fatalf("node ls exited %d: %s", code, h.stderr)
+		}
+		var res struct{ Nodes []devNode }
+		if err := json.Unmarshal([]byte(out.String()), &res); err != nil {
+			t.Fatalf("node ls -o json: %v\n%s", err, out)
+		}
+		slices.SortFunc(res.Nodes, func(a, b devNode) int { return strings.Compare(a.Name, b.Name) })
+		allReady := len(res.Nodes) > 0
+		for _, n := range res.Nodes {
+			allReady = allReady && n.Status == "NODE_STATUS_READY"
+		}
+		if allReady || time.Now().After(deadline) {
+			return res.Nodes
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -75,7 +75,17 @@ type Node struct {
 	Site      string
 	Inventory *droverv1.NodeInventory
 	Revoked   bool
+	// GossipAddr is where the node's site gossip pool listens, from its
+	// last registration.
+	GossipAddr string
+	// Suspects and GossipMembers are from the node's last heartbeat.
+	Suspects      []string
+	GossipMembers uint32
 }
+
+// maxSitePeers is how many site peers an answer names at most, as a
+// real server's does.
+const maxSitePeers = 5
 
 // Cluster is a fake control plane: one CA and one state, served by
 // one or more Servers.
@@ -427,8 +437,10 @@ func (h *handler) Enroll(ctx context.Context, req *connect.Request[droverv1.Enro
 		Node:              &droverv1.Node{Id: id, Name: n.Name, Labels: n.Labels, Site: n.Site, Status: droverv1.NodeStatus_NODE_STATUS_INITIALIZING},
 		CertificatePem:    certPEM(der),
 		CertificateExpiry: timestamppb.New(cert.NotAfter),
-		SiteGossipKey:     randomBytes(32),
-		Servers:           h.serversLocked(),
+		// One key per site, as a real server derives it: the nodes of
+		// a site can form a pool, and no other node can join it.
+		SiteGossipKey: pki.DeriveKey(h.c.CA, "drover site gossip v1 "+n.Site, 32),
+		Servers:       h.serversLocked(),
 	}
 	return connect.NewResponse(resp), h.finish(call, nil)
 }
@@ -462,8 +474,31 @@ func (h *handler) Register(ctx context.Context, req *connect.Request[droverv1.Re
 		return nil, h.finish(call, err)
 	}
 	n.Inventory = proto.CloneOf(req.Msg.GetInventory())
-	resp := &droverv1.RegisterResponse{Node: &droverv1.Node{Id: n.ID, Name: n.Name, Labels: n.Labels, Site: n.Site, Status: droverv1.NodeStatus_NODE_STATUS_READY}}
+	n.GossipAddr = req.Msg.GetGossipAddr()
+	resp := &droverv1.RegisterResponse{
+		Node:      &droverv1.Node{Id: n.ID, Name: n.Name, Labels: n.Labels, Site: n.Site, Status: droverv1.NodeStatus_NODE_STATUS_READY, GossipAddr: n.GossipAddr},
+		SitePeers: h.sitePeersLocked(n),
+	}
 	return connect.NewResponse(resp), h.finish(call, nil)
+}
+
+// sitePeersLocked returns the gossip addresses of up to maxSitePeers other
+// nodes of n's site that registered one and are not revoked, in map
+// order, which varies.
+func (h *handler) sitePeersLocked(n *Node) []string {
+	if n.Site == "" {
+		return nil
+	}
+	var out []string
+	for _, o := range h.c.nodes {
+		if o.ID != n.ID && o.Site == n.Site && o.GossipAddr != "" && !o.Revoked {
+			out = append(out, o.GossipAddr)
+			if len(out) == maxSitePeers {
+				break
+			}
+		}
+	}
+	return out
 }
 
 func (h *handler) RenewCertificate(ctx context.Context, req *connect.Request[droverv1.RenewCertificateRequest]) (*connect.Response[droverv1.RenewCertificateResponse], error) {
@@ -489,14 +524,21 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[droverv1.H
 	if err != nil {
 		return nil, h.finish(call, err)
 	}
-	if _, err := h.nodeLocked(call); err != nil {
+	n, err := h.nodeLocked(call)
+	if err != nil {
 		return nil, h.finish(call, err)
 	}
+	n.Suspects = slices.Clone(req.Msg.GetSuspects())
+	n.GossipMembers = req.Msg.GetGossipMembers()
 	resp := &droverv1.HeartbeatResponse{
 		Ttl:        durationpb.New(h.c.ttl),
 		Status:     droverv1.NodeStatus_NODE_STATUS_READY,
 		Servers:    h.serversLocked(),
 		Reregister: h.c.reregister,
+	}
+	// A pool that sees no peer gets some, as from a real server.
+	if n.GossipAddr != "" && req.Msg.GetGossipMembers() <= 1 {
+		resp.SitePeers = h.sitePeersLocked(n)
 	}
 	h.c.reregister = false
 	return connect.NewResponse(resp), h.finish(call, nil)

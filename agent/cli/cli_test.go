@@ -113,7 +113,8 @@ func TestHelp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"DROVER_TOKEN", "drover token create", "--server 10.0.0.5:7400", "drover-agent probe -o json", "identity.json", "SIGTERM"} {
+	for _, want := range []string{"DROVER_TOKEN", "drover token create", "--server 10.0.0.5:7400", "drover-agent probe -o json", "identity.json", "SIGTERM",
+		"--gossip-addr off", `"" or "off" turns the pool off`, "--gossip-advertise"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("--help lacks %q", want)
 		}
@@ -136,6 +137,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--name", "Bad Name"}, "--name"},
+		{[]string{"--gossip-addr", "gpu-01:7947"}, `--gossip-addr "gpu-01:7947"`},
+		{[]string{"--gossip-addr", "off", "--gossip-advertise", "10.0.0.7:7947"}, "--gossip-advertise"},
+		{[]string{"--gossip-advertise", "10.0.0.7"}, `--gossip-advertise "10.0.0.7": want IP:PORT`},
 		{[]string{"--nope"}, "unknown flag: --nope"},
 		{[]string{"probe", "-o", "yaml"}, "-o yaml: want table or json"},
 		{[]string{"probe", "extra"}, `unexpected argument "extra"`},
@@ -177,7 +181,8 @@ func TestRunWithTokenFromEnv(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		code, out, errOut := runCLI(t, ctx, map[string]string{envToken: c.NewToken()},
-			"--server", c.Addrs()[0], "--data-dir", dir, "--name", "edge-7", "--label", "board=orin", "--site", "lab", "--log-level", "debug")
+			"--server", c.Addrs()[0], "--data-dir", dir, "--name", "edge-7", "--label", "board=orin", "--site", "lab", "--log-level", "debug",
+			"--gossip-addr", "127.0.0.1:0")
 		done <- result{code, out, errOut}
 	}()
 	c.WaitForCalls(agenttest.Heartbeat, 1)
@@ -195,5 +200,28 @@ func TestRunWithTokenFromEnv(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "drover-agent stopped") {
 		t.Errorf("no clean stop in the log:\n%s", r.stderr)
+	}
+	// It had a pool, told the control plane where, and left it on the way out.
+	if enroll[0].GossipAddr == "" || !strings.HasPrefix(enroll[0].GossipAddr, "127.0.0.1:") {
+		t.Errorf("registered gossip address %q, want one on 127.0.0.1", enroll[0].GossipAddr)
+	}
+	if !strings.Contains(r.stderr, "site gossip pool stopped") {
+		t.Errorf("the site gossip pool did not stop:\n%s", r.stderr)
+	}
+
+	// "off" turns the pool off: the node registers no gossip address.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		code, out, errOut := runCLI(t, ctx, nil, "--data-dir", dir, "--gossip-addr", "off")
+		done <- result{code, out, errOut}
+	}()
+	c.WaitForCalls(agenttest.Register, 2)
+	cancel()
+	if r := <-done; r.code != 0 || !strings.Contains(r.stderr, "site gossip pool off") {
+		t.Fatalf("exit %d with --gossip-addr off, stderr:\n%s", r.code, r.stderr)
+	}
+	if n := c.Nodes(); n[0].GossipAddr != "" {
+		t.Errorf("with --gossip-addr off the node registered gossip address %q", n[0].GossipAddr)
 	}
 }

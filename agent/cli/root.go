@@ -17,6 +17,7 @@ func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bo
 		servers, labels      []string
 		token, dataDir, name string
 		site, root           string
+		gossipAddr, gossipAd string
 		logLevel, logFormat  string
 	)
 	defaults := agent.DefaultConfig()
@@ -39,6 +40,11 @@ that identity instead: no token needed. To enroll again, remove
 Pass the token in ` + envToken + ` rather than --token where you can: other
 users can read command lines, not environments.
 
+The agents of one site form an encrypted gossip pool, on TCP and UDP at
+--gossip-addr (` + agent.DefaultGossipAddr + ` by default): they find each other
+through it, and it tells the control plane sooner when one of them fails.
+A node without a site has no pool; --gossip-addr off turns it off.
+
 The agent runs until SIGINT or SIGTERM, then stops cleanly (exit 0). It
 exits 1 when it cannot go on (no identity and no token, a refused token, a
 revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
@@ -50,8 +56,13 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
   # Later starts need no token: the identity in the data directory is enough.
   drover-agent
 
-  # A second agent on one machine, with its own identity and debug logs.
-  drover-agent --data-dir /tmp/agent2 --name gpu-01-b --log-level debug
+  # A second agent on one machine, with its own identity, its own gossip
+  # port and debug logs.
+  drover-agent --data-dir /tmp/agent2 --name gpu-01-b --gossip-addr 0.0.0.0:7948 \
+    --log-level debug
+
+  # Behind NAT: listen on every address, tell the site's peers where to dial.
+  drover-agent --gossip-addr 0.0.0.0:7947 --gossip-advertise 203.0.113.7:17947
 
   # In a container, read the host's hardware from its root mounted at /host.
   drover-agent --root /host --server 10.0.0.5:7400
@@ -77,6 +88,10 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 				}
 			}
 			cfg.DataDir, cfg.Root, cfg.Site = dataDir, root, site
+			cfg.GossipAddr, cfg.GossipAdvertise = gossipAddr, gossipAd
+			if strings.EqualFold(strings.TrimSpace(gossipAddr), "off") {
+				cfg.GossipAddr = ""
+			}
 			if name != "" {
 				cfg.Name = name
 			}
@@ -117,6 +132,8 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringArrayVar(&labels, "label", nil, "label to ask for at enrollment, `KEY=VALUE` (repeatable)")
 	f.StringVar(&site, "site", "", "`SITE` to ask for at enrollment, such as eu-west-1")
 	f.StringVar(&root, "root", defaults.Root, "`DIR` that stands for / when reading /proc, /sys and /etc")
+	f.StringVar(&gossipAddr, "gossip-addr", defaults.GossipAddr, "`IP:PORT` (TCP and UDP) of the site gossip pool; \"\" or \"off\" turns the pool off, port 0 picks a free port")
+	f.StringVar(&gossipAd, "gossip-advertise", "", "`IP:PORT` the site's other agents dial to reach this one's pool (default: the --gossip-addr address, or for 0.0.0.0 a private address of this machine)")
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 

@@ -253,7 +253,7 @@ func TestEnrollmentsRaceForMaxUses(t *testing.T) {
 	if !errors.Is(third.Err, state.ErrTokenUsedUp) || third.Value != nil || third.Index != 4 {
 		t.Fatalf("third enrollment: %+v", third)
 	}
-	if state.Reason(third.Err) != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
+	if state.Reason(third.Err) != droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP {
 		t.Errorf("Reason = %v", state.Reason(third.Err))
 	}
 	want := &droverv1.AuditEvent{
@@ -351,6 +351,9 @@ func TestExpiredTokenRefusedAtCommandTime(t *testing.T) {
 		if !errors.Is(res.Err, state.ErrTokenExpired) || !strings.Contains(res.Err.Error(), "expired at 2025-01-02T04:04:05Z") {
 			t.Errorf("enroll at index %d: %v, want expired", res.Index, res.Err)
 		}
+		if r := state.Reason(res.Err); r != droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED {
+			t.Errorf("enroll at index %d: reason %v, want TOKEN_EXPIRED", res.Index, r)
+		}
 		if evs := h.store.Audit(res.Index-1, 1, ""); len(evs) != 1 || evs[0].GetResult() != res.Err.Error() || evs[0].GetAction() != state.ActionNodeEnroll {
 			t.Errorf("audit = %v", evs)
 		}
@@ -376,6 +379,9 @@ func TestRevokedNodeCannotRegister(t *testing.T) {
 	res := h.apply(registerNode(t, "n1", &droverv1.NodeInventory{}))
 	if !errors.Is(res.Err, state.ErrNodeRevoked) || res.Value != nil {
 		t.Fatalf("register revoked node: %+v", res)
+	}
+	if r := state.Reason(res.Err); r != droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED {
+		t.Errorf("register revoked node: reason %v, want NODE_REVOKED", r)
 	}
 	if ev := h.lastAudit(); ev.GetAction() != state.ActionNodeRegister || ev.GetTarget() != "node/n1" || ev.GetResult() != res.Err.Error() {
 		t.Errorf("audit = %v", ev)

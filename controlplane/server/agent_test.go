@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -19,7 +20,9 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/server"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
@@ -326,12 +329,12 @@ func TestAgentLifecycle(t *testing.T) {
 		t.Fatalf("RevokeNode: %v", err)
 	}
 	_, err = ac.Heartbeat(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.HeartbeatRequest{}))
-	wantErr(t, "heartbeat of a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID)
+	wantErr(t, "heartbeat of a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
 	if !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), "operator") {
 		t.Fatalf("revoked message %q does not say what happened and who fixes it", err)
 	}
 	_, err = ac.Register(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RegisterRequest{}))
-	wantErr(t, "register of a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID)
+	wantErr(t, "register of a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
 
 	_, body := httpGet(t, c, l, "/metrics")
 	if v := metricValue(body, "drover_heartbeats_total"); v < 5 {
@@ -342,26 +345,15 @@ func TestAgentLifecycle(t *testing.T) {
 	}
 }
 
-// Every misuse of a join token is refused with TOKEN_INVALID and a
-// message that says which misuse it was and holds no secret.
+// Each refusal of a join token has its own reason, code and hint on the
+// wire, and a message that says which refusal it was and holds no secret.
 func TestEnrollRefusals(t *testing.T) {
 	c := cluster.Make(t, 1, cluster.Options{})
 	l := c.Leader()
 	tokens, _ := operator(t, c, l)
 	addr := l.APIAddr()
-	refused := func(what, token string, code connect.Code, says string) {
-		t.Helper()
-		_, err := newFakeAgent(t, c.CA.Pool()).enroll(t, addr, token, "edge")
-		wantErr(t, what, err, code, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID)
-		if !strings.Contains(err.Error(), says) {
-			t.Fatalf("%s: message %q does not say %q", what, err, says)
-		}
-		if p, perr := jointoken.Parse(token); perr == nil && strings.Contains(err.Error(), p.Secret) {
-			t.Fatalf("%s: message leaks the secret: %q", what, err)
-		}
-	}
 
-	expiring, _ := createToken(t, tokens, &droverv1.CreateTokenRequest{Ttl: durationpb.New(time.Second)})
+	expiring, et := createToken(t, tokens, &droverv1.CreateTokenRequest{Ttl: durationpb.New(time.Second)})
 	revoked, rt := createToken(t, tokens, &droverv1.CreateTokenRequest{})
 	if _, err := tokens.RevokeToken(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RevokeTokenRequest{Id: rt.GetId()})); err != nil {
 		t.Fatal(err)
@@ -371,25 +363,55 @@ func TestEnrollRefusals(t *testing.T) {
 	if ft.GetExpireTime() != nil {
 		t.Fatalf("ttl 0 token expires at %v", ft.GetExpireTime())
 	}
-
-	refused("revoked token", revoked, connect.CodeUnauthenticated, "revoked")
 	if _, err := newFakeAgent(t, c.CA.Pool()).enroll(t, addr, once, "first"); err != nil {
 		t.Fatalf("first use of a one-use token: %v", err)
 	}
-	refused("used-up token", once, connect.CodeUnauthenticated, "used up")
-	refused("garbage token", "drover-join.v1.nonsense", connect.CodeInvalidArgument, "join token")
-	refused("empty token", "", connect.CodeInvalidArgument, "join token")
 	p, _ := jointoken.Parse(forever)
 	wrongSecret := jointoken.Token{CAHash: p.CAHash, ID: p.ID, Secret: strings.Repeat("a", 32)}
-	refused("wrong secret", wrongSecret.String(), connect.CodeUnauthenticated, "not valid")
+	unknownID := jointoken.Token{CAHash: p.CAHash, ID: strings.Repeat("a", 8), Secret: p.Secret}
 	other, err := pki.NewCA("other", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	otherCA := jointoken.Token{CAHash: other.Fingerprint(), ID: p.ID, Secret: p.Secret}
-	refused("another cluster's CA", otherCA.String(), connect.CodeUnauthenticated, "another cluster")
-	time.Sleep(1100 * time.Millisecond)
-	refused("expired token", expiring, connect.CodeUnauthenticated, "expired")
+	time.Sleep(time.Until(et.GetExpireTime().AsTime()) + 100*time.Millisecond)
+
+	const (
+		unauthenticated = connect.CodeUnauthenticated
+		invalidArgument = connect.CodeInvalidArgument
+	)
+	tests := []struct {
+		name   string
+		token  string
+		code   connect.Code
+		reason droverv1.ErrorReason
+		says   string // in the message
+		hint   string // in the hint
+	}{
+		{"expired token", expiring, unauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED, "expired", "--ttl"},
+		{"revoked token", revoked, unauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED, "revoked", "revoked by an operator"},
+		{"used-up token", once, unauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP, "used up", "--max-uses"},
+		{"another cluster's CA", otherCA.String(), unauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_WRONG_CLUSTER, "another cluster", "--server"},
+		{"wrong secret", wrongSecret.String(), unauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID, "not valid", "whole token string"},
+		{"unknown token id", unknownID.String(), unauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID, "not valid", "whole token string"},
+		{"garbage token", "drover-join.v1.nonsense", invalidArgument, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID, "join token", "whole token string"},
+		{"empty token", "", invalidArgument, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID, "join token", "whole token string"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := newFakeAgent(t, c.CA.Pool()).enroll(t, addr, tt.token, "edge")
+			wantErr(t, tt.name, err, tt.code, tt.reason)
+			if !strings.Contains(err.Error(), tt.says) {
+				t.Errorf("message %q does not say %q", err, tt.says)
+			}
+			if h := hintOf(err); !strings.Contains(h, tt.hint) {
+				t.Errorf("hint %q does not say %q", h, tt.hint)
+			}
+			if p, perr := jointoken.Parse(tt.token); perr == nil && strings.Contains(err.Error()+hintOf(err), p.Secret) {
+				t.Errorf("message leaks the secret: %q", err)
+			}
+		})
+	}
 
 	// A bad CSR does not cost the token a use.
 	_, err = newFakeAgent(t, c.CA.Pool()).client(t, addr, nil).Enroll(testCtx(t, 10*time.Second),
@@ -397,6 +419,95 @@ func TestEnrollRefusals(t *testing.T) {
 	wantErr(t, "enroll with a junk CSR", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
 	if st, _ := l.Server().State().JoinToken(ft.GetId()); st.GetUses() != 0 {
 		t.Fatalf("a refused CSR used the token: uses %d", st.GetUses())
+	}
+}
+
+// hintOf returns the hint of the ErrorDetail in err, or "".
+func hintOf(err error) string {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return ""
+	}
+	for _, d := range ce.Details() {
+		if v, derr := d.Value(); derr == nil {
+			if ed, ok := v.(*droverv1.ErrorDetail); ok {
+				return ed.GetHint()
+			}
+		}
+	}
+	return ""
+}
+
+// A node certificate the cluster no longer accepts is refused with a
+// reason of its own: a node the cluster does not know with TOKEN_INVALID
+// (Unauthenticated), a revoked node or one that left with NODE_REVOKED
+// (PermissionDenied), each with a hint that says how to come back.
+func TestAgentCertificateRefusals(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{})
+	l := c.Leader()
+	tokens, nodes := operator(t, c, l)
+	tok, _ := createToken(t, tokens, &droverv1.CreateTokenRequest{})
+	addr := l.APIAddr()
+
+	revoked := newFakeAgent(t, c.CA.Pool())
+	revoked.mustEnrollRegister(t, addr, tok, "revoked")
+	if _, err := nodes.RevokeNode(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RevokeNodeRequest{Node: "revoked"})); err != nil {
+		t.Fatalf("RevokeNode: %v", err)
+	}
+
+	left := newFakeAgent(t, c.CA.Pool())
+	left.mustEnrollRegister(t, addr, tok, "left")
+	cmd, err := fsm.Encode(droverv1.CommandType_COMMAND_TYPE_SET_NODE_STATUS, &droverv1.SetNodeStatusCommand{
+		Meta: &droverv1.CommandMeta{Time: timestamppb.Now(), Actor: "server"},
+		Updates: []*droverv1.NodeStatusUpdate{
+			{NodeId: left.node.GetId(), Status: droverv1.NodeStatus_NODE_STATUS_LEFT, Reason: "test"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Server().Raft().Apply(cmd, 10*time.Second).Error(); err != nil {
+		t.Fatalf("apply LEFT: %v", err)
+	}
+	if got := nodeStatus(t, l.Server(), left.node.GetId()); got != droverv1.NodeStatus_NODE_STATUS_LEFT {
+		t.Fatalf("node %s is %v, want LEFT", left.node.GetId(), got)
+	}
+
+	// A certificate the cluster CA signed for a node it has no record of,
+	// as after the cluster was rebuilt.
+	unknown := newFakeAgent(t, c.CA.Pool())
+	der, err := c.CA.SignCSR(unknown.csr(t), "ghost", pki.RoleAgent, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown.cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: unknown.key}
+
+	tests := []struct {
+		name   string
+		agent  *fakeAgent
+		code   connect.Code
+		reason droverv1.ErrorReason
+		says   string // in the message
+		hint   string // in the hint
+	}{
+		{"unknown node", unknown, connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID, "not known", "join token"},
+		{"revoked node", revoked, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED, "revoked", "identity file"},
+		{"left node", left, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED, "left the fleet", "identity file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ac := tt.agent.client(t, addr, nil)
+			_, err := ac.Heartbeat(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.HeartbeatRequest{}))
+			wantErr(t, "heartbeat", err, tt.code, tt.reason)
+			if !strings.Contains(err.Error(), tt.says) {
+				t.Errorf("message %q does not say %q", err, tt.says)
+			}
+			if h := hintOf(err); !strings.Contains(h, tt.hint) {
+				t.Errorf("hint %q does not say %q", h, tt.hint)
+			}
+			_, err = ac.Register(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RegisterRequest{}))
+			wantErr(t, "register", err, tt.code, tt.reason)
+		})
 	}
 }
 
@@ -440,7 +551,7 @@ func TestAgentIdentityCannotBeForged(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = mallory.client(t, l.APIAddr(), forged).Heartbeat(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.HeartbeatRequest{}))
-	wantErr(t, "revoked agent claiming another's certificate", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID)
+	wantErr(t, "revoked agent claiming another's certificate", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
 }
 
 func nodesOp(t *testing.T, c *cluster.Cluster, n *cluster.Node) droverv1connect.NodeServiceClient {

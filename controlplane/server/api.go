@@ -14,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/droverhq/drover/internal/logging"
@@ -38,6 +39,14 @@ const (
 	ReadyPath = "/v1/health/ready"
 )
 
+const (
+	// compressMinBytes is the smallest response worth compressing.
+	compressMinBytes = 1024
+	// apiIdleTimeout closes an HTTP/3 connection that has been silent
+	// this long.
+	apiIdleTimeout = 5 * time.Minute
+)
+
 // setupAPI listens on the API address: HTTPS on TCP and HTTP/3 on UDP,
 // same port, same handlers. There is no plaintext listener.
 func (s *Server) setupAPI() error {
@@ -54,7 +63,13 @@ func (s *Server) setupAPI() error {
 	s.apiListener, s.apiPacket = ln, pc
 
 	s.forwarder = newForwarder(s)
-	interceptors := connect.WithInterceptors(s.metrics.interceptor(), &authInterceptor{s: s})
+	interceptors := connect.WithHandlerOptions(
+		connect.WithInterceptors(s.metrics.interceptor(), &authInterceptor{s: s}),
+		// Most answers are tens of bytes (a heartbeat's is about 30):
+		// compressing them costs the leader more CPU than the whole call
+		// otherwise would, and saves nothing on the wire.
+		connect.WithCompressMinBytes(compressMinBytes),
+	)
 	mux := http.NewServeMux()
 	mux.Handle(droverv1connect.NewModelServiceHandler(&modelHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewACLServiceHandler(&aclHandler{s: s}, interceptors))
@@ -90,6 +105,12 @@ func (s *Server) setupAPI() error {
 	s.h3Server = &http3.Server{
 		Handler:   handler,
 		TLSConfig: http3.ConfigureTLSConfig(tlsConf.Clone()),
+		// Agents hold one connection each for as long as they run and
+		// send keep-alives; the idle timeout only reaps the dead. Without
+		// it quic-go's 30s would drop the connection of every agent whose
+		// heartbeat interval (a third of a TTL that grows with the fleet)
+		// is longer, and each heartbeat would pay for a new handshake.
+		QUICConfig: &quic.Config{MaxIdleTimeout: apiIdleTimeout},
 	}
 	s.wg.Add(2)
 	go func() {

@@ -62,10 +62,11 @@ func (h *agentHandler) Enroll(ctx context.Context, req *connect.Request[droverv1
 			err.Error(), "pass the whole token string \"drover token create\" printed")
 	}
 	if tok.CAHash != h.s.ca.Fingerprint() {
-		return nil, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+		return nil, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_WRONG_CLUSTER,
 			fmt.Sprintf("join token %q is for another cluster: it pins CA %.12s..., this cluster's CA is %.12s...",
 				tok.ID, tok.CAHash, h.s.ca.Fingerprint()),
-			"use a token made by this cluster, or point the agent at the cluster that made it")
+			"the token belongs to another cluster: point the agent's --server at that cluster, "+
+				"or create a token for this one with `drover token create`")
 	}
 	name := req.Msg.GetName()
 	if name == "" {
@@ -140,12 +141,32 @@ func (h *agentHandler) Register(ctx context.Context, req *connect.Request[drover
 	if err != nil {
 		return nil, toAPIError(err)
 	}
+	n := res.Value.(*droverv1.Node)
+	resp := &droverv1.RegisterResponse{Node: n, Meta: &droverv1.WriteMeta{Index: res.Index}}
 	if hb := h.s.heartbeatTracker(); hb != nil {
-		hb.heartbeat(node.GetId(), false)
+		resp.SitePeers = h.s.checkSitePeers(n, hb.registered(n, 2*maxSitePeers), maxSitePeers)
 	}
-	return connect.NewResponse(&droverv1.RegisterResponse{
-		Node: res.Value.(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: res.Index},
-	}), nil
+	return connect.NewResponse(resp), nil
+}
+
+// checkSitePeers returns the gossip addresses of up to limit of peers that
+// the state has as READY nodes of n's site, neither revoked nor left,
+// with a gossip address. The tracker's view may lag the state by a tick;
+// a registration is rare enough to afford a look at the state.
+func (s *Server) checkSitePeers(n *droverv1.Node, peers []sitePeer, limit int) []string {
+	var out []string
+	for _, p := range peers {
+		if len(out) == limit {
+			break
+		}
+		cur, err := s.state.Node(p.id)
+		if err != nil || cur.GetRevoked() || cur.GetStatus() != droverv1.NodeStatus_NODE_STATUS_READY ||
+			cur.GetSite() != n.GetSite() || cur.GetGossipAddr() == "" || cur.GetId() == n.GetId() {
+			continue
+		}
+		out = append(out, cur.GetGossipAddr())
+	}
+	return out
 }
 
 func (h *agentHandler) RenewCertificate(ctx context.Context, req *connect.Request[droverv1.RenewCertificateRequest]) (*connect.Response[droverv1.RenewCertificateResponse], error) {
@@ -159,9 +180,10 @@ func (h *agentHandler) RenewCertificate(ctx context.Context, req *connect.Reques
 	}), nil
 }
 
-// Heartbeat resets the node's deadline on the leader. It writes nothing
-// to the log unless the node was down.
-func (h *agentHandler) Heartbeat(ctx context.Context, _ *connect.Request[droverv1.HeartbeatRequest]) (*connect.Response[droverv1.HeartbeatResponse], error) {
+// Heartbeat resets the node's deadline on the leader, takes the suspects
+// its site pool reports, and hands it site peers when its pool is alone.
+// It writes nothing to the log unless the node was down.
+func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[droverv1.HeartbeatRequest]) (*connect.Response[droverv1.HeartbeatResponse], error) {
 	node := agentNodeFrom(ctx)
 	hb := h.s.heartbeatTracker()
 	if hb == nil {
@@ -176,7 +198,15 @@ func (h *agentHandler) Heartbeat(ctx context.Context, _ *connect.Request[droverv
 		return connect.NewResponse(resp), nil
 	}
 	wasDown := node.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN
-	resp.Ttl = durationpb.New(hb.heartbeat(node.GetId(), wasDown))
+	beat := hb.agentHeartbeat(node, wasDown, req.Msg.GetSuspects(), req.Msg.GetGossipMembers())
+	resp.Ttl = durationpb.New(beat.TTL)
+	resp.SitePeers = beat.Peers
+	if beat.Counted > 0 {
+		h.s.metrics.suspectsCounted.Add(float64(beat.Counted))
+	}
+	if beat.Ignored > 0 {
+		h.s.metrics.suspectsIgnored.Add(float64(beat.Ignored))
+	}
 	if wasDown {
 		resp.Status = droverv1.NodeStatus_NODE_STATUS_READY
 	}

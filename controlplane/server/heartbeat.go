@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +28,16 @@ const (
 	heartbeatJitter = 0.1
 	// maxStatusBatch bounds the updates in one set-node-status command.
 	maxStatusBatch = 1000
+	// maxSuspectReport bounds the suspects read from one heartbeat; the
+	// agent sends no more than that either.
+	maxSuspectReport = 64
+	// maxSitePeers is how many site peers an answer names at most: enough
+	// for a join to find a live one, few enough that joins spread over
+	// the site instead of converging on the same members.
+	maxSitePeers = 5
+	// suspectedReason is the status reason of a node marked down sooner
+	// because its site peers suspected it.
+	suspectedReason = "missed heartbeat TTL; suspected by site peers"
 )
 
 // heartbeatTracker keeps the leader's heartbeat deadlines. Heartbeats only
@@ -48,17 +59,54 @@ type heartbeatTracker struct {
 	minTTL time.Duration
 	rate   float64 // heartbeats per second the fleet may send in total
 
-	mu    sync.Mutex          // guards the fields below
-	nodes map[string]*hbEntry // by node id
-	up    map[string]struct{} // nodes that heartbeat while DOWN, to be marked READY
+	mu    sync.Mutex            // guards the fields below
+	nodes map[string]*hbEntry   // by node id
+	up    map[string]struct{}   // nodes that heartbeat while DOWN, to be marked READY
+	sites map[string]*sitePeers // tracked nodes with a gossip address, by site; nil until one
 }
 
 // hbEntry is one node's deadline.
 type hbEntry struct {
 	deadline time.Time
-	// downSent is set when the tick has proposed DOWN for the node, so it
-	// is proposed once, and cleared by the node's next heartbeat.
+	// downSent is set when the node is DOWN in the state, or the tick has
+	// proposed DOWN for it, so it is proposed once; the node's next
+	// heartbeat clears it.
 	downSent bool
+	// lastBeat is when the node last heartbeated (or registered) in this
+	// term, zero until it has; interval is how often it was told to
+	// heartbeat then, a third of the TTL handed to it, as agents do.
+	lastBeat time.Time
+	interval time.Duration
+	// suspectUntil is when the latest report of the node's site peers
+	// that they suspect it expires; zero for none. See dueLocked.
+	suspectUntil time.Time
+	// site and gossipAddr are the node's, as the state had them when it
+	// last registered or heartbeated; they index it in sites.
+	site, gossipAddr string
+}
+
+// sitePeers are the tracked nodes of one site that have a gossip
+// address, in a slice that can be sampled at random and a map to remove
+// from it in constant time.
+type sitePeers struct {
+	ids []string
+	pos map[string]int // index in ids
+}
+
+// dueLocked reports whether the node is past its deadline at now, and
+// whether only because site peers suspect it. Suspicion shortens the wait
+// to two heartbeat intervals and a tick after the node's last heartbeat,
+// so a node that keeps heartbeating is never marked down for it; and only
+// for a node that heartbeated in this term: one still in the grace of a
+// leader change keeps all of it.
+func (e *hbEntry) dueLocked(now time.Time) (due, bySuspicion bool) {
+	if now.After(e.deadline) {
+		return true, false
+	}
+	if e.lastBeat.IsZero() || !now.Before(e.suspectUntil) {
+		return false, false
+	}
+	return now.After(e.lastBeat.Add(2*e.interval + heartbeatTick)), true
 }
 
 // newHeartbeatTracker makes a tracker for a new term. Every node in the
@@ -87,7 +135,13 @@ func newHeartbeatTracker(s *Server) *heartbeatTracker {
 	grace := t.ttlFor(tracked) + time.Duration(s.cfg.HeartbeatLeaderGrace)
 	for _, n := range nodes {
 		if trackable(n) {
-			t.nodes[n.GetId()] = &hbEntry{deadline: now.Add(grace)}
+			e := &hbEntry{
+				deadline: now.Add(grace),
+				// Already DOWN: a heartbeat brings it back, nothing else.
+				downSent: n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN,
+			}
+			t.nodes[n.GetId()] = e
+			t.indexLocked(n.GetId(), e, n.GetSite(), n.GetGossipAddr())
 		}
 	}
 	return t
@@ -117,6 +171,13 @@ func (t *heartbeatTracker) ttlFor(n int) time.Duration {
 func (t *heartbeatTracker) heartbeat(id string, wasDown bool) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	ttl, _ := t.beatLocked(id, wasDown, t.now())
+	return ttl
+}
+
+// beatLocked is heartbeat with t.mu held; it also returns the node's
+// entry.
+func (t *heartbeatTracker) beatLocked(id string, wasDown bool, now time.Time) (time.Duration, *hbEntry) {
 	ttl := t.ttlFor(len(t.nodes))
 	ttl += time.Duration(rand.Float64() * heartbeatJitter * float64(ttl))
 	e, ok := t.nodes[id]
@@ -124,18 +185,175 @@ func (t *heartbeatTracker) heartbeat(id string, wasDown bool) time.Duration {
 		e = &hbEntry{}
 		t.nodes[id] = e
 	}
-	e.deadline = t.now().Add(ttl + time.Duration(heartbeatSlack*float64(ttl)))
+	e.deadline = now.Add(ttl + time.Duration(heartbeatSlack*float64(ttl)))
+	e.lastBeat, e.interval = now, ttl/3
 	if wasDown || e.downSent {
 		// downSent: a DOWN may be in flight; the READY follows it.
 		t.up[id] = struct{}{}
 	}
 	e.downSent = false
-	return ttl
+	return ttl, e
+}
+
+// sitePeer is a node of a site gossip pool.
+type sitePeer struct{ id, addr string }
+
+// registered records a node's registration, which counts as a heartbeat,
+// and returns up to limit other live nodes of its site with a gossip
+// address, for its pool to join.
+func (t *heartbeatTracker) registered(n *droverv1.Node, limit int) []sitePeer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	_, e := t.beatLocked(n.GetId(), false, now)
+	t.indexLocked(n.GetId(), e, n.GetSite(), n.GetGossipAddr())
+	return t.sitePeersLocked(n.GetId(), e.site, now, limit)
+}
+
+// agentBeat is what one agent heartbeat told the tracker, and what the
+// tracker answers.
+type agentBeat struct {
+	// TTL is the TTL to hand the node.
+	TTL time.Duration
+	// Peers are site peers for its pool to join, nil when it needs none.
+	Peers []string
+	// Counted and Ignored are how many of its suspects were taken, and
+	// how many were not (another site, unknown, itself, past the bound).
+	Counted, Ignored int
+}
+
+// agentHeartbeat records a heartbeat of node n (as the state has it) with
+// what its site pool reported: the site peers it suspects, and how many
+// members it sees. The work is bounded whatever the fleet's size: a few
+// map operations per suspect, up to maxSuspectReport of them, and at most
+// 4×maxSitePeers random picks for site peers, which a node gets only when
+// its pool sees no other member. wasDown is as for heartbeat.
+func (t *heartbeatTracker) agentHeartbeat(n *droverv1.Node, wasDown bool, suspects []string, poolMembers uint32) agentBeat {
+	id := n.GetId()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	ttl, e := t.beatLocked(id, wasDown, now)
+	t.indexLocked(id, e, n.GetSite(), n.GetGossipAddr())
+	out := agentBeat{TTL: ttl}
+	if len(suspects) > maxSuspectReport {
+		out.Ignored = len(suspects) - maxSuspectReport
+		suspects = suspects[:maxSuspectReport]
+	}
+	// A suspicion lasts one TTL without a new report: about three
+	// heartbeats of the reporters, who repeat it while they suspect.
+	until := now.Add(t.ttlFor(len(t.nodes)))
+	for _, sid := range suspects {
+		// Only a node's own site pool can know anything of it.
+		se, ok := t.nodes[sid]
+		if !ok || sid == id || e.site == "" || se.site != e.site {
+			out.Ignored++
+			continue
+		}
+		se.suspectUntil = until
+		out.Counted++
+	}
+	if poolMembers <= 1 && e.gossipAddr != "" {
+		if peers := t.sitePeersLocked(id, e.site, now, maxSitePeers); len(peers) > 0 {
+			out.Peers = make([]string, len(peers))
+			for i, p := range peers {
+				out.Peers[i] = p.addr
+			}
+		}
+	}
+	return out
+}
+
+// indexLocked records the site and gossip address of node id, whose entry
+// is e, and keeps sites in step.
+func (t *heartbeatTracker) indexLocked(id string, e *hbEntry, site, gossipAddr string) {
+	if e.site == site && e.gossipAddr == gossipAddr {
+		return
+	}
+	if e.site != "" && e.gossipAddr != "" {
+		t.unindexLocked(id, e.site)
+	}
+	e.site, e.gossipAddr = site, gossipAddr
+	if site == "" || gossipAddr == "" {
+		return
+	}
+	if t.sites == nil {
+		t.sites = make(map[string]*sitePeers)
+	}
+	sp := t.sites[site]
+	if sp == nil {
+		sp = &sitePeers{pos: make(map[string]int)}
+		t.sites[site] = sp
+	}
+	sp.pos[id] = len(sp.ids)
+	sp.ids = append(sp.ids, id)
+}
+
+// unindexLocked removes node id from its site's peers, moving the last
+// one into its place.
+func (t *heartbeatTracker) unindexLocked(id, site string) {
+	sp := t.sites[site]
+	if sp == nil {
+		return
+	}
+	i, ok := sp.pos[id]
+	if !ok {
+		return
+	}
+	last := len(sp.ids) - 1
+	sp.ids[i] = sp.ids[last]
+	sp.pos[sp.ids[i]] = i
+	sp.ids = sp.ids[:last]
+	delete(sp.pos, id)
+	if len(sp.ids) == 0 {
+		delete(t.sites, site)
+	}
+}
+
+// sitePeersLocked returns up to limit nodes of site other than self with
+// a gossip address, picked at random among those not marked (or being
+// marked) down and not suspected by their peers. A small site is looked at
+// whole, in random order; in a large one at most 4×limit random members
+// are, so that the cost stays the same whatever the site's size.
+func (t *heartbeatTracker) sitePeersLocked(self, site string, now time.Time, limit int) []sitePeer {
+	sp := t.sites[site]
+	if sp == nil || len(sp.ids) < 2 {
+		return nil
+	}
+	out := make([]sitePeer, 0, limit)
+	take := func(id string) {
+		e := t.nodes[id]
+		if id == self || e == nil || e.downSent || now.Before(e.suspectUntil) ||
+			slices.ContainsFunc(out, func(p sitePeer) bool { return p.id == id }) {
+			return
+		}
+		out = append(out, sitePeer{id: id, addr: e.gossipAddr})
+	}
+	tries := 4 * limit
+	if len(sp.ids) <= tries {
+		for _, i := range rand.Perm(len(sp.ids)) {
+			take(sp.ids[i])
+			if len(out) == limit {
+				break
+			}
+		}
+		return out
+	}
+	for range tries {
+		take(sp.ids[rand.IntN(len(sp.ids))])
+		if len(out) == limit {
+			break
+		}
+	}
+	return out
 }
 
 // forget stops tracking a node (revoked, left).
 func (t *heartbeatTracker) forget(id string) {
 	t.mu.Lock()
+	if e, ok := t.nodes[id]; ok && e.site != "" && e.gossipAddr != "" {
+		t.unindexLocked(id, e.site)
+	}
 	delete(t.nodes, id)
 	delete(t.up, id)
 	t.mu.Unlock()
@@ -162,24 +380,14 @@ func (t *heartbeatTracker) run(ctx context.Context) {
 func (t *heartbeatTracker) tick(ctx context.Context) {
 	now := t.now()
 	t.mu.Lock()
-	var expired, revived []string
-	for id, e := range t.nodes {
-		if !e.downSent && now.After(e.deadline) {
-			e.downSent = true
-			expired = append(expired, id)
-		}
-	}
-	for id := range t.up {
-		revived = append(revived, id)
-	}
-	clear(t.up)
+	expired, suspected, revived := t.collectLocked(now)
 	t.mu.Unlock()
 	if len(expired) == 0 && len(revived) == 0 {
 		return
 	}
 
 	var updates []*droverv1.NodeStatusUpdate
-	var sentDown, sentUp []string
+	var sentDown, sentUp, sentSuspected []string
 	for _, id := range expired {
 		n, err := t.s.state.Node(id)
 		if err != nil || !trackable(n) {
@@ -187,8 +395,13 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 			continue
 		}
 		if n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_READY {
+			reason := "missed heartbeat TTL"
+			if suspected[id] {
+				reason = suspectedReason
+				sentSuspected = append(sentSuspected, id)
+			}
 			updates = append(updates, &droverv1.NodeStatusUpdate{
-				NodeId: id, Status: droverv1.NodeStatus_NODE_STATUS_DOWN, Reason: "missed heartbeat TTL",
+				NodeId: id, Status: droverv1.NodeStatus_NODE_STATUS_DOWN, Reason: reason,
 			})
 			sentDown = append(sentDown, id)
 		}
@@ -220,17 +433,46 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 		}
 	}
 	if len(sentDown) > 0 || len(sentUp) > 0 {
-		t.s.logger.Info("node status transitions", "down", sentDown, "ready", sentUp)
+		t.s.logger.Info("node status transitions", "down", sentDown, "ready", sentUp, "down_suspected_by_peers", sentSuspected)
 	}
+}
+
+// collectLocked takes what a tick at now acts on: the nodes past their
+// deadline, marked as DOWN proposed, with those that are only because
+// site peers suspect them; and the nodes to be marked READY.
+func (t *heartbeatTracker) collectLocked(now time.Time) (expired []string, suspected map[string]bool, revived []string) {
+	for id, e := range t.nodes {
+		if e.downSent {
+			continue
+		}
+		if due, bySuspicion := e.dueLocked(now); due {
+			e.downSent = true
+			expired = append(expired, id)
+			if bySuspicion {
+				if suspected == nil {
+					suspected = make(map[string]bool)
+				}
+				suspected[id] = true
+			}
+		}
+	}
+	for id := range t.up {
+		revived = append(revived, id)
+	}
+	clear(t.up)
+	return expired, suspected, revived
 }
 
 // retry undoes what a failed tick took, so the next tick proposes it again.
 func (t *heartbeatTracker) retry(down, up []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	now := t.now()
 	for _, id := range down {
-		if e, ok := t.nodes[id]; ok && e.downSent && t.now().After(e.deadline) {
-			e.downSent = false
+		if e, ok := t.nodes[id]; ok && e.downSent {
+			if due, _ := e.dueLocked(now); due {
+				e.downSent = false
+			}
 		}
 	}
 	for _, id := range up {

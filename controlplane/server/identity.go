@@ -93,7 +93,9 @@ func (s *Server) parseForwardedCert(v string) (*x509.Certificate, error) {
 
 type agentNodeKey struct{}
 
-// agentNodeFrom returns the node an authenticated agent call is from.
+// agentNodeFrom returns the node an authenticated agent call is from, as
+// state.NodeSummary gives it: identity and status, no inventory, labels or
+// history.
 func agentNodeFrom(ctx context.Context) *droverv1.Node {
 	n, _ := ctx.Value(agentNodeKey{}).(*droverv1.Node)
 	return n
@@ -101,8 +103,10 @@ func agentNodeFrom(ctx context.Context) *droverv1.Node {
 
 // authenticateAgent checks the caller of a certificate-authenticated
 // agent call: a verified agent certificate whose common name is a node
-// that exists, has not left and is not revoked. It returns ctx with the
-// node and the audit actor "node/<id>".
+// that exists, has not left and is not revoked. An unknown node is
+// refused with TOKEN_INVALID (Unauthenticated), a revoked or departed one
+// with NODE_REVOKED (PermissionDenied). It returns ctx with the node and
+// the audit actor "node/<id>".
 func (s *Server) authenticateAgent(ctx context.Context) (context.Context, error) {
 	cert := agentCertFrom(ctx)
 	if cert == nil || pki.RoleOf(cert) != pki.RoleAgent {
@@ -111,21 +115,21 @@ func (s *Server) authenticateAgent(ctx context.Context) (context.Context, error)
 			"enroll the agent with a join token to get one")
 	}
 	id := cert.Subject.CommonName
-	n, err := s.state.Node(id)
+	n, err := s.state.NodeSummary(id)
 	if err != nil {
 		return ctx, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
 			fmt.Sprintf("node %q of this certificate is not known to the cluster", id),
 			"enroll the agent again with a join token")
 	}
 	if n.GetRevoked() {
-		return ctx, apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+		return ctx, apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED,
 			fmt.Sprintf("node %q was revoked: its certificate is no longer accepted; an operator must enroll the machine again with a new join token", id),
-			"ask an operator for a new join token")
+			"remove the agent's identity file and enroll the machine again with a new join token from an operator (`drover token create`)")
 	}
 	if n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT {
-		return ctx, apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+		return ctx, apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED,
 			fmt.Sprintf("node %q has left the fleet; its name may belong to another node by now", id),
-			"enroll the machine again with a join token")
+			"remove the agent's identity file and enroll the machine again with a new join token")
 	}
 	ctx = context.WithValue(ctx, agentNodeKey{}, n)
 	return context.WithValue(ctx, actorKey{}, "node/"+id), nil

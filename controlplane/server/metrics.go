@@ -21,6 +21,10 @@ type metrics struct {
 	requests     *prometheus.CounterVec
 	reqLatency   *prometheus.HistogramVec
 	heartbeats   prometheus.Counter
+	// suspectsCounted and suspectsIgnored are the two outcomes of
+	// drover_gossip_suspect_reports_total, made once so a heartbeat
+	// does not look its label up.
+	suspectsCounted, suspectsIgnored prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -44,11 +48,18 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 			Help: "Node heartbeats this server handled as leader.",
 		}),
 	}
+	suspects := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_gossip_suspect_reports_total",
+		Help: "Site peers that agents reported as suspects in their heartbeats to this server as leader: " +
+			"counted (a node of the reporter's site, whose wait for its next heartbeat is shortened) or ignored.",
+	}, []string{"result"})
+	m.suspectsCounted = suspects.WithLabelValues("counted")
+	m.suspectsIgnored = suspects.WithLabelValues("ignored")
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(
-		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, nodeCollector{s: s},
+		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, nodeCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

@@ -82,6 +82,24 @@ func (s *Server) raftError(err error) error {
 	return apiErr(connect.CodeInternal, droverv1.ErrorReason_ERROR_REASON_INTERNAL, "raft: "+err.Error(), "")
 }
 
+// joinTokenHints are the hints for each join token refusal, written for
+// the person starting the agent.
+var joinTokenHints = map[droverv1.ErrorReason]string{
+	droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID: "pass the whole token string `drover token create` printed; " +
+		"if it is lost, create a new token with `drover token create`",
+	droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED: "the token outlived its --ttl; create a new token with `drover token create` " +
+		"(with a longer --ttl if machines take a while to come up)",
+	droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED: "this token was revoked by an operator; " +
+		"ask them for a new one (`drover token create`)",
+	droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP: "the token's --max-uses are spent; " +
+		"create a new token with `drover token create` (with a larger --max-uses for more machines)",
+}
+
+// nodeRevokedHint is the hint for a certificate of a revoked node or one
+// that left the fleet.
+const nodeRevokedHint = "this node was revoked or has left the fleet; to bring the machine back, " +
+	"remove the agent's identity file and enroll it again with a new join token (`drover token create`)"
+
 // toAPIError maps state and server errors to Connect errors with reasons.
 // Errors that already are Connect errors pass through.
 func toAPIError(err error) error {
@@ -104,13 +122,16 @@ func toAPIError(err error) error {
 		code = connect.CodeInvalidArgument
 	case droverv1.ErrorReason_ERROR_REASON_IN_USE:
 		code = connect.CodeFailedPrecondition
-	case droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID:
-		// A join token or node credential the state refused; the
-		// message says which refusal it was and never holds a secret.
-		code = connect.CodeUnauthenticated
-		if errors.Is(err, state.ErrNodeRevoked) {
-			code = connect.CodePermissionDenied
-		}
+	case droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+		droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED,
+		droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED,
+		droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP:
+		// A join token the state refused: each refusal has its reason
+		// and its hint; the message never holds a secret.
+		code, hint = connect.CodeUnauthenticated, joinTokenHints[reason]
+	case droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED:
+		// The caller proved who it is; that node is no longer welcome.
+		code, hint = connect.CodePermissionDenied, nodeRevokedHint
 	case droverv1.ErrorReason_ERROR_REASON_ACL_ALREADY_BOOTSTRAPPED:
 		code = connect.CodeFailedPrecondition
 		hint = "the management token was printed by the first bootstrap; if it is lost, restore access with a new cluster"

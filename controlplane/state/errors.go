@@ -70,13 +70,18 @@ func Reason(err error) droverv1.ErrorReason {
 		return droverv1.ErrorReason_ERROR_REASON_ACL_ALREADY_BOOTSTRAPPED
 	case errors.Is(err, ErrSnapshotInvalid):
 		return droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID
-	case errors.Is(err, ErrTokenInvalid), errors.Is(err, ErrTokenRevoked),
-		errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenUsedUp),
-		errors.Is(err, ErrNodeRevoked):
-		// The wire has one reason for a credential the server will not
-		// accept; the message says which refusal it was. A revoked node's
-		// credential is refused like a token's.
+	case errors.Is(err, ErrTokenInvalid):
+		// An unknown token id and a wrong secret share one reason, as
+		// they share one error.
 		return droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID
+	case errors.Is(err, ErrTokenExpired):
+		return droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED
+	case errors.Is(err, ErrTokenRevoked):
+		return droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED
+	case errors.Is(err, ErrTokenUsedUp):
+		return droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP
+	case errors.Is(err, ErrNodeRevoked):
+		return droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED
 	case errors.Is(err, context.DeadlineExceeded):
 		return droverv1.ErrorReason_ERROR_REASON_TIMEOUT
 	default:

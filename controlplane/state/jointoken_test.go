@@ -236,10 +236,21 @@ func TestJoinTokenReads(t *testing.T) {
 	}
 }
 
+// Each credential refusal has a wire reason of its own.
 func TestReasonTokenErrors(t *testing.T) {
-	for _, err := range []error{state.ErrTokenInvalid, state.ErrTokenRevoked, state.ErrTokenExpired, state.ErrTokenUsedUp, state.ErrNodeRevoked} {
-		if got := state.Reason(fmt.Errorf("x: %w", err)); got != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
-			t.Errorf("Reason(%v) = %v, want TOKEN_INVALID", err, got)
+	tests := []struct {
+		err  error
+		want droverv1.ErrorReason
+	}{
+		{state.ErrTokenInvalid, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID},
+		{state.ErrTokenRevoked, droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED},
+		{state.ErrTokenExpired, droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED},
+		{state.ErrTokenUsedUp, droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP},
+		{state.ErrNodeRevoked, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED},
+	}
+	for _, tt := range tests {
+		if got := state.Reason(fmt.Errorf("x: %w", tt.err)); got != tt.want {
+			t.Errorf("Reason(%v) = %v, want %v", tt.err, got, tt.want)
 		}
 	}
 }

@@ -414,6 +414,29 @@ func (s *Store) Node(id string) (*droverv1.Node, error) {
 	return clone(n), nil
 }
 
+// NodeSummary returns node id's identity and status alone: a Node with
+// only its id, name, site, status, draining and revoked flags and gossip
+// address set, none of its labels, inventory or history. It is for the
+// hot path of agent calls, which check who is calling on every heartbeat
+// and must not copy a whole inventory each time.
+func (s *Store) NodeSummary(id string) (*droverv1.Node, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n, ok := s.t.nodes[id]
+	if !ok {
+		return nil, fmt.Errorf("node %q %w", id, ErrNotFound)
+	}
+	return &droverv1.Node{
+		Id:         n.GetId(),
+		Name:       n.GetName(),
+		Site:       n.GetSite(),
+		Status:     n.GetStatus(),
+		Draining:   n.GetDraining(),
+		Revoked:    n.GetRevoked(),
+		GossipAddr: n.GetGossipAddr(),
+	}, nil
+}
+
 // Nodes returns every node, those that left included, sorted by name
 // (then id, since a name can recur among nodes that left).
 func (s *Store) Nodes() []*droverv1.Node {

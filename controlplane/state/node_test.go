@@ -179,6 +179,13 @@ func TestEnrollNodeTokenChecks(t *testing.T) {
 			},
 		},
 	}
+	// Each refusal has its own wire reason.
+	wantReason := map[error]droverv1.ErrorReason{
+		state.ErrTokenInvalid: droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+		state.ErrTokenRevoked: droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED,
+		state.ErrTokenExpired: droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED,
+		state.ErrTokenUsedUp:  droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP,
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -210,8 +217,8 @@ func TestEnrollNodeTokenChecks(t *testing.T) {
 			if tt.message != "" && err.Error() != tt.message {
 				t.Errorf("message\n got %s\nwant %s", err, tt.message)
 			}
-			if state.Reason(err) != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
-				t.Errorf("Reason = %v", state.Reason(err))
+			if got, want := state.Reason(err), wantReason[tt.want]; got != want {
+				t.Errorf("Reason = %v, want %v", got, want)
 			}
 			if !proto.Equal(before, after) {
 				t.Errorf("a refused enrollment changed the token:\n%v\n%v", before, after)
@@ -365,7 +372,7 @@ func TestRegisterNode(t *testing.T) {
 	}
 	before := f.node("n1")
 	_, err = f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.2", "")
-	if !errors.Is(err, state.ErrNodeRevoked) || state.Reason(err) != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
+	if !errors.Is(err, state.ErrNodeRevoked) || state.Reason(err) != droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED {
 		t.Errorf("register a revoked node = %v", err)
 	}
 	if !proto.Equal(before, f.node("n1")) {
@@ -911,4 +918,37 @@ func TestConcurrentNodeReadsDuringWrites(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// A node's summary carries what an agent call checks, and nothing heavy;
+// the registration's gossip address is stored, and a malformed one is
+// refused without changing the node.
+func TestNodeSummaryAndGossipAddr(t *testing.T) {
+	f := newFixture(t)
+	f.joinToken(joinToken("tok"))
+	f.enroll("n1", nil)
+	inv := &droverv1.NodeInventory{Gpus: []*droverv1.GPUInfo{{Name: "NVIDIA A100", MemoryTotalBytes: 80 << 30}}}
+	if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0", "10.0.0.7:7947"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"10.0.0.7", "10.0.0.7:0", ":7947", "10.0.0.7:70000", "host:port"} {
+		if _, err := f.s.RegisterNode(f.next(), meta("agent"), "n1", inv, "1.0", bad); !errors.Is(err, state.ErrInvalid) || !strings.Contains(err.Error(), "gossip address") {
+			t.Errorf("register with gossip address %q = %v; want ErrInvalid naming the gossip address", bad, err)
+		}
+	}
+	sum, err := f.s.NodeSummary("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := f.node("n1")
+	if sum.GetId() != "n1" || sum.GetName() != full.GetName() || sum.GetSite() != full.GetSite() ||
+		sum.GetStatus() != ready || sum.GetGossipAddr() != "10.0.0.7:7947" || sum.GetRevoked() {
+		t.Errorf("summary = %v; node = %v", sum, full)
+	}
+	if sum.GetInventory() != nil || len(sum.GetHistory()) != 0 || len(sum.GetLabels()) != 0 {
+		t.Errorf("summary carries the heavy fields: %v", sum)
+	}
+	if _, err := f.s.NodeSummary("nope"); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("summary of an unknown node = %v", err)
+	}
 }

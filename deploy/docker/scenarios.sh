@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Container scenarios: builds a static drover and the drover:dev image,
-# makes a cluster CA, starts three servers with compose, waits until they
-# are ready, runs the Go scenario tests of scenarios/container against them,
-# and always tears everything down again (containers, networks, volumes,
-# temporary files), on success, failure or Ctrl-C. On failure it prints the
-# end of every server's log and keeps the full logs with the other failure
-# reports.
+# Container scenarios: builds a static drover and drover-agent, the
+# drover:dev and drover-agent:dev images, makes a cluster CA, starts three
+# servers with compose, waits until they are ready, runs the Go scenario
+# tests of scenarios/container against them (the agent scenario starts its
+# agent containers itself, labelled as part of the compose project), and
+# always tears everything down again (agent and server containers, networks,
+# volumes, temporary files), on success, failure or Ctrl-C. On failure it
+# prints the end of every server's and agent's log and keeps the full logs
+# with the other failure reports.
 #
 #   bash deploy/docker/scenarios.sh [go test flags, e.g. -run TestLeaderKilled]
 #
@@ -17,6 +19,9 @@
 #   DROVER_CLUSTER_SUBNET      the servers' network, /24 (172.28.50.0/24)
 #   DROVER_CLIENT_SUBNET       the API network, /24      (172.28.51.0/24)
 #   DROVER_IMAGE               image to build and run    (drover:dev)
+#   DROVER_AGENT_IMAGE         agent image to build      (drover-agent:dev)
+#   DROVER_SCENARIO_AGENTS     agents the agent scenario starts (20; it kills
+#                              10, or half of them when there are fewer than 20)
 #   DROVER_SCENARIO_ARTIFACTS  failure reports and logs  (bin/scenario-artifacts)
 #   DROVER_SCENARIO_TIMEOUT    go test -timeout          (20m)
 set -euo pipefail
@@ -29,9 +34,14 @@ project=${DROVER_COMPOSE_PROJECT:-drover-scenarios}
 cluster_subnet=${DROVER_CLUSTER_SUBNET:-172.28.50.0/24}
 client_subnet=${DROVER_CLIENT_SUBNET:-172.28.51.0/24}
 image=${DROVER_IMAGE:-drover:dev}
+agent_image=${DROVER_AGENT_IMAGE:-drover-agent:dev}
+agents=${DROVER_SCENARIO_AGENTS:-20}
 artifacts=${DROVER_SCENARIO_ARTIFACTS:-$root/bin/scenario-artifacts}
 test_timeout=${DROVER_SCENARIO_TIMEOUT:-20m}
 servers=(s1 s2 s3)
+# The label every agent container and volume of the agent scenario carries,
+# besides com.docker.compose.project (scenarios/container/agents_test.go).
+agent_label=drover.scenario.agent
 ready_timeout=90 # seconds
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -48,6 +58,8 @@ prefix24() { # 10.1.2.0/24 -> 10.1.2
 cluster_prefix=$(prefix24 "$cluster_subnet" DROVER_CLUSTER_SUBNET)
 client_prefix=$(prefix24 "$client_subnet" DROVER_CLIENT_SUBNET)
 [[ $cluster_prefix != "$client_prefix" ]] || die "DROVER_CLUSTER_SUBNET and DROVER_CLIENT_SUBNET must differ"
+[[ $agents =~ ^[1-9][0-9]{0,2}$ ]] && ((agents >= 2 && agents <= 200)) ||
+  die "DROVER_SCENARIO_AGENTS=$agents: give a number from 2 to 200"
 
 for tool in docker go curl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
@@ -78,12 +90,37 @@ done
 
 compose() { "${compose_cmd[@]}" -p "$project" -f "$compose_file" "$@"; }
 
+# The agent scenario's containers and volumes: made with docker run, not
+# compose, so compose down does not know them (and could not remove the
+# cluster network while they are attached to it).
+agent_filter=(--filter "label=com.docker.compose.project=$project" --filter "label=$agent_label")
+agent_containers() { docker ps -a --format '{{.Names}}' "${agent_filter[@]}" | sort; }
+remove_agents() {
+  local names vols
+  names=$(agent_containers) || return 1
+  if [[ -n $names ]]; then
+    # shellcheck disable=SC2086 # one name a line, none with spaces
+    docker rm -f -v $names >/dev/null || return 1
+  fi
+  vols=$(docker volume ls -q "${agent_filter[@]}") || return 1
+  if [[ -n $vols ]]; then
+    # shellcheck disable=SC2086
+    docker volume rm $vols >/dev/null || return 1
+  fi
+}
+
 print_logs() {
   mkdir -p "$artifacts"
   for s in "${servers[@]}"; do
     compose logs --no-color --timestamps "$s" >"$artifacts/$s.log" 2>&1 || true
     log "last lines of $s's log (all of it: $artifacts/$s.log)"
     tail -n 150 "$artifacts/$s.log" >&2 || true
+  done
+  local a
+  for a in $(agent_containers 2>/dev/null); do
+    docker logs --timestamps "$a" >"$artifacts/$a.log" 2>&1 || true
+    log "last lines of agent $a's log (all of it: $artifacts/$a.log)"
+    tail -n 40 "$artifacts/$a.log" >&2 || true
   done
 }
 
@@ -93,10 +130,11 @@ cleanup() {
   trap - EXIT
   if [[ $compose_used == true ]]; then
     if ((rc != 0)); then
-      log "failed (exit $rc); server logs follow"
+      log "failed (exit $rc); server and agent logs follow"
       print_logs
     fi
-    log "tearing down the cluster"
+    log "tearing down the agents and the cluster"
+    remove_agents || remove_agents || true
     compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 ||
       compose down -v --remove-orphans --timeout 10 || true
     local left
@@ -118,14 +156,17 @@ trap 'exit 143' TERM
 # --- build ----------------------------------------------------------------------
 
 cd "$root"
-log "building a static drover"
+log "building a static drover and drover-agent"
 mkdir -p bin
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/drover ./cmd/drover
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/drover-agent ./cmd/drover-agent
 
-log "building image $image"
-mkdir -p "$work/image/data"
+log "building images $image and $agent_image"
+mkdir -p "$work/image/data" "$work/agent-image/data"
 cp bin/drover "$work/image/drover"
 docker build --quiet -f "$here/Dockerfile" -t "$image" "$work/image" >/dev/null
+cp bin/drover-agent "$work/agent-image/drover-agent"
+docker build --quiet -f "$here/Dockerfile.agent" -t "$agent_image" "$work/agent-image" >/dev/null
 
 log "creating the cluster CA"
 bin/drover tls ca create --dir "$ca_dir" >/dev/null
@@ -140,6 +181,7 @@ fi
 
 compose_used=true
 log "removing what an interrupted earlier run may have left"
+remove_agents >/dev/null 2>&1 || true
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
 log "starting s1 s2 s3 (project $project, networks $cluster_subnet and $client_subnet, ${compose_cmd[*]})"
@@ -188,5 +230,8 @@ DROVER_SCENARIO_CONTAINERS=$(join "${containers[@]}") \
 DROVER_SCENARIO_CLUSTER_IPS=$(join "${ips[@]}") \
 DROVER_SCENARIO_NETWORK=$network \
 DROVER_SCENARIO_ARTIFACTS=$artifacts \
+DROVER_SCENARIO_SERVER_CONFIG=$here/server-scenarios.json \
+DROVER_SCENARIO_AGENT_IMAGE=$agent_image \
+DROVER_SCENARIO_AGENTS=$agents \
   go test -tags docker -count=1 -v -timeout "$test_timeout" ./scenarios/container/... "$@"
 log "container scenarios passed"

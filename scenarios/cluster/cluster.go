@@ -1,6 +1,7 @@
-// Package cluster starts real Drover servers inside one test process, on
-// loopback with real TLS, Raft and Pebble, and injects faults into them:
-// kill, restart, partition, delay. Scenarios build on it.
+// Package cluster starts real Drover servers, and agents that enroll with
+// them, inside one test process, on loopback with real TLS, QUIC, Raft and
+// Pebble, and injects faults into them: kill, restart, partition, delay.
+// Scenarios build on it.
 package cluster
 
 import (
@@ -48,9 +49,14 @@ type Cluster struct {
 	// closed at Shutdown.
 	transport *http.Transport
 
-	mu    sync.Mutex // guards nodes and token
-	nodes []*Node
-	token string
+	mu     sync.Mutex // guards nodes, agents, silent and token
+	nodes  []*Node
+	agents []*Agent
+	token  string
+	// silent holds the API addresses of killed servers: agents' datagrams
+	// to and from them are dropped, so a killed server is as silent to
+	// agents as a dead host, rather than closing their connections.
+	silent map[string]bool
 }
 
 // Node is one server of the cluster; Server is nil while it is killed.
@@ -120,9 +126,9 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 	cfg := server.DefaultConfig()
 	cfg.Name = name
 	cfg.DataDir = filepath.Join(c.dir, name)
-	cfg.APIAddr = "127.0.0.1:0"
-	cfg.RaftAddr = "127.0.0.1:0"
-	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.APIAddr = c.addr(true)
+	cfg.RaftAddr = c.addr(false)
+	cfg.GossipAddr = c.addr(true)
 	cfg.BootstrapExpect = expect
 	cfg.Join = slices.Clone(join)
 	cfg.CACertFile, cfg.CAKeyFile = c.caCert, c.caKey
@@ -139,6 +145,15 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 	c.nodes = append(c.nodes, node)
 	c.mu.Unlock()
 	return node
+}
+
+// addr returns a loopback address with a free port; see pickPort.
+func (c *Cluster) addr(withUDP bool) string {
+	port, err := pickPort(withUDP)
+	if err != nil {
+		c.t.Fatalf("cluster: %v", err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 // start runs the node's server and records its resolved addresses, so a
@@ -208,17 +223,35 @@ func (c *Cluster) WaitLeader(ctx context.Context) (*Node, error) {
 	}
 }
 
-// Kill stops a node abruptly: no leave, no drain, connections cut.
+// Kill stops a node abruptly: no leave, no drain, connections cut, and no
+// word to its agents, whose calls go unanswered as they would to a dead
+// host.
 func (c *Cluster) Kill(n *Node) {
 	n.mu.Lock()
 	s := n.srv
 	n.srv = nil
 	n.mu.Unlock()
 	if s != nil {
+		c.setSilent(n.APIAddr(), true)
 		c.Net.Kill(n.Name)
 		s.Kill()
 		c.Net.Revive(n.Name)
 	}
+}
+
+func (c *Cluster) setSilent(apiAddr string, silent bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.silent == nil {
+		c.silent = map[string]bool{}
+	}
+	c.silent[apiAddr] = silent
+}
+
+func (c *Cluster) isSilent(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.silent[addr]
 }
 
 // Restart starts a killed node again from the same data dir and ports.
@@ -230,6 +263,7 @@ func (c *Cluster) Restart(n *Node) error {
 	var err error
 	for range 50 {
 		if err = c.start(n); err == nil {
+			c.setSilent(n.APIAddr(), false)
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -261,8 +295,10 @@ func (c *Cluster) Heal() { c.Net.Heal() }
 // removes it.
 func (c *Cluster) Delay(a, b *Node, d time.Duration) { c.Net.SetDelay(a.Name, b.Name, d) }
 
-// Shutdown stops every running node. Idempotent; runs at test cleanup.
+// Shutdown stops every agent, then every running node. Idempotent; runs
+// at test cleanup.
 func (c *Cluster) Shutdown() {
+	c.stopAgents()
 	var wg sync.WaitGroup
 	for _, n := range c.Nodes() {
 		wg.Add(1)
@@ -287,6 +323,8 @@ type Clients struct {
 	ACL     droverv1connect.ACLServiceClient
 	Audit   droverv1connect.AuditServiceClient
 	Cluster droverv1connect.ClusterServiceClient
+	Tokens  droverv1connect.TokenServiceClient
+	Nodes   droverv1connect.NodeServiceClient
 }
 
 // Client returns API clients that talk to node n with the cluster's token.
@@ -311,6 +349,8 @@ func (c *Cluster) Client(n *Node, stale bool) *Clients {
 		ACL:     droverv1connect.NewACLServiceClient(hc, base, opts),
 		Audit:   droverv1connect.NewAuditServiceClient(hc, base, opts),
 		Cluster: droverv1connect.NewClusterServiceClient(hc, base, opts),
+		Tokens:  droverv1connect.NewTokenServiceClient(hc, base, opts),
+		Nodes:   droverv1connect.NewNodeServiceClient(hc, base, opts),
 	}
 }
 

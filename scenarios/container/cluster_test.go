@@ -280,6 +280,8 @@ type api struct {
 	model   droverv1connect.ModelServiceClient
 	acl     droverv1connect.ACLServiceClient
 	cluster droverv1connect.ClusterServiceClient
+	node    droverv1connect.NodeServiceClient
+	token   droverv1connect.TokenServiceClient
 }
 
 // client returns clients of s on the cluster's shared connections, with
@@ -305,6 +307,8 @@ func (c *cluster) clientWith(hc *http.Client, s *server, stale bool) *api {
 		model:   droverv1connect.NewModelServiceClient(hc, base, opts),
 		acl:     droverv1connect.NewACLServiceClient(hc, base, opts),
 		cluster: droverv1connect.NewClusterServiceClient(hc, base, opts),
+		node:    droverv1connect.NewNodeServiceClient(hc, base, opts),
+		token:   droverv1connect.NewTokenServiceClient(hc, base, opts),
 	}
 }
 
@@ -478,10 +482,22 @@ func (c *cluster) waitCaughtUp(ctx context.Context, s *server, bound time.Durati
 // docker runs a docker command and logs it with its output.
 func docker(ctx context.Context, t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	return dockerEnv(ctx, t, nil, args...)
+}
+
+// dockerEnv is docker with env added to the docker command's environment,
+// for values that must not show on its command line or in the log (a
+// join token, passed on with `docker run -e NAME`).
+func dockerEnv(ctx context.Context, t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
 	defer cancel()
 	start := time.Now()
-	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	out, err := cmd.CombinedOutput()
 	text := strings.TrimSpace(string(out))
 	shown := text
 	if len(shown) > 200 {

@@ -1,7 +1,9 @@
 // Package container drives the container tier: scenario tests that kill,
 // restart and partition real drover servers running in Docker containers,
 // and check with package linearize that clients never saw a
-// non-linearizable registry.
+// non-linearizable registry; and one that kills and restarts drover-agent
+// containers and checks that the leader marks exactly those nodes DOWN
+// within their heartbeat TTL, and READY again as the same nodes.
 //
 // The tests carry the build tag "docker" and need the cluster and the
 // environment that deploy/docker/scenarios.sh sets up; run that script
@@ -16,8 +18,19 @@
 //	DROVER_SCENARIO_CLUSTER_IPS   name=address on the servers' own network, comma-separated
 //	DROVER_SCENARIO_NETWORK       the docker network the servers talk over
 //	DROVER_SCENARIO_ARTIFACTS     where to write failure reports (optional)
+//	DROVER_SCENARIO_SERVER_CONFIG the servers' --config file, for their heartbeat timing
+//	DROVER_SCENARIO_AGENT_IMAGE   the drover-agent image (the agent scenario skips without it)
+//	DROVER_SCENARIO_AGENTS        how many agents the agent scenario starts (default 20)
 //
 // The servers have two networks: they talk to each other over one, which
 // the partition scenario disconnects, and the tests reach their API over
 // the other, so an isolated server can still be asked what it thinks.
+//
+// The agent scenario makes a join token with the management token and
+// starts its agents itself with `docker run`, on the servers' network (the
+// one the servers' certificates and advertised API addresses are for),
+// each with a named volume for its identity. Their containers and volumes
+// carry the compose project's label and "drover.scenario.agent"; the test
+// removes them when it passes and stops them when it fails, and
+// scenarios.sh prints their logs and removes them in any case.
 package container

@@ -1,0 +1,320 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/quic-go/quic-go"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/internal/faultnet"
+	"github.com/droverhq/drover/internal/logging"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+)
+
+// AgentOptions shape the agents StartAgents starts.
+type AgentOptions struct {
+	// Prefix names the agents: Prefix + "-01", Prefix + "-02", …; default
+	// "agent".
+	Prefix string
+	// Site returns the site of the i-th agent (from 0); nil puts them all
+	// in "site-a".
+	Site func(i int) string
+	// Labels are asked for by every agent.
+	Labels map[string]string
+	// Configure, when set, adjusts each agent's config before it starts.
+	Configure func(*agent.Config)
+}
+
+// Agent is one drover-agent running in the test process, with real QUIC,
+// mutual TLS and its identity in its own data directory. Its QUIC traffic
+// goes through a socket the scenario can cut (Partition). Methods are safe
+// for concurrent use.
+type Agent struct {
+	Name string
+	c    *Cluster
+	cfg  agent.Config
+	// blocked cuts the agent's QUIC traffic to and from every server.
+	blocked atomic.Bool
+
+	mu     sync.Mutex // guards the fields below
+	ag     *agent.Agent
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the running agent's Run returned
+	runErr error
+}
+
+// StartAgents creates a join token for n agents and starts them; it
+// returns once every agent has started (not once they are ready: see
+// WaitNodes). Agents stop before the servers do at Shutdown.
+func (c *Cluster) StartAgents(ctx context.Context, n int, opts AgentOptions) ([]*Agent, error) {
+	if opts.Prefix == "" {
+		opts.Prefix = "agent"
+	}
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := c.Client(leader, false).Tokens.CreateToken(ctx, connect.NewRequest(&droverv1.CreateTokenRequest{
+		Description: "scenario agents " + opts.Prefix,
+		Ttl:         durationpb.New(time.Hour),
+		MaxUses:     uint32(n),
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("create join token: %w", err)
+	}
+	agents := make([]*Agent, n)
+	for i := range agents {
+		cfg := c.AgentConfig(fmt.Sprintf("%s-%02d", opts.Prefix, i+1), tok.Msg.GetTokenString())
+		cfg.Labels = maps.Clone(opts.Labels)
+		if opts.Site != nil {
+			cfg.Site = opts.Site(i)
+		}
+		if opts.Configure != nil {
+			opts.Configure(&cfg)
+		}
+		a := &Agent{Name: cfg.Name, c: c}
+		cfg.DialQUIC = a.dialQUIC
+		a.cfg = cfg
+		agents[i] = a
+	}
+	c.mu.Lock()
+	c.agents = append(c.agents, agents...)
+	c.mu.Unlock()
+	for _, a := range agents {
+		if err := a.Start(); err != nil {
+			return nil, err
+		}
+	}
+	return agents, nil
+}
+
+// AgentConfig returns the config of an agent called name that enrolls
+// with token (if it has no identity yet) at every server of the cluster,
+// keeps its data in a directory of its own, and is in site "site-a". It
+// is what StartAgents runs; scenarios that run an agent themselves start
+// from it.
+func (c *Cluster) AgentConfig(name, token string) agent.Config {
+	cfg := agent.DefaultConfig()
+	cfg.Name = name
+	for _, node := range c.Nodes() {
+		cfg.Servers = append(cfg.Servers, node.APIAddr())
+	}
+	cfg.Token = token
+	cfg.DataDir = filepath.Join(c.dir, "agents", name)
+	cfg.Site = "site-a"
+	// Every agent of the process gets a pool port of its own.
+	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.Logger = logging.TestLogger(c.t).With("agent", name)
+	return cfg
+}
+
+// Agents returns every agent started, running or not.
+func (c *Cluster) Agents() []*Agent {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.agents)
+}
+
+// Start runs the agent (again). After the first start it has an identity
+// on disk, and it runs from that, without the join token.
+func (a *Agent) Start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done != nil {
+		select {
+		case <-a.done:
+		default:
+			return fmt.Errorf("start agent %s: it is running", a.Name)
+		}
+	}
+	ag, err := agent.New(a.cfg)
+	if err != nil {
+		return fmt.Errorf("start agent %s: %w", a.Name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	a.ag, a.cancel, a.done, a.runErr = ag, cancel, done, nil
+	go func() {
+		defer close(done)
+		err := ag.Run(ctx)
+		a.mu.Lock()
+		a.runErr = err
+		a.mu.Unlock()
+	}()
+	return nil
+}
+
+// Kill stops the agent as a crash would look to the control plane: its
+// QUIC traffic stops at once and nothing more reaches the servers (its
+// site pool is still told goodbye, as on a SIGTERM, which takes up to a
+// second). It returns when the agent has stopped. The identity stays on
+// disk, so Start brings the same node back.
+func (a *Agent) Kill() {
+	a.mu.Lock()
+	cancel, done := a.cancel, a.done
+	a.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	a.blocked.Store(true)
+	cancel()
+	<-done
+	a.blocked.Store(false)
+}
+
+// Partition cuts the agent off from every server (its QUIC datagrams are
+// dropped both ways) while it keeps running; Heal reconnects it.
+func (a *Agent) Partition() { a.blocked.Store(true) }
+
+// Heal undoes Partition.
+func (a *Agent) Heal() { a.blocked.Store(false) }
+
+// Status is what the running (or last run) agent reports.
+func (a *Agent) Status() agent.Status {
+	a.mu.Lock()
+	ag := a.ag
+	a.mu.Unlock()
+	if ag == nil {
+		return agent.Status{}
+	}
+	return ag.Status()
+}
+
+// Err is why the agent's last run ended: nil while it runs, after a
+// Kill, or after a clean stop.
+func (a *Agent) Err() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.runErr
+}
+
+// NodeID is the node id the agent enrolled as, "" before it has.
+func (a *Agent) NodeID() string { return a.Status().NodeID }
+
+// dialQUIC opens a QUIC connection from a socket of its own that Partition
+// can cut. The socket lives as long as the connection.
+func (a *Agent) dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, qc *quic.Config) (*quic.Conn, error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	pc := faultnet.NewPacketConn(udp, func(peer net.Addr) bool {
+		return a.blocked.Load() || a.c.isSilent(peer.String())
+	})
+	tr := &quic.Transport{Conn: pc}
+	conn, err := tr.DialEarly(ctx, raddr, tlsConf, qc)
+	if err != nil {
+		tr.Close()
+		pc.Close()
+		return nil, err
+	}
+	go func() {
+		<-conn.Context().Done()
+		tr.Close()
+		pc.Close()
+	}()
+	return conn, nil
+}
+
+// stopAgents stops every agent, all at once.
+func (c *Cluster) stopAgents() {
+	var wg sync.WaitGroup
+	for _, a := range c.Agents() {
+		wg.Go(a.Kill)
+	}
+	wg.Wait()
+}
+
+// NodeStatuses returns each node's status by node id, read from the
+// established leader's state.
+func (c *Cluster) NodeStatuses(ctx context.Context) (map[string]droverv1.NodeStatus, error) {
+	l, err := c.WaitLeader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]droverv1.NodeStatus{}
+	for _, n := range l.Server().State().Nodes() {
+		out[n.GetId()] = n.GetStatus()
+	}
+	return out, nil
+}
+
+// WaitNodes waits until every node id in ids has status want in the
+// leader's state, and returns how long that took.
+func (c *Cluster) WaitNodes(ctx context.Context, want droverv1.NodeStatus, ids ...string) (time.Duration, error) {
+	start := time.Now()
+	for {
+		st, err := c.NodeStatuses(ctx)
+		if err != nil {
+			return 0, err
+		}
+		var missing []string
+		for _, id := range ids {
+			if st[id] != want {
+				missing = append(missing, fmt.Sprintf("%s=%s", id, st[id]))
+			}
+		}
+		if len(missing) == 0 {
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%d of %d nodes are not %s: %v: %w", len(missing), len(ids), want, missing, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// WaitAgentsEnrolled waits until every agent has a node id.
+func WaitAgentsEnrolled(ctx context.Context, agents []*Agent) ([]string, error) {
+	ids := make([]string, len(agents))
+	for i, a := range agents {
+		for ids[i] = a.NodeID(); ids[i] == ""; ids[i] = a.NodeID() {
+			if err := a.Err(); err != nil {
+				return nil, fmt.Errorf("agent %s stopped: %w", a.Name, err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, errors.Join(fmt.Errorf("agent %s did not enroll", a.Name), ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return ids, nil
+}
+
+// DownTransitions returns, for every node of the leader's state, the
+// times it was marked DOWN at a Raft index after since, from the nodes'
+// status histories. Scenarios use it to prove that no node was wrongly
+// marked down, however briefly.
+func (c *Cluster) DownTransitions(ctx context.Context, since uint64) (map[string]int, error) {
+	l, err := c.WaitLeader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, n := range l.Server().State().Nodes() {
+		for _, h := range n.GetHistory() {
+			if h.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN && h.GetIndex() > since {
+				out[n.GetId()]++
+			}
+		}
+	}
+	return out, nil
+}
