@@ -95,7 +95,7 @@ func (a *Agent) clusterInfo(ctx context.Context, tr *http3.Transport, addr strin
 	if err != nil {
 		return nil, nil, fmt.Errorf("get cluster info from %s: %w", addr, err)
 	}
-	ca, err := parseCertPEM(resp.Msg.GetCaPem())
+	ca, err := pki.ParseCertPEM(resp.Msg.GetCaPem())
 	if err == nil && !ca.IsCA {
 		err = errors.New("not a CA certificate")
 	}
@@ -134,7 +134,7 @@ func (a *Agent) enrollWith(ctx context.Context, tr *http3.Transport, addr string
 	}
 	m := resp.Msg
 	node := m.GetNode()
-	leaf, err := parseCertPEM(m.GetCertificatePem())
+	leaf, err := pki.ParseCertPEM(m.GetCertificatePem())
 	if err == nil {
 		err = checkNodeCert(leaf, ca, &key.PublicKey, node.GetId())
 	}

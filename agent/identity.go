@@ -92,11 +92,11 @@ func parseIdentity(data []byte) (*identity, error) {
 	if f.NodeID == "" {
 		return nil, errors.New("no node id")
 	}
-	ca, err := parseCertPEM([]byte(f.CAPEM))
+	ca, err := pki.ParseCertPEM([]byte(f.CAPEM))
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %v", err)
 	}
-	leaf, err := parseCertPEM([]byte(f.CertificatePEM))
+	leaf, err := pki.ParseCertPEM([]byte(f.CertificatePEM))
 	if err != nil {
 		return nil, fmt.Errorf("node certificate: %v", err)
 	}
@@ -192,20 +192,6 @@ func newNodeKey(name string) (*ecdsa.PrivateKey, []byte, error) {
 
 func certPEM(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-// parseCertPEM returns the first certificate in data.
-func parseCertPEM(data []byte) (*x509.Certificate, error) {
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			return nil, errors.New("no PEM certificate")
-		}
-		if block.Type == "CERTIFICATE" {
-			return x509.ParseCertificate(block.Bytes)
-		}
-	}
 }
 
 // parseKeyPEM returns the ECDSA P-256 key in data.

@@ -3,7 +3,6 @@ package agent
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/droverhq/drover/internal/apierror"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -78,23 +78,6 @@ func pinnedTLS(ca *x509.Certificate, getCert func(*tls.CertificateRequestInfo) (
 	}
 }
 
-// errorDetail returns the connect error in err and the ErrorDetail the
-// server attached to it, either of which may be nil.
-func errorDetail(err error) (*connect.Error, *droverv1.ErrorDetail) {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return nil, nil
-	}
-	for _, d := range ce.Details() {
-		if v, err := d.Value(); err == nil {
-			if ed, ok := v.(*droverv1.ErrorDetail); ok {
-				return ce, ed
-			}
-		}
-	}
-	return ce, nil
-}
-
 // serverWords is what a server said in a refusal, for error messages.
 func serverWords(ce *connect.Error) string {
 	if m := ce.Message(); m != "" {
@@ -132,7 +115,7 @@ func tokenRefusal(reason droverv1.ErrorReason, addr string) (hint string, kind e
 // token wraps ErrTokenRefused and, when the server said which refusal it
 // was, that refusal's own error (ErrTokenExpired, …).
 func enrollRefusal(addr string, tok jointoken.Token, maybeEnrolled bool, err error) error {
-	ce, detail := errorDetail(err)
+	ce, detail := apierror.Detail(err)
 	if ce == nil {
 		return nil
 	}
@@ -180,7 +163,7 @@ func enrollRefusal(addr string, tok jointoken.Token, maybeEnrolled bool, err err
 // because an agent that gives up stays down until someone restarts it.
 // idPath names the identity file for the advice.
 func sessionRefusal(op, addr, nodeID, idPath string, err error) error {
-	ce, detail := errorDetail(err)
+	ce, detail := apierror.Detail(err)
 	if ce == nil {
 		return nil
 	}

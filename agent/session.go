@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/droverhq/drover/internal/pki"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -404,7 +405,7 @@ func (s *session) renew(ctx context.Context, c droverv1connect.AgentServiceClien
 	if err != nil {
 		return s.callError("renew certificate", addr, err)
 	}
-	leaf, err := parseCertPEM(resp.Msg.GetCertificatePem())
+	leaf, err := pki.ParseCertPEM(resp.Msg.GetCertificatePem())
 	if err == nil {
 		err = checkNodeCert(leaf, s.id.CA, &key.PublicKey, s.id.NodeID)
 	}

@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"github.com/droverhq/drover/internal/apierror"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -114,16 +115,8 @@ func renderError(w io.Writer, err error, target ClientConfig) int {
 // serverDetail returns the ErrorDetail the server attaches to its errors, or
 // nil when the error came from elsewhere (a proxy, the transport).
 func serverDetail(cerr *connect.Error) *droverv1.ErrorDetail {
-	for _, d := range cerr.Details() {
-		v, err := d.Value()
-		if err != nil {
-			continue
-		}
-		if ed, ok := v.(*droverv1.ErrorDetail); ok {
-			return ed
-		}
-	}
-	return nil
+	_, d := apierror.Detail(cerr)
+	return d
 }
 
 // dialError returns the error that kept the command from opening a

@@ -84,6 +84,18 @@ func stateIndex(t *testing.T, c *cluster.Cluster) uint64 {
 	return l.Server().State().Index()
 }
 
+// leaderTerm is the established leader's Raft term.
+func leaderTerm(t *testing.T, c *cluster.Cluster) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Server().Raft().CurrentTerm()
+}
+
 // assertNoDown fails if any node but those in except was marked DOWN after
 // index since.
 func assertNoDown(t *testing.T, c *cluster.Cluster, since uint64, except ...string) {
@@ -109,6 +121,7 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 	since := stateIndex(t, c)
 
 	killed, killedIDs := agents[:10], ids[:10]
+	term := leaderTerm(t, c)
 	killedAt := time.Now()
 	var wg sync.WaitGroup
 	for _, a := range killed {
@@ -122,10 +135,18 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	elapsed := time.Since(killedAt)
-	t.Logf("all 10 killed agents marked down %s after the kills (bound %s)", elapsed.Round(time.Millisecond), downBound)
-	if elapsed > downBound {
+	bound := downBound
+	if now := leaderTerm(t, c); now != term {
+		// A new term (an election on a starved machine, say) gives every
+		// node a fresh TTL plus the leader grace; that is the rule, and
+		// the bound follows it.
+		bound += time.Duration(float64(scenarioTTL)*1.1) + scenarioGrace
+		t.Logf("leadership changed during the scenario (term %d to %d): bound %s", term, now, bound)
+	}
+	t.Logf("all 10 killed agents marked down %s after the kills (bound %s)", elapsed.Round(time.Millisecond), bound)
+	if elapsed > bound {
 		t.Errorf("killed agents were marked down after %s (waited %s), later than TTL %s with jitter and slack allows (%s)",
-			elapsed, took, scenarioTTL, downBound)
+			elapsed, took, scenarioTTL, bound)
 	}
 	assertNoDown(t, c, since, killedIDs...)
 

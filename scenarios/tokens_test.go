@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/internal/apierror"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -203,7 +204,7 @@ func TestForeignCertificateIsRefused(t *testing.T) {
 	if err == nil {
 		t.Fatal("a heartbeat with another cluster's certificate was answered")
 	}
-	if _, detail := errorDetailOf(err); detail != nil {
+	if _, detail := apierror.Detail(err); detail != nil {
 		t.Errorf("another cluster's certificate got as far as the API (reason %s); want it refused at the TLS handshake", detail.GetReason())
 	}
 	t.Logf("another cluster's certificate: %v", err)
@@ -212,23 +213,7 @@ func TestForeignCertificateIsRefused(t *testing.T) {
 	}
 
 	err = heartbeat(c.CA, "n-unknown00001")
-	if _, detail := errorDetailOf(err); detail.GetReason() != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
+	if _, detail := apierror.Detail(err); detail.GetReason() != droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID {
 		t.Errorf("heartbeat of an unknown node: %v; want reason TOKEN_INVALID", err)
 	}
-}
-
-// errorDetailOf returns the Connect error in err and its ErrorDetail.
-func errorDetailOf(err error) (*connect.Error, *droverv1.ErrorDetail) {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return nil, nil
-	}
-	for _, d := range ce.Details() {
-		if v, err := d.Value(); err == nil {
-			if ed, ok := v.(*droverv1.ErrorDetail); ok {
-				return ce, ed
-			}
-		}
-	}
-	return ce, nil
 }

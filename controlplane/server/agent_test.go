@@ -9,7 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/server"
+	"github.com/droverhq/drover/internal/apierror"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -424,18 +424,8 @@ func TestEnrollRefusals(t *testing.T) {
 
 // hintOf returns the hint of the ErrorDetail in err, or "".
 func hintOf(err error) string {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return ""
-	}
-	for _, d := range ce.Details() {
-		if v, derr := d.Value(); derr == nil {
-			if ed, ok := v.(*droverv1.ErrorDetail); ok {
-				return ed.GetHint()
-			}
-		}
-	}
-	return ""
+	_, d := apierror.Detail(err)
+	return d.GetHint()
 }
 
 // A node certificate the cluster no longer accepts is refused with a

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net/http"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/droverhq/drover/controlplane/server"
+	"github.com/droverhq/drover/internal/apierror"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 	"github.com/droverhq/drover/scenarios/cluster"
@@ -69,20 +69,7 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 // ERROR_REASON_UNSPECIFIED when it carries none.
 func reasonOf(t *testing.T, err error) droverv1.ErrorReason {
 	t.Helper()
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED
-	}
-	for _, d := range ce.Details() {
-		v, derr := d.Value()
-		if derr != nil {
-			t.Fatalf("undecodable error detail %q: %v", d.Type(), derr)
-		}
-		if ed, ok := v.(*droverv1.ErrorDetail); ok {
-			return ed.GetReason()
-		}
-	}
-	return droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED
+	return apierror.Reason(err)
 }
 
 // wantErr fails unless err has the Connect code and Drover reason given.

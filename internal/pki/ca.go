@@ -103,7 +103,7 @@ func loadCA(certFile, keyFile string, now time.Time) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read key: %w", err)
 	}
-	cert, err := parseCertPEM(certPEM)
+	cert, err := ParseCertPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("certificate %s: %w", certFile, err)
 	}

@@ -85,8 +85,9 @@ func loadCertKeyFiles(certFile, keyFile string) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
 }
 
-// parseCertPEM returns the first CERTIFICATE block in data, parsed.
-func parseCertPEM(data []byte) (*x509.Certificate, error) {
+// ParseCertPEM returns the first CERTIFICATE block in data, parsed; data
+// without one is ErrNotPEM.
+func ParseCertPEM(data []byte) (*x509.Certificate, error) {
 	for rest := data; ; {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)

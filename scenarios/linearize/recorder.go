@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/anishathalye/porcupine"
 
+	"github.com/droverhq/drover/internal/apierror"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -95,22 +96,7 @@ func notForwarded(msg string) bool {
 
 // Reason returns the stable reason carried in a Drover API error's
 // details, or ERROR_REASON_UNSPECIFIED when err carries none.
-func Reason(err error) droverv1.ErrorReason {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED
-	}
-	for _, d := range ce.Details() {
-		v, derr := d.Value()
-		if derr != nil {
-			continue
-		}
-		if ed, ok := v.(*droverv1.ErrorDetail); ok {
-			return ed.GetReason()
-		}
-	}
-	return droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED
-}
+func Reason(err error) droverv1.ErrorReason { return apierror.Reason(err) }
 
 // Finish records the end of a call started with [Recorder.Begin]: its
 // output when err is nil, else the error, which the recorder classifies.

@@ -2,15 +2,13 @@ package process_test
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
-
+	"github.com/droverhq/drover/internal/apierror"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/scenarios/process"
 )
@@ -153,7 +151,7 @@ func benchEnroll(b *testing.B, servers int) {
 		b.Fatal(err)
 	}
 	_, _, err = simEnroll(ctx, addr, tok, "one-too-many", extra, inv)
-	if r := reasonOf(err); r != droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP {
+	if r := apierror.Reason(err); r != droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP {
 		b.Fatalf("enrollment %d with a token of max_uses %d: got %v (reason %v), want a refusal as used up", agents+1, agents, err, r)
 	}
 
@@ -212,23 +210,6 @@ func makeKeys(n int, prefix string) ([]simKey, error) {
 		return err
 	})
 	return keys, err
-}
-
-// reasonOf returns the Drover reason of a Connect error, or
-// ERROR_REASON_UNSPECIFIED.
-func reasonOf(err error) droverv1.ErrorReason {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED
-	}
-	for _, d := range ce.Details() {
-		if v, err := d.Value(); err == nil {
-			if ed, ok := v.(*droverv1.ErrorDetail); ok {
-				return ed.GetReason()
-			}
-		}
-	}
-	return droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED
 }
 
 func uniq(ss []string) int {

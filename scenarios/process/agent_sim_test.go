@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -137,7 +136,7 @@ func simEnroll(ctx context.Context, addr string, tok jointoken.Token, name strin
 	if err != nil {
 		return nil, tm, fmt.Errorf("enroll %s: get cluster info: %w", name, err)
 	}
-	ca, err := firstCert(info.Msg.GetCaPem())
+	ca, err := pki.ParseCertPEM(info.Msg.GetCaPem())
 	if err != nil {
 		return nil, tm, fmt.Errorf("enroll %s: cluster CA: %w", name, err)
 	}
@@ -160,7 +159,7 @@ func simEnroll(ctx context.Context, addr string, tok jointoken.Token, name strin
 		return nil, tm, fmt.Errorf("enroll %s: %w", name, err)
 	}
 	node := res.Msg.GetNode()
-	leaf, err := firstCert(res.Msg.GetCertificatePem())
+	leaf, err := pki.ParseCertPEM(res.Msg.GetCertificatePem())
 	if err == nil {
 		err = checkSimCert(leaf, ca, &k.key.PublicKey, node.GetId())
 	}
@@ -195,19 +194,6 @@ func checkSimCert(leaf, ca *x509.Certificate, pub *ecdsa.PublicKey, id string) e
 		return errors.New("certificate is not for the agent's key")
 	}
 	return nil
-}
-
-func firstCert(data []byte) (*x509.Certificate, error) {
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			return nil, errors.New("no PEM certificate")
-		}
-		if block.Type == "CERTIFICATE" {
-			return x509.ParseCertificate(block.Bytes)
-		}
-	}
 }
 
 // openSession opens the agent's session transport, authenticated by its

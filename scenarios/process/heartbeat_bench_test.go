@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/droverhq/drover/internal/pki"
 	"github.com/droverhq/drover/scenarios/process"
 )
 
@@ -262,7 +263,7 @@ func clusterCA(c *process.Cluster) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return firstCert(raw)
+	return pki.ParseCertPEM(raw)
 }
 
 // measure runs workers goroutines calling call, for -hb.warmup and until
