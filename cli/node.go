@@ -289,6 +289,7 @@ func nodeView(w io.Writer, n *droverv1.Node, now time.Time) {
 	}
 	field(w, "Status", status)
 	field(w, "Site", n.GetSite())
+	field(w, "Site pool", n.GetGossipAddr())
 	field(w, "Labels", formatPairs(n.GetLabels(), formatString))
 	field(w, "Agent version", n.GetAgentVersion())
 	enrolled := formatTimeAge(n.GetEnrollTime(), now)

@@ -34,7 +34,7 @@ func testNodes() []*droverv1.Node {
 	return []*droverv1.Node{
 		{
 			Id: "3f9a2c7e41d04b8e", Name: "gpu-01", Labels: map[string]string{"pool": "training", "zone": "b"},
-			Site: "dc-west", Status: ready, Draining: true, AgentVersion: "0.4.1", TokenId: "tok1",
+			Site: "dc-west", GossipAddr: "10.0.4.11:7947", Status: ready, Draining: true, AgentVersion: "0.4.1", TokenId: "tok1",
 			EnrollTime: ago(3 * time.Hour), CreateIndex: 5, ModifyIndex: 9,
 			History: []*droverv1.NodeStatusChange{
 				{Status: initializing, Time: ago(3 * time.Hour), Reason: `enrolled with join token "tok1"`, Index: 5},
@@ -187,6 +187,7 @@ func TestNodeShow(t *testing.T) {
 ID:             3f9a2c7e41d04b8e
 Status:         ready, draining since 2026-03-01T10:30:00Z (1h ago)
 Site:           dc-west
+Site pool:      10.0.4.11:7947
 Labels:         pool=training, zone=b
 Agent version:  0.4.1
 Enrolled:       2026-03-01T09:00:00Z (3h ago) with join token tok1
