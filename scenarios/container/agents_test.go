@@ -160,6 +160,13 @@ func TestAgentsKilled(t *testing.T) {
 	}
 	t.Logf("all %d agents READY %s after the last docker run; %d nodes in the cluster",
 		n, time.Since(started).Round(time.Millisecond), len(nodes))
+	for i, a := range agents {
+		nd := nodes[a.id]
+		if nd.GetSite() != agentSite(i) || nd.GetGossipAddr() == "" {
+			t.Errorf("node %s: site %q, site pool address %q; want site %s and the address its pool listens on",
+				a.name, nd.GetSite(), nd.GetGossipAddr(), agentSite(i))
+		}
+	}
 	tracked := len(nodes)
 	ids := map[string]string{} // name -> id
 	for _, a := range agents {
@@ -423,13 +430,19 @@ func (c *cluster) startAgents(ctx context.Context, t *testing.T, image, token st
 			"--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
 			"--volume", a.volume+":"+agentDataDir,
 			"--env", "DROVER_TOKEN", // the value comes from docker's environment, not its command line
-			image, "--name", a.name)
+			image, "--name", a.name,
+			// Two sites: each forms a site gossip pool over the cluster
+			// network, encrypted, as agents on real machines do.
+			"--site", agentSite(i))
 		args = append(args, servers...)
 		if _, err := dockerEnv(ctx, t, []string{"DROVER_TOKEN=" + token}, args...); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
+
+// agentSite is the site of the i-th agent (from 0).
+func agentSite(i int) string { return []string{"site-a", "site-b"}[i%2] }
 
 // agentContainers lists the names of this project's agent containers.
 func (c *cluster) agentContainers(ctx context.Context, t *testing.T) []string {
