@@ -53,11 +53,7 @@ TARGET is the object acted on, such as model/resnet or model/resnet@prod;
   drover audit ls --after 812 --index 812 --wait 5m`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}

@@ -29,6 +29,7 @@ const devAgentReadyTimeout = 30 * time.Second
 // devFleet is the local agents `drover dev` runs in its own process.
 type devFleet struct {
 	agents []*agent.Agent
+	names  []string // of agents, in order: an agent that never enrolled has none in its status
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -79,6 +80,7 @@ func startDevAgents(ctx context.Context, cl *clients, apiAddr, dir string, n int
 			return nil, fmt.Errorf("dev agent %s: %w", cfg.Name, err)
 		}
 		f.agents = append(f.agents, a)
+		f.names = append(f.names, cfg.Name)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
@@ -100,13 +102,13 @@ func (f *devFleet) waitReady(ctx context.Context) (ready int, err error) {
 	for {
 		ready = 0
 		var errs []error
-		for _, a := range f.agents {
+		for i, a := range f.agents {
 			st := a.Status()
 			switch {
 			case st.State == agent.StateReady:
 				ready++
 			case st.State == agent.StateStopped && st.Err != nil:
-				errs = append(errs, fmt.Errorf("agent %s: %w", st.Name, st.Err))
+				errs = append(errs, fmt.Errorf("agent %s: %w", f.names[i], st.Err))
 			}
 		}
 		if ready+len(errs) == len(f.agents) || time.Now().After(deadline) {

@@ -159,6 +159,17 @@ func addReadFlags(cmd *cobra.Command, g *globals, q *queryFlags) {
 	}
 }
 
+// readClients checks a read command's query flags and returns the API
+// clients with the query options, as every read command begins.
+func (g *globals) readClients(cmd *cobra.Command, q *queryFlags) (*clients, *droverv1.QueryOptions, error) {
+	opts, err := q.options(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := g.clients()
+	return c, opts, err
+}
+
 // options turns the flags into the request's QueryOptions, nil when the
 // read should not block.
 func (q *queryFlags) options(cmd *cobra.Command) (*droverv1.QueryOptions, error) {

@@ -106,11 +106,7 @@ pass it to --index to wait until the registry changes.`,
   drover model ls --index 40 --wait 1m`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}
@@ -153,11 +149,7 @@ use ` + "`drover model version ls NAME -o json`" + `.`,
   drover model show resnet -o json`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}

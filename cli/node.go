@@ -153,13 +153,11 @@ Columns:
 					return usageErr(cmd, fmt.Errorf("--min-gpu-memory %s: %w", minGPUMemory, err))
 				}
 			}
-			if req.Options, err = q.options(cmd); err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}
+			req.Options = opts
 			resp, err := c.node.ListNodes(cmd.Context(), connect.NewRequest(req))
 			if err != nil {
 				return err
@@ -261,11 +259,7 @@ NODE is the node's name or its full ID.`,
   drover node show gpu-01 -o json | jq '.node.inventory.gpus'`,
 		Args: exactArgs("NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}

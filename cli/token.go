@@ -172,11 +172,7 @@ Columns:
   drover token ls -o json | jq -r '.tokens[] | select(.revoked | not) | .id'`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}

@@ -199,11 +199,7 @@ show prints it whole), size, format and the aliases that point at them.`,
   drover model version ls resnet -o json | jq '.versions[] | {version, metrics}'`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := q.options(cmd)
-			if err != nil {
-				return err
-			}
-			c, err := g.clients()
+			c, opts, err := g.readClients(cmd, &q)
 			if err != nil {
 				return err
 			}
@@ -317,11 +313,7 @@ func fetchVersion(cmd *cobra.Command, g *globals, q *queryFlags, arg string) (*c
 	if err != nil {
 		return nil, usageErr(cmd, err)
 	}
-	opts, err := q.options(cmd)
-	if err != nil {
-		return nil, err
-	}
-	c, err := g.clients()
+	c, opts, err := g.readClients(cmd, q)
 	if err != nil {
 		return nil, err
 	}

@@ -159,7 +159,7 @@ func (s *Server) checkSitePeers(n *droverv1.Node, peers []sitePeer, limit int) [
 		if len(out) == limit {
 			break
 		}
-		cur, err := s.state.Node(p.id)
+		cur, err := s.state.NodeSummary(p.id)
 		if err != nil || cur.GetRevoked() || cur.GetStatus() != droverv1.NodeStatus_NODE_STATUS_READY ||
 			cur.GetSite() != n.GetSite() || cur.GetGossipAddr() == "" || cur.GetId() == n.GetId() {
 			continue

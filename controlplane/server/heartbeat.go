@@ -164,19 +164,10 @@ func (t *heartbeatTracker) ttlFor(n int) time.Duration {
 	return max(ttl, t.minTTL)
 }
 
-// heartbeat records that node id is alive and returns the TTL to hand it.
-// wasDown says the node is DOWN in the state; it will be marked READY on
-// the next tick. A node that was not tracked yet (just registered) is
-// tracked from now on.
-func (t *heartbeatTracker) heartbeat(id string, wasDown bool) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	ttl, _ := t.beatLocked(id, wasDown, t.now())
-	return ttl
-}
-
-// beatLocked is heartbeat with t.mu held; it also returns the node's
-// entry.
+// beatLocked records that node id is alive and returns the TTL to hand it
+// and the node's entry; t.mu is held. wasDown says the node is DOWN in the
+// state; it will be marked READY on the next tick. A node that was not
+// tracked yet (just registered) is tracked from now on.
 func (t *heartbeatTracker) beatLocked(id string, wasDown bool, now time.Time) (time.Duration, *hbEntry) {
 	ttl := t.ttlFor(len(t.nodes))
 	ttl += time.Duration(rand.Float64() * heartbeatJitter * float64(ttl))
@@ -389,7 +380,7 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 	var updates []*droverv1.NodeStatusUpdate
 	var sentDown, sentUp, sentSuspected []string
 	for _, id := range expired {
-		n, err := t.s.state.Node(id)
+		n, err := t.s.state.NodeSummary(id)
 		if err != nil || !trackable(n) {
 			t.forget(id)
 			continue
@@ -407,7 +398,7 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 		}
 	}
 	for _, id := range revived {
-		n, err := t.s.state.Node(id)
+		n, err := t.s.state.NodeSummary(id)
 		if err != nil || !trackable(n) {
 			t.forget(id)
 			continue
