@@ -7,7 +7,7 @@ PKGS      := ./...
 # (many more leader kills, crash loops) runs with `make test-long`.
 TESTFLAGS ?= -short -race -timeout 15m
 
-.PHONY: help build build-static test test-long lint fmt vet staticcheck proto proto-check bench dev scenarios-docker clean
+.PHONY: help build build-static test test-scale test-long lint fmt vet staticcheck proto proto-check bench dev scenarios-docker clean
 
 help: ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ build-static: ## Build a static, stripped drover for FROM-scratch images.
 
 test: ## Unit tests, in-process scenarios (short tier), race detector on.
 	$(GO) test $(TESTFLAGS) $(PKGS)
+
+test-scale: ## Tests that need the machine to themselves: the 300-member site gossip pool.
+	$(GO) test -count=1 -run TestPoolAtScale -timeout 5m ./agent/
 
 test-long: ## The long tier: more kills, more crash iterations.
 	$(GO) test -race -timeout 60m $(PKGS)

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/droverhq/drover/agent/agenttest"
 	"github.com/droverhq/drover/internal/logging"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -408,11 +410,17 @@ func (h poolLogCounter) WithGroup(g string) slog.Handler {
 // of CPU here, and the pool suspects members that are only slow to be
 // scheduled: a test of the machine, not of the pool.
 //
-// 300 members take 30s of joins and 3,000 goroutines; -short runs 50, and
-// so does the race detector, which makes each message 5-10 times dearer.
+// 300 members take 30s of joins and 3,000 goroutines; the race detector,
+// which makes each message 5-10 times dearer, runs 50. The short tier
+// skips it: it needs the machine to itself (make test-scale runs it so,
+// and CI does), because beside the rest of the suite on two cores the
+// probes' timeouts measure the machine's load, not the pool.
 func TestPoolAtScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the pool at scale needs the machine to itself: make test-scale runs it")
+	}
 	n, joinEvery := 300, 100*time.Millisecond
-	if testing.Short() || raceEnabled {
+	if raceEnabled {
 		n = 50
 	}
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
@@ -540,8 +548,12 @@ func TestPoolCloseCutsJoinShort(t *testing.T) {
 	if err := p.Close(true); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 2*poolLeaveTimeout {
-		t.Fatalf("Close took %v with a join hanging, want at most %v", d, 2*poolLeaveTimeout)
+	// Without the cut, Close waits out the join's own TCP timeout. The
+	// bound is half of that, far above the leave timeout Close really
+	// takes, so a loaded machine does not fail it and a hanging join does.
+	hang := memberlist.DefaultLANConfig().TCPTimeout
+	if d := time.Since(start); d > hang/2 {
+		t.Fatalf("Close took %v with a join hanging, want well under the join's TCP timeout %v (it takes about %v)", d, hang, poolLeaveTimeout)
 	}
 }
 

@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -21,6 +22,13 @@ const (
 	scenarioTTL = 2 * time.Second
 	// scenarioGrace is the leader-change grace in the fleet scenarios.
 	scenarioGrace = 5 * time.Second
+	// fleetWait is how long a fleet scenario waits for something that
+	// must happen (enrollment of the whole fleet, a status) before it
+	// gives up. It is no measure of speed: on two cores shared with the
+	// rest of the suite, 50 agents enrolling under the race detector can
+	// take a minute. Timing is asserted with detectionBound, where it
+	// happens.
+	fleetWait = 3 * time.Minute
 )
 
 var (
@@ -28,14 +36,31 @@ var (
 	down  = droverv1.NodeStatus_NODE_STATUS_DOWN
 )
 
-// downBound is the longest a node that stopped heartbeating may stay READY:
-// its last heartbeat may have come a moment before it stopped, and its
-// deadline is then the TTL with the most jitter (10%) plus the slack (50%),
-// found by the next tick (250ms) and written by one Raft commit. The two
-// seconds of room on top are for a loaded two-core test machine running
-// the race detector; a node marked down later than that is a bug, not
-// noise.
+// downBound is the longest a node that stopped heartbeating may stay READY
+// by the test's own clock: its deadline is the TTL with the most jitter
+// (10%) plus the slack (50%), found by the next tick (250ms) and written by
+// one Raft commit. The scenarios wait at least that long before they
+// conclude that nothing was marked down; they never fail because a loaded
+// machine took longer than it.
 const downBound = time.Duration(float64(scenarioTTL)*1.1*1.5) + 250*time.Millisecond + 2*time.Second
+
+// detectionBound is the longest the leader may take to decide that a node
+// whose agent died is down, measured from the agent's last acknowledged
+// heartbeat to the time the leader's tracker made the decision (the time
+// its DOWN status change carries), both taken where they happen, so a
+// test process slowed by the rest of the suite does not stretch it. ttl
+// is the TTL the agent was last handed. The leader's deadline is that TTL
+// (at most 10% more for another heartbeat's jitter) plus the slack (50%),
+// counted from the last heartbeat the leader received, which may be one
+// interval (a third of the TTL) later than the last one the agent saw
+// answered, if the answer was lost in the kill; the next tick (250ms)
+// finds it. The second on top is for the tick's timer firing late on a
+// loaded two-core machine under the race detector; the Raft commit that
+// follows the decision is not counted.
+func detectionBound(ttl time.Duration) time.Duration {
+	worst := time.Duration(float64(ttl) * 1.1)
+	return time.Duration(float64(worst)*1.5) + worst/3 + 250*time.Millisecond + time.Second
+}
 
 // startFleet starts 3 servers with the scenario heartbeat timing and n
 // agents in two sites, and waits until every agent's node is READY. It
@@ -46,7 +71,7 @@ func startFleet(t *testing.T, n int) (*cluster.Cluster, []*cluster.Agent, []stri
 		cfg.HeartbeatMinTTL = server.Duration(scenarioTTL)
 		cfg.HeartbeatLeaderGrace = server.Duration(scenarioGrace)
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 	agents, err := c.StartAgents(ctx, n, cluster.AgentOptions{
 		Prefix: "edge",
@@ -108,7 +133,7 @@ func assertNoDown(t *testing.T, c *cluster.Cluster, since uint64, except ...stri
 	}
 	for id, times := range downs {
 		if !slices.Contains(except, id) {
-			t.Errorf("node %s was marked down %d time(s), though its agent kept running and reachable", id, times)
+			t.Errorf("node %s was marked down %d time(s), though its agent kept running and reachable", id, len(times))
 		}
 	}
 }
@@ -121,33 +146,53 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 	since := stateIndex(t, c)
 
 	killed, killedIDs := agents[:10], ids[:10]
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
+	defer cancel()
+	// Detection is measured from the last acknowledged heartbeat, so
+	// each victim must have had one.
+	if err := waitHeartbeated(ctx, killed); err != nil {
+		t.Fatal(err)
+	}
 	term := leaderTerm(t, c)
-	killedAt := time.Now()
 	var wg sync.WaitGroup
 	for _, a := range killed {
 		wg.Go(a.Kill)
 	}
 	wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	took, err := c.WaitNodes(ctx, down, killedIDs...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	elapsed := time.Since(killedAt)
-	bound := downBound
-	if now := leaderTerm(t, c); now != term {
-		// A new term (an election on a starved machine, say) gives every
-		// node a fresh TTL plus the leader grace; that is the rule, and
-		// the bound follows it.
-		bound += time.Duration(float64(scenarioTTL)*1.1) + scenarioGrace
-		t.Logf("leadership changed during the scenario (term %d to %d): bound %s", term, now, bound)
+	t.Logf("all 10 killed agents seen DOWN by the test %s after they stopped", took.Round(time.Millisecond))
+	changed := leaderTerm(t, c) != term
+	downs, err := c.DownTransitions(ctx, since)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("all 10 killed agents marked down %s after the kills (bound %s)", elapsed.Round(time.Millisecond), bound)
-	if elapsed > bound {
-		t.Errorf("killed agents were marked down after %s (waited %s), later than TTL %s with jitter and slack allows (%s)",
-			elapsed, took, scenarioTTL, bound)
+	var slowest time.Duration
+	for i, a := range killed {
+		st := a.Status()
+		times := downs[killedIDs[i]]
+		if len(times) != 1 {
+			t.Errorf("node %s of killed agent %s was marked down %d times, want once", killedIDs[i], a.Name, len(times))
+			continue
+		}
+		delay := times[0].Sub(st.LastHeartbeat)
+		bound := detectionBound(st.HeartbeatTTL)
+		if changed {
+			// A new term (an election on a starved machine, say) gives
+			// every node a fresh TTL plus the leader grace; that is the
+			// rule, and the bound follows it.
+			bound += time.Duration(float64(st.HeartbeatTTL)*1.1) + scenarioGrace
+		}
+		slowest = max(slowest, delay)
+		if delay > bound {
+			t.Errorf("agent %s (TTL %s) was marked down %s after its last acknowledged heartbeat, later than its TTL with jitter and slack allows (%s; leader changed: %t)",
+				a.Name, st.HeartbeatTTL, delay.Round(time.Millisecond), bound.Round(time.Millisecond), changed)
+		}
 	}
+	t.Logf("the leader decided each killed node was down at most %s after its last acknowledged heartbeat (leader changed: %t)",
+		slowest.Round(time.Millisecond), changed)
 	assertNoDown(t, c, since, killedIDs...)
 
 	for _, a := range killed {
@@ -179,7 +224,7 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 func TestLeaderKilledMarksNoAgentDown(t *testing.T) {
 	c, _, ids := startFleet(t, fleetSize)
 	since := stateIndex(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 
 	old, err := c.WaitLeader(ctx)
@@ -213,7 +258,7 @@ func TestLeaderKilledMarksNoAgentDown(t *testing.T) {
 func TestPartitionedAgentsReturnAfterHeal(t *testing.T) {
 	c, agents, ids := startFleet(t, fleetSize)
 	since := stateIndex(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 
 	cut, cutIDs := agents[len(agents)-5:], ids[len(ids)-5:]
@@ -252,4 +297,18 @@ func TestPartitionedAgentsReturnAfterHeal(t *testing.T) {
 		t.Errorf("the fleet has %d nodes after the heal, want %d", len(st), fleetSize)
 	}
 	assertNoDown(t, c, since, cutIDs...)
+}
+
+// waitHeartbeated waits until every agent has had a heartbeat answered.
+func waitHeartbeated(ctx context.Context, agents []*cluster.Agent) error {
+	for _, a := range agents {
+		for a.Status().Heartbeats == 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("agent %s has had no heartbeat answered: %w", a.Name, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }

@@ -299,20 +299,23 @@ func WaitAgentsEnrolled(ctx context.Context, agents []*Agent) ([]string, error) 
 	return ids, nil
 }
 
-// DownTransitions returns, for every node of the leader's state, the
-// times it was marked DOWN at a Raft index after since, from the nodes'
-// status histories. Scenarios use it to prove that no node was wrongly
-// marked down, however briefly.
-func (c *Cluster) DownTransitions(ctx context.Context, since uint64) (map[string]int, error) {
+// DownTransitions returns, for every node of the leader's state that was
+// marked DOWN at a Raft index after since, when each of those transitions
+// was decided: the leader's clock when its heartbeat tracker found the
+// deadline passed, from the nodes' status histories. Scenarios use it to
+// prove that no node was wrongly marked down, however briefly, and to
+// measure detection delay where it happens rather than around a loaded
+// test process.
+func (c *Cluster) DownTransitions(ctx context.Context, since uint64) (map[string][]time.Time, error) {
 	l, err := c.WaitLeader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]int{}
+	out := map[string][]time.Time{}
 	for _, n := range l.Server().State().Nodes() {
 		for _, h := range n.GetHistory() {
 			if h.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN && h.GetIndex() > since {
-				out[n.GetId()]++
+				out[n.GetId()] = append(out[n.GetId()], h.GetTime().AsTime())
 			}
 		}
 	}
