@@ -53,6 +53,11 @@ func TestValidateRejects(t *testing.T) {
 		{"heartbeat TTL shorter than a few ticks", func(c *Config) { c.HeartbeatMinTTL = Duration(100 * time.Millisecond) }, "heartbeat_min_ttl"},
 		{"zero heartbeat rate", func(c *Config) { c.MaxHeartbeatsPerSecond = 0 }, "max_heartbeats_per_second"},
 		{"negative leader grace", func(c *Config) { c.HeartbeatLeaderGrace = Duration(-time.Second) }, "heartbeat_leader_grace"},
+		{"no handshake timeout", func(c *Config) { c.TLSHandshakeTimeout = 0 }, "tls_handshake_timeout"},
+		{"handshake timeout of an hour", func(c *Config) { c.TLSHandshakeTimeout = Duration(time.Hour) }, "tls_handshake_timeout"},
+		{"no pending handshakes allowed", func(c *Config) { c.MaxPendingHandshakesPerHost = 0 }, "max_pending_handshakes_per_host"},
+		{"request limit below a snapshot chunk", func(c *Config) { c.MaxRequestBytes = 64 << 10 }, "max_request_bytes"},
+		{"request limit of a gigabyte", func(c *Config) { c.MaxRequestBytes = 1 << 30 }, "max_request_bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
