@@ -118,7 +118,10 @@ func TestLoadConfigFile(t *testing.T) {
 			"raft_heartbeat_timeout": "1s",
 			"raft_election_timeout": "1.5s",
 			"raft_leader_lease_timeout": "500ms",
-			"apply_timeout": "2m"
+			"apply_timeout": "2m",
+			"tls_handshake_timeout": "3s",
+			"max_pending_handshakes_per_host": 8,
+			"max_request_bytes": 16777216
 		}`)
 		cfg, err := LoadConfigFile(path, base)
 		if err != nil {
@@ -136,10 +139,15 @@ func TestLoadConfigFile(t *testing.T) {
 			{"election", cfg.ElectionTimeout, Duration(1500 * time.Millisecond)},
 			{"lease", cfg.LeaderLeaseTimeout, Duration(500 * time.Millisecond)},
 			{"apply", cfg.ApplyTimeout, Duration(2 * time.Minute)},
+			{"tls handshake", cfg.TLSHandshakeTimeout, Duration(3 * time.Second)},
 		} {
 			if d.got != d.want {
 				t.Errorf("%s timeout = %v, want %v", d.name, time.Duration(d.got), time.Duration(d.want))
 			}
+		}
+		if cfg.MaxPendingHandshakesPerHost != 8 || cfg.MaxRequestBytes != 16<<20 {
+			t.Errorf("network limits: %d pending per host, %d request bytes; want 8, 16 MiB",
+				cfg.MaxPendingHandshakesPerHost, cfg.MaxRequestBytes)
 		}
 		// What the file does not mention keeps the base value.
 		if cfg.APIAddr != base.APIAddr || cfg.SnapshotThreshold != base.SnapshotThreshold {
