@@ -349,9 +349,25 @@ func TestRefusedRequestAllocatesFarLessThanItsBody(t *testing.T) {
 	}
 }
 
-// Plain HTTP to the HTTPS port gets a plain answer that says why.
+// Plain HTTP to the HTTPS port gets a plain answer that says why; HTTPS
+// through the guarded listener still speaks HTTP/2.
 func TestPlainHTTPToAPIPortAnswered(t *testing.T) {
 	s, _ := startSolo(t, nil)
+	h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.CA().Pool()}, ForceAttemptHTTP2: true}
+	t.Cleanup(h2.CloseIdleConnections)
+	req, err := http.NewRequest(http.MethodGet, "https://"+s.APIAddr()+LivePath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := h2.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	if res.StatusCode != http.StatusOK || res.ProtoMajor != 2 {
+		t.Fatalf("GET %s: %s over %s, want 200 over HTTP/2", LivePath, res.Status, res.Proto)
+	}
+
 	c := dialFrom(t, "127.0.0.1", s.APIAddr())
 	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: drover\r\n\r\n")); err != nil {
 		t.Fatal(err)
