@@ -62,7 +62,9 @@ func (s *Server) setupAPI() error {
 	}
 	tlsConf := pki.ServerTLSConfig(s.ca.Pool(), s.serverCert, tls.VerifyClientCertIfGiven)
 	tlsConf.NextProtos = []string{"h2", "http/1.1"}
-	guarded, err := s.guardListener(listenerAPI, ln, tlsConf, plaintextHTTPReply)
+	// A copy: http.Server may still adjust its own TLSConfig when Serve
+	// starts, while the listener already runs handshakes with this one.
+	guarded, err := s.guardListener(listenerAPI, ln, tlsConf.Clone(), plaintextHTTPReply)
 	if err != nil {
 		_ = ln.Close()
 		_ = pc.Close()

@@ -58,7 +58,7 @@ func (s *Server) guardListener(name string, ln net.Listener, conf *tls.Config, p
 			if !ok {
 				return
 			}
-			args := []any{"remote", rj.Remote.String(), "reason", rj.Reason}
+			args := []any{"remote", rj.Remote, "reason", rj.Reason}
 			if rj.Err != nil {
 				args = append(args, "err", rj.Err)
 			}
