@@ -60,7 +60,17 @@ func (s *Server) setupAPI() error {
 		_ = ln.Close()
 		return fmt.Errorf("listen for http/3 on udp %s: %w", s.cfg.APIAddr, err)
 	}
-	s.apiListener, s.apiPacket = ln, pc
+	tlsConf := pki.ServerTLSConfig(s.ca.Pool(), s.serverCert, tls.VerifyClientCertIfGiven)
+	tlsConf.NextProtos = []string{"h2", "http/1.1"}
+	// A copy: http.Server may still adjust its own TLSConfig when Serve
+	// starts, while the listener already runs handshakes with this one.
+	guarded, err := s.guardListener(listenerAPI, ln, tlsConf.Clone(), plaintextHTTPReply)
+	if err != nil {
+		_ = ln.Close()
+		_ = pc.Close()
+		return err
+	}
+	s.apiListener, s.apiPacket = guarded, pc
 
 	s.forwarder = newForwarder(s)
 	interceptors := connect.WithHandlerOptions(
@@ -69,6 +79,10 @@ func (s *Server) setupAPI() error {
 		// compressing them costs the leader more CPU than the whole call
 		// otherwise would, and saves nothing on the wire.
 		connect.WithCompressMinBytes(compressMinBytes),
+		// Bounds each message after decompression too, which the body
+		// limit in limitBodies cannot see: a small gzip bomb is refused
+		// once it has inflated to the limit.
+		connect.WithReadMaxBytes(int(s.cfg.MaxRequestBytes)),
 	)
 	mux := http.NewServeMux()
 	mux.Handle(droverv1connect.NewModelServiceHandler(&modelHandler{s: s}, interceptors))
@@ -90,16 +104,14 @@ func (s *Server) setupAPI() error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	handler := s.identify(s.forwarder.wrap(mux))
+	handler := s.limitBodies(s.identify(s.forwarder.wrap(mux)))
 
-	tlsConf := pki.ServerTLSConfig(s.ca.Pool(), s.serverCert, tls.VerifyClientCertIfGiven)
-	tlsConf.NextProtos = []string{"h2", "http/1.1"}
 	s.httpServer = &http.Server{
 		Handler:           handler,
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
-		// Failed handshakes (a client without the CA, a port scanner) are
-		// the client's problem: log them at debug, structured.
+		// The guarded listener does the handshakes and reports the failed
+		// ones; what net/http still logs is the client's problem too.
 		ErrorLog: logging.StdLogAdapter(s.logger.With("component", "https"), slog.LevelDebug),
 	}
 	s.h3Server = &http3.Server{
@@ -110,12 +122,21 @@ func (s *Server) setupAPI() error {
 		// it quic-go's 30s would drop the connection of every agent whose
 		// heartbeat interval (a third of a TTL that grows with the fleet)
 		// is longer, and each heartbeat would pay for a new handshake.
-		QUICConfig: &quic.Config{MaxIdleTimeout: apiIdleTimeout},
+		//
+		// quic-go aborts a handshake idle for HandshakeIdleTimeout or
+		// unfinished after twice that: half the TLS timeout bounds a QUIC
+		// handshake as tlsguard bounds one over TCP.
+		QUICConfig: &quic.Config{
+			MaxIdleTimeout:       apiIdleTimeout,
+			HandshakeIdleTimeout: time.Duration(s.cfg.TLSHandshakeTimeout) / 2,
+		},
 	}
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		if err := s.httpServer.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// The listener hands over *tls.Conn with the handshake done, so
+		// Serve (not ServeTLS); TLSConfig still offers h2 to them.
+		if err := s.httpServer.Serve(guarded); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.logger.Debug("https server stopped", "err", err)
 		}
 	}()

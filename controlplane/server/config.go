@@ -25,6 +25,23 @@ const (
 // minRaftTimeout is the shortest Raft timeout hashicorp/raft accepts.
 const minRaftTimeout = 5 * time.Millisecond
 
+// Bounds of the network settings.
+const (
+	// minHandshakeTimeout leaves a TLS handshake (two round trips and
+	// the certificate checks) time even on a slow WAN link.
+	minHandshakeTimeout = 100 * time.Millisecond
+	// maxHandshakeTimeout: beyond it idle strangers hold connections for
+	// minutes, which is what the timeout is there to stop.
+	maxHandshakeTimeout = 5 * time.Minute
+	// minRequestBytes fits the largest message a Drover client sends: a
+	// 1 MiB chunk of "drover operator snapshot restore".
+	minRequestBytes = 2 << 20
+	// maxRequestBytes: the server may hold a whole message in memory per
+	// call in flight, so a larger bound lets a few calls exhaust it. Bulk
+	// data travels as a stream of smaller messages.
+	maxRequestBytes = 256 << 20
+)
+
 // Config is everything a server needs to start. Build it with DefaultConfig
 // and check it with Validate; New validates again.
 type Config struct {
@@ -76,6 +93,18 @@ type Config struct {
 	HeartbeatMinTTL        Duration `json:"heartbeat_min_ttl,omitempty"`
 	MaxHeartbeatsPerSecond float64  `json:"max_heartbeats_per_second,omitempty"`
 	HeartbeatLeaderGrace   Duration `json:"heartbeat_leader_grace,omitempty"`
+
+	// The network surface facing strangers. Every TLS listener over TCP
+	// (Raft, the HTTPS API) closes a connection whose handshake has not
+	// completed within TLSHandshakeTimeout and lets one remote host (an
+	// IPv6 /64) have at most MaxPendingHandshakesPerHost handshakes in
+	// progress; QUIC aborts handshakes within the same timeout.
+	// MaxRequestBytes bounds the body of an API call, and each message of
+	// a streaming upload; it is refused before it is read when it says
+	// its length up front.
+	TLSHandshakeTimeout         Duration `json:"tls_handshake_timeout,omitempty"`
+	MaxPendingHandshakesPerHost int      `json:"max_pending_handshakes_per_host,omitempty"`
+	MaxRequestBytes             int64    `json:"max_request_bytes,omitempty"`
 
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
@@ -134,6 +163,10 @@ func DefaultConfig() Config {
 		HeartbeatMinTTL:        Duration(10 * time.Second),
 		MaxHeartbeatsPerSecond: 50,
 		HeartbeatLeaderGrace:   Duration(10 * time.Second),
+
+		TLSHandshakeTimeout:         Duration(10 * time.Second),
+		MaxPendingHandshakesPerHost: 32,
+		MaxRequestBytes:             4 << 20,
 	}
 }
 
@@ -226,6 +259,17 @@ func (c *Config) Validate() error {
 	}
 	if c.HeartbeatLeaderGrace < 0 {
 		errs = append(errs, fmt.Errorf("heartbeat_leader_grace %s is negative", time.Duration(c.HeartbeatLeaderGrace)))
+	}
+	if c.TLSHandshakeTimeout < Duration(minHandshakeTimeout) || c.TLSHandshakeTimeout > Duration(maxHandshakeTimeout) {
+		errs = append(errs, fmt.Errorf("tls_handshake_timeout %s is out of range: use %s to %s",
+			time.Duration(c.TLSHandshakeTimeout), minHandshakeTimeout, maxHandshakeTimeout))
+	}
+	if c.MaxPendingHandshakesPerHost < 1 {
+		errs = append(errs, fmt.Errorf("max_pending_handshakes_per_host %d must be at least 1", c.MaxPendingHandshakesPerHost))
+	}
+	if c.MaxRequestBytes < minRequestBytes || c.MaxRequestBytes > maxRequestBytes {
+		errs = append(errs, fmt.Errorf("max_request_bytes %d is out of range: use %d (2 MiB, the largest message clients send) to %d (256 MiB)",
+			c.MaxRequestBytes, minRequestBytes, maxRequestBytes))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid server config: %w", err)

@@ -53,6 +53,11 @@ func TestValidateRejects(t *testing.T) {
 		{"heartbeat TTL shorter than a few ticks", func(c *Config) { c.HeartbeatMinTTL = Duration(100 * time.Millisecond) }, "heartbeat_min_ttl"},
 		{"zero heartbeat rate", func(c *Config) { c.MaxHeartbeatsPerSecond = 0 }, "max_heartbeats_per_second"},
 		{"negative leader grace", func(c *Config) { c.HeartbeatLeaderGrace = Duration(-time.Second) }, "heartbeat_leader_grace"},
+		{"no handshake timeout", func(c *Config) { c.TLSHandshakeTimeout = 0 }, "tls_handshake_timeout"},
+		{"handshake timeout of an hour", func(c *Config) { c.TLSHandshakeTimeout = Duration(time.Hour) }, "tls_handshake_timeout"},
+		{"no pending handshakes allowed", func(c *Config) { c.MaxPendingHandshakesPerHost = 0 }, "max_pending_handshakes_per_host"},
+		{"request limit below a snapshot chunk", func(c *Config) { c.MaxRequestBytes = 64 << 10 }, "max_request_bytes"},
+		{"request limit of a gigabyte", func(c *Config) { c.MaxRequestBytes = 1 << 30 }, "max_request_bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,7 +118,10 @@ func TestLoadConfigFile(t *testing.T) {
 			"raft_heartbeat_timeout": "1s",
 			"raft_election_timeout": "1.5s",
 			"raft_leader_lease_timeout": "500ms",
-			"apply_timeout": "2m"
+			"apply_timeout": "2m",
+			"tls_handshake_timeout": "3s",
+			"max_pending_handshakes_per_host": 8,
+			"max_request_bytes": 16777216
 		}`)
 		cfg, err := LoadConfigFile(path, base)
 		if err != nil {
@@ -131,10 +139,15 @@ func TestLoadConfigFile(t *testing.T) {
 			{"election", cfg.ElectionTimeout, Duration(1500 * time.Millisecond)},
 			{"lease", cfg.LeaderLeaseTimeout, Duration(500 * time.Millisecond)},
 			{"apply", cfg.ApplyTimeout, Duration(2 * time.Minute)},
+			{"tls handshake", cfg.TLSHandshakeTimeout, Duration(3 * time.Second)},
 		} {
 			if d.got != d.want {
 				t.Errorf("%s timeout = %v, want %v", d.name, time.Duration(d.got), time.Duration(d.want))
 			}
+		}
+		if cfg.MaxPendingHandshakesPerHost != 8 || cfg.MaxRequestBytes != 16<<20 {
+			t.Errorf("network limits: %d pending per host, %d request bytes; want 8, 16 MiB",
+				cfg.MaxPendingHandshakesPerHost, cfg.MaxRequestBytes)
 		}
 		// What the file does not mention keeps the base value.
 		if cfg.APIAddr != base.APIAddr || cfg.SnapshotThreshold != base.SnapshotThreshold {

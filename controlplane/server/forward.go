@@ -171,6 +171,11 @@ func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
 			if errors.Is(err, context.Canceled) {
 				return
 			}
+			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				// limitBodies cut off a body that did not say its length.
+				f.writeErr(w, r, tooLargeError(-1, mbe.Limit))
+				return
+			}
 			var opErr *net.OpError
 			if errors.As(err, &opErr) && opErr.Op == "dial" {
 				// Nothing was sent, so the caller may safely retry.

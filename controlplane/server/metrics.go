@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/droverhq/drover/internal/tlsguard"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -25,6 +26,9 @@ type metrics struct {
 	// drover_gossip_suspect_reports_total, made once so a heartbeat
 	// does not look its label up.
 	suspectsCounted, suspectsIgnored prometheus.Counter
+	// rejectedConns counts connections refused before their TLS
+	// handshake completed, by listener and tlsguard reason.
+	rejectedConns *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -53,13 +57,23 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		Help: "Site peers that agents reported as suspects in their heartbeats to this server as leader: " +
 			"counted (a node of the reporter's site, whose wait for its next heartbeat is shortened) or ignored.",
 	}, []string{"result"})
+	m.rejectedConns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_rejected_connections_total",
+		Help: "Connections closed before their TLS handshake completed, by listener (raft, api) and reason: " +
+			"too_many_pending (the remote host had too many handshakes in progress), handshake_timeout, handshake_failed.",
+	}, []string{"listener", "reason"})
+	for _, l := range []string{listenerRaft, listenerAPI} {
+		for _, r := range tlsguard.Reasons {
+			m.rejectedConns.WithLabelValues(l, r)
+		}
+	}
 	m.suspectsCounted = suspects.WithLabelValues("counted")
 	m.suspectsIgnored = suspects.WithLabelValues("ignored")
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(
-		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, nodeCollector{s: s},
+		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, nodeCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

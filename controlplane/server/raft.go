@@ -92,7 +92,11 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("listen for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
 	s.cfg.RaftAddr = resolvedAddr(s.cfg.RaftAddr, ln.Addr())
-	stream := newTLSStreamLayer(s, ln)
+	stream, err := newTLSStreamLayer(s, ln)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 5,
@@ -162,7 +166,9 @@ func (s *Server) bootstrapRaft(voters []serverMeta) error {
 }
 
 // tlsStreamLayer carries Raft over mutual TLS: both ends must present a
-// certificate with the server role from the cluster CA.
+// certificate with the server role from the cluster CA. Its listener hands
+// Raft only connections whose handshake completed (see guardListener), so
+// a stranger can neither hold the port open nor make Raft log its garbage.
 type tlsStreamLayer struct {
 	net.Listener
 	s *Server
@@ -170,13 +176,17 @@ type tlsStreamLayer struct {
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
-func newTLSStreamLayer(s *Server, ln net.Listener) *tlsStreamLayer {
+func newTLSStreamLayer(s *Server, ln net.Listener) (*tlsStreamLayer, error) {
 	if s.cfg.Network != nil {
 		ln = s.cfg.Network.Listener(s.cfg.Name, ln)
 		s.cfg.Network.Register(s.cfg.Name, ln.Addr().String())
 		s.cfg.Network.Register(s.cfg.Name, s.cfg.advertise(s.cfg.RaftAddr))
 	}
-	return &tlsStreamLayer{Listener: tls.NewListener(ln, s.peerTLS), s: s}
+	guarded, err := s.guardListener(listenerRaft, ln, s.peerTLS, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &tlsStreamLayer{Listener: guarded, s: s}, nil
 }
 
 // Addr is what peers dial: the advertised Raft address.

@@ -24,6 +24,7 @@ import (
 	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
 )
 
@@ -52,6 +53,9 @@ type Server struct {
 
 	metrics  *metrics
 	registry *prometheus.Registry
+	// rejectLog limits the log lines about connections refused before
+	// their TLS handshake completed to one a minute per host.
+	rejectLog *logging.Limiter
 
 	apiListener net.Listener
 	apiPacket   net.PacketConn
@@ -98,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 		stopped:     make(chan struct{}),
 		reconcileCh: make(chan struct{}, 1),
 		leaveCh:     make(chan struct{}),
+		rejectLog:   logging.NewLimiter(rejectLogInterval, rejectLogHosts, time.Now),
 	}
 	return s, nil
 }

@@ -11,8 +11,9 @@
 // same Network: a plain client talking to a wrapped listener is dropped,
 // because its first bytes are not a valid preamble, and a wrapped dialer
 // talking to a plain listener sends that listener a preamble it does not
-// expect. For TLS, wrap below it: tls.NewListener over Network.Listener,
-// and tls.Client over a connection from the dial function.
+// expect. For TLS, wrap below it: a TLS listener (tlsguard.NewListener or
+// tls.NewListener) over Network.Listener, and tls.Client over a connection
+// from the dial function.
 //
 // Faults are symmetric: if a cannot reach b, b cannot reach a. A fault
 // closes every open connection it affects at once, and refuses new ones
