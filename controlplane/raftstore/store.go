@@ -39,7 +39,7 @@ var (
 	// dropped the dirty pages, so a retry could report success for data that
 	// is not on disk: the store refuses everything instead, and the server
 	// must stop. Failed reports the moment.
-	ErrWriteFailed = errors.New("raft store: an earlier write failed to reach the disk")
+	ErrWriteFailed = errors.New("a write failed to reach the disk; the raft store takes no more")
 
 	// ErrUnsupportedFormat marks an entry written in a format this build does
 	// not know, such as one written by a newer release.
