@@ -38,7 +38,13 @@ All servers of a cluster share one CA (create it once with
 
 Settings come from the defaults, then --config (JSON, unknown fields are an
 error), then flags. SIGINT or SIGTERM stops the server gracefully; it stays a
-member of the cluster. Use "drover operator leave" to leave for good.`,
+member of the cluster. Use "drover operator leave" to leave for good.
+
+A server whose Raft data is damaged refuses to start and says so. Rebuild it
+from the other servers: remove it with "drover operator raft remove-peer NAME"
+on a healthy server, then start it with the same flags plus --rebuild. It sets
+the damaged data aside (damaged-TIME in the data dir), joins as an empty
+server and catches up from the leader. --rebuild refuses to touch intact data.`,
 		Example: `  # A three-server cluster on one host
   drover tls ca create --dir ./ca
   for i in 1 2 3; do
@@ -73,6 +79,8 @@ member of the cluster. Use "drover operator leave" to leave for good.`,
 	fl.StringArrayVar(&f.cfg.Join, "join", nil, "gossip address of another server (repeatable)")
 	fl.StringVar(&f.cfg.CACertFile, "ca-file", "", "cluster CA certificate (PEM)")
 	fl.StringVar(&f.cfg.CAKeyFile, "ca-key-file", "", "cluster CA private key (PEM)")
+	fl.BoolVar(&f.cfg.Rebuild, "rebuild", false, "set this server's damaged Raft data aside and catch up from the other servers "+
+		"(remove it with \"drover operator raft remove-peer\" first; see docs/operations.md)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -103,6 +111,7 @@ func (f *serverFlags) resolve(cmd *cobra.Command) (server.Config, error) {
 		override("join", func() { fromFile.Join = cfg.Join })
 		override("ca-file", func() { fromFile.CACertFile = cfg.CACertFile })
 		override("ca-key-file", func() { fromFile.CAKeyFile = cfg.CAKeyFile })
+		fromFile.Rebuild = cfg.Rebuild // a flag only
 		cfg = fromFile
 	}
 	if err := cfg.Validate(); err != nil {
@@ -132,12 +141,19 @@ func runServer(ctx context.Context, cfg server.Config) error {
 	if err := s.Start(); err != nil {
 		return err
 	}
+	var failed error
 	select {
 	case <-ctx.Done():
 	case <-s.LeaveRequested():
 	case <-s.Done():
+	case <-s.StoreFailed():
+		failed = fmt.Errorf("stopped: %w", s.StoreErr())
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return s.Shutdown(shutdownCtx)
+	err = s.Shutdown(shutdownCtx)
+	if failed != nil {
+		return failed
+	}
+	return err
 }

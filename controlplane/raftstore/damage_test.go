@@ -110,7 +110,7 @@ func checkCorruptOpenError(t testing.TB, err error, dir string) {
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Open = %v, want an error wrapping ErrCorrupt", err)
 	}
-	for _, want := range []string{dir, "drover operator snapshot restore"} {
+	for _, want := range []string{dir, "drover server --rebuild"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Fatalf("Open error %q does not mention %q", err, want)
 		}
@@ -225,10 +225,11 @@ func TestDamagedFiles(t *testing.T) {
 		// or open with exactly the entries [1, wantLast], all intact.
 		wantLast int
 	}{
-		// Pebble cannot tell a tail that was never written from one that
-		// was lost: whatever the newest WAL's last records held is dropped
-		// quietly. A crash tears only writes that were never acknowledged;
-		// damage to acknowledged ones there is lost.
+		// Nothing can tell a tail that was never written from one that was
+		// lost when no later record or end-of-log trailer follows it:
+		// whatever the newest WAL's last records held is dropped quietly. A
+		// crash tears only writes that were never acknowledged; damage to
+		// acknowledged ones there is lost.
 		{"WAL tail torn in the last record", false, func(t *testing.T, dir string) {
 			recs := newestWAL(t, dir)
 			truncateFile(t, recs[len(recs)-1].file, recs[len(recs)-1].offset+10)
@@ -239,11 +240,13 @@ func TestDamagedFiles(t *testing.T) {
 			truncateFile(t, r.file, r.offset+100)
 			damageFile(t, r.file, -8, 8)
 		}, last - 20},
-		{"WAL last record garbled", false, func(t *testing.T, dir string) {
+		// The same damage without the cut: the end-of-log trailer that
+		// Close wrote after the record proves it had been synced.
+		{"WAL last record garbled after a clean close", false, func(t *testing.T, dir string) {
 			recs := newestWAL(t, dir)
 			r := recs[len(recs)-1]
 			damageFile(t, r.file, r.offset+30, 4)
-		}, last - 10},
+		}, corrupt},
 		{"WAL truncated to nothing", false, func(t *testing.T, dir string) {
 			recs := newestWAL(t, dir)
 			truncateFile(t, recs[0].file, 0)
@@ -314,6 +317,82 @@ func TestDamagedFiles(t *testing.T) {
 				t.Fatalf("GetUint64(CurrentTerm) = %d, %v; want 3", v, err)
 			}
 		})
+	}
+}
+
+// TestWALDamageInOneBlock damages the first records of a WAL whose later
+// records share its first 32 KiB block, the way a server's log looks soon
+// after a restart. Pebble alone reads such damage as a torn tail and drops
+// every later record, entries, term and vote alike, without a word: Open
+// must refuse instead, and name the file.
+func TestWALDamageInOneBlock(t *testing.T) {
+	for _, crashed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crashed=%v", crashed), func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(dir, Options{Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for lo := uint64(1); lo <= 60; lo += 5 {
+				if err := s.StoreLogs(entriesFor(lo, lo+4)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.SetUint64([]byte("CurrentTerm"), 7); err != nil {
+				t.Fatal(err)
+			}
+			if crashed {
+				// A copy taken while the store is open is what a crash
+				// leaves: no end-of-log trailer.
+				crashDir := filepath.Join(t.TempDir(), "crashed")
+				copyDir(t, dir, crashDir)
+				dir = crashDir
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			recs := newestWAL(t, dir)
+			if len(recs) < 10 || recs[len(recs)-1].offset >= 32<<10 {
+				t.Fatalf("want a WAL of many records in one block; got %d records, the last at %d", len(recs), recs[len(recs)-1].offset)
+			}
+			overwriteFile(t, recs[0].file, recs[1].offset+5, 200)
+
+			s, err = Open(dir, Options{Logger: testLogger(t)})
+			if err == nil {
+				last, _ := s.LastIndex()
+				s.Close()
+				t.Fatalf("Open succeeded with the first records of the WAL overwritten; LastIndex = %d of 60", last)
+			}
+			t.Logf("Open: %v", err)
+			checkCorruptOpenError(t, err, dir)
+			var wd *WALDamageError
+			if !errors.As(err, &wd) || wd.File != recs[0].file {
+				t.Fatalf("Open error does not name the WAL file %s: %v", recs[0].file, err)
+			}
+			if strings.Count(err.Error(), "\n") != 0 {
+				t.Fatalf("Open error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+// overwriteFile writes n pseudo-random bytes over path at off, as a stray
+// write to the wrong place on disk might.
+func overwriteFile(t testing.TB, path string, off int64, n int) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := make([]byte, n)
+	for i := range junk {
+		junk[i] = byte(i*131 + 7)
+	}
+	if _, err := f.WriteAt(junk, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -31,8 +31,15 @@ var (
 	ErrKeyNotFound = errors.New("not found")
 
 	// ErrCorrupt marks stored data that failed an integrity check. A server
-	// whose store is corrupt must be restored from a snapshot.
+	// whose store is corrupt must be rebuilt from its peers (RebuildHint).
 	ErrCorrupt = errors.New("raft store is corrupt")
+
+	// ErrWriteFailed is returned by every call after a write failed to reach
+	// stable storage (an fsync error, say). The kernel may already have
+	// dropped the dirty pages, so a retry could report success for data that
+	// is not on disk: the store refuses everything instead, and the server
+	// must stop. Failed reports the moment.
+	ErrWriteFailed = errors.New("a write failed to reach the disk; the raft store takes no more")
 
 	// ErrUnsupportedFormat marks an entry written in a format this build does
 	// not know, such as one written by a newer release.
@@ -47,9 +54,13 @@ var (
 	ErrZeroIndex = errors.New("log index 0 is reserved")
 )
 
-// restoreHint ends every corruption error from Open, so that the operator
-// reading it knows the way out.
-const restoreHint = "this server's Raft state is damaged: restore it from a snapshot with 'drover operator snapshot restore'"
+// RebuildHint ends every corruption error from Open, so that the operator
+// reading it knows the way out. The cluster still has every committed entry:
+// only this server's copy is damaged, and a Raft server must not carry on
+// with less than it acknowledged, so it is rebuilt from its peers rather
+// than the whole cluster restored.
+const RebuildHint = "rebuild this server from its peers: 'drover operator raft remove-peer NAME' on a healthy server, " +
+	"then start this one with 'drover server --rebuild' (docs/operations.md, \"Rebuilding one server\")"
 
 // Key layout. Every key starts with a prefix byte, so log entries and stable
 // values never collide and each kind is one contiguous key range. Log keys
@@ -80,12 +91,17 @@ type Options struct {
 	// Logger receives what Pebble reports: routine messages at Debug,
 	// problems at Error. Nil discards them.
 	Logger *slog.Logger
+
+	// FS is the file system the store lives on; nil means vfs.Default, the
+	// operating system's. Tests pass Pebble's crash-simulating memory file
+	// system or one that injects errors.
+	FS vfs.FS
 }
 
-// DefaultOptions returns the options a server uses: durable writes, no
-// logging.
+// DefaultOptions returns the options a server uses: durable writes on the
+// operating system's file system, no logging.
 func DefaultOptions() Options {
-	return Options{}
+	return Options{FS: vfs.Default}
 }
 
 // Validate reports whether the options can be used. Every combination of
@@ -100,9 +116,10 @@ func (o Options) Validate() error {
 // All methods are safe for concurrent use. Writes are durable when they
 // return (unless Options.NoSync): StoreLog, StoreLogs, DeleteRange, Set and
 // SetUint64 return only after Pebble has synced its write-ahead log.
-// FirstIndex and LastIndex are answered from memory. Log writes (StoreLog,
-// StoreLogs, DeleteRange) are serialised with each other; reads and stable
-// writes run alongside them. After Close every method returns ErrClosed.
+// FirstIndex and LastIndex are answered from memory. Writes are serialised
+// with each other (see writeMu for why); reads run alongside them. After
+// Close every method returns ErrClosed; after a failed write, see
+// ErrWriteFailed.
 type Store struct {
 	dir       string
 	db        *pebble.DB
@@ -113,13 +130,19 @@ type Store struct {
 	lifeMu sync.RWMutex
 	closed bool // guarded by lifeMu
 
-	// writeMu serialises log writes together with the bounds update that
-	// follows each, so the cached bounds always describe the last commit.
+	// writeMu serialises writes, log writes together with the bounds update
+	// that follows each, so the cached bounds always describe the last
+	// commit, and so that the WAL never holds a record written before the
+	// one ahead of it was synced (see checkWAL).
 	writeMu sync.Mutex
 
 	mu    sync.Mutex // guards the fields below
 	first uint64     // lowest stored index; 0 when the log is empty
 	last  uint64     // highest stored index; 0 when the log is empty
+
+	failOnce sync.Once
+	failed   chan struct{} // closed when a write fails; see ErrWriteFailed
+	failErr  error         // the first failed write's error; set before failed closes
 }
 
 var (
@@ -146,7 +169,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	log = log.With("component", "raftstore", "dir", dir)
 
-	s := &Store{dir: dir, writeOpts: pebble.Sync}
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.Default
+	}
+	s := &Store{dir: dir, writeOpts: pebble.Sync, failed: make(chan struct{})}
 	if opts.NoSync {
 		s.writeOpts = pebble.NoSync
 	}
@@ -156,10 +183,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		// directory that first WAL would lack the sync offsets that let
 		// recovery tell a torn tail from damage in the middle, so open once
 		// to set the format and again for a WAL that has them.
-		if upgrade, err := needsFormatUpgrade(dir); err != nil {
+		if upgrade, err := needsFormatUpgrade(fsys, dir); err != nil {
 			return err
 		} else if upgrade {
-			db, err := pebble.Open(dir, pebbleOptions(log))
+			db, err := pebble.Open(dir, pebbleOptions(fsys, log, !opts.NoSync))
 			if err != nil {
 				return err
 			}
@@ -167,7 +194,7 @@ func Open(dir string, opts Options) (*Store, error) {
 				return err
 			}
 		}
-		db, err := pebble.Open(dir, pebbleOptions(log))
+		db, err := pebble.Open(dir, pebbleOptions(fsys, log, !opts.NoSync))
 		if err != nil {
 			return err
 		}
@@ -193,20 +220,20 @@ func Open(dir string, opts Options) (*Store, error) {
 // tail and silently dropping every later, acknowledged, entry.
 const formatVersion = pebble.FormatValueSeparation
 
-func pebbleOptions(log *slog.Logger) *pebble.Options {
+func pebbleOptions(fsys vfs.FS, log *slog.Logger, sync bool) *pebble.Options {
 	return &pebble.Options{
 		Logger:             pebbleLogger{log: log.With("from", "pebble")},
 		EventListener:      eventListener(log),
 		FormatMajorVersion: formatVersion,
 		MemTableSize:       memTableSize,
-		FS:                 walFS{vfs.Default},
+		FS:                 walFS{FS: fsys, oneAtATime: sync},
 	}
 }
 
 // needsFormatUpgrade reports whether dir holds no store yet, or one in a
 // format older than formatVersion.
-func needsFormatUpgrade(dir string) (bool, error) {
-	desc, err := pebble.Peek(dir, vfs.Default)
+func needsFormatUpgrade(fsys vfs.FS, dir string) (bool, error) {
+	desc, err := pebble.Peek(dir, fsys)
 	if errors.Is(err, fs.ErrNotExist) {
 		return true, nil
 	}
@@ -264,12 +291,17 @@ func catchPanic(f func() error) (err error) {
 // too: the directory was opened, so it exists, and Pebble removes only files
 // it no longer lists.
 func openError(dir string, err error) error {
+	// A damaged WAL is reported through Pebble's replay, which wraps it in
+	// words that add nothing: the damage error names the file and says all.
+	if wd, ok := errors.AsType[*WALDamageError](err); ok {
+		err = wd
+	}
 	err = pebbleError(err)
 	switch {
 	case errors.Is(err, ErrCorrupt):
-		return fmt.Errorf("raftstore: open %s: %w; %s", dir, err, restoreHint)
+		return fmt.Errorf("raftstore: open %s: %w; %s", dir, err, RebuildHint)
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("raftstore: open %s: %w: a file is missing: %w; %s", dir, ErrCorrupt, err, restoreHint)
+		return fmt.Errorf("raftstore: open %s: %w: a file is missing: %w; %s", dir, ErrCorrupt, err, RebuildHint)
 	default:
 		return fmt.Errorf("raftstore: open %s: %w", dir, err)
 	}
@@ -311,7 +343,55 @@ func (s *Store) acquire() error {
 		s.lifeMu.RUnlock()
 		return ErrClosed
 	}
+	select {
+	case <-s.failed:
+		s.lifeMu.RUnlock()
+		return s.failErr
+	default:
+	}
 	return nil
+}
+
+// write runs one Pebble write (f), with writeMu held, and, if it fails,
+// fails the store: every
+// later call returns the error, which wraps ErrWriteFailed, and Failed is
+// closed. Pebble treats a failed WAL write or sync as fatal (it calls
+// Fatalf, which panics here), and rightly: after a failed fsync the kernel
+// may have dropped the dirty pages and marked them clean, so nothing written
+// since the last good sync can be trusted to be on disk, nor can a later
+// sync that happens to succeed.
+func (s *Store) write(op string, f func() error) error {
+	err := func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("pebble gave up: %v", r)
+			}
+		}()
+		return f()
+	}()
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("raftstore: %s: %w: %w", op, ErrWriteFailed, pebbleError(err))
+	s.failOnce.Do(func() {
+		s.failErr = err
+		close(s.failed)
+	})
+	return err
+}
+
+// Failed is closed when a write has failed to reach the disk; from then on
+// every call returns Err. A server stops when it closes.
+func (s *Store) Failed() <-chan struct{} { return s.failed }
+
+// Err returns the error of the write that failed the store, or nil.
+func (s *Store) Err() error {
+	select {
+	case <-s.failed:
+		return s.failErr
+	default:
+		return nil
+	}
 }
 
 func (s *Store) release() { s.lifeMu.RUnlock() }
@@ -325,7 +405,9 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	if err := s.db.Close(); err != nil {
+	// After a failed write Pebble may panic on Close; the store is done
+	// either way.
+	if err := catchPanic(s.db.Close); err != nil {
 		return fmt.Errorf("raftstore: close: %w", pebbleError(err))
 	}
 	return nil
@@ -431,8 +513,8 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if err := b.Commit(s.writeOpts); err != nil {
-		return fmt.Errorf("raftstore: store logs %d-%d: %w", lo, hi, pebbleError(err))
+	if err := s.write(fmt.Sprintf("store logs %d-%d", lo, hi), func() error { return b.Commit(s.writeOpts) }); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	if s.last == 0 {
@@ -460,8 +542,11 @@ func (s *Store) DeleteRange(lo, hi uint64) error {
 	end := logKeyAfter(hi)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if err := s.db.DeleteRange(start[:], end, s.writeOpts); err != nil {
-		return fmt.Errorf("raftstore: delete logs %d-%d: %w", lo, hi, pebbleError(err))
+	err := s.write(fmt.Sprintf("delete logs %d-%d", lo, hi), func() error {
+		return s.db.DeleteRange(start[:], end, s.writeOpts)
+	})
+	if err != nil {
+		return err
 	}
 
 	s.mu.Lock()
@@ -472,7 +557,7 @@ func (s *Store) DeleteRange(lo, hi uint64) error {
 	}
 	// Seek rather than compute: the entries next to the deleted range may be
 	// anywhere if the log has gaps.
-	first, last, err := s.seekBounds()
+	first, last, err = s.seekBounds()
 	if err != nil {
 		return fmt.Errorf("raftstore: delete logs %d-%d: %w", lo, hi, err)
 	}
@@ -523,8 +608,12 @@ func (s *Store) Set(key, val []byte) error {
 		return err
 	}
 	defer s.release()
-	if err := s.db.Set(stableKey(key), val, s.writeOpts); err != nil {
-		return fmt.Errorf("raftstore: set %q: %w", key, pebbleError(err))
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.write(fmt.Sprintf("set %q", key), func() error {
+		return s.db.Set(stableKey(key), val, s.writeOpts)
+	}); err != nil {
+		return err
 	}
 	return nil
 }
@@ -597,4 +686,50 @@ func stableKey(key []byte) []byte {
 	k[0] = prefixStable
 	copy(k[1:], key)
 	return k
+}
+
+// Verify reads every log entry and stable value and returns the first
+// damage it finds, as an error wrapping ErrCorrupt. Open checks only the
+// first and last entries, so that a server starts quickly; Verify is for
+// deciding whether a store is damaged at all (drover server --rebuild).
+func (s *Store) Verify() error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{prefixLog},
+		UpperBound: []byte{prefixStable + 1},
+	})
+	if err != nil {
+		return fmt.Errorf("raftstore: verify: %w", pebbleError(err))
+	}
+	var l raft.Log
+	for ok := it.First(); ok && err == nil; ok = it.Next() {
+		k := it.Key()
+		var val []byte
+		if val, err = it.ValueAndErr(); err != nil {
+			break
+		}
+		if len(k) > 0 && k[0] == prefixStable {
+			continue // no format beyond Pebble's checksums
+		}
+		var idx uint64
+		if idx, err = parseLogKey(k); err != nil {
+			break
+		}
+		if err = decodeLog(bytes.Clone(val), idx, &l); err != nil {
+			err = fmt.Errorf("log %d: %w", idx, err)
+		}
+	}
+	if err == nil {
+		err = it.Error()
+	}
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("raftstore: verify %s: %w", s.dir, pebbleError(err))
+	}
+	return nil
 }

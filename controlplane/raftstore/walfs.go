@@ -7,8 +7,9 @@ import (
 )
 
 // walFS is the file system Pebble runs on: the given one, except that WAL
-// files are extended ahead of their writes (where the platform can, see
-// extendFile) instead of growing with each write.
+// files are checked before recovery reads them (see checkWAL) and extended
+// ahead of their writes (where the platform can, see extendFile) instead of
+// growing with each write.
 //
 // Why: when every synced append grows the file, each fdatasync must also
 // commit the new file size through the file system's journal. Pebble's own
@@ -26,6 +27,9 @@ import (
 // and TestWALZeroTail exercise this.
 type walFS struct {
 	vfs.FS
+	// oneAtATime says the store syncs every write and never overlaps two;
+	// checkWAL relies on it.
+	oneAtATime bool
 }
 
 func isWAL(name string) bool { return strings.HasSuffix(name, ".log") }
@@ -46,4 +50,16 @@ func (fs walFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCat
 		return f, err
 	}
 	return extendFile(f), nil
+}
+
+// Open checks a WAL file before Pebble reads it. Pebble opens WAL files for
+// reading only to replay them while opening, so this sees exactly the WALs
+// recovery replays and no obsolete ones, whose damage would cost nothing.
+func (fs walFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
+	if isWAL(name) {
+		if err := checkWAL(fs.FS, name, fs.oneAtATime); err != nil {
+			return nil, err
+		}
+	}
+	return fs.FS.Open(name, opts...)
 }

@@ -111,6 +111,14 @@ type Config struct {
 	// Network, when set, wraps Raft and forwarding connections so tests can
 	// partition and delay them. Not in files.
 	Network *faultnet.Network `json:"-"`
+	// Rebuild makes Start set this server's damaged Raft data (log, term,
+	// vote and snapshots) aside and start as an empty server that the
+	// leader adds back and brings up to date with a snapshot. Start refuses
+	// when the data is intact. Remove the server from the cluster first
+	// (operator raft remove-peer): a server that forgot its vote must not
+	// vote as the same member again. See docs/operations.md. A flag, never
+	// in files, so that it cannot stay on by mistake. Never bootstraps.
+	Rebuild bool `json:"-"`
 	// RaftNoSync turns off fsync in the Raft store. Benchmarks and tests
 	// only: a crash can lose acknowledged writes. Not in files.
 	RaftNoSync bool `json:"-"`
@@ -217,6 +225,10 @@ func (c *Config) Validate() error {
 	}
 	if c.BootstrapExpect == 0 && len(c.Join) == 0 {
 		errs = append(errs, errors.New("a server that does not bootstrap (bootstrap-expect 0) must --join an existing cluster"))
+	}
+	if c.Rebuild && c.BootstrapExpect == 1 {
+		errs = append(errs, errors.New("--rebuild copies the state back from the other servers, and a single-server cluster "+
+			"(bootstrap-expect 1) has none: restore it with \"drover operator snapshot restore\" instead"))
 	}
 	if (c.CACertFile == "") != (c.CAKeyFile == "") {
 		errs = append(errs, errors.New("give both --ca-file and --ca-key-file, or neither"))

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/internal/logging"
 )
@@ -128,5 +130,125 @@ func TestStartWithCorruptRaftStore(t *testing.T) {
 			}
 			s.Kill() // idempotent after a failed Start
 		})
+	}
+}
+
+// A damaged block in the middle of the Raft log is found by Raft's own
+// start, which reads every entry after the last snapshot and panics on a
+// read error: Start must return the store's one-line error instead.
+func TestStartWithDamagedLogBlock(t *testing.T) {
+	dir := t.TempDir()
+	runOnce(t, dir)
+	raftDir := filepath.Join(dir, "raft")
+
+	// Enough entries for many sstable blocks, so that damage in the middle
+	// spares the first and last entries, which Open checks itself.
+	st, err := raftstore.Open(raftDir, raftstore.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := st.LastIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	term, err := st.GetUint64([]byte("CurrentTerm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs []*raft.Log
+	for i := last + 1; i <= last+600; i++ {
+		data := make([]byte, 200)
+		for j := range data {
+			data[j] = byte(i*31 + uint64(j)*17)
+		}
+		logs = append(logs, &raft.Log{Index: i, Term: term, Type: raft.LogNoop, Data: data})
+	}
+	if err := st.StoreLogs(logs); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Opening again replays the WAL into an sstable.
+	st, err = raftstore.Open(raftDir, raftstore.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ssts, _ := filepath.Glob(filepath.Join(raftDir, "*.sst"))
+	if len(ssts) == 0 {
+		t.Fatal("no sstable in the raft store")
+	}
+	var biggest string
+	var size int64
+	for _, p := range ssts {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
+			biggest, size = p, fi.Size()
+		}
+	}
+	b, err := os.ReadFile(biggest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(b) * 2 / 5; i < len(b)*2/5+16; i++ {
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(biggest, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := New(singleServerConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Start()
+	if err == nil {
+		s.Kill()
+		t.Fatal("Start succeeded with a damaged block in the Raft log")
+	}
+	t.Logf("Start: %v", err)
+	if !errors.Is(err, raftstore.ErrCorrupt) {
+		t.Errorf("error does not wrap raftstore.ErrCorrupt: %v", err)
+	}
+	for _, want := range []string{raftDir, "drover server --rebuild"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q: %v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error is not one line: %q", err)
+	}
+	s.Kill()
+}
+
+// --rebuild refuses a single-server cluster, which has no peers to rebuild
+// from, and intact data, which it would otherwise wipe at every restart.
+func TestRebuildRefusals(t *testing.T) {
+	dir := t.TempDir()
+	cfg := singleServerConfig(t, dir)
+	cfg.Rebuild = true
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "snapshot restore") {
+		t.Fatalf("Validate of --rebuild with bootstrap-expect 1 = %v, want a refusal pointing at snapshot restore", err)
+	}
+
+	runOnce(t, dir)
+	cfg = singleServerConfig(t, dir)
+	cfg.Rebuild, cfg.BootstrapExpect, cfg.Join = true, 3, []string{"127.0.0.1:1"}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Start()
+	if err == nil {
+		s.Kill()
+		t.Fatal("--rebuild started on intact Raft data")
+	}
+	if !strings.Contains(err.Error(), "nothing to rebuild") {
+		t.Fatalf("Start --rebuild on intact data = %v, want \"nothing to rebuild\"", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "raft")); err != nil {
+		t.Fatalf("intact Raft data was moved: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -77,7 +78,14 @@ func (s *Server) setupTLS() error {
 
 // setupRaft opens the stores and starts the Raft node.
 func (s *Server) setupRaft() error {
-	logs, err := raftstore.Open(s.cfg.raftDir(), raftstore.Options{NoSync: s.cfg.RaftNoSync, Logger: s.logger})
+	if s.cfg.Rebuild {
+		if err := s.setAsideDamagedRaftData(); err != nil {
+			return err
+		}
+	}
+	opts := raftstore.DefaultOptions()
+	opts.NoSync, opts.Logger = s.cfg.RaftNoSync, s.logger
+	logs, err := raftstore.Open(s.cfg.raftDir(), opts)
 	if err != nil {
 		return fmt.Errorf("open raft store: %w", err)
 	}
@@ -134,7 +142,7 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("raft log cache: %w", err)
 	}
-	r, err := raft.NewRaft(rc, s.fsm, cached, logs, snaps, s.trans)
+	r, err := newRaft(rc, s.fsm, cached, logs, snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -145,6 +153,82 @@ func (s *Server) setupRaft() error {
 		}
 	}
 	return nil
+}
+
+// newRaft is raft.NewRaft, except that a log entry it cannot read is an
+// error instead of a panic. NewRaft reads every entry after the last
+// snapshot to find configuration changes and panics when a read fails; a
+// damaged block in the Raft store would end the process with a stack trace
+// instead of the store's one-line message. Nothing has started at that
+// point (NewRaft starts its goroutines after the scan), so returning leaves
+// nothing running. Panics for any other reason are left alone.
+func newRaft(conf *raft.Config, fsm raft.FSM, logs raft.LogStore, store *raftstore.Store,
+	snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		if perr, ok := v.(error); ok && errors.Is(perr, raftstore.ErrCorrupt) {
+			r, err = nil, fmt.Errorf("raft store %s: %w; %s", store.Dir(), perr, raftstore.RebuildHint)
+			return
+		}
+		panic(v)
+	}()
+	return raft.NewRaft(conf, fsm, logs, store, snaps, trans)
+}
+
+// setAsideDamagedRaftData moves the Raft log store and the snapshots into a
+// folder beside them (damaged-TIME in the data dir), so that the server
+// starts without Raft state and is brought up to date by the leader. The
+// damaged files are kept for inspection, not deleted. It refuses when the
+// Raft data is intact, so that a --rebuild left in a service definition
+// never wipes a healthy server at its next restart.
+func (s *Server) setAsideDamagedRaftData() error {
+	dir := s.cfg.raftDir()
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("--rebuild: there is no Raft data in %s to rebuild: start without --rebuild", dir)
+	}
+	damage := checkRaftData(dir, s.logger)
+	if damage == nil {
+		return fmt.Errorf("--rebuild: the Raft data in %s is intact (every entry reads back): "+
+			"nothing to rebuild; start without --rebuild", dir)
+	}
+	if !errors.Is(damage, raftstore.ErrCorrupt) {
+		// Not damage (permissions, a full disk, the store in use): moving
+		// the data would not help and would lose it.
+		return fmt.Errorf("--rebuild: %w", damage)
+	}
+	aside := filepath.Join(s.cfg.DataDir, "damaged-"+time.Now().UTC().Format("20060102T150405Z"))
+	if err := os.Mkdir(aside, 0o700); err != nil {
+		return fmt.Errorf("--rebuild: %w", err)
+	}
+	for _, d := range []string{dir, s.cfg.snapshotDir()} {
+		err := os.Rename(d, filepath.Join(aside, filepath.Base(d)))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("--rebuild: set aside %s: %w", d, err)
+		}
+	}
+	s.logger.Warn("rebuilding: damaged Raft data set aside; this server starts empty and catches up from the leader",
+		"damage", damage.Error(), "moved_to", aside)
+	return nil
+}
+
+// checkRaftData opens the Raft store in dir and reads every entry and
+// stable value back; nil means intact.
+func checkRaftData(dir string, logger *slog.Logger) (err error) {
+	opts := raftstore.DefaultOptions()
+	opts.Logger = logger
+	st, err := raftstore.Open(dir, opts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := st.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	return st.Verify()
 }
 
 // bootstrapRaft writes the first Raft configuration with the given voters.

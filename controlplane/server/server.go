@@ -91,6 +91,11 @@ func New(cfg Config) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("server", cfg.Name)
+	if cfg.Rebuild {
+		// A rebuilt server joins the cluster that has its data; it must
+		// never start a new one.
+		cfg.BootstrapExpect = 0
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:         cfg,
@@ -170,6 +175,15 @@ func (s *Server) IsLeader() bool {
 
 // Done is closed when the server has stopped.
 func (s *Server) Done() <-chan struct{} { return s.stopped }
+
+// StoreFailed is closed when a write to the Raft store has failed to reach
+// the disk (raftstore.ErrWriteFailed). The store then refuses every call, so
+// the server can neither acknowledge nor serve Raft traffic and must stop;
+// StoreErr says why. Valid after a successful Start.
+func (s *Server) StoreFailed() <-chan struct{} { return s.logs.Failed() }
+
+// StoreErr is the error that failed the Raft store, or nil.
+func (s *Server) StoreErr() error { return s.logs.Err() }
 
 // Shutdown stops the server gracefully: the API stops taking requests and
 // drains, gossip announces that this server is going away briefly (not a

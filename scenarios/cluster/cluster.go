@@ -271,6 +271,30 @@ func (c *Cluster) Restart(n *Node) error {
 	return fmt.Errorf("restart %s: %w", n.Name, err)
 }
 
+// Rebuild starts a stopped node with --rebuild: it sets its damaged Raft
+// data aside and catches up from the leader. Later restarts are plain ones.
+func (c *Cluster) Rebuild(n *Node) error {
+	if n.Server() != nil {
+		return fmt.Errorf("rebuild %s: it is running", n.Name)
+	}
+	n.mu.Lock()
+	plain := n.cfg
+	n.cfg.Rebuild = true
+	n.mu.Unlock()
+	err := c.start(n)
+	n.mu.Lock()
+	n.cfg.Rebuild, n.cfg.BootstrapExpect = false, plain.BootstrapExpect
+	n.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("rebuild %s: %w", n.Name, err)
+	}
+	c.setSilent(n.APIAddr(), false)
+	return nil
+}
+
+// DataDir is the node's data directory.
+func (n *Node) DataDir() string { return n.cfg.DataDir }
+
 // AddServer starts a new server that joins the running cluster without
 // bootstrapping; the leader adds it as a voter.
 func (c *Cluster) AddServer(name string) (*Node, error) {
