@@ -336,12 +336,25 @@ func TestAgentLifecycle(t *testing.T) {
 	_, err = ac.Register(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RegisterRequest{}))
 	wantErr(t, "register of a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
 
+	// Its heartbeats refused, it is marked DOWN when its deadline passes
+	// rather than staying READY, and operators see both facts.
+	waitStatus(t, c, n.GetId(), droverv1.NodeStatus_NODE_STATUS_DOWN, 30*time.Second)
+	got, err = nodes.GetNode(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.GetNodeRequest{Node: n.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rn := got.Msg.GetNode()
+	last := rn.GetHistory()[len(rn.GetHistory())-1]
+	if !rn.GetRevoked() || rn.GetStatus() != droverv1.NodeStatus_NODE_STATUS_DOWN || !strings.Contains(last.GetReason(), "revoked") {
+		t.Fatalf("revoked silent node: revoked %v, status %v, last change %v", rn.GetRevoked(), rn.GetStatus(), last)
+	}
+
 	_, body := httpGet(t, c, l, "/metrics")
 	if v := metricValue(body, "drover_heartbeats_total"); v < 5 {
 		t.Errorf("drover_heartbeats_total %v, want the heartbeats sent", v)
 	}
-	if v := metricValue(body, "drover_nodes", `status="ready"`); v != 1 {
-		t.Errorf(`drover_nodes{status="ready"} = %v, want 1`, v)
+	if v := metricValue(body, "drover_nodes", `status="down"`); v != 1 {
+		t.Errorf(`drover_nodes{status="down"} = %v, want 1`, v)
 	}
 }
 

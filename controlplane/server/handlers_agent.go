@@ -142,11 +142,22 @@ func (h *agentHandler) Register(ctx context.Context, req *connect.Request[drover
 		return nil, toAPIError(err)
 	}
 	n := res.Value.(*droverv1.Node)
-	resp := &droverv1.RegisterResponse{Node: n, Meta: &droverv1.WriteMeta{Index: res.Index}}
-	if hb := h.s.heartbeatTracker(); hb != nil {
-		resp.SitePeers = h.s.checkSitePeers(n, hb.registered(n, 2*maxSitePeers), maxSitePeers)
+	return connect.NewResponse(&droverv1.RegisterResponse{
+		Node: n, Meta: &droverv1.WriteMeta{Index: res.Index}, SitePeers: h.s.trackRegistration(n),
+	}), nil
+}
+
+// trackRegistration tells the leader's tracker, if it is installed, that
+// node n (as the registration left it in the state) registered, and
+// returns site peers for its pool to join. Without a tracker it does
+// nothing: the tracker reads the node from the state when it is installed
+// (see startHeartbeats).
+func (s *Server) trackRegistration(n *droverv1.Node) []string {
+	hb := s.heartbeatTracker()
+	if hb == nil {
+		return nil
 	}
-	return connect.NewResponse(resp), nil
+	return s.checkSitePeers(n, hb.registered(n, 2*maxSitePeers), maxSitePeers)
 }
 
 // checkSitePeers returns the gossip addresses of up to limit of peers that

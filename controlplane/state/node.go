@@ -15,9 +15,12 @@ import (
 // Node lifecycle. A node is created INITIALIZING by EnrollNode, which
 // uses one use of a join token; RegisterNode records its inventory and
 // makes it READY; the leader's heartbeat timers move it between READY and
-// DOWN with SetNodeStatus; LEFT is final. A revoked node keeps its status
-// but may only be marked LEFT. Names are unique among the nodes that have
-// not left, so a machine that left can enroll again under its old name.
+// DOWN with SetNodeStatus; LEFT is final. A revoked node may be marked
+// DOWN or LEFT but never READY again: its certificate is refused, so the
+// leader stops hearing its heartbeats and marks it DOWN once its deadline
+// passes, which is the truth about it from then on. Names are unique among
+// the nodes that have not left, so a machine that left can enroll again
+// under its old name.
 
 // EnrollNode applies an enroll-node command: in one step it checks that
 // the join token may be used (see the token errors: [ErrTokenInvalid],
@@ -192,7 +195,7 @@ func (s *Store) RegisterNode(idx uint64, meta *droverv1.CommandMeta, nodeID stri
 // with [ErrInvalid] only when an update is malformed (a status other than
 // READY, DOWN or LEFT, or an overlong reason). Otherwise each update is
 // applied on its own, in order: one for an unknown node, for a revoked
-// node to any status but LEFT, or for a node that left is skipped, and the
+// node to READY, or for a node that left is skipped, and the
 // audit event's details list it ("not_found", "refused") beside the nodes
 // that changed ("changed") and those already in that status
 // ("unchanged"). Only a real transition adds to a node's history, which
@@ -228,7 +231,7 @@ func (s *Store) SetNodeStatus(idx uint64, meta *droverv1.CommandMeta, updates []
 			case cur.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT:
 				refused = append(refused, id+" (left)")
 				continue
-			case cur.GetRevoked() && status != droverv1.NodeStatus_NODE_STATUS_LEFT:
+			case cur.GetRevoked() && status == droverv1.NodeStatus_NODE_STATUS_READY:
 				refused = append(refused, id+" (revoked)")
 				continue
 			}
@@ -349,8 +352,10 @@ func (s *Store) SetNodeLabels(idx uint64, meta *droverv1.CommandMeta, nodeID str
 }
 
 // RevokeNode applies a revoke-node command and returns the node. A revoked
-// node is refused by RegisterNode and by status changes other than to
-// LEFT; it keeps running what it runs until an operator drains it.
+// node is refused by RegisterNode and by status changes to READY; it keeps
+// running what it runs until an operator drains it. Its status stays as it
+// is here: the leader marks it DOWN when its heartbeat deadline passes,
+// since its heartbeats are refused from now on.
 // Revoking a revoked node changes nothing but is still recorded in the
 // audit log.
 func (s *Store) RevokeNode(idx uint64, meta *droverv1.CommandMeta, nodeID string) (*droverv1.Node, error) {
