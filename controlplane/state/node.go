@@ -1,6 +1,7 @@
 package state
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"maps"
 	"net"
@@ -28,6 +29,16 @@ import (
 // and creates the node, so that a token's max_uses holds however many
 // agents enroll at once. It returns the new node.
 //
+// An enrollment is idempotent: one whose node carries the public key hash
+// of a node that has not left and that enrolled with the same join token
+// (and the right secret) is a retry of that enrollment, whose answer was
+// lost. It returns that node as it is now, changes nothing and uses no
+// more of the token, so a retry succeeds even when the first try used the
+// token's last use or the token has expired since: the enrollment those
+// guard happened already. A revoked token or node refuses the retry. The
+// same key with another token is refused with [ErrAlreadyExists]: an agent
+// makes a new key for each new enrollment.
+//
 // From cmd's node it takes id, name, labels, site, inventory and agent
 // version; the rest is set here. The node's labels are the agent's with
 // the token's laid over them (the token wins a conflict: the operator who
@@ -39,6 +50,9 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 		req := cmd.GetNode()
 		id := req.GetId()
 		target := nodeTarget(id)
+		if prev, ok := s.t.nodeKeys[keyOf(req.GetPublicKeySha256())]; ok && len(req.GetPublicKeySha256()) > 0 {
+			return s.enrollRetryLocked(s.t.nodes[prev], cmd, &out)
+		}
 		tok, details, err := s.useJoinTokenLocked(meta, cmd.GetTokenId(), cmd.GetTokenSecretSha256())
 		if err != nil {
 			return target, details, err
@@ -62,16 +76,17 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 		}
 		r := clone(req)
 		n := &droverv1.Node{
-			Id:           id,
-			Name:         r.GetName(),
-			Labels:       labels,
-			Site:         site,
-			Status:       droverv1.NodeStatus_NODE_STATUS_INITIALIZING,
-			Inventory:    r.GetInventory(),
-			AgentVersion: r.GetAgentVersion(),
-			TokenId:      tok.GetId(),
-			CreateIndex:  idx,
-			ModifyIndex:  idx,
+			Id:              id,
+			Name:            r.GetName(),
+			Labels:          labels,
+			Site:            site,
+			Status:          droverv1.NodeStatus_NODE_STATUS_INITIALIZING,
+			Inventory:       r.GetInventory(),
+			AgentVersion:    r.GetAgentVersion(),
+			TokenId:         tok.GetId(),
+			CreateIndex:     idx,
+			ModifyIndex:     idx,
+			PublicKeySha256: r.GetPublicKeySha256(),
 		}
 		if t := meta.GetTime(); t != nil {
 			n.EnrollTime = clone(t)
@@ -84,6 +99,9 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 		s.t.joinTokens[tok.GetId()] = tok
 		s.t.nodes[id] = n
 		s.t.nodeNames[n.GetName()] = id
+		if k := n.GetPublicKeySha256(); len(k) > 0 {
+			s.t.nodeKeys[keyOf(k)] = id
+		}
 		out = clone(n)
 
 		details["name"] = n.GetName()
@@ -99,9 +117,79 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 	return out, err
 }
 
+// enrollRetryLocked answers an enrollment whose key is prev's, a node
+// that has not left (see [Store.EnrollNode]): prev itself, into *out, if
+// the enrollment is a retry of prev's; a refusal if not. s.mu is held.
+func (s *Store) enrollRetryLocked(prev *droverv1.Node, cmd *droverv1.EnrollNodeCommand, out **droverv1.Node) (string, map[string]string, error) {
+	target := nodeTarget(prev.GetId())
+	tokID := cmd.GetTokenId()
+	details := map[string]string{"token": tokID}
+	if tokID != prev.GetTokenId() {
+		details["refused"] = "key enrolled with another token"
+		return target, details, fmt.Errorf("node key %w: node %q enrolled with it using join token %q, not %q; "+
+			"an agent makes a new key for each enrollment, so start it with an empty data directory",
+			ErrAlreadyExists, prev.GetId(), prev.GetTokenId(), tokID)
+	}
+	t, ok := s.t.joinTokens[tokID]
+	if !ok || subtle.ConstantTimeCompare(t.GetSecretSha256(), cmd.GetTokenSecretSha256()) != 1 {
+		details["refused"] = "wrong secret"
+		return target, details, &refusal{
+			msg:  fmt.Sprintf("join token %q is not valid: unknown id or wrong secret; check the token string the agent was given", tokID),
+			kind: ErrTokenInvalid,
+		}
+	}
+	if t.GetRevoked() {
+		return target, details, &refusal{
+			msg:  fmt.Sprintf("join token %q was revoked: create a new one with \"drover token create\"", tokID),
+			kind: ErrTokenRevoked,
+		}
+	}
+	if prev.GetRevoked() {
+		return target, details, revokedNode(prev.GetId())
+	}
+	details["name"] = prev.GetName()
+	details["retry"] = "true"
+	*out = clone(prev)
+	return target, details, nil
+}
+
+// keyOf returns a node's public key hash as a map key; a hash of another
+// length than SHA-256's (none, from a node enrolled before keys were
+// recorded) gives the zero key, which is never indexed.
+func keyOf(sum []byte) [32]byte {
+	if len(sum) != 32 {
+		return [32]byte{}
+	}
+	return [32]byte(sum)
+}
+
+// indexNodeKeys returns the key index of nodes (key hash → id, for the
+// nodes that have not left and recorded a key), or an error when two of
+// them share a key, which EnrollNode never lets happen.
+func indexNodeKeys(nodes []*droverv1.Node) (map[[32]byte]string, error) {
+	keys := make(map[[32]byte]string)
+	for _, n := range nodes {
+		k := n.GetPublicKeySha256()
+		if len(k) == 0 || n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT {
+			continue
+		}
+		if len(k) != 32 {
+			return nil, fmt.Errorf("node %q public key hash is %d bytes, a SHA-256 is 32", n.GetId(), len(k))
+		}
+		if other, dup := keys[[32]byte(k)]; dup {
+			return nil, fmt.Errorf("nodes %q and %q share a public key and neither has left", other, n.GetId())
+		}
+		keys[[32]byte(k)] = n.GetId()
+	}
+	return keys, nil
+}
+
 func validateEnrollNode(n *droverv1.Node) error {
 	if err := validateID("node", n.GetId()); err != nil {
 		return err
+	}
+	if k := len(n.GetPublicKeySha256()); k != 0 && k != 32 {
+		return fmt.Errorf("node %q public key hash is %w: it is %d bytes, a SHA-256 is 32", n.GetId(), ErrInvalid, k)
 	}
 	if err := ValidateName("node", n.GetName()); err != nil {
 		return err
@@ -240,8 +328,13 @@ func (s *Store) SetNodeStatus(idx uint64, meta *droverv1.CommandMeta, updates []
 			n.ModifyIndex = idx
 			appendHistory(n, idx, meta, status, u.GetReason())
 			s.t.nodes[id] = n
-			if status == droverv1.NodeStatus_NODE_STATUS_LEFT && s.t.nodeNames[n.GetName()] == id {
-				delete(s.t.nodeNames, n.GetName())
+			if status == droverv1.NodeStatus_NODE_STATUS_LEFT {
+				if s.t.nodeNames[n.GetName()] == id {
+					delete(s.t.nodeNames, n.GetName())
+				}
+				if k := keyOf(n.GetPublicKeySha256()); s.t.nodeKeys[k] == id {
+					delete(s.t.nodeKeys, k)
+				}
 			}
 			changed = append(changed, id+"="+statusName(status))
 		}

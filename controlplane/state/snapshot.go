@@ -353,6 +353,9 @@ func (snap *Snapshot) check() error {
 	if _, err := indexNodes(snap.nodes); err != nil {
 		return err
 	}
+	if _, err := indexNodeKeys(snap.nodes); err != nil {
+		return err
+	}
 	var prev uint64
 	for _, ev := range snap.audit {
 		if ev.GetIndex() <= prev || ev.GetIndex() > snap.index {
@@ -427,6 +430,9 @@ func (s *Store) Restore(r io.Reader) error {
 		t.nodes[n.GetId()] = n
 	}
 	t.nodeNames, err = indexNodes(snap.nodes)
+	if err == nil {
+		t.nodeKeys, err = indexNodeKeys(snap.nodes)
+	}
 	if err != nil {
 		// check accepted these nodes already.
 		return fmt.Errorf("restore: %w: %w", ErrSnapshotInvalid, err)

@@ -87,7 +87,11 @@ type tables struct {
 	// nodeNames indexes the nodes that have not left by name (name → id);
 	// it is not stored in snapshots but rebuilt from the nodes.
 	nodeNames map[string]string
-	audit     []*droverv1.AuditEvent // ascending index
+	// nodeKeys indexes the nodes that have not left by the hash of their
+	// enrollment public key (see EnrollNode); it is rebuilt from the nodes
+	// like nodeNames.
+	nodeKeys map[[32]byte]string
+	audit    []*droverv1.AuditEvent // ascending index
 }
 
 func newTables() tables {
@@ -100,6 +104,7 @@ func newTables() tables {
 		joinTokens:   make(map[string]*droverv1.JoinToken),
 		nodes:        make(map[string]*droverv1.Node),
 		nodeNames:    make(map[string]string),
+		nodeKeys:     make(map[[32]byte]string),
 	}
 }
 
