@@ -569,7 +569,8 @@ func newNodeRevokeCommand(g *globals) *cobra.Command {
 (its certificate is refused), and it will not enroll again by itself: the
 machine comes back only when its agent is enrolled again with a new join
 token, as a new node. Use it for a machine that was lost, stolen, or
-retired without leaving the fleet.
+retired without leaving the fleet. With its heartbeats refused, the node is
+marked down once its heartbeat deadline passes, and stays down and revoked.
 
 Revoking does not stop what the machine already runs: an agent that cannot
 reach the control plane keeps serving its last good state. Stop the agent on

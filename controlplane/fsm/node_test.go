@@ -367,14 +367,18 @@ func TestExpiredTokenRefusedAtCommandTime(t *testing.T) {
 }
 
 // TestRevokedNodeCannotRegister: a revoked node is refused registration
-// and any status but LEFT.
+// and READY; it may be marked DOWN (the leader stops hearing it) or LEFT.
 func TestRevokedNodeCannotRegister(t *testing.T) {
 	h := newHarness(t)
 	h.mustApply(createJoinToken(t, "alice", &droverv1.JoinToken{Id: "tok", SecretSha256: joinSecret[:]}))
 	h.mustApply(enrollNode(t, epoch, "tok", joinSecret[:], "n1", "gpu-01"))
 	h.mustApply(registerNode(t, "n1", gpuInventory))
 	h.mustApply(revokeNode(t, "alice", "n1"))
+	h.mustApply(setNodeStatus(t, nodeStatus("n1", droverv1.NodeStatus_NODE_STATUS_DOWN)))
 	before, _ := h.store.Node("n1")
+	if before.GetStatus() != droverv1.NodeStatus_NODE_STATUS_DOWN {
+		t.Fatalf("revoked node not marked down: %v", before)
+	}
 
 	res := h.apply(registerNode(t, "n1", &droverv1.NodeInventory{}))
 	if !errors.Is(res.Err, state.ErrNodeRevoked) || res.Value != nil {
@@ -386,7 +390,7 @@ func TestRevokedNodeCannotRegister(t *testing.T) {
 	if ev := h.lastAudit(); ev.GetAction() != state.ActionNodeRegister || ev.GetTarget() != "node/n1" || ev.GetResult() != res.Err.Error() {
 		t.Errorf("audit = %v", ev)
 	}
-	h.mustApply(setNodeStatus(t, nodeStatus("n1", droverv1.NodeStatus_NODE_STATUS_DOWN)))
+	h.mustApply(setNodeStatus(t, nodeStatus("n1", droverv1.NodeStatus_NODE_STATUS_READY)))
 	if ev := h.lastAudit(); ev.GetDetails()["refused"] != "n1 (revoked)" {
 		t.Errorf("audit = %v", ev)
 	}

@@ -336,13 +336,67 @@ func TestAgentLifecycle(t *testing.T) {
 	_, err = ac.Register(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RegisterRequest{}))
 	wantErr(t, "register of a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
 
+	// Its heartbeats refused, it is marked DOWN when its deadline passes
+	// rather than staying READY, and operators see both facts.
+	waitStatus(t, c, n.GetId(), droverv1.NodeStatus_NODE_STATUS_DOWN, 30*time.Second)
+	got, err = nodes.GetNode(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.GetNodeRequest{Node: n.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rn := got.Msg.GetNode()
+	last := rn.GetHistory()[len(rn.GetHistory())-1]
+	if !rn.GetRevoked() || rn.GetStatus() != droverv1.NodeStatus_NODE_STATUS_DOWN || !strings.Contains(last.GetReason(), "revoked") {
+		t.Fatalf("revoked silent node: revoked %v, status %v, last change %v", rn.GetRevoked(), rn.GetStatus(), last)
+	}
+
 	_, body := httpGet(t, c, l, "/metrics")
 	if v := metricValue(body, "drover_heartbeats_total"); v < 5 {
 		t.Errorf("drover_heartbeats_total %v, want the heartbeats sent", v)
 	}
-	if v := metricValue(body, "drover_nodes", `status="ready"`); v != 1 {
-		t.Errorf(`drover_nodes{status="ready"} = %v, want 1`, v)
+	if v := metricValue(body, "drover_nodes", `status="down"`); v != 1 {
+		t.Errorf(`drover_nodes{status="down"} = %v, want 1`, v)
 	}
+}
+
+// An enrollment retried with the same key and token, as an agent whose
+// answer was lost retries it, gets the same node and a certificate for
+// it, and costs the token no second use; the retried identity works. A
+// machine with another key is another node.
+func TestEnrollRetryGetsSameNode(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{})
+	l := c.Leader()
+	tokens, nodes := operator(t, c, l)
+	addr := l.APIAddr()
+	once, tok := createToken(t, tokens, &droverv1.CreateTokenRequest{MaxUses: 1})
+
+	a := newFakeAgent(t, c.CA.Pool())
+	first, err := a.enroll(t, addr, once, "edge-1")
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	firstCert := a.cert
+	again, err := a.enroll(t, addr, once, "edge-1") // a new CSR for the same key
+	if err != nil {
+		t.Fatalf("retried enrollment: %v", err)
+	}
+	id := first.GetNode().GetId()
+	if again.GetNode().GetId() != id || a.cert.Leaf.Subject.CommonName != id || firstCert.Leaf.Subject.CommonName != id {
+		t.Fatalf("retry: node %s, certificate for %s; first: node %s, certificate for %s",
+			again.GetNode().GetId(), a.cert.Leaf.Subject.CommonName, id, firstCert.Leaf.Subject.CommonName)
+	}
+	ls, err := nodes.ListNodes(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.ListNodesRequest{}))
+	if err != nil || len(ls.Msg.GetNodes()) != 1 {
+		t.Fatalf("ListNodes after a retry: %v, %v; want one node", ls, err)
+	}
+	if stored, err := l.Server().State().JoinToken(tok.GetId()); err != nil || stored.GetUses() != 1 {
+		t.Fatalf("token after a retry: %v, %v; want 1 use", stored, err)
+	}
+	// The certificate of the retry is the node's identity.
+	if _, err := a.client(t, addr, nil).Register(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RegisterRequest{AgentVersion: "test"})); err != nil {
+		t.Fatalf("register with the retry's certificate: %v", err)
+	}
+	_, err = newFakeAgent(t, c.CA.Pool()).enroll(t, addr, once, "edge-2")
+	wantErr(t, "another machine with the used-up token", err, connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP)
 }
 
 // Each refusal of a join token has its own reason, code and hint on the

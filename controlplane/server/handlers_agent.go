@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base32"
 	"encoding/pem"
@@ -54,6 +55,11 @@ func (s *Server) serverAPIAddrs() []string {
 // Enroll trades a join token and a CSR for a node identity. The
 // certificate is signed before the token is used, so a bad CSR never
 // costs a use; it is handed out only if the enrollment is committed.
+//
+// It is idempotent: the enrollment records the hash of the CSR's public
+// key, and a retry (the same key and token, its answer lost) gets the node
+// the first try made, with a certificate for it, and uses no more of the
+// token (see state.Store.EnrollNode).
 func (h *agentHandler) Enroll(ctx context.Context, req *connect.Request[droverv1.EnrollRequest]) (*connect.Response[droverv1.EnrollResponse], error) {
 	tok, err := jointoken.Parse(req.Msg.GetToken())
 	if err != nil {
@@ -80,7 +86,11 @@ func (h *agentHandler) Enroll(ctx context.Context, req *connect.Request[droverv1
 	if err != nil {
 		return nil, apiErr(connect.CodeInternal, droverv1.ErrorReason_ERROR_REASON_INTERNAL, err.Error(), "")
 	}
-	certDER, expiry, err := h.signCSR(req.Msg.GetCsrDer(), id)
+	certPEM, expiry, err := h.signCSR(req.Msg.GetCsrDer(), id)
+	if err != nil {
+		return nil, err
+	}
+	keySum, err := csrKeyHash(req.Msg.GetCsrDer())
 	if err != nil {
 		return nil, err
 	}
@@ -90,26 +100,44 @@ func (h *agentHandler) Enroll(ctx context.Context, req *connect.Request[droverv1
 		TokenId:           tok.ID,
 		TokenSecretSha256: sum[:],
 		Node: &droverv1.Node{
-			Id:           id,
-			Name:         name,
-			Labels:       req.Msg.GetLabels(),
-			Site:         req.Msg.GetSite(),
-			Inventory:    req.Msg.GetInventory(),
-			AgentVersion: req.Msg.GetAgentVersion(),
+			Id:              id,
+			Name:            name,
+			Labels:          req.Msg.GetLabels(),
+			Site:            req.Msg.GetSite(),
+			Inventory:       req.Msg.GetInventory(),
+			AgentVersion:    req.Msg.GetAgentVersion(),
+			PublicKeySha256: keySum[:],
 		},
 	})
 	if err != nil {
 		return nil, toAPIError(err)
 	}
 	n := res.Value.(*droverv1.Node)
+	if n.GetId() != id {
+		// A retry: the certificate must name the node it got back.
+		if certPEM, expiry, err = h.signCSR(req.Msg.GetCsrDer(), n.GetId()); err != nil {
+			return nil, err
+		}
+	}
 	return connect.NewResponse(&droverv1.EnrollResponse{
 		Node:              n,
-		CertificatePem:    certDER,
+		CertificatePem:    certPEM,
 		CertificateExpiry: timestamppb.New(expiry),
 		SiteGossipKey:     pki.DeriveKey(h.s.ca, "drover site gossip v1 "+n.GetSite(), 32),
 		Servers:           h.s.serverAPIAddrs(),
 		Meta:              &droverv1.WriteMeta{Index: res.Index},
 	}), nil
+}
+
+// csrKeyHash returns the SHA-256 of the public key (DER
+// SubjectPublicKeyInfo) a CSR asks a certificate for.
+func csrKeyHash(der []byte) ([32]byte, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return [32]byte{}, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			fmt.Sprintf("certificate request: %v", err), "send a PKCS#10 request (DER) for an ECDSA P-256 key")
+	}
+	return sha256.Sum256(csr.RawSubjectPublicKeyInfo), nil
 }
 
 // signCSR signs a node's CSR as an agent certificate for node id and
@@ -142,11 +170,22 @@ func (h *agentHandler) Register(ctx context.Context, req *connect.Request[drover
 		return nil, toAPIError(err)
 	}
 	n := res.Value.(*droverv1.Node)
-	resp := &droverv1.RegisterResponse{Node: n, Meta: &droverv1.WriteMeta{Index: res.Index}}
-	if hb := h.s.heartbeatTracker(); hb != nil {
-		resp.SitePeers = h.s.checkSitePeers(n, hb.registered(n, 2*maxSitePeers), maxSitePeers)
+	return connect.NewResponse(&droverv1.RegisterResponse{
+		Node: n, Meta: &droverv1.WriteMeta{Index: res.Index}, SitePeers: h.s.trackRegistration(n),
+	}), nil
+}
+
+// trackRegistration tells the leader's tracker, if it is installed, that
+// node n (as the registration left it in the state) registered, and
+// returns site peers for its pool to join. Without a tracker it does
+// nothing: the tracker reads the node from the state when it is installed
+// (see startHeartbeats).
+func (s *Server) trackRegistration(n *droverv1.Node) []string {
+	hb := s.heartbeatTracker()
+	if hb == nil {
+		return nil
 	}
-	return connect.NewResponse(resp), nil
+	return s.checkSitePeers(n, hb.registered(n, 2*maxSitePeers), maxSitePeers)
 }
 
 // checkSitePeers returns the gossip addresses of up to limit of peers that

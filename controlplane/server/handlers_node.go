@@ -75,8 +75,9 @@ func (h *nodeHandler) LabelNode(ctx context.Context, req *connect.Request[drover
 	}), nil
 }
 
-// RevokeNode revokes a node: its certificate is refused from now on, and
-// the leader stops tracking its heartbeats.
+// RevokeNode revokes a node: its certificate is refused from now on, so
+// its heartbeats are too, and the leader marks it DOWN when its deadline
+// passes.
 func (h *nodeHandler) RevokeNode(ctx context.Context, req *connect.Request[droverv1.RevokeNodeRequest]) (*connect.Response[droverv1.RevokeNodeResponse], error) {
 	n, err := h.s.findNode(req.Msg.GetNode())
 	if err != nil {
@@ -88,7 +89,7 @@ func (h *nodeHandler) RevokeNode(ctx context.Context, req *connect.Request[drove
 		return nil, toAPIError(err)
 	}
 	if hb := h.s.heartbeatTracker(); hb != nil {
-		hb.forget(n.GetId())
+		hb.revoked(n.GetId())
 	}
 	return connect.NewResponse(&droverv1.RevokeNodeResponse{Meta: &droverv1.WriteMeta{Index: res.Index}}), nil
 }

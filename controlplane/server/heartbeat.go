@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/controlplane/state"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -38,6 +39,9 @@ const (
 	// suspectedReason is the status reason of a node marked down sooner
 	// because its site peers suspected it.
 	suspectedReason = "missed heartbeat TTL; suspected by site peers"
+	// revokedReason is the status reason of a revoked node marked down:
+	// it may still run, but the control plane no longer hears it.
+	revokedReason = "missed heartbeat TTL; revoked, so its heartbeats are refused"
 )
 
 // heartbeatTracker keeps the leader's heartbeat deadlines. Heartbeats only
@@ -47,14 +51,17 @@ const (
 // SET_NODE_STATUS command.
 //
 // A tracker lives for one term of leadership: leaderLoop makes it once
-// the state is caught up, runs it, and drops it when leadership ends. Its
-// methods are safe for concurrent use; run is called once.
+// the state is caught up, installs it, has it track the nodes in the state
+// (see startHeartbeats for why in that order), runs it, and drops it when
+// leadership ends. Its methods are safe for concurrent use; run is called
+// once.
 //
 // Deadlines sit in a map scanned on each tick: one timer for the whole
 // fleet, no goroutine per node, and a scan of even 100k entries costs far
 // less than the tick.
 type heartbeatTracker struct {
 	s      *Server
+	state  nodeReader // s.state
 	now    func() time.Time
 	minTTL time.Duration
 	rate   float64 // heartbeats per second the fleet may send in total
@@ -109,49 +116,74 @@ func (e *hbEntry) dueLocked(now time.Time) (due, bySuspicion bool) {
 	return now.After(e.lastBeat.Add(2*e.interval + heartbeatTick)), true
 }
 
-// newHeartbeatTracker makes a tracker for a new term. Every node in the
-// state that has not left gets one TTL plus the leader grace before it
-// can be marked down: the old leader's deadlines are gone, and its nodes
-// must have time to find this one.
+// nodeReader is what the tracker reads of the state.
+type nodeReader interface {
+	Nodes() []*droverv1.Node
+	NodeSummary(id string) (*droverv1.Node, error)
+}
+
+var _ nodeReader = (*state.Store)(nil)
+
+// newHeartbeatTracker makes an empty tracker for a new term; trackState
+// fills it from the state.
 func newHeartbeatTracker(s *Server) *heartbeatTracker {
-	t := &heartbeatTracker{
+	return &heartbeatTracker{
 		s:      s,
+		state:  s.state,
 		now:    time.Now,
 		minTTL: time.Duration(s.cfg.HeartbeatMinTTL),
 		rate:   s.cfg.MaxHeartbeatsPerSecond,
 		nodes:  make(map[string]*hbEntry),
 		up:     make(map[string]struct{}),
 	}
-	nodes := s.state.Nodes()
+}
+
+// trackState tracks every trackable node in the state that the tracker
+// does not know yet, giving it one TTL plus the leader grace before it can
+// be marked down: the old leader's deadlines are gone, and its nodes must
+// have time to find this one. A node the tracker already knows registered
+// or heartbeated after the tracker was installed, which is newer than what
+// the state read here may say of it (DOWN, say, when it has just
+// registered READY), so its entry is kept.
+func (t *heartbeatTracker) trackState() {
+	nodes := t.state.Nodes()
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var tracked int
+	tracked := len(t.nodes)
 	for _, n := range nodes {
-		if trackable(n) {
+		if _, known := t.nodes[n.GetId()]; !known && trackable(n) {
 			tracked++
 		}
 	}
-	grace := t.ttlFor(tracked) + time.Duration(s.cfg.HeartbeatLeaderGrace)
+	grace := t.ttlFor(tracked) + time.Duration(t.s.cfg.HeartbeatLeaderGrace)
 	for _, n := range nodes {
-		if trackable(n) {
-			e := &hbEntry{
-				deadline: now.Add(grace),
-				// Already DOWN: a heartbeat brings it back, nothing else.
-				downSent: n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN,
-			}
-			t.nodes[n.GetId()] = e
+		if _, known := t.nodes[n.GetId()]; known || !trackable(n) {
+			continue
+		}
+		e := &hbEntry{
+			deadline: now.Add(grace),
+			// Already DOWN: a heartbeat brings it back, nothing else.
+			downSent: n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN,
+		}
+		t.nodes[n.GetId()] = e
+		if !n.GetRevoked() {
 			t.indexLocked(n.GetId(), e, n.GetSite(), n.GetGossipAddr())
 		}
 	}
-	return t
 }
 
 // trackable reports whether a node's liveness is tracked: it has
-// registered (or was once ready) and has neither left nor been revoked.
+// registered (or was once ready), has not left, and is not a revoked node
+// already DOWN. A revoked node that is READY stays tracked: its
+// certificate is refused, so it never heartbeats again and is marked DOWN
+// when its deadline passes, like any node the leader stopped hearing from,
+// rather than staying READY for good; once DOWN nothing can bring it back.
 func trackable(n *droverv1.Node) bool {
 	switch n.GetStatus() {
-	case droverv1.NodeStatus_NODE_STATUS_READY, droverv1.NodeStatus_NODE_STATUS_DOWN:
+	case droverv1.NodeStatus_NODE_STATUS_READY:
+		return true
+	case droverv1.NodeStatus_NODE_STATUS_DOWN:
 		return !n.GetRevoked()
 	}
 	return false
@@ -339,7 +371,17 @@ func (t *heartbeatTracker) sitePeersLocked(self, site string, now time.Time, lim
 	return out
 }
 
-// forget stops tracking a node (revoked, left).
+// revoked stops handing node id out as a site peer. Its deadline stays,
+// so it is marked DOWN when that passes.
+func (t *heartbeatTracker) revoked(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.nodes[id]; ok {
+		t.indexLocked(id, e, "", "")
+	}
+}
+
+// forget stops tracking a node (left, or revoked and down).
 func (t *heartbeatTracker) forget(id string) {
 	t.mu.Lock()
 	if e, ok := t.nodes[id]; ok && e.site != "" && e.gossipAddr != "" {
@@ -378,16 +420,20 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 	}
 
 	var updates []*droverv1.NodeStatusUpdate
-	var sentDown, sentUp, sentSuspected []string
+	var sentDown, sentUp, sentSuspected, sentRevoked []string
 	for _, id := range expired {
-		n, err := t.s.state.NodeSummary(id)
+		n, err := t.state.NodeSummary(id)
 		if err != nil || !trackable(n) {
 			t.forget(id)
 			continue
 		}
 		if n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_READY {
 			reason := "missed heartbeat TTL"
-			if suspected[id] {
+			switch {
+			case n.GetRevoked():
+				reason = revokedReason
+				sentRevoked = append(sentRevoked, id)
+			case suspected[id]:
 				reason = suspectedReason
 				sentSuspected = append(sentSuspected, id)
 			}
@@ -398,7 +444,7 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 		}
 	}
 	for _, id := range revived {
-		n, err := t.s.state.NodeSummary(id)
+		n, err := t.state.NodeSummary(id)
 		if err != nil || !trackable(n) {
 			t.forget(id)
 			continue
@@ -423,8 +469,13 @@ func (t *heartbeatTracker) tick(ctx context.Context) {
 			return
 		}
 	}
+	// A revoked node that is DOWN can never heartbeat back.
+	for _, id := range sentRevoked {
+		t.forget(id)
+	}
 	if len(sentDown) > 0 || len(sentUp) > 0 {
-		t.s.logger.Info("node status transitions", "down", sentDown, "ready", sentUp, "down_suspected_by_peers", sentSuspected)
+		t.s.logger.Info("node status transitions", "down", sentDown, "ready", sentUp,
+			"down_suspected_by_peers", sentSuspected, "down_revoked", sentRevoked)
 	}
 }
 

@@ -101,14 +101,12 @@ func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 	s.logger.Info("leadership established", "index", s.raft.AppliedIndex())
 
 	hb := newHeartbeatTracker(s)
+	s.startHeartbeats(hb)
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
 		hb.run(ctx)
 	}()
-	s.mu.Lock()
-	s.heartbeats = hb
-	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.heartbeats = nil
@@ -127,6 +125,22 @@ func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 		case <-s.reconcileCh:
 		}
 	}
+}
+
+// startHeartbeats installs hb as the leader's tracker, and only then has
+// it track the nodes in the state. In that order no node falls between
+// the two: a registration whose handler found no tracker was applied
+// before the tracker was installed, so the state that trackState reads
+// holds it; one whose handler finds the tracker reaches it directly. Read
+// the state first and install after, and a node that registers in
+// between is in neither (a new node is never tracked, a DOWN one that
+// registers READY again keeps the DOWN it was read with), so if its
+// agent stops it stays READY for the whole term.
+func (s *Server) startHeartbeats(hb *heartbeatTracker) {
+	s.mu.Lock()
+	s.heartbeats = hb
+	s.mu.Unlock()
+	hb.trackState()
 }
 
 // initCluster writes the cluster's identity: a random id and the CA's

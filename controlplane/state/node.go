@@ -1,6 +1,7 @@
 package state
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"maps"
 	"net"
@@ -15,15 +16,28 @@ import (
 // Node lifecycle. A node is created INITIALIZING by EnrollNode, which
 // uses one use of a join token; RegisterNode records its inventory and
 // makes it READY; the leader's heartbeat timers move it between READY and
-// DOWN with SetNodeStatus; LEFT is final. A revoked node keeps its status
-// but may only be marked LEFT. Names are unique among the nodes that have
-// not left, so a machine that left can enroll again under its old name.
+// DOWN with SetNodeStatus; LEFT is final. A revoked node may be marked
+// DOWN or LEFT but never READY again: its certificate is refused, so the
+// leader stops hearing its heartbeats and marks it DOWN once its deadline
+// passes, which is the truth about it from then on. Names are unique among
+// the nodes that have not left, so a machine that left can enroll again
+// under its old name.
 
 // EnrollNode applies an enroll-node command: in one step it checks that
 // the join token may be used (see the token errors: [ErrTokenInvalid],
 // [ErrTokenRevoked], [ErrTokenExpired], [ErrTokenUsedUp]), counts the use
 // and creates the node, so that a token's max_uses holds however many
 // agents enroll at once. It returns the new node.
+//
+// An enrollment is idempotent: one whose node carries the public key hash
+// of a node that has not left and that enrolled with the same join token
+// (and the right secret) is a retry of that enrollment, whose answer was
+// lost. It returns that node as it is now, changes nothing and uses no
+// more of the token, so a retry succeeds even when the first try used the
+// token's last use or the token has expired since: the enrollment those
+// guard happened already. A revoked token or node refuses the retry. The
+// same key with another token is refused with [ErrAlreadyExists]: an agent
+// makes a new key for each new enrollment.
 //
 // From cmd's node it takes id, name, labels, site, inventory and agent
 // version; the rest is set here. The node's labels are the agent's with
@@ -36,6 +50,9 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 		req := cmd.GetNode()
 		id := req.GetId()
 		target := nodeTarget(id)
+		if prev, ok := s.t.nodeKeys[keyOf(req.GetPublicKeySha256())]; ok && len(req.GetPublicKeySha256()) > 0 {
+			return s.enrollRetryLocked(s.t.nodes[prev], cmd, &out)
+		}
 		tok, details, err := s.useJoinTokenLocked(meta, cmd.GetTokenId(), cmd.GetTokenSecretSha256())
 		if err != nil {
 			return target, details, err
@@ -59,16 +76,17 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 		}
 		r := clone(req)
 		n := &droverv1.Node{
-			Id:           id,
-			Name:         r.GetName(),
-			Labels:       labels,
-			Site:         site,
-			Status:       droverv1.NodeStatus_NODE_STATUS_INITIALIZING,
-			Inventory:    r.GetInventory(),
-			AgentVersion: r.GetAgentVersion(),
-			TokenId:      tok.GetId(),
-			CreateIndex:  idx,
-			ModifyIndex:  idx,
+			Id:              id,
+			Name:            r.GetName(),
+			Labels:          labels,
+			Site:            site,
+			Status:          droverv1.NodeStatus_NODE_STATUS_INITIALIZING,
+			Inventory:       r.GetInventory(),
+			AgentVersion:    r.GetAgentVersion(),
+			TokenId:         tok.GetId(),
+			CreateIndex:     idx,
+			ModifyIndex:     idx,
+			PublicKeySha256: r.GetPublicKeySha256(),
 		}
 		if t := meta.GetTime(); t != nil {
 			n.EnrollTime = clone(t)
@@ -81,6 +99,9 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 		s.t.joinTokens[tok.GetId()] = tok
 		s.t.nodes[id] = n
 		s.t.nodeNames[n.GetName()] = id
+		if k := n.GetPublicKeySha256(); len(k) > 0 {
+			s.t.nodeKeys[keyOf(k)] = id
+		}
 		out = clone(n)
 
 		details["name"] = n.GetName()
@@ -96,9 +117,79 @@ func (s *Store) EnrollNode(idx uint64, meta *droverv1.CommandMeta, cmd *droverv1
 	return out, err
 }
 
+// enrollRetryLocked answers an enrollment whose key is prev's, a node
+// that has not left (see [Store.EnrollNode]): prev itself, into *out, if
+// the enrollment is a retry of prev's; a refusal if not. s.mu is held.
+func (s *Store) enrollRetryLocked(prev *droverv1.Node, cmd *droverv1.EnrollNodeCommand, out **droverv1.Node) (string, map[string]string, error) {
+	target := nodeTarget(prev.GetId())
+	tokID := cmd.GetTokenId()
+	details := map[string]string{"token": tokID}
+	if tokID != prev.GetTokenId() {
+		details["refused"] = "key enrolled with another token"
+		return target, details, fmt.Errorf("node key %w: node %q enrolled with it using join token %q, not %q; "+
+			"an agent makes a new key for each enrollment, so start it with an empty data directory",
+			ErrAlreadyExists, prev.GetId(), prev.GetTokenId(), tokID)
+	}
+	t, ok := s.t.joinTokens[tokID]
+	if !ok || subtle.ConstantTimeCompare(t.GetSecretSha256(), cmd.GetTokenSecretSha256()) != 1 {
+		details["refused"] = "wrong secret"
+		return target, details, &refusal{
+			msg:  fmt.Sprintf("join token %q is not valid: unknown id or wrong secret; check the token string the agent was given", tokID),
+			kind: ErrTokenInvalid,
+		}
+	}
+	if t.GetRevoked() {
+		return target, details, &refusal{
+			msg:  fmt.Sprintf("join token %q was revoked: create a new one with \"drover token create\"", tokID),
+			kind: ErrTokenRevoked,
+		}
+	}
+	if prev.GetRevoked() {
+		return target, details, revokedNode(prev.GetId())
+	}
+	details["name"] = prev.GetName()
+	details["retry"] = "true"
+	*out = clone(prev)
+	return target, details, nil
+}
+
+// keyOf returns a node's public key hash as a map key; a hash of another
+// length than SHA-256's (none, from a node enrolled before keys were
+// recorded) gives the zero key, which is never indexed.
+func keyOf(sum []byte) [32]byte {
+	if len(sum) != 32 {
+		return [32]byte{}
+	}
+	return [32]byte(sum)
+}
+
+// indexNodeKeys returns the key index of nodes (key hash → id, for the
+// nodes that have not left and recorded a key), or an error when two of
+// them share a key, which EnrollNode never lets happen.
+func indexNodeKeys(nodes []*droverv1.Node) (map[[32]byte]string, error) {
+	keys := make(map[[32]byte]string)
+	for _, n := range nodes {
+		k := n.GetPublicKeySha256()
+		if len(k) == 0 || n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT {
+			continue
+		}
+		if len(k) != 32 {
+			return nil, fmt.Errorf("node %q public key hash is %d bytes, a SHA-256 is 32", n.GetId(), len(k))
+		}
+		if other, dup := keys[[32]byte(k)]; dup {
+			return nil, fmt.Errorf("nodes %q and %q share a public key and neither has left", other, n.GetId())
+		}
+		keys[[32]byte(k)] = n.GetId()
+	}
+	return keys, nil
+}
+
 func validateEnrollNode(n *droverv1.Node) error {
 	if err := validateID("node", n.GetId()); err != nil {
 		return err
+	}
+	if k := len(n.GetPublicKeySha256()); k != 0 && k != 32 {
+		return fmt.Errorf("node %q public key hash is %w: it is %d bytes, a SHA-256 is 32", n.GetId(), ErrInvalid, k)
 	}
 	if err := ValidateName("node", n.GetName()); err != nil {
 		return err
@@ -192,7 +283,7 @@ func (s *Store) RegisterNode(idx uint64, meta *droverv1.CommandMeta, nodeID stri
 // with [ErrInvalid] only when an update is malformed (a status other than
 // READY, DOWN or LEFT, or an overlong reason). Otherwise each update is
 // applied on its own, in order: one for an unknown node, for a revoked
-// node to any status but LEFT, or for a node that left is skipped, and the
+// node to READY, or for a node that left is skipped, and the
 // audit event's details list it ("not_found", "refused") beside the nodes
 // that changed ("changed") and those already in that status
 // ("unchanged"). Only a real transition adds to a node's history, which
@@ -228,7 +319,7 @@ func (s *Store) SetNodeStatus(idx uint64, meta *droverv1.CommandMeta, updates []
 			case cur.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT:
 				refused = append(refused, id+" (left)")
 				continue
-			case cur.GetRevoked() && status != droverv1.NodeStatus_NODE_STATUS_LEFT:
+			case cur.GetRevoked() && status == droverv1.NodeStatus_NODE_STATUS_READY:
 				refused = append(refused, id+" (revoked)")
 				continue
 			}
@@ -237,8 +328,13 @@ func (s *Store) SetNodeStatus(idx uint64, meta *droverv1.CommandMeta, updates []
 			n.ModifyIndex = idx
 			appendHistory(n, idx, meta, status, u.GetReason())
 			s.t.nodes[id] = n
-			if status == droverv1.NodeStatus_NODE_STATUS_LEFT && s.t.nodeNames[n.GetName()] == id {
-				delete(s.t.nodeNames, n.GetName())
+			if status == droverv1.NodeStatus_NODE_STATUS_LEFT {
+				if s.t.nodeNames[n.GetName()] == id {
+					delete(s.t.nodeNames, n.GetName())
+				}
+				if k := keyOf(n.GetPublicKeySha256()); s.t.nodeKeys[k] == id {
+					delete(s.t.nodeKeys, k)
+				}
 			}
 			changed = append(changed, id+"="+statusName(status))
 		}
@@ -349,8 +445,10 @@ func (s *Store) SetNodeLabels(idx uint64, meta *droverv1.CommandMeta, nodeID str
 }
 
 // RevokeNode applies a revoke-node command and returns the node. A revoked
-// node is refused by RegisterNode and by status changes other than to
-// LEFT; it keeps running what it runs until an operator drains it.
+// node is refused by RegisterNode and by status changes to READY; it keeps
+// running what it runs until an operator drains it. Its status stays as it
+// is here: the leader marks it DOWN when its heartbeat deadline passes,
+// since its heartbeats are refused from now on.
 // Revoking a revoked node changes nothing but is still recorded in the
 // audit log.
 func (s *Store) RevokeNode(idx uint64, meta *droverv1.CommandMeta, nodeID string) (*droverv1.Node, error) {

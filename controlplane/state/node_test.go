@@ -421,8 +421,8 @@ func TestSetNodeStatus(t *testing.T) {
 		update("ghost", down),
 		update("b", ready),
 		update("c", left),
-		update("d", down), // revoked: only LEFT
-		update("a", down), // already down
+		update("d", ready), // revoked: never READY
+		update("a", down),  // already down
 		update("other-ghost", ready),
 	})
 	if err != nil {
@@ -456,6 +456,16 @@ func TestSetNodeStatus(t *testing.T) {
 	}
 	if c := f.node("c"); c.GetStatus() != left {
 		t.Errorf("a node came back from LEFT: %v", c)
+	}
+	// A revoked node may be marked DOWN (its heartbeats are refused, so
+	// that is what it is to the leader), and then never READY again.
+	f.status(update("d", down))
+	if d := f.node("d"); d.GetStatus() != down {
+		t.Errorf("a revoked node could not be marked down: %v", d)
+	}
+	f.status(update("d", ready))
+	if ev := lastAudit(t, f.s); ev.GetDetails()["refused"] != "d (revoked)" || f.node("d").GetStatus() != down {
+		t.Errorf("a revoked DOWN node set READY: audit %v, node %v", ev, f.node("d"))
 	}
 	f.status(update("d", left))
 	if d := f.node("d"); d.GetStatus() != left {

@@ -46,7 +46,9 @@ func (s *Store) CreateModel(idx uint64, meta *droverv1.CommandMeta, req *droverv
 // DeleteModel applies a delete-model command: the model and all its
 // versions go. It is refused while an alias points into the model, because
 // an alias is what deployments follow; removing the alias first is a
-// deliberate, audited step.
+// deliberate, audited step. The highest version number the name was given
+// stays behind as its version mark, so that a model created again under
+// the name numbers on from there (see [Store.CreateVersion]).
 func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string) error {
 	return s.write(idx, meta, ActionModelDelete, func() (string, map[string]string, error) {
 		target := modelTarget(name)
@@ -63,6 +65,9 @@ func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string)
 			}
 		}
 		n := len(s.t.versions[name])
+		if latest := m.GetLatestVersion(); latest > s.t.versionMarks[name] {
+			s.t.versionMarks[name] = latest
+		}
 		delete(s.t.models, name)
 		delete(s.t.versions, name)
 		return target, map[string]string{"versions": strconv.Itoa(n)}, nil
@@ -70,8 +75,11 @@ func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string)
 }
 
 // CreateVersion applies a create-version command and returns the new
-// version. Its number is the model's latest_version + 1; numbers are never
-// reused, and versions are immutable once created.
+// version. Its number is one more than the highest the model's name was
+// ever given: the model's latest_version, or the version mark a deleted
+// model of the same name left, whichever is higher. Numbers are never
+// reused, not even across a delete and create, so NAME@N always names the
+// same bytes; versions are immutable once created.
 func (s *Store) CreateVersion(idx uint64, meta *droverv1.CommandMeta, req *droverv1.CreateVersionRequest) (*droverv1.ModelVersion, error) {
 	var out *droverv1.ModelVersion
 	err := s.write(idx, meta, ActionVersionCreate, func() (string, map[string]string, error) {
@@ -86,7 +94,7 @@ func (s *Store) CreateVersion(idx uint64, meta *droverv1.CommandMeta, req *drove
 		r := clone(req)
 		v := &droverv1.ModelVersion{
 			Model:       name,
-			Version:     m.GetLatestVersion() + 1,
+			Version:     max(m.GetLatestVersion(), s.t.versionMarks[name]) + 1,
 			Artifact:    r.GetArtifact(),
 			Card:        r.GetCard(),
 			Lineage:     r.GetLineage(),
@@ -103,13 +111,15 @@ func (s *Store) CreateVersion(idx uint64, meta *droverv1.CommandMeta, req *drove
 			return target, nil, err
 		}
 		if p := v.GetLineage().GetParentVersion(); p != 0 && s.findVersionLocked(name, p) == nil {
-			return target, nil, fmt.Errorf("lineage parent version %d is %w: model %q has %s", p, ErrInvalid, name, describeVersions(m))
+			return target, nil, fmt.Errorf("lineage parent version %d is %w: model %q has %s", p, ErrInvalid, name, describeVersions(s.t.versions[name]))
 		}
 		m = clone(m)
 		m.LatestVersion = v.GetVersion()
 		m.ModifyIndex = idx
 		s.t.models[name] = m
 		s.t.versions[name] = append(s.t.versions[name], v)
+		// latest_version is past the mark now and carries it on.
+		delete(s.t.versionMarks, name)
 		out = clone(v)
 		details := map[string]string{"version": strconv.FormatUint(v.GetVersion(), 10)}
 		if d := v.GetArtifact().GetDigest(); d != "" {
@@ -138,7 +148,7 @@ func (s *Store) SetAlias(idx uint64, meta *droverv1.CommandMeta, model, alias st
 			return target, nil, fmt.Errorf("version 0 is %w: version numbers start at 1", ErrInvalid)
 		}
 		if s.findVersionLocked(model, version) == nil {
-			return target, nil, fmt.Errorf("model %q version %d %w: the model has %s", model, version, ErrNotFound, describeVersions(cur))
+			return target, nil, fmt.Errorf("model %q version %d %w: the model has %s", model, version, ErrNotFound, describeVersions(s.t.versions[model]))
 		}
 		previous = cur.GetAliases()[alias]
 		details := map[string]string{"version": strconv.FormatUint(version, 10)}
@@ -227,7 +237,7 @@ func (s *Store) Version(model, ref string) (*droverv1.ModelVersion, error) {
 		var err error
 		n, err = strconv.ParseUint(ref, 10, 64)
 		if err != nil || n == 0 {
-			return nil, fmt.Errorf("model %q version %s %w: the model has %s", model, ref, ErrNotFound, describeVersions(m))
+			return nil, fmt.Errorf("model %q version %s %w: the model has %s", model, ref, ErrNotFound, describeVersions(s.t.versions[model]))
 		}
 	default:
 		if ValidateName("alias", ref) != nil {
@@ -240,7 +250,7 @@ func (s *Store) Version(model, ref string) (*droverv1.ModelVersion, error) {
 	}
 	v := s.findVersionLocked(model, n)
 	if v == nil {
-		return nil, fmt.Errorf("model %q version %d %w: the model has %s", model, n, ErrNotFound, describeVersions(m))
+		return nil, fmt.Errorf("model %q version %d %w: the model has %s", model, n, ErrNotFound, describeVersions(s.t.versions[model]))
 	}
 	return clone(v), nil
 }

@@ -22,7 +22,8 @@ import (
 //
 //  1. one SnapshotHeader (format, Raft index, cluster identity);
 //  2. SnapshotRecords: each model followed by its versions in ascending
-//     order, models sorted by name; then tokens sorted by accessor id;
+//     order, models sorted by name; then version marks sorted by model
+//     name; then tokens sorted by accessor id;
 //     then join tokens sorted by id; then nodes sorted by id; then audit
 //     events in ascending index order;
 //  3. one empty SnapshotRecord (a single zero byte) marking the end, so
@@ -34,8 +35,10 @@ import (
 // Adding a record type therefore needs a new format version.
 //
 // Format history: 1 has models, versions, tokens and audit events; 2 adds
-// join tokens and nodes.
-const SnapshotFormat = 2
+// join tokens and nodes; 3 adds version marks. A snapshot in format 1 or 2
+// has no version marks, so it restores to a state that has forgotten the
+// version numbers of models deleted before it was taken.
+const SnapshotFormat = 3
 
 // minSnapshotFormat is the oldest format this server reads. A snapshot in
 // an older format than SnapshotFormat simply has none of the records added
@@ -57,6 +60,7 @@ type Snapshot struct {
 	cluster    *droverv1.ClusterMeta
 	models     []*droverv1.Model                   // sorted by name
 	versions   map[string][]*droverv1.ModelVersion // by model, ascending
+	marks      []*droverv1.ModelVersionMark        // sorted by model
 	tokens     []*droverv1.ACLToken                // sorted by accessor id
 	joinTokens []*droverv1.JoinToken               // sorted by id
 	nodes      []*droverv1.Node                    // sorted by id
@@ -84,6 +88,9 @@ func (s *Store) Snapshot() *Snapshot {
 	for name, vs := range s.t.versions {
 		snap.versions[name] = vs[:len(vs):len(vs)]
 	}
+	for name, v := range s.t.versionMarks {
+		snap.marks = append(snap.marks, &droverv1.ModelVersionMark{Model: name, Version: v})
+	}
 	s.mu.RUnlock()
 	snap.sort()
 	return snap
@@ -91,6 +98,7 @@ func (s *Store) Snapshot() *Snapshot {
 
 func (snap *Snapshot) sort() {
 	slices.SortFunc(snap.models, func(a, b *droverv1.Model) int { return strings.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(snap.marks, func(a, b *droverv1.ModelVersionMark) int { return strings.Compare(a.GetModel(), b.GetModel()) })
 	slices.SortFunc(snap.tokens, func(a, b *droverv1.ACLToken) int { return strings.Compare(a.GetAccessorId(), b.GetAccessorId()) })
 	slices.SortFunc(snap.joinTokens, func(a, b *droverv1.JoinToken) int { return strings.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(snap.nodes, func(a, b *droverv1.Node) int { return strings.Compare(a.GetId(), b.GetId()) })
@@ -141,6 +149,11 @@ func (snap *Snapshot) encode(w io.Writer) error {
 			if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Version{Version: v}}); err != nil {
 				return err
 			}
+		}
+	}
+	for _, mk := range snap.marks {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_VersionMark{VersionMark: mk}}); err != nil {
+			return err
 		}
 	}
 	for _, t := range snap.tokens {
@@ -226,6 +239,11 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 		case *droverv1.SnapshotRecord_Version:
 			v := r.Version
 			snap.versions[v.GetModel()] = append(snap.versions[v.GetModel()], v)
+		case *droverv1.SnapshotRecord_VersionMark:
+			if format < 3 {
+				return nil, fmt.Errorf("record %d is a version mark, which format %d snapshots do not have", n, format)
+			}
+			snap.marks = append(snap.marks, r.VersionMark)
 		case *droverv1.SnapshotRecord_Token:
 			snap.tokens = append(snap.tokens, r.Token)
 		case *droverv1.SnapshotRecord_JoinToken:
@@ -284,6 +302,23 @@ func (snap *Snapshot) check() error {
 			prev = n
 		}
 	}
+	marked := make(map[string]bool, len(snap.marks))
+	for _, mk := range snap.marks {
+		name, v := mk.GetModel(), mk.GetVersion()
+		if err := ValidateName("model", name); err != nil {
+			return fmt.Errorf("version mark: %w", err)
+		}
+		if marked[name] {
+			return fmt.Errorf("model name %q has two version marks", name)
+		}
+		marked[name] = true
+		if v == 0 {
+			return fmt.Errorf("model name %q has version mark 0, below every version number", name)
+		}
+		if m, ok := models[name]; ok && v <= m.GetLatestVersion() {
+			return fmt.Errorf("model %q has version mark %d, not above its latest version %d", name, v, m.GetLatestVersion())
+		}
+	}
 	for _, m := range snap.models {
 		for _, a := range sortedAliases(m) {
 			n := m.GetAliases()[a]
@@ -316,6 +351,9 @@ func (snap *Snapshot) check() error {
 		joinTokens[t.GetId()] = true
 	}
 	if _, err := indexNodes(snap.nodes); err != nil {
+		return err
+	}
+	if _, err := indexNodeKeys(snap.nodes); err != nil {
 		return err
 	}
 	var prev uint64
@@ -377,6 +415,9 @@ func (s *Store) Restore(r io.Reader) error {
 	for name, vs := range snap.versions {
 		t.versions[name] = vs
 	}
+	for _, mk := range snap.marks {
+		t.versionMarks[mk.GetModel()] = mk.GetVersion()
+	}
 	for _, tok := range snap.tokens {
 		t.tokens[tok.GetAccessorId()] = tok
 		t.secrets[[32]byte(tok.GetSecretSha256())] = tok
@@ -389,6 +430,9 @@ func (s *Store) Restore(r io.Reader) error {
 		t.nodes[n.GetId()] = n
 	}
 	t.nodeNames, err = indexNodes(snap.nodes)
+	if err == nil {
+		t.nodeKeys, err = indexNodeKeys(snap.nodes)
+	}
 	if err != nil {
 		// check accepted these nodes already.
 		return fmt.Errorf("restore: %w: %w", ErrSnapshotInvalid, err)

@@ -73,8 +73,12 @@ type tables struct {
 	cluster  *droverv1.ClusterMeta
 	models   map[string]*droverv1.Model
 	versions map[string][]*droverv1.ModelVersion // by model, ascending version
-	tokens   map[string]*droverv1.ACLToken       // by accessor id
-	secrets  map[[32]byte]*droverv1.ACLToken     // by SHA-256 of the secret
+	// versionMarks holds, by name, the highest version number a deleted
+	// model gave, until a model created again under the name passes it
+	// with a version of its own (its latest_version then carries it on).
+	versionMarks map[string]uint64
+	tokens       map[string]*droverv1.ACLToken   // by accessor id
+	secrets      map[[32]byte]*droverv1.ACLToken // by SHA-256 of the secret
 	// aclBootstrapped is not stored in snapshots: it is true exactly when
 	// a token exists, because the bootstrap token is the first token.
 	aclBootstrapped bool
@@ -83,18 +87,24 @@ type tables struct {
 	// nodeNames indexes the nodes that have not left by name (name → id);
 	// it is not stored in snapshots but rebuilt from the nodes.
 	nodeNames map[string]string
-	audit     []*droverv1.AuditEvent // ascending index
+	// nodeKeys indexes the nodes that have not left by the hash of their
+	// enrollment public key (see EnrollNode); it is rebuilt from the nodes
+	// like nodeNames.
+	nodeKeys map[[32]byte]string
+	audit    []*droverv1.AuditEvent // ascending index
 }
 
 func newTables() tables {
 	return tables{
-		models:     make(map[string]*droverv1.Model),
-		versions:   make(map[string][]*droverv1.ModelVersion),
-		tokens:     make(map[string]*droverv1.ACLToken),
-		secrets:    make(map[[32]byte]*droverv1.ACLToken),
-		joinTokens: make(map[string]*droverv1.JoinToken),
-		nodes:      make(map[string]*droverv1.Node),
-		nodeNames:  make(map[string]string),
+		models:       make(map[string]*droverv1.Model),
+		versions:     make(map[string][]*droverv1.ModelVersion),
+		versionMarks: make(map[string]uint64),
+		tokens:       make(map[string]*droverv1.ACLToken),
+		secrets:      make(map[[32]byte]*droverv1.ACLToken),
+		joinTokens:   make(map[string]*droverv1.JoinToken),
+		nodes:        make(map[string]*droverv1.Node),
+		nodeNames:    make(map[string]string),
+		nodeKeys:     make(map[[32]byte]string),
 	}
 }
 

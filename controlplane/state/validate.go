@@ -207,13 +207,16 @@ func validateVersion(v *droverv1.ModelVersion) error {
 }
 
 // describeVersions says which version numbers exist, for error messages.
-func describeVersions(m *droverv1.Model) string {
-	switch n := m.GetLatestVersion(); n {
+// vs are a model's versions, ascending; their numbers run without a gap,
+// from 1 or, for a model created again under a deleted one's name, from
+// past the numbers that one gave.
+func describeVersions(vs []*droverv1.ModelVersion) string {
+	switch len(vs) {
 	case 0:
 		return "no versions yet"
 	case 1:
-		return "only version 1"
+		return fmt.Sprintf("only version %d", vs[0].GetVersion())
 	default:
-		return fmt.Sprintf("versions 1-%d", n)
+		return fmt.Sprintf("versions %d-%d", vs[0].GetVersion(), vs[len(vs)-1].GetVersion())
 	}
 }

@@ -1080,9 +1080,14 @@ type Node struct {
 	ModifyIndex uint64              `protobuf:"varint,14,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
 	// Where the node's site gossip pool listens, HOST:PORT; empty when it
 	// has no pool (no site, or gossip turned off).
-	GossipAddr    string `protobuf:"bytes,15,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	GossipAddr string `protobuf:"bytes,15,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	// SHA-256 of the public key (DER SubjectPublicKeyInfo) of the CSR the
+	// node enrolled with; empty for nodes enrolled before it was recorded.
+	// An enrollment retried with the same key and join token gets this node
+	// back instead of making another.
+	PublicKeySha256 []byte `protobuf:"bytes,16,opt,name=public_key_sha256,json=publicKeySha256,proto3" json:"public_key_sha256,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1218,6 +1223,13 @@ func (x *Node) GetGossipAddr() string {
 		return x.GossipAddr
 	}
 	return ""
+}
+
+func (x *Node) GetPublicKeySha256() []byte {
+	if x != nil {
+		return x.PublicKeySha256
+	}
+	return nil
 }
 
 type CreateTokenRequest struct {
@@ -1650,7 +1662,7 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\xe6\x04\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\x92\x05\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
@@ -1669,7 +1681,8 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\fcreate_index\x18\r \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\x0e \x01(\x04R\vmodifyIndex\x12\x1f\n" +
 	"\vgossip_addr\x18\x0f \x01(\tR\n" +
-	"gossipAddr\x1a9\n" +
+	"gossipAddr\x12*\n" +
+	"\x11public_key_sha256\x18\x10 \x01(\fR\x0fpublicKeySha256\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x02\n" +

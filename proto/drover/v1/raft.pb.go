@@ -699,6 +699,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Token
 	//	*SnapshotRecord_JoinToken
 	//	*SnapshotRecord_Node
+	//	*SnapshotRecord_VersionMark
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -795,6 +796,15 @@ func (x *SnapshotRecord) GetNode() *Node {
 	return nil
 }
 
+func (x *SnapshotRecord) GetVersionMark() *ModelVersionMark {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_VersionMark); ok {
+			return x.VersionMark
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -823,6 +833,11 @@ type SnapshotRecord_Node struct {
 	Node *Node `protobuf:"bytes,6,opt,name=node,proto3,oneof"`
 }
 
+type SnapshotRecord_VersionMark struct {
+	// Since format 3.
+	VersionMark *ModelVersionMark `protobuf:"bytes,7,opt,name=version_mark,json=versionMark,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Model) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Version) isSnapshotRecord_Record() {}
@@ -834,6 +849,64 @@ func (*SnapshotRecord_Token) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_JoinToken) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_VersionMark) isSnapshotRecord_Record() {}
+
+// ModelVersionMark is the highest version number a model name was given,
+// kept after the model is deleted so that a model created again under the
+// name numbers its versions on from there: NAME@N never names two
+// different artifacts.
+type ModelVersionMark struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelVersionMark) Reset() {
+	*x = ModelVersionMark{}
+	mi := &file_drover_v1_raft_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelVersionMark) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelVersionMark) ProtoMessage() {}
+
+func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelVersionMark.ProtoReflect.Descriptor instead.
+func (*ModelVersionMark) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ModelVersionMark) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ModelVersionMark) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
 
 var File_drover_v1_raft_proto protoreflect.FileDescriptor
 
@@ -878,7 +951,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x120\n" +
-	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xb3\x02\n" +
+	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xf5\x02\n" +
 	"\x0eSnapshotRecord\x12(\n" +
 	"\x05model\x18\x01 \x01(\v2\x10.drover.v1.ModelH\x00R\x05model\x123\n" +
 	"\aversion\x18\x02 \x01(\v2\x17.drover.v1.ModelVersionH\x00R\aversion\x12-\n" +
@@ -886,8 +959,12 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x05token\x18\x04 \x01(\v2\x13.drover.v1.ACLTokenH\x00R\x05token\x125\n" +
 	"\n" +
 	"join_token\x18\x05 \x01(\v2\x14.drover.v1.JoinTokenH\x00R\tjoinToken\x12%\n" +
-	"\x04node\x18\x06 \x01(\v2\x0f.drover.v1.NodeH\x00R\x04nodeB\b\n" +
-	"\x06record*\x8d\x04\n" +
+	"\x04node\x18\x06 \x01(\v2\x0f.drover.v1.NodeH\x00R\x04node\x12@\n" +
+	"\fversion_mark\x18\a \x01(\v2\x1b.drover.v1.ModelVersionMarkH\x00R\vversionMarkB\b\n" +
+	"\x06record\"B\n" +
+	"\x10ModelVersionMark\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\x8d\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -920,7 +997,7 @@ func file_drover_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_drover_v1_raft_proto_goTypes = []any{
 	(CommandType)(0),              // 0: drover.v1.CommandType
 	(*CommandMeta)(nil),           // 1: drover.v1.CommandMeta
@@ -934,41 +1011,43 @@ var file_drover_v1_raft_proto_goTypes = []any{
 	(*ClusterMeta)(nil),           // 9: drover.v1.ClusterMeta
 	(*SnapshotHeader)(nil),        // 10: drover.v1.SnapshotHeader
 	(*SnapshotRecord)(nil),        // 11: drover.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*ACLToken)(nil),              // 13: drover.v1.ACLToken
-	(*CreateModelRequest)(nil),    // 14: drover.v1.CreateModelRequest
-	(*CreateVersionRequest)(nil),  // 15: drover.v1.CreateVersionRequest
-	(*Model)(nil),                 // 16: drover.v1.Model
-	(*ModelVersion)(nil),          // 17: drover.v1.ModelVersion
-	(*AuditEvent)(nil),            // 18: drover.v1.AuditEvent
-	(*JoinToken)(nil),             // 19: drover.v1.JoinToken
-	(*Node)(nil),                  // 20: drover.v1.Node
+	(*ModelVersionMark)(nil),      // 12: drover.v1.ModelVersionMark
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*ACLToken)(nil),              // 14: drover.v1.ACLToken
+	(*CreateModelRequest)(nil),    // 15: drover.v1.CreateModelRequest
+	(*CreateVersionRequest)(nil),  // 16: drover.v1.CreateVersionRequest
+	(*Model)(nil),                 // 17: drover.v1.Model
+	(*ModelVersion)(nil),          // 18: drover.v1.ModelVersion
+	(*AuditEvent)(nil),            // 19: drover.v1.AuditEvent
+	(*JoinToken)(nil),             // 20: drover.v1.JoinToken
+	(*Node)(nil),                  // 21: drover.v1.Node
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
-	12, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
+	13, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: drover.v1.InitClusterCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 2: drover.v1.BootstrapACLCommand.meta:type_name -> drover.v1.CommandMeta
-	13, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
+	14, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 4: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
-	14, // 5: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
+	15, // 5: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
 	1,  // 6: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 7: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
-	15, // 8: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
+	16, // 8: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
 	1,  // 9: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 10: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
-	12, // 11: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
+	13, // 11: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
 	9,  // 12: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
-	16, // 13: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
-	17, // 14: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
-	18, // 15: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
-	13, // 16: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	19, // 17: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
-	20, // 18: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 13: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
+	18, // 14: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
+	19, // 15: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
+	14, // 16: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
+	20, // 17: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	21, // 18: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	12, // 19: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -987,6 +1066,7 @@ func file_drover_v1_raft_proto_init() {
 		(*SnapshotRecord_Token)(nil),
 		(*SnapshotRecord_JoinToken)(nil),
 		(*SnapshotRecord_Node)(nil),
+		(*SnapshotRecord_VersionMark)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -994,7 +1074,7 @@ func file_drover_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_proto_rawDesc), len(file_drover_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
