@@ -463,8 +463,9 @@ func TestEnrollRetriesUnavailable(t *testing.T) {
 	}
 }
 
-// A name taken after an attempt whose outcome is unknown may be this
-// machine's own enrollment; the hint says so.
+// A name taken after an attempt whose outcome is unknown is another
+// machine's: a retry sends the same key, which the server answers with the
+// node it made. The hint says to choose another name.
 func TestEnrollNameTakenAfterLostAnswer(t *testing.T) {
 	c := agenttest.NewCluster(t, 1)
 	c.Refuse(agenttest.Enroll, agenttest.RefusalError(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
@@ -477,8 +478,8 @@ func TestEnrollNameTakenAfterLostAnswer(t *testing.T) {
 	clk.fireNext(t)
 	waitDone(t, done)
 	err := result()
-	if !errors.Is(err, ErrRefused) || !strings.Contains(Hint(err), "earlier attempt may have enrolled") {
-		t.Fatalf("Run = %v (hint %q), want ErrRefused with a hint about the earlier attempt", err, Hint(err))
+	if !errors.Is(err, ErrRefused) || !strings.Contains(Hint(err), "choose another with --name") {
+		t.Fatalf("Run = %v (hint %q), want ErrRefused with a hint to choose another name", err, Hint(err))
 	}
 }
 

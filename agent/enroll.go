@@ -50,7 +50,6 @@ func (a *Agent) enroll(ctx context.Context, tok jointoken.Token, inv *droverv1.N
 			_ = pinned.Close()
 		}
 	}()
-	maybeEnrolled := false // an Enroll call whose answer was lost
 	for round := 0; ; round++ {
 		for _, addr := range a.cfg.Servers {
 			if ca == nil {
@@ -68,15 +67,15 @@ func (a *Agent) enroll(ctx context.Context, tok jointoken.Token, inv *droverv1.N
 			if err == nil {
 				return id, addr, nil
 			}
-			if refusal := enrollRefusal(addr, tok, maybeEnrolled, err); refusal != nil {
+			if refusal := enrollRefusal(addr, tok, err); refusal != nil {
 				return nil, "", refusal
 			}
 			if errors.Is(err, ErrBadResponse) {
 				return nil, "", err
 			}
 			// A lost answer, or a leader lost mid-write, may hide an
-			// enrollment that happened.
-			maybeEnrolled = true
+			// enrollment that happened: the retry sends the same key, and
+			// the server answers it with the same node.
 			a.noteFailure(ctx, "enroll", addr, err)
 		}
 		if err := sleep(ctx, a.clk, backoff(round, a.randN)); err != nil {

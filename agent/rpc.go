@@ -21,8 +21,9 @@ import (
 const (
 	// rpcTimeout bounds one enrollment call, so that a server that stopped
 	// answering is given up on and the next one tried. It is longer than
-	// the session's calls (sessionCallTimeout): an enrollment whose answer
-	// is lost may have enrolled the machine under its name.
+	// the session's calls (sessionCallTimeout): an enrollment does more
+	// work (a Raft write and a certificate), and although a retry with the
+	// same key gets the same node back, one that succeeds saves a round.
 	rpcTimeout = 15 * time.Second
 	// defaultDialTimeout bounds a QUIC handshake. A server that is down
 	// does not answer at all (QUIC does not see ICMP errors), so this is
@@ -110,11 +111,12 @@ func tokenRefusal(reason droverv1.ErrorReason, addr string) (hint string, kind e
 
 // enrollRefusal turns an Enroll error from addr into a permanent error, or
 // returns nil when the error is worth retrying, on this server or another.
-// maybeEnrolled says an earlier attempt's outcome is unknown (its answer was
-// lost), so that a name now taken may be this machine's own. A refused
+// A retry after a lost answer sends the same key, and the server answers it
+// with the node the first attempt made, so a name found taken belongs to
+// another machine. A refused
 // token wraps ErrTokenRefused and, when the server said which refusal it
 // was, that refusal's own error (ErrTokenExpired, …).
-func enrollRefusal(addr string, tok jointoken.Token, maybeEnrolled bool, err error) error {
+func enrollRefusal(addr string, tok jointoken.Token, err error) error {
 	ce, detail := apierror.Detail(err)
 	if ce == nil {
 		return nil
@@ -137,14 +139,8 @@ func enrollRefusal(addr string, tok jointoken.Token, maybeEnrolled bool, err err
 		reason == droverv1.ErrorReason_ERROR_REASON_ALREADY_EXISTS ||
 		code == connect.CodeInvalidArgument || code == connect.CodeAlreadyExists:
 		hint := detail.GetHint()
-		if reason == droverv1.ErrorReason_ERROR_REASON_ALREADY_EXISTS || code == connect.CodeAlreadyExists {
-			switch {
-			case maybeEnrolled:
-				hint = "an earlier attempt may have enrolled this machine under this name without its answer arriving: " +
-					"revoke that node (`drover node revoke NAME`) and enroll again with a new join token, or choose another name with --name"
-			case hint == "":
-				hint = "another node has this name; choose another with --name"
-			}
+		if (reason == droverv1.ErrorReason_ERROR_REASON_ALREADY_EXISTS || code == connect.CodeAlreadyExists) && hint == "" {
+			hint = "another node has this name; choose another with --name"
 		}
 		err := fmt.Errorf("enroll with %s: %s: %w", addr, serverWords(ce), ErrRefused)
 		if hint != "" {
