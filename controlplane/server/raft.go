@@ -13,9 +13,9 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/droverhq/drover/controlplane/fsm"
+	"github.com/droverhq/drover/controlplane/raftlog"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
-	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
 )
 
@@ -82,7 +82,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("open raft store: %w", err)
 	}
 	s.logs = logs
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, logging.HCLogAdapter(s.logger, "raft-snapshot"))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, raftlog.New(s.logger, "raft-snapshot"))
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -97,7 +97,7 @@ func (s *Server) setupRaft() error {
 		Stream:  stream,
 		MaxPool: 5,
 		Timeout: 10 * time.Second,
-		Logger:  logging.HCLogAdapter(s.logger, "raft-net"),
+		Logger:  raftlog.New(s.logger, "raft-net"),
 	})
 
 	s.state = state.New()
@@ -105,7 +105,7 @@ func (s *Server) setupRaft() error {
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(s.cfg.Name)
-	rc.Logger = logging.HCLogAdapter(s.logger, "raft")
+	rc.Logger = raftlog.New(s.logger, "raft")
 	rc.HeartbeatTimeout = time.Duration(s.cfg.HeartbeatTimeout)
 	rc.ElectionTimeout = time.Duration(s.cfg.ElectionTimeout)
 	rc.LeaderLeaseTimeout = time.Duration(s.cfg.LeaderLeaseTimeout)

@@ -108,6 +108,10 @@ func TestAgentBinaryStaysLean(t *testing.T) {
 		module + "/cli",
 		module + "/agent/agenttest",
 		"testing",
+		// Raft's logger adapter lives in the control plane; nothing in
+		// the agent logs through hclog.
+		"github.com/hashicorp/go-hclog",
+		"github.com/fatih/color",
 	}
 	pkgs := listPackages(t, "-deps", "./cmd/drover-agent")
 	if len(pkgs) == 0 {
