@@ -60,7 +60,7 @@ func (s *Server) setupAPI() error {
 		_ = ln.Close()
 		return fmt.Errorf("listen for http/3 on udp %s: %w", s.cfg.APIAddr, err)
 	}
-	s.apiListener, s.apiPacket = ln, pc
+	s.apiListener, s.apiPacket = s.cfg.wrapListener(ln), pc
 
 	s.forwarder = newForwarder(s)
 	interceptors := connect.WithHandlerOptions(

@@ -171,12 +171,7 @@ type tlsStreamLayer struct {
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
 func newTLSStreamLayer(s *Server, ln net.Listener) *tlsStreamLayer {
-	if s.cfg.Network != nil {
-		ln = s.cfg.Network.Listener(s.cfg.Name, ln)
-		s.cfg.Network.Register(s.cfg.Name, ln.Addr().String())
-		s.cfg.Network.Register(s.cfg.Name, s.cfg.advertise(s.cfg.RaftAddr))
-	}
-	return &tlsStreamLayer{Listener: tls.NewListener(ln, s.peerTLS), s: s}
+	return &tlsStreamLayer{Listener: tls.NewListener(s.cfg.wrapListener(ln), s.peerTLS), s: s}
 }
 
 // Addr is what peers dial: the advertised Raft address.
@@ -188,7 +183,7 @@ func (l *tlsStreamLayer) Addr() net.Addr {
 func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := l.s.dial(ctx, string(address))
+	conn, err := l.s.cfg.dial(ctx, "tcp", string(address))
 	if err != nil {
 		return nil, err
 	}
@@ -198,16 +193,6 @@ func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration)
 		return nil, fmt.Errorf("raft tls handshake with %s: %w", address, err)
 	}
 	return tc, nil
-}
-
-// dial opens a TCP connection to another server, through the fault
-// network when one is configured.
-func (s *Server) dial(ctx context.Context, addr string) (net.Conn, error) {
-	if s.cfg.Network != nil {
-		return s.cfg.Network.Dialer(s.cfg.Name)(ctx, "tcp", addr)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr)
 }
 
 type advertisedAddr struct{ addr string }

@@ -127,3 +127,23 @@ func TestAgentBinaryStaysLean(t *testing.T) {
 		}
 	}
 }
+
+// Faults reach servers only through interfaces they use anyway (a dial
+// function, a listener wrapper), so neither binary links the fault network
+// or the scenario harness that drives it.
+func TestFaultInjectionStaysOutOfBinaries(t *testing.T) {
+	forbidden := []string{module + "/internal/faultnet", module + "/scenarios"}
+	for _, bin := range []string{"./cmd/drover", "./cmd/drover-agent"} {
+		pkgs := listPackages(t, "-deps", bin)
+		if len(pkgs) == 0 {
+			t.Fatalf("go list -deps %s listed nothing", bin)
+		}
+		for _, p := range pkgs {
+			for _, root := range forbidden {
+				if p.ImportPath == root || strings.HasPrefix(p.ImportPath, root+"/") {
+					t.Errorf("%s links %s: inject faults through server.Config's Dial and WrapListener from tests only", bin, p.ImportPath)
+				}
+			}
+		}
+	}
+}
