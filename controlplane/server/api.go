@@ -60,7 +60,8 @@ func (s *Server) setupAPI() error {
 		_ = ln.Close()
 		return fmt.Errorf("listen for http/3 on udp %s: %w", s.cfg.APIAddr, err)
 	}
-	s.apiListener, s.apiPacket = s.cfg.wrapListener(ln), pc
+	ln = s.cfg.wrapListener(ln)
+	s.apiListener, s.apiPacket = ln, pc
 
 	s.forwarder = newForwarder(s)
 	interceptors := connect.WithHandlerOptions(
