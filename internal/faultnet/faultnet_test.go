@@ -250,9 +250,12 @@ func TestFaults(t *testing.T) {
 				}
 				exchange(t, l.c, l.s)
 			}
+			// A failed dial looks like one: a *net.OpError, "dial", with
+			// the fault inside.
 			_, err := nw.Dialer("a")(context.Background(), "tcp", nodes["b"].addr)
-			if err == nil || err.Error() != tc.wantMsg {
-				t.Errorf("dial a -> b error %q, want %q", err, tc.wantMsg)
+			var opErr *net.OpError
+			if !errors.As(err, &opErr) || opErr.Op != "dial" || opErr.Err.Error() != tc.wantMsg {
+				t.Errorf("dial a -> b error %q, want a dial *net.OpError of %q", err, tc.wantMsg)
 			}
 			// Cut ends are no longer tracked, even before they are closed.
 			waitConns(t, nw, 2*len(openConns))
