@@ -28,6 +28,7 @@ type registryClient struct {
 	seq   *atomic.Int64
 	rng   *rand.Rand
 	errs  *sync.Map // error text prefix → *atomic.Int64
+	acked *sync.Map // tag of each acknowledged create → the version it returned
 }
 
 func (rc *registryClient) pick() *cluster.Node {
@@ -104,6 +105,7 @@ func (rc *registryClient) createTagged(ctx context.Context, cl *cluster.Clients,
 		return err
 	}
 	finish(linearize.Output{Version: res.Msg.GetVersion().GetVersion()}, nil)
+	rc.acked.Store(tag, res.Msg.GetVersion().GetVersion())
 	return nil
 }
 
@@ -129,14 +131,14 @@ func TestLeaderKilledHistoryLinearizable(t *testing.T) {
 
 	rec := linearize.NewRecorder()
 	var seq atomic.Int64
-	var errs sync.Map
+	var errs, acked sync.Map
 	ctx, stopClients := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for id := range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rc := &registryClient{c: c, rec: rec, model: "m", id: id, seq: &seq, rng: rand.New(rand.NewPCG(uint64(id), 7)), errs: &errs}
+			rc := &registryClient{c: c, rec: rec, model: "m", id: id, seq: &seq, rng: rand.New(rand.NewPCG(uint64(id), 7)), errs: &errs, acked: &acked}
 			for ctx.Err() == nil {
 				if !rc.step(ctx) {
 					// Like a real client, back off a little after an error
@@ -148,7 +150,7 @@ func TestLeaderKilledHistoryLinearizable(t *testing.T) {
 	}
 
 	// The prober measures recovery; its writes are part of the history.
-	prober := &registryClient{c: c, rec: rec, model: "m", id: 99, seq: &seq, rng: rand.New(rand.NewPCG(99, 7)), errs: &errs}
+	prober := &registryClient{c: c, rec: rec, model: "m", id: 99, seq: &seq, rng: rand.New(rand.NewPCG(99, 7)), errs: &errs, acked: &acked}
 	var recoveries []time.Duration
 	for k := range kills {
 		time.Sleep(300 * time.Millisecond) // let traffic flow under this leader
@@ -217,8 +219,31 @@ func TestLeaderKilledHistoryLinearizable(t *testing.T) {
 	t.Logf("history: %v", rec.Stats())
 	errs.Range(func(k, v any) bool { t.Logf("errors seen: %5d× %s…", v.(*atomic.Int64).Load(), k); return true })
 
-	// Every acknowledged create is in the final state, on every server.
+	// Every acknowledged create is in the final state, with the version
+	// number its client was told, and every server holds that state.
+	nAcked := 0
+	acked.Range(func(k, v any) bool {
+		nAcked++
+		tag, want := k.(string), v.(uint64)
+		if got, ok := byTag[tag]; !ok {
+			t.Errorf("acknowledged create %s (version %d) is missing from the final state", tag, want)
+		} else if got != want {
+			t.Errorf("acknowledged create %s was version %d, the final state has it as %d", tag, want, got)
+		}
+		return true
+	})
 	assertSameRegistry(t, c)
+
+	// A history of failed calls is trivially linearizable: require enough
+	// acknowledged writes and answered reads for the check to mean
+	// something. Each kill runs at least 300ms of traffic from 4 clients.
+	stats := rec.Stats()
+	if minAcked := 10 * kills; nAcked < minAcked {
+		t.Errorf("only %d creates were acknowledged, want at least %d", nAcked, minAcked)
+	}
+	if minReads := 10 * kills; stats.AnsweredReads < minReads {
+		t.Errorf("only %d reads got an answer, want at least %d: the linearizability check is too weak", stats.AnsweredReads, minReads)
+	}
 	res, info := rec.Check(2 * time.Minute)
 	if res != "Ok" {
 		path := filepath.Join(t.TempDir(), "history.html")

@@ -48,44 +48,6 @@ var (
 	ErrUnknownCommand = errors.New("unknown command type")
 )
 
-// newPayload returns an empty payload message for a command type this
-// server knows.
-func newPayload(t droverv1.CommandType) (proto.Message, bool) {
-	switch t {
-	case droverv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:
-		return new(droverv1.InitClusterCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_BOOTSTRAP_ACL:
-		return new(droverv1.BootstrapACLCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_CREATE_MODEL:
-		return new(droverv1.CreateModelCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_DELETE_MODEL:
-		return new(droverv1.DeleteModelCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_CREATE_VERSION:
-		return new(droverv1.CreateVersionCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_SET_ALIAS:
-		return new(droverv1.SetAliasCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_DELETE_ALIAS:
-		return new(droverv1.DeleteAliasCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN:
-		return new(droverv1.CreateJoinTokenCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN:
-		return new(droverv1.RevokeJoinTokenCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_ENROLL_NODE:
-		return new(droverv1.EnrollNodeCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_REGISTER_NODE:
-		return new(droverv1.RegisterNodeCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_STATUS:
-		return new(droverv1.SetNodeStatusCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_DRAIN:
-		return new(droverv1.SetNodeDrainCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_LABELS:
-		return new(droverv1.SetNodeLabelsCommand), true
-	case droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE:
-		return new(droverv1.RevokeNodeCommand), true
-	}
-	return nil, false
-}
-
 // Envelope is a decoded command envelope.
 type Envelope struct {
 	// Type is the command type, without the ignorable flag.

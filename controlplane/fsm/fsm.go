@@ -139,117 +139,16 @@ func (f *FSM) apply(idx uint64, data []byte) *ApplyResult {
 		return f.refuse(idx, env.Meta(), actionOf(env.Type), err)
 	}
 
-	res := &ApplyResult{Index: idx}
-	switch c := msg.(type) {
-	case *droverv1.InitClusterCommand:
-		res.Err = f.store.InitCluster(idx, c.GetMeta(), &droverv1.ClusterMeta{
-			ClusterId:  c.GetClusterId(),
-			CaSha256:   c.GetCaSha256(),
-			CreateTime: c.GetMeta().GetTime(),
-		})
-		if res.Err == nil {
-			res.Value = f.store.Cluster()
-		}
-	case *droverv1.BootstrapACLCommand:
-		res.Err = f.store.BootstrapACL(idx, c.GetMeta(), c.GetToken())
-		if res.Err == nil {
-			if t, ok := f.store.TokenBySecretHash([32]byte(c.GetToken().GetSecretSha256())); ok {
-				res.Value = t
-			}
-		}
-	case *droverv1.CreateModelCommand:
-		var m *droverv1.Model
-		m, res.Err = f.store.CreateModel(idx, c.GetMeta(), c.GetRequest())
-		if res.Err == nil {
-			res.Value = m
-		}
-	case *droverv1.DeleteModelCommand:
-		res.Err = f.store.DeleteModel(idx, c.GetMeta(), c.GetName())
-	case *droverv1.CreateVersionCommand:
-		var v *droverv1.ModelVersion
-		v, res.Err = f.store.CreateVersion(idx, c.GetMeta(), c.GetRequest())
-		if res.Err == nil {
-			res.Value = v
-		}
-	case *droverv1.SetAliasCommand:
-		m, prev, err := f.store.SetAlias(idx, c.GetMeta(), c.GetModel(), c.GetAlias(), c.GetVersion())
-		res.Err = err
-		if err == nil {
-			res.Value = &droverv1.SetAliasResponse{Model: m, PreviousVersion: prev}
-		}
-	case *droverv1.DeleteAliasCommand:
-		res.Err = f.store.DeleteAlias(idx, c.GetMeta(), c.GetModel(), c.GetAlias())
-	case *droverv1.CreateJoinTokenCommand:
-		res.Value, res.Err = value(f.store.CreateJoinToken(idx, c.GetMeta(), c.GetToken()))
-	case *droverv1.RevokeJoinTokenCommand:
-		res.Value, res.Err = value(f.store.RevokeJoinToken(idx, c.GetMeta(), c.GetId()))
-	case *droverv1.EnrollNodeCommand:
-		res.Value, res.Err = value(f.store.EnrollNode(idx, c.GetMeta(), c))
-	case *droverv1.RegisterNodeCommand:
-		res.Value, res.Err = value(f.store.RegisterNode(idx, c.GetMeta(), c.GetNodeId(), c.GetInventory(), c.GetAgentVersion(), c.GetGossipAddr()))
-	case *droverv1.SetNodeStatusCommand:
-		res.Err = f.store.SetNodeStatus(idx, c.GetMeta(), c.GetUpdates())
-	case *droverv1.SetNodeDrainCommand:
-		res.Value, res.Err = value(f.store.SetNodeDrain(idx, c.GetMeta(), c.GetNodeId(), c.GetDraining()))
-	case *droverv1.SetNodeLabelsCommand:
-		res.Value, res.Err = value(f.store.SetNodeLabels(idx, c.GetMeta(), c.GetNodeId(), c.GetSet(), c.GetRemove()))
-	case *droverv1.RevokeNodeCommand:
-		res.Value, res.Err = value(f.store.RevokeNode(idx, c.GetMeta(), c.GetNodeId()))
-	default:
-		// A type newPayload knows without a case here is a bug in this
-		// package, not in the log: fail the same way on every server.
+	c, ok := commands[env.Type]
+	if !ok {
+		// Message decoded it, so commands has the type: unreachable
+		// unless this package is broken, and then the same way on
+		// every server.
 		f.fatal(idx, fmt.Sprintf("holds command type %v, which this server decodes but cannot apply", env.Type))
 	}
+	res := &ApplyResult{Index: idx}
+	res.Value, res.Err = c.apply(f.store, idx, msg)
 	return res
-}
-
-// value turns a write's result into ApplyResult's fields: a refusal
-// carries no value, and a nil message is a nil interface, not a typed nil.
-func value[M proto.Message](m M, err error) (proto.Message, error) {
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// actionOf names a command type's audit action, for entries whose payload
-// does not decode; the store names it for the others.
-func actionOf(t droverv1.CommandType) string {
-	switch t {
-	case droverv1.CommandType_COMMAND_TYPE_INIT_CLUSTER:
-		return state.ActionClusterInit
-	case droverv1.CommandType_COMMAND_TYPE_BOOTSTRAP_ACL:
-		return state.ActionACLBootstrap
-	case droverv1.CommandType_COMMAND_TYPE_CREATE_MODEL:
-		return state.ActionModelCreate
-	case droverv1.CommandType_COMMAND_TYPE_DELETE_MODEL:
-		return state.ActionModelDelete
-	case droverv1.CommandType_COMMAND_TYPE_CREATE_VERSION:
-		return state.ActionVersionCreate
-	case droverv1.CommandType_COMMAND_TYPE_SET_ALIAS:
-		return state.ActionAliasSet
-	case droverv1.CommandType_COMMAND_TYPE_DELETE_ALIAS:
-		return state.ActionAliasDelete
-	case droverv1.CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN:
-		return state.ActionTokenCreate
-	case droverv1.CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN:
-		return state.ActionTokenRevoke
-	case droverv1.CommandType_COMMAND_TYPE_ENROLL_NODE:
-		return state.ActionNodeEnroll
-	case droverv1.CommandType_COMMAND_TYPE_REGISTER_NODE:
-		return state.ActionNodeRegister
-	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_STATUS:
-		return state.ActionNodeStatus
-	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_DRAIN:
-		// Whether it drains or undrains is in the payload that did not
-		// decode.
-		return state.ActionNodeDrain
-	case droverv1.CommandType_COMMAND_TYPE_SET_NODE_LABELS:
-		return state.ActionNodeLabel
-	case droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE:
-		return state.ActionNodeRevoke
-	}
-	return ActionCommandInvalid
 }
 
 // refuse records a refused entry that never reached the store's write

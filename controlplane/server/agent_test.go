@@ -138,7 +138,10 @@ func (a *fakeAgent) mustEnrollRegister(t *testing.T, addr, token, name string) {
 
 // heartbeatLoop heartbeats every interval through addrs (round robin
 // over the ones that answer) until stop is closed, and counts failures.
-func (a *fakeAgent) heartbeatLoop(t *testing.T, addrs func() []string, interval time.Duration, stop <-chan struct{}, failures *atomic.Int64) {
+// heartbeatLoop heartbeats every interval until stop, through the first of
+// addrs that answers, counting rounds that succeeded in beats and rounds no
+// server answered in failures (either may be nil).
+func (a *fakeAgent) heartbeatLoop(t *testing.T, addrs func() []string, interval time.Duration, stop <-chan struct{}, beats, failures *atomic.Int64) {
 	clients := map[string]droverv1connect.AgentServiceClient{}
 	var mu sync.Mutex
 	get := func(addr string) droverv1connect.AgentServiceClient {
@@ -166,7 +169,10 @@ func (a *fakeAgent) heartbeatLoop(t *testing.T, addrs func() []string, interval 
 				break
 			}
 		}
-		if !ok && failures != nil {
+		switch {
+		case ok && beats != nil:
+			beats.Add(1)
+		case !ok && failures != nil:
 			failures.Add(1)
 		}
 	}
@@ -267,16 +273,29 @@ func TestAgentLifecycle(t *testing.T) {
 		t.Fatalf("renew: %v", err)
 	}
 
-	// Heartbeating keeps it READY well past the TTL.
+	// Heartbeating keeps it READY well past the TTL: seven heartbeats
+	// 300ms apart span more than the 1.65s (TTL and slack) after which a
+	// silent node is marked down.
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	var beats atomic.Int64
 	go func() {
 		defer close(done)
-		a.heartbeatLoop(t, func() []string { return []string{l.APIAddr()} }, 300*time.Millisecond, stop, nil)
+		a.heartbeatLoop(t, func() []string { return []string{l.APIAddr()} }, 300*time.Millisecond, stop, &beats, nil)
 	}()
-	time.Sleep(3 * time.Second)
+	eventually(t, 30*time.Second, "seven heartbeats", func() error {
+		if n := beats.Load(); n < 7 {
+			return fmt.Errorf("%d heartbeats", n)
+		}
+		return nil
+	})
 	if got := nodeStatus(t, l.Server(), n.GetId()); got != droverv1.NodeStatus_NODE_STATUS_READY {
 		t.Fatalf("heartbeating node is %v", got)
+	}
+	if node, err := l.Server().State().Node(n.GetId()); err != nil {
+		t.Fatal(err)
+	} else if h := node.GetHistory(); len(h) > 0 && h[len(h)-1].GetStatus() != droverv1.NodeStatus_NODE_STATUS_READY {
+		t.Fatalf("heartbeating node went through %v", h[len(h)-1])
 	}
 	hb, err = ac.Heartbeat(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.HeartbeatRequest{}))
 	if err != nil {
@@ -637,8 +656,24 @@ func TestFleetHeartbeatsAcrossLeaderChange(t *testing.T) {
 			t.Fatalf("heartbeat %d: %v", i, err)
 		}
 	}
-	if after := l.Server().Raft().LastIndex(); after != before {
-		t.Fatalf("200 heartbeats grew the leader's log from %d to %d", before, after)
+	// On a slow machine an agent can miss its 1s TTL between two of these
+	// calls, and its next heartbeat then brings it back: those status
+	// transitions are the only entries heartbeats may add.
+	after := l.Server().Raft().LastIndex()
+	transitions := map[uint64]bool{}
+	for _, a := range agents {
+		n, err := l.Server().State().Node(a.node.GetId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range n.GetHistory() {
+			if h.GetIndex() > before {
+				transitions[h.GetIndex()] = true
+			}
+		}
+	}
+	if after-before != uint64(len(transitions)) {
+		t.Fatalf("200 heartbeats grew the leader's log from %d to %d with %d status transitions", before, after, len(transitions))
 	}
 
 	// Everyone heartbeats through every server, at half the TTL.
@@ -657,6 +692,7 @@ func TestFleetHeartbeatsAcrossLeaderChange(t *testing.T) {
 	// The last agent dies with the leader: the new leader must still
 	// mark it down, but only after its grace period.
 	lastStop := make(chan struct{})
+	beats := make([]atomic.Int64, fleet)
 	for i, a := range agents {
 		wg.Add(1)
 		go func() {
@@ -665,11 +701,28 @@ func TestFleetHeartbeatsAcrossLeaderChange(t *testing.T) {
 			if i == fleet-1 {
 				st = lastStop
 			}
-			a.heartbeatLoop(t, addrs, 400*time.Millisecond, st, &failures)
+			a.heartbeatLoop(t, addrs, 400*time.Millisecond, st, &beats[i], &failures)
 		}()
 	}
 	defer func() { close(stop); wg.Wait() }()
-	time.Sleep(1500 * time.Millisecond)
+	// waitBeats waits until agent i has heartbeated successfully at
+	// least min[i] times, for every i in min.
+	waitBeats := func(what string, min []int64) {
+		t.Helper()
+		eventually(t, 30*time.Second, what, func() error {
+			for i, want := range min {
+				if n := beats[i].Load(); n < want {
+					return fmt.Errorf("agent %d: %d heartbeats, want %d", i, n, want)
+				}
+			}
+			return nil
+		})
+	}
+	twice := make([]int64, fleet)
+	for i := range twice {
+		twice[i] = 2
+	}
+	waitBeats("every agent heartbeats", twice)
 
 	old := c.Leader()
 	close(lastStop)
@@ -681,16 +734,28 @@ func TestFleetHeartbeatsAcrossLeaderChange(t *testing.T) {
 	elected := time.Now()
 	t.Logf("killed leader %s; %s leads", old.Name, newLeader.Name)
 	dead := agents[fleet-1].node.GetId()
+	waitStatus(t, c, dead, droverv1.NodeStatus_NODE_STATUS_DOWN, 30*time.Second)
 	// Grace is TTL (1s) + 3s; without it the silent node would be down
-	// about 1.5s after the election.
-	time.Sleep(2500 * time.Millisecond)
-	if got := nodeStatus(t, newLeader.Server(), dead); got != droverv1.NodeStatus_NODE_STATUS_READY {
-		t.Fatalf("silent node is %v %v after the election, inside its grace period", got, time.Since(elected))
+	// about 1.5s after the election. The leader stamps the transition, and
+	// the election happened before WaitLeader returned, so this lower
+	// bound holds however slow the machine.
+	deadNode, err := newLeader.Server().State().Node(dead)
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitStatus(t, c, dead, droverv1.NodeStatus_NODE_STATUS_DOWN, 8*time.Second)
-	t.Logf("silent node marked down %v after the election", time.Since(elected).Round(10*time.Millisecond))
-	// Long enough for any false down among the live ones.
-	time.Sleep(2 * time.Second)
+	h := deadNode.GetHistory()
+	last := h[len(h)-1]
+	if downAt := last.GetTime().AsTime(); last.GetStatus() != droverv1.NodeStatus_NODE_STATUS_DOWN || downAt.Sub(elected) < 2500*time.Millisecond {
+		t.Fatalf("silent node went %v %v after the election, inside its grace period", last.GetStatus(), downAt.Sub(elected))
+	}
+	t.Logf("silent node marked down %v after the election", last.GetTime().AsTime().Sub(elected).Round(10*time.Millisecond))
+	// Every live agent's grace ended with the silent one's; two more
+	// heartbeats each show whether any of them was marked down meanwhile.
+	more := make([]int64, fleet-1)
+	for i := range more {
+		more[i] = beats[i].Load() + 2
+	}
+	waitBeats("two more heartbeats from every live agent", more)
 	for _, a := range agents[:fleet-1] {
 		n, err := newLeader.Server().State().Node(a.node.GetId())
 		if err != nil {

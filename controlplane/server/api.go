@@ -64,7 +64,7 @@ func (s *Server) setupAPI() error {
 	tlsConf.NextProtos = []string{"h2", "http/1.1"}
 	// A copy: http.Server may still adjust its own TLSConfig when Serve
 	// starts, while the listener already runs handshakes with this one.
-	guarded, err := s.guardListener(listenerAPI, ln, tlsConf.Clone(), plaintextHTTPReply)
+	guarded, err := s.guardListener(listenerAPI, s.cfg.wrapListener(ln), tlsConf.Clone(), plaintextHTTPReply)
 	if err != nil {
 		_ = ln.Close()
 		_ = pc.Close()

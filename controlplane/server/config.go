@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/droverhq/drover/internal/faultnet"
 )
 
 // Default ports. The API port serves HTTPS on TCP and HTTP/3 on UDP.
@@ -108,9 +107,15 @@ type Config struct {
 
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
-	// Network, when set, wraps Raft and forwarding connections so tests can
-	// partition and delay them. Not in files.
-	Network *faultnet.Network `json:"-"`
+	// Dial, when set, opens every connection this server makes to another
+	// server: Raft, and the API calls it forwards or makes to its peers.
+	// Nil dials directly. Not in files.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+	// WrapListener, when set, wraps the TCP listeners other servers
+	// connect to (Raft and the API), below TLS; a test cluster injects
+	// network faults through it and Dial. Nil uses them as they are. Not
+	// in files.
+	WrapListener func(net.Listener) net.Listener `json:"-"`
 	// Rebuild makes Start set this server's damaged Raft data (log, term,
 	// vote and snapshots) aside and start as an empty server that the
 	// leader adds back and brings up to date with a snapshot. Start refuses
@@ -287,6 +292,23 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("invalid server config: %w", err)
 	}
 	return nil
+}
+
+// dial opens a connection to another server, through Dial when set.
+func (c *Config) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c.Dial != nil {
+		return c.Dial(ctx, network, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+// wrapListener returns ln through WrapListener when set.
+func (c *Config) wrapListener(ln net.Listener) net.Listener {
+	if c.WrapListener != nil {
+		return c.WrapListener(ln)
+	}
+	return ln
 }
 
 // raftDir, snapshotDir and tlsDir lay out the data dir.

@@ -41,6 +41,10 @@ var localProcedures = []string{
 	droverv1connect.AgentServiceGetClusterInfoProcedure,
 }
 
+// peerDialTimeout bounds how long a server tries to connect to another
+// server's API.
+const peerDialTimeout = 5 * time.Second
+
 // forwarder sends requests that need the leader to it, at the HTTP level,
 // so every service and streaming call is forwarded the same way and the
 // leader checks the caller's own token.
@@ -64,7 +68,11 @@ func newForwarder(s *Server) *forwarder {
 			TLSClientConfig: tlsConf,
 			// A leader whose host vanished without a reset must not hold
 			// forwarded calls until the client gives up.
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				ctx, cancel := context.WithTimeout(ctx, peerDialTimeout)
+				defer cancel()
+				return s.cfg.dial(ctx, network, addr)
+			},
 			TLSHandshakeTimeout: 5 * time.Second,
 			ForceAttemptHTTP2:   true,
 			MaxIdleConnsPerHost: 16,
@@ -133,10 +141,6 @@ func (f *forwarder) wrap(next http.Handler) http.Handler {
 			f.writeErr(w, r, f.s.noLeaderError(""))
 			return
 		}
-		if f.s.peerBlocked(name) {
-			f.writeErr(w, r, f.s.noLeaderError(fmt.Sprintf("cannot reach the leader %s", name)))
-			return
-		}
 		f.proxy(name, leader.APIAddr).ServeHTTP(w, r)
 	})
 }
@@ -197,13 +201,6 @@ func (f *forwarder) clusterClient(apiAddr string) droverv1connect.ClusterService
 	return droverv1connect.NewClusterServiceClient(&http.Client{Transport: f.transport}, "https://"+apiAddr)
 }
 
-// peerBlocked reports whether a test's fault network cuts this server off
-// from another. The API is not carried by the fault network (clients must
-// reach every server), so forwarding and status consult it here instead.
-func (s *Server) peerBlocked(name string) bool {
-	return s.cfg.Network != nil && name != s.cfg.Name && s.cfg.Network.Blocked(s.cfg.Name, name)
-}
-
 // noLeaderError explains why there is no leader in terms an operator can
 // act on: how many voters answer gossip and how many a quorum needs.
 func (s *Server) noLeaderError(why string) *connect.Error {
@@ -243,7 +240,7 @@ func (s *Server) voterReachability() (voters, reachable int) {
 	}
 	alive := map[string]bool{s.cfg.Name: true}
 	for _, m := range s.gossipServers() {
-		if m.Status == memberAlive && !s.peerBlocked(m.Name) {
+		if m.Status == memberAlive {
 			alive[m.Name] = true
 		}
 	}

@@ -1,8 +1,10 @@
 package server_test
 
 import (
+	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,6 +72,7 @@ func TestSitePeers(t *testing.T) {
 	// Everyone but lab-down heartbeats, with pools that see each other.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var l1Beats atomic.Int64 // lab-1's answered heartbeats
 	for _, a := range []*fakeAgent{l1, l2, l3, noPool, d1} {
 		cl := a.client(t, addr, nil)
 		wg.Go(func() {
@@ -79,7 +82,10 @@ func TestSitePeers(t *testing.T) {
 					return
 				case <-time.After(250 * time.Millisecond):
 				}
-				_, _ = cl.Heartbeat(testCtx(t, 2*time.Second), connect.NewRequest(&droverv1.HeartbeatRequest{GossipMembers: 3}))
+				_, err := cl.Heartbeat(testCtx(t, 2*time.Second), connect.NewRequest(&droverv1.HeartbeatRequest{GossipMembers: 3}))
+				if err == nil && a == l1 {
+					l1Beats.Add(1)
+				}
 			}
 		})
 	}
@@ -112,7 +118,15 @@ func TestSitePeers(t *testing.T) {
 	// site: ignored). lab-1 heartbeats on, so it stays READY.
 	heartbeat(newcomer, &droverv1.HeartbeatRequest{GossipMembers: 4,
 		Suspects: []string{down.node.GetId(), l1.node.GetId(), d1.node.GetId()}})
-	time.Sleep(2 * time.Second) // past lab-1's shortened deadline, were it not heartbeating
+	// A suspicion lasts one TTL (1s); six more heartbeats 250ms apart
+	// outlast it and lab-1's shortened deadline, were it not heartbeating.
+	from := l1Beats.Load()
+	eventually(t, 30*time.Second, "lab-1 heartbeats through the suspicion", func() error {
+		if n := l1Beats.Load() - from; n < 6 {
+			return fmt.Errorf("%d heartbeats since the report", n)
+		}
+		return nil
+	})
 	if got := nodeStatus(t, l.Server(), l1.node.GetId()); got != droverv1.NodeStatus_NODE_STATUS_READY {
 		t.Fatalf("a suspected node that heartbeats is %v", got)
 	}

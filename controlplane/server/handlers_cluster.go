@@ -65,7 +65,7 @@ func (h *clusterHandler) GetStatus(ctx context.Context, _ *connect.Request[drove
 			out[i].Info = s.serverInfo()
 			continue
 		}
-		if m.APIAddr == "" || m.Status == memberLeft || m.Status == memberFailed || s.peerBlocked(m.Name) {
+		if m.APIAddr == "" || m.Status == memberLeft || m.Status == memberFailed {
 			out[i].Error = "not reachable over gossip"
 			continue
 		}

@@ -14,9 +14,9 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/droverhq/drover/controlplane/fsm"
+	"github.com/droverhq/drover/controlplane/raftlog"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
-	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
 )
 
@@ -90,7 +90,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("open raft store: %w", err)
 	}
 	s.logs = logs
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, logging.HCLogAdapter(s.logger, "raft-snapshot"))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, raftlog.New(s.logger, "raft-snapshot"))
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -109,7 +109,7 @@ func (s *Server) setupRaft() error {
 		Stream:  stream,
 		MaxPool: 5,
 		Timeout: 10 * time.Second,
-		Logger:  logging.HCLogAdapter(s.logger, "raft-net"),
+		Logger:  raftlog.New(s.logger, "raft-net"),
 	})
 
 	s.state = state.New()
@@ -117,7 +117,7 @@ func (s *Server) setupRaft() error {
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(s.cfg.Name)
-	rc.Logger = logging.HCLogAdapter(s.logger, "raft")
+	rc.Logger = raftlog.New(s.logger, "raft")
 	rc.HeartbeatTimeout = time.Duration(s.cfg.HeartbeatTimeout)
 	rc.ElectionTimeout = time.Duration(s.cfg.ElectionTimeout)
 	rc.LeaderLeaseTimeout = time.Duration(s.cfg.LeaderLeaseTimeout)
@@ -261,12 +261,7 @@ type tlsStreamLayer struct {
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
 func newTLSStreamLayer(s *Server, ln net.Listener) (*tlsStreamLayer, error) {
-	if s.cfg.Network != nil {
-		ln = s.cfg.Network.Listener(s.cfg.Name, ln)
-		s.cfg.Network.Register(s.cfg.Name, ln.Addr().String())
-		s.cfg.Network.Register(s.cfg.Name, s.cfg.advertise(s.cfg.RaftAddr))
-	}
-	guarded, err := s.guardListener(listenerRaft, ln, s.peerTLS, nil)
+	guarded, err := s.guardListener(listenerRaft, s.cfg.wrapListener(ln), s.peerTLS, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -282,7 +277,7 @@ func (l *tlsStreamLayer) Addr() net.Addr {
 func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := l.s.dial(ctx, string(address))
+	conn, err := l.s.cfg.dial(ctx, "tcp", string(address))
 	if err != nil {
 		return nil, err
 	}
@@ -292,16 +287,6 @@ func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration)
 		return nil, fmt.Errorf("raft tls handshake with %s: %w", address, err)
 	}
 	return tc, nil
-}
-
-// dial opens a TCP connection to another server, through the fault
-// network when one is configured.
-func (s *Server) dial(ctx context.Context, addr string) (net.Conn, error) {
-	if s.cfg.Network != nil {
-		return s.cfg.Network.Dialer(s.cfg.Name)(ctx, "tcp", addr)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr)
 }
 
 type advertisedAddr struct{ addr string }

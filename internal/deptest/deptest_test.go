@@ -108,6 +108,10 @@ func TestAgentBinaryStaysLean(t *testing.T) {
 		module + "/cli",
 		module + "/agent/agenttest",
 		"testing",
+		// Raft's logger adapter lives in the control plane; nothing in
+		// the agent logs through hclog.
+		"github.com/hashicorp/go-hclog",
+		"github.com/fatih/color",
 	}
 	pkgs := listPackages(t, "-deps", "./cmd/drover-agent")
 	if len(pkgs) == 0 {
@@ -119,6 +123,26 @@ func TestAgentBinaryStaysLean(t *testing.T) {
 			// ("…/pebble/v2"), so everything under root counts.
 			if p.ImportPath == root || strings.HasPrefix(p.ImportPath, root+"/") {
 				t.Errorf("drover-agent links %s: keep it out of the agent (see DESIGN.md, Layout)", p.ImportPath)
+			}
+		}
+	}
+}
+
+// Faults reach servers only through interfaces they use anyway (a dial
+// function, a listener wrapper), so neither binary links the fault network
+// or the scenario harness that drives it.
+func TestFaultInjectionStaysOutOfBinaries(t *testing.T) {
+	forbidden := []string{module + "/internal/faultnet", module + "/scenarios"}
+	for _, bin := range []string{"./cmd/drover", "./cmd/drover-agent"} {
+		pkgs := listPackages(t, "-deps", bin)
+		if len(pkgs) == 0 {
+			t.Fatalf("go list -deps %s listed nothing", bin)
+		}
+		for _, p := range pkgs {
+			for _, root := range forbidden {
+				if p.ImportPath == root || strings.HasPrefix(p.ImportPath, root+"/") {
+					t.Errorf("%s links %s: inject faults through server.Config's Dial and WrapListener from tests only", bin, p.ImportPath)
+				}
 			}
 		}
 	}

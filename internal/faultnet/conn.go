@@ -44,34 +44,52 @@ func writePreamble(ctx context.Context, c net.Conn, node string) error {
 	return err
 }
 
-var errBadPreamble = errors.New("not a faultnet preamble")
+var (
+	errBadPreamble = errors.New("not a faultnet preamble")
+	// errNoPreamble: the connection does not start with the magic, so it
+	// is not from a node; readPreamble returns the bytes it read.
+	errNoPreamble = errors.New("no faultnet preamble")
+)
 
 // readPreamble returns the source node named by a connection's preamble.
-func readPreamble(c net.Conn) (string, error) {
+// A connection that does not start with the magic (or says nothing before
+// preambleTimeout) yields errNoPreamble and the bytes read so far, with the
+// read deadline cleared, so a shared listener can pass it on.
+func readPreamble(c net.Conn) (node string, head []byte, err error) {
 	if err := c.SetReadDeadline(time.Now().Add(preambleTimeout)); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	hdr := make([]byte, len(preambleMagic)+1)
-	if _, err := io.ReadFull(c, hdr); err != nil {
-		return "", err
+	n, err := io.ReadFull(c, hdr[:len(preambleMagic)])
+	if err != nil || string(hdr[:len(preambleMagic)]) != preambleMagic {
+		if derr := c.SetReadDeadline(time.Time{}); derr != nil {
+			return "", nil, derr
+		}
+		return "", hdr[:n], errNoPreamble
 	}
-	if string(hdr[:len(preambleMagic)]) != preambleMagic || hdr[len(preambleMagic)] == 0 {
-		return "", errBadPreamble
+	if _, err := io.ReadFull(c, hdr[len(preambleMagic):]); err != nil {
+		return "", nil, err
+	}
+	if hdr[len(preambleMagic)] == 0 {
+		return "", nil, errBadPreamble
 	}
 	name := make([]byte, hdr[len(preambleMagic)])
 	if _, err := io.ReadFull(c, name); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if err := c.SetReadDeadline(time.Time{}); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return string(name), nil
+	return string(name), nil, nil
 }
 
 type listener struct {
 	net.Listener
 	n    *Network
 	node string
+	// shared passes connections without a preamble through, untouched,
+	// instead of dropping them.
+	shared bool
 }
 
 var _ net.Listener = (*listener)(nil)
@@ -84,7 +102,10 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src, err := readPreamble(raw)
+		src, head, err := readPreamble(raw)
+		if errors.Is(err, errNoPreamble) && l.shared {
+			return &replayConn{Conn: raw, head: head}, nil
+		}
 		if err != nil {
 			raw.Close()
 			continue
@@ -98,6 +119,24 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+// replayConn is a stranger's connection on a shared listener: reads return
+// the bytes Accept read while looking for a preamble, then the rest.
+type replayConn struct {
+	net.Conn
+	head []byte // only touched by Read, which net.Conn callers never run concurrently
+}
+
+var _ net.Conn = (*replayConn)(nil)
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(p, c.head)
+		c.head = c.head[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // conn is one end of a connection between two nodes. Reads and writes pass

@@ -11,9 +11,11 @@
 // same Network: a plain client talking to a wrapped listener is dropped,
 // because its first bytes are not a valid preamble, and a wrapped dialer
 // talking to a plain listener sends that listener a preamble it does not
-// expect. For TLS, wrap below it: a TLS listener (tlsguard.NewListener or
-// tls.NewListener) over Network.Listener, and tls.Client over a connection
-// from the dial function.
+// expect. A port that outside clients use too (a server's API) takes
+// Network.SharedListener instead, which passes such strangers through
+// untouched. For TLS, wrap below it: a TLS listener (tlsguard.NewListener
+// or tls.NewListener) over Network.Listener, and tls.Client over a
+// connection from the dial function.
 //
 // Faults are symmetric: if a cannot reach b, b cannot reach a. A fault
 // closes every open connection it affects at once, and refuses new ones
@@ -254,9 +256,15 @@ func (n *Network) numConns() int {
 // Dialer returns a dial function for node's outgoing connections, shaped
 // like net.Dialer.DialContext. The destination node is looked up from addr
 // (see Register); a blocked destination fails at once, without dialing.
+// Errors are *net.OpError with Op "dial", as a real failed dial's are, so
+// callers that tell "never sent" from "sent, then lost" see a fault as the
+// former; errors.Is finds the faultnet sentinel inside.
 func (n *Network) Dialer(node string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	checkNode(node)
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialErr := func(err error) error {
+			return &net.OpError{Op: "dial", Net: network, Addr: dialAddr{network, addr}, Err: err}
+		}
 		n.mu.Lock()
 		remote, ok := n.addrs[addr]
 		var err error
@@ -267,7 +275,7 @@ func (n *Network) Dialer(node string) func(ctx context.Context, network, addr st
 		}
 		n.mu.Unlock()
 		if err != nil {
-			return nil, err
+			return nil, dialErr(err)
 		}
 		var d net.Dialer
 		raw, err := d.DialContext(ctx, network, addr)
@@ -276,16 +284,22 @@ func (n *Network) Dialer(node string) func(ctx context.Context, network, addr st
 		}
 		if err := writePreamble(ctx, raw, node); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("faultnet: dial %s -> %s: %w", node, remote, err)
+			return nil, dialErr(fmt.Errorf("faultnet: preamble %s -> %s: %w", node, remote, err))
 		}
 		c, err := n.track(raw, node, remote)
 		if err != nil {
 			raw.Close()
-			return nil, err
+			return nil, dialErr(err)
 		}
 		return c, nil
 	}
 }
+
+// dialAddr is the address a dial went to, for net.OpError.
+type dialAddr struct{ network, addr string }
+
+func (a dialAddr) Network() string { return a.network }
+func (a dialAddr) String() string  { return a.addr }
 
 // Listener wraps inner, the listener of node, and registers its address
 // for node. Accept returns only connections made by a Dialer of this
@@ -295,6 +309,19 @@ func (n *Network) Listener(node string, inner net.Listener) net.Listener {
 	checkNode(node)
 	n.Register(node, inner.Addr().String())
 	return &listener{Listener: inner, n: n, node: node}
+}
+
+// SharedListener is Listener for a port that other nodes and outside
+// clients both use, such as a server's API: connections from this
+// network's dialers are subject to its faults as with Listener, and any
+// other connection is returned as it is, never cut or delayed (clients
+// reach every node whatever the partition). A stranger that says nothing
+// holds up Accept for up to five seconds, so use it only for protocols
+// where the client speaks first, such as TLS.
+func (n *Network) SharedListener(node string, inner net.Listener) net.Listener {
+	checkNode(node)
+	n.Register(node, inner.Addr().String())
+	return &listener{Listener: inner, n: n, node: node, shared: true}
 }
 
 func checkNode(node string) {

@@ -250,9 +250,12 @@ func TestFaults(t *testing.T) {
 				}
 				exchange(t, l.c, l.s)
 			}
+			// A failed dial looks like one: a *net.OpError, "dial", with
+			// the fault inside.
 			_, err := nw.Dialer("a")(context.Background(), "tcp", nodes["b"].addr)
-			if err == nil || err.Error() != tc.wantMsg {
-				t.Errorf("dial a -> b error %q, want %q", err, tc.wantMsg)
+			var opErr *net.OpError
+			if !errors.As(err, &opErr) || opErr.Op != "dial" || opErr.Err.Error() != tc.wantMsg {
+				t.Errorf("dial a -> b error %q, want a dial *net.OpError of %q", err, tc.wantMsg)
 			}
 			// Cut ends are no longer tracked, even before they are closed.
 			waitConns(t, nw, 2*len(openConns))
@@ -622,5 +625,90 @@ func TestConcurrentFaults(t *testing.T) {
 			}
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A shared listener serves outside clients as they are, whatever the
+// faults, and nodes through the network's faults.
+func TestSharedListenerPassesStrangers(t *testing.T) {
+	nw := New()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := nw.SharedListener("b", inner)
+	defer ln.Close()
+	startNode(t, nw, "a")
+	addr := inner.Addr().String()
+
+	accept := func() net.Conn {
+		t.Helper()
+		type res struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			c, err := ln.Accept()
+			ch <- res{c, err}
+		}()
+		r := <-ch
+		if r.err != nil {
+			t.Fatalf("accept: %v", r.err)
+		}
+		t.Cleanup(func() { r.c.Close() })
+		return r.c
+	}
+
+	// Isolated or not, a stranger gets through, first bytes included,
+	// and is never cut.
+	nw.Isolate("b")
+	for _, first := range []string{"GET / HTTP/1.1\r\n\r\n", "FN", "\x16\x03\x01\x00\xa5"} {
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { raw.Close() })
+		if _, err := raw.Write([]byte(first)); err != nil {
+			t.Fatal(err)
+		}
+		if first == "FN" {
+			// Shorter than the magic: the stranger hangs up its side.
+			raw.(*net.TCPConn).CloseWrite()
+		}
+		srv := accept()
+		got := make([]byte, len(first))
+		srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(srv, got); err != nil || string(got) != first {
+			t.Fatalf("stranger's first bytes: %q, %v; want %q", got, err, first)
+		}
+		srv.SetReadDeadline(time.Time{})
+		if first != "FN" {
+			exchange(t, raw, srv)
+		}
+	}
+	waitConns(t, nw, 0)
+
+	// A node's dial fails while b is isolated, as a failed dial does...
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = nw.Dialer("a")(ctx, "tcp", addr)
+	var opErr *net.OpError
+	if !errors.Is(err, ErrPartitioned) || !errors.As(err, &opErr) || opErr.Op != "dial" {
+		t.Fatalf("dial to an isolated node: %v, want a dial *net.OpError wrapping ErrPartitioned", err)
+	}
+	// ...and after healing it connects, tracked, and a new fault cuts it.
+	nw.Heal()
+	client, err := nw.Dialer("a")(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatalf("dial after heal: %v", err)
+	}
+	defer client.Close()
+	srv := accept()
+	exchange(t, client, srv)
+	waitConns(t, nw, 2)
+	nw.Cut("a", "b")
+	if err := readErr(t, srv); !errors.Is(err, ErrPartitioned) {
+		t.Errorf("read on a cut node connection: %v, want ErrPartitioned", err)
 	}
 }

@@ -1,6 +1,8 @@
 // Package logging builds the structured log/slog loggers every Drover
-// process uses, and adapts them for libraries that log through hclog or the
-// standard log package, so that all output shares one format and one level.
+// process uses, and adapts them for libraries that log through the standard
+// log package, so that all output shares one format and one level. (The
+// control plane's hclog adapter, for Raft, lives in controlplane/raftlog so
+// that the agent does not link hclog.)
 package logging
 
 import (

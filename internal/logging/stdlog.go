@@ -13,46 +13,49 @@ import (
 // memberlist writes them ("[DEBUG] memberlist: ..."), is logged at that
 // level with the prefix removed; any other line is logged at level.
 func StdLogAdapter(l *slog.Logger, level slog.Level) *log.Logger {
-	w := &lineWriter{
-		level: level,
-		infer: true,
-		emit: func(level slog.Level, msg string) {
+	w := &LineWriter{
+		Level: level,
+		Infer: true,
+		Emit: func(level slog.Level, msg string) {
 			l.Log(context.Background(), level, msg)
 		},
 	}
 	return log.New(w, "", 0)
 }
 
-// lineWriter logs each write as one message. The standard log package
-// writes each message with a single Write, so one write is one message.
-type lineWriter struct {
-	emit  func(level slog.Level, msg string)
-	level slog.Level // for lines without a recognized prefix, or always if force
-	force bool       // strip any level prefix but log at level regardless
-	infer bool       // take the level from a "[LEVEL]" prefix
-	// inferWithTimestamp skips a leading timestamp before looking for the
+// LineWriter logs each write as one message through Emit. The standard log
+// package writes each message with a single Write, so one write is one
+// message. Adapters for libraries with their own level conventions (such as
+// the control plane's hclog adapter) build on it. Safe for concurrent use
+// when Emit is.
+type LineWriter struct {
+	Emit  func(level slog.Level, msg string)
+	Level slog.Level // for lines without a recognized prefix, or always if Force
+	Force bool       // strip any level prefix but log at Level regardless
+	Infer bool       // take the level from a "[LEVEL]" prefix
+	// InferWithTimestamp skips a leading timestamp before looking for the
 	// prefix, for libraries that format their own time.
-	inferWithTimestamp bool
+	InferWithTimestamp bool
 }
 
-var _ io.Writer = (*lineWriter)(nil)
+var _ io.Writer = (*LineWriter)(nil)
 
-func (w *lineWriter) Write(p []byte) (int, error) {
+func (w *LineWriter) Write(p []byte) (int, error) {
 	msg := strings.TrimRight(string(p), " \t\r\n")
-	level := w.level
-	if w.force || w.infer {
+	level := w.Level
+	if w.Force || w.Infer {
 		s := msg
-		if w.inferWithTimestamp {
+		if w.InferWithTimestamp {
 			s = trimTimestamp(s)
 		}
 		if l, rest, ok := levelPrefix(s); ok {
 			msg = rest
-			if !w.force {
+			if !w.Force {
 				level = l
 			}
 		}
 	}
-	w.emit(level, msg)
+	w.Emit(level, msg)
 	return len(p), nil
 }
 

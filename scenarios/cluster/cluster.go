@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -132,7 +133,12 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 	cfg.BootstrapExpect = expect
 	cfg.Join = slices.Clone(join)
 	cfg.CACertFile, cfg.CAKeyFile = c.caCert, c.caKey
-	cfg.Network = c.Net
+	// Faults reach the server only through what it uses anyway: the dial
+	// function for its connections to other servers and a wrapper for
+	// the listeners they connect to. The API listener is shared with
+	// clients, which reach every server whatever the partition.
+	cfg.Dial = c.Net.Dialer(name)
+	cfg.WrapListener = func(ln net.Listener) net.Listener { return c.Net.SharedListener(name, ln) }
 	cfg.Logger = logging.TestLogger(c.t).With("node", name)
 	// Snapshot often so scenarios exercise log truncation.
 	cfg.SnapshotThreshold = 256
@@ -140,6 +146,9 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 	if c.opts.Configure != nil {
 		c.opts.Configure(&cfg)
 	}
+	// Peers dial the addresses a server advertises.
+	c.Net.Register(name, cfg.APIAddr)
+	c.Net.Register(name, cfg.RaftAddr)
 	node := &Node{Name: name, cfg: cfg}
 	c.mu.Lock()
 	c.nodes = append(c.nodes, node)
@@ -309,7 +318,9 @@ func (c *Cluster) AddServer(name string) (*Node, error) {
 }
 
 // Partition splits the named nodes into groups that cannot reach each
-// other over Raft or request forwarding. Clients still reach every node.
+// other over Raft or the API (request forwarding, status): their dials fail
+// and open connections are cut. Clients still reach every node; gossip is
+// not partitioned.
 func (c *Cluster) Partition(groups ...[]string) { c.Net.Partition(groups...) }
 
 // Heal removes every partition (delays stay; see Delay).

@@ -127,11 +127,15 @@ type Stats struct {
 	NotApplied    int
 	Indeterminate int // including calls never finished
 	Resolved      int // indeterminate calls settled by Resolve
+	// AnsweredReads counts reads that succeeded or were refused: the only
+	// reads that constrain the history. A history whose reads all failed
+	// is trivially linearizable, so a check should require some.
+	AnsweredReads int
 }
 
 func (s Stats) String() string {
-	return fmt.Sprintf("%d calls: %d succeeded, %d refused, %d not applied, %d indeterminate (%d resolved)",
-		s.Calls, s.Succeeded, s.Refused, s.NotApplied, s.Indeterminate, s.Resolved)
+	return fmt.Sprintf("%d calls: %d succeeded, %d refused, %d not applied, %d indeterminate (%d resolved); %d reads answered",
+		s.Calls, s.Succeeded, s.Refused, s.NotApplied, s.Indeterminate, s.Resolved, s.AnsweredReads)
 }
 
 // Recorder collects the calls of concurrent clients with their call and
@@ -246,8 +250,14 @@ func (r *Recorder) Stats() Stats {
 			}
 		case c.outcome == Succeeded:
 			s.Succeeded++
+			if c.in.Op.IsRead() {
+				s.AnsweredReads++
+			}
 		case c.outcome == Refused:
 			s.Refused++
+			if c.in.Op.IsRead() {
+				s.AnsweredReads++
+			}
 		case c.outcome == NotApplied:
 			s.NotApplied++
 		}

@@ -214,8 +214,22 @@ func TestRecorderNotAppliedIsDropped(t *testing.T) {
 		check(t, play(t, append(prefix, step{c: 2, in: CreateVersion(""), d: ms / 2, out: Output{Version: 4}})), porcupine.Illegal)
 	})
 	r := play(t, prefix)
-	if s := r.Stats(); s.Calls != 6 || s.Succeeded != 3 || s.NotApplied != 3 || len(r.History()) != 3 {
+	if s := r.Stats(); s.Calls != 6 || s.Succeeded != 3 || s.NotApplied != 3 || s.AnsweredReads != 0 || len(r.History()) != 3 {
 		t.Errorf("stats %v, history %v", s, r.History())
+	}
+}
+
+// Only reads that got an answer, a version or a refusal, count as answered.
+func TestRecorderAnsweredReads(t *testing.T) {
+	r := play(t, []step{
+		{c: 0, in: CreateVersion(""), d: ms / 2, out: Output{Version: 1}},
+		{c: 1, in: GetAlias("prod"), d: ms / 2, err: errNoSuchVersion},
+		{c: 1, in: LatestVersion(), d: ms / 2, out: Output{Version: 1}},
+		{c: 2, in: GetAlias("prod"), d: ms / 2, err: errNotLeader},
+		{c: 2, in: LatestVersion(), d: ms / 2, err: errors.New("connection reset")},
+	})
+	if s := r.Stats(); s.AnsweredReads != 2 || s.Succeeded != 2 || s.Refused != 1 {
+		t.Errorf("stats %v, want 2 answered reads", s)
 	}
 }
 

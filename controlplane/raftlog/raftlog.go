@@ -1,4 +1,8 @@
-package logging
+// Package raftlog feeds the logs of hashicorp/raft, which speaks hclog,
+// into the control plane's slog logger, so Raft's output shares the
+// server's format and level. It lives beside the control plane, its only
+// user, so that the agent never links hclog.
+package raftlog
 
 import (
 	"context"
@@ -10,16 +14,18 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/droverhq/drover/internal/logging"
 )
 
-// HCLogAdapter returns an hclog.Logger, as hashicorp/raft wants, that
-// forwards every message to l. Levels map one to one (Trace to LevelTrace);
+// New returns an hclog.Logger, as hashicorp/raft wants, that forwards
+// every message to l. Levels map one to one (Trace to logging.LevelTrace);
 // key/value arguments become attributes; the logger's name, set with name
-// and extended with Named, goes under NameKey. SetLevel filters on top of
+// and extended with Named, goes under logging.NameKey. SetLevel filters on top of
 // l's own level and affects every logger derived from the returned one;
 // until it is called, l's handler alone decides. The returned logger is safe
 // for concurrent use.
-func HCLogAdapter(l *slog.Logger, name string) hclog.Logger {
+func New(l *slog.Logger, name string) hclog.Logger {
 	a := &hclogAdapter{root: l, name: name, level: new(atomic.Int32)}
 	a.level.Store(int32(hclog.NoLevel))
 	a.build()
@@ -27,11 +33,11 @@ func HCLogAdapter(l *slog.Logger, name string) hclog.Logger {
 }
 
 type hclogAdapter struct {
-	root    *slog.Logger // as given to HCLogAdapter
+	root    *slog.Logger // as given to New
 	l       *slog.Logger // root with the name and implied arguments attached
 	name    string
 	implied []any
-	// level is shared by every logger derived from one HCLogAdapter call,
+	// level is shared by every logger derived from one New call,
 	// as hclog's SetLevel contract asks. hclog.NoLevel means no filter.
 	level *atomic.Int32
 }
@@ -43,7 +49,7 @@ var _ hclog.Logger = (*hclogAdapter)(nil)
 func (a *hclogAdapter) build() {
 	l := a.root
 	if a.name != "" {
-		l = l.With(slog.String(NameKey, a.name))
+		l = l.With(slog.String(logging.NameKey, a.name))
 	}
 	if len(a.implied) > 0 {
 		l = l.With(attrsToAny(argsToAttrs(a.implied))...)
@@ -62,7 +68,7 @@ func (a *hclogAdapter) derive(name string, implied []any) *hclogAdapter {
 func toSlog(l hclog.Level) slog.Level {
 	switch l {
 	case hclog.Trace:
-		return LevelTrace
+		return logging.LevelTrace
 	case hclog.Debug:
 		return slog.LevelDebug
 	case hclog.Warn:
@@ -77,7 +83,7 @@ func toSlog(l hclog.Level) slog.Level {
 // fromSlog maps a slog level to the hclog level that covers it.
 func fromSlog(l slog.Level) hclog.Level {
 	switch {
-	case l <= LevelTrace:
+	case l <= logging.LevelTrace:
 		return hclog.Trace
 	case l < slog.LevelInfo:
 		return hclog.Debug
@@ -172,7 +178,7 @@ func (a *hclogAdapter) ResetNamed(name string) hclog.Logger {
 }
 
 // SetLevel sets a filter shared by this logger and every logger derived
-// from the same HCLogAdapter call. It can only hide messages l's handler
+// from the same New call. It can only hide messages l's handler
 // would show, never show ones it hides. hclog.NoLevel removes the filter.
 func (a *hclogAdapter) SetLevel(level hclog.Level) {
 	a.level.Store(int32(level))
@@ -202,19 +208,19 @@ func (a *hclogAdapter) StandardWriter(opts *hclog.StandardLoggerOptions) io.Writ
 	if opts == nil {
 		opts = &hclog.StandardLoggerOptions{}
 	}
-	w := &lineWriter{
-		level: slog.LevelInfo,
-		emit: func(level slog.Level, msg string) {
+	w := &logging.LineWriter{
+		Level: slog.LevelInfo,
+		Emit: func(level slog.Level, msg string) {
 			a.Log(fromSlog(level), msg)
 		},
 	}
 	switch {
 	case opts.ForceLevel != hclog.NoLevel:
-		w.force = true
-		w.level = toSlog(opts.ForceLevel)
+		w.Force = true
+		w.Level = toSlog(opts.ForceLevel)
 	case opts.InferLevels:
-		w.infer = true
-		w.inferWithTimestamp = opts.InferLevelsWithTimestamp
+		w.Infer = true
+		w.InferWithTimestamp = opts.InferLevelsWithTimestamp
 	}
 	return w
 }
