@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/droverhq/drover/internal/buildinfo"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -655,5 +656,35 @@ func TestJSONIsProtoJSON(t *testing.T) {
 	}
 	if _, ok := m["state"]; ok {
 		t.Errorf("JSON has internal fields: %v", m)
+	}
+}
+
+// `drover version` and `drover --version` say which build this is,
+// without a server.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	info := buildinfo.Read()
+	want := "drover " + info.String() + "\n"
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), args, strings.NewReader(""), &stdout, &stderr)
+		if code != exitOK || stdout.String() != want {
+			t.Errorf("drover %s: exit %d, %q (stderr %q); want %q", strings.Join(args, " "), code, stdout.String(), stderr.String(), want)
+		}
+	}
+	if !strings.Contains(want, info.GoVersion) || !strings.Contains(want, "commit ") {
+		t.Errorf("version line %q lacks the commit or Go version", want)
+	}
+
+	var stdout, stderr bytes.Buffer
+	if code := Main(context.Background(), []string{"version", "-o", "json"}, strings.NewReader(""), &stdout, &stderr); code != exitOK {
+		t.Fatalf("version -o json: exit %d: %s", code, stderr.String())
+	}
+	var got map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("version -o json: %v\n%s", err, stdout.String())
+	}
+	if got["version"] != info.Version || got["goVersion"] != info.GoVersion || got["commit"] != info.Commit {
+		t.Errorf("version -o json = %v, want %+v", got, info)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/agent/agenttest"
 	"github.com/droverhq/drover/hwprobe"
+	"github.com/droverhq/drover/internal/buildinfo"
 )
 
 // runCLI runs the command line with env as the whole environment.
@@ -122,6 +123,25 @@ func TestHelp(t *testing.T) {
 	code, out, _ = runCLI(t, context.Background(), nil, "probe", "--help")
 	if code != 0 || !strings.Contains(out, "without cgo") || !strings.Contains(out, "--root /host") {
 		t.Errorf("probe --help: exit %d\n%s", code, out)
+	}
+}
+
+// `drover-agent version` and `--version` say which build this is, and
+// start no agent.
+func TestVersion(t *testing.T) {
+	info := buildinfo.Read()
+	want := "drover-agent " + info.String() + "\n"
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		code, out, errOut := runCLI(t, context.Background(), map[string]string{}, args...)
+		if code != exitOK || out != want || errOut != "" {
+			t.Errorf("drover-agent %s: exit %d, %q, stderr %q; want %q", strings.Join(args, " "), code, out, errOut, want)
+		}
+	}
+	if !strings.Contains(want, info.GoVersion) || !strings.Contains(want, "commit ") {
+		t.Errorf("version line %q lacks the commit or Go version", want)
+	}
+	if code, _, errOut := runCLI(t, context.Background(), map[string]string{}, "version", "extra"); code != exitUsage {
+		t.Errorf("version extra: exit %d, stderr %q", code, errOut)
 	}
 }
 

@@ -24,11 +24,13 @@ import (
 	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/pki"
 )
 
-// Version is the server's software version, reported in status.
-const Version = "0.1.0-dev"
+// Version is the server's software version, reported in status: the
+// build's (see internal/buildinfo), read once at start.
+var Version = buildinfo.Version()
 
 // Server is one control-plane server. Create it with New, start it with
 // Start, stop it with Shutdown (graceful) or Kill (abrupt, for fault
