@@ -56,6 +56,7 @@ func newHarness(t *testing.T) *harness {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
+	fake.crash = srv.CloseClientConnections
 
 	dir := t.TempDir()
 	caFile := filepath.Join(dir, "ca.pem")
@@ -524,6 +525,46 @@ func TestUnreachable(t *testing.T) {
 		"start one with `drover dev` or point --address/DROVER_ADDR at a server\n"
 	if r.code != exitError || r.stderr != want {
 		t.Errorf("exit %d, stderr:\n%s\nwant:\n%s", r.code, r.stderr, want)
+	}
+}
+
+// Drover servers speak only HTTPS: an http:// address is refused with the
+// address to use, before anything is sent.
+func TestPlainHTTPAddress(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	r := h.run("status", "--address", "http://127.0.0.1:7400")
+	want := `Error: server address "http://127.0.0.1:7400": Drover servers speak only HTTPS: use https://127.0.0.1:7400` + "\n"
+	if r.code != exitError || r.stderr != want {
+		t.Errorf("exit %d, stderr:\n%s\nwant:\n%s", r.code, r.stderr, want)
+	}
+	if n := len(h.fake.recordedRequests()); n != 0 {
+		t.Errorf("an http:// address sent %d requests", n)
+	}
+}
+
+// A write cut off by a server crash after it was sent may have been
+// committed: the CLI says so and how to find out. A read cut off the same
+// way says nothing of the kind.
+func TestWriteCutByCrash(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.fake.mu.Lock()
+	h.fake.crashOn = "/drover.v1.ModelService/CreateModel"
+	h.fake.mu.Unlock()
+	r := h.run("model", "create", "resnet")
+	if r.code != exitError ||
+		!strings.Contains(r.stderr, "Error: the connection to the server broke after the request was sent, so the change may or may not have been applied: ") ||
+		!strings.Contains(r.stderr, "Hint: "+outcomeUnknownHint) {
+		t.Errorf("exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+
+	h.fake.mu.Lock()
+	h.fake.crashOn = "/drover.v1.ModelService/ListModels"
+	h.fake.mu.Unlock()
+	r = h.run("model", "ls")
+	if r.code != exitError || strings.Contains(r.stderr, "may or may not") {
+		t.Errorf("a cut read: exit %d, stderr:\n%s", r.code, r.stderr)
 	}
 }
 
