@@ -116,6 +116,9 @@ func (s *Server) Start() (err error) {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	if err := claimDataDir(s.cfg.DataDir, s.cfg.Name); err != nil {
+		return err
+	}
 	if err := s.setupTLS(); err != nil {
 		return err
 	}
