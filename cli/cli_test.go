@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -727,5 +728,57 @@ func TestVersion(t *testing.T) {
 	}
 	if got["version"] != info.Version || got["goVersion"] != info.GoVersion || got["commit"] != info.Commit {
 		t.Errorf("version -o json = %v, want %+v", got, info)
+	}
+}
+
+// Help never names a command that does not exist: every `drover …` in a
+// Long text (between backticks) or an example line resolves to a command,
+// with only arguments after it.
+func TestHelpNamesOnlyCommandsThatExist(t *testing.T) {
+	t.Parallel()
+	root := newRootCommand(&globals{})
+	backticked := regexp.MustCompile("`drover ([^`]*)`")
+	exampleLine := regexp.MustCompile(`(?m)^\s*(?:[A-Z_]+=\$\()?drover ([^#\n|]*)`)
+	check := func(c *cobra.Command, mention string) {
+		cur := root
+		for _, w := range strings.Fields(mention) {
+			if strings.HasPrefix(w, "-") || !cur.HasSubCommands() {
+				return
+			}
+			next := func() *cobra.Command {
+				for _, sub := range cur.Commands() {
+					if sub.Name() == w || slices.Contains(sub.Aliases, w) {
+						return sub
+					}
+				}
+				return nil
+			}()
+			if next == nil {
+				if cur != root && cur.Runnable() && cur.Args != nil && cur.Args(cur, []string{w}) == nil {
+					return // an argument of a group that runs
+				}
+				t.Errorf("%q mentions `drover %s`, but %q has no command %q", c.CommandPath(), mention, cur.CommandPath(), w)
+				return
+			}
+			cur = next
+		}
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, m := range backticked.FindAllStringSubmatch(c.Long, -1) {
+			check(c, m[1])
+		}
+		for _, m := range exampleLine.FindAllStringSubmatch(c.Example, -1) {
+			check(c, m[1])
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	// A group's one-line summary lists only what it holds.
+	acl, _, err := root.Find([]string{"acl"})
+	if err != nil || strings.Contains(acl.Short, "tokens") || strings.Contains(acl.Short, "polic") {
+		t.Errorf("acl summary %q names commands acl does not have", acl.Short)
 	}
 }
