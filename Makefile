@@ -64,8 +64,8 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 # Built, then run as make's own child rather than under `go run`, which
 # reports a program's exit on a signal as a failure: Ctrl-C ends with
 # drover's clean stop (exit 0) and no make error.
-dev: build ## Run a single-server control plane and 3 local agents (drover dev).
-	$(BIN)/drover dev
+dev: build ## Run a single-server control plane and 3 local agents (drover dev; flags in DEVFLAGS).
+	$(BIN)/drover dev $(DEVFLAGS)
 
 scenarios-docker: ## Container scenarios: 3 servers and 20 agents under docker kill / disconnect.
 	bash deploy/docker/scenarios.sh
