@@ -22,12 +22,14 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/hwprobe"
+	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
 )
 
-// Version is the agent's version, reported to the control plane.
-const Version = "0.1.0-dev"
+// Version is the agent's version, reported to the control plane: the
+// build's (see internal/buildinfo), read once at start.
+var Version = buildinfo.Version()
 
 // State is where an agent is in its life.
 type State string

@@ -11,7 +11,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -91,22 +90,13 @@ func DefaultName() string {
 	if err != nil {
 		return ""
 	}
-	b := []byte(strings.ToLower(h))
-	for i, c := range b {
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			b[i] = '-'
-		}
-	}
-	if len(b) > 63 {
-		b = b[:63]
-	}
-	return strings.Trim(string(b), "._-")
+	return names.FromHostname(h)
 }
 
 // Name and label rules are the control plane's (internal/names), checked
 // here too so that a mistake is reported before anything is sent, naming
 // the flag.
-const nameRule = "use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+const nameRule = names.Rule
 
 // Validate reports every problem with c at once, each naming the
 // command-line flag that sets the field. The errors wrap ErrInvalidConfig.

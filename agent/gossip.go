@@ -551,7 +551,7 @@ func (e poolEvents) NotifyLeave(n *memberlist.Node) {
 	if left {
 		p.log.Debug("site peer left", "peer", n.Name)
 	} else {
-		p.log.Info("site peer failed; reporting it to the control plane as a suspect", "peer", n.Name, "addr", memberAddr(n))
+		p.log.Warn("site peer failed; reporting it to the control plane as a suspect", "peer", n.Name, "addr", memberAddr(n))
 	}
 }
 

@@ -7,6 +7,11 @@ import (
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
+// InventoryProto is a probe's findings as the agent registers them, the
+// NodeInventory `drover node show` reads back; `drover-agent probe -o
+// json` prints it.
+func InventoryProto(inv *hwprobe.Inventory) *droverv1.NodeInventory { return inventoryProto(inv) }
+
 // inventoryProto maps a probe's findings onto the wire, field by field.
 // Per-GPU samples stay behind: they are telemetry, not inventory.
 func inventoryProto(inv *hwprobe.Inventory) *droverv1.NodeInventory {

@@ -13,12 +13,14 @@ import (
 func newACLCommand(g *globals) *cobra.Command {
 	return newGroup(&cobra.Command{
 		Use:   "acl",
-		Short: "Manage operator access: bootstrap, tokens, policies",
+		Short: "Manage operator access: bootstrap the management token",
 		Long: `Manage who may operate the cluster.
 
 Operators authenticate with a token secret, sent as a bearer token. A new
 cluster has no tokens and refuses changes until you run ` + "`drover acl bootstrap`" + `,
-which creates the first, all-powerful management token.`,
+which creates the first, all-powerful management token. Bootstrap is the
+only ACL command so far: further operator tokens and policies are not yet
+available, so everyone operates with the management token.`,
 		Example: `  drover acl bootstrap`,
 	}, newACLBootstrapCommand(g))
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/droverhq/drover/internal/buildinfo"
 )
 
 // Exit codes. Scripts branch on them, so they never change meaning.
@@ -76,6 +78,7 @@ or, with -o json, the API's response message.`,
   drover model ls -o json`,
 		Args:                       groupArgs,
 		RunE:                       showHelp,
+		Version:                    buildinfo.Read().String(),
 		SuggestionsMinimumDistance: 2,
 		SilenceErrors:              true, // renderError prints errors, once, in one format
 		SilenceUsage:               true,
@@ -89,6 +92,7 @@ or, with -o json, the API's response message.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErr(cmd, err)
 	})
+	root.SetVersionTemplate("drover {{.Version}}\n")
 	g.addConnectionFlags(root)
 
 	root.AddCommand(
@@ -102,6 +106,7 @@ or, with -o json, the API's response message.`,
 		newServerCommand(g),
 		newDevCommand(g),
 		newTLSCommand(g),
+		newDroverVersionCommand(),
 	)
 	return root
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/droverhq/drover/internal/buildinfo"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -55,6 +57,7 @@ func newHarness(t *testing.T) *harness {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
+	fake.crash = srv.CloseClientConnections
 
 	dir := t.TempDir()
 	caFile := filepath.Join(dir, "ca.pem")
@@ -526,6 +529,46 @@ func TestUnreachable(t *testing.T) {
 	}
 }
 
+// Drover servers speak only HTTPS: an http:// address is refused with the
+// address to use, before anything is sent.
+func TestPlainHTTPAddress(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	r := h.run("status", "--address", "http://127.0.0.1:7400")
+	want := `Error: server address "http://127.0.0.1:7400": Drover servers speak only HTTPS: use https://127.0.0.1:7400` + "\n"
+	if r.code != exitError || r.stderr != want {
+		t.Errorf("exit %d, stderr:\n%s\nwant:\n%s", r.code, r.stderr, want)
+	}
+	if n := len(h.fake.recordedRequests()); n != 0 {
+		t.Errorf("an http:// address sent %d requests", n)
+	}
+}
+
+// A write cut off by a server crash after it was sent may have been
+// committed: the CLI says so and how to find out. A read cut off the same
+// way says nothing of the kind.
+func TestWriteCutByCrash(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.fake.mu.Lock()
+	h.fake.crashOn = "/drover.v1.ModelService/CreateModel"
+	h.fake.mu.Unlock()
+	r := h.run("model", "create", "resnet")
+	if r.code != exitError ||
+		!strings.Contains(r.stderr, "Error: the connection to the server broke after the request was sent, so the change may or may not have been applied: ") ||
+		!strings.Contains(r.stderr, "Hint: "+outcomeUnknownHint) {
+		t.Errorf("exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+
+	h.fake.mu.Lock()
+	h.fake.crashOn = "/drover.v1.ModelService/ListModels"
+	h.fake.mu.Unlock()
+	r = h.run("model", "ls")
+	if r.code != exitError || strings.Contains(r.stderr, "may or may not") {
+		t.Errorf("a cut read: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+}
+
 func TestUnknownAuthority(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
@@ -655,5 +698,87 @@ func TestJSONIsProtoJSON(t *testing.T) {
 	}
 	if _, ok := m["state"]; ok {
 		t.Errorf("JSON has internal fields: %v", m)
+	}
+}
+
+// `drover version` and `drover --version` say which build this is,
+// without a server.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	info := buildinfo.Read()
+	want := "drover " + info.String() + "\n"
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), args, strings.NewReader(""), &stdout, &stderr)
+		if code != exitOK || stdout.String() != want {
+			t.Errorf("drover %s: exit %d, %q (stderr %q); want %q", strings.Join(args, " "), code, stdout.String(), stderr.String(), want)
+		}
+	}
+	if !strings.Contains(want, info.GoVersion) || !strings.Contains(want, "commit ") {
+		t.Errorf("version line %q lacks the commit or Go version", want)
+	}
+
+	var stdout, stderr bytes.Buffer
+	if code := Main(context.Background(), []string{"version", "-o", "json"}, strings.NewReader(""), &stdout, &stderr); code != exitOK {
+		t.Fatalf("version -o json: exit %d: %s", code, stderr.String())
+	}
+	var got map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("version -o json: %v\n%s", err, stdout.String())
+	}
+	if got["version"] != info.Version || got["goVersion"] != info.GoVersion || got["commit"] != info.Commit {
+		t.Errorf("version -o json = %v, want %+v", got, info)
+	}
+}
+
+// Help never names a command that does not exist: every `drover …` in a
+// Long text (between backticks) or an example line resolves to a command,
+// with only arguments after it.
+func TestHelpNamesOnlyCommandsThatExist(t *testing.T) {
+	t.Parallel()
+	root := newRootCommand(&globals{})
+	backticked := regexp.MustCompile("`drover ([^`]*)`")
+	exampleLine := regexp.MustCompile(`(?m)^\s*(?:[A-Z_]+=\$\()?drover ([^#\n|]*)`)
+	check := func(c *cobra.Command, mention string) {
+		cur := root
+		for _, w := range strings.Fields(mention) {
+			if strings.HasPrefix(w, "-") || !cur.HasSubCommands() {
+				return
+			}
+			next := func() *cobra.Command {
+				for _, sub := range cur.Commands() {
+					if sub.Name() == w || slices.Contains(sub.Aliases, w) {
+						return sub
+					}
+				}
+				return nil
+			}()
+			if next == nil {
+				if cur != root && cur.Runnable() && cur.Args != nil && cur.Args(cur, []string{w}) == nil {
+					return // an argument of a group that runs
+				}
+				t.Errorf("%q mentions `drover %s`, but %q has no command %q", c.CommandPath(), mention, cur.CommandPath(), w)
+				return
+			}
+			cur = next
+		}
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, m := range backticked.FindAllStringSubmatch(c.Long, -1) {
+			check(c, m[1])
+		}
+		for _, m := range exampleLine.FindAllStringSubmatch(c.Example, -1) {
+			check(c, m[1])
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	// A group's one-line summary lists only what it holds.
+	acl, _, err := root.Find([]string{"acl"})
+	if err != nil || strings.Contains(acl.Short, "tokens") || strings.Contains(acl.Short, "polic") {
+		t.Errorf("acl summary %q names commands acl does not have", acl.Short)
 	}
 }

@@ -42,7 +42,8 @@ model with a version and a "prod" alias, and enrolls the local agents (3 by
 default, spread over the sites dev-a and dev-b) with a join token, just as
 real machines would. It writes a client config so that "drover" in another
 shell talks to it with no flags. Running it again reuses the same data,
-token, CA and node identities. Ctrl-C stops it cleanly.`,
+token, CA and node identities. Ctrl-C (or SIGTERM) stops it cleanly, with
+exit code 0.`,
 		Example: `  drover dev
   drover dev --agents 10
   # in another shell
@@ -124,11 +125,27 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 		defer cancel()
 		return s.Shutdown(sctx)
 	}
+	// Ctrl-C or SIGTERM at any point is how dev is meant to end: a clean
+	// stop then exits 0, even when it cut the start short, so neither make
+	// nor a shell reports a failure.
+	stopping := func(stop func() error) error {
+		fmt.Fprintln(g.stdout, "\nstopping dev cluster")
+		return stop()
+	}
 	client, cl, err := setUpDev(ctx, g, s, dir, f.noClientConfig)
+	if ctx.Err() != nil {
+		return stopping(stop)
+	}
 	if err != nil {
 		return errors.Join(err, stop())
 	}
 	fleet, err := startDevAgents(ctx, cl, s.APIAddr(), dir, f.agents, g.stderr, level)
+	if ctx.Err() != nil {
+		if fleet != nil {
+			fleet.stop()
+		}
+		return stopping(stop)
+	}
 	if err != nil {
 		return errors.Join(err, stop())
 	}
@@ -141,8 +158,7 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 		fmt.Fprintf(g.stdout, "starting %d local agents...\n", f.agents)
 		ready, err := fleet.waitReady(ctx)
 		if ctx.Err() != nil {
-			fmt.Fprintln(g.stdout, "\nstopping dev cluster")
-			return stopAll()
+			return stopping(stopAll)
 		}
 		if err != nil {
 			fmt.Fprintf(g.stderr, "some dev agents stopped: %v\n", err)
@@ -173,8 +189,7 @@ Press Ctrl-C to stop; run "drover dev" again to continue with the same data.
 	case <-ctx.Done():
 	case <-s.Done():
 	}
-	fmt.Fprintln(g.stdout, "\nstopping dev cluster")
-	return stopAll()
+	return stopping(stopAll)
 }
 
 type devClient struct {

@@ -101,7 +101,8 @@ func renderError(w io.Writer, err error, target ClientConfig) int {
 	case errors.As(err, &badName):
 		hint = "the server's certificate does not cover this host name; use an address it names, as `drover dev` prints"
 	case errors.Is(err, http.ErrSchemeMismatch), errors.As(err, &record):
-		hint = "the server does not speak TLS; use an http:// address, or check the port"
+		hint = "the server at this address does not speak TLS, so it is not a Drover API server (those speak only HTTPS); " +
+			"check the host and port"
 	case errors.As(err, &hinted):
 		hint = hinted.hint
 	}

@@ -76,7 +76,7 @@ func TestRenderError(t *testing.T) {
 			"Error: " + wrongName.Error() + "\nHint: the server's certificate does not cover this host name; " +
 				"use an address it names, as `drover dev` prints\n", exitError},
 		{"plain HTTP server", connect.NewError(connect.CodeUnavailable, http.ErrSchemeMismatch), ClientConfig{},
-			"Error: unavailable: " + http.ErrSchemeMismatch.Error() + "\nHint: the server does not speak TLS; use an http:// address, or check the port\n", exitError},
+			"Error: unavailable: " + http.ErrSchemeMismatch.Error() + "\nHint: the server at this address does not speak TLS, so it is not a Drover API server (those speak only HTTPS); check the host and port\n", exitError},
 		{"client-side hint", fmt.Errorf("save: %w", withHint(errors.New("x exists"), "pass --force")), ClientConfig{},
 			"Error: save: x exists\nHint: pass --force\n", exitError},
 		{"usage", usage, ClientConfig{},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -49,6 +50,11 @@ type fakeServer struct {
 	lastListNodes   *droverv1.ListNodesRequest
 	lastLabelNode   *droverv1.LabelNodeRequest
 	revokedNodes    []string // RevokeNode requests, in order
+
+	// crashOn is a procedure path whose calls the server takes in and
+	// then dies on, as a crash would: crash drops every connection.
+	crashOn string
+	crash   func()
 }
 
 type recorded struct {
@@ -87,7 +93,17 @@ func (f *fakeServer) handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})
+		crash := f.crash
+		if r.URL.Path != f.crashOn {
+			crash = nil
+		}
 		f.mu.Unlock()
+		if crash != nil {
+			_, _ = io.Copy(io.Discard, r.Body) // the whole request arrived
+			crash()
+			<-r.Context().Done()
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
 }

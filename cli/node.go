@@ -127,8 +127,9 @@ Columns:
   STATUS  ready, down, initializing or left, then ", draining" or
           ", revoked" when so
   GPUS    GPUs by model; MIG instances are not counted separately
+  SINCE   how long the node has been in its current status
   CPU     hardware threads
-  AGE     time since the node's last status change`,
+  AGE     time since the node enrolled, as AGE means in every table`,
 		Example: `  drover node ls
   drover node ls --status down
   drover node ls --gpu-model h100 --min-gpu-memory 80G --label pool=training
@@ -180,7 +181,7 @@ func nodeTable(w io.Writer, nodes []*droverv1.Node, now time.Time) {
 	slices.SortFunc(nodes, func(a, b *droverv1.Node) int {
 		return cmp.Or(strings.Compare(a.GetName(), b.GetName()), strings.Compare(a.GetId(), b.GetId()))
 	})
-	row(w, "NAME", "ID", "STATUS", "SITE", "GPUS", "CPU", "MEMORY", "AGE", "LABELS")
+	row(w, "NAME", "ID", "STATUS", "SINCE", "SITE", "GPUS", "CPU", "MEMORY", "AGE", "LABELS")
 	for _, n := range nodes {
 		inv := n.GetInventory()
 		cpu, mem := "-", "-"
@@ -190,8 +191,8 @@ func nodeTable(w io.Writer, nodes []*droverv1.Node, now time.Time) {
 		if b := inv.GetMemory().GetTotalBytes(); b > 0 {
 			mem = units.Bytes(b)
 		}
-		row(w, orDash(n.GetName()), shortID(n.GetId()), nodeState(n), orDash(n.GetSite()),
-			gpuSummary(inv.GetGpus()), cpu, mem, formatAge(lastStatusChange(n), now),
+		row(w, orDash(n.GetName()), shortID(n.GetId()), nodeState(n), formatAge(lastStatusChange(n), now),
+			orDash(n.GetSite()), gpuSummary(inv.GetGpus()), cpu, mem, formatAge(n.GetEnrollTime(), now),
 			orDash(formatPairs(n.GetLabels(), formatString)))
 	}
 }

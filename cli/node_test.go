@@ -104,11 +104,12 @@ func TestNodeList(t *testing.T) {
 	t.Parallel()
 	h := newNodeHarness(t)
 	got := h.ok("node", "ls")
-	want := `NAME    ID        STATUS           SITE     GPUS                            CPU  MEMORY     AGE  LABELS
-edge-7  b71c09d2  down, revoked    edge-eu  -                               6    7.6 GiB    30m  -
-gpu-01  3f9a2c7e  ready, draining  dc-west  8× H100 80GB HBM3               192  1.5 TiB    1h   pool=training, zone=b
-gpu-02  c0ffee00  ready            dc-west  2× A100-SXM4-40GB, 1× Tesla T4  64   512.0 GiB  26h  pool=inference
-new-1   d00d      initializing     -        -                               -    -          10s  -
+	// SINCE is the time in the current status, AGE since enrollment.
+	want := `NAME    ID        STATUS           SINCE  SITE     GPUS                            CPU  MEMORY     AGE  LABELS
+edge-7  b71c09d2  down, revoked    30m    edge-eu  -                               6    7.6 GiB    2d   -
+gpu-01  3f9a2c7e  ready, draining  1h     dc-west  8× H100 80GB HBM3               192  1.5 TiB    3h   pool=training, zone=b
+gpu-02  c0ffee00  ready            26h    dc-west  2× A100-SXM4-40GB, 1× Tesla T4  64   512.0 GiB  26h  pool=inference
+new-1   d00d      initializing     10s    -        -                               -    -          10s  -
 `
 	if got != want {
 		t.Errorf("node ls:\n%s\nwant:\n%s", got, want)

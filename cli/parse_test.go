@@ -125,9 +125,10 @@ func TestNormalizeAddress(t *testing.T) {
 		{"localhost:7400", "https://localhost:7400", ""},
 		{"[::1]:7400", "https://[::1]:7400", ""},
 		{"https://drover.example.com/", "https://drover.example.com", ""},
-		{" http://10.0.0.1:7400 ", "http://10.0.0.1:7400", ""},
+		{" http://10.0.0.1:7400 ", "", `server address " http://10.0.0.1:7400 ": Drover servers speak only HTTPS: use https://10.0.0.1:7400`},
+		{"HTTP://10.0.0.1:7400/", "", `server address "HTTP://10.0.0.1:7400/": Drover servers speak only HTTPS: use https://10.0.0.1:7400`},
 		{"", "", "server address is empty"},
-		{"ftp://x:1", "", `server address "ftp://x:1": scheme must be https (or http), not "ftp"`},
+		{"ftp://x:1", "", `server address "ftp://x:1": scheme must be https, not "ftp"`},
 		{"https://x:1/api", "", `server address "https://x:1/api": want only scheme, host and port, not the path "/api"`},
 		{"https://", "", `server address "https://": no host`},
 	}

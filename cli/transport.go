@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -50,7 +52,7 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 	}
 	// Connect's default codec is binary protobuf, which is what we want: it
 	// is smaller and faster than JSON, and -o json renders locally.
-	opts := []connect.ClientOption{connect.WithInterceptors(headerInterceptor{header: h})}
+	opts := []connect.ClientOption{connect.WithInterceptors(headerInterceptor{header: h}, writeOutcomeInterceptor{})}
 	return &clients{
 		address: cfg.Address,
 		model:   droverv1connect.NewModelServiceClient(hc, cfg.Address, opts...),
@@ -98,7 +100,9 @@ func newHTTPClient(caFile string) (*http.Client, error) {
 }
 
 // normalizeAddress turns what a person types into the base URL of the API:
-// a bare HOST:PORT gets https://, and a trailing slash is dropped.
+// a bare HOST:PORT gets https://, and a trailing slash is dropped. Drover
+// servers speak only HTTPS, so http:// is refused with the address to use
+// instead of failing later with a transport error.
 func normalizeAddress(s string) (string, error) {
 	in := s
 	s = strings.TrimSpace(s)
@@ -115,8 +119,10 @@ func normalizeAddress(s string) (string, error) {
 		return "", fmt.Errorf("server address %q: %w", in, err)
 	}
 	switch {
-	case u.Scheme != "https" && u.Scheme != "http":
-		return "", fmt.Errorf("server address %q: scheme must be https (or http), not %q", in, u.Scheme)
+	case u.Scheme == "http" && u.Host != "":
+		return "", fmt.Errorf("server address %q: Drover servers speak only HTTPS: use https://%s", in, u.Host)
+	case u.Scheme != "https":
+		return "", fmt.Errorf("server address %q: scheme must be https, not %q", in, u.Scheme)
 	case u.Host == "" || u.Hostname() == "":
 		return "", fmt.Errorf("server address %q: no host", in)
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
@@ -173,4 +179,63 @@ func (i headerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc)
 
 func (i headerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// writeOutcomeInterceptor says so when a write's outcome is unknown: the
+// request reached the server, and then the connection broke (the server
+// crashed or restarted, a network cut) before any answer came. The write
+// may have been committed or not, and retrying blindly can apply it twice,
+// so the error says to look first. Reads (NO_SIDE_EFFECTS methods) and
+// errors the server itself answered with are left as they are.
+type writeOutcomeInterceptor struct{}
+
+var _ connect.Interceptor = writeOutcomeInterceptor{}
+
+// outcomeUnknownHint is the advice for a write whose outcome is unknown.
+const outcomeUnknownHint = "check whether it took effect before retrying: read the object back, " +
+	"or look for it in `drover audit ls`, which lists every applied change"
+
+func (writeOutcomeInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IdempotencyLevel == connect.IdempotencyNoSideEffects {
+			return next(ctx, req)
+		}
+		var sent atomic.Bool
+		traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteRequest: func(i httptrace.WroteRequestInfo) {
+				if i.Err == nil {
+					sent.Store(true)
+				}
+			},
+		})
+		resp, err := next(traced, req)
+		if err != nil && sent.Load() && ctx.Err() == nil && outcomeUnknown(err) {
+			err = withHint(fmt.Errorf("the connection to the server broke after the request was sent, "+
+				"so the change may or may not have been applied: %w", err), outcomeUnknownHint)
+		}
+		return resp, err
+	}
+}
+
+func (writeOutcomeInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (writeOutcomeInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// outcomeUnknown reports whether err is a transport failure rather than
+// an answer: no Drover error detail, and a code a broken connection
+// produces.
+func outcomeUnknown(err error) bool {
+	var cerr *connect.Error
+	if errors.As(err, &cerr) && serverDetail(cerr) != nil {
+		return false
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeInternal, connect.CodeDeadlineExceeded:
+		return true
+	}
+	return false
 }

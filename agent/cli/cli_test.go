@@ -9,9 +9,13 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/agent/agenttest"
 	"github.com/droverhq/drover/hwprobe"
+	"github.com/droverhq/drover/internal/buildinfo"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 // runCLI runs the command line with env as the whole environment.
@@ -26,24 +30,50 @@ func runCLI(t *testing.T, ctx context.Context, env map[string]string, args ...st
 	return code, out.String(), errOut.String()
 }
 
+// probe -o json speaks the API's JSON, as drover -o json does: the
+// NodeInventory message in protojson, lowerCamelCase names.
 func TestProbeJSON(t *testing.T) {
 	code, out, errOut := runCLI(t, context.Background(), nil, "probe", "-o", "json", "--data-dir", t.TempDir())
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	var inv hwprobe.Inventory
-	if err := json.Unmarshal([]byte(out), &inv); err != nil {
-		t.Fatalf("probe -o json is not an inventory: %v\n%s", err, out)
+	var inv droverv1.NodeInventory
+	if err := protojson.Unmarshal([]byte(out), &inv); err != nil {
+		t.Fatalf("probe -o json is not a NodeInventory in protojson: %v\n%s", err, out)
+	}
+	if inv.GetHost().GetArch() == "" || inv.GetHost().GetHostname() == "" {
+		t.Errorf("no host section in %s", out)
+	}
+	if len(inv.GetDisks()) != 1 {
+		t.Errorf("disks %v, want the data directory's", inv.GetDisks())
 	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(out), &raw); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := raw["host"]; !ok || inv.Host.Arch == "" || inv.Host.Hostname == "" {
-		t.Errorf("no host section in %s", out)
+	if _, ok := raw["gpuProbe"]; !ok {
+		t.Errorf("no lowerCamelCase gpuProbe in %s", out)
 	}
-	if len(inv.Disks) != 1 {
-		t.Errorf("disks %v, want the data directory's", inv.Disks)
+	if strings.Contains(out, `_bytes"`) {
+		t.Errorf("snake_case field names in %s", out)
+	}
+}
+
+// The JSON of a known inventory names its fields as the API does.
+func TestInventoryJSON(t *testing.T) {
+	var b bytes.Buffer
+	inv := &hwprobe.Inventory{
+		Host:   hwprobe.Host{Hostname: "dgx-01", Arch: "amd64"},
+		Memory: hwprobe.Memory{TotalBytes: 2 << 40},
+		GPUs:   []hwprobe.GPU{{Index: 0, UUID: "GPU-a", Name: "NVIDIA H100 80GB HBM3", MemoryTotalBytes: 80 << 30, ComputeCapability: "9.0"}},
+	}
+	if err := printInventoryJSON(&b, agent.InventoryProto(inv)); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"memoryTotalBytes": "85899345920"`, `"computeCapability": "9.0"`, `"totalBytes": "2199023255552"`, `"hostname": "dgx-01"`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("inventory JSON lacks %s:\n%s", want, b.String())
+		}
 	}
 }
 
@@ -122,6 +152,25 @@ func TestHelp(t *testing.T) {
 	code, out, _ = runCLI(t, context.Background(), nil, "probe", "--help")
 	if code != 0 || !strings.Contains(out, "without cgo") || !strings.Contains(out, "--root /host") {
 		t.Errorf("probe --help: exit %d\n%s", code, out)
+	}
+}
+
+// `drover-agent version` and `--version` say which build this is, and
+// start no agent.
+func TestVersion(t *testing.T) {
+	info := buildinfo.Read()
+	want := "drover-agent " + info.String() + "\n"
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		code, out, errOut := runCLI(t, context.Background(), map[string]string{}, args...)
+		if code != exitOK || out != want || errOut != "" {
+			t.Errorf("drover-agent %s: exit %d, %q, stderr %q; want %q", strings.Join(args, " "), code, out, errOut, want)
+		}
+	}
+	if !strings.Contains(want, info.GoVersion) || !strings.Contains(want, "commit ") {
+		t.Errorf("version line %q lacks the commit or Go version", want)
+	}
+	if code, _, errOut := runCLI(t, context.Background(), map[string]string{}, "version", "extra"); code != exitUsage {
+		t.Errorf("version extra: exit %d, stderr %q", code, errOut)
 	}
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,10 +10,12 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/hwprobe"
 	"github.com/droverhq/drover/internal/units"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 func newProbeCommand() *cobra.Command {
@@ -28,9 +31,12 @@ The table shows the host, CPU, memory, the disk that holds the data
 directory, cgroup limits (a container's or a systemd unit's), the edge board,
 and NVIDIA GPUs with their memory and MIG mode. Where no GPU is listed it says
 why: no NVIDIA driver, or a binary built without cgo (NVML needs it).
--o json prints the full inventory, readings and warnings included.`,
+
+-o json prints the inventory exactly as the agent registers it, warnings
+included, in the API's JSON: the same field names as ` + "`drover node show -o json`" + `
+(lowerCamelCase, 64-bit numbers as strings).`,
 		Example: `  drover-agent probe
-  drover-agent probe -o json | jq '.gpus[] | {name, memory_total_bytes}'
+  drover-agent probe -o json | jq '.gpus[] | {name, memoryTotalBytes}'
   drover-agent probe --root /host    # in a container, with the host's / mounted at /host`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -47,12 +53,7 @@ why: no NVIDIA driver, or a binary built without cgo (NVML needs it).
 			}
 			out := cmd.OutOrStdout()
 			if output == "json" {
-				b, err := json.MarshalIndent(inv, "", "  ")
-				if err != nil {
-					return fmt.Errorf("encode JSON: %w", err)
-				}
-				_, err = out.Write(append(b, '\n'))
-				return err
+				return printInventoryJSON(out, agent.InventoryProto(inv))
 			}
 			return printInventory(out, inv)
 		},
@@ -63,6 +64,22 @@ why: no NVIDIA driver, or a binary built without cgo (NVML needs it).
 	f.StringVar(&dataDir, "data-dir", agent.DefaultDataDir, "`DIR` whose disk to report")
 	f.StringVar(&root, "root", "/", "`DIR` that stands for / when reading /proc, /sys and /etc")
 	return cmd
+}
+
+// printInventoryJSON writes inv as protojson, indented as drover -o json
+// indents it (protojson varies its whitespace on purpose).
+func printInventoryJSON(w io.Writer, inv *droverv1.NodeInventory) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(inv)
+	if err != nil {
+		return fmt.Errorf("encode JSON: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		return fmt.Errorf("encode JSON: %w", err)
+	}
+	buf.WriteByte('\n')
+	_, err = w.Write(buf.Bytes())
+	return err
 }
 
 // printInventory writes inv as a table for people.

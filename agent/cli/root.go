@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/logging"
 )
 
@@ -69,8 +70,11 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 
   # What this machine would report, without joining anything.
   drover-agent probe
-  drover-agent probe -o json | jq .gpus`,
-		Version:                    agent.Version,
+  drover-agent probe -o json | jq .gpus
+
+  # Which build this is.
+  drover-agent version`,
+		Version:                    buildinfo.Read().String(),
 		Args:                       noArgs,
 		SuggestionsMinimumDistance: 2,
 		SilenceErrors:              true, // renderError prints errors, once
@@ -137,6 +141,25 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 
-	cmd.AddCommand(newProbeCommand())
+	cmd.AddCommand(newProbeCommand(), newVersionCommand())
 	return cmd
+}
+
+// newVersionCommand prints this binary's build, as --version does.
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print drover-agent's version, commit and Go version",
+		Long: `Print the version of this drover-agent binary, the commit it was built from
+(", modified" when the tree had uncommitted changes) and the Go toolchain
+that built it. The agent reports the same version to the control plane
+(` + "`drover node show`" + `).`,
+		Example: `  drover-agent version
+  drover-agent --version`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "drover-agent %s\n", buildinfo.Read())
+			return err
+		},
+	}
 }

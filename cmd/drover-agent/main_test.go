@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/droverhq/drover/agent/agenttest"
-	"github.com/droverhq/drover/hwprobe"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 var (
@@ -59,15 +60,15 @@ func TestProbeWithoutCgo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("probe -o json: %v", err)
 	}
-	var inv hwprobe.Inventory
-	if err := json.Unmarshal(out, &inv); err != nil {
+	var inv droverv1.NodeInventory
+	if err := protojson.Unmarshal(out, &inv); err != nil {
 		t.Fatalf("probe -o json: %v\n%s", err, out)
 	}
-	if inv.Host.Hostname == "" || inv.Host.Arch == "" {
+	if inv.GetHost().GetHostname() == "" || inv.GetHost().GetArch() == "" {
 		t.Errorf("no host section in %s", out)
 	}
-	if inv.GPUProbe.Available || !strings.Contains(inv.GPUProbe.Reason, "without cgo") {
-		t.Errorf("gpu_probe = %+v, want NVML unavailable because of no cgo", inv.GPUProbe)
+	if gp := inv.GetGpuProbe(); gp.GetAvailable() || !strings.Contains(gp.GetReason(), "without cgo") {
+		t.Errorf("gpuProbe = %v, want NVML unavailable because of no cgo", gp)
 	}
 	table, err := exec.Command(bin, "probe", "--data-dir", t.TempDir()).Output()
 	if err != nil {

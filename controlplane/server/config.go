@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/internal/names"
 )
 
 // Default ports. The API port serves HTTPS on TCP and HTTP/3 on UDP.
@@ -155,7 +157,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // the default ports and Raft timings chosen for a LAN (a leader is replaced
 // in about a second after it dies).
 func DefaultConfig() Config {
+	// The host name made into a name, as the agent names its node.
 	host, _ := os.Hostname()
+	host = names.FromHostname(host)
 	if host == "" {
 		host = "drover-server"
 	}
@@ -202,8 +206,13 @@ func LoadConfigFile(path string, base Config) (Config, error) {
 // Validate checks each field and the relations between them.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Name == "" {
+	switch {
+	case c.Name == "":
 		errs = append(errs, errors.New("name is empty: set --name"))
+	case !names.IsName(c.Name):
+		// The same rules as node, model and site names: the name goes
+		// into Raft, certificates, file names and `drover status`.
+		errs = append(errs, fmt.Errorf("name %q: %s, such as \"s1\": set --name", c.Name, names.Rule))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data dir is empty: set --data-dir"))

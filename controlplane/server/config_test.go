@@ -28,6 +28,8 @@ func TestValidateRejects(t *testing.T) {
 		want   string // must appear in the error
 	}{
 		{"empty name", func(c *Config) { c.Name = "" }, "--name"},
+		{"name with upper case and a space", func(c *Config) { c.Name = "Server 1" }, `name "Server 1": use 1-63 lowercase letters`},
+		{"name with a slash", func(c *Config) { c.Name = "s1/a" }, "--name"},
 		{"empty data dir", func(c *Config) { c.DataDir = "" }, "--data-dir"},
 		{"api address without port", func(c *Config) { c.APIAddr = "127.0.0.1" }, "--api-addr"},
 		{"raft address without port", func(c *Config) { c.RaftAddr = "localhost" }, "--raft-addr"},

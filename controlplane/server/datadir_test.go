@@ -252,3 +252,49 @@ func TestRebuildRefusals(t *testing.T) {
 		t.Fatalf("intact Raft data was moved: %v", err)
 	}
 }
+
+// A data dir remembers the server it belongs to: the same name starts, a
+// different one is refused at once with both names, instead of a server
+// that sits in no Raft configuration and waits for ever.
+func TestClaimDataDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := claimDataDir(dir, "s1"); err != nil {
+		t.Fatalf("first claim: %v", err)
+	}
+	if err := claimDataDir(dir, "s1"); err != nil {
+		t.Fatalf("same name again: %v", err)
+	}
+	err := claimDataDir(dir, "s2")
+	if !errors.Is(err, ErrDataDirName) {
+		t.Fatalf("claim by s2 = %v, want ErrDataDirName", err)
+	}
+	for _, want := range []string{dir, `server "s1", not "s2"`, "--name s1"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestStartRefusesDataDirOfAnotherServer(t *testing.T) {
+	dir := t.TempDir()
+	runOnce(t, dir)
+	cfg := singleServerConfig(t, dir)
+	cfg.Name = "other"
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Start()
+	if err == nil {
+		s.Kill()
+		t.Fatal("a server started on the data dir of another")
+	}
+	if !errors.Is(err, ErrDataDirName) || !strings.Contains(err.Error(), `"solo"`) {
+		t.Errorf("Start = %v, want ErrDataDirName naming solo", err)
+	}
+	select {
+	case <-s.Done():
+	default:
+		t.Error("a server whose Start failed is not stopped")
+	}
+}

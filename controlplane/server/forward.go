@@ -201,31 +201,54 @@ func (f *forwarder) clusterClient(apiAddr string) droverv1connect.ClusterService
 	return droverv1connect.NewClusterServiceClient(&http.Client{Transport: f.transport}, "https://"+apiAddr)
 }
 
-// noLeaderError explains why there is no leader in terms an operator can
-// act on: how many voters answer gossip and how many a quorum needs.
+// noLeaderPrefix starts every message of noLeaderError, and nothing else:
+// such a request was refused before it was proposed or sent on.
+const noLeaderPrefix = "no leader"
+
+// noLeaderError explains why there is no leader to serve a request, in
+// terms an operator can act on (see noLeaderMessage).
 func (s *Server) noLeaderError(why string) *connect.Error {
 	voters, reachable := s.voterReachability()
-	msg := "no cluster leader"
-	if why != "" {
-		msg += ": " + why
-	}
-	hint := "retry shortly; check \"drover status\""
+	// Gossip lags a real partition by a few seconds, so say what Raft
+	// knows too: how long since a leader was heard from.
+	var silent time.Duration
 	if voters > 0 {
-		quorum := voters/2 + 1
-		msg += fmt.Sprintf(": %d of %d servers reachable, quorum needs %d", reachable, voters, quorum)
-		if reachable < quorum {
-			hint = fmt.Sprintf("start or reconnect at least %d more server(s); writes fail until a quorum is back", quorum-reachable)
-		} else {
-			// Gossip lags a real partition by a few seconds, so say what
-			// Raft knows too: how long since a leader was heard from.
-			hint = "an election is probably under way; retry in a few seconds"
-			if lc := s.raft.LastContact(); !lc.IsZero() && time.Since(lc) > 2*time.Duration(s.cfg.ElectionTimeout) {
-				hint = fmt.Sprintf("this server last heard from a leader %s ago: it may be cut off from the others; "+
-					"retry against another server and check \"drover status\" there", time.Since(lc).Round(100*time.Millisecond))
-			}
+		if lc := s.raft.LastContact(); !lc.IsZero() && time.Since(lc) > 2*time.Duration(s.cfg.ElectionTimeout) {
+			silent = time.Since(lc).Round(100 * time.Millisecond)
 		}
 	}
+	msg, hint := noLeaderMessage(why, voters, reachable, silent)
 	return apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER, msg, hint)
+}
+
+// noLeaderMessage words a no-leader refusal: why (may be empty), how many
+// of the voters answer gossip (voters 0: unknown), and how long this
+// server has not heard from a leader when that is longer than an election
+// takes (0 otherwise). With a quorum in reach a cluster lacks a leader
+// only for a moment, an election, so the message says that rather than
+// reading as if a quorum were missing.
+func noLeaderMessage(why string, voters, reachable int, silent time.Duration) (msg, hint string) {
+	quorum := voters/2 + 1
+	msg, sep := noLeaderPrefix+" elected yet", ": "
+	switch {
+	case why != "":
+		msg, sep = noLeaderPrefix+" to serve the request: "+why, "; "
+	case voters > 0 && reachable < quorum:
+		msg = noLeaderPrefix + " elected"
+	}
+	switch {
+	case voters == 0:
+		return msg, "retry shortly; check \"drover status\""
+	case reachable < quorum:
+		return msg + fmt.Sprintf("%sonly %d of %d servers reachable, and a quorum needs %d", sep, reachable, voters, quorum),
+			fmt.Sprintf("start or reconnect at least %d more server(s); writes fail until a quorum is back", quorum-reachable)
+	case silent > 0:
+		return msg + fmt.Sprintf("%s%d of %d servers reachable (quorum is %d)", sep, reachable, voters, quorum),
+			fmt.Sprintf("this server last heard from a leader %s ago: it may be cut off from the others; "+
+				"retry against another server and check \"drover status\" there", silent)
+	}
+	return msg + fmt.Sprintf("%s%d of %d servers reachable (quorum is %d), so an election may be in progress", sep, reachable, voters, quorum),
+		"retry in a few seconds"
 }
 
 // voterReachability counts the Raft voters and how many of them this

@@ -236,7 +236,7 @@ func (h *clusterHandler) RestoreSnapshot(ctx context.Context, stream *connect.Cl
 		}
 		return nil, s.raftError(err)
 	}
-	s.logger.Warn("state restored from snapshot", "snapshot_index", sf.header.GetIndex(), "by", actorFrom(ctx))
+	s.logger.Info("state restored from snapshot", "snapshot_index", sf.header.GetIndex(), "by", actorFrom(ctx))
 	return connect.NewResponse(&droverv1.RestoreSnapshotResponse{Index: s.raft.AppliedIndex()}), nil
 }
 

@@ -138,7 +138,7 @@ func (s *Server) saveKnownPeers() {
 	if err := os.WriteFile(tmp, b, 0o600); err == nil {
 		err = os.Rename(tmp, s.cfg.knownPeersFile())
 		if err != nil {
-			s.logger.Debug("save known servers", "err", err)
+			s.logger.Warn("save known servers; a restart may not find them", "err", err)
 		}
 	}
 }

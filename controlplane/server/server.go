@@ -24,12 +24,14 @@ import (
 	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
 )
 
-// Version is the server's software version, reported in status.
-const Version = "0.1.0-dev"
+// Version is the server's software version, reported in status: the
+// build's (see internal/buildinfo), read once at start.
+var Version = buildinfo.Version()
 
 // Server is one control-plane server. Create it with New, start it with
 // Start, stop it with Shutdown (graceful) or Kill (abrupt, for fault
@@ -123,6 +125,9 @@ func (s *Server) Start() (err error) {
 	}()
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := claimDataDir(s.cfg.DataDir, s.cfg.Name); err != nil {
+		return err
 	}
 	if err := s.setupTLS(); err != nil {
 		return err

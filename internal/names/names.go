@@ -17,9 +17,28 @@ var (
 	labelPrefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
 )
 
+// Rule says what IsName accepts, for error messages.
+const Rule = "use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+
 // IsName reports whether s is 1-63 lowercase letters, digits, '.', '_' or
 // '-', starting and ending with a letter or digit.
 func IsName(s string) bool { return nameRE.MatchString(s) }
+
+// FromHostname makes a host name into a name: lowercased, with characters
+// a name cannot hold replaced by '-', at most 63 long. It returns "" when
+// nothing of the host name is left.
+func FromHostname(h string) string {
+	b := []byte(strings.ToLower(h))
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 63 {
+		b = b[:63]
+	}
+	return strings.Trim(string(b), "._-")
+}
 
 // IsLabelKey reports whether k is a label name (1-63 letters, digits, '.',
 // '_' or '-', starting and ending with a letter or digit), optionally

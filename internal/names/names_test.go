@@ -29,3 +29,22 @@ func TestRules(t *testing.T) {
 		}
 	}
 }
+
+func TestFromHostname(t *testing.T) {
+	for in, want := range map[string]string{
+		"gpu-01":                  "gpu-01",
+		"Johns-MacBook-Pro.local": "johns-macbook-pro.local",
+		"HOST_1":                  "host_1",
+		"web server!":             "web-server",
+		"-._":                     "",
+		string(make([]byte, 70)):  "",
+	} {
+		got := FromHostname(in)
+		if got != want {
+			t.Errorf("FromHostname(%q) = %q, want %q", in, got, want)
+		}
+		if got != "" && !IsName(got) {
+			t.Errorf("FromHostname(%q) = %q, which is not a name", in, got)
+		}
+	}
+}

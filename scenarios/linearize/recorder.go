@@ -88,10 +88,10 @@ func Classify(err error) Outcome {
 // may or may not have been applied" shares it, and so does a follower's
 // failure to forward a request it had already sent ("cannot reach the
 // leader"). A refusal before anything was proposed or sent starts with
-// "no cluster leader": no leader known, not the leader, or the leader not
-// even dialed.
+// "no leader ": no leader elected, not the leader, or the leader not even
+// dialed.
 func notForwarded(msg string) bool {
-	return strings.HasPrefix(msg, "no cluster leader") && !strings.Contains(msg, "may or may not")
+	return strings.HasPrefix(msg, "no leader ") && !strings.Contains(msg, "may or may not")
 }
 
 // Reason returns the stable reason carried in a Drover API error's

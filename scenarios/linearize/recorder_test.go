@@ -35,7 +35,7 @@ func apiErr(code connect.Code, reason droverv1.ErrorReason, msg string) error {
 
 var (
 	errNotLeader = apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
-		"no cluster leader: this server is not the leader: 1 of 3 servers reachable, quorum needs 2")
+		"no leader to serve the request: this server is not the leader; only 1 of 3 servers reachable, and a quorum needs 2")
 	errMaybe = apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
 		"leadership lost while the write was being committed: it may or may not have been applied")
 	errNoSuchVersion = apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
@@ -57,18 +57,20 @@ func TestClassify(t *testing.T) {
 		{"not bootstrapped", apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_ACL_NOT_BOOTSTRAPPED, "no"), NotApplied},
 		{"bad token", apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID, "no"), NotApplied},
 		{"not the leader", errNotLeader, NotApplied},
+		{"no leader elected yet", apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
+			"no leader elected yet: 2 of 3 servers reachable (quorum is 2), so an election may be in progress"), NotApplied},
 		{"no leader while forwarded", apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
-			"no cluster leader: leadership changed while the request was forwarded by s2"), NotApplied},
+			"no leader to serve the request: leadership changed while the request was forwarded by s2"), NotApplied},
 		{"may or may not", errMaybe, Indeterminate},
 		{"leader unreachable while forwarding", apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
 			"cannot reach the leader s1 at 10.0.0.1:7400: EOF"), Indeterminate},
 		{"leader connection lost while forwarding", apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
 			"cannot reach the leader s1 at 10.0.0.1:7400: read tcp 10.0.0.2:41234->10.0.0.1:7400: read: connection reset by peer"), Indeterminate},
 		{"leader not dialed while forwarding", apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
-			"no cluster leader: the leader s1 at 10.0.0.1:7400 is unreachable (connect: no route to host); the request was not sent: 2 of 3 servers reachable, quorum needs 2"), NotApplied},
+			"no leader to serve the request: the leader s1 at 10.0.0.1:7400 is unreachable (connect: no route to host); the request was not sent; 2 of 3 servers reachable (quorum is 2), so an election may be in progress"), NotApplied},
 		{"shutting down", apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
 			"this server is shutting down"), Indeterminate},
-		{"no leader text without reason", connect.NewError(connect.CodeUnavailable, errors.New("no cluster leader")), Indeterminate},
+		{"no leader text without reason", connect.NewError(connect.CodeUnavailable, errors.New("no leader elected yet")), Indeterminate},
 		{"server timeout", apiErr(connect.CodeDeadlineExceeded, droverv1.ErrorReason_ERROR_REASON_TIMEOUT, "timed out"), Indeterminate},
 		{"client deadline", connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded), Indeterminate},
 		{"bare deadline", context.DeadlineExceeded, Indeterminate},

@@ -70,7 +70,7 @@ func (a attempt) outcome() string {
 		return code.String() + "/leader-unreachable"
 	case strings.Contains(msg, "not the leader"):
 		return code.String() + "/not-leader"
-	case strings.Contains(msg, "no cluster leader"):
+	case strings.Contains(msg, "no leader "):
 		return code.String() + "/no-leader"
 	case strings.Contains(msg, "leadership lost"):
 		return code.String() + "/leadership-lost"
