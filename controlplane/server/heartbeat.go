@@ -66,10 +66,13 @@ type heartbeatTracker struct {
 	minTTL time.Duration
 	rate   float64 // heartbeats per second the fleet may send in total
 
-	mu    sync.Mutex            // guards the fields below
-	nodes map[string]*hbEntry   // by node id
-	up    map[string]struct{}   // nodes that heartbeat while DOWN, to be marked READY
-	sites map[string]*sitePeers // tracked nodes with a gossip address, by site; nil until one
+	mu sync.Mutex // guards the fields below
+	// graceFrom is when trackState gave every node it found a TTL plus
+	// the leader grace; zero until it has.
+	graceFrom time.Time
+	nodes     map[string]*hbEntry   // by node id
+	up        map[string]struct{}   // nodes that heartbeat while DOWN, to be marked READY
+	sites     map[string]*sitePeers // tracked nodes with a gossip address, by site; nil until one
 }
 
 // hbEntry is one node's deadline.
@@ -157,6 +160,7 @@ func (t *heartbeatTracker) trackState() {
 		}
 	}
 	grace := t.ttlFor(tracked) + time.Duration(t.s.cfg.HeartbeatLeaderGrace)
+	t.graceFrom = now
 	for _, n := range nodes {
 		if _, known := t.nodes[n.GetId()]; known || !trackable(n) {
 			continue

@@ -143,6 +143,23 @@ func (s *Server) startHeartbeats(hb *heartbeatTracker) {
 	hb.trackState()
 }
 
+// LeaderGraceFrom is when this server, as leader, gave every node it
+// found in the state a fresh TTL plus the leader grace, HeartbeatLeaderGrace
+// (the old leader's deadlines died with it); zero when it does not lead.
+// No node of that state is marked down for a silence before then, which is
+// what a scenario measures a detection delay across a leader change from.
+func (s *Server) LeaderGraceFrom() time.Time {
+	s.mu.Lock()
+	hb := s.heartbeats
+	s.mu.Unlock()
+	if hb == nil {
+		return time.Time{}
+	}
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	return hb.graceFrom
+}
+
 // initCluster writes the cluster's identity: a random id and the CA's
 // fingerprint. Snapshots carry it so a restore into the wrong cluster is
 // caught.

@@ -300,22 +300,22 @@ func WaitAgentsEnrolled(ctx context.Context, agents []*Agent) ([]string, error) 
 }
 
 // DownTransitions returns, for every node of the leader's state that was
-// marked DOWN at a Raft index after since, when each of those transitions
-// was decided: the leader's clock when its heartbeat tracker found the
-// deadline passed, from the nodes' status histories. Scenarios use it to
-// prove that no node was wrongly marked down, however briefly, and to
-// measure detection delay where it happens rather than around a loaded
-// test process.
-func (c *Cluster) DownTransitions(ctx context.Context, since uint64) (map[string][]time.Time, error) {
+// marked DOWN at a Raft index after since, those status changes, oldest
+// first. Each carries its index and the time the leader's heartbeat
+// tracker decided it (its clock when it found the deadline passed).
+// Scenarios use it to prove that no node was wrongly marked down, however
+// briefly, and to measure detection delay where it happens rather than
+// around a loaded test process.
+func (c *Cluster) DownTransitions(ctx context.Context, since uint64) (map[string][]*droverv1.NodeStatusChange, error) {
 	l, err := c.WaitLeader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string][]time.Time{}
+	out := map[string][]*droverv1.NodeStatusChange{}
 	for _, n := range l.Server().State().Nodes() {
 		for _, h := range n.GetHistory() {
 			if h.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN && h.GetIndex() > since {
-				out[n.GetId()] = append(out[n.GetId()], h.GetTime().AsTime())
+				out[n.GetId()] = append(out[n.GetId()], h)
 			}
 		}
 	}
