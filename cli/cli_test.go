@@ -405,6 +405,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if want := []int{snapshotChunk, snapshotChunk, 12345}; !slices.Equal(h.fake.chunks, want) {
 		t.Errorf("restore chunks = %v, want %v", h.fake.chunks, want)
 	}
+	if h.fake.forced {
+		t.Error("a plain restore asked to restore another cluster's snapshot")
+	}
+	h.ok("operator", "snapshot", "restore", "--yes", "--force-foreign-cluster", big)
+	if !h.fake.forced {
+		t.Error("--force-foreign-cluster did not reach the server")
+	}
 }
 
 func TestSnapshotRestoreConfirm(t *testing.T) {

@@ -37,6 +37,7 @@ type fakeServer struct {
 	snapshot     []byte // what SaveSnapshot sends
 	restored     []byte // what RestoreSnapshot received
 	chunks       []int  // message sizes RestoreSnapshot received
+	forced       bool   // force_foreign_cluster on RestoreSnapshot's first message
 	removedPeers []string
 	left         bool
 	requests     []recorded
@@ -372,7 +373,11 @@ func (f *fakeServer) SaveSnapshot(_ context.Context, _ *connect.Request[droverv1
 func (f *fakeServer) RestoreSnapshot(_ context.Context, stream *connect.ClientStream[droverv1.RestoreSnapshotRequest]) (*connect.Response[droverv1.RestoreSnapshotResponse], error) {
 	var data []byte
 	var chunks []int
+	forced := false
 	for stream.Receive() {
+		if chunks == nil {
+			forced = stream.Msg().GetForceForeignCluster()
+		}
 		data = append(data, stream.Msg().GetData()...)
 		chunks = append(chunks, len(stream.Msg().GetData()))
 	}
@@ -384,7 +389,7 @@ func (f *fakeServer) RestoreSnapshot(_ context.Context, stream *connect.ClientSt
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.restored, f.chunks = data, chunks
+	f.restored, f.chunks, f.forced = data, chunks, forced
 	return connect.NewResponse(&droverv1.RestoreSnapshotResponse{Index: 777}), nil
 }
 

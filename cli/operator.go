@@ -248,7 +248,7 @@ func saveSnapshot(ctx context.Context, c *clients, path string, prog *progress) 
 const snapshotChunk = 1 << 20
 
 func newSnapshotRestoreCommand(g *globals) *cobra.Command {
-	var yes bool
+	var yes, foreign bool
 	cmd := &cobra.Command{
 		Use:   "restore FILE",
 		Short: "Replace the cluster's state with a saved snapshot",
@@ -256,13 +256,21 @@ func newSnapshotRestoreCommand(g *globals) *cobra.Command {
 
 Everything changed since the snapshot was saved is lost: models, versions,
 aliases, tokens and audit events. The restore itself goes through the raft
-log, so every server switches to the restored state, and it is refused if
-the snapshot was saved from a different cluster.
+log, so every server switches to the restored state. The server checks the
+whole file first: a damaged file, or one whose contents it cannot restore,
+changes nothing.
+
+A snapshot saved from a different cluster is refused: the cluster identity is
+checked inside the saved state, not only in the file's header. To take another
+cluster's state on purpose (its models, nodes and ACL tokens; your current
+tokens stop working), pass --force-foreign-cluster. This cluster keeps its own
+identity, and the audit log records who restored what.
 
 When stdin is a terminal it asks for confirmation; --yes skips the question
 (scripts, whose stdin is not a terminal, are not asked).`,
 		Example: `  drover operator snapshot restore backup.snap
-  drover operator snapshot restore --yes backup.snap`,
+  drover operator snapshot restore --yes backup.snap
+  drover operator snapshot restore --force-foreign-cluster old-cluster.snap`,
 		Args: exactArgs("FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
@@ -283,8 +291,12 @@ When stdin is a terminal it asks for confirmation; --yes skips the question
 				return err
 			}
 			if !yes && g.isTerminal(g.stdin) {
-				ok, err := g.confirm(cmd.Context(), fmt.Sprintf(
-					"Replace all state of the cluster at %s with %s (%s)?", c.address, path, units.Bytes(uint64(st.Size()))))
+				q := fmt.Sprintf("Replace all state of the cluster at %s with %s (%s)?", c.address, path, units.Bytes(uint64(st.Size())))
+				if foreign {
+					q = fmt.Sprintf("Replace all state of the cluster at %s, ACL tokens included, with %s (%s), even if another cluster saved it?",
+						c.address, path, units.Bytes(uint64(st.Size())))
+				}
+				ok, err := g.confirm(cmd.Context(), q)
 				if err != nil {
 					return err
 				}
@@ -292,7 +304,7 @@ When stdin is a terminal it asks for confirmation; --yes skips the question
 					return errors.New("restore cancelled; the cluster is unchanged")
 				}
 			}
-			index, err := restoreSnapshot(cmd.Context(), c, f, g.progress("Restoring snapshot"))
+			index, err := restoreSnapshot(cmd.Context(), c, f, foreign, g.progress("Restoring snapshot"))
 			if err != nil {
 				return err
 			}
@@ -301,11 +313,14 @@ When stdin is a terminal it asks for confirmation; --yes skips the question
 		},
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	cmd.Flags().BoolVar(&foreign, "force-foreign-cluster", false,
+		"restore a snapshot saved from another cluster, replacing this cluster's tokens too (audited)")
 	return cmd
 }
 
-// restoreSnapshot streams r to the server in snapshotChunk messages.
-func restoreSnapshot(ctx context.Context, c *clients, r io.Reader, prog *progress) (uint64, error) {
+// restoreSnapshot streams r to the server in snapshotChunk messages;
+// foreign rides on the first.
+func restoreSnapshot(ctx context.Context, c *clients, r io.Reader, foreign bool, prog *progress) (uint64, error) {
 	// Failing half way must abort the stream, never close it: a closed
 	// stream tells the server the snapshot is complete.
 	ctx, abort := context.WithCancel(ctx)
@@ -318,7 +333,7 @@ func restoreSnapshot(ctx context.Context, c *clients, r io.Reader, prog *progres
 		if m > 0 {
 			// Send marshals the message before returning, so buf can be
 			// reused for the next chunk.
-			if err := stream.Send(&droverv1.RestoreSnapshotRequest{Data: buf[:m]}); err != nil {
+			if err := stream.Send(&droverv1.RestoreSnapshotRequest{Data: buf[:m], ForceForeignCluster: foreign && n == 0}); err != nil {
 				if errors.Is(err, io.EOF) {
 					// The server ended the stream; its reason comes with
 					// the response.

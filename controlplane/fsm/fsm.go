@@ -190,13 +190,21 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 
 // Restore replaces the whole state with a snapshot. If the snapshot does
 // not decode completely, the state is left as it was and the error is
-// returned to Raft.
+// returned to Raft; Restore never panics. With a snapshot store from
+// NewSnapshotStore, the restored state's index is the snapshot's Raft
+// index (see state.Store.RestoreAt).
+//
+// Raft itself panics when the FSM refuses an operator's restore
+// (raft.Raft.Restore), so the server checks an operator's snapshot
+// completely before handing it to Raft. At start-up a refused snapshot
+// makes Raft try the next older one.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	if err := f.store.Restore(rc); err != nil {
+	raftIndex := raftIndexOf(rc)
+	if err := f.store.RestoreAt(rc, raftIndex); err != nil {
 		return fmt.Errorf("fsm restore: %w", err)
 	}
-	f.logger.Info("restored state from snapshot", "index", f.store.Index())
+	f.logger.Info("restored state from snapshot", "index", f.store.Index(), "raft_index", raftIndex)
 	return nil
 }
 

@@ -133,11 +133,17 @@ func saveSnapshot(ctx context.Context, cl *cluster.Clients) ([]byte, error) {
 }
 
 func restoreSnapshot(ctx context.Context, cl *cluster.Clients, data []byte) (*droverv1.RestoreSnapshotResponse, error) {
+	return restoreSnapshotForce(ctx, cl, data, false)
+}
+
+// restoreSnapshotForce restores data, with force_foreign_cluster set as
+// given on the first message.
+func restoreSnapshotForce(ctx context.Context, cl *cluster.Clients, data []byte, force bool) (*droverv1.RestoreSnapshotResponse, error) {
 	stream := cl.Cluster.RestoreSnapshot(ctx)
 	const chunk = 64 << 10
 	for len(data) > 0 {
 		n := min(chunk, len(data))
-		if err := stream.Send(&droverv1.RestoreSnapshotRequest{Data: data[:n]}); err != nil {
+		if err := stream.Send(&droverv1.RestoreSnapshotRequest{Data: data[:n], ForceForeignCluster: force}); err != nil {
 			if errors.Is(err, io.EOF) {
 				break // the server answered early; CloseAndReceive has why
 			}

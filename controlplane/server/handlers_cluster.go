@@ -3,17 +3,20 @@ package server
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/controlplane/state"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -171,8 +174,10 @@ func (h *clusterHandler) SaveSnapshot(ctx context.Context, req *connect.Request[
 	}
 	snap := s.state.Snapshot()
 	out := bufio.NewWriterSize(chunkSender{stream}, snapshotChunk)
+	// The header repeats the snapshot's own index and identity, which the
+	// body holds too; restore checks that the two agree.
 	sw, err := newSnapshotWriter(out, &droverv1.SnapshotHeader{
-		Format: 1, Index: s.state.Index(), Cluster: s.state.Cluster(),
+		Format: 1, Index: snap.Index(), Cluster: snap.Cluster(),
 	})
 	if err != nil {
 		return err
@@ -197,9 +202,20 @@ func (c chunkSender) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// RestoreSnapshot receives a snapshot file, verifies all of it before
+// RestoreSnapshot receives a snapshot file, checks all of it before
 // touching anything, and hands it to Raft, which installs it on every
-// server. A truncated, corrupted or foreign file changes nothing.
+// server. A truncated, corrupted, undecodable or foreign file changes
+// nothing.
+//
+// Raft panics when the state machine refuses an operator's restore, so
+// the whole body is decoded and checked here first (state.ReadSnapshot,
+// the same decoder the state machine runs). The cluster identity is taken
+// from the decoded body, not only the file's header: a snapshot of
+// another cluster is refused unless the request sets
+// force_foreign_cluster, and even then this cluster keeps its own
+// identity. Raft receives a re-encoded copy of the checked state, raised
+// to an index above everything this server has seen and ending with an
+// audit event that records who restored what.
 func (h *clusterHandler) RestoreSnapshot(ctx context.Context, stream *connect.ClientStream[droverv1.RestoreSnapshotRequest]) (*connect.Response[droverv1.RestoreSnapshotResponse], error) {
 	s := h.s
 	tmp, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap")
@@ -207,7 +223,12 @@ func (h *clusterHandler) RestoreSnapshot(ctx context.Context, stream *connect.Cl
 		return nil, fmt.Errorf("restore: temp file: %w", err)
 	}
 	defer func() { _ = tmp.Close(); _ = os.Remove(tmp.Name()) }()
+	force, first := false, true
 	for stream.Receive() {
+		if first {
+			force = stream.Msg().GetForceForeignCluster()
+			first = false
+		}
 		if _, err := tmp.Write(stream.Msg().GetData()); err != nil {
 			return nil, fmt.Errorf("restore: write temp file: %w", err)
 		}
@@ -215,29 +236,81 @@ func (h *clusterHandler) RestoreSnapshot(ctx context.Context, stream *connect.Cl
 	if err := stream.Err(); err != nil {
 		return nil, err
 	}
+	const unchanged = "nothing was changed; use a complete file made by \"drover operator snapshot save\""
 	sf, err := verifySnapshot(tmp)
 	if err != nil {
-		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID, err.Error(),
-			"nothing was changed; use a complete file made by \"drover operator snapshot save\"")
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID, err.Error(), unchanged)
 	}
-	cur, got := s.state.Cluster(), sf.header.GetCluster()
-	if cur != nil && got.GetClusterId() != cur.GetClusterId() {
+	snap, err := state.ReadSnapshot(sf.body())
+	if err != nil {
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID,
+			fmt.Sprintf("%v: the file's checksum is right but its contents are not a state this server can restore", err), unchanged)
+	}
+	// The identity that counts is the one inside the state, which is what
+	// a restore installs; the file's header only labels it.
+	body, labelled := snap.Cluster(), sf.header.GetCluster()
+	cur := s.state.Cluster()
+	foreign := cur != nil && (body.GetClusterId() != cur.GetClusterId() || body.GetCaSha256() != cur.GetCaSha256())
+	altered := !proto.Equal(labelled, body)
+	if foreign && !force {
+		label := ""
+		if altered {
+			label = fmt.Sprintf(" (its header claims cluster %q: the file was altered)", labelled.GetClusterId())
+		}
 		return nil, apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_WRONG_CLUSTER,
-			fmt.Sprintf("snapshot belongs to cluster %q but this is cluster %q", got.GetClusterId(), cur.GetClusterId()),
-			"nothing was changed; restore a snapshot saved from this cluster")
+			fmt.Sprintf("the state in the snapshot belongs to cluster %q (CA %.16s)%s but this is cluster %q (CA %.16s); restoring it would replace this cluster's tokens, nodes and models with another cluster's",
+				body.GetClusterId(), body.GetCaSha256(), label, cur.GetClusterId(), cur.GetCaSha256()),
+			"nothing was changed; restore a snapshot saved from this cluster, or pass --force-foreign-cluster to take the other cluster's state on purpose (this cluster keeps its identity; the restore is audited)")
+	}
+	if altered && !foreign {
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID,
+			fmt.Sprintf("%v: the header names cluster %q but the state inside belongs to this cluster %q; the file was altered",
+				ErrSnapshotInvalid, labelled.GetClusterId(), body.GetClusterId()), unchanged)
 	}
 	if !s.IsLeader() {
 		return nil, s.noLeaderError("this server is not the leader")
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: sf.header.GetIndex(), Size: sf.bodyLen}
-	if err := s.raft.Restore(meta, sf.body(), time.Duration(s.cfg.ApplyTimeout)); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID, err.Error(), "")
-		}
+
+	actor := actorFrom(ctx)
+	details := snap.Counts()
+	details["snapshot_cluster"] = body.GetClusterId()
+	details["snapshot_index"] = strconv.FormatUint(snap.Index(), 10)
+	details["force_foreign_cluster"] = strconv.FormatBool(force)
+	details["foreign"] = strconv.FormatBool(foreign)
+	if altered {
+		details["header_cluster"] = labelled.GetClusterId()
+	}
+	ev := &droverv1.AuditEvent{
+		Actor: actor, Time: timestamppb.Now(), Action: state.ActionSnapshotRestore,
+		Target: "cluster", Result: state.ResultOK, Details: details,
+	}
+	// Above the snapshot's own index and everything this server has
+	// seen; Raft installs the snapshot at an index above this one too.
+	index := max(snap.Index(), s.state.Index(), s.raft.LastIndex()) + 1
+	out, err := snap.ForRestore(index, cur, ev)
+	if err != nil {
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_SNAPSHOT_INVALID, err.Error(), unchanged)
+	}
+	prepared, err := os.CreateTemp(s.cfg.DataDir, "restore-*.state")
+	if err != nil {
+		return nil, fmt.Errorf("restore: temp file: %w", err)
+	}
+	defer func() { _ = prepared.Close(); _ = os.Remove(prepared.Name()) }()
+	size, err := out.WriteTo(prepared)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Size: size}
+	if err := s.raft.Restore(meta, io.NewSectionReader(prepared, 0, size), time.Duration(s.cfg.ApplyTimeout)); err != nil {
 		return nil, s.raftError(err)
 	}
-	s.logger.Info("state restored from snapshot", "snapshot_index", sf.header.GetIndex(), "by", actorFrom(ctx))
-	return connect.NewResponse(&droverv1.RestoreSnapshotResponse{Index: s.raft.AppliedIndex()}), nil
+	if foreign {
+		s.logger.Warn("state replaced by another cluster's snapshot on request; this cluster keeps its identity",
+			"snapshot_cluster", body.GetClusterId(), "snapshot_index", snap.Index(), "by", actor)
+	} else {
+		s.logger.Info("state restored from snapshot", "snapshot_index", snap.Index(), "by", actor)
+	}
+	return connect.NewResponse(&droverv1.RestoreSnapshotResponse{Index: s.state.Index()}), nil
 }
 
 // Leave makes this server leave the cluster, then asks its owner to stop

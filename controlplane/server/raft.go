@@ -90,10 +90,14 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("open raft store: %w", err)
 	}
 	s.logs = logs
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, raftlog.New(s.logger, "raft-snapshot"))
+	files, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.snapshotDir(), 2, raftlog.New(s.logger, "raft-snapshot"))
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
+	if err := s.checkRaftSnapshots(files, logs); err != nil {
+		return err
+	}
+	snaps := fsm.NewSnapshotStore(files)
 
 	ln, err := net.Listen("tcp", s.cfg.RaftAddr)
 	if err != nil {

@@ -33,10 +33,14 @@ const (
 	maxSnapshotHeader = 1 << 20
 )
 
-// Snapshot file errors.
+// Snapshot errors.
 var (
 	// ErrSnapshotInvalid means the file is not a complete Drover snapshot.
 	ErrSnapshotInvalid = errors.New("invalid snapshot file")
+	// ErrRaftSnapshotsUnusable means a server cannot start: its newest
+	// Raft snapshot cannot be restored, and no older snapshot with the log
+	// after it (or the log alone) rebuilds its state.
+	ErrRaftSnapshotsUnusable = errors.New("raft snapshots unusable")
 )
 
 // snapshotWriter writes the snapshot file format to w, summing as it goes.

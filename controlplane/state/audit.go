@@ -26,6 +26,10 @@ const (
 	ActionNodeUndrain   = "node.undrain"
 	ActionNodeLabel     = "node.label"
 	ActionNodeRevoke    = "node.revoke"
+	// ActionSnapshotRestore is the newest event of a state restored from
+	// an operator's snapshot (see [Snapshot.ForRestore]): who restored it
+	// and from where.
+	ActionSnapshotRestore = "snapshot.restore"
 )
 
 // ResultOK is the audit result of an applied command; a refused command

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -196,12 +197,61 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // truncated, garbled, in another format, or describes an inconsistent state
 // (a version of a missing model, an alias to a missing version, duplicate
 // objects, audit events out of order).
-func ReadSnapshot(r io.Reader) (*Snapshot, error) {
-	snap, err := readSnapshot(bufio.NewReader(r))
+//
+// ReadSnapshot never panics: a stream that trips a bug in the decoder is
+// reported as invalid like any other, because a server restoring a
+// snapshot (at start-up, from the leader, or from an operator) must be
+// able to refuse it and carry on.
+func ReadSnapshot(r io.Reader) (snap *Snapshot, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			snap, err = nil, fmt.Errorf("read snapshot: %w: the decoder failed: %v", ErrSnapshotInvalid, p)
+		}
+	}()
+	snap, err = readSnapshot(bufio.NewReader(r))
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot: %w: %w", ErrSnapshotInvalid, err)
 	}
 	return snap, nil
+}
+
+// ForRestore returns a copy of snap to hand to Raft for an operator's
+// restore: its index raised to index, its cluster identity replaced by
+// cluster (nil keeps the snapshot's), and ev appended as its newest audit
+// event at that index, so the restored state itself records who restored
+// it. index must be at least the snapshot's index and above its newest
+// audit event; the result is checked like a decoded snapshot.
+func (snap *Snapshot) ForRestore(index uint64, cluster *droverv1.ClusterMeta, ev *droverv1.AuditEvent) (*Snapshot, error) {
+	if index < snap.index || (len(snap.audit) > 0 && index <= snap.audit[len(snap.audit)-1].GetIndex()) {
+		return nil, fmt.Errorf("prepare snapshot for restore: %w: index %d is not after the snapshot's index %d and its audit events", ErrInvalid, index, snap.index)
+	}
+	out := *snap
+	out.index = index
+	if cluster != nil {
+		out.cluster = clone(cluster)
+	}
+	ev = clone(ev)
+	ev.Index = index
+	out.audit = append(snap.audit[:len(snap.audit):len(snap.audit)], ev)
+	if err := out.check(); err != nil {
+		return nil, fmt.Errorf("prepare snapshot for restore: %w: %w", ErrSnapshotInvalid, err)
+	}
+	return &out, nil
+}
+
+// Counts summarises what a snapshot holds, for logs and audit details.
+func (snap *Snapshot) Counts() map[string]string {
+	versions := 0
+	for _, vs := range snap.versions {
+		versions += len(vs)
+	}
+	return map[string]string{
+		"models":      strconv.Itoa(len(snap.models)),
+		"versions":    strconv.Itoa(versions),
+		"acl_tokens":  strconv.Itoa(len(snap.tokens)),
+		"join_tokens": strconv.Itoa(len(snap.joinTokens)),
+		"nodes":       strconv.Itoa(len(snap.nodes)),
+	}
 }
 
 func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
@@ -397,12 +447,26 @@ func indexNodes(nodes []*droverv1.Node) (map[string]string, error) {
 	return names, nil
 }
 
-// Restore replaces the store's whole state with the snapshot read from r.
-// The stream is decoded and checked completely first; on any error the
-// current state is left untouched. On success every blocked reader wakes
-// (see [Store.WaitForIndex]). Audit events beyond the store's retention are
-// dropped, oldest first.
+// Restore replaces the store's whole state with the snapshot read from r,
+// as [Store.RestoreAt] with no Raft index.
 func (s *Store) Restore(r io.Reader) error {
+	return s.RestoreAt(r, 0)
+}
+
+// RestoreAt replaces the store's whole state with the snapshot read from
+// r, which Raft holds at raftIndex (0 when unknown). The stream is decoded
+// and checked completely first; on any error the current state is left
+// untouched. Audit events beyond the store's retention are dropped, oldest
+// first.
+//
+// The index never goes down: it becomes the greatest of the snapshot's
+// own index, raftIndex and, when the store already had state, its index
+// plus one. A saved snapshot's own index is older than what clients have
+// since seen; Raft installs it at an index after every entry it has, so
+// with raftIndex given the index is the same on every server and above
+// any index a client has been shown, and a blocking query waiting past the
+// old index wakes (see [Store.WaitForIndex]) and sees a higher one.
+func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 	snap, err := ReadSnapshot(r)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
@@ -445,8 +509,11 @@ func (s *Store) Restore(r io.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.t = t
-	s.index = snap.index
-	s.restores++
+	idx := max(snap.index, raftIndex)
+	if s.index > 0 && idx <= s.index {
+		idx = s.index + 1
+	}
+	s.index = idx
 	s.notifyLocked()
 	return nil
 }

@@ -508,7 +508,8 @@ func TestWaitForIndex(t *testing.T) {
 			t.Errorf("after cancel: %v", err)
 		}
 
-		// A restore wakes waiters even when it lowers the index.
+		// A restore of an older state wakes waiters with a higher index,
+		// never a lower one.
 		var old bytes.Buffer
 		other := state.New()
 		if _, err := other.Snapshot().WriteTo(&old); err != nil {
@@ -522,11 +523,18 @@ func TestWaitForIndex(t *testing.T) {
 			done <- idx
 		}()
 		synctest.Wait()
-		if err := f.s.Restore(&old); err != nil {
+		if err := f.s.Restore(bytes.NewReader(old.Bytes())); err != nil {
 			t.Fatal(err)
 		}
-		if idx := <-done; idx != 0 {
-			t.Errorf("after restore woken at %d, want 0", idx)
+		if idx := <-done; idx != 3 {
+			t.Errorf("after restore woken at %d, want 3 (one above the index before it)", idx)
+		}
+		// Given Raft's index for the snapshot, the restored state takes it.
+		if err := f.s.RestoreAt(bytes.NewReader(old.Bytes()), 40); err != nil {
+			t.Fatal(err)
+		}
+		if idx := f.s.Index(); idx != 40 {
+			t.Errorf("restored at raft index 40: index %d", idx)
 		}
 	})
 }
@@ -655,6 +663,50 @@ func TestSnapshotIsConsistentAndDeterministic(t *testing.T) {
 	}
 }
 
+// A snapshot prepared for an operator's restore carries the index,
+// identity and audit event it was given, and nothing else changes.
+func TestSnapshotForRestore(t *testing.T) {
+	f := newFixture(t)
+	f.model("a")
+	f.version("a")
+	snap := f.s.Snapshot()
+	ours := &droverv1.ClusterMeta{ClusterId: "ours", CaSha256: "ab"}
+	ev := &droverv1.AuditEvent{Actor: "alice", Action: state.ActionSnapshotRestore, Result: state.ResultOK}
+
+	if _, err := snap.ForRestore(snap.Index()-1, ours, ev); !errors.Is(err, state.ErrInvalid) {
+		t.Errorf("ForRestore below the snapshot's index = %v, want ErrInvalid", err)
+	}
+	if _, err := snap.ForRestore(snap.Index(), ours, ev); !errors.Is(err, state.ErrInvalid) {
+		t.Errorf("ForRestore at its newest audit event's index = %v, want ErrInvalid", err)
+	}
+	out, err := snap.ForRestore(10, ours, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if _, err := out.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	r := state.New()
+	if err := r.Restore(&b); err != nil {
+		t.Fatal(err)
+	}
+	if r.Index() != 10 || r.Cluster().GetClusterId() != "ours" {
+		t.Errorf("restored index %d, cluster %v", r.Index(), r.Cluster())
+	}
+	evs := r.Audit(0, 0, "")
+	if len(evs) != 3 || evs[2].GetIndex() != 10 || evs[2].GetAction() != state.ActionSnapshotRestore || evs[2].GetActor() != "alice" {
+		t.Errorf("audit after restore = %v", evs)
+	}
+	if v, err := r.Version("a", "1"); err != nil || v.GetVersion() != 1 {
+		t.Errorf("restored version: %v, %v", v, err)
+	}
+	// The original snapshot is unchanged.
+	if snap.Index() != 2 || snap.Cluster() != nil {
+		t.Errorf("original snapshot changed: index %d, cluster %v", snap.Index(), snap.Cluster())
+	}
+}
+
 func TestRestoreTrimsAudit(t *testing.T) {
 	f := newFixture(t)
 	for i := range 5 {
@@ -697,4 +749,49 @@ func TestConcurrentReadsDuringWrites(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// The snapshot decoder never fails by panicking, and whatever it accepts
+// restores and writes back to a stream that decodes to the same state.
+func FuzzReadSnapshot(f *testing.F) {
+	src := state.New()
+	for i, name := range []string{"a", "b"} {
+		if _, err := src.CreateModel(uint64(i+1), meta("alice"), &droverv1.CreateModelRequest{Name: name}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	var b bytes.Buffer
+	if _, err := src.Snapshot().WriteTo(&b); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b.Bytes())
+	f.Add(b.Bytes()[:b.Len()/2])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		snap, err := state.ReadSnapshot(bytes.NewReader(data))
+		if err != nil {
+			if strings.Contains(err.Error(), "the decoder failed") {
+				t.Fatalf("decoder panicked: %v", err)
+			}
+			if !errors.Is(err, state.ErrSnapshotInvalid) {
+				t.Fatalf("error %v does not wrap ErrSnapshotInvalid", err)
+			}
+			return
+		}
+		var first bytes.Buffer
+		if _, err := snap.WriteTo(&first); err != nil {
+			t.Fatal(err)
+		}
+		s := state.New()
+		if err := s.Restore(bytes.NewReader(first.Bytes())); err != nil {
+			t.Fatalf("an accepted snapshot does not restore: %v", err)
+		}
+		var second bytes.Buffer
+		if _, err := s.Snapshot().WriteTo(&second); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(first.Bytes(), second.Bytes()) {
+			t.Fatal("restore → snapshot changed the bytes")
+		}
+	})
 }

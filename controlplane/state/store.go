@@ -61,11 +61,10 @@ func (o Options) Validate() error {
 type Store struct {
 	opts Options // read-only after New
 
-	mu       sync.RWMutex  // guards the fields below
-	index    uint64        // Raft index of the last command applied
-	restores uint64        // how many times Restore replaced the state
-	changed  chan struct{} // closed and replaced whenever index or state changes
-	t        tables
+	mu      sync.RWMutex  // guards the fields below
+	index   uint64        // Raft index of the last command applied or snapshot restored
+	changed chan struct{} // closed and replaced whenever index or state changes
+	t       tables
 }
 
 // tables is the replicated data proper; Restore swaps it as a whole.
@@ -144,16 +143,15 @@ func (s *Store) Index() uint64 {
 // When ctx's deadline passes first, WaitForIndex returns the current index
 // and a nil error: a blocking query that times out simply answers with the
 // current data. When ctx is canceled (the caller went away), it returns the
-// current index and ctx.Err(). When the state is replaced by Restore,
-// every waiter returns at once whatever the new index is, because a
-// restored state may hold an older index than the one a reader waits past
-// and still differ from what it last read.
+// current index and ctx.Err(). A restore never lowers the index (see
+// [Store.RestoreAt]), so a reader waiting past the index it last saw wakes
+// on a restore like on any other change.
 //
 // Waiting costs no goroutine and no polling: waiters block on a channel
 // that each change closes.
 func (s *Store) WaitForIndex(ctx context.Context, minIndex uint64) (uint64, error) {
 	s.mu.RLock()
-	idx, ch, restores := s.index, s.changed, s.restores
+	idx, ch := s.index, s.changed
 	s.mu.RUnlock()
 	for idx <= minIndex {
 		select {
@@ -167,11 +165,7 @@ func (s *Store) WaitForIndex(ctx context.Context, minIndex uint64) (uint64, erro
 		}
 		s.mu.RLock()
 		idx, ch = s.index, s.changed
-		restored := s.restores != restores
 		s.mu.RUnlock()
-		if restored {
-			return idx, nil
-		}
 	}
 	return idx, nil
 }

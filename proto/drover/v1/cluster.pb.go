@@ -771,10 +771,15 @@ func (x *SaveSnapshotResponse) GetData() []byte {
 }
 
 type RestoreSnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// force_foreign_cluster, read from the first message, restores a
+	// snapshot saved from another cluster: its models, tokens and nodes
+	// replace this cluster's, which keeps its own identity. Without it such
+	// a snapshot is refused. The restore's audit event records it.
+	ForceForeignCluster bool `protobuf:"varint,2,opt,name=force_foreign_cluster,json=forceForeignCluster,proto3" json:"force_foreign_cluster,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *RestoreSnapshotRequest) Reset() {
@@ -812,6 +817,13 @@ func (x *RestoreSnapshotRequest) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *RestoreSnapshotRequest) GetForceForeignCluster() bool {
+	if x != nil {
+		return x.ForceForeignCluster
+	}
+	return false
 }
 
 type RestoreSnapshotResponse struct {
@@ -986,9 +998,10 @@ const file_drover_v1_cluster_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"\x15\n" +
 	"\x13SaveSnapshotRequest\"*\n" +
 	"\x14SaveSnapshotResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\",\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"`\n" +
 	"\x16RestoreSnapshotRequest\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"/\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x122\n" +
+	"\x15force_foreign_cluster\x18\x02 \x01(\bR\x13forceForeignCluster\"/\n" +
 	"\x17RestoreSnapshotResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"\x0e\n" +
 	"\fLeaveRequest\"\x0f\n" +
