@@ -173,7 +173,9 @@ func newGossipPool(cfg poolConfig) (*gossipPool, error) {
 	}
 	p.window.Store(int64(defaultTTL))
 
-	stdlog := logging.StdLogAdapter(log, slog.LevelInfo)
+	// Anyone who reaches the pool's port can make memberlist log a line
+	// per bad packet; the adapter keeps that to one a minute per host.
+	stdlog := logging.GossipLogAdapter(log, slog.LevelInfo, nil)
 	tries := 1
 	if bindPort == 0 {
 		// The kernel picks a port free for TCP; UDP may have it taken.

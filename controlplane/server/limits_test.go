@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/droverhq/drover/internal/logging"
@@ -381,5 +383,35 @@ func TestPlainHTTPToAPIPortAnswered(t *testing.T) {
 	}
 	if n := rejected(t, s, listenerAPI, tlsguard.ReasonHandshake); n != 1 {
 		t.Errorf("failed api handshakes counted = %v, want 1", n)
+	}
+}
+
+// Garbage sent to the gossip port is refused by memberlist, which logs a
+// line per packet; the server logs one per host a minute and counts every
+// packet.
+func TestGossipGarbageLoggedOncePerHostAndCounted(t *testing.T) {
+	s, warns := startSolo(t, nil)
+	before := warns.Load()
+	conn, err := net.Dial("udp", s.cfg.GossipAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const packets = 100
+	for i := range packets {
+		if _, err := conn.Write([]byte(fmt.Sprintf("not an encrypted gossip message %d, padded to look real", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// memberlist reads packets on its own goroutine: wait for the count.
+	deadline := time.Now().Add(failSafe)
+	for n := testutil.ToFloat64(s.metrics.gossipRefused); n != packets; n = testutil.ToFloat64(s.metrics.gossipRefused) {
+		if time.Now().After(deadline) {
+			t.Fatalf("drover_gossip_refused_messages_total = %v after %v, want %d", n, failSafe, packets)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := warns.Load() - before; n > 2 {
+		t.Errorf("%d garbage packets from one host logged %d warnings or errors, want at most 2", packets, n)
 	}
 }

@@ -81,7 +81,7 @@ func (s *Server) setupGossip() error {
 	mc.SecretKey = pki.DeriveKey(s.ca, "drover gossip v1", 32)
 	mc.Delegate = &gossipDelegate{s: s}
 	mc.Events = &memberlist.ChannelEventDelegate{Ch: s.events}
-	mc.Logger = logging.StdLogAdapter(s.logger.With("component", "gossip"), -4)
+	mc.Logger = logging.GossipLogAdapter(s.logger.With("component", "gossip"), -4, s.metrics.gossipRefused.Inc)
 	// Servers on one LAN: notice a dead peer in a couple of seconds.
 	mc.ProbeInterval = 500 * time.Millisecond
 	mc.ProbeTimeout = 250 * time.Millisecond

@@ -29,6 +29,9 @@ type metrics struct {
 	// rejectedConns counts connections refused before their TLS
 	// handshake completed, by listener and tlsguard reason.
 	rejectedConns *prometheus.CounterVec
+	// gossipRefused counts what memberlist refused from a remote host
+	// (a packet it could not decrypt, a stream with the wrong label).
+	gossipRefused prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -50,6 +53,11 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drover_heartbeats_total",
 			Help: "Node heartbeats this server handled as leader.",
+		}),
+		gossipRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drover_gossip_refused_messages_total",
+			Help: "Packets and streams from remote hosts that the server gossip pool refused or could not read " +
+				"(not decryptable with the cluster's key, a wrong label, malformed), as memberlist reported them.",
 		}),
 	}
 	suspects := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -73,7 +81,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(
-		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, nodeCollector{s: s},
+		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, nodeCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {
