@@ -13,9 +13,29 @@ import (
 	"github.com/droverhq/drover/scenarios/cluster"
 )
 
+// fleet is the size of a fleet scenario: how many agents run, and how
+// many of them a scenario kills or cuts off.
+type fleet struct{ size, killed, cut int }
+
+// fleetFor is the fleet of this tier. The long tier runs 50 agents with
+// the production Raft timing. The short tier shares two cores with the
+// rest of the suite (and, on CI, whatever else the machine does) under
+// the race detector, so it runs 20 agents on servers whose Raft waits
+// twice hashicorp/raft's defaults: with the default timing a starved
+// leader misses its 250ms lease again and again, and the scenario would
+// measure elections, not agents. The invariants checked are the same.
+func fleetFor(t *testing.T) (fleet, func(*server.Config)) {
+	if !testing.Short() {
+		return fleet{size: 50, killed: 10, cut: 5}, nil
+	}
+	return fleet{size: 20, killed: 5, cut: 3}, func(cfg *server.Config) {
+		cfg.HeartbeatTimeout = server.Duration(2 * time.Second)
+		cfg.ElectionTimeout = server.Duration(2 * time.Second)
+		cfg.LeaderLeaseTimeout = server.Duration(time.Second)
+	}
+}
+
 const (
-	// fleetSize is how many agents the fleet scenarios run.
-	fleetSize = 50
 	// scenarioTTL is the servers' minimum heartbeat TTL in the fleet
 	// scenarios: short, so a scenario waits seconds rather than the
 	// production default's tens of seconds; the rules are the same.
@@ -25,7 +45,7 @@ const (
 	// fleetWait is how long a fleet scenario waits for something that
 	// must happen (enrollment of the whole fleet, a status) before it
 	// gives up. It is no measure of speed: on two cores shared with the
-	// rest of the suite, 50 agents enrolling under the race detector can
+	// rest of the suite, a fleet enrolling under the race detector can
 	// take a minute. Timing is asserted with detectionBound, where it
 	// happens.
 	fleetWait = 3 * time.Minute
@@ -76,14 +96,20 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-// startFleet starts 3 servers with the scenario heartbeat timing and n
-// agents in two sites, and waits until every agent's node is READY. It
-// returns the agents and their node ids, in the same order.
-func startFleet(t *testing.T, n int) (*cluster.Cluster, []*cluster.Agent, []string) {
+// startFleet starts 3 servers with the scenario heartbeat timing and the
+// tier's fleet of agents in two sites, and waits until every agent's node
+// is READY. It returns the fleet, the agents and their node ids, in the
+// same order.
+func startFleet(t *testing.T) (fleet, *cluster.Cluster, []*cluster.Agent, []string) {
 	t.Helper()
+	f, raftTiming := fleetFor(t)
+	n := f.size
 	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
 		cfg.HeartbeatMinTTL = server.Duration(scenarioTTL)
 		cfg.HeartbeatLeaderGrace = server.Duration(scenarioGrace)
+		if raftTiming != nil {
+			raftTiming(cfg)
+		}
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
@@ -108,13 +134,13 @@ func startFleet(t *testing.T, n int) (*cluster.Cluster, []*cluster.Agent, []stri
 		t.Fatal(err)
 	}
 	t.Logf("%d agents enrolled and ready after %s more", n, took.Round(time.Millisecond))
-	return c, agents, ids
+	return f, c, agents, ids
 }
 
 // stateIndex is the leader's state index now.
 func stateIndex(t *testing.T, c *cluster.Cluster) uint64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 	l, err := c.WaitLeader(ctx)
 	if err != nil {
@@ -126,7 +152,7 @@ func stateIndex(t *testing.T, c *cluster.Cluster) uint64 {
 // leaderTerm is the established leader's Raft term.
 func leaderTerm(t *testing.T, c *cluster.Cluster) uint64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 	l, err := c.WaitLeader(ctx)
 	if err != nil {
@@ -139,7 +165,7 @@ func leaderTerm(t *testing.T, c *cluster.Cluster) uint64 {
 // index since.
 func assertNoDown(t *testing.T, c *cluster.Cluster, since uint64, except ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 	downs, err := c.DownTransitions(ctx, since)
 	if err != nil {
@@ -152,14 +178,14 @@ func assertNoDown(t *testing.T, c *cluster.Cluster, since uint64, except ...stri
 	}
 }
 
-// Scenario: 10 of 50 agents die. Exactly those 10 are marked down, each
-// within its TTL and slack; started again, they come back READY as the same
-// nodes, with no operator action.
+// Scenario: a fifth of the fleet (10 of 50 agents) dies. Exactly those
+// are marked down, each within its TTL and slack; started again, they come
+// back READY as the same nodes, with no operator action.
 func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
-	c, agents, ids := startFleet(t, fleetSize)
+	f, c, agents, ids := startFleet(t)
 	since := stateIndex(t, c)
 
-	killed, killedIDs := agents[:10], ids[:10]
+	killed, killedIDs := agents[:f.killed], ids[:f.killed]
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 	// Detection is measured from the last acknowledged heartbeat, so
@@ -178,7 +204,7 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("all 10 killed agents seen DOWN by the test %s after they stopped", took.Round(time.Millisecond))
+	t.Logf("all %d killed agents seen DOWN by the test %s after they stopped", f.killed, took.Round(time.Millisecond))
 	var graceFrom time.Time
 	if leaderTerm(t, c) != term {
 		// A new term (an election on a starved machine, say) gives every
@@ -239,17 +265,17 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st) != fleetSize {
-		t.Errorf("the fleet has %d nodes after the restarts, want %d: a restarted agent enrolled again", len(st), fleetSize)
+	if len(st) != f.size {
+		t.Errorf("the fleet has %d nodes after the restarts, want %d: a restarted agent enrolled again", len(st), f.size)
 	}
 	assertNoDown(t, c, since, killedIDs...)
 }
 
-// Scenario: the leader dies while 50 agents heartbeat. The new leader
+// Scenario: the leader dies while the fleet heartbeats. The new leader
 // gives every node a grace period, the agents find a live server, and not
 // one node is marked down.
 func TestLeaderKilledMarksNoAgentDown(t *testing.T) {
-	c, _, ids := startFleet(t, fleetSize)
+	_, c, _, ids := startFleet(t)
 	since := stateIndex(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
@@ -283,12 +309,12 @@ func TestLeaderKilledMarksNoAgentDown(t *testing.T) {
 // marked down, keep running with their identity, and are READY again soon
 // after the network heals, with no operator action and no re-enrollment.
 func TestPartitionedAgentsReturnAfterHeal(t *testing.T) {
-	c, agents, ids := startFleet(t, fleetSize)
+	f, c, agents, ids := startFleet(t)
 	since := stateIndex(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
 
-	cut, cutIDs := agents[len(agents)-5:], ids[len(ids)-5:]
+	cut, cutIDs := agents[len(agents)-f.cut:], ids[len(ids)-f.cut:]
 	for _, a := range cut {
 		a.Partition()
 	}
@@ -310,7 +336,7 @@ func TestPartitionedAgentsReturnAfterHeal(t *testing.T) {
 	if _, err := c.WaitNodes(ctx, ready, cutIDs...); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("5 partitioned agents READY %s after the heal", time.Since(healedAt).Round(time.Millisecond))
+	t.Logf("%d partitioned agents READY %s after the heal", f.cut, time.Since(healedAt).Round(time.Millisecond))
 	for i, a := range cut {
 		if got := a.NodeID(); got != cutIDs[i] {
 			t.Errorf("agent %s is node %s after the heal, want %s", a.Name, got, cutIDs[i])
@@ -320,8 +346,8 @@ func TestPartitionedAgentsReturnAfterHeal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st) != fleetSize {
-		t.Errorf("the fleet has %d nodes after the heal, want %d", len(st), fleetSize)
+	if len(st) != f.size {
+		t.Errorf("the fleet has %d nodes after the heal, want %d", len(st), f.size)
 	}
 	assertNoDown(t, c, since, cutIDs...)
 }
