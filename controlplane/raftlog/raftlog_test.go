@@ -2,7 +2,6 @@ package raftlog
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -14,64 +13,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/droverhq/drover/internal/logging"
+	"github.com/droverhq/drover/internal/logging/logtest"
 )
 
-// record is one logged record, flattened for comparison.
-type record struct {
-	level slog.Level
-	msg   string
-	attrs string // "k=v k=v", handler attributes first
-}
-
-// recorder is a slog.Handler that keeps records in memory.
-type recorder struct {
-	min   slog.Level
-	mu    *sync.Mutex
-	recs  *[]record
-	attrs []slog.Attr
-}
-
-var _ slog.Handler = (*recorder)(nil)
-
-func newRecorder(min slog.Level) *recorder {
-	return &recorder{min: min, mu: new(sync.Mutex), recs: new([]record)}
-}
-
-func (r *recorder) Enabled(_ context.Context, l slog.Level) bool { return l >= r.min }
-
-func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
-	var parts []string
-	for _, a := range r.attrs {
-		parts = append(parts, a.String())
-	}
-	rec.Attrs(func(a slog.Attr) bool {
-		parts = append(parts, a.String())
-		return true
-	})
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	*r.recs = append(*r.recs, record{rec.Level, rec.Message, strings.Join(parts, " ")})
-	return nil
-}
-
-func (r *recorder) WithAttrs(attrs []slog.Attr) slog.Handler {
-	c := *r
-	c.attrs = append(slices.Clone(r.attrs), attrs...)
-	return &c
-}
-
-func (r *recorder) WithGroup(string) slog.Handler { panic("groups not used") }
-
-func (r *recorder) take() []record {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := *r.recs
-	*r.recs = nil
-	return out
-}
-
 func TestHCLogLevels(t *testing.T) {
-	rec := newRecorder(logging.LevelTrace)
+	rec := logtest.NewRecorder(logging.LevelTrace)
 	hl := New(slog.New(rec), "raft")
 	for _, tc := range []struct {
 		name string
@@ -89,15 +35,15 @@ func TestHCLogLevels(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.log("hello", "term", 3)
-			got := rec.take()
-			want := []record{{tc.want, "hello", "logger=raft term=3"}}
+			got := rec.Take()
+			want := []logtest.Record{{Level: tc.want, Msg: "hello", Attrs: "logger=raft term=3"}}
 			if !slices.Equal(got, want) {
 				t.Errorf("got %+v, want %+v", got, want)
 			}
 		})
 	}
 	hl.Log(hclog.Off, "never")
-	if got := rec.take(); len(got) != 0 {
+	if got := rec.Take(); len(got) != 0 {
 		t.Errorf("Log(Off) logged %+v", got)
 	}
 }
@@ -119,7 +65,7 @@ func TestHCLogHandlerLevel(t *testing.T) {
 		{logging.LevelTrace, hclog.Off, hclog.Off, [5]bool{}},
 	} {
 		t.Run(fmt.Sprintf("%v/%v", tc.handler, tc.setTo), func(t *testing.T) {
-			rec := newRecorder(tc.handler)
+			rec := logtest.NewRecorder(tc.handler)
 			hl := New(slog.New(rec), "")
 			if tc.setTo != hclog.NoLevel {
 				hl.SetLevel(tc.setTo)
@@ -136,7 +82,7 @@ func TestHCLogHandlerLevel(t *testing.T) {
 			hl.Info("i")
 			hl.Warn("w")
 			hl.Error("e")
-			if n := len(rec.take()); n != countTrue(tc.is) {
+			if n := len(rec.Take()); n != countTrue(tc.is) {
 				t.Errorf("logged %d records, want %d", n, countTrue(tc.is))
 			}
 		})
@@ -154,18 +100,18 @@ func countTrue(bs [5]bool) int {
 }
 
 func TestHCLogSetLevelShared(t *testing.T) {
-	rec := newRecorder(logging.LevelTrace)
+	rec := logtest.NewRecorder(logging.LevelTrace)
 	root := New(slog.New(rec), "raft")
 	child := root.Named("net").With("peer", "s2")
 	child.SetLevel(hclog.Error)
 	root.Info("hidden")
 	child.Warn("hidden")
-	if got := rec.take(); len(got) != 0 {
+	if got := rec.Take(); len(got) != 0 {
 		t.Errorf("SetLevel on a derived logger did not reach the root: %+v", got)
 	}
 	root.SetLevel(hclog.NoLevel)
 	child.Debug("shown")
-	if got := rec.take(); len(got) != 1 {
+	if got := rec.Take(); len(got) != 1 {
 		t.Errorf("SetLevel(NoLevel) did not lift the filter: %+v", got)
 	}
 }
@@ -248,7 +194,7 @@ func TestHCLogWithNamed(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := newRecorder(logging.LevelTrace)
+			rec := logtest.NewRecorder(logging.LevelTrace)
 			l := tc.build(New(slog.New(rec), "raft"))
 			if l.Name() != tc.wantName {
 				t.Errorf("Name = %q, want %q", l.Name(), tc.wantName)
@@ -257,23 +203,23 @@ func TestHCLogWithNamed(t *testing.T) {
 				t.Errorf("ImpliedArgs = %v, want %v", got, tc.implied)
 			}
 			l.Info("msg", tc.args...)
-			got := rec.take()
-			if len(got) != 1 || got[0].attrs != tc.wantAttrs {
+			got := rec.Take()
+			if len(got) != 1 || got[0].Attrs != tc.wantAttrs {
 				t.Errorf("logged %+v, want attrs %q", got, tc.wantAttrs)
 			}
 		})
 	}
 
 	t.Run("derived loggers do not affect their parent", func(t *testing.T) {
-		rec := newRecorder(logging.LevelTrace)
+		rec := logtest.NewRecorder(logging.LevelTrace)
 		parent := New(slog.New(rec), "").With("a", 1)
 		implied := parent.ImpliedArgs()
 		implied[1] = 99
 		_ = parent.With("b", 2)
 		_ = parent.Named("child")
 		parent.Info("m")
-		got := rec.take()
-		if len(got) != 1 || got[0].attrs != "a=1" {
+		got := rec.Take()
+		if len(got) != 1 || got[0].Attrs != "a=1" {
 			t.Errorf("parent logged %+v, want attrs a=1", got)
 		}
 	})
@@ -300,15 +246,15 @@ func TestHCLogStandardLogger(t *testing.T) {
 		{"force", &hclog.StandardLoggerOptions{ForceLevel: hclog.Error, InferLevels: true}, "[DEBUG] forced", slog.LevelError, "forced"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := newRecorder(logging.LevelTrace)
+			rec := logtest.NewRecorder(logging.LevelTrace)
 			hl := New(slog.New(rec), "http")
 			hl.StandardLogger(tc.opts).Print(tc.line)
 			if _, err := fmt.Fprintln(hl.StandardWriter(tc.opts), tc.line); err != nil {
 				t.Fatal(err)
 			}
-			want := record{tc.wantLevel, tc.wantMsg, "logger=http"}
-			got := rec.take()
-			if !slices.Equal(got, []record{want, want}) {
+			want := logtest.Record{Level: tc.wantLevel, Msg: tc.wantMsg, Attrs: "logger=http"}
+			got := rec.Take()
+			if !slices.Equal(got, []logtest.Record{want, want}) {
 				t.Errorf("got %+v, want twice %+v", got, want)
 			}
 		})

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/droverhq/drover/internal/logging/logtest"
 )
 
 // TestLogger must accept what tests pass it.
@@ -20,60 +22,6 @@ var (
 	_ TB      = testing.TB(nil)
 	_ cleaner = (*testing.T)(nil)
 )
-
-// record is one logged record, flattened for comparison.
-type record struct {
-	level slog.Level
-	msg   string
-	attrs string // "k=v k=v", handler attributes first
-}
-
-// recorder is a slog.Handler that keeps records in memory.
-type recorder struct {
-	min   slog.Level
-	mu    *sync.Mutex
-	recs  *[]record
-	attrs []slog.Attr
-}
-
-var _ slog.Handler = (*recorder)(nil)
-
-func newRecorder(min slog.Level) *recorder {
-	return &recorder{min: min, mu: new(sync.Mutex), recs: new([]record)}
-}
-
-func (r *recorder) Enabled(_ context.Context, l slog.Level) bool { return l >= r.min }
-
-func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
-	var parts []string
-	for _, a := range r.attrs {
-		parts = append(parts, a.String())
-	}
-	rec.Attrs(func(a slog.Attr) bool {
-		parts = append(parts, a.String())
-		return true
-	})
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	*r.recs = append(*r.recs, record{rec.Level, rec.Message, strings.Join(parts, " ")})
-	return nil
-}
-
-func (r *recorder) WithAttrs(attrs []slog.Attr) slog.Handler {
-	c := *r
-	c.attrs = append(slices.Clone(r.attrs), attrs...)
-	return &c
-}
-
-func (r *recorder) WithGroup(string) slog.Handler { panic("groups not used") }
-
-func (r *recorder) take() []record {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := *r.recs
-	*r.recs = nil
-	return out
-}
 
 func TestParseLevel(t *testing.T) {
 	for _, tc := range []struct {
@@ -225,18 +173,18 @@ func TestStdLogAdapter(t *testing.T) {
 		{"trailing newlines trimmed", slog.LevelInfo, "x\n\n", slog.LevelInfo, "x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := newRecorder(LevelTrace)
+			rec := logtest.NewRecorder(LevelTrace)
 			StdLogAdapter(slog.New(rec), tc.level).Print(tc.line)
-			want := []record{{tc.wantLevel, tc.wantMsg, ""}}
-			if got := rec.take(); !slices.Equal(got, want) {
+			want := []logtest.Record{{Level: tc.wantLevel, Msg: tc.wantMsg}}
+			if got := rec.Take(); !slices.Equal(got, want) {
 				t.Errorf("got %+v, want %+v", got, want)
 			}
 		})
 	}
 	t.Run("filtered by the handler", func(t *testing.T) {
-		rec := newRecorder(slog.LevelInfo)
+		rec := logtest.NewRecorder(slog.LevelInfo)
 		StdLogAdapter(slog.New(rec), slog.LevelInfo).Print("[DEBUG] hidden")
-		if got := rec.take(); len(got) != 0 {
+		if got := rec.Take(); len(got) != 0 {
 			t.Errorf("got %+v, want nothing", got)
 		}
 	})
