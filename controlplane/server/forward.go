@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -88,28 +89,13 @@ func newForwarder(s *Server) *forwarder {
 // NO_SIDE_EFFECTS are reads. New methods are classified without code here.
 func classifyProcedures() map[string]procKind {
 	procs := make(map[string]procKind)
-	files := []protoreflect.FileDescriptor{
-		droverv1.File_drover_v1_registry_proto,
-		droverv1.File_drover_v1_acl_proto,
-		droverv1.File_drover_v1_audit_proto,
-		droverv1.File_drover_v1_cluster_proto,
-		droverv1.File_drover_v1_node_proto,
-		droverv1.File_drover_v1_agent_proto,
-	}
-	for _, fd := range files {
-		for i := range fd.Services().Len() {
-			svc := fd.Services().Get(i)
-			for j := range svc.Methods().Len() {
-				m := svc.Methods().Get(j)
-				path := "/" + string(svc.FullName()) + "/" + string(m.Name())
-				kind := procWrite
-				if opts, ok := m.Options().(*descriptorpb.MethodOptions); ok &&
-					opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS {
-					kind = procRead
-				}
-				procs[path] = kind
-			}
+	for path, m := range servedMethods() {
+		kind := procWrite
+		if opts, ok := m.Options().(*descriptorpb.MethodOptions); ok &&
+			opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS {
+			kind = procRead
 		}
+		procs[path] = kind
 	}
 	for _, p := range localProcedures {
 		procs[p] = procLocal
@@ -199,6 +185,33 @@ func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
 // authenticated by this server's certificate.
 func (f *forwarder) clusterClient(apiAddr string) droverv1connect.ClusterServiceClient {
 	return droverv1connect.NewClusterServiceClient(&http.Client{Transport: f.transport}, "https://"+apiAddr)
+}
+
+// servedMethods yields the procedure path ("/drover.v1.ModelService/
+// CreateModel") and the descriptor of every method of every service the
+// API serves, read from the schema, so that tables over procedures are
+// derived from it rather than kept in step by hand.
+func servedMethods() iter.Seq2[string, protoreflect.MethodDescriptor] {
+	return func(yield func(string, protoreflect.MethodDescriptor) bool) {
+		for _, fd := range []protoreflect.FileDescriptor{
+			droverv1.File_drover_v1_registry_proto,
+			droverv1.File_drover_v1_acl_proto,
+			droverv1.File_drover_v1_audit_proto,
+			droverv1.File_drover_v1_cluster_proto,
+			droverv1.File_drover_v1_node_proto,
+			droverv1.File_drover_v1_agent_proto,
+		} {
+			for i := range fd.Services().Len() {
+				svc := fd.Services().Get(i)
+				for j := range svc.Methods().Len() {
+					m := svc.Methods().Get(j)
+					if !yield("/"+string(svc.FullName())+"/"+string(m.Name()), m) {
+						return
+					}
+				}
+			}
+		}
+	}
 }
 
 // noLeaderPrefix starts every message of noLeaderError, and nothing else:

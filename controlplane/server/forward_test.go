@@ -3,8 +3,6 @@ package server
 import (
 	"testing"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
-
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -72,20 +70,8 @@ func TestClassifyProcedures(t *testing.T) {
 	// Every method of every served service is classified, and nothing
 	// else is.
 	all := map[string]bool{}
-	for _, fd := range []protoreflect.FileDescriptor{
-		droverv1.File_drover_v1_registry_proto,
-		droverv1.File_drover_v1_acl_proto,
-		droverv1.File_drover_v1_audit_proto,
-		droverv1.File_drover_v1_cluster_proto,
-		droverv1.File_drover_v1_node_proto,
-		droverv1.File_drover_v1_agent_proto,
-	} {
-		for i := range fd.Services().Len() {
-			svc := fd.Services().Get(i)
-			for j := range svc.Methods().Len() {
-				all["/"+string(svc.FullName())+"/"+string(svc.Methods().Get(j).Name())] = true
-			}
-		}
+	for path := range servedMethods() {
+		all[path] = true
 	}
 	for proc := range all {
 		if _, ok := procs[proc]; !ok {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/droverhq/drover/internal/tlsguard"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -87,21 +86,9 @@ type prometheusCounter interface{ Inc() }
 // reads and writes in classifyProcedures.
 func uploadProcedures() map[string]bool {
 	ups := make(map[string]bool)
-	for _, fd := range []protoreflect.FileDescriptor{
-		droverv1.File_drover_v1_registry_proto,
-		droverv1.File_drover_v1_acl_proto,
-		droverv1.File_drover_v1_audit_proto,
-		droverv1.File_drover_v1_cluster_proto,
-		droverv1.File_drover_v1_node_proto,
-		droverv1.File_drover_v1_agent_proto,
-	} {
-		for i := range fd.Services().Len() {
-			svc := fd.Services().Get(i)
-			for j := range svc.Methods().Len() {
-				if m := svc.Methods().Get(j); m.IsStreamingClient() {
-					ups["/"+string(svc.FullName())+"/"+string(m.Name())] = true
-				}
-			}
+	for path, m := range servedMethods() {
+		if m.IsStreamingClient() {
+			ups[path] = true
 		}
 	}
 	return ups
