@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -13,9 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/droverhq/drover/internal/protoout"
 )
 
 // Output formats of -o.
@@ -47,20 +47,7 @@ func checkOutputFormat(cmd *cobra.Command) error {
 func printResult(cmd *cobra.Command, msg proto.Message, table func(w io.Writer)) error {
 	out := cmd.OutOrStdout()
 	if outputFormat(cmd) == outputJSON {
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
-		if err != nil {
-			return fmt.Errorf("encode JSON: %w", err)
-		}
-		// protojson deliberately varies its whitespace between builds so
-		// nobody depends on it; re-indenting makes the output stable for
-		// diffs and golden files without touching any value.
-		var buf bytes.Buffer
-		if err := json.Indent(&buf, b, "", "  "); err != nil {
-			return fmt.Errorf("encode JSON: %w", err)
-		}
-		buf.WriteByte('\n')
-		_, err = out.Write(buf.Bytes())
-		return err
+		return protoout.WriteJSON(out, msg)
 	}
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 8, 2, ' ', 0)

@@ -15,6 +15,7 @@ import (
 	"github.com/droverhq/drover/agent/agenttest"
 	"github.com/droverhq/drover/hwprobe"
 	"github.com/droverhq/drover/internal/buildinfo"
+	"github.com/droverhq/drover/internal/protoout"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -67,7 +68,7 @@ func TestInventoryJSON(t *testing.T) {
 		Memory: hwprobe.Memory{TotalBytes: 2 << 40},
 		GPUs:   []hwprobe.GPU{{Index: 0, UUID: "GPU-a", Name: "NVIDIA H100 80GB HBM3", MemoryTotalBytes: 80 << 30, ComputeCapability: "9.0"}},
 	}
-	if err := printInventoryJSON(&b, agent.InventoryProto(inv)); err != nil {
+	if err := protoout.WriteJSON(&b, agent.InventoryProto(inv)); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{`"memoryTotalBytes": "85899345920"`, `"computeCapability": "9.0"`, `"totalBytes": "2199023255552"`, `"hostname": "dgx-01"`} {

@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -10,12 +8,11 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/hwprobe"
+	"github.com/droverhq/drover/internal/protoout"
 	"github.com/droverhq/drover/internal/units"
-	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 func newProbeCommand() *cobra.Command {
@@ -53,7 +50,7 @@ included, in the API's JSON: the same field names as ` + "`drover node show -o j
 			}
 			out := cmd.OutOrStdout()
 			if output == "json" {
-				return printInventoryJSON(out, agent.InventoryProto(inv))
+				return protoout.WriteJSON(out, agent.InventoryProto(inv))
 			}
 			return printInventory(out, inv)
 		},
@@ -64,22 +61,6 @@ included, in the API's JSON: the same field names as ` + "`drover node show -o j
 	f.StringVar(&dataDir, "data-dir", agent.DefaultDataDir, "`DIR` whose disk to report")
 	f.StringVar(&root, "root", "/", "`DIR` that stands for / when reading /proc, /sys and /etc")
 	return cmd
-}
-
-// printInventoryJSON writes inv as protojson, indented as drover -o json
-// indents it (protojson varies its whitespace on purpose).
-func printInventoryJSON(w io.Writer, inv *droverv1.NodeInventory) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(inv)
-	if err != nil {
-		return fmt.Errorf("encode JSON: %w", err)
-	}
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, b, "", "  "); err != nil {
-		return fmt.Errorf("encode JSON: %w", err)
-	}
-	buf.WriteByte('\n')
-	_, err = w.Write(buf.Bytes())
-	return err
 }
 
 // printInventory writes inv as a table for people.
