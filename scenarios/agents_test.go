@@ -13,33 +13,47 @@ import (
 	"github.com/droverhq/drover/scenarios/cluster"
 )
 
-// fleet is the size of a fleet scenario: how many agents run, and how
-// many of them a scenario kills or cuts off.
-type fleet struct{ size, killed, cut int }
+// fleet is the shape of a fleet scenario: how many agents run, how many
+// of them a scenario kills or cuts off, the servers' minimum heartbeat TTL
+// (short, so a scenario waits seconds rather than the production
+// default's tens of seconds; the rules are the same), and the servers'
+// Raft timing (nil: production's).
+type fleet struct {
+	size, killed, cut int
+	ttl               time.Duration
+	raft              func(*server.Config)
+}
 
-// fleetFor is the fleet of this tier. The long tier runs 50 agents with
-// the production Raft timing. The short tier shares two cores with the
-// rest of the suite (and, on CI, whatever else the machine does) under
-// the race detector, so it runs 20 agents on servers whose Raft waits
-// twice hashicorp/raft's defaults: with the default timing a starved
-// leader misses its 250ms lease again and again, and the scenario would
-// measure elections, not agents. The invariants checked are the same.
-func fleetFor(t *testing.T) (fleet, func(*server.Config)) {
+// fleetFor is the fleet of this tier. The long tier runs 50 agents with a
+// 2s TTL and the production Raft timing. The short tier shares two cores
+// with the rest of the suite (and, on CI, whatever else the machine does)
+// under the race detector, so it runs 20 agents with a 4s TTL on servers
+// whose Raft waits twice hashicorp/raft's defaults: with the tighter
+// timing a starved leader misses its 250ms lease again and again, and
+// agents starved for 3s miss a 2s TTL, so the scenario would measure the
+// machine, not Drover. The invariants checked are the same.
+func fleetFor() fleet {
 	if !testing.Short() {
-		return fleet{size: 50, killed: 10, cut: 5}, nil
+		return fleet{size: 50, killed: 10, cut: 5, ttl: 2 * time.Second}
 	}
-	return fleet{size: 20, killed: 5, cut: 3}, func(cfg *server.Config) {
+	return fleet{size: 20, killed: 5, cut: 3, ttl: 4 * time.Second, raft: func(cfg *server.Config) {
 		cfg.HeartbeatTimeout = server.Duration(2 * time.Second)
 		cfg.ElectionTimeout = server.Duration(2 * time.Second)
 		cfg.LeaderLeaseTimeout = server.Duration(time.Second)
-	}
+	}}
+}
+
+// downBound is the longest a node that stopped heartbeating may stay READY
+// by the test's own clock: its deadline is the TTL with the most jitter
+// (10%) plus the slack (50%), found by the next tick (250ms) and written by
+// one Raft commit. The scenarios wait at least that long before they
+// conclude that nothing was marked down; they never fail because a loaded
+// machine took longer than it.
+func (f fleet) downBound() time.Duration {
+	return time.Duration(float64(f.ttl)*1.1*1.5) + 250*time.Millisecond + 2*time.Second
 }
 
 const (
-	// scenarioTTL is the servers' minimum heartbeat TTL in the fleet
-	// scenarios: short, so a scenario waits seconds rather than the
-	// production default's tens of seconds; the rules are the same.
-	scenarioTTL = 2 * time.Second
 	// scenarioGrace is the leader-change grace in the fleet scenarios.
 	scenarioGrace = 5 * time.Second
 	// fleetWait is how long a fleet scenario waits for something that
@@ -55,14 +69,6 @@ var (
 	ready = droverv1.NodeStatus_NODE_STATUS_READY
 	down  = droverv1.NodeStatus_NODE_STATUS_DOWN
 )
-
-// downBound is the longest a node that stopped heartbeating may stay READY
-// by the test's own clock: its deadline is the TTL with the most jitter
-// (10%) plus the slack (50%), found by the next tick (250ms) and written by
-// one Raft commit. The scenarios wait at least that long before they
-// conclude that nothing was marked down; they never fail because a loaded
-// machine took longer than it.
-const downBound = time.Duration(float64(scenarioTTL)*1.1*1.5) + 250*time.Millisecond + 2*time.Second
 
 // detectionBound is the latest the leader may decide that a node whose
 // agent died is down, by times taken where things happen, so a test
@@ -102,13 +108,13 @@ func later(a, b time.Time) time.Time {
 // same order.
 func startFleet(t *testing.T) (fleet, *cluster.Cluster, []*cluster.Agent, []string) {
 	t.Helper()
-	f, raftTiming := fleetFor(t)
+	f := fleetFor()
 	n := f.size
 	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
-		cfg.HeartbeatMinTTL = server.Duration(scenarioTTL)
+		cfg.HeartbeatMinTTL = server.Duration(f.ttl)
 		cfg.HeartbeatLeaderGrace = server.Duration(scenarioGrace)
-		if raftTiming != nil {
-			raftTiming(cfg)
+		if f.raft != nil {
+			f.raft(cfg)
 		}
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
@@ -275,7 +281,7 @@ func TestAgentsKilledAreMarkedDownAndReturn(t *testing.T) {
 // gives every node a grace period, the agents find a live server, and not
 // one node is marked down.
 func TestLeaderKilledMarksNoAgentDown(t *testing.T) {
-	_, c, _, ids := startFleet(t)
+	f, c, _, ids := startFleet(t)
 	since := stateIndex(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
@@ -294,7 +300,7 @@ func TestLeaderKilledMarksNoAgentDown(t *testing.T) {
 
 	// Long enough for every deadline the new leader set to pass: the
 	// grace period, one more TTL with slack, and the bound's room.
-	time.Sleep(scenarioGrace + downBound)
+	time.Sleep(scenarioGrace + f.downBound())
 	if _, err := c.WaitNodes(ctx, ready, ids...); err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +329,7 @@ func TestPartitionedAgentsReturnAfterHeal(t *testing.T) {
 	}
 	// Hold the partition a while longer, so the agents go through their
 	// retries and backoff as they would in a real outage.
-	time.Sleep(2 * scenarioTTL)
+	time.Sleep(2 * f.ttl)
 	for _, a := range cut {
 		if err := a.Err(); err != nil {
 			t.Fatalf("agent %s gave up while cut off: %v", a.Name, err)
