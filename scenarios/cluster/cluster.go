@@ -50,7 +50,7 @@ type Cluster struct {
 	// closed at Shutdown.
 	transport *http.Transport
 
-	mu     sync.Mutex // guards nodes, agents, silent and token
+	mu     sync.Mutex // guards nodes, agents, silent, ports and token
 	nodes  []*Node
 	agents []*Agent
 	token  string
@@ -58,6 +58,9 @@ type Cluster struct {
 	// to and from them are dropped, so a killed server is as silent to
 	// agents as a dead host, rather than closing their connections.
 	silent map[string]bool
+	// ports are the ports addr has handed out: a port it picks is free
+	// when picked, but not yet bound, so the next pick could be the same.
+	ports map[int]bool
 }
 
 // Node is one server of the cluster; Server is nil while it is killed.
@@ -156,13 +159,27 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 	return node
 }
 
-// addr returns a loopback address with a free port; see pickPort.
+// addr returns a loopback address with a free port (see pickPort) that
+// this cluster has not handed out before.
 func (c *Cluster) addr(withUDP bool) string {
-	port, err := pickPort(withUDP)
-	if err != nil {
-		c.t.Fatalf("cluster: %v", err)
+	for range 100 {
+		port, err := pickPort(withUDP)
+		if err != nil {
+			c.t.Fatalf("cluster: %v", err)
+		}
+		c.mu.Lock()
+		taken := c.ports[port]
+		if c.ports == nil {
+			c.ports = make(map[int]bool)
+		}
+		c.ports[port] = true
+		c.mu.Unlock()
+		if !taken {
+			return fmt.Sprintf("127.0.0.1:%d", port)
+		}
 	}
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	c.t.Fatal("cluster: every free port found was already handed out")
+	return ""
 }
 
 // start runs the node's server and records its resolved addresses, so a
