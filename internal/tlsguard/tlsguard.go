@@ -226,9 +226,17 @@ func (l *Listener) release(host string) {
 func (l *Listener) handshake(c net.Conn, host string) {
 	defer l.wg.Done()
 	tc := tls.Server(c, l.cfg.TLS)
-	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
-	err := tc.HandshakeContext(ctx)
-	cancel()
+	// The deadline is the connection's, not a context's: a context that
+	// expires makes crypto/tls close the connection itself, before reject
+	// has counted it, and whoever sees it closed must find it counted.
+	// l.ctx only aborts handshakes when the listener closes.
+	err := c.SetDeadline(time.Now().Add(l.cfg.HandshakeTimeout))
+	if err == nil {
+		err = tc.HandshakeContext(l.ctx)
+	}
+	if err == nil {
+		err = c.SetDeadline(time.Time{})
+	}
 	l.release(host)
 	if err != nil {
 		if l.ctx.Err() != nil {
@@ -236,7 +244,7 @@ func (l *Listener) handshake(c net.Conn, host string) {
 			return
 		}
 		reason := ReasonHandshake
-		if errors.Is(err, context.DeadlineExceeded) {
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 			reason = ReasonTimeout
 		}
 		var rhe tls.RecordHeaderError
