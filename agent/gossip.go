@@ -122,10 +122,6 @@ type gossipPool struct {
 	addr string // advertised, IP:PORT
 	log  *slog.Logger
 	now  func() time.Time
-	// leaveTimeout bounds a graceful leave: poolLeaveTimeout. A leave cut
-	// short by it may reach some members after their failure detector,
-	// and they report a failure.
-	leaveTimeout time.Duration
 
 	// window is how long a member memberlist declared failed stays a
 	// suspect, in nanoseconds: one heartbeat TTL, as long as the leader
@@ -161,17 +157,16 @@ func newGossipPool(cfg poolConfig) (*gossipPool, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &gossipPool{
-		name:         cfg.Name,
-		log:          log,
-		now:          cfg.Now,
-		cancel:       cancel,
-		leaveTimeout: poolLeaveTimeout,
-		joinReq:      make(chan []string, 1),
-		joined:       make(chan struct{}, 1),
-		joinDone:     make(chan struct{}),
-		members:      map[string]string{},
-		failed:       map[string]time.Time{},
-		leavers:      map[string]bool{},
+		name:     cfg.Name,
+		log:      log,
+		now:      cfg.Now,
+		cancel:   cancel,
+		joinReq:  make(chan []string, 1),
+		joined:   make(chan struct{}, 1),
+		joinDone: make(chan struct{}),
+		members:  map[string]string{},
+		failed:   map[string]time.Time{},
+		leavers:  map[string]bool{},
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -450,10 +445,10 @@ func (p *gossipPool) Close(leave bool) error {
 			// The metadata must be out before the leave: a leave that
 			// overtakes it reads as a failure.
 			start := time.Now()
-			if err := p.ml.UpdateNode(p.leaveTimeout / 2); err != nil {
+			if err := p.ml.UpdateNode(poolLeaveTimeout / 2); err != nil {
 				p.log.Debug("leaving the site gossip pool: metadata update", "err", err)
 			}
-			if err := p.ml.Leave(p.leaveTimeout - time.Since(start)); err != nil {
+			if err := p.ml.Leave(poolLeaveTimeout - time.Since(start)); err != nil {
 				p.log.Debug("leaving the site gossip pool", "err", err)
 			}
 		}

@@ -156,11 +156,27 @@ func TestPoolMembershipAndSuspects(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// c leaves on purpose: gone, and no suspect. The leave may take
-	// longer than production's one second here: on a machine shared with
-	// the rest of the suite, a leave cut short reaches some members after
-	// their failure detector, which the next lines would take for a bug.
-	c.leaveTimeout = gossipWait
+	// c leaves on purpose: gone, and no suspect. Its intent (node
+	// metadata) and its leave spread by gossip each on their own; a member
+	// that hears the leave first takes it for a failure, which the leader
+	// acts on only once c has also missed its heartbeats. On a machine
+	// shared with the rest of the suite that happens, so the test lets
+	// the intent reach every member first, as it does on an idle network,
+	// and checks that the leave is then never taken for a failure.
+	c.leaving.Store(true)
+	if err := c.ml.UpdateNode(gossipWait); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*gossipPool{a, b, e, f, g, h} {
+		waitUntil(t, "c's intent to leave", func() error {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.leavers["n-c"] {
+				return fmt.Errorf("%s has not heard that n-c is leaving", p.name)
+			}
+			return nil
+		})
+	}
 	if err := c.Close(true); err != nil {
 		t.Fatal(err)
 	}
