@@ -1,7 +1,6 @@
 package raftlog
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -262,7 +261,7 @@ func TestHCLogStandardLogger(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	hl := New(logging.New(&buf, logging.LevelTrace, logging.FormatJSON), "raft")
 	var wg sync.WaitGroup
 	for i := range 8 {
@@ -292,21 +291,4 @@ func TestConcurrentUse(t *testing.T) {
 // Raft's messages reach a test's log through logging.TestLogger.
 func TestThroughTestLogger(t *testing.T) {
 	New(logging.TestLogger(t), "raft").Trace("hclog through t.Log")
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -261,7 +261,7 @@ func TestTestLogger(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	l := New(&buf, LevelTrace, FormatJSON)
 	std := StdLogAdapter(l, slog.LevelInfo)
 	var wg sync.WaitGroup
@@ -284,21 +284,4 @@ func TestConcurrentUse(t *testing.T) {
 			t.Fatalf("interleaved output: %q", line)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

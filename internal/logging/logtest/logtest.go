@@ -3,6 +3,7 @@
 package logtest
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"slices"
@@ -70,4 +71,23 @@ func (r *Recorder) Take() []Record {
 	out := *r.recs
 	*r.recs = nil
 	return out
+}
+
+// Buffer is a bytes.Buffer that a logger may write while the test reads
+// it.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
