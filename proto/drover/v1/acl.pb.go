@@ -9,6 +9,7 @@ package droverv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -22,17 +23,155 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ACLResource is what a policy rule grants access to. Values are appended,
+// never renumbered.
+type ACLResource int32
+
+const (
+	ACLResource_ACL_RESOURCE_UNSPECIFIED ACLResource = 0
+	// Models, their versions and aliases; by name or name prefix.
+	ACLResource_ACL_RESOURCE_MODEL ACLResource = 1
+	// Deployments and their rollouts; by name or name prefix.
+	ACLResource_ACL_RESOURCE_DEPLOYMENT ACLResource = 2
+	// Nodes: read, drain, label, revoke; by site and labels.
+	ACLResource_ACL_RESOURCE_NODE ACLResource = 3
+	// Join tokens that enroll agents; by site.
+	ACLResource_ACL_RESOURCE_JOIN_TOKEN ACLResource = 4
+	// Fleet telemetry and the servers' /metrics.
+	ACLResource_ACL_RESOURCE_TELEMETRY ACLResource = 5
+	// The audit log.
+	ACLResource_ACL_RESOURCE_AUDIT ACLResource = 6
+	// The cluster itself: Raft peers, snapshots, operator tokens, policies.
+	ACLResource_ACL_RESOURCE_OPERATOR ACLResource = 7
+)
+
+// Enum value maps for ACLResource.
+var (
+	ACLResource_name = map[int32]string{
+		0: "ACL_RESOURCE_UNSPECIFIED",
+		1: "ACL_RESOURCE_MODEL",
+		2: "ACL_RESOURCE_DEPLOYMENT",
+		3: "ACL_RESOURCE_NODE",
+		4: "ACL_RESOURCE_JOIN_TOKEN",
+		5: "ACL_RESOURCE_TELEMETRY",
+		6: "ACL_RESOURCE_AUDIT",
+		7: "ACL_RESOURCE_OPERATOR",
+	}
+	ACLResource_value = map[string]int32{
+		"ACL_RESOURCE_UNSPECIFIED": 0,
+		"ACL_RESOURCE_MODEL":       1,
+		"ACL_RESOURCE_DEPLOYMENT":  2,
+		"ACL_RESOURCE_NODE":        3,
+		"ACL_RESOURCE_JOIN_TOKEN":  4,
+		"ACL_RESOURCE_TELEMETRY":   5,
+		"ACL_RESOURCE_AUDIT":       6,
+		"ACL_RESOURCE_OPERATOR":    7,
+	}
+)
+
+func (x ACLResource) Enum() *ACLResource {
+	p := new(ACLResource)
+	*p = x
+	return p
+}
+
+func (x ACLResource) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ACLResource) Descriptor() protoreflect.EnumDescriptor {
+	return file_drover_v1_acl_proto_enumTypes[0].Descriptor()
+}
+
+func (ACLResource) Type() protoreflect.EnumType {
+	return &file_drover_v1_acl_proto_enumTypes[0]
+}
+
+func (x ACLResource) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ACLResource.Descriptor instead.
+func (ACLResource) EnumDescriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{0}
+}
+
+// ACLAccess is what a rule grants. Write implies read; deny wins over every
+// grant of any other rule that matches.
+type ACLAccess int32
+
+const (
+	ACLAccess_ACL_ACCESS_UNSPECIFIED ACLAccess = 0
+	ACLAccess_ACL_ACCESS_READ        ACLAccess = 1
+	ACLAccess_ACL_ACCESS_WRITE       ACLAccess = 2
+	ACLAccess_ACL_ACCESS_DENY        ACLAccess = 3
+)
+
+// Enum value maps for ACLAccess.
+var (
+	ACLAccess_name = map[int32]string{
+		0: "ACL_ACCESS_UNSPECIFIED",
+		1: "ACL_ACCESS_READ",
+		2: "ACL_ACCESS_WRITE",
+		3: "ACL_ACCESS_DENY",
+	}
+	ACLAccess_value = map[string]int32{
+		"ACL_ACCESS_UNSPECIFIED": 0,
+		"ACL_ACCESS_READ":        1,
+		"ACL_ACCESS_WRITE":       2,
+		"ACL_ACCESS_DENY":        3,
+	}
+)
+
+func (x ACLAccess) Enum() *ACLAccess {
+	p := new(ACLAccess)
+	*p = x
+	return p
+}
+
+func (x ACLAccess) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ACLAccess) Descriptor() protoreflect.EnumDescriptor {
+	return file_drover_v1_acl_proto_enumTypes[1].Descriptor()
+}
+
+func (ACLAccess) Type() protoreflect.EnumType {
+	return &file_drover_v1_acl_proto_enumTypes[1]
+}
+
+func (x ACLAccess) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ACLAccess.Descriptor instead.
+func (ACLAccess) EnumDescriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{1}
+}
+
 // ACLToken is an operator credential. The secret itself is never stored:
 // the replicated state keeps only its SHA-256.
 type ACLToken struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	AccessorId   string                 `protobuf:"bytes,1,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
-	SecretSha256 []byte                 `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
-	Description  string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	// Policy names; "management" grants everything.
-	Policies      []string               `protobuf:"bytes,4,rep,name=policies,proto3" json:"policies,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,6,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Public id: names the token in the audit log and in `acl token` commands.
+	AccessorId   string `protobuf:"bytes,1,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
+	SecretSha256 []byte `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	Description  string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// Policy names: built-in ("management", "read-only") or applied with
+	// `drover acl policy apply`.
+	Policies    []string               `protobuf:"bytes,4,rep,name=policies,proto3" json:"policies,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,6,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	// Human name, unique among live tokens ("ci-vision", "alice").
+	Name string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	// No expiry when unset.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Accessor id of the token that created this one ("" for bootstrap).
+	CreatedBy   string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,10,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// When the secret was last rotated; unset if never.
+	RotateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=rotate_time,json=rotateTime,proto3" json:"rotate_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -109,6 +248,234 @@ func (x *ACLToken) GetCreateIndex() uint64 {
 	return 0
 }
 
+func (x *ACLToken) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ACLToken) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *ACLToken) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *ACLToken) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *ACLToken) GetRotateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RotateTime
+	}
+	return nil
+}
+
+// ACLRule grants (or denies) one access on the objects of one resource
+// that it matches. A rule without qualifiers matches every object of its
+// resource.
+type ACLRule struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Resource ACLResource            `protobuf:"varint,1,opt,name=resource,proto3,enum=drover.v1.ACLResource" json:"resource,omitempty"`
+	Access   ACLAccess              `protobuf:"varint,2,opt,name=access,proto3,enum=drover.v1.ACLAccess" json:"access,omitempty"`
+	// Models and deployments: exactly this name.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Models and deployments: names starting with this.
+	Prefix string `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Nodes and join tokens: only this site.
+	Site string `protobuf:"bytes,5,opt,name=site,proto3" json:"site,omitempty"`
+	// Nodes: only nodes carrying all of these labels.
+	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ACLRule) Reset() {
+	*x = ACLRule{}
+	mi := &file_drover_v1_acl_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ACLRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ACLRule) ProtoMessage() {}
+
+func (x *ACLRule) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ACLRule.ProtoReflect.Descriptor instead.
+func (*ACLRule) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ACLRule) GetResource() ACLResource {
+	if x != nil {
+		return x.Resource
+	}
+	return ACLResource_ACL_RESOURCE_UNSPECIFIED
+}
+
+func (x *ACLRule) GetAccess() ACLAccess {
+	if x != nil {
+		return x.Access
+	}
+	return ACLAccess_ACL_ACCESS_UNSPECIFIED
+}
+
+func (x *ACLRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ACLRule) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ACLRule) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *ACLRule) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// ACLPolicy is a named set of rules that tokens refer to.
+type ACLPolicy struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Rules       []*ACLRule             `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	// Built-in policies exist in every cluster and cannot be changed.
+	Builtin       bool                   `protobuf:"varint,4,opt,name=builtin,proto3" json:"builtin,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	ModifyTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=modify_time,json=modifyTime,proto3" json:"modify_time,omitempty"`
+	CreateIndex   uint64                 `protobuf:"varint,7,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex   uint64                 `protobuf:"varint,8,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ACLPolicy) Reset() {
+	*x = ACLPolicy{}
+	mi := &file_drover_v1_acl_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ACLPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ACLPolicy) ProtoMessage() {}
+
+func (x *ACLPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ACLPolicy.ProtoReflect.Descriptor instead.
+func (*ACLPolicy) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ACLPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ACLPolicy) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ACLPolicy) GetRules() []*ACLRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *ACLPolicy) GetBuiltin() bool {
+	if x != nil {
+		return x.Builtin
+	}
+	return false
+}
+
+func (x *ACLPolicy) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ACLPolicy) GetModifyTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ModifyTime
+	}
+	return nil
+}
+
+func (x *ACLPolicy) GetCreateIndex() uint64 {
+	if x != nil {
+		return x.CreateIndex
+	}
+	return 0
+}
+
+func (x *ACLPolicy) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
 type BootstrapRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -117,7 +484,7 @@ type BootstrapRequest struct {
 
 func (x *BootstrapRequest) Reset() {
 	*x = BootstrapRequest{}
-	mi := &file_drover_v1_acl_proto_msgTypes[1]
+	mi := &file_drover_v1_acl_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -129,7 +496,7 @@ func (x *BootstrapRequest) String() string {
 func (*BootstrapRequest) ProtoMessage() {}
 
 func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_acl_proto_msgTypes[1]
+	mi := &file_drover_v1_acl_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -142,7 +509,7 @@ func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapRequest.ProtoReflect.Descriptor instead.
 func (*BootstrapRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_acl_proto_rawDescGZIP(), []int{1}
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{3}
 }
 
 type BootstrapResponse struct {
@@ -157,7 +524,7 @@ type BootstrapResponse struct {
 
 func (x *BootstrapResponse) Reset() {
 	*x = BootstrapResponse{}
-	mi := &file_drover_v1_acl_proto_msgTypes[2]
+	mi := &file_drover_v1_acl_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -169,7 +536,7 @@ func (x *BootstrapResponse) String() string {
 func (*BootstrapResponse) ProtoMessage() {}
 
 func (x *BootstrapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_acl_proto_msgTypes[2]
+	mi := &file_drover_v1_acl_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -182,7 +549,7 @@ func (x *BootstrapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapResponse.ProtoReflect.Descriptor instead.
 func (*BootstrapResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_acl_proto_rawDescGZIP(), []int{2}
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BootstrapResponse) GetAccessorId() string {
@@ -206,11 +573,975 @@ func (x *BootstrapResponse) GetMeta() *WriteMeta {
 	return nil
 }
 
+type CreateACLTokenRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Policies    []string               `protobuf:"bytes,3,rep,name=policies,proto3" json:"policies,omitempty"`
+	// Unset or 0s: the token never expires.
+	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateACLTokenRequest) Reset() {
+	*x = CreateACLTokenRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateACLTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateACLTokenRequest) ProtoMessage() {}
+
+func (x *CreateACLTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateACLTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateACLTokenRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CreateACLTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateACLTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateACLTokenRequest) GetPolicies() []string {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *CreateACLTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+type CreateACLTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *ACLToken              `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The secret, shown exactly once.
+	SecretId      string     `protobuf:"bytes,2,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	Meta          *WriteMeta `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateACLTokenResponse) Reset() {
+	*x = CreateACLTokenResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateACLTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateACLTokenResponse) ProtoMessage() {}
+
+func (x *CreateACLTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateACLTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateACLTokenResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CreateACLTokenResponse) GetToken() *ACLToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateACLTokenResponse) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
+func (x *CreateACLTokenResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type ListACLTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Options       *QueryOptions          `protobuf:"bytes,1,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListACLTokensRequest) Reset() {
+	*x = ListACLTokensRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListACLTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListACLTokensRequest) ProtoMessage() {}
+
+func (x *ListACLTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListACLTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListACLTokensRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListACLTokensRequest) GetOptions() *QueryOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type ListACLTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*ACLToken            `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	Meta          *QueryMeta             `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListACLTokensResponse) Reset() {
+	*x = ListACLTokensResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListACLTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListACLTokensResponse) ProtoMessage() {}
+
+func (x *ListACLTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListACLTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListACLTokensResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListACLTokensResponse) GetTokens() []*ACLToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *ListACLTokensResponse) GetMeta() *QueryMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type GetACLTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Accessor id, or the token's name.
+	Id            string        `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Options       *QueryOptions `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetACLTokenRequest) Reset() {
+	*x = GetACLTokenRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetACLTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetACLTokenRequest) ProtoMessage() {}
+
+func (x *GetACLTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetACLTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetACLTokenRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetACLTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetACLTokenRequest) GetOptions() *QueryOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type GetACLTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *ACLToken              `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Meta          *QueryMeta             `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetACLTokenResponse) Reset() {
+	*x = GetACLTokenResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetACLTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetACLTokenResponse) ProtoMessage() {}
+
+func (x *GetACLTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetACLTokenResponse.ProtoReflect.Descriptor instead.
+func (*GetACLTokenResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetACLTokenResponse) GetToken() *ACLToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *GetACLTokenResponse) GetMeta() *QueryMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type GetACLTokenSelfRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Options       *QueryOptions          `protobuf:"bytes,1,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetACLTokenSelfRequest) Reset() {
+	*x = GetACLTokenSelfRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetACLTokenSelfRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetACLTokenSelfRequest) ProtoMessage() {}
+
+func (x *GetACLTokenSelfRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetACLTokenSelfRequest.ProtoReflect.Descriptor instead.
+func (*GetACLTokenSelfRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetACLTokenSelfRequest) GetOptions() *QueryOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type RevokeACLTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Accessor id, or the token's name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeACLTokenRequest) Reset() {
+	*x = RevokeACLTokenRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeACLTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeACLTokenRequest) ProtoMessage() {}
+
+func (x *RevokeACLTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeACLTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeACLTokenRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RevokeACLTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeACLTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *WriteMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeACLTokenResponse) Reset() {
+	*x = RevokeACLTokenResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeACLTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeACLTokenResponse) ProtoMessage() {}
+
+func (x *RevokeACLTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeACLTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeACLTokenResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevokeACLTokenResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type RotateACLTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Accessor id, or the token's name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateACLTokenRequest) Reset() {
+	*x = RotateACLTokenRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateACLTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateACLTokenRequest) ProtoMessage() {}
+
+func (x *RotateACLTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateACLTokenRequest.ProtoReflect.Descriptor instead.
+func (*RotateACLTokenRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RotateACLTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RotateACLTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *ACLToken              `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The new secret, shown exactly once; the old one stops working.
+	SecretId      string     `protobuf:"bytes,2,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	Meta          *WriteMeta `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateACLTokenResponse) Reset() {
+	*x = RotateACLTokenResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateACLTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateACLTokenResponse) ProtoMessage() {}
+
+func (x *RotateACLTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateACLTokenResponse.ProtoReflect.Descriptor instead.
+func (*RotateACLTokenResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RotateACLTokenResponse) GetToken() *ACLToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *RotateACLTokenResponse) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
+func (x *RotateACLTokenResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type ApplyACLPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *ACLPolicy             `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyACLPolicyRequest) Reset() {
+	*x = ApplyACLPolicyRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyACLPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyACLPolicyRequest) ProtoMessage() {}
+
+func (x *ApplyACLPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyACLPolicyRequest.ProtoReflect.Descriptor instead.
+func (*ApplyACLPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ApplyACLPolicyRequest) GetPolicy() *ACLPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type ApplyACLPolicyResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Policy *ACLPolicy             `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Whether the policy existed before and was replaced.
+	Replaced      bool       `protobuf:"varint,2,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	Meta          *WriteMeta `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyACLPolicyResponse) Reset() {
+	*x = ApplyACLPolicyResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyACLPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyACLPolicyResponse) ProtoMessage() {}
+
+func (x *ApplyACLPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyACLPolicyResponse.ProtoReflect.Descriptor instead.
+func (*ApplyACLPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ApplyACLPolicyResponse) GetPolicy() *ACLPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *ApplyACLPolicyResponse) GetReplaced() bool {
+	if x != nil {
+		return x.Replaced
+	}
+	return false
+}
+
+func (x *ApplyACLPolicyResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type ListACLPoliciesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Options       *QueryOptions          `protobuf:"bytes,1,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListACLPoliciesRequest) Reset() {
+	*x = ListACLPoliciesRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListACLPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListACLPoliciesRequest) ProtoMessage() {}
+
+func (x *ListACLPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListACLPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListACLPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListACLPoliciesRequest) GetOptions() *QueryOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type ListACLPoliciesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Built-in policies first, then the others by name.
+	Policies      []*ACLPolicy `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	Meta          *QueryMeta   `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListACLPoliciesResponse) Reset() {
+	*x = ListACLPoliciesResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListACLPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListACLPoliciesResponse) ProtoMessage() {}
+
+func (x *ListACLPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListACLPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListACLPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListACLPoliciesResponse) GetPolicies() []*ACLPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *ListACLPoliciesResponse) GetMeta() *QueryMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type GetACLPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Options       *QueryOptions          `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetACLPolicyRequest) Reset() {
+	*x = GetACLPolicyRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetACLPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetACLPolicyRequest) ProtoMessage() {}
+
+func (x *GetACLPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetACLPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetACLPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetACLPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetACLPolicyRequest) GetOptions() *QueryOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type GetACLPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *ACLPolicy             `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Meta          *QueryMeta             `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetACLPolicyResponse) Reset() {
+	*x = GetACLPolicyResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetACLPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetACLPolicyResponse) ProtoMessage() {}
+
+func (x *GetACLPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetACLPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetACLPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetACLPolicyResponse) GetPolicy() *ACLPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *GetACLPolicyResponse) GetMeta() *QueryMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type DeleteACLPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteACLPolicyRequest) Reset() {
+	*x = DeleteACLPolicyRequest{}
+	mi := &file_drover_v1_acl_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteACLPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteACLPolicyRequest) ProtoMessage() {}
+
+func (x *DeleteACLPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteACLPolicyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteACLPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteACLPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteACLPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *WriteMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteACLPolicyResponse) Reset() {
+	*x = DeleteACLPolicyResponse{}
+	mi := &file_drover_v1_acl_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteACLPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteACLPolicyResponse) ProtoMessage() {}
+
+func (x *DeleteACLPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_acl_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteACLPolicyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteACLPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_acl_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteACLPolicyResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
 var File_drover_v1_acl_proto protoreflect.FileDescriptor
 
 const file_drover_v1_acl_proto_rawDesc = "" +
 	"\n" +
-	"\x13drover/v1/acl.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n" +
+	"\x13drover/v1/acl.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x03\n" +
 	"\bACLToken\x12\x1f\n" +
 	"\vaccessor_id\x18\x01 \x01(\tR\n" +
 	"accessorId\x12#\n" +
@@ -219,16 +1550,124 @@ const file_drover_v1_acl_proto_rawDesc = "" +
 	"\bpolicies\x18\x04 \x03(\tR\bpolicies\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12!\n" +
-	"\fcreate_index\x18\x06 \x01(\x04R\vcreateIndex\"\x12\n" +
+	"\fcreate_index\x18\x06 \x01(\x04R\vcreateIndex\x12\x12\n" +
+	"\x04name\x18\a \x01(\tR\x04name\x12;\n" +
+	"\vexpire_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\x12!\n" +
+	"\fmodify_index\x18\n" +
+	" \x01(\x04R\vmodifyIndex\x12;\n" +
+	"\vrotate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"rotateTime\"\x9e\x02\n" +
+	"\aACLRule\x122\n" +
+	"\bresource\x18\x01 \x01(\x0e2\x16.drover.v1.ACLResourceR\bresource\x12,\n" +
+	"\x06access\x18\x02 \x01(\x0e2\x14.drover.v1.ACLAccessR\x06access\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\tR\x06prefix\x12\x12\n" +
+	"\x04site\x18\x05 \x01(\tR\x04site\x126\n" +
+	"\x06labels\x18\x06 \x03(\v2\x1e.drover.v1.ACLRule.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc5\x02\n" +
+	"\tACLPolicy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12(\n" +
+	"\x05rules\x18\x03 \x03(\v2\x12.drover.v1.ACLRuleR\x05rules\x12\x18\n" +
+	"\abuiltin\x18\x04 \x01(\bR\abuiltin\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vmodify_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"modifyTime\x12!\n" +
+	"\fcreate_index\x18\a \x01(\x04R\vcreateIndex\x12!\n" +
+	"\fmodify_index\x18\b \x01(\x04R\vmodifyIndex\"\x12\n" +
 	"\x10BootstrapRequest\"{\n" +
 	"\x11BootstrapResponse\x12\x1f\n" +
 	"\vaccessor_id\x18\x01 \x01(\tR\n" +
 	"accessorId\x12\x1b\n" +
 	"\tsecret_id\x18\x02 \x01(\tR\bsecretId\x12(\n" +
-	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2T\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"\x96\x01\n" +
+	"\x15CreateACLTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1a\n" +
+	"\bpolicies\x18\x03 \x03(\tR\bpolicies\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x8a\x01\n" +
+	"\x16CreateACLTokenResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.drover.v1.ACLTokenR\x05token\x12\x1b\n" +
+	"\tsecret_id\x18\x02 \x01(\tR\bsecretId\x12(\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"I\n" +
+	"\x14ListACLTokensRequest\x121\n" +
+	"\aoptions\x18\x01 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\"n\n" +
+	"\x15ListACLTokensResponse\x12+\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x13.drover.v1.ACLTokenR\x06tokens\x12(\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\"W\n" +
+	"\x12GetACLTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x121\n" +
+	"\aoptions\x18\x02 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\"j\n" +
+	"\x13GetACLTokenResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.drover.v1.ACLTokenR\x05token\x12(\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\"K\n" +
+	"\x16GetACLTokenSelfRequest\x121\n" +
+	"\aoptions\x18\x01 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\"'\n" +
+	"\x15RevokeACLTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
+	"\x16RevokeACLTokenResponse\x12(\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"'\n" +
+	"\x15RotateACLTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x8a\x01\n" +
+	"\x16RotateACLTokenResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.drover.v1.ACLTokenR\x05token\x12\x1b\n" +
+	"\tsecret_id\x18\x02 \x01(\tR\bsecretId\x12(\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"E\n" +
+	"\x15ApplyACLPolicyRequest\x12,\n" +
+	"\x06policy\x18\x01 \x01(\v2\x14.drover.v1.ACLPolicyR\x06policy\"\x8c\x01\n" +
+	"\x16ApplyACLPolicyResponse\x12,\n" +
+	"\x06policy\x18\x01 \x01(\v2\x14.drover.v1.ACLPolicyR\x06policy\x12\x1a\n" +
+	"\breplaced\x18\x02 \x01(\bR\breplaced\x12(\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"K\n" +
+	"\x16ListACLPoliciesRequest\x121\n" +
+	"\aoptions\x18\x01 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\"u\n" +
+	"\x17ListACLPoliciesResponse\x120\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x14.drover.v1.ACLPolicyR\bpolicies\x12(\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\"\\\n" +
+	"\x13GetACLPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
+	"\aoptions\x18\x02 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\"n\n" +
+	"\x14GetACLPolicyResponse\x12,\n" +
+	"\x06policy\x18\x01 \x01(\v2\x14.drover.v1.ACLPolicyR\x06policy\x12(\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\",\n" +
+	"\x16DeleteACLPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
+	"\x17DeleteACLPolicyResponse\x12(\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta*\xe3\x01\n" +
+	"\vACLResource\x12\x1c\n" +
+	"\x18ACL_RESOURCE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12ACL_RESOURCE_MODEL\x10\x01\x12\x1b\n" +
+	"\x17ACL_RESOURCE_DEPLOYMENT\x10\x02\x12\x15\n" +
+	"\x11ACL_RESOURCE_NODE\x10\x03\x12\x1b\n" +
+	"\x17ACL_RESOURCE_JOIN_TOKEN\x10\x04\x12\x1a\n" +
+	"\x16ACL_RESOURCE_TELEMETRY\x10\x05\x12\x16\n" +
+	"\x12ACL_RESOURCE_AUDIT\x10\x06\x12\x19\n" +
+	"\x15ACL_RESOURCE_OPERATOR\x10\a*g\n" +
+	"\tACLAccess\x12\x1a\n" +
+	"\x16ACL_ACCESS_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fACL_ACCESS_READ\x10\x01\x12\x14\n" +
+	"\x10ACL_ACCESS_WRITE\x10\x02\x12\x13\n" +
+	"\x0fACL_ACCESS_DENY\x10\x032\xa8\a\n" +
 	"\n" +
 	"ACLService\x12F\n" +
-	"\tBootstrap\x12\x1b.drover.v1.BootstrapRequest\x1a\x1c.drover.v1.BootstrapResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\tBootstrap\x12\x1b.drover.v1.BootstrapRequest\x1a\x1c.drover.v1.BootstrapResponse\x12R\n" +
+	"\vCreateToken\x12 .drover.v1.CreateACLTokenRequest\x1a!.drover.v1.CreateACLTokenResponse\x12T\n" +
+	"\n" +
+	"ListTokens\x12\x1f.drover.v1.ListACLTokensRequest\x1a .drover.v1.ListACLTokensResponse\"\x03\x90\x02\x01\x12N\n" +
+	"\bGetToken\x12\x1d.drover.v1.GetACLTokenRequest\x1a\x1e.drover.v1.GetACLTokenResponse\"\x03\x90\x02\x01\x12V\n" +
+	"\fGetTokenSelf\x12!.drover.v1.GetACLTokenSelfRequest\x1a\x1e.drover.v1.GetACLTokenResponse\"\x03\x90\x02\x01\x12R\n" +
+	"\vRevokeToken\x12 .drover.v1.RevokeACLTokenRequest\x1a!.drover.v1.RevokeACLTokenResponse\x12R\n" +
+	"\vRotateToken\x12 .drover.v1.RotateACLTokenRequest\x1a!.drover.v1.RotateACLTokenResponse\x12R\n" +
+	"\vApplyPolicy\x12 .drover.v1.ApplyACLPolicyRequest\x1a!.drover.v1.ApplyACLPolicyResponse\x12Z\n" +
+	"\fListPolicies\x12!.drover.v1.ListACLPoliciesRequest\x1a\".drover.v1.ListACLPoliciesResponse\"\x03\x90\x02\x01\x12Q\n" +
+	"\tGetPolicy\x12\x1e.drover.v1.GetACLPolicyRequest\x1a\x1f.drover.v1.GetACLPolicyResponse\"\x03\x90\x02\x01\x12U\n" +
+	"\fDeletePolicy\x12!.drover.v1.DeleteACLPolicyRequest\x1a\".drover.v1.DeleteACLPolicyResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_acl_proto_rawDescOnce sync.Once
@@ -242,24 +1681,103 @@ func file_drover_v1_acl_proto_rawDescGZIP() []byte {
 	return file_drover_v1_acl_proto_rawDescData
 }
 
-var file_drover_v1_acl_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_drover_v1_acl_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_drover_v1_acl_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_drover_v1_acl_proto_goTypes = []any{
-	(*ACLToken)(nil),              // 0: drover.v1.ACLToken
-	(*BootstrapRequest)(nil),      // 1: drover.v1.BootstrapRequest
-	(*BootstrapResponse)(nil),     // 2: drover.v1.BootstrapResponse
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
-	(*WriteMeta)(nil),             // 4: drover.v1.WriteMeta
+	(ACLResource)(0),                // 0: drover.v1.ACLResource
+	(ACLAccess)(0),                  // 1: drover.v1.ACLAccess
+	(*ACLToken)(nil),                // 2: drover.v1.ACLToken
+	(*ACLRule)(nil),                 // 3: drover.v1.ACLRule
+	(*ACLPolicy)(nil),               // 4: drover.v1.ACLPolicy
+	(*BootstrapRequest)(nil),        // 5: drover.v1.BootstrapRequest
+	(*BootstrapResponse)(nil),       // 6: drover.v1.BootstrapResponse
+	(*CreateACLTokenRequest)(nil),   // 7: drover.v1.CreateACLTokenRequest
+	(*CreateACLTokenResponse)(nil),  // 8: drover.v1.CreateACLTokenResponse
+	(*ListACLTokensRequest)(nil),    // 9: drover.v1.ListACLTokensRequest
+	(*ListACLTokensResponse)(nil),   // 10: drover.v1.ListACLTokensResponse
+	(*GetACLTokenRequest)(nil),      // 11: drover.v1.GetACLTokenRequest
+	(*GetACLTokenResponse)(nil),     // 12: drover.v1.GetACLTokenResponse
+	(*GetACLTokenSelfRequest)(nil),  // 13: drover.v1.GetACLTokenSelfRequest
+	(*RevokeACLTokenRequest)(nil),   // 14: drover.v1.RevokeACLTokenRequest
+	(*RevokeACLTokenResponse)(nil),  // 15: drover.v1.RevokeACLTokenResponse
+	(*RotateACLTokenRequest)(nil),   // 16: drover.v1.RotateACLTokenRequest
+	(*RotateACLTokenResponse)(nil),  // 17: drover.v1.RotateACLTokenResponse
+	(*ApplyACLPolicyRequest)(nil),   // 18: drover.v1.ApplyACLPolicyRequest
+	(*ApplyACLPolicyResponse)(nil),  // 19: drover.v1.ApplyACLPolicyResponse
+	(*ListACLPoliciesRequest)(nil),  // 20: drover.v1.ListACLPoliciesRequest
+	(*ListACLPoliciesResponse)(nil), // 21: drover.v1.ListACLPoliciesResponse
+	(*GetACLPolicyRequest)(nil),     // 22: drover.v1.GetACLPolicyRequest
+	(*GetACLPolicyResponse)(nil),    // 23: drover.v1.GetACLPolicyResponse
+	(*DeleteACLPolicyRequest)(nil),  // 24: drover.v1.DeleteACLPolicyRequest
+	(*DeleteACLPolicyResponse)(nil), // 25: drover.v1.DeleteACLPolicyResponse
+	nil,                             // 26: drover.v1.ACLRule.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 27: google.protobuf.Timestamp
+	(*WriteMeta)(nil),               // 28: drover.v1.WriteMeta
+	(*durationpb.Duration)(nil),     // 29: google.protobuf.Duration
+	(*QueryOptions)(nil),            // 30: drover.v1.QueryOptions
+	(*QueryMeta)(nil),               // 31: drover.v1.QueryMeta
 }
 var file_drover_v1_acl_proto_depIdxs = []int32{
-	3, // 0: drover.v1.ACLToken.create_time:type_name -> google.protobuf.Timestamp
-	4, // 1: drover.v1.BootstrapResponse.meta:type_name -> drover.v1.WriteMeta
-	1, // 2: drover.v1.ACLService.Bootstrap:input_type -> drover.v1.BootstrapRequest
-	2, // 3: drover.v1.ACLService.Bootstrap:output_type -> drover.v1.BootstrapResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	27, // 0: drover.v1.ACLToken.create_time:type_name -> google.protobuf.Timestamp
+	27, // 1: drover.v1.ACLToken.expire_time:type_name -> google.protobuf.Timestamp
+	27, // 2: drover.v1.ACLToken.rotate_time:type_name -> google.protobuf.Timestamp
+	0,  // 3: drover.v1.ACLRule.resource:type_name -> drover.v1.ACLResource
+	1,  // 4: drover.v1.ACLRule.access:type_name -> drover.v1.ACLAccess
+	26, // 5: drover.v1.ACLRule.labels:type_name -> drover.v1.ACLRule.LabelsEntry
+	3,  // 6: drover.v1.ACLPolicy.rules:type_name -> drover.v1.ACLRule
+	27, // 7: drover.v1.ACLPolicy.create_time:type_name -> google.protobuf.Timestamp
+	27, // 8: drover.v1.ACLPolicy.modify_time:type_name -> google.protobuf.Timestamp
+	28, // 9: drover.v1.BootstrapResponse.meta:type_name -> drover.v1.WriteMeta
+	29, // 10: drover.v1.CreateACLTokenRequest.ttl:type_name -> google.protobuf.Duration
+	2,  // 11: drover.v1.CreateACLTokenResponse.token:type_name -> drover.v1.ACLToken
+	28, // 12: drover.v1.CreateACLTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	30, // 13: drover.v1.ListACLTokensRequest.options:type_name -> drover.v1.QueryOptions
+	2,  // 14: drover.v1.ListACLTokensResponse.tokens:type_name -> drover.v1.ACLToken
+	31, // 15: drover.v1.ListACLTokensResponse.meta:type_name -> drover.v1.QueryMeta
+	30, // 16: drover.v1.GetACLTokenRequest.options:type_name -> drover.v1.QueryOptions
+	2,  // 17: drover.v1.GetACLTokenResponse.token:type_name -> drover.v1.ACLToken
+	31, // 18: drover.v1.GetACLTokenResponse.meta:type_name -> drover.v1.QueryMeta
+	30, // 19: drover.v1.GetACLTokenSelfRequest.options:type_name -> drover.v1.QueryOptions
+	28, // 20: drover.v1.RevokeACLTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	2,  // 21: drover.v1.RotateACLTokenResponse.token:type_name -> drover.v1.ACLToken
+	28, // 22: drover.v1.RotateACLTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	4,  // 23: drover.v1.ApplyACLPolicyRequest.policy:type_name -> drover.v1.ACLPolicy
+	4,  // 24: drover.v1.ApplyACLPolicyResponse.policy:type_name -> drover.v1.ACLPolicy
+	28, // 25: drover.v1.ApplyACLPolicyResponse.meta:type_name -> drover.v1.WriteMeta
+	30, // 26: drover.v1.ListACLPoliciesRequest.options:type_name -> drover.v1.QueryOptions
+	4,  // 27: drover.v1.ListACLPoliciesResponse.policies:type_name -> drover.v1.ACLPolicy
+	31, // 28: drover.v1.ListACLPoliciesResponse.meta:type_name -> drover.v1.QueryMeta
+	30, // 29: drover.v1.GetACLPolicyRequest.options:type_name -> drover.v1.QueryOptions
+	4,  // 30: drover.v1.GetACLPolicyResponse.policy:type_name -> drover.v1.ACLPolicy
+	31, // 31: drover.v1.GetACLPolicyResponse.meta:type_name -> drover.v1.QueryMeta
+	28, // 32: drover.v1.DeleteACLPolicyResponse.meta:type_name -> drover.v1.WriteMeta
+	5,  // 33: drover.v1.ACLService.Bootstrap:input_type -> drover.v1.BootstrapRequest
+	7,  // 34: drover.v1.ACLService.CreateToken:input_type -> drover.v1.CreateACLTokenRequest
+	9,  // 35: drover.v1.ACLService.ListTokens:input_type -> drover.v1.ListACLTokensRequest
+	11, // 36: drover.v1.ACLService.GetToken:input_type -> drover.v1.GetACLTokenRequest
+	13, // 37: drover.v1.ACLService.GetTokenSelf:input_type -> drover.v1.GetACLTokenSelfRequest
+	14, // 38: drover.v1.ACLService.RevokeToken:input_type -> drover.v1.RevokeACLTokenRequest
+	16, // 39: drover.v1.ACLService.RotateToken:input_type -> drover.v1.RotateACLTokenRequest
+	18, // 40: drover.v1.ACLService.ApplyPolicy:input_type -> drover.v1.ApplyACLPolicyRequest
+	20, // 41: drover.v1.ACLService.ListPolicies:input_type -> drover.v1.ListACLPoliciesRequest
+	22, // 42: drover.v1.ACLService.GetPolicy:input_type -> drover.v1.GetACLPolicyRequest
+	24, // 43: drover.v1.ACLService.DeletePolicy:input_type -> drover.v1.DeleteACLPolicyRequest
+	6,  // 44: drover.v1.ACLService.Bootstrap:output_type -> drover.v1.BootstrapResponse
+	8,  // 45: drover.v1.ACLService.CreateToken:output_type -> drover.v1.CreateACLTokenResponse
+	10, // 46: drover.v1.ACLService.ListTokens:output_type -> drover.v1.ListACLTokensResponse
+	12, // 47: drover.v1.ACLService.GetToken:output_type -> drover.v1.GetACLTokenResponse
+	12, // 48: drover.v1.ACLService.GetTokenSelf:output_type -> drover.v1.GetACLTokenResponse
+	15, // 49: drover.v1.ACLService.RevokeToken:output_type -> drover.v1.RevokeACLTokenResponse
+	17, // 50: drover.v1.ACLService.RotateToken:output_type -> drover.v1.RotateACLTokenResponse
+	19, // 51: drover.v1.ACLService.ApplyPolicy:output_type -> drover.v1.ApplyACLPolicyResponse
+	21, // 52: drover.v1.ACLService.ListPolicies:output_type -> drover.v1.ListACLPoliciesResponse
+	23, // 53: drover.v1.ACLService.GetPolicy:output_type -> drover.v1.GetACLPolicyResponse
+	25, // 54: drover.v1.ACLService.DeletePolicy:output_type -> drover.v1.DeleteACLPolicyResponse
+	44, // [44:55] is the sub-list for method output_type
+	33, // [33:44] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_acl_proto_init() }
@@ -273,13 +1791,14 @@ func file_drover_v1_acl_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_acl_proto_rawDesc), len(file_drover_v1_acl_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   3,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_drover_v1_acl_proto_goTypes,
 		DependencyIndexes: file_drover_v1_acl_proto_depIdxs,
+		EnumInfos:         file_drover_v1_acl_proto_enumTypes,
 		MessageInfos:      file_drover_v1_acl_proto_msgTypes,
 	}.Build()
 	File_drover_v1_acl_proto = out.File

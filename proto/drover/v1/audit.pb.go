@@ -29,7 +29,8 @@ type AuditEvent struct {
 	// Raft index of the command; unique and increasing.
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	Time  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	// Who: the token's accessor id and description, or "anonymous".
+	// Who: the operator token's accessor id, "agent/NAME", "server/NAME",
+	// or "anonymous".
 	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
 	// What: a verb such as "model.create" or "alias.set".
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
@@ -38,7 +39,9 @@ type AuditEvent struct {
 	// "ok", or the reason the change was refused.
 	Result string `protobuf:"bytes,6,opt,name=result,proto3" json:"result,omitempty"`
 	// Extra facts (e.g. "version": "3", "previous": "2").
-	Details       map[string]string `protobuf:"bytes,7,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Details map[string]string `protobuf:"bytes,7,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The operator token's name at the time, when the actor is a token.
+	ActorName     string `protobuf:"bytes,8,opt,name=actor_name,json=actorName,proto3" json:"actor_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -122,6 +125,13 @@ func (x *AuditEvent) GetDetails() map[string]string {
 	return nil
 }
 
+func (x *AuditEvent) GetActorName() string {
+	if x != nil {
+		return x.ActorName
+	}
+	return ""
+}
+
 type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only events with an index greater than this.
@@ -129,8 +139,11 @@ type ListAuditEventsRequest struct {
 	// Most recent N events (default 100, 0 means default).
 	Limit uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Only events whose target starts with this prefix.
-	TargetPrefix  string        `protobuf:"bytes,3,opt,name=target_prefix,json=targetPrefix,proto3" json:"target_prefix,omitempty"`
-	Options       *QueryOptions `protobuf:"bytes,4,opt,name=options,proto3" json:"options,omitempty"`
+	TargetPrefix string        `protobuf:"bytes,3,opt,name=target_prefix,json=targetPrefix,proto3" json:"target_prefix,omitempty"`
+	Options      *QueryOptions `protobuf:"bytes,4,opt,name=options,proto3" json:"options,omitempty"`
+	// Only events made by this actor: a token's accessor id or name, or an
+	// actor such as "agent/NAME".
+	Actor         string `protobuf:"bytes,5,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -193,6 +206,13 @@ func (x *ListAuditEventsRequest) GetOptions() *QueryOptions {
 	return nil
 }
 
+func (x *ListAuditEventsRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
 type ListAuditEventsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Events        []*AuditEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
@@ -249,7 +269,7 @@ var File_drover_v1_audit_proto protoreflect.FileDescriptor
 
 const file_drover_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x15drover/v1/audit.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n" +
+	"\x15drover/v1/audit.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x02\n" +
 	"\n" +
 	"AuditEvent\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12.\n" +
@@ -258,16 +278,19 @@ const file_drover_v1_audit_proto_rawDesc = "" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12\x16\n" +
 	"\x06target\x18\x05 \x01(\tR\x06target\x12\x16\n" +
 	"\x06result\x18\x06 \x01(\tR\x06result\x12<\n" +
-	"\adetails\x18\a \x03(\v2\".drover.v1.AuditEvent.DetailsEntryR\adetails\x1a:\n" +
+	"\adetails\x18\a \x03(\v2\".drover.v1.AuditEvent.DetailsEntryR\adetails\x12\x1d\n" +
+	"\n" +
+	"actor_name\x18\b \x01(\tR\tactorName\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
 	"\x16ListAuditEventsRequest\x12\x1f\n" +
 	"\vafter_index\x18\x01 \x01(\x04R\n" +
 	"afterIndex\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12#\n" +
 	"\rtarget_prefix\x18\x03 \x01(\tR\ftargetPrefix\x121\n" +
-	"\aoptions\x18\x04 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\"r\n" +
+	"\aoptions\x18\x04 \x01(\v2\x17.drover.v1.QueryOptionsR\aoptions\x12\x14\n" +
+	"\x05actor\x18\x05 \x01(\tR\x05actor\"r\n" +
 	"\x17ListAuditEventsResponse\x12-\n" +
 	"\x06events\x18\x01 \x03(\v2\x15.drover.v1.AuditEventR\x06events\x12(\n" +
 	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta2h\n" +

@@ -9,6 +9,7 @@ package droverv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -942,11 +943,209 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 	return file_drover_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
+// AccessDenial is one write call a server refused for lack of a
+// capability, as recorded in the audit log.
+type AccessDenial struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// The caller's token; empty for a call without a known token.
+	AccessorId string `protobuf:"bytes,2,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
+	TokenName  string `protobuf:"bytes,3,opt,name=token_name,json=tokenName,proto3" json:"token_name,omitempty"`
+	// The RPC, such as "/drover.v1.ModelService/CreateModel".
+	Procedure string `protobuf:"bytes,4,opt,name=procedure,proto3" json:"procedure,omitempty"`
+	// What was missing, such as "model:write on model/resnet".
+	Capability string `protobuf:"bytes,5,opt,name=capability,proto3" json:"capability,omitempty"`
+	// Audit target of the object, such as "model/resnet"; empty when the
+	// call names none.
+	Target string `protobuf:"bytes,6,opt,name=target,proto3" json:"target,omitempty"`
+	// The server that refused the call.
+	Server string `protobuf:"bytes,7,opt,name=server,proto3" json:"server,omitempty"`
+	// How many more refusals of this token the server did not report
+	// one by one, to keep a misbehaving client from filling the log.
+	Suppressed    uint32 `protobuf:"varint,8,opt,name=suppressed,proto3" json:"suppressed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessDenial) Reset() {
+	*x = AccessDenial{}
+	mi := &file_drover_v1_cluster_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessDenial) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessDenial) ProtoMessage() {}
+
+func (x *AccessDenial) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_cluster_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessDenial.ProtoReflect.Descriptor instead.
+func (*AccessDenial) Descriptor() ([]byte, []int) {
+	return file_drover_v1_cluster_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AccessDenial) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AccessDenial) GetAccessorId() string {
+	if x != nil {
+		return x.AccessorId
+	}
+	return ""
+}
+
+func (x *AccessDenial) GetTokenName() string {
+	if x != nil {
+		return x.TokenName
+	}
+	return ""
+}
+
+func (x *AccessDenial) GetProcedure() string {
+	if x != nil {
+		return x.Procedure
+	}
+	return ""
+}
+
+func (x *AccessDenial) GetCapability() string {
+	if x != nil {
+		return x.Capability
+	}
+	return ""
+}
+
+func (x *AccessDenial) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AccessDenial) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *AccessDenial) GetSuppressed() uint32 {
+	if x != nil {
+		return x.Suppressed
+	}
+	return 0
+}
+
+type RecordDenialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Denials       []*AccessDenial        `protobuf:"bytes,1,rep,name=denials,proto3" json:"denials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordDenialsRequest) Reset() {
+	*x = RecordDenialsRequest{}
+	mi := &file_drover_v1_cluster_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordDenialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordDenialsRequest) ProtoMessage() {}
+
+func (x *RecordDenialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_cluster_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordDenialsRequest.ProtoReflect.Descriptor instead.
+func (*RecordDenialsRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_cluster_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RecordDenialsRequest) GetDenials() []*AccessDenial {
+	if x != nil {
+		return x.Denials
+	}
+	return nil
+}
+
+type RecordDenialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *WriteMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordDenialsResponse) Reset() {
+	*x = RecordDenialsResponse{}
+	mi := &file_drover_v1_cluster_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordDenialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordDenialsResponse) ProtoMessage() {}
+
+func (x *RecordDenialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_cluster_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordDenialsResponse.ProtoReflect.Descriptor instead.
+func (*RecordDenialsResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_cluster_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RecordDenialsResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
 var File_drover_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_drover_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17drover/v1/cluster.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\"\xcc\x02\n" +
+	"\x17drover/v1/cluster.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x02\n" +
 	"\n" +
 	"ServerInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1005,7 +1204,26 @@ const file_drover_v1_cluster_proto_rawDesc = "" +
 	"\x17RestoreSnapshotResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"\x0e\n" +
 	"\fLeaveRequest\"\x0f\n" +
-	"\rLeaveResponse2\xb9\x04\n" +
+	"\rLeaveResponse\"\x8c\x02\n" +
+	"\fAccessDenial\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
+	"\vaccessor_id\x18\x02 \x01(\tR\n" +
+	"accessorId\x12\x1d\n" +
+	"\n" +
+	"token_name\x18\x03 \x01(\tR\ttokenName\x12\x1c\n" +
+	"\tprocedure\x18\x04 \x01(\tR\tprocedure\x12\x1e\n" +
+	"\n" +
+	"capability\x18\x05 \x01(\tR\n" +
+	"capability\x12\x16\n" +
+	"\x06target\x18\x06 \x01(\tR\x06target\x12\x16\n" +
+	"\x06server\x18\a \x01(\tR\x06server\x12\x1e\n" +
+	"\n" +
+	"suppressed\x18\b \x01(\rR\n" +
+	"suppressed\"I\n" +
+	"\x14RecordDenialsRequest\x121\n" +
+	"\adenials\x18\x01 \x03(\v2\x17.drover.v1.AccessDenialR\adenials\"A\n" +
+	"\x15RecordDenialsResponse\x12(\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2\x8d\x05\n" +
 	"\x0eClusterService\x12K\n" +
 	"\tGetStatus\x12\x1b.drover.v1.GetStatusRequest\x1a\x1c.drover.v1.GetStatusResponse\"\x03\x90\x02\x01\x12W\n" +
 	"\rGetServerInfo\x12\x1f.drover.v1.GetServerInfoRequest\x1a .drover.v1.GetServerInfoResponse\"\x03\x90\x02\x01\x12K\n" +
@@ -1014,7 +1232,8 @@ const file_drover_v1_cluster_proto_rawDesc = "" +
 	"RemovePeer\x12\x1c.drover.v1.RemovePeerRequest\x1a\x1d.drover.v1.RemovePeerResponse\x12Q\n" +
 	"\fSaveSnapshot\x12\x1e.drover.v1.SaveSnapshotRequest\x1a\x1f.drover.v1.SaveSnapshotResponse0\x01\x12Z\n" +
 	"\x0fRestoreSnapshot\x12!.drover.v1.RestoreSnapshotRequest\x1a\".drover.v1.RestoreSnapshotResponse(\x01\x12:\n" +
-	"\x05Leave\x12\x17.drover.v1.LeaveRequest\x1a\x18.drover.v1.LeaveResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x05Leave\x12\x17.drover.v1.LeaveRequest\x1a\x18.drover.v1.LeaveResponse\x12R\n" +
+	"\rRecordDenials\x12\x1f.drover.v1.RecordDenialsRequest\x1a .drover.v1.RecordDenialsResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_cluster_proto_rawDescOnce sync.Once
@@ -1028,7 +1247,7 @@ func file_drover_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_drover_v1_cluster_proto_rawDescData
 }
 
-var file_drover_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_drover_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_drover_v1_cluster_proto_goTypes = []any{
 	(*ServerInfo)(nil),              // 0: drover.v1.ServerInfo
 	(*ServerStatus)(nil),            // 1: drover.v1.ServerStatus
@@ -1047,31 +1266,41 @@ var file_drover_v1_cluster_proto_goTypes = []any{
 	(*RestoreSnapshotResponse)(nil), // 14: drover.v1.RestoreSnapshotResponse
 	(*LeaveRequest)(nil),            // 15: drover.v1.LeaveRequest
 	(*LeaveResponse)(nil),           // 16: drover.v1.LeaveResponse
+	(*AccessDenial)(nil),            // 17: drover.v1.AccessDenial
+	(*RecordDenialsRequest)(nil),    // 18: drover.v1.RecordDenialsRequest
+	(*RecordDenialsResponse)(nil),   // 19: drover.v1.RecordDenialsResponse
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*WriteMeta)(nil),               // 21: drover.v1.WriteMeta
 }
 var file_drover_v1_cluster_proto_depIdxs = []int32{
 	0,  // 0: drover.v1.ServerStatus.info:type_name -> drover.v1.ServerInfo
 	1,  // 1: drover.v1.GetStatusResponse.servers:type_name -> drover.v1.ServerStatus
 	0,  // 2: drover.v1.GetServerInfoResponse.info:type_name -> drover.v1.ServerInfo
 	6,  // 3: drover.v1.ListPeersResponse.peers:type_name -> drover.v1.RaftPeer
-	2,  // 4: drover.v1.ClusterService.GetStatus:input_type -> drover.v1.GetStatusRequest
-	4,  // 5: drover.v1.ClusterService.GetServerInfo:input_type -> drover.v1.GetServerInfoRequest
-	7,  // 6: drover.v1.ClusterService.ListPeers:input_type -> drover.v1.ListPeersRequest
-	9,  // 7: drover.v1.ClusterService.RemovePeer:input_type -> drover.v1.RemovePeerRequest
-	11, // 8: drover.v1.ClusterService.SaveSnapshot:input_type -> drover.v1.SaveSnapshotRequest
-	13, // 9: drover.v1.ClusterService.RestoreSnapshot:input_type -> drover.v1.RestoreSnapshotRequest
-	15, // 10: drover.v1.ClusterService.Leave:input_type -> drover.v1.LeaveRequest
-	3,  // 11: drover.v1.ClusterService.GetStatus:output_type -> drover.v1.GetStatusResponse
-	5,  // 12: drover.v1.ClusterService.GetServerInfo:output_type -> drover.v1.GetServerInfoResponse
-	8,  // 13: drover.v1.ClusterService.ListPeers:output_type -> drover.v1.ListPeersResponse
-	10, // 14: drover.v1.ClusterService.RemovePeer:output_type -> drover.v1.RemovePeerResponse
-	12, // 15: drover.v1.ClusterService.SaveSnapshot:output_type -> drover.v1.SaveSnapshotResponse
-	14, // 16: drover.v1.ClusterService.RestoreSnapshot:output_type -> drover.v1.RestoreSnapshotResponse
-	16, // 17: drover.v1.ClusterService.Leave:output_type -> drover.v1.LeaveResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	20, // 4: drover.v1.AccessDenial.time:type_name -> google.protobuf.Timestamp
+	17, // 5: drover.v1.RecordDenialsRequest.denials:type_name -> drover.v1.AccessDenial
+	21, // 6: drover.v1.RecordDenialsResponse.meta:type_name -> drover.v1.WriteMeta
+	2,  // 7: drover.v1.ClusterService.GetStatus:input_type -> drover.v1.GetStatusRequest
+	4,  // 8: drover.v1.ClusterService.GetServerInfo:input_type -> drover.v1.GetServerInfoRequest
+	7,  // 9: drover.v1.ClusterService.ListPeers:input_type -> drover.v1.ListPeersRequest
+	9,  // 10: drover.v1.ClusterService.RemovePeer:input_type -> drover.v1.RemovePeerRequest
+	11, // 11: drover.v1.ClusterService.SaveSnapshot:input_type -> drover.v1.SaveSnapshotRequest
+	13, // 12: drover.v1.ClusterService.RestoreSnapshot:input_type -> drover.v1.RestoreSnapshotRequest
+	15, // 13: drover.v1.ClusterService.Leave:input_type -> drover.v1.LeaveRequest
+	18, // 14: drover.v1.ClusterService.RecordDenials:input_type -> drover.v1.RecordDenialsRequest
+	3,  // 15: drover.v1.ClusterService.GetStatus:output_type -> drover.v1.GetStatusResponse
+	5,  // 16: drover.v1.ClusterService.GetServerInfo:output_type -> drover.v1.GetServerInfoResponse
+	8,  // 17: drover.v1.ClusterService.ListPeers:output_type -> drover.v1.ListPeersResponse
+	10, // 18: drover.v1.ClusterService.RemovePeer:output_type -> drover.v1.RemovePeerResponse
+	12, // 19: drover.v1.ClusterService.SaveSnapshot:output_type -> drover.v1.SaveSnapshotResponse
+	14, // 20: drover.v1.ClusterService.RestoreSnapshot:output_type -> drover.v1.RestoreSnapshotResponse
+	16, // 21: drover.v1.ClusterService.Leave:output_type -> drover.v1.LeaveResponse
+	19, // 22: drover.v1.ClusterService.RecordDenials:output_type -> drover.v1.RecordDenialsResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_cluster_proto_init() }
@@ -1086,7 +1315,7 @@ func file_drover_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_cluster_proto_rawDesc), len(file_drover_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,12 @@ const (
 	CommandType_COMMAND_TYPE_SET_NODE_DRAIN    CommandType = 13
 	CommandType_COMMAND_TYPE_SET_NODE_LABELS   CommandType = 14
 	CommandType_COMMAND_TYPE_REVOKE_NODE       CommandType = 15
+	CommandType_COMMAND_TYPE_APPLY_ACL_POLICY  CommandType = 16
+	CommandType_COMMAND_TYPE_DELETE_ACL_POLICY CommandType = 17
+	CommandType_COMMAND_TYPE_CREATE_ACL_TOKEN  CommandType = 18
+	CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN  CommandType = 19
+	CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN  CommandType = 20
+	CommandType_COMMAND_TYPE_RECORD_DENIALS    CommandType = 21
 )
 
 // Enum value maps for CommandType.
@@ -64,6 +70,12 @@ var (
 		13: "COMMAND_TYPE_SET_NODE_DRAIN",
 		14: "COMMAND_TYPE_SET_NODE_LABELS",
 		15: "COMMAND_TYPE_REVOKE_NODE",
+		16: "COMMAND_TYPE_APPLY_ACL_POLICY",
+		17: "COMMAND_TYPE_DELETE_ACL_POLICY",
+		18: "COMMAND_TYPE_CREATE_ACL_TOKEN",
+		19: "COMMAND_TYPE_REVOKE_ACL_TOKEN",
+		20: "COMMAND_TYPE_ROTATE_ACL_TOKEN",
+		21: "COMMAND_TYPE_RECORD_DENIALS",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":       0,
@@ -82,6 +94,12 @@ var (
 		"COMMAND_TYPE_SET_NODE_DRAIN":    13,
 		"COMMAND_TYPE_SET_NODE_LABELS":   14,
 		"COMMAND_TYPE_REVOKE_NODE":       15,
+		"COMMAND_TYPE_APPLY_ACL_POLICY":  16,
+		"COMMAND_TYPE_DELETE_ACL_POLICY": 17,
+		"COMMAND_TYPE_CREATE_ACL_TOKEN":  18,
+		"COMMAND_TYPE_REVOKE_ACL_TOKEN":  19,
+		"COMMAND_TYPE_ROTATE_ACL_TOKEN":  20,
+		"COMMAND_TYPE_RECORD_DENIALS":    21,
 	}
 )
 
@@ -118,7 +136,9 @@ type CommandMeta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
 	// Accessor id of the token, or "anonymous".
-	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	Actor string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The token's name, for the audit log.
+	ActorName     string `protobuf:"bytes,3,opt,name=actor_name,json=actorName,proto3" json:"actor_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,6 +183,13 @@ func (x *CommandMeta) GetTime() *timestamppb.Timestamp {
 func (x *CommandMeta) GetActor() string {
 	if x != nil {
 		return x.Actor
+	}
+	return ""
+}
+
+func (x *CommandMeta) GetActorName() string {
+	if x != nil {
+		return x.ActorName
 	}
 	return ""
 }
@@ -280,6 +307,326 @@ func (x *BootstrapACLCommand) GetToken() *ACLToken {
 	return nil
 }
 
+type ApplyACLPolicyCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Policy        *ACLPolicy             `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyACLPolicyCommand) Reset() {
+	*x = ApplyACLPolicyCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyACLPolicyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyACLPolicyCommand) ProtoMessage() {}
+
+func (x *ApplyACLPolicyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyACLPolicyCommand.ProtoReflect.Descriptor instead.
+func (*ApplyACLPolicyCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ApplyACLPolicyCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *ApplyACLPolicyCommand) GetPolicy() *ACLPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type DeleteACLPolicyCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteACLPolicyCommand) Reset() {
+	*x = DeleteACLPolicyCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteACLPolicyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteACLPolicyCommand) ProtoMessage() {}
+
+func (x *DeleteACLPolicyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteACLPolicyCommand.ProtoReflect.Descriptor instead.
+func (*DeleteACLPolicyCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteACLPolicyCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *DeleteACLPolicyCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type CreateACLTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Token         *ACLToken              `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateACLTokenCommand) Reset() {
+	*x = CreateACLTokenCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateACLTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateACLTokenCommand) ProtoMessage() {}
+
+func (x *CreateACLTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateACLTokenCommand.ProtoReflect.Descriptor instead.
+func (*CreateACLTokenCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CreateACLTokenCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *CreateACLTokenCommand) GetToken() *ACLToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+type RevokeACLTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	AccessorId    string                 `protobuf:"bytes,2,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeACLTokenCommand) Reset() {
+	*x = RevokeACLTokenCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeACLTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeACLTokenCommand) ProtoMessage() {}
+
+func (x *RevokeACLTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeACLTokenCommand.ProtoReflect.Descriptor instead.
+func (*RevokeACLTokenCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RevokeACLTokenCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *RevokeACLTokenCommand) GetAccessorId() string {
+	if x != nil {
+		return x.AccessorId
+	}
+	return ""
+}
+
+type RotateACLTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	AccessorId    string                 `protobuf:"bytes,2,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
+	SecretSha256  []byte                 `protobuf:"bytes,3,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateACLTokenCommand) Reset() {
+	*x = RotateACLTokenCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateACLTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateACLTokenCommand) ProtoMessage() {}
+
+func (x *RotateACLTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateACLTokenCommand.ProtoReflect.Descriptor instead.
+func (*RotateACLTokenCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RotateACLTokenCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *RotateACLTokenCommand) GetAccessorId() string {
+	if x != nil {
+		return x.AccessorId
+	}
+	return ""
+}
+
+func (x *RotateACLTokenCommand) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+type RecordDenialsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Denials       []*AccessDenial        `protobuf:"bytes,2,rep,name=denials,proto3" json:"denials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordDenialsCommand) Reset() {
+	*x = RecordDenialsCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordDenialsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordDenialsCommand) ProtoMessage() {}
+
+func (x *RecordDenialsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordDenialsCommand.ProtoReflect.Descriptor instead.
+func (*RecordDenialsCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RecordDenialsCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *RecordDenialsCommand) GetDenials() []*AccessDenial {
+	if x != nil {
+		return x.Denials
+	}
+	return nil
+}
+
 type CreateModelCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
@@ -290,7 +637,7 @@ type CreateModelCommand struct {
 
 func (x *CreateModelCommand) Reset() {
 	*x = CreateModelCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[3]
+	mi := &file_drover_v1_raft_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -302,7 +649,7 @@ func (x *CreateModelCommand) String() string {
 func (*CreateModelCommand) ProtoMessage() {}
 
 func (x *CreateModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[3]
+	mi := &file_drover_v1_raft_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -315,7 +662,7 @@ func (x *CreateModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelCommand.ProtoReflect.Descriptor instead.
 func (*CreateModelCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateModelCommand) GetMeta() *CommandMeta {
@@ -342,7 +689,7 @@ type DeleteModelCommand struct {
 
 func (x *DeleteModelCommand) Reset() {
 	*x = DeleteModelCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[4]
+	mi := &file_drover_v1_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +701,7 @@ func (x *DeleteModelCommand) String() string {
 func (*DeleteModelCommand) ProtoMessage() {}
 
 func (x *DeleteModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[4]
+	mi := &file_drover_v1_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +714,7 @@ func (x *DeleteModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelCommand.ProtoReflect.Descriptor instead.
 func (*DeleteModelCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteModelCommand) GetMeta() *CommandMeta {
@@ -394,7 +741,7 @@ type CreateVersionCommand struct {
 
 func (x *CreateVersionCommand) Reset() {
 	*x = CreateVersionCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[5]
+	mi := &file_drover_v1_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +753,7 @@ func (x *CreateVersionCommand) String() string {
 func (*CreateVersionCommand) ProtoMessage() {}
 
 func (x *CreateVersionCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[5]
+	mi := &file_drover_v1_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +766,7 @@ func (x *CreateVersionCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVersionCommand.ProtoReflect.Descriptor instead.
 func (*CreateVersionCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{5}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateVersionCommand) GetMeta() *CommandMeta {
@@ -448,7 +795,7 @@ type SetAliasCommand struct {
 
 func (x *SetAliasCommand) Reset() {
 	*x = SetAliasCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[6]
+	mi := &file_drover_v1_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +807,7 @@ func (x *SetAliasCommand) String() string {
 func (*SetAliasCommand) ProtoMessage() {}
 
 func (x *SetAliasCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[6]
+	mi := &file_drover_v1_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +820,7 @@ func (x *SetAliasCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAliasCommand.ProtoReflect.Descriptor instead.
 func (*SetAliasCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{6}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetAliasCommand) GetMeta() *CommandMeta {
@@ -515,7 +862,7 @@ type DeleteAliasCommand struct {
 
 func (x *DeleteAliasCommand) Reset() {
 	*x = DeleteAliasCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[7]
+	mi := &file_drover_v1_raft_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +874,7 @@ func (x *DeleteAliasCommand) String() string {
 func (*DeleteAliasCommand) ProtoMessage() {}
 
 func (x *DeleteAliasCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[7]
+	mi := &file_drover_v1_raft_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +887,7 @@ func (x *DeleteAliasCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAliasCommand.ProtoReflect.Descriptor instead.
 func (*DeleteAliasCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{7}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteAliasCommand) GetMeta() *CommandMeta {
@@ -576,7 +923,7 @@ type ClusterMeta struct {
 
 func (x *ClusterMeta) Reset() {
 	*x = ClusterMeta{}
-	mi := &file_drover_v1_raft_proto_msgTypes[8]
+	mi := &file_drover_v1_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +935,7 @@ func (x *ClusterMeta) String() string {
 func (*ClusterMeta) ProtoMessage() {}
 
 func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[8]
+	mi := &file_drover_v1_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +948,7 @@ func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
 func (*ClusterMeta) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{8}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClusterMeta) GetClusterId() string {
@@ -639,7 +986,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_drover_v1_raft_proto_msgTypes[9]
+	mi := &file_drover_v1_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +998,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[9]
+	mi := &file_drover_v1_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +1011,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{9}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -700,6 +1047,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_JoinToken
 	//	*SnapshotRecord_Node
 	//	*SnapshotRecord_VersionMark
+	//	*SnapshotRecord_Policy
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -707,7 +1055,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_drover_v1_raft_proto_msgTypes[10]
+	mi := &file_drover_v1_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +1067,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[10]
+	mi := &file_drover_v1_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +1080,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{10}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -805,6 +1153,15 @@ func (x *SnapshotRecord) GetVersionMark() *ModelVersionMark {
 	return nil
 }
 
+func (x *SnapshotRecord) GetPolicy() *ACLPolicy {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Policy); ok {
+			return x.Policy
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -838,6 +1195,11 @@ type SnapshotRecord_VersionMark struct {
 	VersionMark *ModelVersionMark `protobuf:"bytes,7,opt,name=version_mark,json=versionMark,proto3,oneof"`
 }
 
+type SnapshotRecord_Policy struct {
+	// Since format 4.
+	Policy *ACLPolicy `protobuf:"bytes,8,opt,name=policy,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Model) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Version) isSnapshotRecord_Record() {}
@@ -851,6 +1213,8 @@ func (*SnapshotRecord_JoinToken) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_VersionMark) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Policy) isSnapshotRecord_Record() {}
 
 // ModelVersionMark is the highest version number a model name was given,
 // kept after the model is deleted so that a model created again under the
@@ -866,7 +1230,7 @@ type ModelVersionMark struct {
 
 func (x *ModelVersionMark) Reset() {
 	*x = ModelVersionMark{}
-	mi := &file_drover_v1_raft_proto_msgTypes[11]
+	mi := &file_drover_v1_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1242,7 @@ func (x *ModelVersionMark) String() string {
 func (*ModelVersionMark) ProtoMessage() {}
 
 func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[11]
+	mi := &file_drover_v1_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1255,7 @@ func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelVersionMark.ProtoReflect.Descriptor instead.
 func (*ModelVersionMark) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{11}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ModelVersionMark) GetModel() string {
@@ -912,10 +1276,12 @@ var File_drover_v1_raft_proto protoreflect.FileDescriptor
 
 const file_drover_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
+	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
 	"\vCommandMeta\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
-	"\x05actor\x18\x02 \x01(\tR\x05actor\"|\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x1d\n" +
+	"\n" +
+	"actor_name\x18\x03 \x01(\tR\tactorName\"|\n" +
 	"\x12InitClusterCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1d\n" +
 	"\n" +
@@ -923,7 +1289,28 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\tca_sha256\x18\x03 \x01(\tR\bcaSha256\"l\n" +
 	"\x13BootstrapACLCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12)\n" +
-	"\x05token\x18\x02 \x01(\v2\x13.drover.v1.ACLTokenR\x05token\"y\n" +
+	"\x05token\x18\x02 \x01(\v2\x13.drover.v1.ACLTokenR\x05token\"q\n" +
+	"\x15ApplyACLPolicyCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12,\n" +
+	"\x06policy\x18\x02 \x01(\v2\x14.drover.v1.ACLPolicyR\x06policy\"X\n" +
+	"\x16DeleteACLPolicyCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"n\n" +
+	"\x15CreateACLTokenCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12)\n" +
+	"\x05token\x18\x02 \x01(\v2\x13.drover.v1.ACLTokenR\x05token\"d\n" +
+	"\x15RevokeACLTokenCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1f\n" +
+	"\vaccessor_id\x18\x02 \x01(\tR\n" +
+	"accessorId\"\x89\x01\n" +
+	"\x15RotateACLTokenCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1f\n" +
+	"\vaccessor_id\x18\x02 \x01(\tR\n" +
+	"accessorId\x12#\n" +
+	"\rsecret_sha256\x18\x03 \x01(\fR\fsecretSha256\"u\n" +
+	"\x14RecordDenialsCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x121\n" +
+	"\adenials\x18\x02 \x03(\v2\x17.drover.v1.AccessDenialR\adenials\"y\n" +
 	"\x12CreateModelCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.drover.v1.CreateModelRequestR\arequest\"T\n" +
@@ -951,7 +1338,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x120\n" +
-	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xf5\x02\n" +
+	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xa5\x03\n" +
 	"\x0eSnapshotRecord\x12(\n" +
 	"\x05model\x18\x01 \x01(\v2\x10.drover.v1.ModelH\x00R\x05model\x123\n" +
 	"\aversion\x18\x02 \x01(\v2\x17.drover.v1.ModelVersionH\x00R\aversion\x12-\n" +
@@ -960,11 +1347,12 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\n" +
 	"join_token\x18\x05 \x01(\v2\x14.drover.v1.JoinTokenH\x00R\tjoinToken\x12%\n" +
 	"\x04node\x18\x06 \x01(\v2\x0f.drover.v1.NodeH\x00R\x04node\x12@\n" +
-	"\fversion_mark\x18\a \x01(\v2\x1b.drover.v1.ModelVersionMarkH\x00R\vversionMarkB\b\n" +
+	"\fversion_mark\x18\a \x01(\v2\x1b.drover.v1.ModelVersionMarkH\x00R\vversionMark\x12.\n" +
+	"\x06policy\x18\b \x01(\v2\x14.drover.v1.ACLPolicyH\x00R\x06policyB\b\n" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\x8d\x04\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\xde\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -982,7 +1370,13 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1cCOMMAND_TYPE_SET_NODE_STATUS\x10\f\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_SET_NODE_DRAIN\x10\r\x12 \n" +
 	"\x1cCOMMAND_TYPE_SET_NODE_LABELS\x10\x0e\x12\x1c\n" +
-	"\x18COMMAND_TYPE_REVOKE_NODE\x10\x0fB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x18COMMAND_TYPE_REVOKE_NODE\x10\x0f\x12!\n" +
+	"\x1dCOMMAND_TYPE_APPLY_ACL_POLICY\x10\x10\x12\"\n" +
+	"\x1eCOMMAND_TYPE_DELETE_ACL_POLICY\x10\x11\x12!\n" +
+	"\x1dCOMMAND_TYPE_CREATE_ACL_TOKEN\x10\x12\x12!\n" +
+	"\x1dCOMMAND_TYPE_REVOKE_ACL_TOKEN\x10\x13\x12!\n" +
+	"\x1dCOMMAND_TYPE_ROTATE_ACL_TOKEN\x10\x14\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
@@ -997,57 +1391,75 @@ func file_drover_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_drover_v1_raft_proto_goTypes = []any{
-	(CommandType)(0),              // 0: drover.v1.CommandType
-	(*CommandMeta)(nil),           // 1: drover.v1.CommandMeta
-	(*InitClusterCommand)(nil),    // 2: drover.v1.InitClusterCommand
-	(*BootstrapACLCommand)(nil),   // 3: drover.v1.BootstrapACLCommand
-	(*CreateModelCommand)(nil),    // 4: drover.v1.CreateModelCommand
-	(*DeleteModelCommand)(nil),    // 5: drover.v1.DeleteModelCommand
-	(*CreateVersionCommand)(nil),  // 6: drover.v1.CreateVersionCommand
-	(*SetAliasCommand)(nil),       // 7: drover.v1.SetAliasCommand
-	(*DeleteAliasCommand)(nil),    // 8: drover.v1.DeleteAliasCommand
-	(*ClusterMeta)(nil),           // 9: drover.v1.ClusterMeta
-	(*SnapshotHeader)(nil),        // 10: drover.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 11: drover.v1.SnapshotRecord
-	(*ModelVersionMark)(nil),      // 12: drover.v1.ModelVersionMark
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*ACLToken)(nil),              // 14: drover.v1.ACLToken
-	(*CreateModelRequest)(nil),    // 15: drover.v1.CreateModelRequest
-	(*CreateVersionRequest)(nil),  // 16: drover.v1.CreateVersionRequest
-	(*Model)(nil),                 // 17: drover.v1.Model
-	(*ModelVersion)(nil),          // 18: drover.v1.ModelVersion
-	(*AuditEvent)(nil),            // 19: drover.v1.AuditEvent
-	(*JoinToken)(nil),             // 20: drover.v1.JoinToken
-	(*Node)(nil),                  // 21: drover.v1.Node
+	(CommandType)(0),               // 0: drover.v1.CommandType
+	(*CommandMeta)(nil),            // 1: drover.v1.CommandMeta
+	(*InitClusterCommand)(nil),     // 2: drover.v1.InitClusterCommand
+	(*BootstrapACLCommand)(nil),    // 3: drover.v1.BootstrapACLCommand
+	(*ApplyACLPolicyCommand)(nil),  // 4: drover.v1.ApplyACLPolicyCommand
+	(*DeleteACLPolicyCommand)(nil), // 5: drover.v1.DeleteACLPolicyCommand
+	(*CreateACLTokenCommand)(nil),  // 6: drover.v1.CreateACLTokenCommand
+	(*RevokeACLTokenCommand)(nil),  // 7: drover.v1.RevokeACLTokenCommand
+	(*RotateACLTokenCommand)(nil),  // 8: drover.v1.RotateACLTokenCommand
+	(*RecordDenialsCommand)(nil),   // 9: drover.v1.RecordDenialsCommand
+	(*CreateModelCommand)(nil),     // 10: drover.v1.CreateModelCommand
+	(*DeleteModelCommand)(nil),     // 11: drover.v1.DeleteModelCommand
+	(*CreateVersionCommand)(nil),   // 12: drover.v1.CreateVersionCommand
+	(*SetAliasCommand)(nil),        // 13: drover.v1.SetAliasCommand
+	(*DeleteAliasCommand)(nil),     // 14: drover.v1.DeleteAliasCommand
+	(*ClusterMeta)(nil),            // 15: drover.v1.ClusterMeta
+	(*SnapshotHeader)(nil),         // 16: drover.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),         // 17: drover.v1.SnapshotRecord
+	(*ModelVersionMark)(nil),       // 18: drover.v1.ModelVersionMark
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(*ACLToken)(nil),               // 20: drover.v1.ACLToken
+	(*ACLPolicy)(nil),              // 21: drover.v1.ACLPolicy
+	(*AccessDenial)(nil),           // 22: drover.v1.AccessDenial
+	(*CreateModelRequest)(nil),     // 23: drover.v1.CreateModelRequest
+	(*CreateVersionRequest)(nil),   // 24: drover.v1.CreateVersionRequest
+	(*Model)(nil),                  // 25: drover.v1.Model
+	(*ModelVersion)(nil),           // 26: drover.v1.ModelVersion
+	(*AuditEvent)(nil),             // 27: drover.v1.AuditEvent
+	(*JoinToken)(nil),              // 28: drover.v1.JoinToken
+	(*Node)(nil),                   // 29: drover.v1.Node
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
-	13, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
+	19, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: drover.v1.InitClusterCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 2: drover.v1.BootstrapACLCommand.meta:type_name -> drover.v1.CommandMeta
-	14, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
-	1,  // 4: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
-	15, // 5: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
-	1,  // 6: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
-	1,  // 7: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
-	16, // 8: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
-	1,  // 9: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
-	1,  // 10: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
-	13, // 11: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 12: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
-	17, // 13: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
-	18, // 14: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
-	19, // 15: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
-	14, // 16: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	20, // 17: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
-	21, // 18: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
-	12, // 19: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	20, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
+	1,  // 4: drover.v1.ApplyACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
+	21, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
+	1,  // 6: drover.v1.DeleteACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 7: drover.v1.CreateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	20, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
+	1,  // 9: drover.v1.RevokeACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 10: drover.v1.RotateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 11: drover.v1.RecordDenialsCommand.meta:type_name -> drover.v1.CommandMeta
+	22, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
+	1,  // 13: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
+	23, // 14: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
+	1,  // 15: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 16: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
+	24, // 17: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
+	1,  // 18: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 19: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
+	19, // 20: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
+	15, // 21: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
+	25, // 22: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
+	26, // 23: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
+	27, // 24: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
+	20, // 25: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
+	28, // 26: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	29, // 27: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	18, // 28: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
+	21, // 29: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -1057,9 +1469,10 @@ func file_drover_v1_raft_proto_init() {
 	}
 	file_drover_v1_acl_proto_init()
 	file_drover_v1_audit_proto_init()
+	file_drover_v1_cluster_proto_init()
 	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
-	file_drover_v1_raft_proto_msgTypes[10].OneofWrappers = []any{
+	file_drover_v1_raft_proto_msgTypes[16].OneofWrappers = []any{
 		(*SnapshotRecord_Model)(nil),
 		(*SnapshotRecord_Version)(nil),
 		(*SnapshotRecord_Audit)(nil),
@@ -1067,6 +1480,7 @@ func file_drover_v1_raft_proto_init() {
 		(*SnapshotRecord_JoinToken)(nil),
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_VersionMark)(nil),
+		(*SnapshotRecord_Policy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1074,7 +1488,7 @@ func file_drover_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_proto_rawDesc), len(file_drover_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

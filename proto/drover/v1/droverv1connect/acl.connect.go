@@ -35,6 +35,26 @@ const (
 const (
 	// ACLServiceBootstrapProcedure is the fully-qualified name of the ACLService's Bootstrap RPC.
 	ACLServiceBootstrapProcedure = "/drover.v1.ACLService/Bootstrap"
+	// ACLServiceCreateTokenProcedure is the fully-qualified name of the ACLService's CreateToken RPC.
+	ACLServiceCreateTokenProcedure = "/drover.v1.ACLService/CreateToken"
+	// ACLServiceListTokensProcedure is the fully-qualified name of the ACLService's ListTokens RPC.
+	ACLServiceListTokensProcedure = "/drover.v1.ACLService/ListTokens"
+	// ACLServiceGetTokenProcedure is the fully-qualified name of the ACLService's GetToken RPC.
+	ACLServiceGetTokenProcedure = "/drover.v1.ACLService/GetToken"
+	// ACLServiceGetTokenSelfProcedure is the fully-qualified name of the ACLService's GetTokenSelf RPC.
+	ACLServiceGetTokenSelfProcedure = "/drover.v1.ACLService/GetTokenSelf"
+	// ACLServiceRevokeTokenProcedure is the fully-qualified name of the ACLService's RevokeToken RPC.
+	ACLServiceRevokeTokenProcedure = "/drover.v1.ACLService/RevokeToken"
+	// ACLServiceRotateTokenProcedure is the fully-qualified name of the ACLService's RotateToken RPC.
+	ACLServiceRotateTokenProcedure = "/drover.v1.ACLService/RotateToken"
+	// ACLServiceApplyPolicyProcedure is the fully-qualified name of the ACLService's ApplyPolicy RPC.
+	ACLServiceApplyPolicyProcedure = "/drover.v1.ACLService/ApplyPolicy"
+	// ACLServiceListPoliciesProcedure is the fully-qualified name of the ACLService's ListPolicies RPC.
+	ACLServiceListPoliciesProcedure = "/drover.v1.ACLService/ListPolicies"
+	// ACLServiceGetPolicyProcedure is the fully-qualified name of the ACLService's GetPolicy RPC.
+	ACLServiceGetPolicyProcedure = "/drover.v1.ACLService/GetPolicy"
+	// ACLServiceDeletePolicyProcedure is the fully-qualified name of the ACLService's DeletePolicy RPC.
+	ACLServiceDeletePolicyProcedure = "/drover.v1.ACLService/DeletePolicy"
 )
 
 // ACLServiceClient is a client for the drover.v1.ACLService service.
@@ -42,6 +62,18 @@ type ACLServiceClient interface {
 	// Bootstrap creates the initial management token. It succeeds once per
 	// cluster and needs no token.
 	Bootstrap(context.Context, *connect.Request[v1.BootstrapRequest]) (*connect.Response[v1.BootstrapResponse], error)
+	CreateToken(context.Context, *connect.Request[v1.CreateACLTokenRequest]) (*connect.Response[v1.CreateACLTokenResponse], error)
+	ListTokens(context.Context, *connect.Request[v1.ListACLTokensRequest]) (*connect.Response[v1.ListACLTokensResponse], error)
+	GetToken(context.Context, *connect.Request[v1.GetACLTokenRequest]) (*connect.Response[v1.GetACLTokenResponse], error)
+	// GetTokenSelf describes the caller's own token; any valid token may.
+	GetTokenSelf(context.Context, *connect.Request[v1.GetACLTokenSelfRequest]) (*connect.Response[v1.GetACLTokenResponse], error)
+	RevokeToken(context.Context, *connect.Request[v1.RevokeACLTokenRequest]) (*connect.Response[v1.RevokeACLTokenResponse], error)
+	// RotateToken gives a token a new secret and retires the old one.
+	RotateToken(context.Context, *connect.Request[v1.RotateACLTokenRequest]) (*connect.Response[v1.RotateACLTokenResponse], error)
+	ApplyPolicy(context.Context, *connect.Request[v1.ApplyACLPolicyRequest]) (*connect.Response[v1.ApplyACLPolicyResponse], error)
+	ListPolicies(context.Context, *connect.Request[v1.ListACLPoliciesRequest]) (*connect.Response[v1.ListACLPoliciesResponse], error)
+	GetPolicy(context.Context, *connect.Request[v1.GetACLPolicyRequest]) (*connect.Response[v1.GetACLPolicyResponse], error)
+	DeletePolicy(context.Context, *connect.Request[v1.DeleteACLPolicyRequest]) (*connect.Response[v1.DeleteACLPolicyResponse], error)
 }
 
 // NewACLServiceClient constructs a client for the drover.v1.ACLService service. By default, it uses
@@ -61,12 +93,87 @@ func NewACLServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...
 			connect.WithSchema(aCLServiceMethods.ByName("Bootstrap")),
 			connect.WithClientOptions(opts...),
 		),
+		createToken: connect.NewClient[v1.CreateACLTokenRequest, v1.CreateACLTokenResponse](
+			httpClient,
+			baseURL+ACLServiceCreateTokenProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("CreateToken")),
+			connect.WithClientOptions(opts...),
+		),
+		listTokens: connect.NewClient[v1.ListACLTokensRequest, v1.ListACLTokensResponse](
+			httpClient,
+			baseURL+ACLServiceListTokensProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("ListTokens")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getToken: connect.NewClient[v1.GetACLTokenRequest, v1.GetACLTokenResponse](
+			httpClient,
+			baseURL+ACLServiceGetTokenProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("GetToken")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getTokenSelf: connect.NewClient[v1.GetACLTokenSelfRequest, v1.GetACLTokenResponse](
+			httpClient,
+			baseURL+ACLServiceGetTokenSelfProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("GetTokenSelf")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		revokeToken: connect.NewClient[v1.RevokeACLTokenRequest, v1.RevokeACLTokenResponse](
+			httpClient,
+			baseURL+ACLServiceRevokeTokenProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("RevokeToken")),
+			connect.WithClientOptions(opts...),
+		),
+		rotateToken: connect.NewClient[v1.RotateACLTokenRequest, v1.RotateACLTokenResponse](
+			httpClient,
+			baseURL+ACLServiceRotateTokenProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("RotateToken")),
+			connect.WithClientOptions(opts...),
+		),
+		applyPolicy: connect.NewClient[v1.ApplyACLPolicyRequest, v1.ApplyACLPolicyResponse](
+			httpClient,
+			baseURL+ACLServiceApplyPolicyProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("ApplyPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		listPolicies: connect.NewClient[v1.ListACLPoliciesRequest, v1.ListACLPoliciesResponse](
+			httpClient,
+			baseURL+ACLServiceListPoliciesProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("ListPolicies")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getPolicy: connect.NewClient[v1.GetACLPolicyRequest, v1.GetACLPolicyResponse](
+			httpClient,
+			baseURL+ACLServiceGetPolicyProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("GetPolicy")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		deletePolicy: connect.NewClient[v1.DeleteACLPolicyRequest, v1.DeleteACLPolicyResponse](
+			httpClient,
+			baseURL+ACLServiceDeletePolicyProcedure,
+			connect.WithSchema(aCLServiceMethods.ByName("DeletePolicy")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // aCLServiceClient implements ACLServiceClient.
 type aCLServiceClient struct {
-	bootstrap *connect.Client[v1.BootstrapRequest, v1.BootstrapResponse]
+	bootstrap    *connect.Client[v1.BootstrapRequest, v1.BootstrapResponse]
+	createToken  *connect.Client[v1.CreateACLTokenRequest, v1.CreateACLTokenResponse]
+	listTokens   *connect.Client[v1.ListACLTokensRequest, v1.ListACLTokensResponse]
+	getToken     *connect.Client[v1.GetACLTokenRequest, v1.GetACLTokenResponse]
+	getTokenSelf *connect.Client[v1.GetACLTokenSelfRequest, v1.GetACLTokenResponse]
+	revokeToken  *connect.Client[v1.RevokeACLTokenRequest, v1.RevokeACLTokenResponse]
+	rotateToken  *connect.Client[v1.RotateACLTokenRequest, v1.RotateACLTokenResponse]
+	applyPolicy  *connect.Client[v1.ApplyACLPolicyRequest, v1.ApplyACLPolicyResponse]
+	listPolicies *connect.Client[v1.ListACLPoliciesRequest, v1.ListACLPoliciesResponse]
+	getPolicy    *connect.Client[v1.GetACLPolicyRequest, v1.GetACLPolicyResponse]
+	deletePolicy *connect.Client[v1.DeleteACLPolicyRequest, v1.DeleteACLPolicyResponse]
 }
 
 // Bootstrap calls drover.v1.ACLService.Bootstrap.
@@ -74,11 +181,73 @@ func (c *aCLServiceClient) Bootstrap(ctx context.Context, req *connect.Request[v
 	return c.bootstrap.CallUnary(ctx, req)
 }
 
+// CreateToken calls drover.v1.ACLService.CreateToken.
+func (c *aCLServiceClient) CreateToken(ctx context.Context, req *connect.Request[v1.CreateACLTokenRequest]) (*connect.Response[v1.CreateACLTokenResponse], error) {
+	return c.createToken.CallUnary(ctx, req)
+}
+
+// ListTokens calls drover.v1.ACLService.ListTokens.
+func (c *aCLServiceClient) ListTokens(ctx context.Context, req *connect.Request[v1.ListACLTokensRequest]) (*connect.Response[v1.ListACLTokensResponse], error) {
+	return c.listTokens.CallUnary(ctx, req)
+}
+
+// GetToken calls drover.v1.ACLService.GetToken.
+func (c *aCLServiceClient) GetToken(ctx context.Context, req *connect.Request[v1.GetACLTokenRequest]) (*connect.Response[v1.GetACLTokenResponse], error) {
+	return c.getToken.CallUnary(ctx, req)
+}
+
+// GetTokenSelf calls drover.v1.ACLService.GetTokenSelf.
+func (c *aCLServiceClient) GetTokenSelf(ctx context.Context, req *connect.Request[v1.GetACLTokenSelfRequest]) (*connect.Response[v1.GetACLTokenResponse], error) {
+	return c.getTokenSelf.CallUnary(ctx, req)
+}
+
+// RevokeToken calls drover.v1.ACLService.RevokeToken.
+func (c *aCLServiceClient) RevokeToken(ctx context.Context, req *connect.Request[v1.RevokeACLTokenRequest]) (*connect.Response[v1.RevokeACLTokenResponse], error) {
+	return c.revokeToken.CallUnary(ctx, req)
+}
+
+// RotateToken calls drover.v1.ACLService.RotateToken.
+func (c *aCLServiceClient) RotateToken(ctx context.Context, req *connect.Request[v1.RotateACLTokenRequest]) (*connect.Response[v1.RotateACLTokenResponse], error) {
+	return c.rotateToken.CallUnary(ctx, req)
+}
+
+// ApplyPolicy calls drover.v1.ACLService.ApplyPolicy.
+func (c *aCLServiceClient) ApplyPolicy(ctx context.Context, req *connect.Request[v1.ApplyACLPolicyRequest]) (*connect.Response[v1.ApplyACLPolicyResponse], error) {
+	return c.applyPolicy.CallUnary(ctx, req)
+}
+
+// ListPolicies calls drover.v1.ACLService.ListPolicies.
+func (c *aCLServiceClient) ListPolicies(ctx context.Context, req *connect.Request[v1.ListACLPoliciesRequest]) (*connect.Response[v1.ListACLPoliciesResponse], error) {
+	return c.listPolicies.CallUnary(ctx, req)
+}
+
+// GetPolicy calls drover.v1.ACLService.GetPolicy.
+func (c *aCLServiceClient) GetPolicy(ctx context.Context, req *connect.Request[v1.GetACLPolicyRequest]) (*connect.Response[v1.GetACLPolicyResponse], error) {
+	return c.getPolicy.CallUnary(ctx, req)
+}
+
+// DeletePolicy calls drover.v1.ACLService.DeletePolicy.
+func (c *aCLServiceClient) DeletePolicy(ctx context.Context, req *connect.Request[v1.DeleteACLPolicyRequest]) (*connect.Response[v1.DeleteACLPolicyResponse], error) {
+	return c.deletePolicy.CallUnary(ctx, req)
+}
+
 // ACLServiceHandler is an implementation of the drover.v1.ACLService service.
 type ACLServiceHandler interface {
 	// Bootstrap creates the initial management token. It succeeds once per
 	// cluster and needs no token.
 	Bootstrap(context.Context, *connect.Request[v1.BootstrapRequest]) (*connect.Response[v1.BootstrapResponse], error)
+	CreateToken(context.Context, *connect.Request[v1.CreateACLTokenRequest]) (*connect.Response[v1.CreateACLTokenResponse], error)
+	ListTokens(context.Context, *connect.Request[v1.ListACLTokensRequest]) (*connect.Response[v1.ListACLTokensResponse], error)
+	GetToken(context.Context, *connect.Request[v1.GetACLTokenRequest]) (*connect.Response[v1.GetACLTokenResponse], error)
+	// GetTokenSelf describes the caller's own token; any valid token may.
+	GetTokenSelf(context.Context, *connect.Request[v1.GetACLTokenSelfRequest]) (*connect.Response[v1.GetACLTokenResponse], error)
+	RevokeToken(context.Context, *connect.Request[v1.RevokeACLTokenRequest]) (*connect.Response[v1.RevokeACLTokenResponse], error)
+	// RotateToken gives a token a new secret and retires the old one.
+	RotateToken(context.Context, *connect.Request[v1.RotateACLTokenRequest]) (*connect.Response[v1.RotateACLTokenResponse], error)
+	ApplyPolicy(context.Context, *connect.Request[v1.ApplyACLPolicyRequest]) (*connect.Response[v1.ApplyACLPolicyResponse], error)
+	ListPolicies(context.Context, *connect.Request[v1.ListACLPoliciesRequest]) (*connect.Response[v1.ListACLPoliciesResponse], error)
+	GetPolicy(context.Context, *connect.Request[v1.GetACLPolicyRequest]) (*connect.Response[v1.GetACLPolicyResponse], error)
+	DeletePolicy(context.Context, *connect.Request[v1.DeleteACLPolicyRequest]) (*connect.Response[v1.DeleteACLPolicyResponse], error)
 }
 
 // NewACLServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -94,10 +263,95 @@ func NewACLServiceHandler(svc ACLServiceHandler, opts ...connect.HandlerOption) 
 		connect.WithSchema(aCLServiceMethods.ByName("Bootstrap")),
 		connect.WithHandlerOptions(opts...),
 	)
+	aCLServiceCreateTokenHandler := connect.NewUnaryHandler(
+		ACLServiceCreateTokenProcedure,
+		svc.CreateToken,
+		connect.WithSchema(aCLServiceMethods.ByName("CreateToken")),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceListTokensHandler := connect.NewUnaryHandler(
+		ACLServiceListTokensProcedure,
+		svc.ListTokens,
+		connect.WithSchema(aCLServiceMethods.ByName("ListTokens")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceGetTokenHandler := connect.NewUnaryHandler(
+		ACLServiceGetTokenProcedure,
+		svc.GetToken,
+		connect.WithSchema(aCLServiceMethods.ByName("GetToken")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceGetTokenSelfHandler := connect.NewUnaryHandler(
+		ACLServiceGetTokenSelfProcedure,
+		svc.GetTokenSelf,
+		connect.WithSchema(aCLServiceMethods.ByName("GetTokenSelf")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceRevokeTokenHandler := connect.NewUnaryHandler(
+		ACLServiceRevokeTokenProcedure,
+		svc.RevokeToken,
+		connect.WithSchema(aCLServiceMethods.ByName("RevokeToken")),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceRotateTokenHandler := connect.NewUnaryHandler(
+		ACLServiceRotateTokenProcedure,
+		svc.RotateToken,
+		connect.WithSchema(aCLServiceMethods.ByName("RotateToken")),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceApplyPolicyHandler := connect.NewUnaryHandler(
+		ACLServiceApplyPolicyProcedure,
+		svc.ApplyPolicy,
+		connect.WithSchema(aCLServiceMethods.ByName("ApplyPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceListPoliciesHandler := connect.NewUnaryHandler(
+		ACLServiceListPoliciesProcedure,
+		svc.ListPolicies,
+		connect.WithSchema(aCLServiceMethods.ByName("ListPolicies")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceGetPolicyHandler := connect.NewUnaryHandler(
+		ACLServiceGetPolicyProcedure,
+		svc.GetPolicy,
+		connect.WithSchema(aCLServiceMethods.ByName("GetPolicy")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	aCLServiceDeletePolicyHandler := connect.NewUnaryHandler(
+		ACLServiceDeletePolicyProcedure,
+		svc.DeletePolicy,
+		connect.WithSchema(aCLServiceMethods.ByName("DeletePolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.ACLService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ACLServiceBootstrapProcedure:
 			aCLServiceBootstrapHandler.ServeHTTP(w, r)
+		case ACLServiceCreateTokenProcedure:
+			aCLServiceCreateTokenHandler.ServeHTTP(w, r)
+		case ACLServiceListTokensProcedure:
+			aCLServiceListTokensHandler.ServeHTTP(w, r)
+		case ACLServiceGetTokenProcedure:
+			aCLServiceGetTokenHandler.ServeHTTP(w, r)
+		case ACLServiceGetTokenSelfProcedure:
+			aCLServiceGetTokenSelfHandler.ServeHTTP(w, r)
+		case ACLServiceRevokeTokenProcedure:
+			aCLServiceRevokeTokenHandler.ServeHTTP(w, r)
+		case ACLServiceRotateTokenProcedure:
+			aCLServiceRotateTokenHandler.ServeHTTP(w, r)
+		case ACLServiceApplyPolicyProcedure:
+			aCLServiceApplyPolicyHandler.ServeHTTP(w, r)
+		case ACLServiceListPoliciesProcedure:
+			aCLServiceListPoliciesHandler.ServeHTTP(w, r)
+		case ACLServiceGetPolicyProcedure:
+			aCLServiceGetPolicyHandler.ServeHTTP(w, r)
+		case ACLServiceDeletePolicyProcedure:
+			aCLServiceDeletePolicyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -109,4 +363,44 @@ type UnimplementedACLServiceHandler struct{}
 
 func (UnimplementedACLServiceHandler) Bootstrap(context.Context, *connect.Request[v1.BootstrapRequest]) (*connect.Response[v1.BootstrapResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.Bootstrap is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) CreateToken(context.Context, *connect.Request[v1.CreateACLTokenRequest]) (*connect.Response[v1.CreateACLTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.CreateToken is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) ListTokens(context.Context, *connect.Request[v1.ListACLTokensRequest]) (*connect.Response[v1.ListACLTokensResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.ListTokens is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) GetToken(context.Context, *connect.Request[v1.GetACLTokenRequest]) (*connect.Response[v1.GetACLTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.GetToken is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) GetTokenSelf(context.Context, *connect.Request[v1.GetACLTokenSelfRequest]) (*connect.Response[v1.GetACLTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.GetTokenSelf is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) RevokeToken(context.Context, *connect.Request[v1.RevokeACLTokenRequest]) (*connect.Response[v1.RevokeACLTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.RevokeToken is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) RotateToken(context.Context, *connect.Request[v1.RotateACLTokenRequest]) (*connect.Response[v1.RotateACLTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.RotateToken is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) ApplyPolicy(context.Context, *connect.Request[v1.ApplyACLPolicyRequest]) (*connect.Response[v1.ApplyACLPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.ApplyPolicy is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) ListPolicies(context.Context, *connect.Request[v1.ListACLPoliciesRequest]) (*connect.Response[v1.ListACLPoliciesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.ListPolicies is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) GetPolicy(context.Context, *connect.Request[v1.GetACLPolicyRequest]) (*connect.Response[v1.GetACLPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.GetPolicy is not implemented"))
+}
+
+func (UnimplementedACLServiceHandler) DeletePolicy(context.Context, *connect.Request[v1.DeleteACLPolicyRequest]) (*connect.Response[v1.DeleteACLPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ACLService.DeletePolicy is not implemented"))
 }

@@ -53,6 +53,9 @@ const (
 	ClusterServiceRestoreSnapshotProcedure = "/drover.v1.ClusterService/RestoreSnapshot"
 	// ClusterServiceLeaveProcedure is the fully-qualified name of the ClusterService's Leave RPC.
 	ClusterServiceLeaveProcedure = "/drover.v1.ClusterService/Leave"
+	// ClusterServiceRecordDenialsProcedure is the fully-qualified name of the ClusterService's
+	// RecordDenials RPC.
+	ClusterServiceRecordDenialsProcedure = "/drover.v1.ClusterService/RecordDenials"
 )
 
 // ClusterServiceClient is a client for the drover.v1.ClusterService service.
@@ -70,6 +73,9 @@ type ClusterServiceClient interface {
 	RestoreSnapshot(context.Context) *connect.ClientStreamForClient[v1.RestoreSnapshotRequest, v1.RestoreSnapshotResponse]
 	// Leave makes the receiving server leave the cluster gracefully and stop.
 	Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error)
+	// RecordDenials is how a server hands the leader the write calls it
+	// refused, for the audit log. Only servers may call it.
+	RecordDenials(context.Context, *connect.Request[v1.RecordDenialsRequest]) (*connect.Response[v1.RecordDenialsResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the drover.v1.ClusterService service. By default,
@@ -128,6 +134,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("Leave")),
 			connect.WithClientOptions(opts...),
 		),
+		recordDenials: connect.NewClient[v1.RecordDenialsRequest, v1.RecordDenialsResponse](
+			httpClient,
+			baseURL+ClusterServiceRecordDenialsProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("RecordDenials")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -140,6 +152,7 @@ type clusterServiceClient struct {
 	saveSnapshot    *connect.Client[v1.SaveSnapshotRequest, v1.SaveSnapshotResponse]
 	restoreSnapshot *connect.Client[v1.RestoreSnapshotRequest, v1.RestoreSnapshotResponse]
 	leave           *connect.Client[v1.LeaveRequest, v1.LeaveResponse]
+	recordDenials   *connect.Client[v1.RecordDenialsRequest, v1.RecordDenialsResponse]
 }
 
 // GetStatus calls drover.v1.ClusterService.GetStatus.
@@ -177,6 +190,11 @@ func (c *clusterServiceClient) Leave(ctx context.Context, req *connect.Request[v
 	return c.leave.CallUnary(ctx, req)
 }
 
+// RecordDenials calls drover.v1.ClusterService.RecordDenials.
+func (c *clusterServiceClient) RecordDenials(ctx context.Context, req *connect.Request[v1.RecordDenialsRequest]) (*connect.Response[v1.RecordDenialsResponse], error) {
+	return c.recordDenials.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the drover.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// GetStatus gathers every known server's view; any server answers it.
@@ -192,6 +210,9 @@ type ClusterServiceHandler interface {
 	RestoreSnapshot(context.Context, *connect.ClientStream[v1.RestoreSnapshotRequest]) (*connect.Response[v1.RestoreSnapshotResponse], error)
 	// Leave makes the receiving server leave the cluster gracefully and stop.
 	Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error)
+	// RecordDenials is how a server hands the leader the write calls it
+	// refused, for the audit log. Only servers may call it.
+	RecordDenials(context.Context, *connect.Request[v1.RecordDenialsRequest]) (*connect.Response[v1.RecordDenialsResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -246,6 +267,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("Leave")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceRecordDenialsHandler := connect.NewUnaryHandler(
+		ClusterServiceRecordDenialsProcedure,
+		svc.RecordDenials,
+		connect.WithSchema(clusterServiceMethods.ByName("RecordDenials")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceGetStatusProcedure:
@@ -262,6 +289,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceRestoreSnapshotHandler.ServeHTTP(w, r)
 		case ClusterServiceLeaveProcedure:
 			clusterServiceLeaveHandler.ServeHTTP(w, r)
+		case ClusterServiceRecordDenialsProcedure:
+			clusterServiceRecordDenialsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -297,4 +326,8 @@ func (UnimplementedClusterServiceHandler) RestoreSnapshot(context.Context, *conn
 
 func (UnimplementedClusterServiceHandler) Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ClusterService.Leave is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) RecordDenials(context.Context, *connect.Request[v1.RecordDenialsRequest]) (*connect.Response[v1.RecordDenialsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.ClusterService.RecordDenials is not implemented"))
 }
