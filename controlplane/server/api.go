@@ -2,14 +2,12 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -33,11 +31,17 @@ const (
 	forwardedHeader = "Drover-Forwarded-By"
 )
 
-// Health endpoint paths; they need TLS but no token.
+// Health endpoint paths; they need TLS but no token, so that load
+// balancers and supervisors can use them: they answer "ok" or why not,
+// and reveal nothing else.
 const (
 	LivePath  = "/v1/health/live"
 	ReadyPath = "/v1/health/ready"
 )
+
+// MetricsPath serves Prometheus metrics to a bearer token with
+// telemetry read: they name nodes, sites and servers.
+const MetricsPath = "/metrics"
 
 const (
 	// compressMinBytes is the smallest response worth compressing.
@@ -92,7 +96,7 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewTokenServiceHandler(&tokenHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewNodeServiceHandler(&nodeHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s}, interceptors))
-	mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.Handle(MetricsPath, s.requireTelemetryRead(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("ok\n"))
@@ -162,45 +166,16 @@ func (s *Server) leader() (string, serverMeta) {
 	return string(id), m
 }
 
-// publicProcedures need no token. Status must work before ACLs exist and
-// when the operator's token is lost; bootstrap is how the first token is
-// made. An agent's first calls have no credential but its join token,
-// which Enroll checks itself.
-var publicProcedures = map[string]bool{
-	droverv1connect.ACLServiceBootstrapProcedure:         true,
-	droverv1connect.ClusterServiceGetStatusProcedure:     true,
-	droverv1connect.ClusterServiceGetServerInfoProcedure: true,
-	droverv1connect.AgentServiceGetClusterInfoProcedure:  true,
-	droverv1connect.AgentServiceEnrollProcedure:          true,
-}
-
-// agentProcedures authenticate with the node's client certificate instead
-// of a token (see authenticateAgent).
-var agentProcedures = map[string]bool{
-	droverv1connect.AgentServiceRegisterProcedure:         true,
-	droverv1connect.AgentServiceRenewCertificateProcedure: true,
-	droverv1connect.AgentServiceHeartbeatProcedure:        true,
-}
-
-type actorKey struct{}
-
-// actorFrom returns who made the request, as recorded in the audit log.
-func actorFrom(ctx context.Context) string {
-	if a, ok := ctx.Value(actorKey{}).(string); ok {
-		return a
-	}
-	return "anonymous"
-}
-
-// authInterceptor checks the bearer token of every call that needs one and
-// records the caller for the audit log.
+// authInterceptor checks every call against the capability it declares
+// (see authorize) on the server that runs its handler; forwarded calls
+// were checked once more before they left the follower (see precheck).
 type authInterceptor struct{ s *Server }
 
 var _ connect.Interceptor = (*authInterceptor)(nil)
 
 func (a *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		ctx, err := a.authorize(ctx, req.Spec().Procedure, req.Header())
+		ctx, err := a.s.authorize(ctx, req.Spec().Procedure, req.Header(), req.Any())
 		if err != nil {
 			return nil, err
 		}
@@ -214,46 +189,12 @@ func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) 
 
 func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := a.authorize(ctx, conn.Spec().Procedure, conn.RequestHeader())
+		ctx, err := a.s.authorize(ctx, conn.Spec().Procedure, conn.RequestHeader(), nil)
 		if err != nil {
 			return err
 		}
 		return next(ctx, conn)
 	}
-}
-
-func (a *authInterceptor) authorize(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
-	if publicProcedures[procedure] {
-		return ctx, nil
-	}
-	if agentProcedures[procedure] {
-		return a.s.authenticateAgent(ctx)
-	}
-	st := a.s.state
-	secret, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-	secret = strings.TrimSpace(secret)
-	if !st.ACLBootstrapped() && st.Index() < a.s.raft.CommitIndex() {
-		// A restarted server replays its log before it knows the tokens;
-		// "not bootstrapped" would send the operator the wrong way.
-		return ctx, apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
-			fmt.Sprintf("this server is still replaying its log (at index %d of %d)", st.Index(), a.s.raft.CommitIndex()),
-			"retry in a moment")
-	}
-	if !st.ACLBootstrapped() {
-		return ctx, apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_ACL_NOT_BOOTSTRAPPED,
-			"ACLs are not bootstrapped: no token can be valid yet",
-			"run \"drover acl bootstrap\" once and keep the token it prints")
-	}
-	if !ok || secret == "" {
-		return ctx, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
-			"this call needs a token", "pass --token or set DROVER_TOKEN")
-	}
-	tok, found := st.TokenBySecretHash(sha256.Sum256([]byte(secret)))
-	if !found {
-		return ctx, apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			"token not found: it is wrong or was revoked", "check --token / DROVER_TOKEN")
-	}
-	return context.WithValue(ctx, actorKey{}, tok.GetAccessorId()), nil
 }
 
 // apiErr builds a Connect error with Drover's stable reason and a hint.

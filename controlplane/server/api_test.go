@@ -518,6 +518,9 @@ func httpGet(t *testing.T, c *cluster.Cluster, n *cluster.Node, path string) (in
 	if err != nil {
 		t.Fatal(err)
 	}
+	if token := c.Token(); token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	res, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)

@@ -122,6 +122,10 @@ func (f *forwarder) wrap(next http.Handler) http.Handler {
 			f.writeErr(w, r, f.s.noLeaderError(fmt.Sprintf("leadership changed while the request was forwarded by %s", by)))
 			return
 		}
+		if err := f.s.precheck(r); err != nil {
+			f.writeErr(w, r, err)
+			return
+		}
 		name, leader := f.s.leader()
 		if name == "" || leader.APIAddr == "" {
 			f.writeErr(w, r, f.s.noLeaderError(""))

@@ -157,7 +157,8 @@ func (h *clusterHandler) RemovePeer(ctx context.Context, req *connect.Request[dr
 		if err := rf.Error(); err != nil {
 			return nil, s.raftError(err)
 		}
-		s.logger.Info("removed raft peer", "peer", srv.ID, "by", actorFrom(ctx))
+		actor, name := actorFrom(ctx)
+		s.logger.Info("removed raft peer", "peer", srv.ID, "by", actor, "token", name)
 		return connect.NewResponse(&droverv1.RemovePeerResponse{Index: rf.Index()}), nil
 	}
 	return nil, apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_PEER_NOT_FOUND,
@@ -271,7 +272,7 @@ func (h *clusterHandler) RestoreSnapshot(ctx context.Context, stream *connect.Cl
 		return nil, s.noLeaderError("this server is not the leader")
 	}
 
-	actor := actorFrom(ctx)
+	actor, actorName := actorFrom(ctx)
 	details := snap.Counts()
 	details["snapshot_cluster"] = body.GetClusterId()
 	details["snapshot_index"] = strconv.FormatUint(snap.Index(), 10)
@@ -281,7 +282,7 @@ func (h *clusterHandler) RestoreSnapshot(ctx context.Context, stream *connect.Cl
 		details["header_cluster"] = labelled.GetClusterId()
 	}
 	ev := &droverv1.AuditEvent{
-		Actor: actor, Time: timestamppb.Now(), Action: state.ActionSnapshotRestore,
+		Actor: actor, ActorName: actorName, Time: timestamppb.Now(), Action: state.ActionSnapshotRestore,
 		Target: "cluster", Result: state.ResultOK, Details: details,
 	}
 	// Above the snapshot's own index and everything this server has

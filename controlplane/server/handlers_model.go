@@ -5,6 +5,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/droverhq/drover/controlplane/acl"
 	"github.com/droverhq/drover/controlplane/state"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -37,7 +38,9 @@ func (h *modelHandler) ListModels(ctx context.Context, req *connect.Request[drov
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&droverv1.ListModelsResponse{Models: h.s.state.Models(), Meta: meta}), nil
+	models := readable(ctx, h.s.state.Models(), droverv1.ACLResource_ACL_RESOURCE_MODEL,
+		func(m *droverv1.Model) acl.Object { return acl.Object{Name: m.GetName()} })
+	return connect.NewResponse(&droverv1.ListModelsResponse{Models: models, Meta: meta}), nil
 }
 
 func (h *modelHandler) GetModel(ctx context.Context, req *connect.Request[droverv1.GetModelRequest]) (*connect.Response[droverv1.GetModelResponse], error) {

@@ -29,6 +29,7 @@ func (h *nodeHandler) ListNodes(ctx context.Context, req *connect.Request[drover
 		GPUModelContains:  req.Msg.GetGpuModel(),
 		MinGPUMemoryBytes: req.Msg.GetMinGpuMemoryBytes(),
 	})
+	nodes = readable(ctx, nodes, droverv1.ACLResource_ACL_RESOURCE_NODE, nodeObject)
 	return connect.NewResponse(&droverv1.ListNodesResponse{Nodes: nodes, Meta: meta}), nil
 }
 

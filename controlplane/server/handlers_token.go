@@ -7,6 +7,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/controlplane/acl"
 	"github.com/droverhq/drover/internal/jointoken"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -71,7 +72,9 @@ func (h *tokenHandler) ListTokens(ctx context.Context, req *connect.Request[drov
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&droverv1.ListTokensResponse{Tokens: h.s.state.JoinTokens(), Meta: meta}), nil
+	tokens := readable(ctx, h.s.state.JoinTokens(), droverv1.ACLResource_ACL_RESOURCE_JOIN_TOKEN,
+		func(t *droverv1.JoinToken) acl.Object { return acl.Object{Site: t.GetSite()} })
+	return connect.NewResponse(&droverv1.ListTokensResponse{Tokens: tokens, Meta: meta}), nil
 }
 
 func (h *tokenHandler) RevokeToken(ctx context.Context, req *connect.Request[droverv1.RevokeTokenRequest]) (*connect.Response[droverv1.RevokeTokenResponse], error) {

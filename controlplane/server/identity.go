@@ -25,6 +25,15 @@ const forwardedCertHeader = "Drover-Forwarded-Client-Cert"
 
 type agentCertKey struct{}
 
+type serverPeerKey struct{}
+
+// serverPeerFrom returns the verified certificate of the server on the
+// other end of the connection, or nil when the peer is not a server.
+func serverPeerFrom(ctx context.Context) *x509.Certificate {
+	c, _ := ctx.Value(serverPeerKey{}).(*x509.Certificate)
+	return c
+}
+
 // agentCertFrom returns the verified agent certificate of the request, or
 // nil when the caller presented none.
 func agentCertFrom(ctx context.Context) *x509.Certificate {
@@ -64,6 +73,9 @@ func (s *Server) identify(next http.Handler) http.Handler {
 		}
 		if agent != nil {
 			r = r.WithContext(context.WithValue(r.Context(), agentCertKey{}, agent))
+		}
+		if pki.RoleOf(peer) == pki.RoleServer {
+			r = r.WithContext(context.WithValue(r.Context(), serverPeerKey{}, peer))
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -131,6 +143,5 @@ func (s *Server) authenticateAgent(ctx context.Context) (context.Context, error)
 			fmt.Sprintf("node %q has left the fleet; its name may belong to another node by now", id),
 			"remove the agent's identity file and enroll the machine again with a new join token")
 	}
-	ctx = context.WithValue(ctx, agentNodeKey{}, n)
-	return context.WithValue(ctx, actorKey{}, "node/"+id), nil
+	return context.WithValue(ctx, agentNodeKey{}, n), nil
 }

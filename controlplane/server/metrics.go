@@ -32,6 +32,11 @@ type metrics struct {
 	// gossipRefused counts what memberlist refused from a remote host
 	// (a packet it could not decrypt, a stream with the wrong label).
 	gossipRefused prometheus.Counter
+	// aclDenials counts write calls refused for lack of a capability or
+	// a valid token; aclDenialsDropped the refusals that did not reach
+	// the audit log (over the per-interval bound, or no leader).
+	aclDenials        prometheus.Counter
+	aclDenialsDropped prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -75,13 +80,21 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 			m.rejectedConns.WithLabelValues(l, r)
 		}
 	}
+	m.aclDenials = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "drover_acl_denied_writes_total",
+		Help: "Write calls this server refused because the caller's token was missing, invalid, expired or lacked the capability.",
+	})
+	m.aclDenialsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "drover_acl_denials_unrecorded_total",
+		Help: "Refused write calls that were not written to the audit log one by one: over the per-token bound, or no leader to record them.",
+	})
 	m.suspectsCounted = suspects.WithLabelValues("counted")
 	m.suspectsIgnored = suspects.WithLabelValues("ignored")
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(
-		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, nodeCollector{s: s},
+		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, m.aclDenials, m.aclDenialsDropped, nodeCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

@@ -26,7 +26,8 @@ const (
 // commandMeta stamps a command with the proposer's clock and the caller,
 // so applying it is deterministic everywhere.
 func commandMeta(ctx context.Context) *droverv1.CommandMeta {
-	return &droverv1.CommandMeta{Time: timestamppb.Now(), Actor: actorFrom(ctx)}
+	actor, name := actorFrom(ctx)
+	return &droverv1.CommandMeta{Time: timestamppb.Now(), Actor: actor, ActorName: name}
 }
 
 // apply proposes a command to Raft and waits until it is committed and

@@ -64,6 +64,8 @@ type Server struct {
 	httpServer  *http.Server
 	h3Server    *http3.Server
 	forwarder   *forwarder
+	tokenCache  tokenCache      // operator tokens resolved since the last ACL change
+	denials     *denialRecorder // refused write calls on their way to the audit log
 
 	leaderNotify <-chan bool   // Raft's leadership transitions
 	reconcileCh  chan struct{} // nudges the leader to reconcile members
@@ -134,6 +136,7 @@ func (s *Server) Start() (err error) {
 	}
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry, s)
+	s.denials = newDenialRecorder(s)
 	if err := s.setupRaft(); err != nil {
 		return err
 	}
@@ -143,9 +146,13 @@ func (s *Server) Start() (err error) {
 	if err := s.setupGossip(); err != nil {
 		return err
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.monitorLeadership()
 	go s.membershipLoop()
+	go func() {
+		defer s.wg.Done()
+		s.denials.run(s.ctx)
+	}()
 	s.logger.Info("server started", "api", s.cfg.APIAddr, "raft", s.cfg.RaftAddr, "gossip", s.cfg.GossipAddr,
 		"bootstrap_expect", s.cfg.BootstrapExpect)
 	return nil

@@ -296,6 +296,7 @@ func benchInventory(host string) *droverv1.NodeInventory {
 type operator struct {
 	hc     *http.Client
 	tr     *http.Transport
+	token  string
 	tokens droverv1connect.TokenServiceClient
 }
 
@@ -312,7 +313,7 @@ func newOperator(c *process.Cluster, addr string) (*operator, error) {
 			return next(ctx, req)
 		}
 	}))
-	return &operator{hc: hc, tr: tr, tokens: droverv1connect.NewTokenServiceClient(hc, "https://"+addr, auth)}, nil
+	return &operator{hc: hc, tr: tr, token: c.Token(), tokens: droverv1connect.NewTokenServiceClient(hc, "https://"+addr, auth)}, nil
 }
 
 func (o *operator) close() { o.tr.CloseIdleConnections() }
@@ -349,6 +350,7 @@ func (o *operator) metrics(ctx context.Context, addr string) (map[string]float64
 	if err != nil {
 		return nil, err
 	}
+	req.Header.Set("Authorization", "Bearer "+o.token)
 	resp, err := o.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", addr, err)

@@ -57,6 +57,12 @@ const (
 	ErrorReason_ERROR_REASON_TOKEN_WRONG_CLUSTER ErrorReason = 18
 	// The node behind a client certificate was revoked or has left.
 	ErrorReason_ERROR_REASON_NODE_REVOKED ErrorReason = 19
+	// The caller's credential is valid but does not grant what the call
+	// needs; the message names the missing capability.
+	ErrorReason_ERROR_REASON_PERMISSION_DENIED ErrorReason = 20
+	// The call takes another kind of credential: an agent certificate on an
+	// operator call, or an operator token on an agent call.
+	ErrorReason_ERROR_REASON_WRONG_CREDENTIAL ErrorReason = 21
 )
 
 // Enum value maps for ErrorReason.
@@ -82,6 +88,8 @@ var (
 		17: "ERROR_REASON_TOKEN_USED_UP",
 		18: "ERROR_REASON_TOKEN_WRONG_CLUSTER",
 		19: "ERROR_REASON_NODE_REVOKED",
+		20: "ERROR_REASON_PERMISSION_DENIED",
+		21: "ERROR_REASON_WRONG_CREDENTIAL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -104,6 +112,8 @@ var (
 		"ERROR_REASON_TOKEN_USED_UP":            17,
 		"ERROR_REASON_TOKEN_WRONG_CLUSTER":      18,
 		"ERROR_REASON_NODE_REVOKED":             19,
+		"ERROR_REASON_PERMISSION_DENIED":        20,
+		"ERROR_REASON_WRONG_CREDENTIAL":         21,
 	}
 )
 
@@ -373,7 +383,7 @@ const file_drover_v1_common_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"Q\n" +
 	"\vErrorDetail\x12.\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x16.drover.v1.ErrorReasonR\x06reason\x12\x12\n" +
-	"\x04hint\x18\x02 \x01(\tR\x04hint*\x99\x05\n" +
+	"\x04hint\x18\x02 \x01(\tR\x04hint*\xe0\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ERROR_REASON_NO_LEADER\x10\x01\x12\x1a\n" +
@@ -395,7 +405,9 @@ const file_drover_v1_common_proto_rawDesc = "" +
 	"\x1aERROR_REASON_TOKEN_REVOKED\x10\x10\x12\x1e\n" +
 	"\x1aERROR_REASON_TOKEN_USED_UP\x10\x11\x12$\n" +
 	" ERROR_REASON_TOKEN_WRONG_CLUSTER\x10\x12\x12\x1d\n" +
-	"\x19ERROR_REASON_NODE_REVOKED\x10\x13B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x19ERROR_REASON_NODE_REVOKED\x10\x13\x12\"\n" +
+	"\x1eERROR_REASON_PERMISSION_DENIED\x10\x14\x12!\n" +
+	"\x1dERROR_REASON_WRONG_CREDENTIAL\x10\x15B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_common_proto_rawDescOnce sync.Once
