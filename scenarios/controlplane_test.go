@@ -213,7 +213,7 @@ func TestAllServersRestart(t *testing.T) {
 	}
 	waitConverged(t, c)
 	beforeModels, beforeVersions := registryOf(t, c.Leader())
-	beforeAudit := c.Leader().Server().State().Audit(0, 100000, "")
+	beforeAudit := c.Leader().Server().State().Audit(0, 100000, "", "")
 
 	for _, n := range c.Nodes() {
 		c.Kill(n)
@@ -240,7 +240,7 @@ func TestAllServersRestart(t *testing.T) {
 			}
 		}
 	}
-	afterAudit := c.Leader().Server().State().Audit(0, 100000, "")
+	afterAudit := c.Leader().Server().State().Audit(0, 100000, "", "")
 	if len(afterAudit) < len(beforeAudit) {
 		t.Fatalf("audit events after restart: %d, before: %d", len(afterAudit), len(beforeAudit))
 	}

@@ -121,6 +121,34 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.RevokeNodeCommand) (proto.Message, error) {
 			return value(s.RevokeNode(idx, c.GetMeta(), c.GetNodeId()))
 		}),
+	droverv1.CommandType_COMMAND_TYPE_APPLY_ACL_POLICY: commandOf(state.ActionACLPolicyApply,
+		func(s *state.Store, idx uint64, c *droverv1.ApplyACLPolicyCommand) (proto.Message, error) {
+			p, replaced, err := s.ApplyACLPolicy(idx, c.GetMeta(), c.GetPolicy())
+			if err != nil {
+				return nil, err
+			}
+			return &droverv1.ApplyACLPolicyResponse{Policy: p, Replaced: replaced}, nil
+		}),
+	droverv1.CommandType_COMMAND_TYPE_DELETE_ACL_POLICY: commandOf(state.ActionACLPolicyDelete,
+		func(s *state.Store, idx uint64, c *droverv1.DeleteACLPolicyCommand) (proto.Message, error) {
+			return nil, s.DeleteACLPolicy(idx, c.GetMeta(), c.GetName())
+		}),
+	droverv1.CommandType_COMMAND_TYPE_CREATE_ACL_TOKEN: commandOf(state.ActionACLTokenCreate,
+		func(s *state.Store, idx uint64, c *droverv1.CreateACLTokenCommand) (proto.Message, error) {
+			return value(s.CreateACLToken(idx, c.GetMeta(), c.GetToken()))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN: commandOf(state.ActionACLTokenRevoke,
+		func(s *state.Store, idx uint64, c *droverv1.RevokeACLTokenCommand) (proto.Message, error) {
+			return value(s.RevokeACLToken(idx, c.GetMeta(), c.GetAccessorId()))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN: commandOf(state.ActionACLTokenRotate,
+		func(s *state.Store, idx uint64, c *droverv1.RotateACLTokenCommand) (proto.Message, error) {
+			return value(s.RotateACLToken(idx, c.GetMeta(), c.GetAccessorId(), c.GetSecretSha256()))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_RECORD_DENIALS: commandOf(state.ActionAccessDenied,
+		func(s *state.Store, idx uint64, c *droverv1.RecordDenialsCommand) (proto.Message, error) {
+			return nil, s.RecordDenials(idx, c.GetMeta(), c.GetDenials())
+		}),
 }
 
 // value turns a write's result into ApplyResult's fields: a refusal

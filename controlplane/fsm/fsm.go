@@ -41,8 +41,16 @@ const (
 //	                *droverv1.JoinToken
 //	ENROLL_NODE, REGISTER_NODE, SET_NODE_DRAIN, SET_NODE_LABELS, REVOKE_NODE
 //	                *droverv1.Node
+//	APPLY_ACL_POLICY
+//	                *droverv1.ApplyACLPolicyResponse (policy and whether it
+//	                replaced one; meta unset)
+//	CREATE_ACL_TOKEN, ROTATE_ACL_TOKEN
+//	                *droverv1.ACLToken
+//	REVOKE_ACL_TOKEN
+//	                *droverv1.ACLToken (the token as it was when revoked)
 //	others          nil (SET_NODE_STATUS reports what it did in its audit
-//	                event's details)
+//	                event's details, RECORD_DENIALS writes only audit
+//	                events)
 //
 // Err is the refusal, wrapping a state sentinel error (map it with
 // state.Reason), or ErrMalformed for an entry that does not decode. A
@@ -126,12 +134,13 @@ func (f *FSM) apply(idx uint64, data []byte) *ApplyResult {
 			"index", idx, "type", int32(env.Type))
 		meta := env.Meta()
 		f.audit(&droverv1.AuditEvent{
-			Index:   idx,
-			Actor:   meta.GetActor(),
-			Time:    meta.GetTime(),
-			Action:  ActionCommandSkip,
-			Result:  fmt.Sprintf("skipped: command type %d is unknown to this server and marked ignorable", env.Type),
-			Details: map[string]string{"type": strconv.Itoa(int(env.Type))},
+			Index:     idx,
+			Actor:     meta.GetActor(),
+			ActorName: meta.GetActorName(),
+			Time:      meta.GetTime(),
+			Action:    ActionCommandSkip,
+			Result:    fmt.Sprintf("skipped: command type %d is unknown to this server and marked ignorable", env.Type),
+			Details:   map[string]string{"type": strconv.Itoa(int(env.Type))},
 		})
 		return &ApplyResult{Index: idx}
 	}
@@ -156,11 +165,12 @@ func (f *FSM) apply(idx uint64, data []byte) *ApplyResult {
 func (f *FSM) refuse(idx uint64, meta *droverv1.CommandMeta, action string, err error) *ApplyResult {
 	f.logger.Error("refusing undecodable command", "index", idx, "err", err)
 	f.audit(&droverv1.AuditEvent{
-		Index:  idx,
-		Actor:  meta.GetActor(),
-		Time:   meta.GetTime(),
-		Action: action,
-		Result: err.Error(),
+		Index:     idx,
+		Actor:     meta.GetActor(),
+		ActorName: meta.GetActorName(),
+		Time:      meta.GetTime(),
+		Action:    action,
+		Result:    err.Error(),
 	})
 	return &ApplyResult{Index: idx, Err: err}
 }

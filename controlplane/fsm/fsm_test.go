@@ -93,7 +93,7 @@ func (h *harness) mustApply(l *raft.Log) *fsm.ApplyResult {
 
 func (h *harness) lastAudit() *droverv1.AuditEvent {
 	h.t.Helper()
-	evs := h.store.Audit(0, 1, "")
+	evs := h.store.Audit(0, 1, "", "")
 	if len(evs) != 1 {
 		h.t.Fatal("audit log is empty")
 	}
@@ -175,7 +175,7 @@ func TestApplyEveryCommand(t *testing.T) {
 					t.Errorf("value = %v", tok)
 				}
 			},
-			audit: &droverv1.AuditEvent{Actor: "anonymous", Action: "acl.bootstrap", Target: "acl/token/acc-1"},
+			audit: &droverv1.AuditEvent{Actor: "anonymous", Action: "acl.bootstrap", Target: "acl/token/acc-1", Details: map[string]string{"name": "bootstrap"}},
 		},
 		{
 			name: "bootstrap acl again", log: bootstrapACL(t, "acc-2"), wantErr: state.ErrACLBootstrapped,
@@ -278,7 +278,7 @@ func TestApplyEveryCommand(t *testing.T) {
 			}
 		})
 	}
-	if n := len(h.store.Audit(0, 0, "")); n != len(steps) {
+	if n := len(h.store.Audit(0, 0, "", "")); n != len(steps) {
 		t.Errorf("%d audit events for %d commands", n, len(steps))
 	}
 }
@@ -295,7 +295,7 @@ func TestRefusalsKeepStateAndRecordWho(t *testing.T) {
 	if len(before) != len(after) || !proto.Equal(before[0], after[0]) {
 		t.Errorf("a refused command changed the state:\n%v\n%v", before, after)
 	}
-	evs := h.store.Audit(0, 0, "model/resnet")
+	evs := h.store.Audit(0, 0, "model/resnet", "")
 	if len(evs) != 2 || evs[1].GetActor() != "mallory" || evs[1].GetResult() != `model "resnet" already exists` {
 		t.Errorf("audit = %v", evs)
 	}
@@ -432,6 +432,17 @@ func populate(t testing.TB) []*raft.Log {
 		setNodeDrain(t, "alice", "n1", true),
 		setNodeLabels(t, "alice", "n1", map[string]string{"rack": "4"}, nil),
 		revokeNode(t, "alice", "n2"),
+		applyACLPolicy(t, visionPolicy("vision")),
+		applyACLPolicy(t, visionPolicy("unused")),
+		createACLToken(t, aclToken("acc-ci", "ci", "vision")),
+		createACLToken(t, aclToken("acc-gone", "gone", "read-only")),
+		rotateACLToken(t, "acc-ci", "rotated"),
+		revokeACLToken(t, "acc-gone"),
+		deleteACLPolicy(t, "unused"),
+		deleteACLPolicy(t, "vision"), // refused: ci uses it
+		recordDenials(t,
+			&droverv1.AccessDenial{AccessorId: "acc-ci", TokenName: "ci", Procedure: "/drover.v1.ModelService/DeleteModel", Capability: "model:write on model/bert", Target: "model/bert"},
+			&droverv1.AccessDenial{Procedure: "/drover.v1.ModelService/CreateModel", Capability: "model:write"}),
 	}
 	for i, l := range logs {
 		l.Index, l.Term = uint64(i+1), 1
@@ -495,6 +506,24 @@ func requireSameState(t *testing.T, a, b *state.Store) {
 	if oka != okb || !proto.Equal(ta, tb) {
 		t.Errorf("token %v != %v", ta, tb)
 	}
+	aa, ab := a.ACLTokens(), b.ACLTokens()
+	if len(aa) != len(ab) {
+		t.Fatalf("%d ACL tokens != %d", len(aa), len(ab))
+	}
+	for i := range aa {
+		if !proto.Equal(aa[i], ab[i]) {
+			t.Errorf("ACL token %v != %v", aa[i], ab[i])
+		}
+	}
+	pa, pb := a.ACLPolicies(), b.ACLPolicies()
+	if len(pa) != len(pb) {
+		t.Fatalf("%d ACL policies != %d", len(pa), len(pb))
+	}
+	for i := range pa {
+		if !proto.Equal(pa[i], pb[i]) {
+			t.Errorf("ACL policy %v != %v", pa[i], pb[i])
+		}
+	}
 	ma, mb := a.Models(), b.Models()
 	if len(ma) != len(mb) {
 		t.Fatalf("%d models != %d", len(ma), len(mb))
@@ -532,7 +561,7 @@ func requireSameState(t *testing.T, a, b *state.Store) {
 			t.Errorf("node %v != %v", na[i], nb[i])
 		}
 	}
-	ea, eb := a.Audit(0, 0, ""), b.Audit(0, 0, "")
+	ea, eb := a.Audit(0, 0, "", ""), b.Audit(0, 0, "", "")
 	if len(ea) != len(eb) {
 		t.Fatalf("%d audit events != %d", len(ea), len(eb))
 	}
@@ -748,7 +777,7 @@ func TestNonCommandLogsIgnored(t *testing.T) {
 			t.Errorf("Apply(%v) = %v, want nil", typ, res)
 		}
 	}
-	if h.store.Index() != 0 || len(h.store.Audit(0, 0, "")) != 0 {
+	if h.store.Index() != 0 || len(h.store.Audit(0, 0, "", "")) != 0 {
 		t.Error("a non-command entry changed the state")
 	}
 }
@@ -813,8 +842,16 @@ func FuzzApply(f *testing.F) {
 			}
 		}()
 		res := m.Apply(&raft.Log{Index: idx, Type: raft.LogCommand, Data: data}).(*fsm.ApplyResult)
-		if s.Index() != idx || res.Index != idx || len(s.Audit(idx-1, 0, "")) != 1 {
+		evs := s.Audit(idx-1, 0, "", "")
+		if s.Index() != idx || res.Index != idx || len(evs) == 0 {
 			t.Fatalf("entry not accounted for: index %d, result %+v", s.Index(), res)
+		}
+		// Only an applied record-denials command records more than one
+		// event: one per denial.
+		for _, ev := range evs {
+			if len(evs) > 1 && (res.Err != nil || ev.GetAction() != state.ActionAccessDenied) {
+				t.Fatalf("entry recorded %d events: %v, result %+v", len(evs), evs, res)
+			}
 		}
 	})
 }

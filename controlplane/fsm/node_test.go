@@ -223,7 +223,7 @@ func TestApplyNodeCommands(t *testing.T) {
 			}
 		})
 	}
-	if n := len(h.store.Audit(0, 0, "")); n != len(steps) {
+	if n := len(h.store.Audit(0, 0, "", "")); n != len(steps) {
 		t.Errorf("%d audit events for %d commands", n, len(steps))
 	}
 }
@@ -261,7 +261,7 @@ func TestEnrollmentsRaceForMaxUses(t *testing.T) {
 		Result:  `join token "tok" is used up (max_uses 2): create a new one with "drover token create"`,
 		Details: map[string]string{"token": "tok"},
 	}
-	if got := h.store.Audit(3, 0, "node/n3"); len(got) != 1 || !proto.Equal(got[0], want) {
+	if got := h.store.Audit(3, 0, "node/n3", ""); len(got) != 1 || !proto.Equal(got[0], want) {
 		t.Errorf("audit\n got %v\nwant %v", got, want)
 	}
 	if tok, _ := h.store.JoinToken("tok"); tok.GetUses() != 2 || tok.GetModifyIndex() != 3 {
@@ -318,7 +318,7 @@ func TestEnrollmentsRaceForMaxUsesWithRaft(t *testing.T) {
 		t.Errorf("token %v, %d nodes", tok, len(store.Nodes()))
 	}
 	refused := 0
-	for _, ev := range store.Audit(0, 0, "node/") {
+	for _, ev := range store.Audit(0, 0, "node/", "") {
 		if ev.GetAction() == state.ActionNodeEnroll && strings.Contains(ev.GetResult(), "used up") {
 			refused++
 		}
@@ -354,7 +354,7 @@ func TestExpiredTokenRefusedAtCommandTime(t *testing.T) {
 		if r := state.Reason(res.Err); r != droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED {
 			t.Errorf("enroll at index %d: reason %v, want TOKEN_EXPIRED", res.Index, r)
 		}
-		if evs := h.store.Audit(res.Index-1, 1, ""); len(evs) != 1 || evs[0].GetResult() != res.Err.Error() || evs[0].GetAction() != state.ActionNodeEnroll {
+		if evs := h.store.Audit(res.Index-1, 1, "", ""); len(evs) != 1 || evs[0].GetResult() != res.Err.Error() || evs[0].GetAction() != state.ActionNodeEnroll {
 			t.Errorf("audit = %v", evs)
 		}
 	}

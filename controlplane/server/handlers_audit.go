@@ -26,6 +26,6 @@ func (h *auditHandler) ListEvents(ctx context.Context, req *connect.Request[drov
 	if limit == 0 {
 		limit = defaultAuditLimit
 	}
-	events := h.s.state.Audit(req.Msg.GetAfterIndex(), limit, req.Msg.GetTargetPrefix())
+	events := h.s.state.Audit(req.Msg.GetAfterIndex(), limit, req.Msg.GetTargetPrefix(), req.Msg.GetActor())
 	return connect.NewResponse(&droverv1.ListAuditEventsResponse{Events: events, Meta: meta}), nil
 }

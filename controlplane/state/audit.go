@@ -26,6 +26,15 @@ const (
 	ActionNodeUndrain   = "node.undrain"
 	ActionNodeLabel     = "node.label"
 	ActionNodeRevoke    = "node.revoke"
+
+	ActionACLPolicyApply  = "acl.policy.apply"
+	ActionACLPolicyDelete = "acl.policy.rm"
+	ActionACLTokenCreate  = "acl.token.create"
+	ActionACLTokenRevoke  = "acl.token.revoke"
+	ActionACLTokenRotate  = "acl.token.rotate"
+	// ActionAccessDenied records a write call a server refused because
+	// the caller's token lacks a capability (see [Store.RecordDenials]).
+	ActionAccessDenied = "access.denied"
 	// ActionSnapshotRestore is the newest event of a state restored from
 	// an operator's snapshot (see [Snapshot.ForRestore]): who restored it
 	// and from where.
@@ -47,6 +56,8 @@ func versionTarget(model string, v uint64) string { return fmt.Sprintf("model/%s
 func aliasTarget(model, alias string) string      { return "model/" + model + "@" + alias }
 func joinTokenTarget(id string) string            { return "token/" + id }
 func nodeTarget(id string) string                 { return "node/" + id }
+func aclTokenTarget(accessor string) string       { return "acl/token/" + accessor }
+func aclPolicyTarget(name string) string          { return "acl/policy/" + name }
 
 // nodesTarget is the target of a command that acts on several nodes at
 // once; it is a prefix of every node's target.
@@ -55,12 +66,13 @@ const nodesTarget = "node/"
 // newEvent builds the audit event of the command at idx.
 func newEvent(idx uint64, meta *droverv1.CommandMeta, action, target string, details map[string]string, err error) *droverv1.AuditEvent {
 	ev := &droverv1.AuditEvent{
-		Index:   idx,
-		Actor:   actorOf(meta),
-		Action:  action,
-		Target:  target,
-		Result:  ResultOK,
-		Details: details,
+		Index:     idx,
+		Actor:     actorOf(meta),
+		ActorName: meta.GetActorName(),
+		Action:    action,
+		Target:    target,
+		Result:    ResultOK,
+		Details:   details,
 	}
 	if t := meta.GetTime(); t != nil {
 		ev.Time = clone(t)
@@ -107,9 +119,11 @@ func (s *Store) appendAuditLocked(ev *droverv1.AuditEvent) {
 }
 
 // Audit returns the most recent events (at most limit; limit <= 0 means
-// all that are retained) with an index greater than afterIndex and a
-// target starting with targetPrefix, in ascending index order.
-func (s *Store) Audit(afterIndex uint64, limit int, targetPrefix string) []*droverv1.AuditEvent {
+// all that are retained) with an index greater than afterIndex, a target
+// starting with targetPrefix and, unless actor is empty, made by actor:
+// the event's actor (an accessor id, "agent/NAME") or its actor_name (a
+// token's name at the time) is actor. They come in ascending index order.
+func (s *Store) Audit(afterIndex uint64, limit int, targetPrefix, actor string) []*droverv1.AuditEvent {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []*droverv1.AuditEvent
@@ -118,7 +132,7 @@ func (s *Store) Audit(afterIndex uint64, limit int, targetPrefix string) []*drov
 		if ev.GetIndex() <= afterIndex || (limit > 0 && len(out) == limit) {
 			break
 		}
-		if strings.HasPrefix(ev.GetTarget(), targetPrefix) {
+		if strings.HasPrefix(ev.GetTarget(), targetPrefix) && (actor == "" || ev.GetActor() == actor || ev.GetActorName() == actor) {
 			out = append(out, clone(ev))
 		}
 	}

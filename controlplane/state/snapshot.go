@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/droverhq/drover/controlplane/acl"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
@@ -24,9 +25,10 @@ import (
 //  1. one SnapshotHeader (format, Raft index, cluster identity);
 //  2. SnapshotRecords: each model followed by its versions in ascending
 //     order, models sorted by name; then version marks sorted by model
-//     name; then tokens sorted by accessor id;
-//     then join tokens sorted by id; then nodes sorted by id; then audit
-//     events in ascending index order;
+//     name; then ACL policies sorted by name; then ACL tokens sorted by
+//     accessor id; then join tokens sorted by id; then nodes sorted by id;
+//     then audit events in ascending index order (events of one command
+//     share its index, see [Store.RecordDenials]);
 //  3. one empty SnapshotRecord (a single zero byte) marking the end, so
 //     that a stream cut exactly between two records is still detected as
 //     truncated.
@@ -36,10 +38,15 @@ import (
 // Adding a record type therefore needs a new format version.
 //
 // Format history: 1 has models, versions, tokens and audit events; 2 adds
-// join tokens and nodes; 3 adds version marks. A snapshot in format 1 or 2
-// has no version marks, so it restores to a state that has forgotten the
-// version numbers of models deleted before it was taken.
-const SnapshotFormat = 3
+// join tokens and nodes; 3 adds version marks; 4 adds ACL policies, and
+// tokens other than the bootstrap token. A snapshot in format 1 or 2 has
+// no version marks, so it restores to a state that has forgotten the
+// version numbers of models deleted before it was taken. A snapshot older
+// than format 4 holds at most the bootstrap token, which may lack a name
+// and policies; it is restored as BootstrapACL stores such a token (see
+// upgradeBootstrapToken), so that a server restoring it and one replaying
+// the log agree.
+const SnapshotFormat = 4
 
 // minSnapshotFormat is the oldest format this server reads. A snapshot in
 // an older format than SnapshotFormat simply has none of the records added
@@ -62,6 +69,7 @@ type Snapshot struct {
 	models     []*droverv1.Model                   // sorted by name
 	versions   map[string][]*droverv1.ModelVersion // by model, ascending
 	marks      []*droverv1.ModelVersionMark        // sorted by model
+	policies   []*droverv1.ACLPolicy               // sorted by name
 	tokens     []*droverv1.ACLToken                // sorted by accessor id
 	joinTokens []*droverv1.JoinToken               // sorted by id
 	nodes      []*droverv1.Node                    // sorted by id
@@ -79,6 +87,7 @@ func (s *Store) Snapshot() *Snapshot {
 		cluster:    s.t.cluster,
 		models:     slices.Collect(maps.Values(s.t.models)),
 		versions:   make(map[string][]*droverv1.ModelVersion, len(s.t.versions)),
+		policies:   slices.Collect(maps.Values(s.t.policies)),
 		tokens:     slices.Collect(maps.Values(s.t.tokens)),
 		joinTokens: slices.Collect(maps.Values(s.t.joinTokens)),
 		nodes:      slices.Collect(maps.Values(s.t.nodes)),
@@ -100,6 +109,7 @@ func (s *Store) Snapshot() *Snapshot {
 func (snap *Snapshot) sort() {
 	slices.SortFunc(snap.models, func(a, b *droverv1.Model) int { return strings.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(snap.marks, func(a, b *droverv1.ModelVersionMark) int { return strings.Compare(a.GetModel(), b.GetModel()) })
+	slices.SortFunc(snap.policies, func(a, b *droverv1.ACLPolicy) int { return strings.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(snap.tokens, func(a, b *droverv1.ACLToken) int { return strings.Compare(a.GetAccessorId(), b.GetAccessorId()) })
 	slices.SortFunc(snap.joinTokens, func(a, b *droverv1.JoinToken) int { return strings.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(snap.nodes, func(a, b *droverv1.Node) int { return strings.Compare(a.GetId(), b.GetId()) })
@@ -154,6 +164,11 @@ func (snap *Snapshot) encode(w io.Writer) error {
 	}
 	for _, mk := range snap.marks {
 		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_VersionMark{VersionMark: mk}}); err != nil {
+			return err
+		}
+	}
+	for _, p := range snap.policies {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Policy{Policy: p}}); err != nil {
 			return err
 		}
 	}
@@ -246,11 +261,12 @@ func (snap *Snapshot) Counts() map[string]string {
 		versions += len(vs)
 	}
 	return map[string]string{
-		"models":      strconv.Itoa(len(snap.models)),
-		"versions":    strconv.Itoa(versions),
-		"acl_tokens":  strconv.Itoa(len(snap.tokens)),
-		"join_tokens": strconv.Itoa(len(snap.joinTokens)),
-		"nodes":       strconv.Itoa(len(snap.nodes)),
+		"models":       strconv.Itoa(len(snap.models)),
+		"versions":     strconv.Itoa(versions),
+		"acl_policies": strconv.Itoa(len(snap.policies)),
+		"acl_tokens":   strconv.Itoa(len(snap.tokens)),
+		"join_tokens":  strconv.Itoa(len(snap.joinTokens)),
+		"nodes":        strconv.Itoa(len(snap.nodes)),
 	}
 }
 
@@ -294,7 +310,16 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 				return nil, fmt.Errorf("record %d is a version mark, which format %d snapshots do not have", n, format)
 			}
 			snap.marks = append(snap.marks, r.VersionMark)
+		case *droverv1.SnapshotRecord_Policy:
+			if format < 4 {
+				return nil, fmt.Errorf("record %d is an ACL policy, which format %d snapshots do not have", n, format)
+			}
+			snap.policies = append(snap.policies, r.Policy)
 		case *droverv1.SnapshotRecord_Token:
+			if format < 4 {
+				// The records were just decoded; nothing else holds them.
+				upgradeBootstrapToken(r.Token)
+			}
 			snap.tokens = append(snap.tokens, r.Token)
 		case *droverv1.SnapshotRecord_JoinToken:
 			if format < 2 {
@@ -377,18 +402,8 @@ func (snap *Snapshot) check() error {
 			}
 		}
 	}
-	accessors := make(map[string]bool, len(snap.tokens))
-	secrets := make(map[[32]byte]bool, len(snap.tokens))
-	for _, t := range snap.tokens {
-		if err := validateToken(t); err != nil {
-			return err
-		}
-		h := [32]byte(t.GetSecretSha256())
-		if accessors[t.GetAccessorId()] || secrets[h] {
-			return fmt.Errorf("token %q appears twice or shares its secret", t.GetAccessorId())
-		}
-		accessors[t.GetAccessorId()] = true
-		secrets[h] = true
+	if err := checkACL(snap.policies, snap.tokens); err != nil {
+		return err
 	}
 	joinTokens := make(map[string]bool, len(snap.joinTokens))
 	for _, t := range snap.joinTokens {
@@ -408,10 +423,56 @@ func (snap *Snapshot) check() error {
 	}
 	var prev uint64
 	for _, ev := range snap.audit {
-		if ev.GetIndex() <= prev || ev.GetIndex() > snap.index {
+		// Only the events of one command share an index (see
+		// Store.RecordDenials), so an index may repeat but never go down.
+		if ev.GetIndex() < prev || ev.GetIndex() == 0 || ev.GetIndex() > snap.index {
 			return fmt.Errorf("audit event at index %d is out of order or after the snapshot index %d", ev.GetIndex(), snap.index)
 		}
 		prev = ev.GetIndex()
+	}
+	return nil
+}
+
+// checkACL checks that policies and tokens describe a state the write
+// methods could have produced: valid policies and tokens, each once, no two
+// tokens with one secret or name, and every policy a token names built in
+// or held.
+func checkACL(policies []*droverv1.ACLPolicy, tokens []*droverv1.ACLToken) error {
+	held := make(map[string]bool, len(policies))
+	for _, p := range policies {
+		if err := acl.ValidatePolicy(p); err != nil {
+			return err
+		}
+		if p.GetBuiltin() {
+			return fmt.Errorf("policy %q claims to be built in; built-in policies are never stored", p.GetName())
+		}
+		if held[p.GetName()] {
+			return fmt.Errorf("policy %q appears twice", p.GetName())
+		}
+		held[p.GetName()] = true
+	}
+	accessors := make(map[string]bool, len(tokens))
+	secrets := make(map[[32]byte]bool, len(tokens))
+	names := make(map[string]string, len(tokens))
+	for _, t := range tokens {
+		if err := validateToken(t); err != nil {
+			return err
+		}
+		h := [32]byte(t.GetSecretSha256())
+		if accessors[t.GetAccessorId()] || secrets[h] {
+			return fmt.Errorf("token %q appears twice or shares its secret", t.GetAccessorId())
+		}
+		accessors[t.GetAccessorId()] = true
+		secrets[h] = true
+		if other, dup := names[t.GetName()]; dup {
+			return fmt.Errorf("tokens %q and %q share the name %q", other, t.GetAccessorId(), t.GetName())
+		}
+		names[t.GetName()] = t.GetAccessorId()
+		for _, p := range t.GetPolicies() {
+			if !held[p] && !acl.IsBuiltin(p) {
+				return fmt.Errorf("token %q refers to policy %q, which the snapshot does not hold", t.GetName(), p)
+			}
+		}
 	}
 	return nil
 }
@@ -482,6 +543,9 @@ func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 	for _, mk := range snap.marks {
 		t.versionMarks[mk.GetModel()] = mk.GetVersion()
 	}
+	for _, p := range snap.policies {
+		t.policies[p.GetName()] = p
+	}
 	for _, tok := range snap.tokens {
 		t.tokens[tok.GetAccessorId()] = tok
 		t.secrets[[32]byte(tok.GetSecretSha256())] = tok
@@ -514,6 +578,9 @@ func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 		idx = s.index + 1
 	}
 	s.index = idx
+	// Every token and policy may have changed: whatever was derived from
+	// the old ones must be rebuilt (see ACLIndex).
+	s.t.aclIndex = idx
 	s.notifyLocked()
 	return nil
 }

@@ -61,7 +61,7 @@ func (f *fixture) alias(model, alias string, v uint64) {
 
 func lastAudit(t *testing.T, s *state.Store) *droverv1.AuditEvent {
 	t.Helper()
-	evs := s.Audit(0, 1, "")
+	evs := s.Audit(0, 1, "", "")
 	if len(evs) != 1 {
 		t.Fatalf("audit log is empty")
 	}
@@ -305,14 +305,14 @@ func TestReadsAreCopies(t *testing.T) {
 	v, _ := f.s.Version("resnet", "1")
 	v.Version = 42
 	f.s.Models()[0].Description = "changed"
-	f.s.Audit(0, 0, "")[0].Result = "changed"
+	f.s.Audit(0, 0, "", "")[0].Result = "changed"
 
 	m2, _ := f.s.Model("resnet")
 	v2, _ := f.s.Version("resnet", "prod")
 	if m2.GetName() != "resnet" || m2.GetAliases()["prod"] != 1 || m2.GetDescription() != "" || v2.GetVersion() != 1 {
 		t.Errorf("a caller changed the state: %v %v", m2, v2)
 	}
-	if r := f.s.Audit(0, 0, "")[0].GetResult(); r != state.ResultOK {
+	if r := f.s.Audit(0, 0, "", "")[0].GetResult(); r != state.ResultOK {
 		t.Errorf("a caller changed the audit log: %q", r)
 	}
 
@@ -363,7 +363,7 @@ func TestAuditQueries(t *testing.T) {
 		{7, 0, "", nil},
 	}
 	for _, tt := range tests {
-		got := indexes(s.Audit(tt.after, tt.limit, tt.prefix))
+		got := indexes(s.Audit(tt.after, tt.limit, tt.prefix, ""))
 		if !equalU64(got, tt.want) {
 			t.Errorf("Audit(%d, %d, %q) = %v, want %v", tt.after, tt.limit, tt.prefix, got, tt.want)
 		}
@@ -694,7 +694,7 @@ func TestSnapshotForRestore(t *testing.T) {
 	if r.Index() != 10 || r.Cluster().GetClusterId() != "ours" {
 		t.Errorf("restored index %d, cluster %v", r.Index(), r.Cluster())
 	}
-	evs := r.Audit(0, 0, "")
+	evs := r.Audit(0, 0, "", "")
 	if len(evs) != 3 || evs[2].GetIndex() != 10 || evs[2].GetAction() != state.ActionSnapshotRestore || evs[2].GetActor() != "alice" {
 		t.Errorf("audit after restore = %v", evs)
 	}
@@ -720,7 +720,7 @@ func TestRestoreTrimsAudit(t *testing.T) {
 	if err := s.Restore(&b); err != nil {
 		t.Fatal(err)
 	}
-	if evs := s.Audit(0, 0, ""); len(evs) != 2 || evs[0].GetIndex() != 4 {
+	if evs := s.Audit(0, 0, "", ""); len(evs) != 2 || evs[0].GetIndex() != 4 {
 		t.Errorf("audit after restore = %v", evs)
 	}
 }
@@ -738,7 +738,7 @@ func TestConcurrentReadsDuringWrites(t *testing.T) {
 			idx, _ := f.s.WaitForIndex(ctx, last)
 			last = idx
 			_, _ = f.s.Version("a", "latest")
-			_ = f.s.Audit(0, 10, "model/a")
+			_ = f.s.Audit(0, 10, "model/a", "")
 			var b bytes.Buffer
 			_, _ = f.s.Snapshot().WriteTo(&b)
 		}
@@ -766,6 +766,32 @@ func FuzzReadSnapshot(f *testing.F) {
 	}
 	f.Add(b.Bytes())
 	f.Add(b.Bytes()[:b.Len()/2])
+	// Tokens, policies and audit events that share an index.
+	h := sha256.Sum256([]byte("root"))
+	err := src.BootstrapACL(3, meta(""), &droverv1.ACLToken{AccessorId: "acc-root", SecretSha256: h[:]})
+	if err == nil {
+		_, _, err = src.ApplyACLPolicy(4, meta("acc-root"), &droverv1.ACLPolicy{Name: "audit", Rules: []*droverv1.ACLRule{
+			{Resource: droverv1.ACLResource_ACL_RESOURCE_AUDIT, Access: droverv1.ACLAccess_ACL_ACCESS_READ},
+		}})
+	}
+	if err == nil {
+		h = sha256.Sum256([]byte("ci"))
+		_, err = src.CreateACLToken(5, meta("acc-root"), &droverv1.ACLToken{AccessorId: "acc-ci", Name: "ci", SecretSha256: h[:], Policies: []string{"audit"}})
+	}
+	if err == nil {
+		err = src.RecordDenials(6, meta("server/s1"), []*droverv1.AccessDenial{
+			{AccessorId: "acc-ci", TokenName: "ci", Procedure: "/p", Capability: "model:write"},
+			{Procedure: "/q", Capability: "audit:read"},
+		})
+	}
+	if err != nil {
+		f.Fatal(err)
+	}
+	b.Reset()
+	if _, err := src.Snapshot().WriteTo(&b); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b.Bytes())
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		snap, err := state.ReadSnapshot(bytes.NewReader(data))

@@ -1,7 +1,7 @@
 // Package state is the control plane's replicated state in memory (cluster
-// identity, models, versions, aliases, ACL tokens, join tokens, nodes,
-// audit log), written only by the Raft FSM and read by everything else
-// through blocking queries.
+// identity, models, versions, aliases, ACL tokens and policies, join
+// tokens, nodes, audit log), written only by the Raft FSM and read by
+// everything else through blocking queries.
 package state
 
 import (
@@ -51,10 +51,11 @@ func (o Options) Validate() error {
 //
 // Each write method applies one command: it changes the state (or refuses
 // to, returning an error that wraps one of the sentinel errors), appends
-// the command's audit event, advances [Store.Index] to the command's Raft
-// index and wakes blocked readers, all in one critical section. Refused
-// commands advance the index too, because their audit event is new state.
-// A reader therefore never sees an index whose audit event is missing.
+// the command's audit event (or events, for [Store.RecordDenials]),
+// advances [Store.Index] to the command's Raft index and wakes blocked
+// readers, all in one critical section. Refused commands advance the index
+// too, because their audit event is new state. A reader therefore never
+// sees an index whose audit event is missing.
 //
 // The idx given to a write must be greater than Index(); Raft guarantees
 // this for the FSM.
@@ -78,8 +79,14 @@ type tables struct {
 	versionMarks map[string]uint64
 	tokens       map[string]*droverv1.ACLToken   // by accessor id
 	secrets      map[[32]byte]*droverv1.ACLToken // by SHA-256 of the secret
+	policies     map[string]*droverv1.ACLPolicy  // by name; built-in ones are not stored
+	// aclIndex is the index of the last change to tokens or policies (see
+	// Store.ACLIndex); it is not stored in snapshots: a restore sets it to
+	// the restored index.
+	aclIndex uint64
 	// aclBootstrapped is not stored in snapshots: it is true exactly when
-	// a token exists, because the bootstrap token is the first token.
+	// a token exists, because the bootstrap token is the first token and
+	// the last management token cannot be revoked.
 	aclBootstrapped bool
 	joinTokens      map[string]*droverv1.JoinToken // by id
 	nodes           map[string]*droverv1.Node      // by id
@@ -100,6 +107,7 @@ func newTables() tables {
 		versionMarks: make(map[string]uint64),
 		tokens:       make(map[string]*droverv1.ACLToken),
 		secrets:      make(map[[32]byte]*droverv1.ACLToken),
+		policies:     make(map[string]*droverv1.ACLPolicy),
 		joinTokens:   make(map[string]*droverv1.JoinToken),
 		nodes:        make(map[string]*droverv1.Node),
 		nodeNames:    make(map[string]string),
@@ -180,10 +188,22 @@ func (s *Store) notifyLocked() {
 // audit event (result "ok" or the refusal), advances the index and wakes
 // readers. fn returns the audit target and details and the refusal, if any.
 func (s *Store) write(idx uint64, meta *droverv1.CommandMeta, action string, fn func() (target string, details map[string]string, err error)) error {
+	return s.writeEvents(idx, func() ([]*droverv1.AuditEvent, error) {
+		target, details, err := fn()
+		return []*droverv1.AuditEvent{newEvent(idx, meta, action, target, details, err)}, err
+	})
+}
+
+// writeEvents is write for a command that records several audit events
+// (see [Store.RecordDenials]): fn applies the change and returns the
+// events, all at idx, and the refusal, if any.
+func (s *Store) writeEvents(idx uint64, fn func() ([]*droverv1.AuditEvent, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	target, details, err := fn()
-	s.appendAuditLocked(newEvent(idx, meta, action, target, details, err))
+	evs, err := fn()
+	for _, ev := range evs {
+		s.appendAuditLocked(ev)
+	}
 	if idx > s.index {
 		s.index = idx
 	}
