@@ -2,13 +2,13 @@ package server
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"sync"
-
+	"github.com/droverhq/drover/controlplane/state"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -22,9 +22,10 @@ const (
 	// denialsPerActor is how many refusals of one token a server records
 	// one by one per interval; the rest are counted in the last one.
 	denialsPerActor = 5
-	// maxPendingDenials bounds a batch; beyond it refusals are only
-	// counted in drover_acl_denials_dropped_total.
-	maxPendingDenials = 256
+	// maxPendingDenials bounds a batch, as the state machine does one
+	// command's; beyond it refusals are only counted in
+	// drover_acl_denials_unrecorded_total.
+	maxPendingDenials = state.MaxDenialsPerCommand
 )
 
 // denialRecorder batches the write calls a server refused and records

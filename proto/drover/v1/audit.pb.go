@@ -26,7 +26,8 @@ const (
 // whether it was applied or refused.
 type AuditEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Raft index of the command; unique and increasing.
+	// Raft index of the command; increasing. The events of one command
+	// (the refusals a server reported at once) share its index.
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	Time  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// Who: the operator token's accessor id, "agent/NAME", "server/NAME",
