@@ -61,6 +61,8 @@ proto-check: ## Fail when the checked-in generated code is stale.
 
 bench: ## Benchmarks with their baselines in the same run (see docs/performance.md).
 	cd bench && $(GO) test -run=NONE -bench=. -benchtime=3s -timeout 30m ./...
+	# What checking a call costs beside the whole call, in the same run.
+	$(GO) test -run=NONE -bench=Authorization -benchmem ./controlplane/server/
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.
 	$(GO) test -run=NONE -bench=. -benchtime=1x -timeout 30m ./scenarios/process/
 

@@ -38,7 +38,7 @@ func shortTTLs(cfg *server.Config) {
 }
 
 // operator returns token and node clients with the management token.
-func operator(t *testing.T, c *cluster.Cluster, n *cluster.Node) (droverv1connect.TokenServiceClient, droverv1connect.NodeServiceClient) {
+func operator(t testing.TB, c *cluster.Cluster, n *cluster.Node) (droverv1connect.TokenServiceClient, droverv1connect.NodeServiceClient) {
 	t.Helper()
 	h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
@@ -49,7 +49,7 @@ func operator(t *testing.T, c *cluster.Cluster, n *cluster.Node) (droverv1connec
 }
 
 // createToken makes a join token and returns its string.
-func createToken(t *testing.T, tokens droverv1connect.TokenServiceClient, req *droverv1.CreateTokenRequest) (string, *droverv1.JoinToken) {
+func createToken(t testing.TB, tokens droverv1connect.TokenServiceClient, req *droverv1.CreateTokenRequest) (string, *droverv1.JoinToken) {
 	t.Helper()
 	res, err := tokens.CreateToken(testCtx(t, 10*time.Second), connect.NewRequest(req))
 	if err != nil {
@@ -67,7 +67,7 @@ type fakeAgent struct {
 	cert tls.Certificate
 }
 
-func newFakeAgent(t *testing.T, pool *x509.CertPool) *fakeAgent {
+func newFakeAgent(t testing.TB, pool *x509.CertPool) *fakeAgent {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -76,7 +76,7 @@ func newFakeAgent(t *testing.T, pool *x509.CertPool) *fakeAgent {
 	return &fakeAgent{key: key, pool: pool}
 }
 
-func (a *fakeAgent) csr(t *testing.T) []byte {
+func (a *fakeAgent) csr(t testing.TB) []byte {
 	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}}, a.key)
 	if err != nil {
@@ -87,7 +87,7 @@ func (a *fakeAgent) csr(t *testing.T) []byte {
 
 // client returns an AgentService client for addr; with the agent's
 // certificate once it has one. extra headers are sent on every call.
-func (a *fakeAgent) client(t *testing.T, addr string, extra http.Header) droverv1connect.AgentServiceClient {
+func (a *fakeAgent) client(t testing.TB, addr string, extra http.Header) droverv1connect.AgentServiceClient {
 	t.Helper()
 	conf := &tls.Config{RootCAs: a.pool, MinVersion: tls.VersionTLS13}
 	if a.cert.Certificate != nil {
@@ -101,7 +101,7 @@ func (a *fakeAgent) client(t *testing.T, addr string, extra http.Header) droverv
 	return droverv1connect.NewAgentServiceClient(&http.Client{Transport: headerTransport{base: h2, hdr: extra}}, "https://"+addr)
 }
 
-func (a *fakeAgent) enroll(t *testing.T, addr, token, name string) (*droverv1.EnrollResponse, error) {
+func (a *fakeAgent) enroll(t testing.TB, addr, token, name string) (*droverv1.EnrollResponse, error) {
 	t.Helper()
 	res, err := a.client(t, addr, nil).Enroll(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.EnrollRequest{
 		Token: token, Name: name, CsrDer: a.csr(t), AgentVersion: "test",
@@ -122,7 +122,7 @@ func (a *fakeAgent) enroll(t *testing.T, addr, token, name string) (*droverv1.En
 	return res.Msg, nil
 }
 
-func (a *fakeAgent) mustEnrollRegister(t *testing.T, addr, token, name string) {
+func (a *fakeAgent) mustEnrollRegister(t testing.TB, addr, token, name string) {
 	t.Helper()
 	if _, err := a.enroll(t, addr, token, name); err != nil {
 		t.Fatalf("enroll %s: %v", name, err)

@@ -34,7 +34,7 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // clientsWith returns API clients for node n that send token (when not
 // empty) and, with stale set, the stale-consistency header.
-func clientsWith(t *testing.T, c *cluster.Cluster, n *cluster.Node, token string, stale bool) *cluster.Clients {
+func clientsWith(t testing.TB, c *cluster.Cluster, n *cluster.Node, token string, stale bool) *cluster.Clients {
 	t.Helper()
 	h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
@@ -58,7 +58,7 @@ func connectClients(hc connect.HTTPClient, base string) *cluster.Clients {
 }
 
 // testCtx is a context for one test step.
-func testCtx(t *testing.T, d time.Duration) context.Context {
+func testCtx(t testing.TB, d time.Duration) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -138,7 +138,7 @@ func createVersion(ctx context.Context, cl *cluster.Clients, model string, i int
 	return res.Msg.GetVersion(), nil
 }
 
-func mustCreateModel(t *testing.T, cl *cluster.Clients, name string) *droverv1.Model {
+func mustCreateModel(t testing.TB, cl *cluster.Clients, name string) *droverv1.Model {
 	t.Helper()
 	res, err := cl.Models.CreateModel(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.CreateModelRequest{Name: name}))
 	if err != nil {
