@@ -136,7 +136,7 @@ func (s *Server) authorize(ctx context.Context, procedure string, h http.Header,
 
 	c, err := s.operator(ctx, h)
 	if err != nil {
-		if capability.IsWrite() {
+		if capability.IsWrite() && isAccessRefusal(err) {
 			s.denials.add(s.denial(nil, procedure, capability, acl.Ref{}, err))
 		}
 		return ctx, err
@@ -229,6 +229,17 @@ func (s *Server) objectOf(c acl.Capability, req any) (ref acl.Ref, obj acl.Objec
 		}
 	}
 	return ref, obj, true
+}
+
+// isAccessRefusal reports whether err refuses the caller's credential, as
+// opposed to a server not ready to judge it (still replaying its log, ACLs
+// not bootstrapped yet): only the former is worth an audit event.
+func isAccessRefusal(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+		return true
+	}
+	return false
 }
 
 // target names an object as the audit log does ("model/resnet").
