@@ -785,7 +785,13 @@ func TestHelpNamesOnlyCommandsThatExist(t *testing.T) {
 	walk(root)
 	// A group's one-line summary lists only what it holds.
 	acl, _, err := root.Find([]string{"acl"})
-	if err != nil || strings.Contains(acl.Short, "tokens") || strings.Contains(acl.Short, "polic") {
-		t.Errorf("acl summary %q names commands acl does not have", acl.Short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for word, sub := range map[string]string{"token": "token", "polic": "policy"} {
+		has := slices.ContainsFunc(acl.Commands(), func(c *cobra.Command) bool { return c.Name() == sub })
+		if strings.Contains(acl.Short, word) && !has {
+			t.Errorf("acl summary %q names %ss, but acl has no %q command", acl.Short, sub, sub)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/controlplane/acl"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -44,6 +46,8 @@ type fakeServer struct {
 	lastQuery    *droverv1.QueryOptions
 	lastAudit    *droverv1.ListAuditEventsRequest
 
+	acl fakeACLState
+
 	now             time.Time             // the clock of token expiry
 	tokens          []*droverv1.JoinToken // in creation order
 	nodes           []*droverv1.Node
@@ -66,7 +70,7 @@ type recorded struct {
 
 var (
 	_ droverv1connect.ModelServiceHandler   = (*fakeServer)(nil)
-	_ droverv1connect.ACLServiceHandler     = (*fakeServer)(nil)
+	_ droverv1connect.ACLServiceHandler     = (*fakeACL)(nil)
 	_ droverv1connect.AuditServiceHandler   = (*fakeServer)(nil)
 	_ droverv1connect.ClusterServiceHandler = (*fakeServer)(nil)
 	_ droverv1connect.TokenServiceHandler   = (*fakeServer)(nil)
@@ -86,7 +90,7 @@ func newFakeServer(created time.Time) *fakeServer {
 func (f *fakeServer) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(droverv1connect.NewModelServiceHandler(f))
-	mux.Handle(droverv1connect.NewACLServiceHandler(f))
+	mux.Handle(droverv1connect.NewACLServiceHandler(&fakeACL{f}))
 	mux.Handle(droverv1connect.NewAuditServiceHandler(f))
 	mux.Handle(droverv1connect.NewClusterServiceHandler(f))
 	mux.Handle(droverv1connect.NewTokenServiceHandler(f))
@@ -289,20 +293,6 @@ func (f *fakeServer) DeleteAlias(_ context.Context, req *connect.Request[droverv
 	delete(m.Aliases, req.Msg.GetAlias())
 	idx := f.commitLocked("alias.delete", "model/"+m.Name+"@"+req.Msg.GetAlias())
 	return connect.NewResponse(&droverv1.DeleteAliasResponse{Meta: &droverv1.WriteMeta{Index: idx}}), nil
-}
-
-func (f *fakeServer) Bootstrap(_ context.Context, _ *connect.Request[droverv1.BootstrapRequest]) (*connect.Response[droverv1.BootstrapResponse], error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.bootstrapped {
-		return nil, apiError(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_ACL_ALREADY_BOOTSTRAPPED,
-			"use the management token from the first bootstrap", "ACL already bootstrapped")
-	}
-	f.bootstrapped = true
-	idx := f.commitLocked("acl.bootstrap", "acl")
-	return connect.NewResponse(&droverv1.BootstrapResponse{
-		AccessorId: "acc-1234", SecretId: "s3cr3t-5678", Meta: &droverv1.WriteMeta{Index: idx},
-	}), nil
 }
 
 func (f *fakeServer) ListEvents(_ context.Context, req *connect.Request[droverv1.ListAuditEventsRequest]) (*connect.Response[droverv1.ListAuditEventsResponse], error) {
@@ -568,4 +558,265 @@ func (f *fakeServer) RevokeNode(_ context.Context, req *connect.Request[droverv1
 	idx := f.commitLocked("node.revoke", "node/"+n.GetId())
 	n.ModifyIndex = idx
 	return connect.NewResponse(&droverv1.RevokeNodeResponse{Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
+// fakeACLState is the fake's operator tokens and policies, guarded by
+// fakeServer.mu. Revoked tokens are gone, as on the server.
+type fakeACLState struct {
+	tokens   []*droverv1.ACLToken // in creation order
+	secrets  map[string]string    // secret → accessor id
+	policies map[string]*droverv1.ACLPolicy
+	rotated  int // rotations so far, to make each new secret differ
+
+	lastCreate *droverv1.CreateACLTokenRequest
+	lastGet    *droverv1.GetACLTokenRequest
+	lastApply  *droverv1.ApplyACLPolicyRequest
+	revoked    []string // RevokeToken ids, in order
+	deleted    []string // DeletePolicy names, in order
+}
+
+// fakeACL serves the ACL service from fakeServer's state. It is a type of
+// its own because its methods share names with the join-token service's.
+type fakeACL struct{ f *fakeServer }
+
+// testAccessor is the accessor id the fake gives the nth token it creates
+// after bootstrap: UUID-shaped, like the server's.
+func testAccessor(n int) string { return fmt.Sprintf("%08x-5e1f-4c0d-9a3b-%012d", 0x1b2c3d4e+n-1, n) }
+
+func aclNotFound(format string, args ...any) error {
+	return apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+		"list tokens with `drover acl token ls`", format, args...)
+}
+
+// tokenLocked finds a token by accessor id or name, as the server does.
+func (a *fakeACL) tokenLocked(ref string) (*droverv1.ACLToken, error) {
+	for _, t := range a.f.acl.tokens {
+		if t.GetAccessorId() == ref || (t.GetName() != "" && t.GetName() == ref) {
+			return t, nil
+		}
+	}
+	return nil, aclNotFound("token %q not found", ref)
+}
+
+func (a *fakeACL) addTokenLocked(t *droverv1.ACLToken, secret string) {
+	if a.f.acl.secrets == nil {
+		a.f.acl.secrets = map[string]string{}
+	}
+	a.f.acl.tokens = append(a.f.acl.tokens, t)
+	a.f.acl.secrets[secret] = t.GetAccessorId()
+}
+
+func (a *fakeACL) policyLocked(name string) (*droverv1.ACLPolicy, bool) {
+	for _, p := range acl.Builtin() {
+		if p.GetName() == name {
+			return p, true
+		}
+	}
+	p, ok := a.f.acl.policies[name]
+	return p, ok
+}
+
+func (a *fakeACL) Bootstrap(_ context.Context, _ *connect.Request[droverv1.BootstrapRequest]) (*connect.Response[droverv1.BootstrapResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.bootstrapped {
+		return nil, apiError(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_ACL_ALREADY_BOOTSTRAPPED,
+			"use the management token from the first bootstrap", "ACL already bootstrapped")
+	}
+	f.bootstrapped = true
+	idx := f.commitLocked("acl.bootstrap", "acl")
+	a.addTokenLocked(&droverv1.ACLToken{
+		AccessorId: "acc-1234", Description: "Bootstrap management token", Policies: []string{acl.PolicyManagement},
+		CreateTime: timestamppb.New(f.created), CreateIndex: idx, ModifyIndex: idx,
+	}, "s3cr3t-5678")
+	return connect.NewResponse(&droverv1.BootstrapResponse{
+		AccessorId: "acc-1234", SecretId: "s3cr3t-5678", Meta: &droverv1.WriteMeta{Index: idx},
+	}), nil
+}
+
+func (a *fakeACL) CreateToken(_ context.Context, req *connect.Request[droverv1.CreateACLTokenRequest]) (*connect.Response[droverv1.CreateACLTokenResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := req.Msg
+	f.acl.lastCreate = proto.Clone(r).(*droverv1.CreateACLTokenRequest)
+	if _, err := a.tokenLocked(r.GetName()); err == nil {
+		return nil, apiError(connect.CodeAlreadyExists, droverv1.ErrorReason_ERROR_REASON_ALREADY_EXISTS, "", "token %q already exists", r.GetName())
+	}
+	for _, p := range r.GetPolicies() {
+		if _, ok := a.policyLocked(p); !ok {
+			return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+				"list policies with `drover acl policy ls`", "policy %q not found", p)
+		}
+	}
+	n := len(f.acl.tokens) + 1
+	idx := f.commitLocked("acl.token.create", "acl/token/"+testAccessor(n))
+	t := &droverv1.ACLToken{
+		AccessorId: testAccessor(n), Name: r.GetName(), Description: r.GetDescription(), Policies: r.GetPolicies(),
+		CreateTime: timestamppb.New(f.now), CreateIndex: idx, ModifyIndex: idx, CreatedBy: a.callerLocked(req.Header()),
+	}
+	if ttl := r.GetTtl().AsDuration(); ttl > 0 {
+		t.ExpireTime = timestamppb.New(f.now.Add(ttl))
+	}
+	secret := fmt.Sprintf("secret-%d", n)
+	a.addTokenLocked(t, secret)
+	return connect.NewResponse(&droverv1.CreateACLTokenResponse{
+		Token: proto.Clone(t).(*droverv1.ACLToken), SecretId: secret, Meta: &droverv1.WriteMeta{Index: idx},
+	}), nil
+}
+
+func (a *fakeACL) ListTokens(_ context.Context, req *connect.Request[droverv1.ListACLTokensRequest]) (*connect.Response[droverv1.ListACLTokensResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &droverv1.ListACLTokensResponse{Meta: f.queryMetaLocked(req.Msg.GetOptions())}
+	for _, t := range f.acl.tokens {
+		resp.Tokens = append(resp.Tokens, proto.Clone(t).(*droverv1.ACLToken))
+	}
+	slices.Reverse(resp.Tokens) // newest first, on purpose: the command must sort
+	return connect.NewResponse(resp), nil
+}
+
+func (a *fakeACL) GetToken(_ context.Context, req *connect.Request[droverv1.GetACLTokenRequest]) (*connect.Response[droverv1.GetACLTokenResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acl.lastGet = proto.Clone(req.Msg).(*droverv1.GetACLTokenRequest)
+	t, err := a.tokenLocked(req.Msg.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.GetACLTokenResponse{
+		Token: proto.Clone(t).(*droverv1.ACLToken), Meta: f.queryMetaLocked(req.Msg.GetOptions()),
+	}), nil
+}
+
+// callerLocked returns the accessor id of the token whose secret a
+// request carries, "" if none.
+func (a *fakeACL) callerLocked(h http.Header) string {
+	secret, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	return a.f.acl.secrets[secret]
+}
+
+// GetTokenSelf finds the caller's token by the secret it sends.
+func (a *fakeACL) GetTokenSelf(_ context.Context, req *connect.Request[droverv1.GetACLTokenSelfRequest]) (*connect.Response[droverv1.GetACLTokenResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	accessor := a.callerLocked(req.Header())
+	if accessor == "" {
+		return nil, apiError(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			"check DROVER_TOKEN", "token not found")
+	}
+	t, err := a.tokenLocked(accessor)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.GetACLTokenResponse{
+		Token: proto.Clone(t).(*droverv1.ACLToken), Meta: f.queryMetaLocked(req.Msg.GetOptions()),
+	}), nil
+}
+
+func (a *fakeACL) RevokeToken(_ context.Context, req *connect.Request[droverv1.RevokeACLTokenRequest]) (*connect.Response[droverv1.RevokeACLTokenResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acl.revoked = append(f.acl.revoked, req.Msg.GetId())
+	t, err := a.tokenLocked(req.Msg.GetId())
+	if err != nil {
+		return nil, err
+	}
+	f.acl.tokens = slices.DeleteFunc(f.acl.tokens, func(x *droverv1.ACLToken) bool { return x == t })
+	maps.DeleteFunc(f.acl.secrets, func(_, accessor string) bool { return accessor == t.GetAccessorId() })
+	idx := f.commitLocked("acl.token.revoke", "acl/token/"+t.GetAccessorId())
+	return connect.NewResponse(&droverv1.RevokeACLTokenResponse{Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
+func (a *fakeACL) RotateToken(_ context.Context, req *connect.Request[droverv1.RotateACLTokenRequest]) (*connect.Response[droverv1.RotateACLTokenResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, err := a.tokenLocked(req.Msg.GetId())
+	if err != nil {
+		return nil, err
+	}
+	maps.DeleteFunc(f.acl.secrets, func(_, accessor string) bool { return accessor == t.GetAccessorId() })
+	f.acl.rotated++
+	secret := fmt.Sprintf("rotated-%d", f.acl.rotated)
+	f.acl.secrets[secret] = t.GetAccessorId()
+	idx := f.commitLocked("acl.token.rotate", "acl/token/"+t.GetAccessorId())
+	t.RotateTime, t.ModifyIndex = timestamppb.New(f.now), idx
+	return connect.NewResponse(&droverv1.RotateACLTokenResponse{
+		Token: proto.Clone(t).(*droverv1.ACLToken), SecretId: secret, Meta: &droverv1.WriteMeta{Index: idx},
+	}), nil
+}
+
+func (a *fakeACL) ApplyPolicy(_ context.Context, req *connect.Request[droverv1.ApplyACLPolicyRequest]) (*connect.Response[droverv1.ApplyACLPolicyResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acl.lastApply = proto.Clone(req.Msg).(*droverv1.ApplyACLPolicyRequest)
+	p := proto.Clone(req.Msg.GetPolicy()).(*droverv1.ACLPolicy)
+	if err := acl.ValidatePolicy(p); err != nil {
+		return nil, apiError(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, "", "%v", err)
+	}
+	idx := f.commitLocked("acl.policy.apply", "acl/policy/"+p.GetName())
+	old, replaced := f.acl.policies[p.GetName()]
+	p.Builtin, p.ModifyIndex, p.ModifyTime = false, idx, timestamppb.New(f.now)
+	p.CreateIndex, p.CreateTime = idx, timestamppb.New(f.now)
+	if replaced {
+		p.CreateIndex, p.CreateTime = old.GetCreateIndex(), old.GetCreateTime()
+	}
+	if f.acl.policies == nil {
+		f.acl.policies = map[string]*droverv1.ACLPolicy{}
+	}
+	f.acl.policies[p.GetName()] = p
+	return connect.NewResponse(&droverv1.ApplyACLPolicyResponse{
+		Policy: proto.Clone(p).(*droverv1.ACLPolicy), Replaced: replaced, Meta: &droverv1.WriteMeta{Index: idx},
+	}), nil
+}
+
+func (a *fakeACL) ListPolicies(_ context.Context, req *connect.Request[droverv1.ListACLPoliciesRequest]) (*connect.Response[droverv1.ListACLPoliciesResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &droverv1.ListACLPoliciesResponse{Policies: acl.Builtin(), Meta: f.queryMetaLocked(req.Msg.GetOptions())}
+	for _, p := range f.acl.policies { // map order, on purpose: the command must sort
+		resp.Policies = append(resp.Policies, proto.Clone(p).(*droverv1.ACLPolicy))
+	}
+	slices.Reverse(resp.Policies)
+	return connect.NewResponse(resp), nil
+}
+
+func (a *fakeACL) GetPolicy(_ context.Context, req *connect.Request[droverv1.GetACLPolicyRequest]) (*connect.Response[droverv1.GetACLPolicyResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := a.policyLocked(req.Msg.GetName())
+	if !ok {
+		return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+			"list policies with `drover acl policy ls`", "policy %q not found", req.Msg.GetName())
+	}
+	return connect.NewResponse(&droverv1.GetACLPolicyResponse{
+		Policy: proto.Clone(p).(*droverv1.ACLPolicy), Meta: f.queryMetaLocked(req.Msg.GetOptions()),
+	}), nil
+}
+
+func (a *fakeACL) DeletePolicy(_ context.Context, req *connect.Request[droverv1.DeleteACLPolicyRequest]) (*connect.Response[droverv1.DeleteACLPolicyResponse], error) {
+	f := a.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := req.Msg.GetName()
+	f.acl.deleted = append(f.acl.deleted, name)
+	if _, ok := f.acl.policies[name]; !ok {
+		return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+			"list policies with `drover acl policy ls`", "policy %q not found", name)
+	}
+	delete(f.acl.policies, name)
+	idx := f.commitLocked("acl.policy.delete", "acl/policy/"+name)
+	return connect.NewResponse(&droverv1.DeleteACLPolicyResponse{Meta: &droverv1.WriteMeta{Index: idx}}), nil
 }
