@@ -93,7 +93,7 @@ token's name or accessor ID, or one of the others as the column spells it.`,
 
 func auditTable(w io.Writer, events []*droverv1.AuditEvent) {
 	events = slices.Clone(events)
-	slices.SortFunc(events, func(a, b *droverv1.AuditEvent) int { return cmp.Compare(a.GetIndex(), b.GetIndex()) })
+	slices.SortStableFunc(events, func(a, b *droverv1.AuditEvent) int { return cmp.Compare(a.GetIndex(), b.GetIndex()) })
 	row(w, "TIME", "INDEX", "ACTOR", "ACTION", "TARGET", "RESULT")
 	for _, e := range events {
 		row(w, formatTime(e.GetTime()), strconv.FormatUint(e.GetIndex(), 10), auditActor(e),
