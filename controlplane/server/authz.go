@@ -222,6 +222,7 @@ func (s *Server) objectOf(c acl.Capability, req any) (ref acl.Ref, obj acl.Objec
 		// the handler then answers not found to those who may know.
 		if n, err := s.findNode(ref.Node); err == nil {
 			obj = nodeObject(n)
+			ref.Node = n.GetId() // named as the audit log names nodes
 		}
 	case ref.JoinToken != "":
 		if t, err := s.state.JoinToken(ref.JoinToken); err == nil {
