@@ -127,11 +127,7 @@ func (s *Server) authorize(ctx context.Context, procedure string, h http.Header,
 		}
 		return s.authenticateAgent(ctx)
 	case acl.AuthServer:
-		if pki.RoleOf(serverPeerFrom(ctx)) != pki.RoleServer {
-			return ctx, apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_WRONG_CREDENTIAL,
-				"only control-plane servers may make this call, with their server certificate", "")
-		}
-		return ctx, nil
+		return ctx, requireServerPeer(ctx)
 	}
 
 	c, err := s.operator(ctx, h)
@@ -158,6 +154,16 @@ func (s *Server) authorize(ctx context.Context, procedure string, h http.Header,
 		return ctx, err
 	}
 	return ctx, nil
+}
+
+// requireServerPeer refuses a call whose connection does not come from
+// another server, with its server certificate.
+func requireServerPeer(ctx context.Context) error {
+	if pki.RoleOf(serverPeerFrom(ctx)) != pki.RoleServer {
+		return apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_WRONG_CREDENTIAL,
+			"only control-plane servers may make this call, with their server certificate", "")
+	}
+	return nil
 }
 
 // operator resolves the call's operator token and checks that it is
@@ -293,9 +299,17 @@ func (s *Server) denial(c *caller, procedure string, capability acl.Capability, 
 // a follower is never an open relay for calls that will fail. It decides
 // only what it knows: a token this server has not seen yet (just created
 // on the leader) goes on, and the leader checks every call again with
-// the object the request names.
+// the object the request names. A server-only call is the exception: it
+// is decided here, since the leader sees it arrive with this server's
+// certificate.
 func (s *Server) precheck(r *http.Request) error {
 	capability, ok := acl.ForProcedure(r.URL.Path)
+	if ok && capability.Auth == acl.AuthServer {
+		// The leader sees this server's certificate on the forwarded
+		// call, not the caller's: only here can the caller's own be
+		// checked, or anyone could make server calls through a follower.
+		return requireServerPeer(r.Context())
+	}
 	if !ok || capability.Auth != acl.AuthToken {
 		return nil
 	}
