@@ -127,6 +127,13 @@ func (s *Server) authorize(ctx context.Context, procedure string, h http.Header,
 		}
 		return s.authenticateAgent(ctx)
 	case acl.AuthServer:
+		// A forwarded call arrives over the forwarding server's own
+		// connection, so its certificate says nothing of the caller;
+		// servers make these calls directly, never through another.
+		if by := h.Get(forwardedHeader); by != "" {
+			return ctx, apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_WRONG_CREDENTIAL,
+				fmt.Sprintf("only control-plane servers may make this call, directly: %s forwarded it for someone else", by), "")
+		}
 		return ctx, requireServerPeer(ctx)
 	}
 
