@@ -306,15 +306,13 @@ func (s *Server) denial(c *caller, procedure string, capability acl.Capability, 
 // a follower is never an open relay for calls that will fail. It decides
 // only what it knows: a token this server has not seen yet (just created
 // on the leader) goes on, and the leader checks every call again with
-// the object the request names. A server-only call is the exception: it
-// is decided here, since the leader sees it arrive with this server's
-// certificate.
+// the object the request names. A server-only call is checked here in
+// full, since the leader sees it arrive with this server's certificate
+// (and refuses it as forwarded).
 func (s *Server) precheck(r *http.Request) error {
 	capability, ok := acl.ForProcedure(r.URL.Path)
 	if ok && capability.Auth == acl.AuthServer {
-		// The leader sees this server's certificate on the forwarded
-		// call, not the caller's: only here can the caller's own be
-		// checked, or anyone could make server calls through a follower.
+		// Only here can the caller's own certificate be checked.
 		return requireServerPeer(r.Context())
 	}
 	if !ok || capability.Auth != acl.AuthToken {
