@@ -155,3 +155,38 @@ func expectReason(err error, reason droverv1.ErrorReason) error {
 	}
 	return nil
 }
+
+// Token listings never carry the hash of a secret: only the servers need
+// it, and a reader of the listing has no use for it but guessing.
+func TestListingsHideSecretHashes(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{})
+	node := c.Nodes()[0]
+	ctx := testCtx(t, 30*time.Second)
+	admin := clientsWith(t, c, node, c.Token(), false)
+	tokens, _ := operator(t, c, node)
+	_, created := createToken(t, tokens, &droverv1.CreateTokenRequest{Site: "berlin"})
+	if len(created.GetSecretSha256()) != 0 {
+		t.Errorf("join token create returned the secret hash")
+	}
+	joins, err := tokens.ListTokens(ctx, connect.NewRequest(&droverv1.ListTokensRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := admin.ACL.ListTokens(ctx, connect.NewRequest(&droverv1.ListACLTokensRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(joins.Msg.GetTokens()) == 0 || len(ops.Msg.GetTokens()) == 0 {
+		t.Fatalf("listed %d join tokens and %d operator tokens, want some of each", len(joins.Msg.GetTokens()), len(ops.Msg.GetTokens()))
+	}
+	for _, jt := range joins.Msg.GetTokens() {
+		if len(jt.GetSecretSha256()) != 0 {
+			t.Errorf("join token %s listed with its secret hash", jt.GetId())
+		}
+	}
+	for _, ot := range ops.Msg.GetTokens() {
+		if len(ot.GetSecretSha256()) != 0 {
+			t.Errorf("operator token %s listed with its secret hash", ot.GetName())
+		}
+	}
+}

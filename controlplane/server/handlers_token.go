@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/controlplane/acl"
@@ -61,7 +62,7 @@ func (h *tokenHandler) CreateToken(ctx context.Context, req *connect.Request[dro
 		return nil, toAPIError(err)
 	}
 	return connect.NewResponse(&droverv1.CreateTokenResponse{
-		Token:       res.Value.(*droverv1.JoinToken),
+		Token:       publicJoinToken(res.Value.(*droverv1.JoinToken)),
 		TokenString: tok.String(),
 		Meta:        &droverv1.WriteMeta{Index: res.Index},
 	}), nil
@@ -74,6 +75,9 @@ func (h *tokenHandler) ListTokens(ctx context.Context, req *connect.Request[drov
 	}
 	tokens := readable(ctx, h.s.state.JoinTokens(), droverv1.ACLResource_ACL_RESOURCE_JOIN_TOKEN,
 		func(t *droverv1.JoinToken) acl.Object { return acl.Object{Site: t.GetSite()} })
+	for i, t := range tokens {
+		tokens[i] = publicJoinToken(t)
+	}
 	return connect.NewResponse(&droverv1.ListTokensResponse{Tokens: tokens, Meta: meta}), nil
 }
 
@@ -84,4 +88,12 @@ func (h *tokenHandler) RevokeToken(ctx context.Context, req *connect.Request[dro
 		return nil, toAPIError(err)
 	}
 	return connect.NewResponse(&droverv1.RevokeTokenResponse{Meta: &droverv1.WriteMeta{Index: res.Index}}), nil
+}
+
+// publicJoinToken is what the API shows of a join token: everything but
+// the hash of its secret, which only the server needs.
+func publicJoinToken(t *droverv1.JoinToken) *droverv1.JoinToken {
+	t = proto.CloneOf(t)
+	t.SecretSha256 = nil
+	return t
 }
