@@ -23,8 +23,10 @@ type BuildOptions struct {
 	// version of a model should use the previous version's parameters so
 	// that unchanged bytes make the same chunks.
 	Chunker ChunkerParams
-	// Limits bound the tree; the total size and file count are checked
-	// before any file is read.
+	// Limits bound the tree; a zero field is no bound. Pass at most what
+	// agents accept (DefaultLimits unless they were configured
+	// otherwise). The total size and file count are checked before any
+	// file is read.
 	Limits Limits
 	// Model and VersionLabel go into the manifest as they are; see the
 	// Manifest message. Both are optional.

@@ -67,6 +67,16 @@ func TestSignAndVerify(t *testing.T) {
 	if _, err := Sign(b, SigningKey{}); err == nil {
 		t.Error("the zero key signed")
 	}
+
+	// One good signature by a trusted key is enough, even beside a bad
+	// one by another trusted key.
+	carol := testKey(t, "carol...")
+	trusted[carol.ID()] = carol.Public()
+	signed, _ = signedTestManifest(t, alice, carol)
+	signed.Signatures[0].Signature[0] ^= 1
+	if _, _, err := Verify(signed, trusted, DefaultLimits()); err != nil {
+		t.Errorf("a good signature beside a bad one: %v", err)
+	}
 }
 
 func TestVerifyRefusals(t *testing.T) {
