@@ -232,9 +232,10 @@ func checkChunks(f *droverv1.ManifestFile, p ChunkerParams) error {
 		if len(c.GetDigest()) != DigestSize {
 			return fmt.Errorf("chunk %d: digest of %d bytes, want %d", i, len(c.GetDigest()), DigestSize)
 		}
-		size := int(c.GetSize())
+		// int64, not int: on a 32-bit device a uint32 size could wrap.
+		size := int64(c.GetSize())
 		last := i == len(chunks)-1
-		if size == 0 || size > p.Max || (!last && size < p.Min) {
+		if size == 0 || size > int64(p.Max) || (!last && size < int64(p.Min)) {
 			return fmt.Errorf("chunk %d (%s): size %d is not one the chunker makes (min %d, max %d)", i, digestOf(c), size, p.Min, p.Max)
 		}
 		sum += uint64(size)

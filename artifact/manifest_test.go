@@ -105,6 +105,14 @@ func TestValidateManifest(t *testing.T) {
 			f := file(m, 2)
 			f.Chunks = []*droverv1.ManifestChunk{testChunk("big", 1534)}
 		}, nil, "size 1534 is not one the chunker makes"},
+		{"last chunk of 2 GiB", Limits{}, func(m *droverv1.Manifest) {
+			// On a 32-bit device this size is negative as an int.
+			f := file(m, 0)
+			d := Sum([]byte("huge"))
+			f.Chunks = []*droverv1.ManifestChunk{{Digest: d[:], Size: 1 << 31}}
+			f.Size = 1 << 31
+			m.TotalSize = 1<<31 + 1534
+		}, nil, "size 2147483648 is not one the chunker makes"},
 		{"inner chunk under min", Limits{}, func(m *droverv1.Manifest) {
 			f := file(m, 2)
 			f.Chunks = []*droverv1.ManifestChunk{testChunk("a", 1024), testChunk("b", 10), testChunk("c", 500)}
