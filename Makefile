@@ -61,6 +61,9 @@ proto-check: ## Fail when the checked-in generated code is stale.
 
 bench: ## Benchmarks with their baselines in the same run (see docs/performance.md).
 	cd bench && $(GO) test -run=NONE -bench=. -benchtime=3s -timeout 30m ./...
+	# Chunking and hashing beside hashing alone; the chunk-size study (fixed work).
+	$(GO) test -run=NONE -bench=ChunkAndHash -cpu=1 ./artifact/
+	$(GO) test -run=NONE -bench=ChunkSize -benchtime=1x ./artifact/
 	# What checking a call costs beside the whole call, in the same run.
 	$(GO) test -run=NONE -bench=Authorization -benchmem ./controlplane/server/
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.
