@@ -182,6 +182,27 @@ var procedures = map[string]Capability{
 		return Ref{JoinToken: r.GetId()}
 	}),
 
+	// Pushing a version's bytes is writing the model; reading them back
+	// is reading it. Uploads stream, so their model was checked when the
+	// push started; a chunk is taken only for a push in progress.
+	connectv1.ArtifactServiceStartPushProcedure: on(model, write, func(r *droverv1.StartPushRequest) Ref {
+		return modelRef(r.GetModel())
+	}),
+	connectv1.ArtifactServiceUploadChunksProcedure: need(model, write),
+	connectv1.ArtifactServiceFinishPushProcedure: on(model, write, func(r *droverv1.FinishPushRequest) Ref {
+		return modelRef(r.GetModel())
+	}),
+	connectv1.ArtifactServiceGetManifestProcedure: on(model, read, func(r *droverv1.GetManifestRequest) Ref {
+		return modelRef(r.GetModel())
+	}),
+	connectv1.ArtifactServiceGetChunkProcedure: on(model, read, func(r *droverv1.GetChunkRequest) Ref {
+		return modelRef(r.GetModel())
+	}),
+	// Servers copy chunks among themselves to make a push durable.
+	connectv1.ChunkServiceMissingChunksProcedure: {Auth: AuthServer},
+	connectv1.ChunkServicePutChunksProcedure:     {Auth: AuthServer},
+	connectv1.ChunkServiceGetChunksProcedure:     {Auth: AuthServer},
+
 	connectv1.ModelServiceCreateModelProcedure: on(model, write, func(r *droverv1.CreateModelRequest) Ref {
 		return modelRef(r.GetName())
 	}),

@@ -40,6 +40,15 @@ var localProcedures = []string{
 	// Any server knows the CA and the servers; agents ask whichever
 	// they reach first.
 	droverv1connect.AgentServiceGetClusterInfoProcedure,
+	// A push's chunks go into the store of the server that receives
+	// them, and chunks are read from whichever server holds them; only
+	// FinishPush, which writes the version, goes to the leader.
+	droverv1connect.ArtifactServiceStartPushProcedure,
+	droverv1connect.ArtifactServiceUploadChunksProcedure,
+	droverv1connect.ArtifactServiceGetChunkProcedure,
+	droverv1connect.ChunkServiceMissingChunksProcedure,
+	droverv1connect.ChunkServicePutChunksProcedure,
+	droverv1connect.ChunkServiceGetChunksProcedure,
 }
 
 // peerDialTimeout bounds how long a server tries to connect to another
@@ -204,6 +213,7 @@ func servedMethods() iter.Seq2[string, protoreflect.MethodDescriptor] {
 			droverv1.File_drover_v1_cluster_proto,
 			droverv1.File_drover_v1_node_proto,
 			droverv1.File_drover_v1_agent_proto,
+			droverv1.File_drover_v1_artifact_service_proto,
 		} {
 			for i := range fd.Services().Len() {
 				svc := fd.Services().Get(i)
