@@ -66,7 +66,11 @@ type GetClusterInfoResponse struct {
 	CaPem     []byte `protobuf:"bytes,1,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
 	ClusterId string `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	// API addresses (HOST:PORT) of every known server, for failover.
-	Servers       []string `protobuf:"bytes,3,rep,name=servers,proto3" json:"servers,omitempty"`
+	Servers []string `protobuf:"bytes,3,rep,name=servers,proto3" json:"servers,omitempty"`
+	// Public keys (Ed25519, 32 bytes) a model version's manifest may be
+	// signed with, by key id: the cluster's own signing key and the
+	// operators' keys that are not revoked.
+	ManifestKeys  map[string][]byte `protobuf:"bytes,4,rep,name=manifest_keys,json=manifestKeys,proto3" json:"manifest_keys,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -118,6 +122,13 @@ func (x *GetClusterInfoResponse) GetClusterId() string {
 func (x *GetClusterInfoResponse) GetServers() []string {
 	if x != nil {
 		return x.Servers
+	}
+	return nil
+}
+
+func (x *GetClusterInfoResponse) GetManifestKeys() map[string][]byte {
+	if x != nil {
+		return x.ManifestKeys
 	}
 	return nil
 }
@@ -1217,12 +1228,16 @@ var File_drover_v1_agent_proto protoreflect.FileDescriptor
 const file_drover_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x15drover/v1/agent.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x14drover/v1/node.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
-	"\x15GetClusterInfoRequest\"h\n" +
+	"\x15GetClusterInfoRequest\"\x83\x02\n" +
 	"\x16GetClusterInfoResponse\x12\x15\n" +
 	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
-	"\aservers\x18\x03 \x03(\tR\aservers\"\xbc\x02\n" +
+	"\aservers\x18\x03 \x03(\tR\aservers\x12X\n" +
+	"\rmanifest_keys\x18\x04 \x03(\v23.drover.v1.GetClusterInfoResponse.ManifestKeysEntryR\fmanifestKeys\x1a?\n" +
+	"\x11ManifestKeysEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xbc\x02\n" +
 	"\rEnrollRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12<\n" +
@@ -1333,7 +1348,7 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_drover_v1_agent_proto_goTypes = []any{
 	(*GetClusterInfoRequest)(nil),    // 0: drover.v1.GetClusterInfoRequest
 	(*GetClusterInfoResponse)(nil),   // 1: drover.v1.GetClusterInfoResponse
@@ -1355,69 +1370,71 @@ var file_drover_v1_agent_proto_goTypes = []any{
 	(*LabelNodeResponse)(nil),        // 17: drover.v1.LabelNodeResponse
 	(*RevokeNodeRequest)(nil),        // 18: drover.v1.RevokeNodeRequest
 	(*RevokeNodeResponse)(nil),       // 19: drover.v1.RevokeNodeResponse
-	nil,                              // 20: drover.v1.EnrollRequest.LabelsEntry
-	nil,                              // 21: drover.v1.ListNodesRequest.LabelsEntry
-	nil,                              // 22: drover.v1.LabelNodeRequest.SetEntry
-	(*NodeInventory)(nil),            // 23: drover.v1.NodeInventory
-	(*Node)(nil),                     // 24: drover.v1.Node
-	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 26: drover.v1.WriteMeta
-	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
-	(NodeStatus)(0),                  // 28: drover.v1.NodeStatus
-	(*QueryOptions)(nil),             // 29: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 30: drover.v1.QueryMeta
+	nil,                              // 20: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	nil,                              // 21: drover.v1.EnrollRequest.LabelsEntry
+	nil,                              // 22: drover.v1.ListNodesRequest.LabelsEntry
+	nil,                              // 23: drover.v1.LabelNodeRequest.SetEntry
+	(*NodeInventory)(nil),            // 24: drover.v1.NodeInventory
+	(*Node)(nil),                     // 25: drover.v1.Node
+	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 27: drover.v1.WriteMeta
+	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
+	(NodeStatus)(0),                  // 29: drover.v1.NodeStatus
+	(*QueryOptions)(nil),             // 30: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 31: drover.v1.QueryMeta
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	20, // 0: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
-	23, // 1: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
-	24, // 2: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
-	25, // 3: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	26, // 4: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
-	23, // 5: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
-	24, // 6: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
-	26, // 7: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
-	25, // 8: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	27, // 9: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
-	28, // 10: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
-	21, // 11: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
-	28, // 12: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
-	29, // 13: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
-	24, // 14: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
-	30, // 15: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
-	29, // 16: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
-	24, // 17: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
-	30, // 18: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
-	24, // 19: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
-	26, // 20: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	22, // 21: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
-	24, // 22: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
-	26, // 23: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	26, // 24: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	0,  // 25: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
-	2,  // 26: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
-	4,  // 27: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	6,  // 28: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
-	8,  // 29: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
-	10, // 30: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	12, // 31: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	14, // 32: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	16, // 33: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	18, // 34: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	1,  // 35: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 36: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 37: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 38: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 39: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 40: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	13, // 41: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	15, // 42: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	17, // 43: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	19, // 44: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	35, // [35:45] is the sub-list for method output_type
-	25, // [25:35] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	20, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	21, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
+	24, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
+	25, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
+	26, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	27, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
+	24, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
+	25, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
+	27, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
+	26, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	28, // 10: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
+	29, // 11: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
+	22, // 12: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
+	29, // 13: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
+	30, // 14: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
+	25, // 15: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
+	31, // 16: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
+	30, // 17: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
+	25, // 18: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
+	31, // 19: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
+	25, // 20: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
+	27, // 21: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	23, // 22: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
+	25, // 23: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
+	27, // 24: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	27, // 25: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	0,  // 26: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
+	2,  // 27: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
+	4,  // 28: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	6,  // 29: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
+	8,  // 30: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
+	10, // 31: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	12, // 32: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	14, // 33: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	16, // 34: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	18, // 35: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	1,  // 36: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 37: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 38: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 39: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 40: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 41: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	13, // 42: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	15, // 43: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	17, // 44: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	19, // 45: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	36, // [36:46] is the sub-list for method output_type
+	26, // [26:36] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -1433,7 +1450,7 @@ func file_drover_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -148,8 +148,12 @@ type ArtifactManifest struct {
 	Digest    string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
 	SizeBytes uint64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// Format such as onnx, safetensors, gguf, torchscript.
-	Format        string          `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
-	Files         []*ArtifactFile `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	Format string          `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
+	Files  []*ArtifactFile `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	// The signed manifest the version was pushed with; digest is the
+	// SHA-256 of signed.manifest. Absent for a version created from a bare
+	// digest, whose bytes the cluster does not hold.
+	Signed        *SignedManifest `protobuf:"bytes,5,opt,name=signed,proto3" json:"signed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -208,6 +212,13 @@ func (x *ArtifactManifest) GetFormat() string {
 func (x *ArtifactManifest) GetFiles() []*ArtifactFile {
 	if x != nil {
 		return x.Files
+	}
+	return nil
+}
+
+func (x *ArtifactManifest) GetSigned() *SignedManifest {
+	if x != nil {
+		return x.Signed
 	}
 	return nil
 }
@@ -1457,7 +1468,7 @@ var File_drover_v1_registry_proto protoreflect.FileDescriptor
 
 const file_drover_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x18drover/v1/registry.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x03\n" +
+	"\x18drover/v1/registry.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x03\n" +
 	"\x05Model\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x14\n" +
@@ -1477,13 +1488,14 @@ const file_drover_v1_registry_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fAliasesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x90\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xc3\x01\n" +
 	"\x10ArtifactManifest\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\x12\x16\n" +
 	"\x06format\x18\x03 \x01(\tR\x06format\x12-\n" +
-	"\x05files\x18\x04 \x03(\v2\x17.drover.v1.ArtifactFileR\x05files\"Y\n" +
+	"\x05files\x18\x04 \x03(\v2\x17.drover.v1.ArtifactFileR\x05files\x121\n" +
+	"\x06signed\x18\x05 \x01(\v2\x19.drover.v1.SignedManifestR\x06signed\"Y\n" +
 	"\fArtifactFile\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
@@ -1643,68 +1655,70 @@ var file_drover_v1_registry_proto_goTypes = []any{
 	nil,                           // 28: drover.v1.CreateVersionRequest.MetricsEntry
 	nil,                           // 29: drover.v1.CreateVersionRequest.TagsEntry
 	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(*WriteMeta)(nil),             // 31: drover.v1.WriteMeta
-	(*QueryOptions)(nil),          // 32: drover.v1.QueryOptions
-	(*QueryMeta)(nil),             // 33: drover.v1.QueryMeta
+	(*SignedManifest)(nil),        // 31: drover.v1.SignedManifest
+	(*WriteMeta)(nil),             // 32: drover.v1.WriteMeta
+	(*QueryOptions)(nil),          // 33: drover.v1.QueryOptions
+	(*QueryMeta)(nil),             // 34: drover.v1.QueryMeta
 }
 var file_drover_v1_registry_proto_depIdxs = []int32{
 	23, // 0: drover.v1.Model.tags:type_name -> drover.v1.Model.TagsEntry
 	24, // 1: drover.v1.Model.aliases:type_name -> drover.v1.Model.AliasesEntry
 	30, // 2: drover.v1.Model.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 3: drover.v1.ArtifactManifest.files:type_name -> drover.v1.ArtifactFile
-	1,  // 4: drover.v1.ModelVersion.artifact:type_name -> drover.v1.ArtifactManifest
-	3,  // 5: drover.v1.ModelVersion.lineage:type_name -> drover.v1.Lineage
-	25, // 6: drover.v1.ModelVersion.metrics:type_name -> drover.v1.ModelVersion.MetricsEntry
-	26, // 7: drover.v1.ModelVersion.tags:type_name -> drover.v1.ModelVersion.TagsEntry
-	30, // 8: drover.v1.ModelVersion.create_time:type_name -> google.protobuf.Timestamp
-	27, // 9: drover.v1.CreateModelRequest.tags:type_name -> drover.v1.CreateModelRequest.TagsEntry
-	0,  // 10: drover.v1.CreateModelResponse.model:type_name -> drover.v1.Model
-	31, // 11: drover.v1.CreateModelResponse.meta:type_name -> drover.v1.WriteMeta
-	32, // 12: drover.v1.ListModelsRequest.options:type_name -> drover.v1.QueryOptions
-	0,  // 13: drover.v1.ListModelsResponse.models:type_name -> drover.v1.Model
-	33, // 14: drover.v1.ListModelsResponse.meta:type_name -> drover.v1.QueryMeta
-	32, // 15: drover.v1.GetModelRequest.options:type_name -> drover.v1.QueryOptions
-	0,  // 16: drover.v1.GetModelResponse.model:type_name -> drover.v1.Model
-	33, // 17: drover.v1.GetModelResponse.meta:type_name -> drover.v1.QueryMeta
-	31, // 18: drover.v1.DeleteModelResponse.meta:type_name -> drover.v1.WriteMeta
-	1,  // 19: drover.v1.CreateVersionRequest.artifact:type_name -> drover.v1.ArtifactManifest
-	3,  // 20: drover.v1.CreateVersionRequest.lineage:type_name -> drover.v1.Lineage
-	28, // 21: drover.v1.CreateVersionRequest.metrics:type_name -> drover.v1.CreateVersionRequest.MetricsEntry
-	29, // 22: drover.v1.CreateVersionRequest.tags:type_name -> drover.v1.CreateVersionRequest.TagsEntry
-	4,  // 23: drover.v1.CreateVersionResponse.version:type_name -> drover.v1.ModelVersion
-	31, // 24: drover.v1.CreateVersionResponse.meta:type_name -> drover.v1.WriteMeta
-	32, // 25: drover.v1.ListVersionsRequest.options:type_name -> drover.v1.QueryOptions
-	4,  // 26: drover.v1.ListVersionsResponse.versions:type_name -> drover.v1.ModelVersion
-	33, // 27: drover.v1.ListVersionsResponse.meta:type_name -> drover.v1.QueryMeta
-	32, // 28: drover.v1.GetVersionRequest.options:type_name -> drover.v1.QueryOptions
-	4,  // 29: drover.v1.GetVersionResponse.version:type_name -> drover.v1.ModelVersion
-	33, // 30: drover.v1.GetVersionResponse.meta:type_name -> drover.v1.QueryMeta
-	0,  // 31: drover.v1.SetAliasResponse.model:type_name -> drover.v1.Model
-	31, // 32: drover.v1.SetAliasResponse.meta:type_name -> drover.v1.WriteMeta
-	31, // 33: drover.v1.DeleteAliasResponse.meta:type_name -> drover.v1.WriteMeta
-	5,  // 34: drover.v1.ModelService.CreateModel:input_type -> drover.v1.CreateModelRequest
-	7,  // 35: drover.v1.ModelService.ListModels:input_type -> drover.v1.ListModelsRequest
-	9,  // 36: drover.v1.ModelService.GetModel:input_type -> drover.v1.GetModelRequest
-	11, // 37: drover.v1.ModelService.DeleteModel:input_type -> drover.v1.DeleteModelRequest
-	13, // 38: drover.v1.ModelService.CreateVersion:input_type -> drover.v1.CreateVersionRequest
-	15, // 39: drover.v1.ModelService.ListVersions:input_type -> drover.v1.ListVersionsRequest
-	17, // 40: drover.v1.ModelService.GetVersion:input_type -> drover.v1.GetVersionRequest
-	19, // 41: drover.v1.ModelService.SetAlias:input_type -> drover.v1.SetAliasRequest
-	21, // 42: drover.v1.ModelService.DeleteAlias:input_type -> drover.v1.DeleteAliasRequest
-	6,  // 43: drover.v1.ModelService.CreateModel:output_type -> drover.v1.CreateModelResponse
-	8,  // 44: drover.v1.ModelService.ListModels:output_type -> drover.v1.ListModelsResponse
-	10, // 45: drover.v1.ModelService.GetModel:output_type -> drover.v1.GetModelResponse
-	12, // 46: drover.v1.ModelService.DeleteModel:output_type -> drover.v1.DeleteModelResponse
-	14, // 47: drover.v1.ModelService.CreateVersion:output_type -> drover.v1.CreateVersionResponse
-	16, // 48: drover.v1.ModelService.ListVersions:output_type -> drover.v1.ListVersionsResponse
-	18, // 49: drover.v1.ModelService.GetVersion:output_type -> drover.v1.GetVersionResponse
-	20, // 50: drover.v1.ModelService.SetAlias:output_type -> drover.v1.SetAliasResponse
-	22, // 51: drover.v1.ModelService.DeleteAlias:output_type -> drover.v1.DeleteAliasResponse
-	43, // [43:52] is the sub-list for method output_type
-	34, // [34:43] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	31, // 4: drover.v1.ArtifactManifest.signed:type_name -> drover.v1.SignedManifest
+	1,  // 5: drover.v1.ModelVersion.artifact:type_name -> drover.v1.ArtifactManifest
+	3,  // 6: drover.v1.ModelVersion.lineage:type_name -> drover.v1.Lineage
+	25, // 7: drover.v1.ModelVersion.metrics:type_name -> drover.v1.ModelVersion.MetricsEntry
+	26, // 8: drover.v1.ModelVersion.tags:type_name -> drover.v1.ModelVersion.TagsEntry
+	30, // 9: drover.v1.ModelVersion.create_time:type_name -> google.protobuf.Timestamp
+	27, // 10: drover.v1.CreateModelRequest.tags:type_name -> drover.v1.CreateModelRequest.TagsEntry
+	0,  // 11: drover.v1.CreateModelResponse.model:type_name -> drover.v1.Model
+	32, // 12: drover.v1.CreateModelResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 13: drover.v1.ListModelsRequest.options:type_name -> drover.v1.QueryOptions
+	0,  // 14: drover.v1.ListModelsResponse.models:type_name -> drover.v1.Model
+	34, // 15: drover.v1.ListModelsResponse.meta:type_name -> drover.v1.QueryMeta
+	33, // 16: drover.v1.GetModelRequest.options:type_name -> drover.v1.QueryOptions
+	0,  // 17: drover.v1.GetModelResponse.model:type_name -> drover.v1.Model
+	34, // 18: drover.v1.GetModelResponse.meta:type_name -> drover.v1.QueryMeta
+	32, // 19: drover.v1.DeleteModelResponse.meta:type_name -> drover.v1.WriteMeta
+	1,  // 20: drover.v1.CreateVersionRequest.artifact:type_name -> drover.v1.ArtifactManifest
+	3,  // 21: drover.v1.CreateVersionRequest.lineage:type_name -> drover.v1.Lineage
+	28, // 22: drover.v1.CreateVersionRequest.metrics:type_name -> drover.v1.CreateVersionRequest.MetricsEntry
+	29, // 23: drover.v1.CreateVersionRequest.tags:type_name -> drover.v1.CreateVersionRequest.TagsEntry
+	4,  // 24: drover.v1.CreateVersionResponse.version:type_name -> drover.v1.ModelVersion
+	32, // 25: drover.v1.CreateVersionResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 26: drover.v1.ListVersionsRequest.options:type_name -> drover.v1.QueryOptions
+	4,  // 27: drover.v1.ListVersionsResponse.versions:type_name -> drover.v1.ModelVersion
+	34, // 28: drover.v1.ListVersionsResponse.meta:type_name -> drover.v1.QueryMeta
+	33, // 29: drover.v1.GetVersionRequest.options:type_name -> drover.v1.QueryOptions
+	4,  // 30: drover.v1.GetVersionResponse.version:type_name -> drover.v1.ModelVersion
+	34, // 31: drover.v1.GetVersionResponse.meta:type_name -> drover.v1.QueryMeta
+	0,  // 32: drover.v1.SetAliasResponse.model:type_name -> drover.v1.Model
+	32, // 33: drover.v1.SetAliasResponse.meta:type_name -> drover.v1.WriteMeta
+	32, // 34: drover.v1.DeleteAliasResponse.meta:type_name -> drover.v1.WriteMeta
+	5,  // 35: drover.v1.ModelService.CreateModel:input_type -> drover.v1.CreateModelRequest
+	7,  // 36: drover.v1.ModelService.ListModels:input_type -> drover.v1.ListModelsRequest
+	9,  // 37: drover.v1.ModelService.GetModel:input_type -> drover.v1.GetModelRequest
+	11, // 38: drover.v1.ModelService.DeleteModel:input_type -> drover.v1.DeleteModelRequest
+	13, // 39: drover.v1.ModelService.CreateVersion:input_type -> drover.v1.CreateVersionRequest
+	15, // 40: drover.v1.ModelService.ListVersions:input_type -> drover.v1.ListVersionsRequest
+	17, // 41: drover.v1.ModelService.GetVersion:input_type -> drover.v1.GetVersionRequest
+	19, // 42: drover.v1.ModelService.SetAlias:input_type -> drover.v1.SetAliasRequest
+	21, // 43: drover.v1.ModelService.DeleteAlias:input_type -> drover.v1.DeleteAliasRequest
+	6,  // 44: drover.v1.ModelService.CreateModel:output_type -> drover.v1.CreateModelResponse
+	8,  // 45: drover.v1.ModelService.ListModels:output_type -> drover.v1.ListModelsResponse
+	10, // 46: drover.v1.ModelService.GetModel:output_type -> drover.v1.GetModelResponse
+	12, // 47: drover.v1.ModelService.DeleteModel:output_type -> drover.v1.DeleteModelResponse
+	14, // 48: drover.v1.ModelService.CreateVersion:output_type -> drover.v1.CreateVersionResponse
+	16, // 49: drover.v1.ModelService.ListVersions:output_type -> drover.v1.ListVersionsResponse
+	18, // 50: drover.v1.ModelService.GetVersion:output_type -> drover.v1.GetVersionResponse
+	20, // 51: drover.v1.ModelService.SetAlias:output_type -> drover.v1.SetAliasResponse
+	22, // 52: drover.v1.ModelService.DeleteAlias:output_type -> drover.v1.DeleteAliasResponse
+	44, // [44:53] is the sub-list for method output_type
+	35, // [35:44] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_registry_proto_init() }
@@ -1712,6 +1726,7 @@ func file_drover_v1_registry_proto_init() {
 	if File_drover_v1_registry_proto != nil {
 		return
 	}
+	file_drover_v1_artifact_proto_init()
 	file_drover_v1_common_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
