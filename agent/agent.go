@@ -25,6 +25,7 @@ import (
 	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
+	"github.com/droverhq/drover/internal/udpbuf"
 )
 
 // Version is the agent's version, reported to the control plane: the
@@ -170,6 +171,13 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	inv := inventoryProto(hw)
 	a.log.Info("hardware probed", "hardware", hw.Summary(), "gpus", len(hw.GPUs), "gpu_probe", hw.GPUProbe.Reason)
+	// The agent's QUIC sockets are made as it dials; the kernel's caps
+	// are the same for all of them, so one probe tells.
+	if sizes, err := udpbuf.Probe(); err == nil {
+		if w := udpbuf.Warning(sizes); w != "" {
+			a.log.Warn(w)
+		}
+	}
 	for _, w := range hw.Warnings {
 		a.log.Debug("hardware probe warning", "probe", w.Probe, "msg", w.Message)
 	}

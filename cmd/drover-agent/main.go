@@ -14,6 +14,11 @@ import (
 )
 
 func main() {
+	// quic-go prints its own unstructured line when the kernel caps UDP
+	// buffers; Drover logs one that names the sysctl (internal/udpbuf).
+	if _, set := os.LookupEnv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"); !set {
+		_ = os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	}
 	// The agent's live heap is a few MiB and it runs on edge boards that
 	// count every one: collect at half Go's default heap growth, unless
 	// GOGC says otherwise. Idle, it allocates little, so the extra

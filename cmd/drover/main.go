@@ -12,6 +12,11 @@ import (
 )
 
 func main() {
+	// quic-go prints its own unstructured line when the kernel caps UDP
+	// buffers; Drover logs one that names the sysctl (internal/udpbuf).
+	if _, set := os.LookupEnv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"); !set {
+		_ = os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal, restore the default handling, so a second
 	// Ctrl-C kills a command that is slow to wind down.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
+	"github.com/droverhq/drover/internal/udpbuf"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -63,6 +64,13 @@ func (s *Server) setupAPI() error {
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("listen for http/3 on udp %s: %w", s.cfg.APIAddr, err)
+	}
+	if uc, ok := pc.(*net.UDPConn); ok {
+		if sizes, err := udpbuf.Raise(uc); err == nil {
+			if w := udpbuf.Warning(sizes); w != "" {
+				s.logger.Warn(w)
+			}
+		}
 	}
 	tlsConf := pki.ServerTLSConfig(s.ca.Pool(), s.serverCert, tls.VerifyClientCertIfGiven)
 	tlsConf.NextProtos = []string{"h2", "http/1.1"}
