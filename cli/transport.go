@@ -30,6 +30,10 @@ type clients struct {
 	cluster droverv1connect.ClusterServiceClient
 	token   droverv1connect.TokenServiceClient
 	node    droverv1connect.NodeServiceClient
+	// artifact moves model bytes; agent is used only for its public
+	// GetClusterInfo, which lists the keys manifests are signed with.
+	artifact droverv1connect.ArtifactServiceClient
+	agent    droverv1connect.AgentServiceClient
 }
 
 // Request headers the server reads.
@@ -61,6 +65,9 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		cluster: droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
 		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
 		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
+		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address,
+			append(opts, connect.WithReadMaxBytes(maxArtifactMessage))...),
+		agent: droverv1connect.NewAgentServiceClient(hc, cfg.Address, opts...),
 	}, nil
 }
 
