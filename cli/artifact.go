@@ -11,11 +11,13 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
 	"github.com/droverhq/drover/artifact"
+	"github.com/droverhq/drover/internal/names"
 	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -120,8 +122,13 @@ type pushFlags struct {
 // less its manifest, reading the card file: all of it before the tree is
 // read or the server is asked anything.
 func buildFinishPush(cmd *cobra.Command, stdin io.Reader, f pushFlags) (*droverv1.FinishPushRequest, error) {
-	if f.model == "" {
+	switch {
+	case f.model == "":
 		return nil, usageErr(cmd, errors.New("--model is required: name the model to add a version to"))
+	case !names.IsName(f.model):
+		return nil, usageErr(cmd, fmt.Errorf("--model %s: not a model name: %s", f.model, names.Rule))
+	case f.alias != "" && !names.IsName(f.alias):
+		return nil, usageErr(cmd, fmt.Errorf("--alias %s: not an alias name: %s", f.alias, names.Rule))
 	}
 	metrics, err := parseMetrics("metric", f.metrics)
 	if err != nil {
@@ -234,8 +241,13 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		distinct += int64(r.Size)
 	}
 	prog := g.transferProgress("Uploading", toSend)
-	if err := uploadChunks(ctx, c, start.Msg.GetPushId(), missing, prog); err != nil {
-		return err
+	sent, err := uploadChunks(ctx, c, start.Msg.GetPushId(), missing, prog)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return withHint(fmt.Errorf("push to %s stopped after %s of %s: %w", req.GetModel(),
+			units.Bytes(uint64(sent)), units.Bytes(uint64(toSend)), err), resumeHint)
 	}
 	prog.done(toSend)
 
@@ -255,6 +267,9 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		}
 	})
 }
+
+// resumeHint is the advice for a push cut off before it finished.
+const resumeHint = "run the same command again: the push resumes, sending only the chunks the cluster still lacks"
 
 // uploadSummary says how much of the artifact this push sent. distinct
 // is the size of its distinct chunks: repeated bytes are sent once, which
@@ -321,10 +336,11 @@ func missingChunks(refs []artifact.ChunkRef, missing [][]byte) ([]artifact.Chunk
 
 // uploadChunks sends refs over up to uploadStreams UploadChunks streams at
 // once. The first failure aborts every stream: an aborted stream, unlike a
-// closed one, tells the server nothing more is coming on it.
-func uploadChunks(ctx context.Context, c *clients, pushID string, refs []artifact.ChunkRef, prog *progress) error {
+// closed one, tells the server nothing more is coming on it. It returns
+// the bytes sent.
+func uploadChunks(ctx context.Context, c *clients, pushID string, refs []artifact.ChunkRef, prog *progress) (int64, error) {
 	if len(refs) == 0 {
-		return nil
+		return 0, nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -332,11 +348,12 @@ func uploadChunks(ctx context.Context, c *clients, pushID string, refs []artifac
 		once     sync.Once
 		firstErr error
 		wg       sync.WaitGroup
+		sent     atomic.Int64
 	)
 	work := make(chan artifact.ChunkRef)
 	for range min(uploadStreams, len(refs)) {
 		wg.Go(func() {
-			if err := uploadStream(ctx, c, pushID, work, prog); err != nil {
+			if err := uploadStream(ctx, c, pushID, work, &sent, prog); err != nil {
 				once.Do(func() { firstErr = err; cancel() })
 			}
 		})
@@ -354,13 +371,13 @@ feed:
 	if firstErr == nil {
 		firstErr = ctx.Err() // the caller's cancellation
 	}
-	return firstErr
+	return sent.Load(), firstErr
 }
 
 // uploadStream sends the chunks it takes from work over one stream, each
 // read again from its file (which checks it has not changed) and sent in
 // pieces of at most uploadPiece bytes.
-func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan artifact.ChunkRef, prog *progress) error {
+func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan artifact.ChunkRef, sent *atomic.Int64, prog *progress) error {
 	stream := c.artifact.UploadChunks(ctx)
 	var buf []byte
 	for ref := range work {
@@ -385,6 +402,7 @@ func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan ar
 				}
 				return err
 			}
+			sent.Add(int64(len(piece)))
 			prog.add(int64(len(piece)))
 		}
 	}
@@ -502,6 +520,10 @@ func pull(cmd *cobra.Command, g *globals, name, ref, dir string) error {
 	m, digest, err := artifact.Verify(signed, trusted, artifact.DefaultLimits())
 	if err != nil {
 		return verifyError(label, err)
+	}
+	if mm := m.GetModel(); mm != "" && mm != v.GetModel() {
+		return withHint(fmt.Errorf("pull %s: the manifest was signed for model %s, not %s; nothing was written", label, mm, v.GetModel()),
+			"the server answered with another model's files: report it to the cluster's operators")
 	}
 	if want := v.GetArtifact().GetDigest(); digest.String() != want {
 		return withHint(fmt.Errorf("pull %s: the manifest the server sent is %s, but the version's artifact is %s; nothing was written",

@@ -406,3 +406,110 @@ func TestParseDataset(t *testing.T) {
 		}
 	}
 }
+
+func TestModelPushResumesAfterInterruption(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.ok("model", "create", "resnet")
+	src := filepath.Join(h.dir, "model")
+	modelTree(t, src)
+	_, refs, err := artifact.BuildManifest(context.Background(), src, artifact.BuildOptions{Model: "resnet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) < 4 {
+		t.Fatalf("the test tree has %d chunks; it needs a few to be cut off half way", len(refs))
+	}
+
+	a := h.fake.art
+	a.mu.Lock()
+	a.failAfter = 2
+	a.mu.Unlock()
+	r := h.run("model", "push", src, "--model", "resnet")
+	if r.code != exitError {
+		t.Fatalf("interrupted push: exit %d", r.code)
+	}
+	wantContains(t, r.stderr, "push to resnet stopped after", "server shutting down",
+		"Hint: run the same command again: the push resumes")
+	a.mu.Lock()
+	first := len(a.received)
+	finished := a.finish != nil
+	a.failAfter = 0
+	a.mu.Unlock()
+	if finished {
+		t.Error("FinishPush was called although the upload failed")
+	}
+	if first != 2 {
+		t.Fatalf("the interrupted push stored %d chunks, want the 2 the fake takes", first)
+	}
+
+	h.ok("model", "push", src, "--model", "resnet")
+	a.mu.Lock()
+	received := slices.Clone(a.received)
+	a.mu.Unlock()
+	if len(received) != len(refs) {
+		t.Errorf("the two pushes uploaded %d chunks in all, want each of the %d once", len(received), len(refs))
+	}
+	seen := map[artifact.Digest]bool{}
+	for _, d := range received {
+		if seen[d] {
+			t.Errorf("chunk %s uploaded twice", d)
+		}
+		seen[d] = true
+	}
+}
+
+func TestModelPullRefusesAnotherModelsManifest(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	pushed(t, h)
+
+	// A manifest the cluster key really signed, but for another model,
+	// passed off as resnet@1 with a digest to match.
+	m, _, err := artifact.BuildManifest(context.Background(), filepath.Join(h.dir, "model"), artifact.BuildOptions{Model: "bert"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := artifact.MarshalManifest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := artifact.Sign(b, h.fake.art.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.fake.mu.Lock()
+	v := h.fake.versions["resnet"][0]
+	v.Artifact.Digest = artifact.Sum(b).String()
+	v.Artifact.Signed = &droverv1.SignedManifest{Manifest: b, Signatures: []*droverv1.ManifestSignature{sig}}
+	h.fake.mu.Unlock()
+
+	dst := filepath.Join(h.dir, "out")
+	r := h.run("model", "pull", "resnet", dst)
+	if r.code != exitError {
+		t.Errorf("pull of another model's manifest: exit %d", r.code)
+	}
+	wantContains(t, r.stderr, "signed for model bert, not resnet; nothing was written")
+	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
+		t.Errorf("%s exists after a refused pull: %v", dst, err)
+	}
+}
+
+func TestModelPullRefusesManifestOfAnotherVersion(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	pushed(t, h)
+	h.fake.mu.Lock()
+	h.fake.versions["resnet"][0].Artifact.Digest = testDigest
+	h.fake.mu.Unlock()
+
+	dst := filepath.Join(h.dir, "out")
+	r := h.run("model", "pull", "resnet@1", dst)
+	if r.code != exitError {
+		t.Errorf("pull of a manifest that is not the version's: exit %d", r.code)
+	}
+	wantContains(t, r.stderr, "but the version's artifact is "+testDigest+"; nothing was written")
+	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
+		t.Errorf("%s exists after a refused pull: %v", dst, err)
+	}
+}

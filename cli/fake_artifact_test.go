@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -41,6 +42,9 @@ type fakeArtifact struct {
 	finish   *droverv1.FinishPushRequest   // the last FinishPush
 	corrupt  map[artifact.Digest]bool      // GetChunk serves these with a byte flipped
 	getChunk int                           // GetChunk calls
+	// failAfter, when not 0, makes UploadChunks store that many chunks in
+	// all and then fail, as a server going away would.
+	failAfter int
 }
 
 func newFakeArtifact(f *fakeServer) *fakeArtifact {
@@ -130,6 +134,10 @@ func (a *fakeArtifact) UploadChunks(_ context.Context, stream *connect.ClientStr
 			return nil, invalidArgument("chunk %s: bytes do not match", cur)
 		}
 		a.mu.Lock()
+		if a.failAfter > 0 && len(a.received) >= a.failAfter {
+			a.mu.Unlock()
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("server shutting down"))
+		}
 		a.chunks[cur] = data
 		a.received = append(a.received, cur)
 		a.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -65,8 +66,10 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		cluster: droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
 		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
 		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
-		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address,
-			append(opts, connect.WithReadMaxBytes(maxArtifactMessage))...),
+		// Model weights barely compress, so gzip on chunks would cost both
+		// ends CPU for nothing.
+		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),
+			connect.WithReadMaxBytes(maxArtifactMessage), connect.WithAcceptCompression("gzip", nil, nil))...),
 		agent: droverv1connect.NewAgentServiceClient(hc, cfg.Address, opts...),
 	}, nil
 }
