@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
@@ -201,9 +202,19 @@ func parseDataset(s string) (uri, digest string, err error) {
 // and finishes the push with req's metadata.
 func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest) error {
 	ctx := cmd.Context()
+	// Chunking reads every byte (about a second per GiB), so say what is
+	// happening meanwhile; the note is blanked for the progress line.
+	note := ""
+	if g.isTerminal(g.stderr) {
+		note = fmt.Sprintf("Reading %s…", path)
+		fmt.Fprint(g.stderr, note)
+	}
 	m, refs, err := artifact.BuildManifest(ctx, path, artifact.BuildOptions{
 		Limits: artifact.DefaultLimits(), Model: req.GetModel(),
 	})
+	if note != "" {
+		fmt.Fprintf(g.stderr, "\r%s\r", strings.Repeat(" ", utf8.RuneCountInString(note)))
+	}
 	if err != nil {
 		return buildError(err)
 	}

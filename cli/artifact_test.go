@@ -358,7 +358,12 @@ func TestArtifactProgressOnlyOnTerminal(t *testing.T) {
 	h.fake.art.chunks = map[artifact.Digest][]byte{} // so that the push uploads
 	h.fake.art.mu.Unlock()
 	r = h.run("model", "push", src, "--model", "resnet")
-	wantContains(t, r.stderr, "\rUploading: ", "of 6.0 MiB (100%)")
+	wantContains(t, r.stderr, "Reading "+src+"…", "\rUploading: ", "of 6.0 MiB (100%)")
+	// The test's clock stands still, so after the first line only the
+	// final one may be drawn: redraws are limited by time, not by pieces.
+	if n := strings.Count(r.stderr, "\rUploading: "); n != 2 {
+		t.Errorf("progress drawn %d times with the clock standing still, want 2: %q", n, r.stderr)
+	}
 	if !strings.HasSuffix(r.stderr, "\n") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("push progress is not one line ended once: %q", r.stderr)
 	}
