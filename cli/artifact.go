@@ -389,9 +389,14 @@ feed:
 // read again from its file (which checks it has not changed) and sent in
 // pieces of at most uploadPiece bytes.
 func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan artifact.ChunkRef, sent *atomic.Int64, prog *progress) error {
-	stream := c.artifact.UploadChunks(ctx)
+	// Opened on the first chunk: a stream that ends up with no work sends
+	// nothing at all.
+	var stream *connect.ClientStreamForClient[droverv1.UploadChunksRequest, droverv1.UploadChunksResponse]
 	var buf []byte
 	for ref := range work {
+		if stream == nil {
+			stream = c.artifact.UploadChunks(ctx)
+		}
 		data, err := artifact.ReadChunk(ref, buf)
 		if err != nil {
 			return withHint(fmt.Errorf("push: %w", err), "wait until whatever writes the tree has finished, then push again")
@@ -419,6 +424,9 @@ func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan ar
 	}
 	if err := ctx.Err(); err != nil {
 		return err // never close a stream cleanly once the push is failing
+	}
+	if stream == nil {
+		return nil
 	}
 	_, err := stream.CloseAndReceive()
 	return err
@@ -527,6 +535,10 @@ func pull(cmd *cobra.Command, g *globals, name, ref, dir string) error {
 	trusted := make(map[artifact.KeyID]ed25519.PublicKey, len(info.Msg.GetManifestKeys()))
 	for id, pub := range info.Msg.GetManifestKeys() {
 		trusted[artifact.KeyID(id)] = ed25519.PublicKey(pub)
+	}
+	if len(trusted) == 0 {
+		return withHint(fmt.Errorf("pull %s: the cluster at %s lists no manifest signing keys, so no version can be verified; nothing was written",
+			label, c.address), "the servers are older than `drover model pull`: upgrade them")
 	}
 	m, digest, err := artifact.Verify(signed, trusted, artifact.DefaultLimits())
 	if err != nil {

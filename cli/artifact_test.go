@@ -317,6 +317,16 @@ func TestModelPullRefusesUntrustedOrCorrupt(t *testing.T) {
 		t.Errorf("%s exists after a refused pull: %v", dst, err)
 	}
 
+	// A cluster that lists no keys at all.
+	a.mu.Lock()
+	a.keys = nil
+	a.mu.Unlock()
+	r = h.run("model", "pull", "resnet", dst)
+	wantContains(t, r.stderr, "lists no manifest signing keys", "nothing was written", "Hint: the servers are older")
+	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
+		t.Errorf("%s exists after a refused pull: %v", dst, err)
+	}
+
 	// A chunk whose bytes are wrong.
 	a.mu.Lock()
 	a.keys = trusted
