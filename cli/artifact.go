@@ -590,38 +590,57 @@ func verifyError(label string, err error) error {
 }
 
 // chunkFetcher fetches the chunks of a manifest in the order Assemble asks
-// for them, up to pullWindow ahead of it, each in its own GetChunk call.
+// for them, up to pullWindow ahead of it, each in its own GetChunk call. A
+// chunk that occurs again later is kept for its next use while the chunks
+// kept come to at most pullRepeatCache bytes, and fetched again otherwise.
 type chunkFetcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	order  []artifact.Digest
+	// plan says, for each chunk in order, whether to fetch it (else it
+	// is kept from an earlier use) and whether to keep it after use.
+	plan   []fetchStep
 	slots  []chan fetched
 	window chan struct{} // a token per chunk fetched and not yet taken
 	next   int
+	kept   map[artifact.Digest][]byte
 	prog   *progress
 }
+
+type fetchStep struct{ fetch, keep bool }
 
 type fetched struct {
 	data []byte
 	err  error
 }
 
+// pullRepeatCache bounds the bytes a pull keeps for chunks that occur
+// again later in the manifest.
+const pullRepeatCache = 64 << 20
+
 func newChunkFetcher(ctx context.Context, c *clients, model string, version uint64, m *droverv1.Manifest, prog *progress) *chunkFetcher {
 	ctx, cancel := context.WithCancel(ctx)
-	f := &chunkFetcher{ctx: ctx, cancel: cancel, window: make(chan struct{}, pullWindow), prog: prog}
+	f := &chunkFetcher{ctx: ctx, cancel: cancel, window: make(chan struct{}, pullWindow),
+		kept: map[artifact.Digest][]byte{}, prog: prog}
+	var sizes []int64
 	for _, file := range m.GetFiles() {
 		for _, ch := range file.GetChunks() {
 			d, _ := artifact.DigestFromBytes(ch.GetDigest()) // validated by Verify
 			f.order = append(f.order, d)
+			sizes = append(sizes, int64(ch.GetSize()))
 		}
 	}
+	f.plan = planFetches(f.order, sizes, pullRepeatCache)
 	f.slots = make([]chan fetched, len(f.order))
 	for i := range f.slots {
 		f.slots[i] = make(chan fetched, 1)
 	}
 	f.wg.Go(func() {
 		for i, d := range f.order {
+			if !f.plan[i].fetch {
+				continue
+			}
 			select {
 			case f.window <- struct{}{}:
 			case <-ctx.Done():
@@ -642,24 +661,67 @@ func newChunkFetcher(ctx context.Context, c *clients, model string, version uint
 	return f
 }
 
+// planFetches decides which chunks to fetch and which to keep for their
+// next use, keeping at most budget bytes at any time. It depends only on
+// the order, so the fetching goroutine and open agree without talking.
+func planFetches(order []artifact.Digest, sizes []int64, budget int64) []fetchStep {
+	nextUse := make([]int, len(order))
+	last := map[artifact.Digest]int{}
+	for i := len(order) - 1; i >= 0; i-- {
+		nextUse[i] = -1
+		if j, ok := last[order[i]]; ok {
+			nextUse[i] = j
+		}
+		last[order[i]] = i
+	}
+	plan := make([]fetchStep, len(order))
+	kept := map[artifact.Digest]bool{}
+	var held int64
+	for i, d := range order {
+		plan[i].fetch = !kept[d]
+		switch {
+		case nextUse[i] < 0 && kept[d]:
+			delete(kept, d)
+			held -= sizes[i]
+		case nextUse[i] >= 0 && !kept[d] && held+sizes[i] <= budget:
+			kept[d] = true
+			held += sizes[i]
+		}
+		plan[i].keep = kept[d]
+	}
+	return plan
+}
+
 // open hands Assemble the next chunk; Assemble asks in manifest order.
 func (f *chunkFetcher) open(d artifact.Digest) (io.ReadCloser, error) {
-	if f.next >= len(f.order) || f.order[f.next] != d {
+	i := f.next
+	if i >= len(f.order) || f.order[i] != d {
 		return nil, fmt.Errorf("get chunk %s: asked out of manifest order", d)
 	}
-	var r fetched
-	select {
-	case r = <-f.slots[f.next]:
-	case <-f.ctx.Done():
-		return nil, f.ctx.Err()
-	}
 	f.next++
-	<-f.window
-	if r.err != nil {
-		return nil, r.err
+	var data []byte
+	if f.plan[i].fetch {
+		var r fetched
+		select {
+		case r = <-f.slots[i]:
+		case <-f.ctx.Done():
+			return nil, f.ctx.Err()
+		}
+		<-f.window
+		if r.err != nil {
+			return nil, r.err
+		}
+		data = r.data
+	} else {
+		data = f.kept[d]
 	}
-	f.prog.add(int64(len(r.data)))
-	return io.NopCloser(bytes.NewReader(r.data)), nil
+	if f.plan[i].keep {
+		f.kept[d] = data
+	} else {
+		delete(f.kept, d)
+	}
+	f.prog.add(int64(len(data)))
+	return io.NopCloser(bytes.NewReader(data)), nil
 }
 
 // stop cancels the fetches still running and waits for them.

@@ -255,6 +255,18 @@ func TestModelPullAssemblesVerifiedTree(t *testing.T) {
 		}
 	}
 
+	// The config's chunk occurs twice and is fetched once.
+	_, refs, err := artifact.BuildManifest(context.Background(), filepath.Join(h.dir, "model"), artifact.BuildOptions{Model: "resnet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.fake.art.mu.Lock()
+	calls := h.fake.art.getChunk
+	h.fake.art.mu.Unlock()
+	if calls != len(refs) {
+		t.Errorf("pull made %d GetChunk calls, want one per distinct chunk, %d", calls, len(refs))
+	}
+
 	// A non-empty directory is replaced only with --force.
 	marker := filepath.Join(dst, "local-notes.txt")
 	if err := os.WriteFile(marker, []byte("mine"), 0o600); err != nil {
@@ -526,5 +538,28 @@ func TestModelPullRefusesManifestOfAnotherVersion(t *testing.T) {
 	wantContains(t, r.stderr, "but the version's artifact is "+testDigest+"; nothing was written")
 	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
 		t.Errorf("%s exists after a refused pull: %v", dst, err)
+	}
+}
+
+func TestPlanFetchesKeepsRepeatsWithinBudget(t *testing.T) {
+	t.Parallel()
+	a, b, c := artifact.Digest{1}, artifact.Digest{2}, artifact.Digest{3}
+	order := []artifact.Digest{a, b, a, c, b, a}
+	sizes := []int64{10, 20, 10, 5, 20, 10}
+	type step = fetchStep
+	for _, tc := range []struct {
+		budget int64
+		want   []step
+	}{
+		// Room for both repeated chunks: each is fetched once.
+		{30, []step{{true, true}, {true, true}, {false, true}, {true, false}, {false, false}, {false, false}}},
+		// Room for a alone: b is fetched each time it occurs.
+		{15, []step{{true, true}, {true, false}, {false, true}, {true, false}, {true, false}, {false, false}}},
+		// No room: everything is fetched where it occurs.
+		{0, []step{{true, false}, {true, false}, {true, false}, {true, false}, {true, false}, {true, false}}},
+	} {
+		if got := planFetches(order, sizes, tc.budget); !slices.Equal(got, tc.want) {
+			t.Errorf("budget %d: plan %v, want %v", tc.budget, got, tc.want)
+		}
 	}
 }
