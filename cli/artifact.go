@@ -254,8 +254,8 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 	prog := g.transferProgress("Uploading", toSend)
 	sent, err := uploadChunks(ctx, c, start.Msg.GetPushId(), missing, prog)
 	if err != nil {
-		if ctx.Err() != nil {
-			return err
+		if ctx.Err() != nil || errors.Is(err, artifact.ErrFileChanged) {
+			return err // interrupted, or a tree in flux: resuming is not the advice
 		}
 		return withHint(fmt.Errorf("push to %s stopped after %s of %s: %w", req.GetModel(),
 			units.Bytes(uint64(sent)), units.Bytes(uint64(toSend)), err), resumeHint)
