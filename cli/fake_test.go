@@ -60,6 +60,9 @@ type fakeServer struct {
 	// then dies on, as a crash would: crash drops every connection.
 	crashOn string
 	crash   func()
+
+	// art serves ArtifactService and AgentService.GetClusterInfo.
+	art *fakeArtifact
 }
 
 type recorded struct {
@@ -78,12 +81,14 @@ var (
 )
 
 func newFakeServer(created time.Time) *fakeServer {
-	return &fakeServer{
+	f := &fakeServer{
 		created:  created,
 		now:      created,
 		models:   map[string]*droverv1.Model{},
 		versions: map[string][]*droverv1.ModelVersion{},
 	}
+	f.art = newFakeArtifact(f)
+	return f
 }
 
 // handler serves every service and records every request.
@@ -95,6 +100,8 @@ func (f *fakeServer) handler() http.Handler {
 	mux.Handle(droverv1connect.NewClusterServiceHandler(f))
 	mux.Handle(droverv1connect.NewTokenServiceHandler(f))
 	mux.Handle(droverv1connect.NewNodeServiceHandler(f))
+	mux.Handle(droverv1connect.NewArtifactServiceHandler(f.art))
+	mux.Handle(droverv1connect.NewAgentServiceHandler(f.art))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -101,10 +103,16 @@ func (g *globals) clients() (*clients, error) {
 // progress returns where to draw transfer progress: stderr when it is a
 // terminal, nothing otherwise, so logs and pipes stay clean.
 func (g *globals) progress(label string) *progress {
+	return g.transferProgress(label, 0)
+}
+
+// transferProgress is progress towards a known total: the line also shows
+// the share done, the rate and the time left.
+func (g *globals) transferProgress(label string, total int64) *progress {
 	if !g.isTerminal(g.stderr) {
 		return nil
 	}
-	return &progress{w: g.stderr, label: label, now: g.now}
+	return &progress{w: g.stderr, label: label, now: g.now, total: total, start: g.now()}
 }
 
 // isTerminal reports whether stream is an *os.File attached to a terminal.
@@ -116,31 +124,98 @@ func isTerminal(stream any) bool {
 	return isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
 }
 
-// progress redraws one status line on a terminal, at most every 100ms.
+// progressInterval is the least time between two redraws: often enough to
+// look alive, rarely enough to cost nothing on a slow terminal.
+const progressInterval = 100 * time.Millisecond
+
+// progress redraws one status line on a terminal, at most every
+// progressInterval. A nil *progress draws nothing. It may be updated from
+// several goroutines.
 type progress struct {
 	w     io.Writer
 	label string
 	now   func() time.Time
+	total int64 // 0 when unknown: only the bytes so far are shown
+	start time.Time
+
+	mu    sync.Mutex // guards the fields below
+	n     int64
 	last  time.Time
 	drawn bool
+	width int // of the last line drawn, to blank what a shorter one leaves
 }
 
+// update records that n bytes are done in all.
 func (p *progress) update(n int64) {
 	if p == nil {
 		return
 	}
-	if t := p.now(); !p.drawn || t.Sub(p.last) >= 100*time.Millisecond {
-		p.last = t
-		p.drawn = true
-		fmt.Fprintf(p.w, "\r%s: %s", p.label, units.Bytes(uint64(n)))
-	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n = n
+	p.drawLocked(false)
 }
 
+// add records d more bytes done.
+func (p *progress) add(d int64) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n += d
+	p.drawLocked(false)
+}
+
+// done draws the final line, n bytes in all, and ends it.
 func (p *progress) done(n int64) {
 	if p == nil {
 		return
 	}
-	fmt.Fprintf(p.w, "\r%s: %s\n", p.label, units.Bytes(uint64(n)))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n = n
+	p.drawLocked(true)
+}
+
+func (p *progress) drawLocked(final bool) {
+	t := p.now()
+	if !final && p.drawn && t.Sub(p.last) < progressInterval {
+		return
+	}
+	p.last, p.drawn = t, true
+	line := p.label + ": " + transferStatus(p.n, p.total, t.Sub(p.start), final)
+	pad := ""
+	if len(line) < p.width {
+		pad = strings.Repeat(" ", p.width-len(line))
+	}
+	p.width = len(line)
+	end := ""
+	if final {
+		end = "\n"
+	}
+	fmt.Fprintf(p.w, "\r%s%s%s", line, pad, end)
+}
+
+// transferStatus describes n bytes of total done after elapsed:
+// "12.3 MiB of 1.2 GiB (1%), 45.6 MiB/s, 26s left". The rate and time left
+// wait for a second of data, since the first moments of a transfer say
+// little about the rest; a final status has no time left.
+func transferStatus(n, total int64, elapsed time.Duration, final bool) string {
+	if total <= 0 {
+		return units.Bytes(uint64(max(n, 0)))
+	}
+	s := fmt.Sprintf("%s of %s (%d%%)", units.Bytes(uint64(max(n, 0))), units.Bytes(uint64(total)), min(100, n*100/total))
+	if elapsed < time.Second || n <= 0 {
+		return s
+	}
+	rate := float64(n) / elapsed.Seconds()
+	s += fmt.Sprintf(", %s/s", units.Bytes(uint64(rate)))
+	if !final && n < total {
+		left := time.Duration(float64(total-n) / rate * float64(time.Second))
+		s += ", " + roughDuration(left.Round(time.Second)) + " left"
+	}
+	return s
 }
 
 // queryFlags are the blocking-query flags of a read.

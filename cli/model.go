@@ -28,16 +28,23 @@ to version numbers; deployments usually follow an alias, so promoting a
 version is one ` + "`drover model alias set`" + `.
 
 Versions are referred to as NAME@REF, where REF is a version number, an
-alias or "latest"; NAME alone means NAME@latest.`,
+alias or "latest"; NAME alone means NAME@latest.
+
+` + "`drover model push`" + ` uploads a model's files and creates a version from
+them; ` + "`drover model pull`" + ` downloads a version's files, checking them
+against the manifest the cluster signed.`,
 		Example: `  drover model create resnet --owner vision-team --description "Image classifier"
-  drover model version create resnet --digest sha256:… --size 102400000 --format onnx
+  drover model push ./resnet-50 --model resnet --card CARD.md
   drover model alias set resnet prod 1
+  drover model pull resnet@prod ./resnet
   drover model show resnet`,
 	},
 		newModelCreateCommand(g),
 		newModelListCommand(g),
 		newModelShowCommand(g),
 		newModelRemoveCommand(g),
+		newModelPushCommand(g),
+		newModelPullCommand(g),
 		newVersionCommand(g),
 		newAliasCommand(g),
 		newModelCardCommand(g),

@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,10 @@ type clients struct {
 	cluster droverv1connect.ClusterServiceClient
 	token   droverv1connect.TokenServiceClient
 	node    droverv1connect.NodeServiceClient
+	// artifact moves model bytes; agent is used only for its public
+	// GetClusterInfo, which lists the keys manifests are signed with.
+	artifact droverv1connect.ArtifactServiceClient
+	agent    droverv1connect.AgentServiceClient
 }
 
 // Request headers the server reads.
@@ -61,6 +66,11 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		cluster: droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
 		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
 		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
+		// Model weights barely compress, so gzip on chunks would cost both
+		// ends CPU for nothing.
+		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),
+			connect.WithReadMaxBytes(maxArtifactMessage), connect.WithAcceptCompression("gzip", nil, nil))...),
+		agent: droverv1connect.NewAgentServiceClient(hc, cfg.Address, opts...),
 	}, nil
 }
 
