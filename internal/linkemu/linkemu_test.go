@@ -237,7 +237,9 @@ func TestQUICTransferOverLossyLink(t *testing.T) {
 	}
 }
 
-func selfSigned(t *testing.T) *tls.Config {
+func selfSigned(t *testing.T) *tls.Config { return selfSignedTB(t) }
+
+func selfSignedTB(t testing.TB) *tls.Config {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
