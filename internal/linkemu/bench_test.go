@@ -2,8 +2,8 @@ package linkemu
 
 import (
 	"context"
-	"flag"
 	"crypto/tls"
+	"flag"
 	"fmt"
 	"io"
 	"testing"
