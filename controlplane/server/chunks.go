@@ -335,8 +335,7 @@ func (s *Server) chunkError(err error) error {
 			"chunk with the default chunker parameters")
 	case errors.Is(err, blobstore.ErrNoSpace):
 		return apiErr(connect.CodeResourceExhausted, droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED,
-			fmt.Sprintf("server %s: %v (it keeps %d bytes of its disk free, chunk_reserve_bytes; it holds %d bytes of chunks)",
-				s.cfg.Name, err, s.cfg.ChunkReserveBytes, s.chunks.Size()),
+			fmt.Sprintf("server %s: %v (the reserve is chunk_reserve_bytes in its config)", s.cfg.Name, err),
 			"free disk space on the server, or push through another server")
 	case errors.Is(err, blobstore.ErrClosed), errors.Is(err, context.Canceled):
 		return apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED,

@@ -29,7 +29,7 @@ import (
 type artifactHandler struct {
 	s *Server
 
-	mu     sync.Mutex                         // guards chunks
+	mu     sync.Mutex                        // guards chunks
 	chunks map[string]map[blobstore.Key]bool // chunk sets by artifact digest
 }
 
@@ -111,7 +111,7 @@ func (s *Server) requireModel(ctx context.Context, model string) error {
 				fmt.Sprintf("model %q does not exist", model), "create it first with `drover model create "+model+"`")
 		}
 		if _, err := s.state.WaitForIndex(ctx, idx); err != nil {
-			return toAPIError(err)
+			return connect.NewError(connect.CodeCanceled, err) // the caller went away
 		}
 	}
 }

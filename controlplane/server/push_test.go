@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 
 	"github.com/droverhq/drover/artifact"
 	"github.com/droverhq/drover/controlplane/blobstore"
+	"github.com/droverhq/drover/controlplane/server"
+	"github.com/droverhq/drover/internal/apierror"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 	"github.com/droverhq/drover/scenarios/cluster"
@@ -339,4 +342,41 @@ func TestPushWithOneServerDown(t *testing.T) {
 	if !bytes.Equal(fin.GetVersion().GetArtifact().GetSigned().GetManifest(), tr.signed.GetManifest()) {
 		t.Error("the version's manifest is not the bytes pushed")
 	}
+}
+
+// A server refuses a version over max_version_bytes before any byte is
+// sent, and a chunk that would eat into chunk_reserve_bytes, each with an
+// error that names the limit.
+func TestPushLimits(t *testing.T) {
+	ctx := testCtx(t, 2*time.Minute)
+	tr := makeTree(t, 4)
+
+	small := cluster.Make(t, 1, cluster.Options{Configure: func(c *server.Config) { c.MaxVersionBytes = 1 << 20 }})
+	n := small.Nodes()[0]
+	mustCreateModel(t, small.Client(n, false), "llama")
+	_, err := artifactClient(t, small, n).StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: tr.signed}))
+	wantErr(t, "StartPush over max_version_bytes", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
+	if _, d := apierror.Detail(err); !strings.Contains(d.GetHint(), "max_version_bytes") {
+		t.Errorf("the refusal does not name max_version_bytes: %v (hint %q)", err, d.GetHint())
+	}
+
+	full := cluster.Make(t, 1, cluster.Options{Configure: func(c *server.Config) { c.ChunkReserveBytes = 1 << 62 }})
+	n = full.Nodes()[0]
+	mustCreateModel(t, full.Client(n, false), "llama")
+	ac := artifactClient(t, full, n)
+	start, err := ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: tr.signed}))
+	if err != nil {
+		t.Fatalf("StartPush: %v", err)
+	}
+	_, err = upload(ctx, t, ac, tr, start.Msg.GetPushId(), start.Msg.GetMissing()[:1], false)
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "chunk_reserve_bytes") {
+		t.Errorf("upload to a server without disk space: %v, want ResourceExhausted naming chunk_reserve_bytes", err)
+	}
+	t.Logf("refused as it should be: %v", err)
+
+	// A chunk that is not in the push's manifest is refused.
+	other := makeTree(t, 5)
+	_, err = upload(ctx, t, ac, other, start.Msg.GetPushId(), [][]byte{other.keys[0][:]}, false)
+	wantErr(t, "upload of a chunk the manifest does not list", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
+	t.Logf("refused as it should be: %v", err)
 }

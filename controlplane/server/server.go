@@ -52,8 +52,8 @@ type Server struct {
 	raft  *raft.Raft
 	trans *raft.NetworkTransport
 
-	chunks     *blobstore.Store     // the chunks of model versions
-	pushes     *pushRegistry        // pushes started on this server
+	chunks     *blobstore.Store    // the chunks of model versions
+	pushes     *pushRegistry       // pushes started on this server
 	signingKey artifact.SigningKey // the cluster's manifest signing key
 
 	members *memberlist.Memberlist
