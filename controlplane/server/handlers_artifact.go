@@ -184,11 +184,14 @@ func (h *artifactHandler) UploadChunks(ctx context.Context, stream *connect.Clie
 }
 
 // mayWrite checks that the caller may write a model the push is for: the
-// stream's capability is checked before its first message names one.
+// interceptor checked only that it may write some model, since a stream's
+// first message, which names the push, arrives after it ran.
 func (h *artifactHandler) mayWrite(ctx context.Context, p *push) error {
 	c := callerFrom(ctx)
 	if c == nil {
-		return nil // ACLs not bootstrapped: the interceptor let the call in
+		// Unreachable: the interceptor admits only operator tokens.
+		return apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
+			"this call needs a token", "pass --token or set DROVER_TOKEN")
 	}
 	h.s.pushes.mu.Lock()
 	models := make([]string, 0, len(p.models))
@@ -202,9 +205,12 @@ func (h *artifactHandler) mayWrite(ctx context.Context, p *push) error {
 			return nil
 		}
 	}
-	return apiErr(connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_PERMISSION_DENIED,
-		fmt.Sprintf("this token may not write model %s, which the push is for", strings.Join(models, ", ")),
-		"use a token with model write on it")
+	proc := droverv1connect.ArtifactServiceUploadChunksProcedure
+	capability, _ := acl.ForProcedure(proc)
+	ref := acl.Ref{Name: models[0]}
+	err := permissionDenied(c, capability, ref)
+	h.s.denials.add(h.s.denial(c, proc, capability, ref, err))
+	return err
 }
 
 func (h *artifactHandler) FinishPush(ctx context.Context, req *connect.Request[droverv1.FinishPushRequest]) (*connect.Response[droverv1.FinishPushResponse], error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	crand "crypto/rand"
 	"crypto/tls"
 	"math/rand/v2"
 	"net/http"
@@ -28,10 +29,15 @@ import (
 // the cluster's token on unary calls and streams alike.
 func artifactClient(t testing.TB, c *cluster.Cluster, n *cluster.Node) droverv1connect.ArtifactServiceClient {
 	t.Helper()
+	return artifactClientWith(t, c, n, c.Token())
+}
+
+func artifactClientWith(t testing.TB, c *cluster.Cluster, n *cluster.Node, token string) droverv1connect.ArtifactServiceClient {
+	t.Helper()
 	h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
 	hdr := http.Header{}
-	hdr.Set("Authorization", "Bearer "+c.Token())
+	hdr.Set("Authorization", "Bearer "+token)
 	return droverv1connect.NewArtifactServiceClient(&http.Client{Transport: headerTransport{base: h2, hdr: hdr}}, "https://"+n.APIAddr())
 }
 
@@ -263,6 +269,19 @@ func TestPushRefusesIncompleteOrTamperedUploads(t *testing.T) {
 	wantErr(t, "StartPush to a model that does not exist", err, connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND)
 	_, err = ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: &droverv1.SignedManifest{Manifest: []byte("junk")}}))
 	wantErr(t, "StartPush of junk", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
+	// A signed manifest must be signed by a key the cluster trusts.
+	stranger, err := artifact.GenerateSigningKey(crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := artifact.Sign(tr.signed.GetManifest(), stranger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: &droverv1.SignedManifest{
+		Manifest: tr.signed.GetManifest(), Signatures: []*droverv1.ManifestSignature{sig},
+	}}))
+	wantErr(t, "StartPush signed by an untrusted key", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
 
 	start, err := ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: tr.signed}))
 	if err != nil {
@@ -373,6 +392,24 @@ func TestPushLimits(t *testing.T) {
 		t.Errorf("upload to a server without disk space: %v, want ResourceExhausted naming chunk_reserve_bytes", err)
 	}
 	t.Logf("refused as it should be: %v", err)
+
+	// A token that may write other models only may not upload to this
+	// push, though the call itself is one it may make.
+	admin := clientsWith(t, full, n, full.Token(), false)
+	if _, err := admin.ACL.ApplyPolicy(ctx, connect.NewRequest(&droverv1.ApplyACLPolicyRequest{Policy: &droverv1.ACLPolicy{
+		Name: "vision-ci", Rules: []*droverv1.ACLRule{modelRule(droverv1.ACLAccess_ACL_ACCESS_WRITE, "vision-")},
+	}})); err != nil {
+		t.Fatal(err)
+	}
+	created, err := admin.ACL.CreateToken(ctx, connect.NewRequest(&droverv1.CreateACLTokenRequest{Name: "ci", Policies: []string{"vision-ci"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = upload(ctx, t, artifactClientWith(t, full, n, created.Msg.GetSecretId()), tr, start.Msg.GetPushId(), start.Msg.GetMissing()[:1], false)
+	wantErr(t, "upload to another model's push", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_PERMISSION_DENIED)
+	if !strings.Contains(err.Error(), "model/llama") {
+		t.Errorf("the refusal does not name the model: %v", err)
+	}
 
 	// A chunk that is not in the push's manifest is refused.
 	other := makeTree(t, 5)
