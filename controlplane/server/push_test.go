@@ -224,6 +224,11 @@ func TestPushThroughFollower(t *testing.T) {
 	}
 
 	// Every server serves every chunk, fetching from a peer those it lacks.
+	// FinishPush copies a chunk to a quorum and no further, so one server
+	// has none of them yet.
+	if n := holders(c, tr.keys[0]); n != 2 {
+		t.Fatalf("chunk %s is on %d servers, want exactly a quorum of 2", tr.keys[0], n)
+	}
 	for _, n := range c.Nodes() {
 		nc := artifactClient(t, c, n)
 		for _, d := range []artifact.Digest{tr.keys[0], tr.keys[len(tr.keys)/2], tr.keys[len(tr.keys)-1]} {
