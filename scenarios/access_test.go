@@ -457,6 +457,69 @@ func accessCalls() []accessCall {
 				_, err := cl.Models.DeleteAlias(ctx, connect.NewRequest(&droverv1.DeleteAliasRequest{Model: model(obj), Alias: "no-such-alias"}))
 				return err
 			}},
+
+		// ArtifactService: manifests that do not decode, a push that was
+		// never started, versions that do not exist.
+		{proc: droverv1connect.ArtifactServiceStartPushProcedure, needs: "model:write", objects: models,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, obj scope) error {
+				_, err := cl.Artifacts.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{
+					Model: model(obj), Manifest: &droverv1.SignedManifest{Manifest: []byte("not a manifest")},
+				}))
+				return err
+			}},
+		{proc: droverv1connect.ArtifactServiceUploadChunksProcedure, needs: "model:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				stream := cl.Artifacts.UploadChunks(ctx)
+				if err := stream.Send(&droverv1.UploadChunksRequest{PushId: "no-such-push"}); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				}
+				_, err := stream.CloseAndReceive()
+				return err
+			}},
+		{proc: droverv1connect.ArtifactServiceFinishPushProcedure, needs: "model:write", objects: models,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, obj scope) error {
+				_, err := cl.Artifacts.FinishPush(ctx, connect.NewRequest(&droverv1.FinishPushRequest{
+					Model: model(obj), Manifest: &droverv1.SignedManifest{Manifest: []byte("not a manifest")},
+				}))
+				return err
+			}},
+		{proc: droverv1connect.ArtifactServiceGetManifestProcedure, needs: "model:read", objects: models,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, obj scope) error {
+				_, err := cl.Artifacts.GetManifest(ctx, connect.NewRequest(&droverv1.GetManifestRequest{Model: model(obj), Ref: "latest"}))
+				return err
+			}},
+		{proc: droverv1connect.ArtifactServiceGetChunkProcedure, needs: "model:read", objects: models,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, obj scope) error {
+				_, err := cl.Artifacts.GetChunk(ctx, connect.NewRequest(&droverv1.GetChunkRequest{Model: model(obj), Version: 999, Digest: make([]byte, 32)}))
+				return err
+			}},
+
+		// ChunkService: servers only.
+		{proc: droverv1connect.ChunkServiceMissingChunksProcedure, needs: needsServer,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Chunks.MissingChunks(ctx, connect.NewRequest(&droverv1.MissingChunksRequest{Digests: [][]byte{make([]byte, 32)}}))
+				return err
+			}},
+		{proc: droverv1connect.ChunkServicePutChunksProcedure, needs: needsServer,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				stream := cl.Chunks.PutChunks(ctx)
+				if err := stream.Send(&droverv1.PutChunksRequest{Digest: make([]byte, 32), Size: 1, Data: []byte{0}}); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				}
+				_, err := stream.CloseAndReceive()
+				return err
+			}},
+		{proc: droverv1connect.ChunkServiceGetChunksProcedure, needs: needsServer,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				stream, err := cl.Chunks.GetChunks(ctx, connect.NewRequest(&droverv1.GetChunksRequest{Digests: [][]byte{make([]byte, 32)}}))
+				if err != nil {
+					return err
+				}
+				defer stream.Close()
+				for stream.Receive() {
+				}
+				return stream.Err()
+			}},
 	}
 }
 
@@ -546,7 +609,9 @@ func (f *accessFixture) revokedJoinToken(obj scope) string {
 // apiClients are typed clients of every service for one caller.
 type apiClients struct {
 	cluster.Clients
-	Agent droverv1connect.AgentServiceClient
+	Agent     droverv1connect.AgentServiceClient
+	Artifacts droverv1connect.ArtifactServiceClient
+	Chunks    droverv1connect.ChunkServiceClient
 }
 
 // addHeaders sets fixed headers on every request, streams included (the
@@ -589,7 +654,9 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 			Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
 			Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
 		},
-		Agent: droverv1connect.NewAgentServiceClient(hc, base),
+		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
+		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),
+		Chunks:    droverv1connect.NewChunkServiceClient(hc, base),
 	}
 }
 

@@ -104,6 +104,8 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewTokenServiceHandler(&tokenHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewNodeServiceHandler(&nodeHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewArtifactServiceHandler(&artifactHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewChunkServiceHandler(&chunkHandler{s: s}, interceptors))
 	mux.Handle(MetricsPath, s.requireTelemetryRead(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusOK)

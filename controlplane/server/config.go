@@ -107,6 +107,13 @@ type Config struct {
 	MaxPendingHandshakesPerHost int      `json:"max_pending_handshakes_per_host,omitempty"`
 	MaxRequestBytes             int64    `json:"max_request_bytes,omitempty"`
 
+	// MaxVersionBytes bounds the total size of a pushed model version;
+	// StartPush refuses a manifest over it before any byte is sent.
+	MaxVersionBytes int64 `json:"max_version_bytes,omitempty"`
+	// ChunkReserveBytes is free disk space the chunk store never uses, so
+	// that pushed chunks cannot starve the Raft log on the same disk.
+	ChunkReserveBytes int64 `json:"chunk_reserve_bytes,omitempty"`
+
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
 	// Dial, when set, opens every connection this server makes to another
@@ -184,6 +191,9 @@ func DefaultConfig() Config {
 		TLSHandshakeTimeout:         Duration(10 * time.Second),
 		MaxPendingHandshakesPerHost: 32,
 		MaxRequestBytes:             4 << 20,
+
+		MaxVersionBytes:   64 << 30,
+		ChunkReserveBytes: 1 << 30,
 	}
 }
 
@@ -296,6 +306,12 @@ func (c *Config) Validate() error {
 	if c.MaxRequestBytes < minRequestBytes || c.MaxRequestBytes > maxRequestBytes {
 		errs = append(errs, fmt.Errorf("max_request_bytes %d is out of range: use %d (2 MiB, the largest message clients send) to %d (256 MiB)",
 			c.MaxRequestBytes, minRequestBytes, maxRequestBytes))
+	}
+	if c.MaxVersionBytes <= 0 {
+		errs = append(errs, fmt.Errorf("max_version_bytes %d must be positive (64 GiB is the default)", c.MaxVersionBytes))
+	}
+	if c.ChunkReserveBytes < 0 {
+		errs = append(errs, fmt.Errorf("chunk_reserve_bytes %d must not be negative (use 0 to keep no disk free for other uses)", c.ChunkReserveBytes))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid server config: %w", err)

@@ -60,6 +60,8 @@ func TestValidateRejects(t *testing.T) {
 		{"no pending handshakes allowed", func(c *Config) { c.MaxPendingHandshakesPerHost = 0 }, "max_pending_handshakes_per_host"},
 		{"request limit below a snapshot chunk", func(c *Config) { c.MaxRequestBytes = 64 << 10 }, "max_request_bytes"},
 		{"request limit of a gigabyte", func(c *Config) { c.MaxRequestBytes = 1 << 30 }, "max_request_bytes"},
+		{"no room for a version", func(c *Config) { c.MaxVersionBytes = 0 }, "max_version_bytes"},
+		{"negative chunk reserve", func(c *Config) { c.ChunkReserveBytes = -1 }, "chunk_reserve_bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/x509"
 	"net/http"
+
+	"github.com/droverhq/drover/controlplane/blobstore"
 )
 
 // AuthorizeForBenchmark runs the authorization of one call as the API's
@@ -18,3 +20,7 @@ func (s *Server) AuthorizeForBenchmark(ctx context.Context, procedure string, h 
 func WithAgentCert(ctx context.Context, cert *x509.Certificate) context.Context {
 	return context.WithValue(ctx, agentCertKey{}, cert)
 }
+
+// ChunkStore exposes the server's chunk store, so tests can see which
+// server holds which chunk.
+func (s *Server) ChunkStore() *blobstore.Store { return s.chunks }

@@ -38,6 +38,8 @@ func (h *agentHandler) GetClusterInfo(_ context.Context, _ *connect.Request[drov
 		CaPem:     h.s.ca.CertPEM(),
 		ClusterId: h.s.state.Cluster().GetClusterId(),
 		Servers:   h.s.serverAPIAddrs(),
+		// The trust anchor for the manifests of pushed versions.
+		ManifestKeys: h.s.manifestKeyBytes(),
 	}), nil
 }
 

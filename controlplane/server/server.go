@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/droverhq/drover/artifact"
+	"github.com/droverhq/drover/controlplane/blobstore"
 	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
@@ -49,6 +51,10 @@ type Server struct {
 	logs  *raftstore.Store
 	raft  *raft.Raft
 	trans *raft.NetworkTransport
+
+	chunks     *blobstore.Store    // the chunks of model versions
+	pushes     *pushRegistry       // pushes started on this server
+	signingKey artifact.SigningKey // the cluster's manifest signing key
 
 	members *memberlist.Memberlist
 	events  chan memberlist.NodeEvent
@@ -137,6 +143,9 @@ func (s *Server) Start() (err error) {
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry, s)
 	s.denials = newDenialRecorder(s)
+	if err := s.setupChunks(); err != nil {
+		return err
+	}
 	if err := s.setupRaft(); err != nil {
 		return err
 	}
@@ -261,6 +270,13 @@ func (s *Server) stop() error {
 		_ = s.apiPacket.Close()
 	}
 	s.wg.Wait()
+	if s.chunks != nil {
+		// After wg.Wait: the push sweeper has released its pins, and no
+		// handler is left to use the store.
+		if err := s.chunks.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close chunk store: %w", err))
+		}
+	}
 	if s.logs != nil {
 		if err := s.logs.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft store: %w", err))

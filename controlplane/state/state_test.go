@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"math"
 	"strings"
@@ -139,6 +140,8 @@ func TestCreateModelRefusals(t *testing.T) {
 
 func TestCreateVersionValidation(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("ab", 32)
+	sum := sha256.Sum256([]byte("manifest bytes"))
+	manifestDigest := "sha256:" + hex.EncodeToString(sum[:])
 	tests := []struct {
 		name string
 		req  *droverv1.CreateVersionRequest
@@ -166,6 +169,12 @@ func TestCreateVersionValidation(t *testing.T) {
 		{"card too big", &droverv1.CreateVersionRequest{Card: strings.Repeat("x", state.MaxCardBytes+1)}, state.ErrInvalid},
 		{"empty tag key", &droverv1.CreateVersionRequest{Tags: map[string]string{"": "x"}}, state.ErrInvalid},
 		{"parent missing", &droverv1.CreateVersionRequest{Lineage: &droverv1.Lineage{ParentVersion: 99}}, state.ErrInvalid},
+		{"ok signed manifest", &droverv1.CreateVersionRequest{Artifact: &droverv1.ArtifactManifest{
+			Digest: manifestDigest, SizeBytes: 1, Signed: &droverv1.SignedManifest{Manifest: []byte("manifest bytes")}}}, nil},
+		{"signed manifest of other bytes", &droverv1.CreateVersionRequest{Artifact: &droverv1.ArtifactManifest{
+			Digest: digest, SizeBytes: 1, Signed: &droverv1.SignedManifest{Manifest: []byte("manifest bytes")}}}, state.ErrInvalid},
+		{"signed manifest without digest", &droverv1.CreateVersionRequest{Artifact: &droverv1.ArtifactManifest{
+			Signed: &droverv1.SignedManifest{Manifest: []byte("manifest bytes")}}}, state.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

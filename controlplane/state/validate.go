@@ -1,6 +1,8 @@
 package state
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"math"
@@ -162,6 +164,14 @@ func validateDigest(what, d string) error {
 // error reported is the same on every server.
 func validateVersion(v *droverv1.ModelVersion) error {
 	if a := v.GetArtifact(); a != nil {
+		if signed := a.GetSigned(); signed != nil {
+			// The digest names the manifest bytes; a version whose digest
+			// is of other bytes would serve a manifest no one pushed.
+			sum := sha256.Sum256(signed.GetManifest())
+			if want := "sha256:" + hex.EncodeToString(sum[:]); a.GetDigest() != want {
+				return fmt.Errorf("artifact digest %q is %w: the signed manifest's bytes hash to %s; push the version again", a.GetDigest(), ErrInvalid, want)
+			}
+		}
 		if a.GetDigest() != "" {
 			if err := validateDigest("artifact digest", a.GetDigest()); err != nil {
 				return err
