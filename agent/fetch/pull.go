@@ -251,8 +251,8 @@ type puller struct {
 	mu      sync.Mutex // guards the fields below
 	load    []int      // requests in flight, by source
 	fails   []int      // failures in a row, by source
-	dropped []error // why each source was dropped; nil while in use
-	next    int // where the round robin among equally loaded sources starts
+	dropped []error    // why each source was dropped; nil while in use
+	next    int        // where the round robin among equally loaded sources starts
 	st      *Stats
 	done    int64
 	total   int64
