@@ -604,3 +604,30 @@ func TestPullRefetchesChunkRottedInCache(t *testing.T) {
 		t.Errorf("fetched %v, want only the rotten chunk once", got)
 	}
 }
+
+func TestPullLargerThanCacheBudget(t *testing.T) {
+	s := store{}
+	files := sampleFiles(11)
+	m := buildVersion(t, s, files)
+	const budget = 8 << 10
+	cache := openCache(t, t.TempDir(), budget)
+	dst := filepath.Join(t.TempDir(), "v")
+	// The version's chunks stay until it is assembled, budget or not.
+	if _, err := Pull(context.Background(), m, dst, []Source{newSource("a", s)}, Options{Cache: cache}); err != nil {
+		t.Fatal(err)
+	}
+	checkTree(t, dst, files)
+	if cache.Size() > budget {
+		t.Errorf("cache holds %d bytes after the pull, over its budget of %d", cache.Size(), budget)
+	}
+}
+
+func TestFreeSpaceOfTempDir(t *testing.T) {
+	free, _, err := freeSpace(t.TempDir())
+	if errors.Is(err, errors.ErrUnsupported) {
+		t.Skip("free space is not measured on this system")
+	}
+	if err != nil || free == 0 {
+		t.Fatalf("free space of a temporary directory: %d, %v", free, err)
+	}
+}
