@@ -631,3 +631,29 @@ func TestFreeSpaceOfTempDir(t *testing.T) {
 		t.Fatalf("free space of a temporary directory: %d, %v", free, err)
 	}
 }
+
+func TestPullCacheFailureDoesNotBlameSources(t *testing.T) {
+	s := store{}
+	m := buildVersion(t, s, sampleFiles(12))
+	cache := openCache(t, t.TempDir(), 0)
+	// The cache's scratch directory is gone: every write fails here, on
+	// this machine, whatever a source serves.
+	tmp := filepath.Join(cache.Dir(), "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, b := newSource("a", s), newSource("b", s)
+	st, err := Pull(context.Background(), m, filepath.Join(t.TempDir(), "v"), []Source{a, b}, Options{Cache: cache})
+	if err == nil || errors.Is(err, ErrNoSource) {
+		t.Fatalf("pull into a broken cache: %v, want the cache's error", err)
+	}
+	if len(st.DroppedSources) != 0 || st.Retries != 0 {
+		t.Errorf("sources blamed for a local failure: %+v", st)
+	}
+	if a.count()+b.count() > DefaultInFlight {
+		t.Errorf("%d requests made after the cache failed", a.count()+b.count())
+	}
+}
