@@ -51,6 +51,7 @@ func (s *Server) setupChunks() error {
 	opts := blobstore.DefaultOptions()
 	opts.Hash = artifact.NewHasher
 	opts.ReserveBytes = s.cfg.ChunkReserveBytes
+	opts.GCGrace = time.Duration(s.cfg.ChunkGCGrace)
 	// The largest chunk a valid manifest may list (the chunker's bound).
 	opts.MaxChunkSize = maxManifestChunk
 	opts.Logger = s.logger.With("component", "chunks")
@@ -66,10 +67,14 @@ func (s *Server) setupChunks() error {
 	s.chunks = store
 	s.signingKey = key
 	s.pushes = newPushRegistry(store)
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.pushes.sweepLoop(s.ctx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.chunkGCLoop(s.ctx)
 	}()
 	return nil
 }
@@ -152,6 +157,16 @@ func (r *pushRegistry) touch(p *push) {
 	r.mu.Lock()
 	p.lastUsed = r.now()
 	r.mu.Unlock()
+}
+
+// finish ends a push whose version exists, releasing its pins.
+func (r *pushRegistry) finish(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.pushes[id]; ok {
+		p.release()
+		delete(r.pushes, id)
+	}
 }
 
 // sweep drops the pushes idle longer than pushIdleTimeout, or all of them

@@ -113,6 +113,13 @@ type Config struct {
 	// ChunkReserveBytes is free disk space the chunk store never uses, so
 	// that pushed chunks cannot starve the Raft log on the same disk.
 	ChunkReserveBytes int64 `json:"chunk_reserve_bytes,omitempty"`
+	// ChunkGCInterval is how often the server removes chunks no version
+	// references any more.
+	ChunkGCInterval Duration `json:"chunk_gc_interval,omitempty"`
+	// ChunkGCGrace is how long a chunk stays after it was written or last
+	// held by a push, referenced or not: a version being committed on
+	// another server may still need what was copied here.
+	ChunkGCGrace Duration `json:"chunk_gc_grace,omitempty"`
 
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
@@ -194,6 +201,8 @@ func DefaultConfig() Config {
 
 		MaxVersionBytes:   64 << 30,
 		ChunkReserveBytes: 1 << 30,
+		ChunkGCInterval:   Duration(10 * time.Minute),
+		ChunkGCGrace:      Duration(time.Hour),
 	}
 }
 
@@ -309,6 +318,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxVersionBytes <= 0 {
 		errs = append(errs, fmt.Errorf("max_version_bytes %d must be positive (64 GiB is the default)", c.MaxVersionBytes))
+	}
+	if c.ChunkGCInterval <= 0 {
+		errs = append(errs, fmt.Errorf("chunk_gc_interval %v must be positive (10m is the default)", time.Duration(c.ChunkGCInterval)))
+	}
+	if c.ChunkGCGrace < 0 {
+		errs = append(errs, fmt.Errorf("chunk_gc_grace %v must not be negative (1h is the default)", time.Duration(c.ChunkGCGrace)))
 	}
 	if c.ChunkReserveBytes < 0 {
 		errs = append(errs, fmt.Errorf("chunk_reserve_bytes %d must not be negative (use 0 to keep no disk free for other uses)", c.ChunkReserveBytes))

@@ -24,3 +24,8 @@ func WithAgentCert(ctx context.Context, cert *x509.Certificate) context.Context 
 // ChunkStore exposes the server's chunk store, so tests can see which
 // server holds which chunk.
 func (s *Server) ChunkStore() *blobstore.Store { return s.chunks }
+
+// CollectChunks runs one garbage collection of the server's chunk store.
+func (s *Server) CollectChunks(ctx context.Context) (removed int, freed int64, err error) {
+	return s.collectChunks(ctx)
+}

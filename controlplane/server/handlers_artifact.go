@@ -263,6 +263,9 @@ func (h *artifactHandler) FinishPush(ctx context.Context, req *connect.Request[d
 	}
 	v := res.Value.(*droverv1.ModelVersion)
 	index := res.Index
+	// The version now holds its chunks against garbage collection; a push
+	// this server received ends here (elsewhere it expires when idle).
+	h.s.pushes.finish(pm.digest.String())
 	if a := req.Msg.GetAlias(); a != "" {
 		res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_SET_ALIAS, &droverv1.SetAliasCommand{
 			Meta: commandMeta(ctx), Model: req.Msg.GetModel(), Alias: a, Version: v.GetVersion(),

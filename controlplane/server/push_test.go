@@ -422,3 +422,59 @@ func TestPushLimits(t *testing.T) {
 	wantErr(t, "upload of a chunk the manifest does not list", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
 	t.Logf("refused as it should be: %v", err)
 }
+
+// Garbage collection removes the chunks of a deleted model's versions and
+// keeps every chunk a live version lists, shared ones included.
+func TestChunkGCKeepsLiveVersions(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.ChunkGCGrace = 0 // collectable as soon as unreferenced
+	}})
+	node := c.Nodes()[0]
+	srv := node.Server()
+	ctx := testCtx(t, time.Minute)
+	admin := c.Client(node, false)
+	mustCreateModel(t, admin, "keep")
+	mustCreateModel(t, admin, "gone")
+	kept, dropped := makeTree(t, 11), makeTree(t, 12)
+	push(ctx, t, artifactClient(t, c, node), kept, "keep")
+	push(ctx, t, artifactClient(t, c, node), dropped, "gone")
+	// The same bytes under the model that goes too: shared chunks stay.
+	push(ctx, t, artifactClient(t, c, node), kept, "gone")
+
+	if removed, _, err := srv.CollectChunks(ctx); err != nil || removed != 0 {
+		t.Fatalf("GC with every version live removed %d chunks (err %v)", removed, err)
+	}
+	if _, err := admin.Models.DeleteAlias(ctx, connect.NewRequest(&droverv1.DeleteAliasRequest{Model: "gone", Alias: "candidate"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Models.DeleteModel(ctx, connect.NewRequest(&droverv1.DeleteModelRequest{Name: "gone"})); err != nil {
+		t.Fatal(err)
+	}
+	removed, freed, err := srv.CollectChunks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := srv.ChunkStore()
+	for _, d := range kept.keys {
+		if !store.Has(blobstore.Key(d)) {
+			t.Fatalf("chunk %s of the live version keep@1 was removed", d)
+		}
+	}
+	shared := map[artifact.Digest]bool{}
+	for _, d := range kept.keys {
+		shared[d] = true
+	}
+	want := 0
+	for _, d := range dropped.keys {
+		if shared[d] {
+			continue
+		}
+		want++
+		if store.Has(blobstore.Key(d)) {
+			t.Errorf("chunk %s of the deleted model is still stored", d)
+		}
+	}
+	if removed != want || freed <= 0 {
+		t.Errorf("removed %d chunks (%d bytes), want the %d only the deleted model had", removed, freed, want)
+	}
+}
