@@ -242,7 +242,7 @@ func (s *Store) RevokeACLToken(idx uint64, meta *droverv1.CommandMeta, accessor 
 		target := aclTokenTarget(accessor)
 		t, ok := s.t.tokens[accessor]
 		if !ok {
-			return target, nil, fmt.Errorf("ACL token %q %w: list the tokens with \"drover acl token list\"", accessor, ErrNotFound)
+			return target, nil, fmt.Errorf("ACL token %q %w: list the tokens with \"drover acl token ls\"", accessor, ErrNotFound)
 		}
 		details := map[string]string{"name": t.GetName()}
 		if slices.Contains(t.GetPolicies(), acl.PolicyManagement) && !s.otherManagementTokenLocked(meta, accessor) {
@@ -286,7 +286,7 @@ func (s *Store) RotateACLToken(idx uint64, meta *droverv1.CommandMeta, accessor 
 		target := aclTokenTarget(accessor)
 		t, ok := s.t.tokens[accessor]
 		if !ok {
-			return target, nil, fmt.Errorf("ACL token %q %w: list the tokens with \"drover acl token list\"", accessor, ErrNotFound)
+			return target, nil, fmt.Errorf("ACL token %q %w: list the tokens with \"drover acl token ls\"", accessor, ErrNotFound)
 		}
 		details := map[string]string{"name": t.GetName()}
 		if n := len(secretSHA256); n != 32 {
@@ -375,7 +375,7 @@ func (s *Store) DeleteACLPolicy(idx uint64, meta *droverv1.CommandMeta, name str
 		}
 		p, ok := s.t.policies[name]
 		if !ok {
-			return target, nil, fmt.Errorf("ACL policy %q %w: list the policies with \"drover acl policy list\"", name, ErrNotFound)
+			return target, nil, fmt.Errorf("ACL policy %q %w: list the policies with \"drover acl policy ls\"", name, ErrNotFound)
 		}
 		if users := s.tokenNamesWithPolicyLocked(name); len(users) > 0 {
 			return target, nil, &refusal{
@@ -542,7 +542,7 @@ func (s *Store) ACLToken(idOrName string) (*droverv1.ACLToken, error) {
 		t = s.tokenByNameLocked(idOrName)
 	}
 	if t == nil {
-		return nil, fmt.Errorf("ACL token %q %w: give an accessor id or a token name; list the tokens with \"drover acl token list\"", idOrName, ErrNotFound)
+		return nil, fmt.Errorf("ACL token %q %w: give an accessor id or a token name; list the tokens with \"drover acl token ls\"", idOrName, ErrNotFound)
 	}
 	return clone(t), nil
 }
