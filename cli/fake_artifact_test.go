@@ -21,15 +21,13 @@ import (
 
 var (
 	_ droverv1connect.ArtifactServiceHandler = (*fakeArtifact)(nil)
-	_ droverv1connect.AgentServiceHandler    = (*fakeArtifact)(nil)
+	_ droverv1connect.AgentServiceHandler    = fakeAgentService{}
 )
 
 // fakeArtifact is the fake's chunk store and push protocol, checked as
 // strictly as a server would: pieces of at most 1 MiB, chunks whose bytes
 // match their digest, a push finished only once every chunk is stored.
 type fakeArtifact struct {
-	droverv1connect.UnimplementedAgentServiceHandler // all but GetClusterInfo
-
 	f   *fakeServer
 	key artifact.SigningKey // the cluster key FinishPush signs with
 
@@ -61,7 +59,17 @@ func newFakeArtifact(f *fakeServer) *fakeArtifact {
 	}
 }
 
-func (a *fakeArtifact) GetClusterInfo(context.Context, *connect.Request[droverv1.GetClusterInfoRequest]) (*connect.Response[droverv1.GetClusterInfoResponse], error) {
+// fakeAgentService answers GetClusterInfo from the fake's keys; the CLI
+// makes no other AgentService call. It is a type of its own because both
+// services have a GetManifest and a GetChunk.
+type fakeAgentService struct {
+	droverv1connect.UnimplementedAgentServiceHandler // all but GetClusterInfo
+
+	a *fakeArtifact
+}
+
+func (s fakeAgentService) GetClusterInfo(context.Context, *connect.Request[droverv1.GetClusterInfoRequest]) (*connect.Response[droverv1.GetClusterInfoResponse], error) {
+	a := s.a
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return connect.NewResponse(&droverv1.GetClusterInfoResponse{ClusterId: "c-7f3a", ManifestKeys: maps.Clone(a.keys)}), nil

@@ -294,6 +294,16 @@ func accessCalls() []accessCall {
 				_, err := cl.Agent.Heartbeat(ctx, connect.NewRequest(&droverv1.HeartbeatRequest{}))
 				return err
 			}},
+		{proc: droverv1connect.AgentServiceGetManifestProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Agent.GetManifest(ctx, connect.NewRequest(&droverv1.AgentGetManifestRequest{Model: model(vision), Ref: "latest"}))
+				return err
+			}},
+		{proc: droverv1connect.AgentServiceGetChunkProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Agent.GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{Model: model(vision), Version: 999, Digest: make([]byte, 32)}))
+				return err
+			}},
 
 		// NodeService.
 		{proc: droverv1connect.NodeServiceListNodesProcedure, needs: "node:read",

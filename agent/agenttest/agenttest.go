@@ -558,3 +558,14 @@ func randomBytes(n int) []byte {
 	_, _ = rand.Read(b)
 	return b
 }
+
+// GetManifest is not faked: the fake cluster holds no model versions, and
+// tests of pulling run against real servers.
+func (h *handler) GetManifest(context.Context, *connect.Request[droverv1.AgentGetManifestRequest]) (*connect.Response[droverv1.AgentGetManifestResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("agenttest: the fake cluster serves no model versions"))
+}
+
+// GetChunk is not faked, for the reason GetManifest is not.
+func (h *handler) GetChunk(context.Context, *connect.Request[droverv1.AgentGetChunkRequest]) (*connect.Response[droverv1.AgentGetChunkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("agenttest: the fake cluster serves no model versions"))
+}

@@ -144,6 +144,11 @@ var procedures = map[string]Capability{
 	connectv1.AgentServiceRegisterProcedure:         {Auth: AuthAgent},
 	connectv1.AgentServiceRenewCertificateProcedure: {Auth: AuthAgent},
 	connectv1.AgentServiceHeartbeatProcedure:        {Auth: AuthAgent},
+	// Until deployments say which versions a node should run, every
+	// enrolled node may read every version's bytes, as the operator's
+	// read-only token may.
+	connectv1.AgentServiceGetManifestProcedure: {Auth: AuthAgent},
+	connectv1.AgentServiceGetChunkProcedure:    {Auth: AuthAgent},
 
 	connectv1.NodeServiceListNodesProcedure: need(node, read),
 	connectv1.NodeServiceGetNodeProcedure: on(node, read, func(r *droverv1.GetNodeRequest) Ref {

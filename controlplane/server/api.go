@@ -103,8 +103,11 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewClusterServiceHandler(&clusterHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewTokenServiceHandler(&tokenHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewNodeServiceHandler(&nodeHandler{s: s}, interceptors))
-	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s}, interceptors))
-	mux.Handle(droverv1connect.NewArtifactServiceHandler(&artifactHandler{s: s}, interceptors))
+	// Agents read versions' bytes through the operators' code paths, and
+	// share their cache of decoded chunk sets.
+	artifacts := &artifactHandler{s: s}
+	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s, artifacts: artifacts}, interceptors))
+	mux.Handle(droverv1connect.NewArtifactServiceHandler(artifacts, interceptors))
 	mux.Handle(droverv1connect.NewChunkServiceHandler(&chunkHandler{s: s}, interceptors))
 	mux.Handle(MetricsPath, s.requireTelemetryRead(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {

@@ -46,6 +46,7 @@ var localProcedures = []string{
 	droverv1connect.ArtifactServiceStartPushProcedure,
 	droverv1connect.ArtifactServiceUploadChunksProcedure,
 	droverv1connect.ArtifactServiceGetChunkProcedure,
+	droverv1connect.AgentServiceGetChunkProcedure,
 	droverv1connect.ChunkServiceMissingChunksProcedure,
 	droverv1connect.ChunkServicePutChunksProcedure,
 	droverv1connect.ChunkServiceGetChunksProcedure,

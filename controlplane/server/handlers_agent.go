@@ -29,7 +29,10 @@ const agentCertValidity = 24 * time.Hour
 // agentHandler serves what drover-agent calls. GetClusterInfo and Enroll
 // are public (Enroll checks the join token); the other calls are
 // authenticated by the node's client certificate in the auth interceptor.
-type agentHandler struct{ s *Server }
+type agentHandler struct {
+	s         *Server
+	artifacts *artifactHandler // serves GetManifest and GetChunk
+}
 
 var _ droverv1connect.AgentServiceHandler = (*agentHandler)(nil)
 
@@ -41,6 +44,29 @@ func (h *agentHandler) GetClusterInfo(_ context.Context, _ *connect.Request[drov
 		// The trust anchor for the manifests of pushed versions.
 		ManifestKeys: h.s.manifestKeyBytes(),
 	}), nil
+}
+
+// GetManifest returns a pushed version's signed manifest, as
+// ArtifactService.GetManifest does for operators.
+func (h *agentHandler) GetManifest(ctx context.Context, req *connect.Request[droverv1.AgentGetManifestRequest]) (*connect.Response[droverv1.AgentGetManifestResponse], error) {
+	if _, err := h.s.query(ctx, req.Header(), nil); err != nil {
+		return nil, err
+	}
+	v, signed, err := h.artifacts.manifest(req.Msg.GetModel(), req.Msg.GetRef())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.AgentGetManifestResponse{Version: v, Manifest: signed}), nil
+}
+
+// GetChunk returns one chunk of a pushed version, as
+// ArtifactService.GetChunk does for operators.
+func (h *agentHandler) GetChunk(ctx context.Context, req *connect.Request[droverv1.AgentGetChunkRequest]) (*connect.Response[droverv1.AgentGetChunkResponse], error) {
+	data, err := h.artifacts.chunk(ctx, req.Msg.GetModel(), req.Msg.GetVersion(), req.Msg.GetDigest())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.AgentGetChunkResponse{Data: data}), nil
 }
 
 // serverAPIAddrs lists the API addresses of the servers alive in gossip.

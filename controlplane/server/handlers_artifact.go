@@ -23,7 +23,7 @@ import (
 )
 
 // artifactHandler serves ArtifactService: pushing a version's bytes into
-// the cluster and reading them back. StartPush, UploadChunks and GetChunk
+// the cluster and reading them back (agents read them through it too). StartPush, UploadChunks and GetChunk
 // are served by the server that receives them; FinishPush and
 // GetManifest by the leader.
 type artifactHandler struct {
@@ -422,26 +422,44 @@ func (h *artifactHandler) GetManifest(ctx context.Context, req *connect.Request[
 	if err != nil {
 		return nil, err
 	}
-	ref := req.Msg.GetRef()
-	if ref == "" {
-		ref = "latest"
-	}
-	v, err := h.s.state.Version(req.Msg.GetModel(), ref)
+	v, signed, err := h.manifest(req.Msg.GetModel(), req.Msg.GetRef())
 	if err != nil {
-		return nil, toAPIError(err)
-	}
-	signed := v.GetArtifact().GetSigned()
-	if signed == nil {
-		return nil, apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
-			fmt.Sprintf("version %d of %s was created from a bare digest; its bytes are not in the cluster", v.GetVersion(), req.Msg.GetModel()),
-			"push the model's files with `drover model push` to make a version the cluster can serve")
+		return nil, err
 	}
 	return connect.NewResponse(&droverv1.GetManifestResponse{Version: v, Manifest: signed, Meta: meta}), nil
 }
 
+// manifest resolves a version reference ("latest" when empty) and returns
+// the version with its signed manifest; operators and agents share it.
+func (h *artifactHandler) manifest(model, ref string) (*droverv1.ModelVersion, *droverv1.SignedManifest, error) {
+	if ref == "" {
+		ref = "latest"
+	}
+	v, err := h.s.state.Version(model, ref)
+	if err != nil {
+		return nil, nil, toAPIError(err)
+	}
+	signed := v.GetArtifact().GetSigned()
+	if signed == nil {
+		return nil, nil, apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+			fmt.Sprintf("version %d of %s was created from a bare digest; its bytes are not in the cluster", v.GetVersion(), model),
+			"push the model's files with `drover model push` to make a version the cluster can serve")
+	}
+	return v, signed, nil
+}
+
 func (h *artifactHandler) GetChunk(ctx context.Context, req *connect.Request[droverv1.GetChunkRequest]) (*connect.Response[droverv1.GetChunkResponse], error) {
-	model, version := req.Msg.GetModel(), req.Msg.GetVersion()
-	d, err := artifact.DigestFromBytes(req.Msg.GetDigest())
+	data, err := h.chunk(ctx, req.Msg.GetModel(), req.Msg.GetVersion(), req.Msg.GetDigest())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&droverv1.GetChunkResponse{Data: data}), nil
+}
+
+// chunk returns a chunk the version's manifest lists, copying it from a
+// peer first when this server lacks it; operators and agents share it.
+func (h *artifactHandler) chunk(ctx context.Context, model string, version uint64, digest []byte) ([]byte, error) {
+	d, err := artifact.DigestFromBytes(digest)
 	if err != nil {
 		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, err.Error(), "send a 32-byte SHA-256 digest")
 	}
@@ -472,7 +490,7 @@ func (h *artifactHandler) GetChunk(ctx context.Context, req *connect.Request[dro
 	if _, err := io.ReadFull(rc, data); err != nil {
 		return nil, h.s.chunkError(fmt.Errorf("read chunk %s: %w", d, err))
 	}
-	return connect.NewResponse(&droverv1.GetChunkResponse{Data: data}), nil
+	return data, nil
 }
 
 // chunkSet returns the chunks a version's manifest lists, decoded once

@@ -44,6 +44,7 @@ func artifactClientWith(t testing.TB, c *cluster.Cluster, n *cluster.Node, token
 // modelTree is a generated model directory and its manifest, cut into
 // small chunks so that a few MiB make dozens of them.
 type modelTree struct {
+	root   string // the directory the tree was built from
 	signed *droverv1.SignedManifest
 	refs   map[artifact.Digest]artifact.ChunkRef
 	keys   []artifact.Digest // distinct chunks, in manifest order
@@ -75,7 +76,7 @@ func makeTree(t *testing.T, seed uint64) *modelTree {
 	if err != nil {
 		t.Fatalf("marshal manifest: %v", err)
 	}
-	tr := &modelTree{signed: &droverv1.SignedManifest{Manifest: b}, refs: make(map[artifact.Digest]artifact.ChunkRef)}
+	tr := &modelTree{root: root, signed: &droverv1.SignedManifest{Manifest: b}, refs: make(map[artifact.Digest]artifact.ChunkRef)}
 	for _, r := range refs {
 		if _, ok := tr.refs[r.Digest]; !ok {
 			tr.refs[r.Digest] = r

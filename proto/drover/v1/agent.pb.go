@@ -674,6 +674,219 @@ func (x *HeartbeatResponse) GetSitePeers() []string {
 	return nil
 }
 
+type AgentGetManifestRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Version number, alias, or "latest".
+	Ref           string `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentGetManifestRequest) Reset() {
+	*x = AgentGetManifestRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentGetManifestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentGetManifestRequest) ProtoMessage() {}
+
+func (x *AgentGetManifestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentGetManifestRequest.ProtoReflect.Descriptor instead.
+func (*AgentGetManifestRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AgentGetManifestRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *AgentGetManifestRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type AgentGetManifestResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version *ModelVersion          `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The manifest as signed; the agent verifies it against GetClusterInfo's
+	// manifest_keys before it trusts a byte of the version.
+	Manifest      *SignedManifest `protobuf:"bytes,2,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentGetManifestResponse) Reset() {
+	*x = AgentGetManifestResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentGetManifestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentGetManifestResponse) ProtoMessage() {}
+
+func (x *AgentGetManifestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentGetManifestResponse.ProtoReflect.Descriptor instead.
+func (*AgentGetManifestResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AgentGetManifestResponse) GetVersion() *ModelVersion {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+func (x *AgentGetManifestResponse) GetManifest() *SignedManifest {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+type AgentGetChunkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version the chunk belongs to: the server serves only chunks the
+	// version's manifest lists.
+	Model         string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version       uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Digest        []byte `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentGetChunkRequest) Reset() {
+	*x = AgentGetChunkRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentGetChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentGetChunkRequest) ProtoMessage() {}
+
+func (x *AgentGetChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentGetChunkRequest.ProtoReflect.Descriptor instead.
+func (*AgentGetChunkRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AgentGetChunkRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *AgentGetChunkRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *AgentGetChunkRequest) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+type AgentGetChunkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentGetChunkResponse) Reset() {
+	*x = AgentGetChunkResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentGetChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentGetChunkResponse) ProtoMessage() {}
+
+func (x *AgentGetChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentGetChunkResponse.ProtoReflect.Descriptor instead.
+func (*AgentGetChunkResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AgentGetChunkResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// All must match.
@@ -691,7 +904,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	mi := &file_drover_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +916,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	mi := &file_drover_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +929,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListNodesRequest) GetLabels() map[string]string {
@@ -771,7 +984,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	mi := &file_drover_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +996,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	mi := &file_drover_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +1009,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -824,7 +1037,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[12]
+	mi := &file_drover_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +1049,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[12]
+	mi := &file_drover_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +1062,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetNodeRequest) GetNode() string {
@@ -876,7 +1089,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[13]
+	mi := &file_drover_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1101,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[13]
+	mi := &file_drover_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1114,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -929,7 +1142,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[14]
+	mi := &file_drover_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1154,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[14]
+	mi := &file_drover_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1167,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -981,7 +1194,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[15]
+	mi := &file_drover_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1206,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[15]
+	mi := &file_drover_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1219,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -1034,7 +1247,7 @@ type LabelNodeRequest struct {
 
 func (x *LabelNodeRequest) Reset() {
 	*x = LabelNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	mi := &file_drover_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1259,7 @@ func (x *LabelNodeRequest) String() string {
 func (*LabelNodeRequest) ProtoMessage() {}
 
 func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	mi := &file_drover_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1272,7 @@ func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNodeRequest.ProtoReflect.Descriptor instead.
 func (*LabelNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LabelNodeRequest) GetNode() string {
@@ -1093,7 +1306,7 @@ type LabelNodeResponse struct {
 
 func (x *LabelNodeResponse) Reset() {
 	*x = LabelNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	mi := &file_drover_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1318,7 @@ func (x *LabelNodeResponse) String() string {
 func (*LabelNodeResponse) ProtoMessage() {}
 
 func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	mi := &file_drover_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1331,7 @@ func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNodeResponse.ProtoReflect.Descriptor instead.
 func (*LabelNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LabelNodeResponse) GetNode() *Node {
@@ -1144,7 +1357,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1369,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1382,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeNodeRequest) GetNode() string {
@@ -1188,7 +1401,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1413,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1426,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeNodeResponse) GetMeta() *WriteMeta {
@@ -1227,7 +1440,7 @@ var File_drover_v1_agent_proto protoreflect.FileDescriptor
 
 const file_drover_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15drover/v1/agent.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x14drover/v1/node.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
+	"\x15drover/v1/agent.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
 	"\x15GetClusterInfoRequest\"\x83\x02\n" +
 	"\x16GetClusterInfoResponse\x12\x15\n" +
 	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x12\x1d\n" +
@@ -1282,7 +1495,19 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"reregister\x18\x04 \x01(\bR\n" +
 	"reregister\x12\x1d\n" +
 	"\n" +
-	"site_peers\x18\x05 \x03(\tR\tsitePeers\"\xd2\x02\n" +
+	"site_peers\x18\x05 \x03(\tR\tsitePeers\"A\n" +
+	"\x17AgentGetManifestRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\"\x84\x01\n" +
+	"\x18AgentGetManifestResponse\x121\n" +
+	"\aversion\x18\x01 \x01(\v2\x17.drover.v1.ModelVersionR\aversion\x125\n" +
+	"\bmanifest\x18\x02 \x01(\v2\x19.drover.v1.SignedManifestR\bmanifest\"^\n" +
+	"\x14AgentGetChunkRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"+\n" +
+	"\x15AgentGetChunkResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xd2\x02\n" +
 	"\x10ListNodesRequest\x12?\n" +
 	"\x06labels\x18\x01 \x03(\v2'.drover.v1.ListNodesRequest.LabelsEntryR\x06labels\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12-\n" +
@@ -1321,13 +1546,15 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\">\n" +
 	"\x12RevokeNodeResponse\x12(\n" +
-	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2\x93\x03\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2\xc4\x04\n" +
 	"\fAgentService\x12Z\n" +
 	"\x0eGetClusterInfo\x12 .drover.v1.GetClusterInfoRequest\x1a!.drover.v1.GetClusterInfoResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x06Enroll\x12\x18.drover.v1.EnrollRequest\x1a\x19.drover.v1.EnrollResponse\x12C\n" +
 	"\bRegister\x12\x1a.drover.v1.RegisterRequest\x1a\x1b.drover.v1.RegisterResponse\x12[\n" +
 	"\x10RenewCertificate\x12\".drover.v1.RenewCertificateRequest\x1a#.drover.v1.RenewCertificateResponse\x12F\n" +
-	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse2\xfc\x02\n" +
+	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse\x12[\n" +
+	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
+	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\xfc\x02\n" +
 	"\vNodeService\x12K\n" +
 	"\tListNodes\x12\x1b.drover.v1.ListNodesRequest\x1a\x1c.drover.v1.ListNodesResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\aGetNode\x12\x19.drover.v1.GetNodeRequest\x1a\x1a.drover.v1.GetNodeResponse\"\x03\x90\x02\x01\x12F\n" +
@@ -1348,7 +1575,7 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_drover_v1_agent_proto_goTypes = []any{
 	(*GetClusterInfoRequest)(nil),    // 0: drover.v1.GetClusterInfoRequest
 	(*GetClusterInfoResponse)(nil),   // 1: drover.v1.GetClusterInfoResponse
@@ -1360,81 +1587,93 @@ var file_drover_v1_agent_proto_goTypes = []any{
 	(*RenewCertificateResponse)(nil), // 7: drover.v1.RenewCertificateResponse
 	(*HeartbeatRequest)(nil),         // 8: drover.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),        // 9: drover.v1.HeartbeatResponse
-	(*ListNodesRequest)(nil),         // 10: drover.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 11: drover.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 12: drover.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),          // 13: drover.v1.GetNodeResponse
-	(*DrainNodeRequest)(nil),         // 14: drover.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),        // 15: drover.v1.DrainNodeResponse
-	(*LabelNodeRequest)(nil),         // 16: drover.v1.LabelNodeRequest
-	(*LabelNodeResponse)(nil),        // 17: drover.v1.LabelNodeResponse
-	(*RevokeNodeRequest)(nil),        // 18: drover.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),       // 19: drover.v1.RevokeNodeResponse
-	nil,                              // 20: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	nil,                              // 21: drover.v1.EnrollRequest.LabelsEntry
-	nil,                              // 22: drover.v1.ListNodesRequest.LabelsEntry
-	nil,                              // 23: drover.v1.LabelNodeRequest.SetEntry
-	(*NodeInventory)(nil),            // 24: drover.v1.NodeInventory
-	(*Node)(nil),                     // 25: drover.v1.Node
-	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 27: drover.v1.WriteMeta
-	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
-	(NodeStatus)(0),                  // 29: drover.v1.NodeStatus
-	(*QueryOptions)(nil),             // 30: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 31: drover.v1.QueryMeta
+	(*AgentGetManifestRequest)(nil),  // 10: drover.v1.AgentGetManifestRequest
+	(*AgentGetManifestResponse)(nil), // 11: drover.v1.AgentGetManifestResponse
+	(*AgentGetChunkRequest)(nil),     // 12: drover.v1.AgentGetChunkRequest
+	(*AgentGetChunkResponse)(nil),    // 13: drover.v1.AgentGetChunkResponse
+	(*ListNodesRequest)(nil),         // 14: drover.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 15: drover.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 16: drover.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),          // 17: drover.v1.GetNodeResponse
+	(*DrainNodeRequest)(nil),         // 18: drover.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),        // 19: drover.v1.DrainNodeResponse
+	(*LabelNodeRequest)(nil),         // 20: drover.v1.LabelNodeRequest
+	(*LabelNodeResponse)(nil),        // 21: drover.v1.LabelNodeResponse
+	(*RevokeNodeRequest)(nil),        // 22: drover.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),       // 23: drover.v1.RevokeNodeResponse
+	nil,                              // 24: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	nil,                              // 25: drover.v1.EnrollRequest.LabelsEntry
+	nil,                              // 26: drover.v1.ListNodesRequest.LabelsEntry
+	nil,                              // 27: drover.v1.LabelNodeRequest.SetEntry
+	(*NodeInventory)(nil),            // 28: drover.v1.NodeInventory
+	(*Node)(nil),                     // 29: drover.v1.Node
+	(*timestamppb.Timestamp)(nil),    // 30: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 31: drover.v1.WriteMeta
+	(*durationpb.Duration)(nil),      // 32: google.protobuf.Duration
+	(NodeStatus)(0),                  // 33: drover.v1.NodeStatus
+	(*ModelVersion)(nil),             // 34: drover.v1.ModelVersion
+	(*SignedManifest)(nil),           // 35: drover.v1.SignedManifest
+	(*QueryOptions)(nil),             // 36: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 37: drover.v1.QueryMeta
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	20, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	21, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
-	24, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
-	25, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
-	26, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	27, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
-	24, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
-	25, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
-	27, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
-	26, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	28, // 10: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
-	29, // 11: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
-	22, // 12: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
-	29, // 13: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
-	30, // 14: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
-	25, // 15: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
-	31, // 16: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
-	30, // 17: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
-	25, // 18: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
-	31, // 19: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
-	25, // 20: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
-	27, // 21: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	23, // 22: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
-	25, // 23: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
-	27, // 24: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	27, // 25: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	0,  // 26: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
-	2,  // 27: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
-	4,  // 28: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	6,  // 29: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
-	8,  // 30: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
-	10, // 31: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	12, // 32: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	14, // 33: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	16, // 34: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	18, // 35: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	1,  // 36: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 37: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 38: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 39: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 40: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 41: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	13, // 42: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	15, // 43: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	17, // 44: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	19, // 45: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	36, // [36:46] is the sub-list for method output_type
-	26, // [26:36] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	24, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	25, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
+	28, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
+	29, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
+	30, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	31, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
+	28, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
+	29, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
+	31, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
+	30, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	32, // 10: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
+	33, // 11: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
+	34, // 12: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
+	35, // 13: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
+	26, // 14: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
+	33, // 15: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
+	36, // 16: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
+	29, // 17: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
+	37, // 18: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
+	36, // 19: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
+	29, // 20: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
+	37, // 21: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
+	29, // 22: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
+	31, // 23: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	27, // 24: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
+	29, // 25: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
+	31, // 26: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	31, // 27: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	0,  // 28: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
+	2,  // 29: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
+	4,  // 30: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	6,  // 31: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
+	8,  // 32: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
+	10, // 33: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
+	12, // 34: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
+	14, // 35: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	16, // 36: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	18, // 37: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	20, // 38: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	22, // 39: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	1,  // 40: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 41: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 42: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 43: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 44: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 45: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	13, // 46: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	15, // 47: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	17, // 48: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	19, // 49: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	21, // 50: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	23, // 51: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	40, // [40:52] is the sub-list for method output_type
+	28, // [28:40] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -1442,15 +1681,17 @@ func file_drover_v1_agent_proto_init() {
 	if File_drover_v1_agent_proto != nil {
 		return
 	}
+	file_drover_v1_artifact_proto_init()
 	file_drover_v1_common_proto_init()
 	file_drover_v1_node_proto_init()
+	file_drover_v1_registry_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -47,6 +47,11 @@ const (
 	AgentServiceRenewCertificateProcedure = "/drover.v1.AgentService/RenewCertificate"
 	// AgentServiceHeartbeatProcedure is the fully-qualified name of the AgentService's Heartbeat RPC.
 	AgentServiceHeartbeatProcedure = "/drover.v1.AgentService/Heartbeat"
+	// AgentServiceGetManifestProcedure is the fully-qualified name of the AgentService's GetManifest
+	// RPC.
+	AgentServiceGetManifestProcedure = "/drover.v1.AgentService/GetManifest"
+	// AgentServiceGetChunkProcedure is the fully-qualified name of the AgentService's GetChunk RPC.
+	AgentServiceGetChunkProcedure = "/drover.v1.AgentService/GetChunk"
 	// NodeServiceListNodesProcedure is the fully-qualified name of the NodeService's ListNodes RPC.
 	NodeServiceListNodesProcedure = "/drover.v1.NodeService/ListNodes"
 	// NodeServiceGetNodeProcedure is the fully-qualified name of the NodeService's GetNode RPC.
@@ -71,6 +76,11 @@ type AgentServiceClient interface {
 	// Heartbeat never touches the Raft log: the leader keeps a TTL timer per
 	// node and writes only status transitions.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
+	// GetManifest and GetChunk read a pushed version's bytes, as
+	// ArtifactService does for operators. GetChunk is answered by the server
+	// that receives it, which copies a chunk it lacks from a peer.
+	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
+	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
 }
 
 // NewAgentServiceClient constructs a client for the drover.v1.AgentService service. By default, it
@@ -115,6 +125,20 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("Heartbeat")),
 			connect.WithClientOptions(opts...),
 		),
+		getManifest: connect.NewClient[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse](
+			httpClient,
+			baseURL+AgentServiceGetManifestProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("GetManifest")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getChunk: connect.NewClient[v1.AgentGetChunkRequest, v1.AgentGetChunkResponse](
+			httpClient,
+			baseURL+AgentServiceGetChunkProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("GetChunk")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -125,6 +149,8 @@ type agentServiceClient struct {
 	register         *connect.Client[v1.RegisterRequest, v1.RegisterResponse]
 	renewCertificate *connect.Client[v1.RenewCertificateRequest, v1.RenewCertificateResponse]
 	heartbeat        *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
+	getManifest      *connect.Client[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse]
+	getChunk         *connect.Client[v1.AgentGetChunkRequest, v1.AgentGetChunkResponse]
 }
 
 // GetClusterInfo calls drover.v1.AgentService.GetClusterInfo.
@@ -152,6 +178,16 @@ func (c *agentServiceClient) Heartbeat(ctx context.Context, req *connect.Request
 	return c.heartbeat.CallUnary(ctx, req)
 }
 
+// GetManifest calls drover.v1.AgentService.GetManifest.
+func (c *agentServiceClient) GetManifest(ctx context.Context, req *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error) {
+	return c.getManifest.CallUnary(ctx, req)
+}
+
+// GetChunk calls drover.v1.AgentService.GetChunk.
+func (c *agentServiceClient) GetChunk(ctx context.Context, req *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error) {
+	return c.getChunk.CallUnary(ctx, req)
+}
+
 // AgentServiceHandler is an implementation of the drover.v1.AgentService service.
 type AgentServiceHandler interface {
 	// GetClusterInfo needs no credentials; the CA it returns is checked
@@ -164,6 +200,11 @@ type AgentServiceHandler interface {
 	// Heartbeat never touches the Raft log: the leader keeps a TTL timer per
 	// node and writes only status transitions.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
+	// GetManifest and GetChunk read a pushed version's bytes, as
+	// ArtifactService does for operators. GetChunk is answered by the server
+	// that receives it, which copies a chunk it lacks from a peer.
+	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
+	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
 }
 
 // NewAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -204,6 +245,20 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("Heartbeat")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceGetManifestHandler := connect.NewUnaryHandler(
+		AgentServiceGetManifestProcedure,
+		svc.GetManifest,
+		connect.WithSchema(agentServiceMethods.ByName("GetManifest")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceGetChunkHandler := connect.NewUnaryHandler(
+		AgentServiceGetChunkProcedure,
+		svc.GetChunk,
+		connect.WithSchema(agentServiceMethods.ByName("GetChunk")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.AgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AgentServiceGetClusterInfoProcedure:
@@ -216,6 +271,10 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceRenewCertificateHandler.ServeHTTP(w, r)
 		case AgentServiceHeartbeatProcedure:
 			agentServiceHeartbeatHandler.ServeHTTP(w, r)
+		case AgentServiceGetManifestProcedure:
+			agentServiceGetManifestHandler.ServeHTTP(w, r)
+		case AgentServiceGetChunkProcedure:
+			agentServiceGetChunkHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -243,6 +302,14 @@ func (UnimplementedAgentServiceHandler) RenewCertificate(context.Context, *conne
 
 func (UnimplementedAgentServiceHandler) Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.Heartbeat is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.GetManifest is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.GetChunk is not implemented"))
 }
 
 // NodeServiceClient is a client for the drover.v1.NodeService service.
