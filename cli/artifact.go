@@ -161,21 +161,9 @@ func buildFinishPush(cmd *cobra.Command, stdin io.Reader, f pushFlags) (*droverv
 	if _, isNumber := parseVersionNumber(f.alias); isNumber {
 		return nil, usageErr(cmd, fmt.Errorf("--alias %s: an alias cannot be a number, which would read as a version", f.alias))
 	}
-	var card string
-	switch f.cardFile {
-	case "":
-	case "-":
-		b, err := io.ReadAll(stdin)
-		if err != nil {
-			return nil, fmt.Errorf("read model card from stdin: %w", err)
-		}
-		card = string(b)
-	default:
-		b, err := os.ReadFile(f.cardFile)
-		if err != nil {
-			return nil, fmt.Errorf("read model card: %w", err)
-		}
-		card = string(b)
+	card, err := readCard(f.cardFile, stdin)
+	if err != nil {
+		return nil, err
 	}
 	return &droverv1.FinishPushRequest{
 		Model: f.model, Card: card, Lineage: lin, Metrics: metrics, Tags: tags, Alias: f.alias,

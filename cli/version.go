@@ -154,21 +154,9 @@ func buildCreateVersion(cmd *cobra.Command, model string, stdin io.Reader, f ver
 		}
 		files = append(files, af)
 	}
-	var card string
-	switch f.cardFile {
-	case "":
-	case "-":
-		b, err := io.ReadAll(stdin)
-		if err != nil {
-			return nil, fmt.Errorf("read model card from stdin: %w", err)
-		}
-		card = string(b)
-	default:
-		b, err := os.ReadFile(f.cardFile)
-		if err != nil {
-			return nil, fmt.Errorf("read model card: %w", err)
-		}
-		card = string(b)
+	card, err := readCard(f.cardFile, stdin)
+	if err != nil {
+		return nil, err
 	}
 	req := &droverv1.CreateVersionRequest{
 		Model:    model,
@@ -320,4 +308,23 @@ func fetchVersion(cmd *cobra.Command, g *globals, q *queryFlags, arg string) (*c
 	return c.model.GetVersion(cmd.Context(), connect.NewRequest(&droverv1.GetVersionRequest{
 		Model: name, Ref: ref, Options: opts,
 	}))
+}
+
+// readCard reads a model card from path: "" for none, "-" for stdin.
+func readCard(path string, stdin io.Reader) (string, error) {
+	var b []byte
+	var err error
+	switch path {
+	case "":
+		return "", nil
+	case "-":
+		if b, err = io.ReadAll(stdin); err != nil {
+			return "", fmt.Errorf("read model card from stdin: %w", err)
+		}
+	default:
+		if b, err = os.ReadFile(path); err != nil {
+			return "", fmt.Errorf("read model card: %w", err)
+		}
+	}
+	return string(b), nil
 }

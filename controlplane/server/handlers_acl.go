@@ -8,7 +8,6 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/controlplane/acl"
@@ -102,14 +101,14 @@ func (h *aclHandler) CreateToken(ctx context.Context, req *connect.Request[drove
 }
 
 // publicToken is what the API shows of a token: everything but the hash of
-// its secret, which would let anyone who reads it guess offline.
+// its secret, which would let anyone who reads it guess offline. The
+// token is the caller's own copy (state reads and write results are), so
+// it is changed in place.
 func publicToken(v any) *droverv1.ACLToken {
 	t, _ := v.(*droverv1.ACLToken)
-	if t == nil {
-		return nil
+	if t != nil {
+		t.SecretSha256 = nil
 	}
-	t = proto.CloneOf(t)
-	t.SecretSha256 = nil
 	return t
 }
 
@@ -119,8 +118,8 @@ func (h *aclHandler) ListTokens(ctx context.Context, req *connect.Request[drover
 		return nil, err
 	}
 	tokens := h.s.state.ACLTokens()
-	for i, t := range tokens {
-		tokens[i] = publicToken(t)
+	for _, t := range tokens {
+		publicToken(t)
 	}
 	return connect.NewResponse(&droverv1.ListACLTokensResponse{Tokens: tokens, Meta: meta}), nil
 }

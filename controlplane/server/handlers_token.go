@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/controlplane/acl"
@@ -75,8 +74,8 @@ func (h *tokenHandler) ListTokens(ctx context.Context, req *connect.Request[drov
 	}
 	tokens := readable(ctx, h.s.state.JoinTokens(), droverv1.ACLResource_ACL_RESOURCE_JOIN_TOKEN,
 		func(t *droverv1.JoinToken) acl.Object { return acl.Object{Site: t.GetSite()} })
-	for i, t := range tokens {
-		tokens[i] = publicJoinToken(t)
+	for _, t := range tokens {
+		publicJoinToken(t)
 	}
 	return connect.NewResponse(&droverv1.ListTokensResponse{Tokens: tokens, Meta: meta}), nil
 }
@@ -91,9 +90,9 @@ func (h *tokenHandler) RevokeToken(ctx context.Context, req *connect.Request[dro
 }
 
 // publicJoinToken is what the API shows of a join token: everything but
-// the hash of its secret, which only the server needs.
+// the hash of its secret, which only the server needs. Like publicToken it
+// changes the caller's own copy.
 func publicJoinToken(t *droverv1.JoinToken) *droverv1.JoinToken {
-	t = proto.CloneOf(t)
 	t.SecretSha256 = nil
 	return t
 }
