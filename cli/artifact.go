@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
 
 	"github.com/droverhq/drover/artifact"
 	"github.com/droverhq/drover/internal/names"
@@ -43,6 +44,7 @@ func newModelPushCommand(g *globals) *cobra.Command {
 	var (
 		model, cardFile, parent, dataset, alias string
 		metrics, tags                           []string
+		limitRate                               string
 	)
 	cmd := &cobra.Command{
 		Use:   "push PATH --model NAME",
@@ -65,7 +67,11 @@ cluster key. Nothing in PATH may change while it is pushed.
 
 An interrupted push (Ctrl-C, a lost connection, a restarted server) is
 resumed by running the same command again: it sends only the chunks the
-cluster still lacks.
+cluster still lacks. When the server taking the upload goes away mid-way,
+push moves on to another server of the cluster by itself.
+
+--limit-rate caps the upload (such as 20MiB, per second) so that a push
+from a shared or metered link leaves room for everything else.
 
 The rest documents the version, and cannot be added later:
 
@@ -90,6 +96,10 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
   drover model push ./out --model resnet -o json | jq -r .version.version`,
 		Args: exactArgs("PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			rate, err := parseRate(limitRate)
+			if err != nil {
+				return usageErr(cmd, fmt.Errorf("--limit-rate %s: %w", limitRate, err))
+			}
 			req, err := buildFinishPush(cmd, g.stdin, pushFlags{
 				model: model, cardFile: cardFile, parent: parent, dataset: dataset, alias: alias,
 				metrics: metrics, tags: tags,
@@ -97,7 +107,7 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 			if err != nil {
 				return err
 			}
-			return push(cmd, g, args[0], req)
+			return push(cmd, g, args[0], req, rate)
 		},
 	}
 	f := cmd.Flags()
@@ -110,7 +120,24 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 	// values may contain them.
 	f.StringArrayVar(&metrics, "metric", nil, "evaluation metric as `NAME=NUMBER` (repeatable)")
 	f.StringArrayVar(&tags, "tag", nil, "tag as `KEY=VALUE` (repeatable)")
+	f.StringVar(&limitRate, "limit-rate", "", "upload at most `SIZE` per second, such as 20MiB or 100MB (default: no cap)")
 	return cmd
+}
+
+// parseRate parses --limit-rate: empty for no cap, otherwise bytes per
+// second of at least one upload piece, since a piece is sent whole.
+func parseRate(s string) (*rate.Limiter, error) {
+	if s == "" {
+		return nil, nil
+	}
+	n, err := parseByteSize(s)
+	if err != nil {
+		return nil, err
+	}
+	if n < 64<<10 {
+		return nil, errors.New("want at least 64KiB per second")
+	}
+	return rate.NewLimiter(rate.Limit(n), uploadPiece), nil
 }
 
 // pushFlags are the raw flag values of push.
@@ -188,7 +215,7 @@ func parseDataset(s string) (uri, digest string, err error) {
 
 // push builds the manifest of path, uploads the chunks the server lacks
 // and finishes the push with req's metadata.
-func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest) error {
+func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest, limit *rate.Limiter) error {
 	ctx := cmd.Context()
 	// Chunking reads every byte (about a second per GiB), so say what is
 	// happening meanwhile; the note is blanked for the progress line.
@@ -218,37 +245,30 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 	if err != nil {
 		return err
 	}
-	start, err := c.artifact.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{
-		Model: req.GetModel(), Manifest: req.GetManifest(),
-	}))
-	if err != nil {
-		return err
-	}
-	if got := start.Msg.GetArtifactDigest(); got != digest.String() {
-		return fmt.Errorf("push: the server names the manifest %s, but its SHA-256 is %s: "+
-			"the server is not speaking this version of the protocol", got, digest)
-	}
-	missing, err := missingChunks(refs, start.Msg.GetMissing())
-	if err != nil {
-		return fmt.Errorf("push: %w", err)
-	}
+	// The other servers, asked up front: once the server taking the
+	// upload is gone it can no longer name them.
+	others := otherServers(ctx, c)
 	var toSend, distinct int64
-	for _, r := range missing {
-		toSend += int64(r.Size)
-	}
 	for _, r := range refs {
 		distinct += int64(r.Size)
 	}
-	prog := g.transferProgress("Uploading", toSend)
-	sent, err := uploadChunks(ctx, c, start.Msg.GetPushId(), missing, prog)
-	if err != nil {
-		if ctx.Err() != nil || errors.Is(err, artifact.ErrFileChanged) {
-			return err // interrupted, or a tree in flux: resuming is not the advice
+	for {
+		toSend, err = uploadMissing(ctx, g, c, req, digest, refs, limit)
+		if err == nil {
+			break
 		}
-		return withHint(fmt.Errorf("push to %s stopped after %s of %s: %w", req.GetModel(),
-			units.Bytes(uint64(sent)), units.Bytes(uint64(toSend)), err), resumeHint)
+		if ctx.Err() != nil || !lostServer(err) || len(others) == 0 {
+			return err
+		}
+		next := others[0]
+		others = others[1:]
+		// Chunks the lost server already passed on stay wherever they
+		// landed; the next server answers which it still lacks.
+		fmt.Fprintf(g.stderr, "Lost %s mid-push (%v); resuming against %s\n", c.address, lostCause(err), next)
+		if c, err = g.clientsAt(next); err != nil {
+			return err
+		}
 	}
-	prog.done(toSend)
 
 	resp, err := c.artifact.FinishPush(ctx, connect.NewRequest(req))
 	if err != nil {
@@ -269,6 +289,96 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 
 // resumeHint is the advice for a push cut off before it finished.
 const resumeHint = "run the same command again: the push resumes, sending only the chunks the cluster still lacks"
+
+// uploadMissing asks the server behind c which of the manifest's chunks it
+// lacks and uploads those, with progress. It returns the bytes it had to
+// send.
+func uploadMissing(ctx context.Context, g *globals, c *clients, req *droverv1.FinishPushRequest, digest artifact.Digest, refs []artifact.ChunkRef, limit *rate.Limiter) (int64, error) {
+	start, err := c.artifact.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{
+		Model: req.GetModel(), Manifest: req.GetManifest(),
+	}))
+	if err != nil {
+		return 0, err
+	}
+	if got := start.Msg.GetArtifactDigest(); got != digest.String() {
+		return 0, fmt.Errorf("push: the server names the manifest %s, but its SHA-256 is %s: "+
+			"the server is not speaking this version of the protocol", got, digest)
+	}
+	missing, err := missingChunks(refs, start.Msg.GetMissing())
+	if err != nil {
+		return 0, fmt.Errorf("push: %w", err)
+	}
+	var toSend int64
+	for _, r := range missing {
+		toSend += int64(r.Size)
+	}
+	prog := g.transferProgress("Uploading", toSend)
+	sent, err := uploadChunks(ctx, c, start.Msg.GetPushId(), missing, prog, limit)
+	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, artifact.ErrFileChanged) {
+			return 0, err // interrupted, or a tree in flux: resuming is not the advice
+		}
+		return 0, &lostUpload{err: withHint(fmt.Errorf("push to %s stopped after %s of %s: %w", req.GetModel(),
+			units.Bytes(uint64(sent)), units.Bytes(uint64(toSend)), err), resumeHint), cause: err}
+	}
+	prog.done(toSend)
+	return toSend, nil
+}
+
+// lostUpload is an upload that stopped part way; cause is what stopped it.
+type lostUpload struct {
+	err   error
+	cause error
+}
+
+func (e *lostUpload) Error() string { return e.err.Error() }
+func (e *lostUpload) Unwrap() error { return e.err }
+
+// lostCause is what stopped an upload, without the advice around it.
+func lostCause(err error) error {
+	var lost *lostUpload
+	if errors.As(err, &lost) {
+		return lost.cause
+	}
+	return err
+}
+
+// lostServer reports whether err means the server taking a push went away
+// (killed, restarted, unreachable) rather than refused it: only then is
+// another server worth trying.
+func lostServer(err error) bool {
+	err = lostCause(err)
+	if dialError(err) != nil {
+		return true
+	}
+	var cerr *connect.Error
+	if errors.As(err, &cerr) && serverDetail(cerr) != nil {
+		return false // the server answered: a refusal, not a loss
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeInternal, connect.CodeAborted:
+		return true
+	}
+	return false
+}
+
+// otherServers returns the API addresses of the cluster's servers other
+// than the one c talks to, as https:// URLs, or none when the cluster
+// cannot say (an old server, a refused call): failover is a convenience.
+func otherServers(ctx context.Context, c *clients) []string {
+	info, err := c.agent.GetClusterInfo(ctx, connect.NewRequest(&droverv1.GetClusterInfoRequest{}))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, s := range info.Msg.GetServers() {
+		addr, err := normalizeAddress(s)
+		if err == nil && addr != c.address {
+			out = append(out, addr)
+		}
+	}
+	return out
+}
 
 // uploadSummary says how much of the artifact this push sent. distinct
 // is the size of its distinct chunks: repeated bytes are sent once, which
@@ -337,7 +447,7 @@ func missingChunks(refs []artifact.ChunkRef, missing [][]byte) ([]artifact.Chunk
 // once. The first failure aborts every stream: an aborted stream, unlike a
 // closed one, tells the server nothing more is coming on it. It returns
 // the bytes sent.
-func uploadChunks(ctx context.Context, c *clients, pushID string, refs []artifact.ChunkRef, prog *progress) (int64, error) {
+func uploadChunks(ctx context.Context, c *clients, pushID string, refs []artifact.ChunkRef, prog *progress, limit *rate.Limiter) (int64, error) {
 	if len(refs) == 0 {
 		return 0, nil
 	}
@@ -352,7 +462,7 @@ func uploadChunks(ctx context.Context, c *clients, pushID string, refs []artifac
 	work := make(chan artifact.ChunkRef)
 	for range min(uploadStreams, len(refs)) {
 		wg.Go(func() {
-			if err := uploadStream(ctx, c, pushID, work, &sent, prog); err != nil {
+			if err := uploadStream(ctx, c, pushID, work, &sent, prog, limit); err != nil {
 				once.Do(func() { firstErr = err; cancel() })
 			}
 		})
@@ -376,7 +486,7 @@ feed:
 // uploadStream sends the chunks it takes from work over one stream, each
 // read again from its file (which checks it has not changed) and sent in
 // pieces of at most uploadPiece bytes.
-func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan artifact.ChunkRef, sent *atomic.Int64, prog *progress) error {
+func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan artifact.ChunkRef, sent *atomic.Int64, prog *progress, limit *rate.Limiter) error {
 	// Opened on the first chunk: a stream that ends up with no work sends
 	// nothing at all.
 	var stream *connect.ClientStreamForClient[droverv1.UploadChunksRequest, droverv1.UploadChunksResponse]
@@ -392,6 +502,11 @@ func uploadStream(ctx context.Context, c *clients, pushID string, work <-chan ar
 		buf = data
 		for off := 0; off < len(data); off += uploadPiece {
 			piece := data[off:min(off+uploadPiece, len(data))]
+			if limit != nil {
+				if err := limit.WaitN(ctx, len(piece)); err != nil {
+					return err
+				}
+			}
 			msg := &droverv1.UploadChunksRequest{PushId: pushID, Data: piece}
 			if off == 0 {
 				msg.Digest, msg.Size = ref.Digest[:], uint64(len(data))

@@ -100,6 +100,19 @@ func (g *globals) clients() (*clients, error) {
 	return newClients(cfg, g.stale)
 }
 
+// clientsAt returns clients of the server at address (an https:// URL),
+// with everything else as configured: how a command moves on to another
+// server of the cluster.
+func (g *globals) clientsAt(address string) (*clients, error) {
+	cfg, err := g.clientConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Address = address
+	g.target = cfg
+	return newClients(cfg, g.stale)
+}
+
 // progress returns where to draw transfer progress: stderr when it is a
 // terminal, nothing otherwise, so logs and pipes stay clean.
 func (g *globals) progress(label string) *progress {

@@ -21,6 +21,11 @@ import (
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
 
+// ChunkStoreDir is where a server with data directory dataDir keeps its
+// chunk store (controlplane/blobstore), for tools that inspect a stopped
+// server's chunks.
+func ChunkStoreDir(dataDir string) string { return filepath.Join(dataDir, chunksDirName) }
+
 const (
 	// maxManifestChunk is the largest chunk the chunker can cut, and so
 	// the largest a valid manifest lists.

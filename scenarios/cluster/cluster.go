@@ -318,6 +318,10 @@ func (c *Cluster) Rebuild(n *Node) error {
 	return nil
 }
 
+// CACertFile is the PEM file of the cluster's CA, for clients such as the
+// drover command line.
+func (c *Cluster) CACertFile() string { return c.caCert }
+
 // DataDir is the node's data directory.
 func (n *Node) DataDir() string { return n.cfg.DataDir }
 
