@@ -29,14 +29,16 @@ func (d delta) String() string {
 		d.Size, d.Moved, pct(d.Moved), d.MovedChunks, d.Chunks, d.Changed, pct(d.Changed))
 }
 
-// measureDelta chunks both directories as drover model push does (the
-// artifact package's default chunking) and compares them.
-func measureDelta(ctx context.Context, oldDir, newDir string) (delta, error) {
-	_, oldRefs, err := artifact.BuildManifest(ctx, oldDir, artifact.BuildOptions{})
+// measureDelta chunks both directories as drover model push does, with
+// chunker's sizes (zero: the artifact package's default, a 1 MiB
+// average), and compares them.
+func measureDelta(ctx context.Context, oldDir, newDir string, chunker artifact.ChunkerParams) (delta, error) {
+	opts := artifact.BuildOptions{Chunker: chunker}
+	_, oldRefs, err := artifact.BuildManifest(ctx, oldDir, opts)
 	if err != nil {
 		return delta{}, err
 	}
-	newManifest, newRefs, err := artifact.BuildManifest(ctx, newDir, artifact.BuildOptions{})
+	newManifest, newRefs, err := artifact.BuildManifest(ctx, newDir, opts)
 	if err != nil {
 		return delta{}, err
 	}

@@ -30,6 +30,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/droverhq/drover/artifact"
 )
 
 // The split is fixed, whatever -seed says, so that a fine-tuned head is
@@ -149,7 +151,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "wrote %s, %s and %s in %s\n", modelFile, referenceFile, cardFile, o.out)
 	if o.finetune != "" {
-		d, err := measureDelta(ctx, o.finetune, o.out)
+		d, err := measureDelta(ctx, o.finetune, o.out, artifact.ChunkerParams{})
 		if err != nil {
 			return fmt.Errorf("compare with %s: %w", o.finetune, err)
 		}

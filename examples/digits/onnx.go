@@ -15,8 +15,8 @@ import (
 	"math"
 	"strconv"
 
-	"google.golang.org/protobuf/encoding/protowire"
 	"gonum.org/v1/gonum/mat"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 const (
