@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -254,4 +255,22 @@ func readModel(t *testing.T, dir string) *mlp {
 		t.Fatal(err)
 	}
 	return m
+}
+
+func TestFlags(t *testing.T) {
+	o, err := parseFlags([]string{"-hidden", "3072, 3072", "-epochs", "2"}, io.Discard)
+	if err != nil || fmt.Sprint(o.hidden) != "[3072 3072]" || o.epochs != 2 || o.data != debianDigits {
+		t.Fatalf("parsed %+v, %v", o, err)
+	}
+	for _, args := range [][]string{
+		{"-hidden", "32,x"},
+		{"-hidden", "0"},
+		{"-epochs", "0"},
+		{"-finetune-head", "v1", "-hidden", "32"}, // the layers come from v1
+		{"extra"},
+	} {
+		if _, err := parseFlags(args, io.Discard); err == nil {
+			t.Errorf("%q: accepted", args)
+		}
+	}
 }

@@ -44,7 +44,11 @@ const (
 const dataDescription = "Optical Recognition of Handwritten Digits (E. Alpaydin and C. Kaynak, 1998; UCI Machine Learning Repository, CC BY 4.0), as shipped by scikit-learn"
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+	err := run(context.Background(), os.Args[1:], os.Stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return // the flag package has printed the usage
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "digits:", err)
 		os.Exit(1)
 	}
