@@ -21,7 +21,11 @@ LDFLAGS   := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT)
 # turns that one warning off for every C compile (the rest stay on).
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: help build build-static test test-scale test-long lint fmt vet staticcheck proto proto-check bench dev scenarios-docker clean
+# The example model is a module of its own (gonum stays out of the
+# product's dependencies); its tests make their own data.
+DIGITS    := examples/digits
+
+.PHONY: help build build-static test test-scale test-long lint fmt vet staticcheck proto proto-check bench dev sample-model scenarios-docker clean
 
 help: ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -34,12 +38,14 @@ build-static: ## Build a static, stripped drover for FROM-scratch images.
 
 test: ## Unit tests, in-process scenarios (short tier), race detector on.
 	$(GO) test $(TESTFLAGS) $(PKGS)
+	cd $(DIGITS) && $(GO) test $(TESTFLAGS) ./...
 
 test-scale: ## Tests that need the machine to themselves: the 300-member site gossip pool.
 	$(GO) test -count=1 -run TestPoolAtScale -timeout 5m ./agent/
 
 test-long: ## The long tier: more kills, more crash iterations.
 	$(GO) test -race -timeout 60m $(PKGS)
+	cd $(DIGITS) && $(GO) test -race -timeout 10m ./...
 
 lint: fmt vet staticcheck proto-check ## gofmt, go vet, staticcheck, generated code up to date.
 
@@ -49,9 +55,11 @@ fmt:
 vet:
 	$(GO) vet $(PKGS)
 	cd bench && $(GO) vet ./...
+	cd $(DIGITS) && $(GO) vet ./...
 
 staticcheck:
 	$(TOOL) staticcheck $(PKGS)
+	cd $(DIGITS) && $(GO) tool -modfile=../../tools/go.mod staticcheck ./...
 
 proto: ## Regenerate protobuf and Connect code from proto/.
 	$(TOOL) buf generate
@@ -74,6 +82,11 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 # drover's clean stop (exit 0) and no make error.
 dev: build ## Run a single-server control plane and 3 local agents (drover dev; flags in DEVFLAGS).
 	$(BIN)/drover dev $(DEVFLAGS)
+
+# Needs the digits data set, which Debian's python3-sklearn ships; nothing
+# else in this Makefile does.
+sample-model: ## Regenerate cli/sample/hello-classifier (model.onnx, reference.json, card) with examples/digits.
+	cd $(DIGITS) && $(GO) run . -name hello-classifier -hidden 32 -epochs 30 -seed 1 -out ../../cli/sample/hello-classifier
 
 scenarios-docker: ## Container scenarios: 3 servers and 20 agents under docker kill / disconnect.
 	bash deploy/docker/scenarios.sh
