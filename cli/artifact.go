@@ -63,7 +63,7 @@ Only the chunks the cluster does not already have are sent, so a new
 version that changes a few layers of a large model uploads little more
 than those layers. The version exists only once every chunk is stored
 durably on a quorum of servers; the cluster signs its manifest with the
-cluster key. Nothing in PATH may change while it is pushed.
+cluster key. Nothing in PATH may change while it is pushResult.
 
 An interrupted push (Ctrl-C, a lost connection, a restarted server) is
 resumed by running the same command again: it sends only the chunks the
@@ -217,6 +217,43 @@ func parseDataset(s string) (uri, digest string, err error) {
 // and finishes the push with req's metadata.
 func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest, limit *rate.Limiter) error {
 	ctx := cmd.Context()
+	c, err := g.clients()
+	if err != nil {
+		return err
+	}
+	p, err := pushTree(ctx, g, c, path, req, limit)
+	if err != nil {
+		return err
+	}
+	v := p.resp.Msg.GetVersion()
+	return printResult(cmd, p.resp.Msg, func(w io.Writer) {
+		fmt.Fprintf(w, "Created %s@%d (%s, index %d)\n", v.GetModel(), v.GetVersion(), p.digest, p.resp.Msg.GetMeta().GetIndex())
+		fmt.Fprintln(w, uploadSummary(p.sent, p.distinct, int64(p.manifest.GetTotalSize())))
+		if servers := p.resp.Msg.GetDurableOn(); len(servers) > 0 {
+			fmt.Fprintf(w, "Stored on %s\n", strings.Join(servers, ", "))
+		}
+		if req.GetAlias() != "" {
+			fmt.Fprintf(w, "%s@%s → %d\n", v.GetModel(), req.GetAlias(), v.GetVersion())
+		}
+	})
+}
+
+// pushResult is what pushTree did.
+type pushResult struct {
+	resp     *connect.Response[droverv1.FinishPushResponse]
+	digest   artifact.Digest
+	manifest *droverv1.Manifest
+	// sent is the bytes the last server taking the upload lacked;
+	// distinct is the size of the tree's distinct chunks.
+	sent, distinct int64
+}
+
+// pushTree builds the manifest of path, uploads the chunks the cluster
+// lacks through c (moving on to another server if that one goes away) and
+// finishes the push with req's metadata. It shows progress on g's
+// standard error when that is a terminal.
+func pushTree(ctx context.Context, g *globals, c *clients, path string, req *droverv1.FinishPushRequest, limit *rate.Limiter) (pushResult, error) {
+	var out pushResult
 	// Chunking reads every byte (about a second per GiB), so say what is
 	// happening meanwhile; the note is blanked for the progress line.
 	note := ""
@@ -231,34 +268,29 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		fmt.Fprintf(g.stderr, "\r%s\r", strings.Repeat(" ", utf8.RuneCountInString(note)))
 	}
 	if err != nil {
-		return buildError(err)
+		return out, buildError(err)
 	}
 	b, err := artifact.MarshalManifest(m)
 	if err != nil {
-		return fmt.Errorf("push %s: %w", path, err)
+		return out, fmt.Errorf("push %s: %w", path, err)
 	}
-	digest := artifact.Sum(b)
+	out.manifest, out.digest = m, artifact.Sum(b)
 	// Unsigned: the server signs with the cluster key at FinishPush.
 	req.Manifest = &droverv1.SignedManifest{Manifest: b}
 
-	c, err := g.clients()
-	if err != nil {
-		return err
-	}
 	// The other servers, asked up front: once the server taking the
 	// upload is gone it can no longer name them.
 	others := otherServers(ctx, c)
-	var toSend, distinct int64
 	for _, r := range refs {
-		distinct += int64(r.Size)
+		out.distinct += int64(r.Size)
 	}
 	for {
-		toSend, err = uploadMissing(ctx, g, c, req, digest, refs, limit)
+		out.sent, err = uploadMissing(ctx, g, c, req, out.digest, refs, limit)
 		if err == nil {
 			break
 		}
 		if ctx.Err() != nil || !lostServer(err) || len(others) == 0 {
-			return err
+			return out, err
 		}
 		next := others[0]
 		others = others[1:]
@@ -266,25 +298,11 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		// landed; the next server answers which it still lacks.
 		fmt.Fprintf(g.stderr, "Lost %s mid-push (%v); resuming against %s\n", c.address, lostCause(err), next)
 		if c, err = g.clientsAt(next); err != nil {
-			return err
+			return out, err
 		}
 	}
-
-	resp, err := c.artifact.FinishPush(ctx, connect.NewRequest(req))
-	if err != nil {
-		return err
-	}
-	v := resp.Msg.GetVersion()
-	return printResult(cmd, resp.Msg, func(w io.Writer) {
-		fmt.Fprintf(w, "Created %s@%d (%s, index %d)\n", v.GetModel(), v.GetVersion(), digest, resp.Msg.GetMeta().GetIndex())
-		fmt.Fprintln(w, uploadSummary(toSend, distinct, int64(m.GetTotalSize())))
-		if servers := resp.Msg.GetDurableOn(); len(servers) > 0 {
-			fmt.Fprintf(w, "Stored on %s\n", strings.Join(servers, ", "))
-		}
-		if req.GetAlias() != "" {
-			fmt.Fprintf(w, "%s@%s → %d\n", v.GetModel(), req.GetAlias(), v.GetVersion())
-		}
-	})
+	out.resp, err = c.artifact.FinishPush(ctx, connect.NewRequest(req))
+	return out, err
 }
 
 // resumeHint is the advice for a push cut off before it finished.
@@ -629,7 +647,7 @@ func pull(cmd *cobra.Command, g *globals, name, ref, dir string) error {
 	signed := resp.Msg.GetManifest()
 	if len(signed.GetManifest()) == 0 {
 		return withHint(fmt.Errorf("pull %s: the cluster holds no files for it", label),
-			"it was registered by digest (`drover model version create`) rather than pushed; only versions pushed with `drover model push` can be pulled")
+			"it was registered by digest (`drover model version create`) rather than pushResult; only versions pushResult with `drover model push` can be pulled")
 	}
 	info, err := c.agent.GetClusterInfo(ctx, connect.NewRequest(&droverv1.GetClusterInfoRequest{}))
 	if err != nil {
@@ -680,7 +698,7 @@ func verifyError(label string, err error) error {
 	err = fmt.Errorf("pull %s: %w; nothing was written", label, err)
 	switch {
 	case errors.Is(err, artifact.ErrUnsigned):
-		return withHint(err, "the cluster signs every version pushed to it: report the unsigned version to the cluster's operators")
+		return withHint(err, "the cluster signs every version pushResult to it: report the unsigned version to the cluster's operators")
 	case errors.Is(err, artifact.ErrUnknownKey):
 		return withHint(err, "the key that signed it is not among the cluster's manifest signing keys: it may have been revoked, "+
 			"or --address and --ca-cert may point at another cluster than the one the version came from")

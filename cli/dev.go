@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"embed"
 	"errors"
 	"fmt"
 	"net"
@@ -249,64 +250,80 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 	if err != nil {
 		return out, nil, err
 	}
-	return out, cl, createSampleModel(ctx, cl)
+	return out, cl, createSampleModel(ctx, g, cl, dir)
 }
 
-// createSampleModel registers a small documented model the first time, so
-// a newcomer has something to look at.
-func createSampleModel(ctx context.Context, cl *clients) error {
-	const name = "hello-classifier"
-	_, err := cl.model.GetModel(ctx, connect.NewRequest(&droverv1.GetModelRequest{Name: name}))
-	if err == nil {
+// sampleModel is a real model to try Drover with: a digit classifier
+// trained by examples/digits (`make sample-model` regenerates it), with its
+// model card (README.md) and reference outputs.
+//
+//go:embed sample/hello-classifier
+var sampleModel embed.FS
+
+// sampleModelName is the sample model's name in the registry.
+const sampleModelName = "hello-classifier"
+
+// createSampleModel pushes the sample model the first time, as version 1
+// with alias prod, so a newcomer has real bytes to pull and serve. The
+// files are written under dir first: a push reads a tree from disk.
+func createSampleModel(ctx context.Context, g *globals, cl *clients, dir string) error {
+	const name = sampleModelName
+	res, err := cl.model.GetModel(ctx, connect.NewRequest(&droverv1.GetModelRequest{Name: name}))
+	if err == nil && res.Msg.GetModel().GetLatestVersion() > 0 {
 		return nil
 	}
-	if connect.CodeOf(err) != connect.CodeNotFound {
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
 		return fmt.Errorf("look up sample model: %w", err)
 	}
-	if _, err := cl.model.CreateModel(ctx, connect.NewRequest(&droverv1.CreateModelRequest{
-		Name: name, Description: "A tiny image classifier to try Drover with", Owner: "dev",
-		Tags: map[string]string{"task": "image-classification", "sample": "true"},
-	})); err != nil {
-		return fmt.Errorf("create sample model: %w", err)
-	}
-	v, err := cl.model.CreateVersion(ctx, connect.NewRequest(&droverv1.CreateVersionRequest{
-		Model: name,
-		Artifact: &droverv1.ArtifactManifest{
-			Digest:    "sha256:" + strings.Repeat("ab", 32),
-			SizeBytes: 4 << 20,
-			Format:    "onnx",
-			Files:     []*droverv1.ArtifactFile{{Path: "model.onnx", Digest: "sha256:" + strings.Repeat("ab", 32), SizeBytes: 4 << 20}},
-		},
-		Card: sampleCard,
-		Lineage: &droverv1.Lineage{
-			DatasetUri: "s3://example/datasets/hello-images/v1", TrainingRunId: "run-0001", CodeRevision: "0000000",
-		},
-		Metrics: map[string]float64{"accuracy": 0.913, "latency_p50_ms": 3.2},
-	}))
 	if err != nil {
-		return fmt.Errorf("create sample version: %w", err)
+		if _, err := cl.model.CreateModel(ctx, connect.NewRequest(&droverv1.CreateModelRequest{
+			Name: name, Description: "Reads handwritten digits from 8x8 images: a small real model to try Drover with", Owner: "dev",
+			Tags: map[string]string{"task": "image-classification", "sample": "true"},
+		})); err != nil {
+			return fmt.Errorf("create sample model: %w", err)
+		}
 	}
-	if _, err := cl.model.SetAlias(ctx, connect.NewRequest(&droverv1.SetAliasRequest{
-		Model: name, Alias: "prod", Version: v.Msg.GetVersion().GetVersion(),
-	})); err != nil {
-		return fmt.Errorf("set sample alias: %w", err)
+	tree := filepath.Join(dir, "sample", name)
+	if err := writeSampleModel(tree); err != nil {
+		return err
+	}
+	card, err := os.ReadFile(filepath.Join(tree, "README.md"))
+	if err != nil {
+		return fmt.Errorf("read sample model card: %w", err)
+	}
+	req := &droverv1.FinishPushRequest{
+		Model: name, Card: string(card), Alias: "prod",
+		Lineage: &droverv1.Lineage{DatasetUri: "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"},
+		Metrics: map[string]float64{"test_accuracy": 0.9666},
+	}
+	if _, err := pushTree(ctx, g, cl, tree, req, nil); err != nil {
+		return fmt.Errorf("push sample model: %w", err)
 	}
 	return nil
 }
 
-const sampleCard = `# hello-classifier
-
-A small image classifier used to show Drover's registry.
-
-## Intended use
-Trying Drover locally. Not for production decisions.
-
-## Training data
-hello-images v1 (10 classes, 50k images).
-
-## Metrics
-| metric | value |
-| --- | --- |
-| accuracy | 0.913 |
-| latency p50 | 3.2 ms |
-`
+// writeSampleModel writes the embedded sample model's files into dir,
+// replacing any earlier copy.
+func writeSampleModel(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("write sample model: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write sample model: %w", err)
+	}
+	const root = "sample/hello-classifier"
+	entries, err := sampleModel.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("write sample model: %w", err)
+	}
+	for _, e := range entries {
+		b, err := sampleModel.ReadFile(root + "/" + e.Name())
+		if err != nil {
+			return fmt.Errorf("write sample model: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644); err != nil {
+			return fmt.Errorf("write sample model: %w", err)
+		}
+	}
+	return nil
+}

@@ -115,6 +115,18 @@ func TestDevRunsAndResumes(t *testing.T) {
 	if !strings.Contains(h.stdout.(*syncBuffer).String(), "# hello-classifier") {
 		t.Fatalf("sample card not printed: %s", h.stdout)
 	}
+	// The sample has real bytes: pulled back, they are the embedded model.
+	pulled := filepath.Join(t.TempDir(), "pulled")
+	if code := h.run(context.Background(), []string{"model", "pull", "hello-classifier@prod", pulled}); code != exitOK {
+		t.Fatalf("model pull exited %d: %s", code, h.stderr)
+	}
+	want, err := sampleModel.ReadFile("sample/hello-classifier/model.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(pulled, "model.onnx")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("pulled sample model.onnx: %d bytes, err %v; want the %d embedded bytes", len(got), err, len(want))
+	}
 	// Its three local agents enrolled and are ready, in two sites.
 	firstNodes := devNodes(t, h)
 	if len(firstNodes) != 3 {
