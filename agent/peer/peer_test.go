@@ -528,6 +528,7 @@ func fanOut(tb testing.TB, n int, v *version, p2p bool) int64 {
 	peers := peersOf(nodes...)
 	dsts := make([]string, n)
 	errs := make([]error, n)
+	stats := make([]fetch.Stats, n)
 	var wg sync.WaitGroup
 	for i, nd := range nodes {
 		dsts[i] = filepath.Join(tb.TempDir(), "v")
@@ -538,7 +539,7 @@ func fanOut(tb testing.TB, n int, v *version, p2p bool) int64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = fetch.Pull(context.Background(), v.m, dsts[i], srcs, fetch.Options{Cache: nd.cache})
+			stats[i], errs[i] = fetch.Pull(context.Background(), v.m, dsts[i], srcs, fetch.Options{Cache: nd.cache})
 		}()
 	}
 	wg.Wait()
@@ -549,6 +550,17 @@ func fanOut(tb testing.TB, n int, v *version, p2p bool) int64 {
 	}
 	for _, dst := range dsts {
 		checkTree(tb, dst, v.files)
+	}
+	var declines, retries int
+	var direct int64
+	for _, st := range stats {
+		declines += st.Declines
+		retries += st.Retries
+		direct += st.BytesBySource[o.Name()]
+	}
+	if p2p {
+		tb.Logf("%d agents: %d chunks declined by the site, %d retries; %d bytes from the origin straight, %d through owners",
+			n, declines, retries, direct, o.bytes.Load()-direct)
 	}
 	return o.bytes.Load()
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -83,6 +84,9 @@ func (s *SiteSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (
 		}
 		if !errors.Is(err, errBusy) && !errors.Is(err, errNotHere) && !errors.Is(err, errRefused) {
 			n.avoid.fail(owner.ID)
+		}
+		if os.Getenv("PEERDEBUG") != "" {
+			fmt.Fprintln(os.Stderr, "DECLINE", n.cfg.ID, owner.ID, err)
 		}
 		return nil, fmt.Errorf("owner %s at %s: %w: %w", owner.ID, owner.Addr, fetch.ErrDecline, err)
 	}
