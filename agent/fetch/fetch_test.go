@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -716,5 +717,41 @@ func TestPullFailsWhenEverySourceDeclines(t *testing.T) {
 		if k != 1 || b.fetched()[d] > 1 {
 			t.Errorf("chunk %s asked %d times of a and %d of b after declines; want once each", d, k, b.fetched()[d])
 		}
+	}
+}
+
+func TestPullRandomOrder(t *testing.T) {
+	s := store{}
+	files := sampleFiles(9)
+	m := buildVersion(t, s, files)
+	var manifestOrder []artifact.Digest
+	for _, f := range m.GetFiles() {
+		for _, c := range f.GetChunks() {
+			d, _ := artifact.DigestFromBytes(c.GetDigest())
+			if !slices.Contains(manifestOrder, d) {
+				manifestOrder = append(manifestOrder, d)
+			}
+		}
+	}
+	orders := map[string]bool{}
+	for range 3 {
+		var mu sync.Mutex
+		var order []artifact.Digest
+		src := newSource("a", s)
+		src.serve = func(_ int, d artifact.Digest) error {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, d)
+			return nil
+		}
+		dst := filepath.Join(t.TempDir(), "v1")
+		if _, err := Pull(context.Background(), m, dst, []Source{src}, Options{Cache: openCache(t, t.TempDir(), 0), InFlight: 1, RandomOrder: true}); err != nil {
+			t.Fatal(err)
+		}
+		checkTree(t, dst, files)
+		orders[fmt.Sprint(order)] = true
+	}
+	if len(orders) < 2 || orders[fmt.Sprint(manifestOrder)] {
+		t.Errorf("%d distinct orders in 3 pulls of %d chunks, manifest order among them: %v; want random orders", len(orders), len(manifestOrder), orders[fmt.Sprint(manifestOrder)])
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"time"
@@ -35,6 +36,12 @@ type Options struct {
 	// BytesPerSecond caps the bytes read from all sources together. Zero
 	// means no cap.
 	BytesPerSecond int64
+	// RandomOrder fetches the chunks in an order of the pull's own
+	// rather than the manifest's. Agents of a site that pull one version
+	// at once through its peers (agent/peer) then each ask for different
+	// chunks at any moment, so that the peers owning them share the
+	// uploads, rather than every agent queueing at the same few.
+	RandomOrder bool
 	// Progress, if set, is called with the bytes of the version now in
 	// the cache and the bytes of all its distinct chunks, once at the
 	// start and after each chunk is fetched and checked. Calls never
@@ -195,6 +202,9 @@ func pull(ctx context.Context, m *droverv1.Manifest, dst string, sources []Sourc
 	}
 	if err := checkSpace(opts.FreeSpace, cache.Dir(), dst, missingBytes, int64(m.GetTotalSize())); err != nil {
 		return st, err
+	}
+	if opts.RandomOrder {
+		rand.Shuffle(len(missing), func(i, j int) { missing[i], missing[j] = missing[j], missing[i] })
 	}
 
 	p := &puller{

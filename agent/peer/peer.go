@@ -112,12 +112,12 @@ type Config struct {
 
 // Defaults for Config.
 const (
-	DefaultMaxUploads      = 32
-	DefaultQueueTimeout    = 5 * time.Second
-	DefaultResponseTimeout = 20 * time.Second
-	DefaultStallTimeout    = 5 * time.Second
+	DefaultMaxUploads      = 64
+	DefaultQueueTimeout    = 10 * time.Second
+	DefaultResponseTimeout = 30 * time.Second
+	DefaultStallTimeout    = 15 * time.Second
 	DefaultFailPenalty     = 30 * time.Second
-	DefaultFailLimit       = 2
+	DefaultFailLimit       = 3
 	DefaultCorruptPenalty  = 15 * time.Minute
 	DefaultMaxPenalty      = 4 * time.Hour
 	// ownerFetchTimeout bounds an owner's fetch of one chunk from the

@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -522,8 +525,11 @@ func fanOut(tb testing.TB, n int, v *version, p2p bool) int64 {
 	o := newOrigin(v)
 	ms := manifests{1: v.m}
 	nodes := make([]*testNode, n)
+	reasons := &reasonLog{}
 	for i := range nodes {
-		nodes[i] = startNode(tb, ca, fmt.Sprintf("node-%02d", i), ms, o, nil)
+		nodes[i] = startNode(tb, ca, fmt.Sprintf("node-%02d", i), ms, o, func(c *Config) {
+			c.Logger = slog.New(reasons)
+		})
 	}
 	peers := peersOf(nodes...)
 	dsts := make([]string, n)
@@ -539,7 +545,7 @@ func fanOut(tb testing.TB, n int, v *version, p2p bool) int64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			stats[i], errs[i] = fetch.Pull(context.Background(), v.m, dsts[i], srcs, fetch.Options{Cache: nd.cache})
+			stats[i], errs[i] = fetch.Pull(context.Background(), v.m, dsts[i], srcs, fetch.Options{Cache: nd.cache, RandomOrder: true})
 		}()
 	}
 	wg.Wait()
@@ -561,19 +567,26 @@ func fanOut(tb testing.TB, n int, v *version, p2p bool) int64 {
 	if p2p {
 		tb.Logf("%d agents: %d chunks declined by the site, %d retries; %d bytes from the origin straight, %d through owners",
 			n, declines, retries, direct, o.bytes.Load()-direct)
+		for _, r := range reasons.top(5) {
+			tb.Logf("  decline: %s", r)
+		}
 	}
 	return o.bytes.Load()
 }
 
 func TestFanOutSendsEachChunkToTheSiteAboutOnce(t *testing.T) {
-	n, size := 30, 64<<20
-	if testing.Short() {
+	n, size, avg := 30, 64<<20, artifact.DefaultAverageChunkSize
+	switch {
+	case testing.Short():
 		n, size = 8, 16<<20
+	case raceEnabled:
+		// As many chunks as the full run, for a quarter of the bytes.
+		size, avg = 16<<20, avg/4
 	}
 	v := buildVersion(t, map[string][]byte{
 		"model.safetensors": randomBytes(7, size-(64<<10)),
 		"config.json":       randomBytes(8, 64<<10),
-	}, artifact.DefaultAverageChunkSize)
+	}, avg)
 	start := time.Now()
 	got := fanOut(t, n, v, true)
 	ratio := float64(got) / float64(v.size)
@@ -598,4 +611,44 @@ func BenchmarkFanOut(b *testing.B) {
 			b.SetBytes(int64(n) * v.size)
 		})
 	}
+}
+
+// reasonLog collects why the site declined chunks, from the nodes' debug
+// logs.
+type reasonLog struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (l *reasonLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *reasonLog) WithAttrs([]slog.Attr) slog.Handler      { return l }
+func (l *reasonLog) WithGroup(string) slog.Handler           { return l }
+
+func (l *reasonLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" {
+			// One line per reason: the addresses and digests vary.
+			msg := regexp.MustCompile(`127\.0\.0\.1:\d+|node-\d+|digest=[^&]*|chunk [0-9a-z:]+`).ReplaceAllString(a.Value.String(), "…")
+			l.mu.Lock()
+			if l.n == nil {
+				l.n = map[string]int{}
+			}
+			l.n[msg]++
+			l.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (l *reasonLog) top(k int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for msg, c := range l.n {
+		out = append(out, fmt.Sprintf("%5d× %s", c, msg))
+	}
+	slices.Sort(out)
+	slices.Reverse(out)
+	return out[:min(k, len(out))]
 }

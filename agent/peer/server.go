@@ -28,8 +28,9 @@ const (
 	// serverIdleTimeout closes a connection no peer has used for a while:
 	// pulls come in bursts, and a new handshake is cheap next to a chunk.
 	serverIdleTimeout = time.Minute
-	// handshakeTimeout bounds a QUIC handshake on both ends.
-	handshakeTimeout = 5 * time.Second
+	// handshakeTimeout bounds a QUIC handshake on both ends: a peer
+	// that is busy uploading may take a while to answer a new one.
+	handshakeTimeout = 10 * time.Second
 )
 
 // serverState is a running peer server.

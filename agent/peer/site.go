@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -77,27 +77,70 @@ func (s *SiteSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (
 		}
 		return body, nil
 	}
-	b, err := n.client.get(ctx, owner, s.model, s.version, d, size, true)
-	if err != nil {
+	b, err := s.ask(ctx, owner, d, size, true)
+	if err == nil {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	errs := []error{fmt.Errorf("owner %s at %s: %w", owner.ID, owner.Addr, err)}
+	// The owner is busy or failing: the peers that got the chunk from it
+	// already hold it. A few, picked at random so that no one of them
+	// takes every such request, are asked for what they have.
+	for _, h := range helpers(candidates, owner.ID, n.cfg.ID, maxHelpers) {
+		b, err := s.ask(ctx, h, d, size, false)
+		if err == nil {
+			return io.NopCloser(bytes.NewReader(b)), nil
+		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if !errors.Is(err, errBusy) && !errors.Is(err, errNotHere) && !errors.Is(err, errRefused) {
-			n.avoid.fail(owner.ID)
+		errs = append(errs, fmt.Errorf("peer %s at %s: %w", h.ID, h.Addr, err))
+	}
+	err = errors.Join(errs...)
+	n.log.Debug("no site peer served a chunk; it goes to the servers", "chunk", d, "err", err)
+	return nil, fmt.Errorf("%w: %w", fetch.ErrDecline, err)
+}
+
+// maxHelpers is how many peers other than the owner a chunk is asked of.
+const maxHelpers = 3
+
+// helpers returns up to k of peers, other than the owner and self, in a
+// random order.
+func helpers(peers []Peer, owner, self string, k int) []Peer {
+	var out []Peer
+	for _, i := range rand.Perm(len(peers)) {
+		if p := peers[i]; p.ID != owner && p.ID != self {
+			out = append(out, p)
+			if len(out) == k {
+				break
+			}
 		}
-		if os.Getenv("PEERDEBUG") != "" {
-			fmt.Fprintln(os.Stderr, "DECLINE", n.cfg.ID, owner.ID, err)
+	}
+	return out
+}
+
+// ask fetches chunk d from p, as its owner with own, and checks it. A peer
+// that fails, or serves bytes that are not the chunk, is held to account
+// in the node's penalties; one that is busy or lacks the chunk is not.
+func (s *SiteSource) ask(ctx context.Context, p Peer, d artifact.Digest, size int64, own bool) ([]byte, error) {
+	n := s.n
+	b, err := n.client.get(ctx, p, s.model, s.version, d, size, own)
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, errBusy) && !errors.Is(err, errNotHere) && !errors.Is(err, errRefused) {
+			n.avoid.fail(p.ID)
 		}
-		return nil, fmt.Errorf("owner %s at %s: %w: %w", owner.ID, owner.Addr, fetch.ErrDecline, err)
+		return nil, err
 	}
 	if got := artifact.Sum(b); int64(len(b)) != size || got != d {
-		until := n.avoid.corrupt(owner.ID)
-		n.log.Warn("a site peer served a corrupt chunk; avoiding it", "peer", owner.ID, "addr", owner.Addr,
+		until := n.avoid.corrupt(p.ID)
+		n.log.Warn("a site peer served a corrupt chunk; avoiding it", "peer", p.ID, "addr", p.Addr,
 			"chunk", d, "bytes", len(b), "want_bytes", size, "until", until)
-		return nil, fmt.Errorf("owner %s at %s served corrupt bytes for chunk %s: %w", owner.ID, owner.Addr, d, fetch.ErrDecline)
+		return nil, fmt.Errorf("served corrupt bytes for chunk %s", d)
 	}
-	n.avoid.ok(owner.ID)
-	return io.NopCloser(bytes.NewReader(b)), nil
+	n.avoid.ok(p.ID)
+	return b, nil
 }
 
 // Owner returns the peer that owns chunk d among peers: the one whose
