@@ -621,8 +621,8 @@ type reasonLog struct {
 }
 
 func (l *reasonLog) Enabled(context.Context, slog.Level) bool { return true }
-func (l *reasonLog) WithAttrs([]slog.Attr) slog.Handler      { return l }
-func (l *reasonLog) WithGroup(string) slog.Handler           { return l }
+func (l *reasonLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *reasonLog) WithGroup(string) slog.Handler            { return l }
 
 func (l *reasonLog) Handle(_ context.Context, r slog.Record) error {
 	r.Attrs(func(a slog.Attr) bool {
