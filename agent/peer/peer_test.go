@@ -597,10 +597,17 @@ func TestFanOutSendsEachChunkToTheSiteAboutOnce(t *testing.T) {
 	}
 }
 
+// BenchmarkFanOut times agents of one site pulling a 16 MiB version at
+// once from one origin, with peer-to-peer sharing on and off, and reports
+// the origin's bytes as a multiple of the version's.
 func BenchmarkFanOut(b *testing.B) {
-	const n, size = 8, 16 << 20
+	const size = 16 << 20
 	v := buildVersion(b, map[string][]byte{"model.safetensors": randomBytes(9, size)}, artifact.DefaultAverageChunkSize)
-	for _, p2p := range []bool{false, true} {
+	for _, bc := range []struct {
+		n   int
+		p2p bool
+	}{{8, false}, {8, true}, {30, false}, {30, true}} {
+		n, p2p := bc.n, bc.p2p
 		b.Run(fmt.Sprintf("agents=%d/p2p=%v", n, p2p), func(b *testing.B) {
 			var origin int64
 			for b.Loop() {
