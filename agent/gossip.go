@@ -420,6 +420,14 @@ func (p *gossipPool) Members() []poolMember {
 	return out
 }
 
+// isMember reports whether name is a live member of the pool.
+func (p *gossipPool) isMember(name string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.members[name]
+	return ok
+}
+
 // SetPeerAddr changes where this member says it serves chunks ("" for
 // nowhere) and tells the pool, waiting at most timeout for that to go out.
 func (p *gossipPool) SetPeerAddr(addr string, timeout time.Duration) error {
