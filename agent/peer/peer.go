@@ -173,7 +173,8 @@ type Node struct {
 
 	ctx    context.Context // ends at Close: owner fetches stop
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the server and every owner fetch
+	wg     sync.WaitGroup // every owner fetch and manifest load
+	served sync.WaitGroup // every request being served: http3 does not wait for them
 
 	limiter *rate.Limiter // nil: no upload cap
 	slots   chan struct{} // upload slots
@@ -262,6 +263,8 @@ func (n *Node) Close() error {
 		errs = append(errs, srv.close())
 	}
 	errs = append(errs, n.client.close())
+	// Closing the connections ended the requests' contexts.
+	n.served.Wait()
 	n.wg.Wait()
 	err := errors.Join(errs...)
 	n.mu.Lock()
@@ -284,6 +287,17 @@ func (n *Node) spawn(f func(context.Context)) error {
 		f(n.ctx)
 	}()
 	return nil
+}
+
+// serving counts a request in served, unless the node is closed.
+func (n *Node) serving() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.served.Add(1)
+	return true
 }
 
 // ensure makes the cache hold chunk d of version of model, fetching it

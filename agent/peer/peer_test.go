@@ -659,3 +659,35 @@ func (l *reasonLog) top(k int) []string {
 	slices.Reverse(out)
 	return out[:min(k, len(out))]
 }
+
+func TestCloseCutsUploadsShort(t *testing.T) {
+	ca := newCA(t)
+	v := buildVersion(t, map[string][]byte{"w.bin": randomBytes(10, 1<<20)}, 256<<10)
+	srv := startNode(t, ca, "node-a", manifests{1: v.m}, newOrigin(v), func(c *Config) {
+		c.UploadBytesPerSecond = 64 << 10 // a chunk takes seconds
+	})
+	cl := startNode(t, ca, "node-b", manifests{}, nil, nil)
+	d := v.digests()[0]
+	got := make(chan error, 1)
+	go func() {
+		_, err := cl.client.get(context.Background(), srv.peer, testModel, 1, d, int64(len(v.chunks[d])), true)
+		got <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.cache.Size() == 0 || len(srv.slots) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the upload never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Close took %v with an upload in progress", took)
+	}
+	if err := <-got; err == nil {
+		t.Error("the upload completed although the server closed")
+	}
+}

@@ -116,6 +116,11 @@ func refuse(w http.ResponseWriter, code int, format string, args ...any) {
 
 func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := h.n
+	if !n.serving() {
+		refuse(w, http.StatusServiceUnavailable, "shutting down")
+		return
+	}
+	defer n.served.Done()
 	if r.URL.Path != chunkPath {
 		refuse(w, http.StatusNotFound, "no such path")
 		return
