@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -690,4 +691,56 @@ func TestCloseCutsUploadsShort(t *testing.T) {
 	if err := <-got; err == nil {
 		t.Error("the upload completed although the server closed")
 	}
+}
+
+// A peer that does not answer costs each chunk it owns one response
+// timeout, until it is avoided; the pull completes from the servers and
+// the other peers.
+func TestSilentOwnerFallsBackAndIsAvoided(t *testing.T) {
+	ca := newCA(t)
+	v := buildVersion(t, map[string][]byte{"w.bin": randomBytes(11, 1<<20)}, 32<<10)
+	o := newOrigin(v)
+	ms := manifests{1: v.m}
+	const timeout = 300 * time.Millisecond
+	a := startNode(t, ca, "node-a", ms, o, func(c *Config) {
+		c.ResponseTimeout = timeout
+		c.FailPenalty = time.Hour
+	})
+	b := startNode(t, ca, "node-b", ms, o, nil)
+	// A UDP socket that reads nothing: the peer's machine is up, its
+	// agent hung.
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	silent := Peer{ID: "node-silent", Addr: hole.LocalAddr().String()}
+	peers := []Peer{a.peer, b.peer, silent}
+	owned := 0
+	for _, d := range v.digests() {
+		if o, _ := Owner(d, peers); o.ID == silent.ID {
+			owned++
+		}
+	}
+	if owned < DefaultFailLimit+1 {
+		t.Fatalf("the silent peer owns %d chunks; the test needs more", owned)
+	}
+	dst := filepath.Join(t.TempDir(), "v")
+	start := time.Now()
+	st, err := fetch.Pull(context.Background(), v.m, dst, []fetch.Source{o, a.Source(testModel, 1, func() []Peer { return peers })},
+		fetch.Options{Cache: a.cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	checkTree(t, dst, v.files)
+	if !a.Avoided(silent.ID) {
+		t.Error("the silent peer is not avoided")
+	}
+	// Each in-flight request may wait out one timeout before the peer is
+	// avoided, and none after.
+	if limit := time.Duration(DefaultFailLimit+fetch.DefaultInFlight) * timeout; st.Declines > DefaultFailLimit+fetch.DefaultInFlight || took > limit+5*time.Second {
+		t.Errorf("%d chunks declined, pull took %v; want the silent peer avoided after about %d timeouts", st.Declines, took, DefaultFailLimit)
+	}
+	t.Logf("silent peer owned %d of %d chunks; %d declined to the servers; pull took %v", owned, len(v.digests()), st.Declines, took)
 }
