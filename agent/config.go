@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -61,6 +62,14 @@ type Config struct {
 	// (NAT, containers). "" advertises the bind address, or for 0.0.0.0
 	// a private address of this machine.
 	GossipAdvertise string
+	// PeerAddr is where the agent serves chunks to its site's other
+	// agents, IP:PORT, on UDP (HTTP/3 with mutual TLS); "" turns peer
+	// serving off. Peers find it through the site gossip pool, so it is
+	// off too without a pool. Port 0 picks a free port.
+	PeerAddr string
+	// PeerUploadBytesPerSecond caps the bytes served to peers, all
+	// together; zero means no cap.
+	PeerUploadBytesPerSecond int64
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// DialQUIC, when set, opens the agent's QUIC connections to servers
@@ -79,6 +88,7 @@ func DefaultConfig() Config {
 		Root:          "/",
 		ProbeInterval: time.Minute,
 		GossipAddr:    DefaultGossipAddr,
+		PeerAddr:      DefaultPeerAddr,
 	}
 }
 
@@ -155,6 +165,17 @@ func (c Config) Validate() error {
 		case ip.IsUnspecified() || port == 0:
 			bad("--gossip-advertise %q: want the IP:PORT the site's other agents dial, not an unspecified address or port 0", c.GossipAdvertise)
 		}
+	}
+	if c.PeerAddr != "" {
+		if _, _, err := splitIPPort(c.PeerAddr); err != nil {
+			bad(`--peer-addr %q: %v; or "off" to serve no chunks to site peers`, c.PeerAddr, err)
+		} else if c.PeerAddr == c.GossipAddr && c.GossipAddr != "" && !strings.HasSuffix(c.PeerAddr, ":0") {
+			// QUIC and memberlist would share one UDP port.
+			bad("--peer-addr %q is the gossip pool's address: choose another port", c.PeerAddr)
+		}
+	}
+	if c.PeerUploadBytesPerSecond < 0 {
+		bad("--peer-upload-bandwidth %d is negative: use 0 for no cap", c.PeerUploadBytesPerSecond)
 	}
 	return errors.Join(errs...)
 }

@@ -77,12 +77,19 @@ const (
 // for a few state transfers (about 100 bytes a member) per join.
 var settleDelays = []time.Duration{time.Second, 3 * time.Second, 10 * time.Second}
 
-// Node metadata the pool gossips: a format version, then flags.
+// Node metadata the pool gossips: a format version, then flags, then
+// fields, each a tag byte, a length byte and that many bytes. Readers skip
+// the fields they do not know, and agents that knew none read the version
+// and the flags alone, so a field is added without a new version; a new
+// version is for a change that old readers must not misread.
 const (
 	poolMetaVersion = 1
 	// poolMetaLeaving says the member is stopping on purpose: its
 	// departure that follows is not a failure.
 	poolMetaLeaving = 1 << 0
+	// poolMetaPeerAddr is the field holding the address, IP:PORT (UDP),
+	// where the member serves chunks to its site peers (agent/peer).
+	poolMetaPeerAddr = 1
 )
 
 // DefaultGossipAddr is where the site gossip pool listens unless told
@@ -104,6 +111,9 @@ type poolConfig struct {
 	// address, or for an unspecified one (0.0.0.0) a private address of
 	// this machine, as memberlist chooses.
 	Advertise string
+	// PeerAddr is where this member serves chunks to its site peers,
+	// IP:PORT, as they dial it; "" for nowhere. SetPeerAddr changes it.
+	PeerAddr string
 	// Logger receives the pool's and memberlist's logs.
 	Logger *slog.Logger
 	// Now stamps when a member was declared failed; nil means time.Now.
@@ -126,8 +136,9 @@ type gossipPool struct {
 	// window is how long a member memberlist declared failed stays a
 	// suspect, in nanoseconds: one heartbeat TTL, as long as the leader
 	// keeps a suspicion without a new report.
-	window  atomic.Int64
-	leaving atomic.Bool // this member is leaving: NodeMeta says so
+	window   atomic.Int64
+	leaving  atomic.Bool            // this member is leaving: NodeMeta says so
+	peerAddr atomic.Pointer[string] // where it serves chunks: NodeMeta says so
 
 	cancel   context.CancelFunc // stops the joiner and cuts its dials short
 	joinReq  chan []string      // capacity 1: the latest join the joiner has not taken
@@ -139,6 +150,7 @@ type gossipPool struct {
 
 	mu      sync.Mutex           // guards the fields below
 	members map[string]string    // live members (itself included) by name: their address
+	peers   map[string]string    // live members that serve chunks, by name: where
 	failed  map[string]time.Time // members declared failed, and when
 	leavers map[string]bool      // members whose metadata says they are leaving
 }
@@ -165,6 +177,7 @@ func newGossipPool(cfg poolConfig) (*gossipPool, error) {
 		joined:   make(chan struct{}, 1),
 		joinDone: make(chan struct{}),
 		members:  map[string]string{},
+		peers:    map[string]string{},
 		failed:   map[string]time.Time{},
 		leavers:  map[string]bool{},
 	}
@@ -172,6 +185,7 @@ func newGossipPool(cfg poolConfig) (*gossipPool, error) {
 		p.now = time.Now
 	}
 	p.window.Store(int64(defaultTTL))
+	p.peerAddr.Store(&cfg.PeerAddr)
 
 	// Anyone who reaches the pool's port can make memberlist log a line
 	// per bad packet; the adapter keeps that to one a minute per host.
@@ -389,6 +403,9 @@ type poolMember struct {
 	Name string
 	// Addr is where it gossips, IP:PORT.
 	Addr string
+	// PeerAddr is where it serves chunks to its site peers, IP:PORT;
+	// "" for nowhere.
+	PeerAddr string
 }
 
 // Members returns the live members, itself included, sorted by name.
@@ -397,10 +414,31 @@ func (p *gossipPool) Members() []poolMember {
 	defer p.mu.Unlock()
 	out := make([]poolMember, 0, len(p.members))
 	for name, addr := range p.members {
-		out = append(out, poolMember{Name: name, Addr: addr})
+		out = append(out, poolMember{Name: name, Addr: addr, PeerAddr: p.peers[name]})
 	}
 	slices.SortFunc(out, func(a, b poolMember) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// isMember reports whether name is a live member of the pool.
+func (p *gossipPool) isMember(name string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.members[name]
+	return ok
+}
+
+// SetPeerAddr changes where this member says it serves chunks ("" for
+// nowhere) and tells the pool, waiting at most timeout for that to go out.
+func (p *gossipPool) SetPeerAddr(addr string, timeout time.Duration) error {
+	if len(addr) > 255 {
+		return fmt.Errorf("peer address %q is too long", addr)
+	}
+	p.peerAddr.Store(&addr)
+	if err := p.ml.UpdateNode(timeout); err != nil {
+		return fmt.Errorf("announce peer address %q to the site gossip pool: %w", addr, err)
+	}
+	return nil
 }
 
 // NumMembers returns how many live members the pool sees, itself included.
@@ -507,12 +545,51 @@ func leavingMeta(meta []byte) bool {
 	return len(meta) >= 2 && meta[0] == poolMetaVersion && meta[1]&poolMetaLeaving != 0
 }
 
+// metaField returns the field tag of meta, or nil. A field cut short ends
+// the reading: what follows it cannot be trusted to be a field.
+func metaField(meta []byte, tag byte) []byte {
+	if len(meta) < 2 || meta[0] != poolMetaVersion {
+		return nil
+	}
+	for rest := meta[2:]; len(rest) >= 2; {
+		t, n := rest[0], int(rest[1])
+		if len(rest) < 2+n {
+			return nil
+		}
+		if t == tag {
+			return rest[2 : 2+n]
+		}
+		rest = rest[2+n:]
+	}
+	return nil
+}
+
+// peerAddrMeta returns the peer address in meta, or "" for none or one
+// that is not IP:PORT.
+func peerAddrMeta(meta []byte) string {
+	addr := string(metaField(meta, poolMetaPeerAddr))
+	if ip, port, err := splitIPPort(addr); err != nil || ip.IsUnspecified() || port == 0 {
+		return ""
+	}
+	return addr
+}
+
+// notePeerLocked records the peer address n's metadata holds.
+func (p *gossipPool) notePeerLocked(n *memberlist.Node) {
+	if addr := peerAddrMeta(n.Meta); addr != "" {
+		p.peers[n.Name] = addr
+	} else {
+		delete(p.peers, n.Name)
+	}
+}
+
 func (e poolEvents) NotifyJoin(n *memberlist.Node) {
 	p := e.p
 	addr := memberAddr(n)
 	p.mu.Lock()
 	_, wasFailed := p.failed[n.Name]
 	p.members[n.Name] = addr
+	p.notePeerLocked(n)
 	delete(p.failed, n.Name)
 	if leavingMeta(n.Meta) {
 		p.leavers[n.Name] = true
@@ -530,6 +607,7 @@ func (e poolEvents) NotifyUpdate(n *memberlist.Node) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.members[n.Name] = memberAddr(n)
+	p.notePeerLocked(n)
 	if leavingMeta(n.Meta) {
 		p.leavers[n.Name] = true
 	} else {
@@ -544,6 +622,7 @@ func (e poolEvents) NotifyLeave(n *memberlist.Node) {
 	}
 	p.mu.Lock()
 	delete(p.members, n.Name)
+	delete(p.peers, n.Name)
 	left := p.leavers[n.Name]
 	delete(p.leavers, n.Name)
 	if !left {
@@ -568,7 +647,17 @@ func (d poolDelegate) NodeMeta(limit int) []byte {
 	if d.p.leaving.Load() {
 		flags |= poolMetaLeaving
 	}
-	return []byte{poolMetaVersion, flags}[:min(2, limit)]
+	meta := []byte{poolMetaVersion, flags}
+	// A member that leaves stops serving chunks too.
+	if addr := *d.p.peerAddr.Load(); addr != "" && flags&poolMetaLeaving == 0 && len(addr) <= 255 {
+		meta = append(meta, poolMetaPeerAddr, byte(len(addr)))
+		meta = append(meta, addr...)
+	}
+	if len(meta) > limit {
+		// Fields are extras; the version and flags must go out.
+		meta = meta[:min(2, limit)]
+	}
+	return meta
 }
 
 func (poolDelegate) NotifyMsg([]byte)                           {}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
 	"runtime/debug"
@@ -612,5 +613,110 @@ func TestLearnsSiteOfOldIdentity(t *testing.T) {
 	}
 	if id, err := loadIdentity(cfg.DataDir); err != nil || id.Site != "lab" {
 		t.Fatalf("identity site %q (%v) after registering, want lab saved", id.Site, err)
+	}
+}
+
+// Members see where each other serves chunks, also after it changes, and
+// a member that stops serving drops out of SitePeers.
+func TestPoolGossipsPeerAddresses(t *testing.T) {
+	key := newKey(t)
+	a, err := newGossipPool(poolConfig{Name: "n-a", Site: "lab", Key: key, Bind: "127.0.0.1:0", PeerAddr: "127.0.0.1:17001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close(false) })
+	b := newTestPool(t, "n-b", "lab", key, nil)
+	if _, err := b.Join([]string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	peerAddrs := func(p *gossipPool) map[string]string {
+		out := map[string]string{}
+		for _, m := range p.Members() {
+			out[m.Name] = m.PeerAddr
+		}
+		return out
+	}
+	want := func(p *gossipPool, w map[string]string) func() error {
+		return func() error {
+			if got := peerAddrs(p); !maps.Equal(got, w) {
+				return fmt.Errorf("%s sees peer addresses %v, want %v", p.name, got, w)
+			}
+			return nil
+		}
+	}
+	waitUntil(t, "b learns a's peer address", want(b, map[string]string{"n-a": "127.0.0.1:17001", "n-b": ""}))
+	if err := b.SetPeerAddr("127.0.0.1:17002", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetPeerAddr("", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	both := map[string]string{"n-a": "", "n-b": "127.0.0.1:17002"}
+	waitUntil(t, "a learns b's new peer address", want(a, both))
+	waitUntil(t, "b sees a stop serving", want(b, both))
+
+	ag := &Agent{}
+	ag.pool.Store(b)
+	if got := ag.SitePeers(); len(got) != 1 || got[0].ID != "n-b" || got[0].Addr != "127.0.0.1:17002" {
+		t.Errorf("SitePeers = %v, want only n-b at 127.0.0.1:17002", got)
+	}
+}
+
+// Metadata with fields reads as before to agents that knew none, and
+// agents read metadata without fields, or with fields they do not know.
+func TestPoolMetaFieldsAreCompatible(t *testing.T) {
+	p := &gossipPool{}
+	addr := "10.0.0.7:7948"
+	p.peerAddr.Store(&addr)
+	meta := poolDelegate{p}.NodeMeta(512)
+	if meta[0] != poolMetaVersion || leavingMeta(meta) {
+		t.Errorf("meta %v: version or flags changed", meta)
+	}
+	if got := peerAddrMeta(meta); got != addr {
+		t.Errorf("peer address %q, want %q", got, addr)
+	}
+	p.leaving.Store(true)
+	if meta := (poolDelegate{p}).NodeMeta(512); !leavingMeta(meta) || peerAddrMeta(meta) != "" {
+		t.Errorf("a leaving member's meta %v: want leaving and no peer address", meta)
+	}
+	if meta := (poolDelegate{p}).NodeMeta(2); len(meta) != 2 {
+		t.Errorf("meta within a 2-byte limit is %v", meta)
+	}
+	for _, tc := range []struct {
+		meta []byte
+		want string
+	}{
+		{[]byte{1, 0}, ""},
+		{[]byte{1, 1}, ""},
+		{append([]byte{1, 0, 9, 2, 'x', 'y', 1, byte(len(addr))}, addr...), addr}, // an unknown field first
+		{append([]byte{1, 0, 1, 40}, addr...), ""},                                // cut short
+		{append([]byte{2, 0, 1, byte(len(addr))}, addr...), ""},                   // a version it does not know
+		{append([]byte{1, 0, 1, 12}, "0.0.0.0:7948"...), ""},                      // not dialable
+	} {
+		if got := peerAddrMeta(tc.meta); got != tc.want {
+			t.Errorf("peerAddrMeta(%v) = %q, want %q", tc.meta, got, tc.want)
+		}
+	}
+}
+
+func TestPeerAddresses(t *testing.T) {
+	for _, tc := range []struct{ listen, gossip, want string }{
+		{"0.0.0.0:7948", "10.0.0.7:7947", "10.0.0.7:7948"},
+		{"10.0.0.9:7948", "10.0.0.7:7947", "10.0.0.9:7948"},
+		{"[::]:7948", "[fd00::7]:7947", "[fd00::7]:7948"},
+		{"", "10.0.0.7:7947", ""},
+	} {
+		got, err := advertisedPeerAddr(tc.listen, tc.gossip)
+		if err != nil || got != tc.want {
+			t.Errorf("advertisedPeerAddr(%q, %q) = %q, %v; want %q", tc.listen, tc.gossip, got, err, tc.want)
+		}
+	}
+	if _, err := advertisedPeerAddr("0.0.0.0:0", "10.0.0.7:7947"); err == nil {
+		t.Error("port 0 advertised")
+	}
+	for gossip, want := range map[string]string{"0.0.0.0:7947": "0.0.0.0:7948", "127.0.0.1:0": "127.0.0.1:0", "[::]:7947": "[::]:7948"} {
+		if got := PeerAddrNextTo(gossip); got != want {
+			t.Errorf("PeerAddrNextTo(%q) = %q, want %q", gossip, got, want)
+		}
 	}
 }

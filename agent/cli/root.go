@@ -19,6 +19,8 @@ func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bo
 		token, dataDir, name string
 		site, root           string
 		gossipAddr, gossipAd string
+		peerAddr             string
+		peerUpload           int64
 		logLevel, logFormat  string
 	)
 	defaults := agent.DefaultConfig()
@@ -45,6 +47,11 @@ The agents of one site form an encrypted gossip pool, on TCP and UDP at
 --gossip-addr (` + agent.DefaultGossipAddr + ` by default): they find each other
 through it, and it tells the control plane sooner when one of them fails.
 A node without a site has no pool; --gossip-addr off turns it off.
+Agents of a site also serve each other the chunks of model versions they
+pull, over HTTP/3 with mutual TLS on UDP --peer-addr (the port after the
+gossip port by default; --peer-addr off turns it off), so that the control
+plane sends a chunk to a site about once; --peer-upload-bandwidth caps what
+an agent serves.
 
 The agent runs until SIGINT or SIGTERM, then stops cleanly (exit 0). It
 exits 1 when it cannot go on (no identity and no token, a refused token, a
@@ -59,7 +66,7 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 
   # A second agent on one machine, with its own identity, its own gossip
   # port and debug logs.
-  drover-agent --data-dir /tmp/agent2 --name gpu-01-b --gossip-addr 0.0.0.0:7948 \
+  drover-agent --data-dir /tmp/agent2 --name gpu-01-b --gossip-addr 0.0.0.0:7957 \
     --log-level debug
 
   # Behind NAT: listen on every address, tell the site's peers where to dial.
@@ -95,6 +102,13 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 			cfg.GossipAddr, cfg.GossipAdvertise = gossipAddr, gossipAd
 			if strings.EqualFold(strings.TrimSpace(gossipAddr), "off") {
 				cfg.GossipAddr = ""
+			}
+			cfg.PeerAddr, cfg.PeerUploadBytesPerSecond = peerAddr, peerUpload
+			switch {
+			case strings.EqualFold(strings.TrimSpace(peerAddr), "off"):
+				cfg.PeerAddr = ""
+			case !cmd.Flags().Changed("peer-addr") && cfg.GossipAddr != "":
+				cfg.PeerAddr = agent.PeerAddrNextTo(cfg.GossipAddr)
 			}
 			if name != "" {
 				cfg.Name = name
@@ -138,6 +152,8 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&root, "root", defaults.Root, "`DIR` that stands for / when reading /proc, /sys and /etc")
 	f.StringVar(&gossipAddr, "gossip-addr", defaults.GossipAddr, "`IP:PORT` (TCP and UDP) of the site gossip pool; \"\" or \"off\" turns the pool off, port 0 picks a free port")
 	f.StringVar(&gossipAd, "gossip-advertise", "", "`IP:PORT` the site's other agents dial to reach this one's pool (default: the --gossip-addr address, or for 0.0.0.0 a private address of this machine)")
+	f.StringVar(&peerAddr, "peer-addr", defaults.PeerAddr, "`IP:PORT` (UDP) where this agent serves model chunks to its site's other agents (default: the port after --gossip-addr's); \"off\" turns it off")
+	f.Int64Var(&peerUpload, "peer-upload-bandwidth", 0, "cap on the `BYTES` per second served to site peers, all together; 0 for no cap")
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 

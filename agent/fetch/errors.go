@@ -13,4 +13,8 @@ var (
 	// every try failed or every source was dropped for serving corrupt
 	// bytes.
 	ErrNoSource = errors.New("no source could serve a chunk")
+	// ErrDecline: a source does not hold a chunk, or will not serve it
+	// now, and says so before sending any bytes. Sources return it;
+	// Pull asks another source at once.
+	ErrDecline = errors.New("source declined the chunk")
 )

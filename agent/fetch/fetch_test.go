@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -655,5 +656,102 @@ func TestPullCacheFailureDoesNotBlameSources(t *testing.T) {
 	}
 	if a.count()+b.count() > DefaultInFlight {
 		t.Errorf("%d requests made after the cache failed", a.count()+b.count())
+	}
+}
+
+// prioSource is a fakeSource with a priority.
+type prioSource struct {
+	*fakeSource
+	prio int
+}
+
+func (p prioSource) Priority() int { return p.prio }
+
+func TestPullAsksPrioritizedSourceFirstAndMovesOnAtDecline(t *testing.T) {
+	s := store{}
+	files := sampleFiles(7)
+	m := buildVersion(t, s, files)
+	// The preferred source declines every third chunk it is asked for.
+	peer := prioSource{newSource("peer", s), 1}
+	peer.serve = func(n int, _ artifact.Digest) error {
+		if n%3 == 0 {
+			return fmt.Errorf("not cached here: %w", ErrDecline)
+		}
+		return nil
+	}
+	server := newSource("server", s)
+	cache := openCache(t, t.TempDir(), 0)
+	dst := filepath.Join(t.TempDir(), "v1")
+	st, err := Pull(context.Background(), m, dst, []Source{server, peer}, Options{Cache: cache, RetryDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTree(t, dst, files)
+	n := len(digests(m))
+	if peer.count() != n {
+		t.Errorf("the prioritized source was asked %d times for %d chunks; want every chunk asked there first", peer.count(), n)
+	}
+	declined := (n + 2) / 3
+	if server.count() != declined || st.BytesBySource["server"] == 0 {
+		t.Errorf("the server was asked %d times; want only the %d declined chunks", server.count(), declined)
+	}
+	if st.Declines != declined || st.Retries != 0 || len(st.DroppedSources) != 0 {
+		t.Errorf("declines %d, retries %d, dropped %v; want %d declines and no retry or drop", st.Declines, st.Retries, st.DroppedSources, declined)
+	}
+}
+
+func TestPullFailsWhenEverySourceDeclines(t *testing.T) {
+	s := store{}
+	m := buildVersion(t, s, sampleFiles(8))
+	a := newSource("a", s)
+	a.serve = func(int, artifact.Digest) error { return ErrDecline }
+	b := newSource("b", s)
+	b.serve = func(int, artifact.Digest) error { return ErrDecline }
+	_, err := Pull(context.Background(), m, filepath.Join(t.TempDir(), "v1"), []Source{a, b}, Options{Cache: openCache(t, t.TempDir(), 0), RetryDelay: time.Hour})
+	if !errors.Is(err, ErrNoSource) {
+		t.Fatalf("err = %v; want ErrNoSource", err)
+	}
+	// Each source declined each chunk it was asked for once, and was
+	// never asked again for it.
+	for d, k := range a.fetched() {
+		if k != 1 || b.fetched()[d] > 1 {
+			t.Errorf("chunk %s asked %d times of a and %d of b after declines; want once each", d, k, b.fetched()[d])
+		}
+	}
+}
+
+func TestPullRandomOrder(t *testing.T) {
+	s := store{}
+	files := sampleFiles(9)
+	m := buildVersion(t, s, files)
+	var manifestOrder []artifact.Digest
+	for _, f := range m.GetFiles() {
+		for _, c := range f.GetChunks() {
+			d, _ := artifact.DigestFromBytes(c.GetDigest())
+			if !slices.Contains(manifestOrder, d) {
+				manifestOrder = append(manifestOrder, d)
+			}
+		}
+	}
+	orders := map[string]bool{}
+	for range 3 {
+		var mu sync.Mutex
+		var order []artifact.Digest
+		src := newSource("a", s)
+		src.serve = func(_ int, d artifact.Digest) error {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, d)
+			return nil
+		}
+		dst := filepath.Join(t.TempDir(), "v1")
+		if _, err := Pull(context.Background(), m, dst, []Source{src}, Options{Cache: openCache(t, t.TempDir(), 0), InFlight: 1, RandomOrder: true}); err != nil {
+			t.Fatal(err)
+		}
+		checkTree(t, dst, files)
+		orders[fmt.Sprint(order)] = true
+	}
+	if len(orders) < 2 || orders[fmt.Sprint(manifestOrder)] {
+		t.Errorf("%d distinct orders in 3 pulls of %d chunks, manifest order among them: %v; want random orders", len(orders), len(manifestOrder), orders[fmt.Sprint(manifestOrder)])
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"time"
@@ -35,6 +36,12 @@ type Options struct {
 	// BytesPerSecond caps the bytes read from all sources together. Zero
 	// means no cap.
 	BytesPerSecond int64
+	// RandomOrder fetches the chunks in an order of the pull's own
+	// rather than the manifest's. Agents of a site that pull one version
+	// at once through its peers (agent/peer) then each ask for different
+	// chunks at any moment, so that the peers owning them share the
+	// uploads, rather than every agent queueing at the same few.
+	RandomOrder bool
 	// Progress, if set, is called with the bytes of the version now in
 	// the cache and the bytes of all its distinct chunks, once at the
 	// start and after each chunk is fetched and checked. Calls never
@@ -92,8 +99,11 @@ type Stats struct {
 	BytesFromCache  int64
 	// CorruptChunks counts chunks a source served with the wrong bytes.
 	CorruptChunks int
-	// Retries counts tries of a chunk after its first, whatever failed.
+	// Retries counts tries of a chunk after a failed one, whatever failed.
 	Retries int
+	// Declines counts the times a source declined a chunk (ErrDecline),
+	// which sent it to another source at once.
+	Declines int
 	// DroppedSources names the sources this pull stopped using, for
 	// serving corrupt bytes or failing too often in a row.
 	DroppedSources []string
@@ -102,8 +112,9 @@ type Stats struct {
 // Pull makes dst hold the version described by m. m must come from
 // artifact.Verify. Pull fetches every chunk of m that opts.Cache lacks,
 // up to opts.InFlight at a time, spreading the requests over sources (the
-// least loaded first, in turn among equals), and checks each before it is
-// cached. A chunk that fails or does not match its digest is discarded
+// highest priority first (see Prioritized), then the least loaded, in turn
+// among equals), and checks each before it is cached. A source that
+// declines a chunk (ErrDecline) is not asked for it again. A chunk that fails or does not match its digest is discarded
 // and tried again from another source; a source that served corrupt bytes
 // is not used again by this pull. Then Pull assembles dst from the cache
 // with artifact.Assemble: dst holds the whole previous version or the
@@ -192,10 +203,14 @@ func pull(ctx context.Context, m *droverv1.Manifest, dst string, sources []Sourc
 	if err := checkSpace(opts.FreeSpace, cache.Dir(), dst, missingBytes, int64(m.GetTotalSize())); err != nil {
 		return st, err
 	}
+	if opts.RandomOrder {
+		rand.Shuffle(len(missing), func(i, j int) { missing[i], missing[j] = missing[j], missing[i] })
+	}
 
 	p := &puller{
 		opts:    opts,
 		sources: sources,
+		prio:    make([]int, len(sources)),
 		load:    make([]int, len(sources)),
 		fails:   make([]int, len(sources)),
 		dropped: make([]error, len(sources)),
@@ -206,6 +221,9 @@ func pull(ctx context.Context, m *droverv1.Manifest, dst string, sources []Sourc
 	if opts.BytesPerSecond > 0 {
 		burst := int(min(opts.BytesPerSecond, rateChunk))
 		p.limiter = rate.NewLimiter(rate.Limit(opts.BytesPerSecond), burst)
+	}
+	for i, src := range sources {
+		p.prio[i] = priority(src)
 	}
 	p.progress()
 	if err := p.fetchAll(ctx, missing); err != nil {
@@ -246,6 +264,7 @@ func pull(ctx context.Context, m *droverv1.Manifest, dst string, sources []Sourc
 type puller struct {
 	opts    Options
 	sources []Source
+	prio    []int         // by source, read once: see Prioritized
 	limiter *rate.Limiter // nil: no bandwidth cap
 
 	mu      sync.Mutex // guards the fields below
@@ -303,17 +322,21 @@ feed:
 	return ctx.Err()
 }
 
-// fetch gets one chunk into the cache, trying sources in turn.
+// fetch gets one chunk into the cache, trying sources in turn. A decline
+// is not an attempt: it costs the source nothing and the chunk no time.
 func (p *puller) fetch(ctx context.Context, w want) error {
 	tried := make([]bool, len(p.sources))
+	declined := make([]bool, len(p.sources))
 	var errs []error
-	for attempt := 0; attempt < p.opts.Attempts; attempt++ {
+	for attempt := 0; attempt < p.opts.Attempts; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		i, again := p.pick(tried)
+		i, again := p.pick(tried, declined)
 		if i < 0 {
-			errs = append(errs, p.dropReasons())
+			if why := p.dropReasons(); why != nil {
+				errs = append(errs, why)
+			}
 			break
 		}
 		if attempt > 0 {
@@ -333,13 +356,20 @@ func (p *puller) fetch(ctx context.Context, w want) error {
 			case <-t.C:
 			}
 		}
-		tried[i] = true
 		err := p.fetchFrom(ctx, p.sources[i], w)
 		var local *localError
 		if errors.As(err, &local) {
 			p.release(i)
 			return fmt.Errorf("chunk %s: %w", w.d, local.err)
 		}
+		if errors.Is(err, ErrDecline) && ctx.Err() == nil {
+			p.decline(i)
+			declined[i] = true
+			errs = append(errs, fmt.Errorf("from %s: %w", p.sources[i].Name(), err))
+			continue
+		}
+		tried[i] = true
+		attempt++
 		p.finish(i, w, err)
 		if err == nil {
 			return nil
@@ -379,22 +409,24 @@ func (e *localError) Error() string { return e.err.Error() }
 func (e *localError) Unwrap() error { return e.err }
 
 // pick chooses the source for the next try of a chunk and counts the
-// request as in flight: the least loaded source not dropped, preferring
-// those that have not failed this chunk (again reports when only such
-// sources are left). It returns -1 when every source is dropped.
-func (p *puller) pick(tried []bool) (i int, again bool) {
+// request as in flight: among the sources neither dropped nor declining
+// the chunk, those that have not failed it first (again reports when only
+// such sources are left), then the highest priority, then the least
+// loaded. It returns -1 when no source is left.
+func (p *puller) pick(tried, declined []bool) (i int, again bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	best, bestTried := -1, false
 	n := len(p.sources)
 	for k := range n {
 		j := (p.next + k) % n
-		if p.dropped[j] != nil {
+		if p.dropped[j] != nil || declined[j] {
 			continue
 		}
 		better := best < 0 ||
 			(bestTried && !tried[j]) ||
-			(bestTried == tried[j] && p.load[j] < p.load[best])
+			(bestTried == tried[j] && (p.prio[j] > p.prio[best] ||
+				p.prio[j] == p.prio[best] && p.load[j] < p.load[best]))
 		if better {
 			best, bestTried = j, tried[j]
 		}
@@ -411,6 +443,15 @@ func (p *puller) release(i int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.load[i]--
+}
+
+// decline records that source i declined a chunk: not a failure, so its
+// failures in a row stand as they were.
+func (p *puller) decline(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.load[i]--
+	p.st.Declines++
 }
 
 // finish records the outcome of one try from source i.
