@@ -41,8 +41,8 @@ const (
 
 func newModelPushCommand(g *globals) *cobra.Command {
 	var (
-		model, cardFile, parent, dataset, alias string
-		metrics, tags                           []string
+		model, cardFile, parent, dataset, alias, signKey string
+		metrics, tags                                    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "push PATH --model NAME",
@@ -61,7 +61,10 @@ Only the chunks the cluster does not already have are sent, so a new
 version that changes a few layers of a large model uploads little more
 than those layers. The version exists only once every chunk is stored
 durably on a quorum of servers; the cluster signs its manifest with the
-cluster key. Nothing in PATH may change while it is pushed.
+cluster key. With --sign-key the manifest is signed here too, with an
+operator's key registered with the cluster (drover key create): the
+cluster checks that signature and keeps it beside its own. Nothing in
+PATH may change while it is pushed.
 
 An interrupted push (Ctrl-C, a lost connection, a restarted server) is
 resumed by running the same command again: it sends only the chunks the
@@ -75,6 +78,7 @@ The rest documents the version, and cannot be added later:
   --parent     lineage: the version this one was derived from
   --dataset    lineage: the training data, URI or URI@sha256:HEX
   --alias      point this alias at the new version once it exists
+  --sign-key   sign the manifest with the private key in FILE
 
 While uploading it shows progress on standard error when that is a
 terminal. -o json prints the server's answer (FinishPushResponse).`,
@@ -97,7 +101,15 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 			if err != nil {
 				return err
 			}
-			return push(cmd, g, args[0], req)
+			var key *artifact.SigningKey
+			if signKey != "" {
+				k, err := readSigningKey(signKey)
+				if err != nil {
+					return err
+				}
+				key = &k
+			}
+			return push(cmd, g, args[0], req, key)
 		},
 	}
 	f := cmd.Flags()
@@ -106,6 +118,7 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 	f.StringVar(&parent, "parent", "", "lineage: the `VERSION` this one was derived from")
 	f.StringVar(&dataset, "dataset", "", "lineage: where the training data is, with @sha256:HEX for its digest: `URI[@DIGEST]`")
 	f.StringVar(&alias, "alias", "", "point `ALIAS` at the new version once it exists")
+	f.StringVar(&signKey, "sign-key", "", "sign the manifest with the private key in `FILE` (drover key create)")
 	// StringArray, not StringSlice: a slice flag splits on commas, and
 	// values may contain them.
 	f.StringArrayVar(&metrics, "metric", nil, "evaluation metric as `NAME=NUMBER` (repeatable)")
@@ -186,9 +199,10 @@ func parseDataset(s string) (uri, digest string, err error) {
 	return uri, digest, nil
 }
 
-// push builds the manifest of path, uploads the chunks the server lacks
-// and finishes the push with req's metadata.
-func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest) error {
+// push builds the manifest of path, signs it with key when there is one,
+// uploads the chunks the server lacks and finishes the push with req's
+// metadata.
+func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest, key *artifact.SigningKey) error {
 	ctx := cmd.Context()
 	// Chunking reads every byte (about a second per GiB), so say what is
 	// happening meanwhile; the note is blanked for the progress line.
@@ -211,8 +225,15 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		return fmt.Errorf("push %s: %w", path, err)
 	}
 	digest := artifact.Sum(b)
-	// Unsigned: the server signs with the cluster key at FinishPush.
+	// The server adds the cluster key's signature at FinishPush.
 	req.Manifest = &droverv1.SignedManifest{Manifest: b}
+	if key != nil {
+		sig, err := artifact.Sign(b, *key)
+		if err != nil {
+			return fmt.Errorf("push %s: %w", path, err)
+		}
+		req.Manifest.Signatures = []*droverv1.ManifestSignature{sig}
+	}
 
 	c, err := g.clients()
 	if err != nil {
@@ -263,6 +284,9 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		}
 		if req.GetAlias() != "" {
 			fmt.Fprintf(w, "%s@%s → %d\n", v.GetModel(), req.GetAlias(), v.GetVersion())
+		}
+		if key != nil {
+			fmt.Fprintf(w, "Signed with key %s and the cluster's key\n", key.ID())
 		}
 	})
 }
