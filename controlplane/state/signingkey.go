@@ -11,6 +11,13 @@ import (
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
+// The signed_by detail of a version.create audit event names at most
+// maxAuditKeyIDs signatures' key ids, each cut to maxAuditKeyIDBytes.
+const (
+	maxAuditKeyIDs     = 8
+	maxAuditKeyIDBytes = 32
+)
+
 // signingKeyTarget is the audit target of a signing key: its id, which,
 // unlike its name, never passes to another key.
 func signingKeyTarget(id string) string { return "key/" + id }

@@ -3,6 +3,8 @@ package state_test
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -218,5 +220,28 @@ func TestRestoreSigningKeyRecords(t *testing.T) {
 	// A revoked key may share its name with the key that replaced it.
 	if err := state.New().Restore(bytes.NewReader(stream(t, hdr, rec(revoked), rec(key("ci", 2)), end))); err != nil {
 		t.Errorf("Restore(valid) = %v", err)
+	}
+}
+
+// A version's audit event names the keys that signed its manifest.
+func TestVersionAuditNamesSigningKeys(t *testing.T) {
+	f := newFixture(t)
+	f.model("resnet")
+	b := []byte("manifest bytes")
+	sum := sha256.Sum256(b)
+	_, err := f.s.CreateVersion(f.next(), meta("acc-ci"), &droverv1.CreateVersionRequest{
+		Model: "resnet",
+		Artifact: &droverv1.ArtifactManifest{
+			Digest: "sha256:" + hex.EncodeToString(sum[:]), SizeBytes: 1,
+			Signed: &droverv1.SignedManifest{Manifest: b, Signatures: []*droverv1.ManifestSignature{
+				{KeyId: "1111111111111111"}, {KeyId: "2222222222222222"},
+			}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := lastAudit(t, f.s); ev.GetDetails()["signed_by"] != "1111111111111111,2222222222222222" {
+		t.Errorf("version.create details %v", ev.GetDetails())
 	}
 }
