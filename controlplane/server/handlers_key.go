@@ -23,7 +23,13 @@ var _ droverv1connect.KeyServiceHandler = (*keyHandler)(nil)
 // public half of a key kept elsewhere.
 func (h *keyHandler) RegisterKey(ctx context.Context, req *connect.Request[droverv1.RegisterKeyRequest]) (*connect.Response[droverv1.RegisterKeyResponse], error) {
 	pub := req.Msg.GetPublicKey()
-	if len(pub) == ed25519.PublicKeySize && artifact.KeyIDOf(pub) == h.s.signingKey.ID() {
+	if len(pub) != ed25519.PublicKeySize {
+		// Refused before it costs a log entry.
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			fmt.Sprintf("public key of %d bytes; an Ed25519 public key is %d", len(pub), ed25519.PublicKeySize),
+			"send the 32-byte key: `drover key import` reads it from a PEM file")
+	}
+	if artifact.KeyIDOf(pub) == h.s.signingKey.ID() {
 		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
 			fmt.Sprintf("key %s is the cluster's own signing key, which every agent trusts already", h.s.signingKey.ID()),
 			"register an operator's key: make one with `drover key create NAME`")
