@@ -86,8 +86,10 @@ the key is revoked. Should registering fail, the file is kept, and
 				Name: name, PublicKey: key.Public(), Description: description,
 			}))
 			if err != nil {
-				return withHint(fmt.Errorf("register key %s (%s): %w; the private key is in %s", name, key.ID(), err, out),
-					fmt.Sprintf("fix what the cluster refused, then register it with `drover key import NAME --public %s`, or delete %s", out, out))
+				// The server's hint says what to fix; what to do with the
+				// file is said apart from it.
+				fmt.Fprintf(g.stderr, "The private key is kept in %s: once the refusal below is dealt with, register it with `drover key import NAME --public %s`, or delete the file.\n", out, out)
+				return fmt.Errorf("register key %s (%s): %w", name, key.ID(), err)
 			}
 			return printResult(cmd, resp.Msg, func(w io.Writer) {
 				fmt.Fprintf(w, "Created signing key %s (%s, index %d); the private key is in %s\n",

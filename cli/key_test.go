@@ -150,3 +150,28 @@ func TestKeyImport(t *testing.T) {
 		t.Errorf("import of a file that is not PEM: exit %d, %q", r.code, r.stderr)
 	}
 }
+
+// When the cluster refuses to register a new key, the key file is kept and
+// the error says how to register it later; key import reads the public
+// half from that private key file.
+func TestKeyCreateKeepsFileWhenRegistrationFails(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.ok("key", "create", "ci", "--out", filepath.Join(h.dir, "first.key"))
+	second := filepath.Join(h.dir, "second.key")
+	r := h.run("key", "create", "ci", "--out", second)
+	if r.code == 0 || !strings.Contains(r.stderr, "already exists") || !strings.Contains(r.stderr, "drover key import NAME --public "+second) {
+		t.Fatalf("create with a taken name: exit %d, %q", r.code, r.stderr)
+	}
+	b, err := os.ReadFile(second)
+	if err != nil {
+		t.Fatalf("the key file of a refused registration is gone: %v", err)
+	}
+	key, err := artifact.ParsePrivateKeyPEM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := h.ok("key", "import", "ci-2", "--public", second); !strings.Contains(out, string(key.ID())) {
+		t.Errorf("import from the private key file says %q, want key id %s", out, key.ID())
+	}
+}
