@@ -160,3 +160,20 @@ func listSome(items []string) string {
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(items[:show], ", "), len(items)-show)
 }
+
+// VerifySignature checks one signature over the exact manifestBytes with
+// pub, the key the signature's id names. Verify accepts a manifest on one
+// good signature; a receiver that must vouch for every signature it
+// keeps (a server storing a pushed manifest) checks each with this. It
+// refuses a pub whose id is not the signature's (ErrUnknownKey) and a
+// signature that does not verify (ErrBadSignature).
+func VerifySignature(manifestBytes []byte, sig *droverv1.ManifestSignature, pub ed25519.PublicKey) error {
+	id := KeyID(sig.GetKeyId())
+	if len(pub) != ed25519.PublicKeySize || KeyIDOf(pub) != id {
+		return fmt.Errorf("verify signature by %s: the key given is not a key with that id: %w", shortID(id), ErrUnknownKey)
+	}
+	if !ed25519.Verify(pub, signedMessage(Sum(manifestBytes)), sig.GetSignature()) {
+		return fmt.Errorf("verify signature by %s: %w: the bytes are not what the key signed", shortID(id), ErrBadSignature)
+	}
+	return nil
+}

@@ -42,9 +42,9 @@ const (
 
 func newModelPushCommand(g *globals) *cobra.Command {
 	var (
-		model, cardFile, parent, dataset, alias string
-		metrics, tags                           []string
-		limitRate                               string
+		model, cardFile, parent, dataset, alias, signKey string
+		metrics, tags                                    []string
+		limitRate                                        string
 	)
 	cmd := &cobra.Command{
 		Use:   "push PATH --model NAME",
@@ -63,7 +63,10 @@ Only the chunks the cluster does not already have are sent, so a new
 version that changes a few layers of a large model uploads little more
 than those layers. The version exists only once every chunk is stored
 durably on a quorum of servers; the cluster signs its manifest with the
-cluster key. Nothing in PATH may change while it is pushResult.
+cluster key. With --sign-key the manifest is signed here too, with an
+operator's key registered with the cluster (drover key create): the
+cluster checks that signature and keeps it beside its own. Nothing in
+PATH may change while it is pushed.
 
 An interrupted push (Ctrl-C, a lost connection, a restarted server) is
 resumed by running the same command again: it sends only the chunks the
@@ -81,6 +84,7 @@ The rest documents the version, and cannot be added later:
   --parent     lineage: the version this one was derived from
   --dataset    lineage: the training data, URI or URI@sha256:HEX
   --alias      point this alias at the new version once it exists
+  --sign-key   sign the manifest with the private key in FILE
 
 While uploading it shows progress on standard error when that is a
 terminal. -o json prints the server's answer (FinishPushResponse).`,
@@ -107,7 +111,15 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 			if err != nil {
 				return err
 			}
-			return push(cmd, g, args[0], req, rate)
+			opts := pushOptions{limit: rate}
+			if signKey != "" {
+				k, err := readSigningKey(signKey)
+				if err != nil {
+					return err
+				}
+				opts.key = &k
+			}
+			return push(cmd, g, args[0], req, opts)
 		},
 	}
 	f := cmd.Flags()
@@ -116,6 +128,7 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 	f.StringVar(&parent, "parent", "", "lineage: the `VERSION` this one was derived from")
 	f.StringVar(&dataset, "dataset", "", "lineage: where the training data is, with @sha256:HEX for its digest: `URI[@DIGEST]`")
 	f.StringVar(&alias, "alias", "", "point `ALIAS` at the new version once it exists")
+	f.StringVar(&signKey, "sign-key", "", "sign the manifest with the private key in `FILE` (drover key create)")
 	// StringArray, not StringSlice: a slice flag splits on commas, and
 	// values may contain them.
 	f.StringArrayVar(&metrics, "metric", nil, "evaluation metric as `NAME=NUMBER` (repeatable)")
@@ -213,15 +226,14 @@ func parseDataset(s string) (uri, digest string, err error) {
 	return uri, digest, nil
 }
 
-// push builds the manifest of path, uploads the chunks the server lacks
-// and finishes the push with req's metadata.
-func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest, limit *rate.Limiter) error {
+// push pushes the tree at path (see pushTree) and prints what it did.
+func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushRequest, opts pushOptions) error {
 	ctx := cmd.Context()
 	c, err := g.clients()
 	if err != nil {
 		return err
 	}
-	p, err := pushTree(ctx, g, c, path, req, limit)
+	p, err := pushTree(ctx, g, c, path, req, opts)
 	if err != nil {
 		return err
 	}
@@ -235,7 +247,19 @@ func push(cmd *cobra.Command, g *globals, path string, req *droverv1.FinishPushR
 		if req.GetAlias() != "" {
 			fmt.Fprintf(w, "%s@%s → %d\n", v.GetModel(), req.GetAlias(), v.GetVersion())
 		}
+		if opts.key != nil {
+			fmt.Fprintf(w, "Signed with key %s and the cluster's key\n", opts.key.ID())
+		}
 	})
+}
+
+// pushOptions are how pushTree pushes; the zero value is an unsigned push
+// at full speed.
+type pushOptions struct {
+	// limit caps the upload; nil for no cap.
+	limit *rate.Limiter
+	// key signs the manifest besides the cluster key; nil for none.
+	key *artifact.SigningKey
 }
 
 // pushResult is what pushTree did.
@@ -248,11 +272,11 @@ type pushResult struct {
 	sent, distinct int64
 }
 
-// pushTree builds the manifest of path, uploads the chunks the cluster
-// lacks through c (moving on to another server if that one goes away) and
+// pushTree builds the manifest of path, signs it with opts.key when there
+// is one, uploads the chunks the cluster lacks through c (moving on to another server if that one goes away) and
 // finishes the push with req's metadata. It shows progress on g's
 // standard error when that is a terminal.
-func pushTree(ctx context.Context, g *globals, c *clients, path string, req *droverv1.FinishPushRequest, limit *rate.Limiter) (pushResult, error) {
+func pushTree(ctx context.Context, g *globals, c *clients, path string, req *droverv1.FinishPushRequest, opts pushOptions) (pushResult, error) {
 	var out pushResult
 	// Chunking reads every byte (about a second per GiB), so say what is
 	// happening meanwhile; the note is blanked for the progress line.
@@ -275,8 +299,15 @@ func pushTree(ctx context.Context, g *globals, c *clients, path string, req *dro
 		return out, fmt.Errorf("push %s: %w", path, err)
 	}
 	out.manifest, out.digest = m, artifact.Sum(b)
-	// Unsigned: the server signs with the cluster key at FinishPush.
+	// The server adds the cluster key's signature at FinishPush.
 	req.Manifest = &droverv1.SignedManifest{Manifest: b}
+	if key := opts.key; key != nil {
+		sig, err := artifact.Sign(b, *key)
+		if err != nil {
+			return out, fmt.Errorf("push %s: %w", path, err)
+		}
+		req.Manifest.Signatures = []*droverv1.ManifestSignature{sig}
+	}
 
 	// The other servers, asked up front: once the server taking the
 	// upload is gone it can no longer name them.
@@ -285,7 +316,7 @@ func pushTree(ctx context.Context, g *globals, c *clients, path string, req *dro
 		out.distinct += int64(r.Size)
 	}
 	for {
-		out.sent, err = uploadMissing(ctx, g, c, req, out.digest, refs, limit)
+		out.sent, err = uploadMissing(ctx, g, c, req, out.digest, refs, opts.limit)
 		if err == nil {
 			break
 		}
@@ -647,7 +678,7 @@ func pull(cmd *cobra.Command, g *globals, name, ref, dir string) error {
 	signed := resp.Msg.GetManifest()
 	if len(signed.GetManifest()) == 0 {
 		return withHint(fmt.Errorf("pull %s: the cluster holds no files for it", label),
-			"it was registered by digest (`drover model version create`) rather than pushResult; only versions pushResult with `drover model push` can be pulled")
+			"it was registered by digest (`drover model version create`) rather than pushed; only versions pushed with `drover model push` can be pulled")
 	}
 	info, err := c.agent.GetClusterInfo(ctx, connect.NewRequest(&droverv1.GetClusterInfoRequest{}))
 	if err != nil {
@@ -698,7 +729,7 @@ func verifyError(label string, err error) error {
 	err = fmt.Errorf("pull %s: %w; nothing was written", label, err)
 	switch {
 	case errors.Is(err, artifact.ErrUnsigned):
-		return withHint(err, "the cluster signs every version pushResult to it: report the unsigned version to the cluster's operators")
+		return withHint(err, "the cluster signs every version pushed to it: report the unsigned version to the cluster's operators")
 	case errors.Is(err, artifact.ErrUnknownKey):
 		return withHint(err, "the key that signed it is not among the cluster's manifest signing keys: it may have been revoked, "+
 			"or --address and --ca-cert may point at another cluster than the one the version came from")

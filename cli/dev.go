@@ -296,7 +296,7 @@ func createSampleModel(ctx context.Context, g *globals, cl *clients, dir string)
 		Lineage: &droverv1.Lineage{DatasetUri: "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"},
 		Metrics: map[string]float64{"test_accuracy": 0.9666},
 	}
-	if _, err := pushTree(ctx, g, cl, tree, req, nil); err != nil {
+	if _, err := pushTree(ctx, g, cl, tree, req, pushOptions{}); err != nil {
 		return fmt.Errorf("push sample model: %w", err)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -31,15 +32,17 @@ type fakeArtifact struct {
 	f   *fakeServer
 	key artifact.SigningKey // the cluster key FinishPush signs with
 
-	mu       sync.Mutex // guards the fields below
-	chunks   map[artifact.Digest][]byte
-	pushes   map[string]*droverv1.Manifest // by push id
-	keys     map[string][]byte             // GetClusterInfo's manifest_keys
-	pieces   []int                         // the size of every piece received
-	received []artifact.Digest             // chunks received, in order
-	finish   *droverv1.FinishPushRequest   // the last FinishPush
-	corrupt  map[artifact.Digest]bool      // GetChunk serves these with a byte flipped
-	getChunk int                           // GetChunk calls
+	mu     sync.Mutex // guards the fields below
+	chunks map[artifact.Digest][]byte
+	pushes map[string]*droverv1.Manifest // by push id
+	keys   map[string][]byte             // GetClusterInfo's manifest_keys
+	// signingKeys are the keys KeyService registered, in order.
+	signingKeys []*droverv1.SigningKey
+	pieces      []int                       // the size of every piece received
+	received    []artifact.Digest           // chunks received, in order
+	finish      *droverv1.FinishPushRequest // the last FinishPush
+	corrupt     map[artifact.Digest]bool    // GetChunk serves these with a byte flipped
+	getChunk    int                         // GetChunk calls
 	// failAfter, when not 0, makes UploadChunks store that many chunks in
 	// all and then fail, as a server going away would.
 	failAfter int
@@ -88,6 +91,16 @@ func (a *fakeArtifact) StartPush(_ context.Context, req *connect.Request[droverv
 	id := artifact.Sum(b).String()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for _, sig := range req.Msg.GetManifest().GetSignatures() {
+		pub, ok := a.keys[sig.GetKeyId()]
+		if !ok {
+			return nil, apiError(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+				"register it", "the manifest is signed by key %q, which is not registered with this cluster", sig.GetKeyId())
+		}
+		if err := artifact.VerifySignature(b, sig, pub); err != nil {
+			return nil, invalidArgument("%v", err)
+		}
+	}
 	a.pushes[id] = m
 	resp := &droverv1.StartPushResponse{PushId: id, ArtifactDigest: id}
 	seen := map[artifact.Digest]bool{}
@@ -187,7 +200,7 @@ func (a *fakeArtifact) FinishPush(ctx context.Context, req *connect.Request[drov
 	if err != nil {
 		return nil, err
 	}
-	signed := &droverv1.SignedManifest{Manifest: b, Signatures: []*droverv1.ManifestSignature{sig}}
+	signed := &droverv1.SignedManifest{Manifest: b, Signatures: append(slices.Clone(r.GetManifest().GetSignatures()), sig)}
 
 	f := a.f
 	f.mu.Lock()
@@ -257,4 +270,67 @@ func (a *fakeArtifact) GetChunk(ctx context.Context, req *connect.Request[drover
 		data[len(data)/2] ^= 1
 	}
 	return connect.NewResponse(&droverv1.GetChunkResponse{Data: data}), nil
+}
+
+// fakeKeys serves KeyService: registered keys that are not revoked join
+// the fake's manifest keys, which StartPush checks signatures against.
+type fakeKeys struct{ a *fakeArtifact }
+
+var _ droverv1connect.KeyServiceHandler = fakeKeys{}
+
+func (k fakeKeys) RegisterKey(_ context.Context, req *connect.Request[droverv1.RegisterKeyRequest]) (*connect.Response[droverv1.RegisterKeyResponse], error) {
+	pub := req.Msg.GetPublicKey()
+	if len(pub) != ed25519.PublicKeySize {
+		return nil, invalidArgument("public key of %d bytes", len(pub))
+	}
+	id := string(artifact.KeyIDOf(pub))
+	a := k.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, sk := range a.signingKeys {
+		if sk.GetKeyId() == id || (sk.GetName() == req.Msg.GetName() && sk.GetRevokeIndex() == 0) {
+			return nil, apiError(connect.CodeAlreadyExists, droverv1.ErrorReason_ERROR_REASON_ALREADY_EXISTS, "", "signing key %q already exists", req.Msg.GetName())
+		}
+	}
+	f := a.f
+	f.mu.Lock()
+	idx := f.commitLocked("key.register", "key/"+id)
+	f.mu.Unlock()
+	sk := &droverv1.SigningKey{
+		Name: req.Msg.GetName(), KeyId: id, PublicKey: pub, Description: req.Msg.GetDescription(),
+		CreateIndex: idx, CreateTime: timestamppb.New(f.created), CreatedByName: "bootstrap",
+	}
+	a.signingKeys = append(a.signingKeys, sk)
+	a.keys[id] = pub
+	return connect.NewResponse(&droverv1.RegisterKeyResponse{Key: proto.Clone(sk).(*droverv1.SigningKey), Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
+func (k fakeKeys) ListKeys(context.Context, *connect.Request[droverv1.ListKeysRequest]) (*connect.Response[droverv1.ListKeysResponse], error) {
+	a := k.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := &droverv1.ListKeysResponse{}
+	for _, sk := range a.signingKeys {
+		out.Keys = append(out.Keys, proto.Clone(sk).(*droverv1.SigningKey))
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (k fakeKeys) RevokeKey(_ context.Context, req *connect.Request[droverv1.RevokeKeyRequest]) (*connect.Response[droverv1.RevokeKeyResponse], error) {
+	a := k.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, sk := range a.signingKeys {
+		if sk.GetKeyId() == req.Msg.GetKey() || (sk.GetName() == req.Msg.GetKey() && sk.GetRevokeIndex() == 0) {
+			f := a.f
+			f.mu.Lock()
+			idx := f.commitLocked("key.revoke", "key/"+sk.GetKeyId())
+			f.mu.Unlock()
+			sk.RevokeIndex = idx
+			sk.RevokeTime = timestamppb.New(f.created.Add(time.Hour))
+			delete(a.keys, sk.GetKeyId())
+			return connect.NewResponse(&droverv1.RevokeKeyResponse{Key: proto.Clone(sk).(*droverv1.SigningKey), Meta: &droverv1.WriteMeta{Index: idx}}), nil
+		}
+	}
+	return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND, "list them with drover key ls", "signing key %q not found", req.Msg.GetKey())
 }

@@ -102,6 +102,7 @@ func (f *fakeServer) handler() http.Handler {
 	mux.Handle(droverv1connect.NewNodeServiceHandler(f))
 	mux.Handle(droverv1connect.NewArtifactServiceHandler(f.art))
 	mux.Handle(droverv1connect.NewAgentServiceHandler(fakeAgentService{a: f.art}))
+	mux.Handle(droverv1connect.NewKeyServiceHandler(fakeKeys{a: f.art}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})

@@ -31,6 +31,7 @@ type clients struct {
 	cluster droverv1connect.ClusterServiceClient
 	token   droverv1connect.TokenServiceClient
 	node    droverv1connect.NodeServiceClient
+	key     droverv1connect.KeyServiceClient
 	// artifact moves model bytes; agent is used only for its public
 	// GetClusterInfo, which lists the keys manifests are signed with.
 	artifact droverv1connect.ArtifactServiceClient
@@ -66,6 +67,7 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		cluster: droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
 		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
 		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
+		key:     droverv1connect.NewKeyServiceClient(hc, cfg.Address, opts...),
 		// Model weights barely compress, so gzip on chunks would cost both
 		// ends CPU for nothing.
 		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),

@@ -419,6 +419,25 @@ func accessCalls() []accessCall {
 				return err
 			}},
 
+		// KeyService.
+		{proc: droverv1connect.KeyServiceRegisterKeyProcedure, needs: "operator:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Keys.RegisterKey(ctx, connect.NewRequest(&droverv1.RegisterKeyRequest{
+					Name: "probe", PublicKey: []byte("short"), // invalid
+				}))
+				return err
+			}},
+		{proc: droverv1connect.KeyServiceListKeysProcedure, needs: "operator:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Keys.ListKeys(ctx, connect.NewRequest(&droverv1.ListKeysRequest{}))
+				return err
+			}},
+		{proc: droverv1connect.KeyServiceRevokeKeyProcedure, needs: "operator:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Keys.RevokeKey(ctx, connect.NewRequest(&droverv1.RevokeKeyRequest{Key: "no-such-key"}))
+				return err
+			}},
+
 		// ModelService.
 		{proc: droverv1connect.ModelServiceCreateModelProcedure, needs: "model:write", objects: models,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, obj scope) error {
@@ -663,6 +682,7 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 			Cluster: droverv1connect.NewClusterServiceClient(hc, base),
 			Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
 			Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
+			Keys:    droverv1connect.NewKeyServiceClient(hc, base),
 		},
 		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
 		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),

@@ -136,6 +136,12 @@ var procedures = map[string]Capability{
 	connectv1.ACLServiceListPoliciesProcedure: need(operator, read),
 	connectv1.ACLServiceGetPolicyProcedure:    need(operator, read),
 	connectv1.ACLServiceDeletePolicyProcedure: need(operator, write),
+	// Agents trust what a registered signing key signed, for every model:
+	// registering one is granting trust cluster-wide, as the cluster's
+	// own configuration is. Listing shows only public keys.
+	connectv1.KeyServiceRegisterKeyProcedure: need(operator, write),
+	connectv1.KeyServiceListKeysProcedure:    need(operator, read),
+	connectv1.KeyServiceRevokeKeyProcedure:   need(operator, write),
 
 	// An agent's first calls carry no credential but the join token,
 	// which Enroll checks; the rest carry the node's certificate.

@@ -145,6 +145,14 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.RotateACLTokenCommand) (proto.Message, error) {
 			return value(s.RotateACLToken(idx, c.GetMeta(), c.GetAccessorId(), c.GetSecretSha256()))
 		}),
+	droverv1.CommandType_COMMAND_TYPE_REGISTER_SIGNING_KEY: commandOf(state.ActionKeyRegister,
+		func(s *state.Store, idx uint64, c *droverv1.RegisterSigningKeyCommand) (proto.Message, error) {
+			return value(s.RegisterSigningKey(idx, c.GetMeta(), c.GetKey()))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_REVOKE_SIGNING_KEY: commandOf(state.ActionKeyRevoke,
+		func(s *state.Store, idx uint64, c *droverv1.RevokeSigningKeyCommand) (proto.Message, error) {
+			return value(s.RevokeSigningKey(idx, c.GetMeta(), c.GetKey()))
+		}),
 	droverv1.CommandType_COMMAND_TYPE_RECORD_DENIALS: commandOf(state.ActionAccessDenied,
 		func(s *state.Store, idx uint64, c *droverv1.RecordDenialsCommand) (proto.Message, error) {
 			return nil, s.RecordDenials(idx, c.GetMeta(), c.GetDenials())

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -84,19 +83,14 @@ func (s *Server) setupChunks() error {
 	return nil
 }
 
-// manifestKeys are the public keys a version's manifest may be signed
-// with, by key id: the cluster's own key.
-func (s *Server) manifestKeys() map[artifact.KeyID]ed25519.PublicKey {
-	return map[artifact.KeyID]ed25519.PublicKey{s.signingKey.ID(): s.signingKey.Public()}
-}
-
-// manifestKeyBytes is manifestKeys as GetClusterInfo sends them.
-func (s *Server) manifestKeyBytes() map[string][]byte {
-	out := make(map[string][]byte)
-	for id, pub := range s.manifestKeys() {
+// manifestKeyBytes is manifestTrust as GetClusterInfo sends it.
+func (s *Server) manifestKeyBytes() (map[string][]byte, []string) {
+	trusted, revoked := s.manifestTrust()
+	out := make(map[string][]byte, len(trusted))
+	for id, pub := range trusted {
 		out[string(id)] = pub
 	}
-	return out
+	return out, revoked
 }
 
 // artifactLimits are the bounds a pushed manifest must keep.

@@ -215,6 +215,7 @@ func servedMethods() iter.Seq2[string, protoreflect.MethodDescriptor] {
 			droverv1.File_drover_v1_node_proto,
 			droverv1.File_drover_v1_agent_proto,
 			droverv1.File_drover_v1_artifact_service_proto,
+			droverv1.File_drover_v1_key_proto,
 		} {
 			for i := range fd.Services().Len() {
 				svc := fd.Services().Get(i)

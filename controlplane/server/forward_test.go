@@ -3,6 +3,9 @@ package server
 import (
 	"testing"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -83,6 +86,19 @@ func TestClassifyProcedures(t *testing.T) {
 			t.Errorf("%s is classified but no service has it", proc)
 		}
 	}
+	// Every service of the schema is among them: one left out would be
+	// answered by a follower instead of forwarded to the leader.
+	protoregistry.GlobalFiles.RangeFilesByPackage("drover.v1", func(fd protoreflect.FileDescriptor) bool {
+		for i := range fd.Services().Len() {
+			svc := fd.Services().Get(i)
+			for j := range svc.Methods().Len() {
+				if proc := "/" + string(svc.FullName()) + "/" + string(svc.Methods().Get(j).Name()); !all[proc] {
+					t.Errorf("%s is in the schema but not in servedMethods", proc)
+				}
+			}
+		}
+		return true
+	})
 
 	// A new ModelService method needs a deliberate entry in want.
 	svc := droverv1.File_drover_v1_registry_proto.Services().ByName("ModelService")

@@ -37,12 +37,14 @@ type agentHandler struct {
 var _ droverv1connect.AgentServiceHandler = (*agentHandler)(nil)
 
 func (h *agentHandler) GetClusterInfo(_ context.Context, _ *connect.Request[droverv1.GetClusterInfoRequest]) (*connect.Response[droverv1.GetClusterInfoResponse], error) {
+	// The trust anchors for the manifests of pushed versions.
+	keys, revoked := h.s.manifestKeyBytes()
 	return connect.NewResponse(&droverv1.GetClusterInfoResponse{
-		CaPem:     h.s.ca.CertPEM(),
-		ClusterId: h.s.state.Cluster().GetClusterId(),
-		Servers:   h.s.serverAPIAddrs(),
-		// The trust anchor for the manifests of pushed versions.
-		ManifestKeys: h.s.manifestKeyBytes(),
+		CaPem:               h.s.ca.CertPEM(),
+		ClusterId:           h.s.state.Cluster().GetClusterId(),
+		Servers:             h.s.serverAPIAddrs(),
+		ManifestKeys:        keys,
+		RevokedManifestKeys: revoked,
 	}), nil
 }
 

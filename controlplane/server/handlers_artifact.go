@@ -50,31 +50,32 @@ type pushedManifest struct {
 }
 
 // checkManifest decodes and validates a pushed manifest, and verifies its
-// signatures when it carries any.
+// signatures when it carries any: each must be a good one by a key the
+// cluster trusts (see checkPushSignatures).
 func (s *Server) checkManifest(signed *droverv1.SignedManifest) (*pushedManifest, error) {
 	limits := s.artifactLimits()
+	b := signed.GetManifest()
 	var (
 		m   *droverv1.Manifest
-		d   artifact.Digest
 		err error
 	)
-	if len(signed.GetSignatures()) > 0 {
-		m, d, err = artifact.Verify(signed, s.manifestKeys(), limits)
+	if limits.MaxManifestBytes > 0 && len(b) > limits.MaxManifestBytes {
+		// Refused before a signature is checked over it.
+		_, err = artifact.DecodeManifest(b, limits)
 	} else {
-		d = artifact.Sum(signed.GetManifest())
-		m, err = artifact.DecodeManifest(signed.GetManifest(), limits)
+		if err := s.checkPushSignatures(signed); err != nil {
+			return nil, err
+		}
+		m, err = artifact.DecodeManifest(b, limits)
 	}
 	if err != nil {
 		hint := "build the manifest again with a current drover"
-		switch {
-		case errors.Is(err, artifact.ErrTooLarge):
+		if errors.Is(err, artifact.ErrTooLarge) {
 			hint = fmt.Sprintf("this cluster takes versions of at most %d bytes (max_version_bytes); split the model or raise the limit", s.cfg.MaxVersionBytes)
-		case errors.Is(err, artifact.ErrUnknownKey), errors.Is(err, artifact.ErrBadSignature):
-			hint = "push it unsigned to have the cluster sign it, or sign it with a key the cluster trusts"
 		}
 		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, err.Error(), hint)
 	}
-	pm := &pushedManifest{signed: signed, manifest: m, digest: d, sizes: make(map[blobstore.Key]int64)}
+	pm := &pushedManifest{signed: signed, manifest: m, digest: artifact.Sum(b), sizes: make(map[blobstore.Key]int64)}
 	for _, f := range m.GetFiles() {
 		for _, c := range f.GetChunks() {
 			k := blobstore.Key(c.GetDigest())
@@ -235,13 +236,20 @@ func (h *artifactHandler) FinishPush(ctx context.Context, req *connect.Request[d
 		return nil, err
 	}
 
+	// The cluster countersigns what an operator signed: the version stays
+	// trusted by agents after the operator's key is revoked, since it was
+	// pushed while the key was good. Only a copy of the manifest that
+	// leaves the cluster without the countersignature loses trust.
 	signed := pm.signed
-	if len(signed.GetSignatures()) == 0 {
+	if !hasSignatureBy(signed, h.s.signingKey.ID()) {
 		sig, err := artifact.Sign(signed.GetManifest(), h.s.signingKey)
 		if err != nil {
 			return nil, apiErr(connect.CodeInternal, droverv1.ErrorReason_ERROR_REASON_INTERNAL, err.Error(), "")
 		}
-		signed = &droverv1.SignedManifest{Manifest: signed.GetManifest(), Signatures: []*droverv1.ManifestSignature{sig}}
+		signed = &droverv1.SignedManifest{
+			Manifest:   signed.GetManifest(),
+			Signatures: append(slices.Clone(signed.GetSignatures()), sig),
+		}
 	}
 	am := &droverv1.ArtifactManifest{
 		Digest:    pm.digest.String(),

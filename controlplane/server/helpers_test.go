@@ -54,6 +54,7 @@ func connectClients(hc connect.HTTPClient, base string) *cluster.Clients {
 		ACL:     droverv1connect.NewACLServiceClient(hc, base),
 		Audit:   droverv1connect.NewAuditServiceClient(hc, base),
 		Cluster: droverv1connect.NewClusterServiceClient(hc, base),
+		Keys:    droverv1connect.NewKeyServiceClient(hc, base),
 	}
 }
 

@@ -287,7 +287,7 @@ func TestPushRefusesIncompleteOrTamperedUploads(t *testing.T) {
 	_, err = ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: &droverv1.SignedManifest{
 		Manifest: tr.signed.GetManifest(), Signatures: []*droverv1.ManifestSignature{sig},
 	}}))
-	wantErr(t, "StartPush signed by an untrusted key", err, connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
+	wantErr(t, "StartPush signed by an untrusted key", err, connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
 
 	start, err := ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: "llama", Manifest: tr.signed}))
 	if err != nil {

@@ -32,6 +32,9 @@ const (
 	ActionACLTokenCreate  = "acl.token.create"
 	ActionACLTokenRevoke  = "acl.token.revoke"
 	ActionACLTokenRotate  = "acl.token.rotate"
+
+	ActionKeyRegister = "key.register"
+	ActionKeyRevoke   = "key.revoke"
 	// ActionAccessDenied records a write call a server refused because
 	// the caller's token lacks a capability (see [Store.RecordDenials]).
 	ActionAccessDenied = "access.denied"

@@ -125,6 +125,18 @@ func (s *Store) CreateVersion(idx uint64, meta *droverv1.CommandMeta, req *drove
 		if d := v.GetArtifact().GetDigest(); d != "" {
 			details["digest"] = d
 		}
+		// Which keys signed the bytes, so that the audit log says which
+		// operator key published a version. The ids are as the request
+		// gave them (a push has checked them), so a few are kept, cut
+		// short.
+		if sigs := v.GetArtifact().GetSigned().GetSignatures(); len(sigs) > 0 {
+			var ids []string
+			for _, sig := range sigs[:min(len(sigs), maxAuditKeyIDs)] {
+				id := sig.GetKeyId()
+				ids = append(ids, id[:min(len(id), maxAuditKeyIDBytes)])
+			}
+			details["signed_by"] = strings.Join(ids, ",")
+		}
 		return versionTarget(name, v.GetVersion()), details, nil
 	})
 	return out, err

@@ -27,7 +27,7 @@ import (
 //     order, models sorted by name; then version marks sorted by model
 //     name; then ACL policies sorted by name; then ACL tokens sorted by
 //     accessor id; then join tokens sorted by id; then nodes sorted by id;
-//     then audit events in ascending index order (events of one command
+//     then signing keys sorted by key id; then audit events in ascending index order (events of one command
 //     share its index, see [Store.RecordDenials]);
 //  3. one empty SnapshotRecord (a single zero byte) marking the end, so
 //     that a stream cut exactly between two records is still detected as
@@ -39,14 +39,14 @@ import (
 //
 // Format history: 1 has models, versions, tokens and audit events; 2 adds
 // join tokens and nodes; 3 adds version marks; 4 adds ACL policies, and
-// tokens other than the bootstrap token. A snapshot in format 1 or 2 has
+// tokens other than the bootstrap token; 5 adds signing keys. A snapshot in format 1 or 2 has
 // no version marks, so it restores to a state that has forgotten the
 // version numbers of models deleted before it was taken. A snapshot older
 // than format 4 holds at most the bootstrap token, which may lack a name
 // and policies; it is restored as BootstrapACL stores such a token (see
 // upgradeBootstrapToken), so that a server restoring it and one replaying
 // the log agree.
-const SnapshotFormat = 4
+const SnapshotFormat = 5
 
 // minSnapshotFormat is the oldest format this server reads. A snapshot in
 // an older format than SnapshotFormat simply has none of the records added
@@ -73,6 +73,7 @@ type Snapshot struct {
 	tokens     []*droverv1.ACLToken                // sorted by accessor id
 	joinTokens []*droverv1.JoinToken               // sorted by id
 	nodes      []*droverv1.Node                    // sorted by id
+	keys       []*droverv1.SigningKey              // sorted by key id
 	audit      []*droverv1.AuditEvent              // ascending index
 }
 
@@ -91,6 +92,7 @@ func (s *Store) Snapshot() *Snapshot {
 		tokens:     slices.Collect(maps.Values(s.t.tokens)),
 		joinTokens: slices.Collect(maps.Values(s.t.joinTokens)),
 		nodes:      slices.Collect(maps.Values(s.t.nodes)),
+		keys:       slices.Collect(maps.Values(s.t.signingKeys)),
 		// The full slice expression keeps the store's later appends out of
 		// the snapshot's view.
 		audit: s.t.audit[:len(s.t.audit):len(s.t.audit)],
@@ -113,6 +115,7 @@ func (snap *Snapshot) sort() {
 	slices.SortFunc(snap.tokens, func(a, b *droverv1.ACLToken) int { return strings.Compare(a.GetAccessorId(), b.GetAccessorId()) })
 	slices.SortFunc(snap.joinTokens, func(a, b *droverv1.JoinToken) int { return strings.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(snap.nodes, func(a, b *droverv1.Node) int { return strings.Compare(a.GetId(), b.GetId()) })
+	slices.SortFunc(snap.keys, func(a, b *droverv1.SigningKey) int { return strings.Compare(a.GetKeyId(), b.GetKeyId()) })
 }
 
 // Index returns the Raft index of the last command the snapshot covers.
@@ -184,6 +187,11 @@ func (snap *Snapshot) encode(w io.Writer) error {
 	}
 	for _, n := range snap.nodes {
 		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Node{Node: n}}); err != nil {
+			return err
+		}
+	}
+	for _, k := range snap.keys {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_SigningKey{SigningKey: k}}); err != nil {
 			return err
 		}
 	}
@@ -267,6 +275,7 @@ func (snap *Snapshot) Counts() map[string]string {
 		"acl_tokens":   strconv.Itoa(len(snap.tokens)),
 		"join_tokens":  strconv.Itoa(len(snap.joinTokens)),
 		"nodes":        strconv.Itoa(len(snap.nodes)),
+		"signing_keys": strconv.Itoa(len(snap.keys)),
 	}
 }
 
@@ -331,6 +340,11 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 				return nil, fmt.Errorf("record %d is a node, which format %d snapshots do not have", n, format)
 			}
 			snap.nodes = append(snap.nodes, r.Node)
+		case *droverv1.SnapshotRecord_SigningKey:
+			if format < 5 {
+				return nil, fmt.Errorf("record %d is a signing key, which format %d snapshots do not have", n, format)
+			}
+			snap.keys = append(snap.keys, r.SigningKey)
 		case *droverv1.SnapshotRecord_Audit:
 			snap.audit = append(snap.audit, r.Audit)
 		default:
@@ -414,6 +428,9 @@ func (snap *Snapshot) check() error {
 			return fmt.Errorf("join token %q appears twice", t.GetId())
 		}
 		joinTokens[t.GetId()] = true
+	}
+	if err := checkSigningKeys(snap.keys); err != nil {
+		return err
 	}
 	if _, err := indexNodes(snap.nodes); err != nil {
 		return err
@@ -556,6 +573,9 @@ func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 	}
 	for _, n := range snap.nodes {
 		t.nodes[n.GetId()] = n
+	}
+	for _, k := range snap.keys {
+		t.signingKeys[k.GetKeyId()] = k
 	}
 	t.nodeNames, err = indexNodes(snap.nodes)
 	if err == nil {

@@ -1,6 +1,6 @@
 // Package state is the control plane's replicated state in memory (cluster
 // identity, models, versions, aliases, ACL tokens and policies, join
-// tokens, nodes, audit log), written only by the Raft FSM and read by
+// tokens, nodes, manifest signing keys, audit log), written only by the Raft FSM and read by
 // everything else through blocking queries.
 package state
 
@@ -98,6 +98,9 @@ type tables struct {
 	// like nodeNames.
 	nodeKeys map[[32]byte]string
 	audit    []*droverv1.AuditEvent // ascending index
+	// signingKeys holds the operators' manifest signing keys by key id,
+	// revoked ones included.
+	signingKeys map[string]*droverv1.SigningKey
 }
 
 func newTables() tables {
@@ -112,6 +115,7 @@ func newTables() tables {
 		nodes:        make(map[string]*droverv1.Node),
 		nodeNames:    make(map[string]string),
 		nodeKeys:     make(map[[32]byte]string),
+		signingKeys:  make(map[string]*droverv1.SigningKey),
 	}
 }
 

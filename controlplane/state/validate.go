@@ -54,6 +54,8 @@ func ValidateName(kind, name string) error {
 		example = "gpu-01"
 	case "site":
 		example = "eu-west-1"
+	case "signing key":
+		example = "ci-release"
 	}
 	return fmt.Errorf("%s name %q is %w: use 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit, e.g. %q",
 		kind, name, ErrInvalid, example)

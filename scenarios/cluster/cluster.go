@@ -381,6 +381,7 @@ type Clients struct {
 	Cluster droverv1connect.ClusterServiceClient
 	Tokens  droverv1connect.TokenServiceClient
 	Nodes   droverv1connect.NodeServiceClient
+	Keys    droverv1connect.KeyServiceClient
 }
 
 // Client returns API clients that talk to node n with the cluster's token.
@@ -407,6 +408,7 @@ func (c *Cluster) Client(n *Node, stale bool) *Clients {
 		Cluster: droverv1connect.NewClusterServiceClient(hc, base, opts),
 		Tokens:  droverv1connect.NewTokenServiceClient(hc, base, opts),
 		Nodes:   droverv1connect.NewNodeServiceClient(hc, base, opts),
+		Keys:    droverv1connect.NewKeyServiceClient(hc, base, opts),
 	}
 }
 

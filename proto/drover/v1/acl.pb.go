@@ -41,7 +41,8 @@ const (
 	ACLResource_ACL_RESOURCE_TELEMETRY ACLResource = 5
 	// The audit log.
 	ACLResource_ACL_RESOURCE_AUDIT ACLResource = 6
-	// The cluster itself: Raft peers, snapshots, operator tokens, policies.
+	// The cluster itself: Raft peers, snapshots, operator tokens, policies,
+	// manifest signing keys.
 	ACLResource_ACL_RESOURCE_OPERATOR ACLResource = 7
 )
 

@@ -70,9 +70,14 @@ type GetClusterInfoResponse struct {
 	// Public keys (Ed25519, 32 bytes) a model version's manifest may be
 	// signed with, by key id: the cluster's own signing key and the
 	// operators' keys that are not revoked.
-	ManifestKeys  map[string][]byte `protobuf:"bytes,4,rep,name=manifest_keys,json=manifestKeys,proto3" json:"manifest_keys,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ManifestKeys map[string][]byte `protobuf:"bytes,4,rep,name=manifest_keys,json=manifestKeys,proto3" json:"manifest_keys,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Ids of operator keys that were revoked. A manifest is trusted when
+	// one of its signatures verifies with a key in manifest_keys; these
+	// ids are never in it, so a manifest signed only by revoked keys is
+	// refused. An agent that keeps keys between calls drops these.
+	RevokedManifestKeys []string `protobuf:"bytes,5,rep,name=revoked_manifest_keys,json=revokedManifestKeys,proto3" json:"revoked_manifest_keys,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetClusterInfoResponse) Reset() {
@@ -129,6 +134,13 @@ func (x *GetClusterInfoResponse) GetServers() []string {
 func (x *GetClusterInfoResponse) GetManifestKeys() map[string][]byte {
 	if x != nil {
 		return x.ManifestKeys
+	}
+	return nil
+}
+
+func (x *GetClusterInfoResponse) GetRevokedManifestKeys() []string {
+	if x != nil {
+		return x.RevokedManifestKeys
 	}
 	return nil
 }
@@ -1441,13 +1453,14 @@ var File_drover_v1_agent_proto protoreflect.FileDescriptor
 const file_drover_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x15drover/v1/agent.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
-	"\x15GetClusterInfoRequest\"\x83\x02\n" +
+	"\x15GetClusterInfoRequest\"\xb7\x02\n" +
 	"\x16GetClusterInfoResponse\x12\x15\n" +
 	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
 	"\aservers\x18\x03 \x03(\tR\aservers\x12X\n" +
-	"\rmanifest_keys\x18\x04 \x03(\v23.drover.v1.GetClusterInfoResponse.ManifestKeysEntryR\fmanifestKeys\x1a?\n" +
+	"\rmanifest_keys\x18\x04 \x03(\v23.drover.v1.GetClusterInfoResponse.ManifestKeysEntryR\fmanifestKeys\x122\n" +
+	"\x15revoked_manifest_keys\x18\x05 \x03(\tR\x13revokedManifestKeys\x1a?\n" +
 	"\x11ManifestKeysEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xbc\x02\n" +

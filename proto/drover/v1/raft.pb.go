@@ -27,28 +27,30 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED       CommandType = 0
-	CommandType_COMMAND_TYPE_INIT_CLUSTER      CommandType = 1
-	CommandType_COMMAND_TYPE_BOOTSTRAP_ACL     CommandType = 2
-	CommandType_COMMAND_TYPE_CREATE_MODEL      CommandType = 3
-	CommandType_COMMAND_TYPE_DELETE_MODEL      CommandType = 4
-	CommandType_COMMAND_TYPE_CREATE_VERSION    CommandType = 5
-	CommandType_COMMAND_TYPE_SET_ALIAS         CommandType = 6
-	CommandType_COMMAND_TYPE_DELETE_ALIAS      CommandType = 7
-	CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN CommandType = 8
-	CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN CommandType = 9
-	CommandType_COMMAND_TYPE_ENROLL_NODE       CommandType = 10
-	CommandType_COMMAND_TYPE_REGISTER_NODE     CommandType = 11
-	CommandType_COMMAND_TYPE_SET_NODE_STATUS   CommandType = 12
-	CommandType_COMMAND_TYPE_SET_NODE_DRAIN    CommandType = 13
-	CommandType_COMMAND_TYPE_SET_NODE_LABELS   CommandType = 14
-	CommandType_COMMAND_TYPE_REVOKE_NODE       CommandType = 15
-	CommandType_COMMAND_TYPE_APPLY_ACL_POLICY  CommandType = 16
-	CommandType_COMMAND_TYPE_DELETE_ACL_POLICY CommandType = 17
-	CommandType_COMMAND_TYPE_CREATE_ACL_TOKEN  CommandType = 18
-	CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN  CommandType = 19
-	CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN  CommandType = 20
-	CommandType_COMMAND_TYPE_RECORD_DENIALS    CommandType = 21
+	CommandType_COMMAND_TYPE_UNSPECIFIED          CommandType = 0
+	CommandType_COMMAND_TYPE_INIT_CLUSTER         CommandType = 1
+	CommandType_COMMAND_TYPE_BOOTSTRAP_ACL        CommandType = 2
+	CommandType_COMMAND_TYPE_CREATE_MODEL         CommandType = 3
+	CommandType_COMMAND_TYPE_DELETE_MODEL         CommandType = 4
+	CommandType_COMMAND_TYPE_CREATE_VERSION       CommandType = 5
+	CommandType_COMMAND_TYPE_SET_ALIAS            CommandType = 6
+	CommandType_COMMAND_TYPE_DELETE_ALIAS         CommandType = 7
+	CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN    CommandType = 8
+	CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN    CommandType = 9
+	CommandType_COMMAND_TYPE_ENROLL_NODE          CommandType = 10
+	CommandType_COMMAND_TYPE_REGISTER_NODE        CommandType = 11
+	CommandType_COMMAND_TYPE_SET_NODE_STATUS      CommandType = 12
+	CommandType_COMMAND_TYPE_SET_NODE_DRAIN       CommandType = 13
+	CommandType_COMMAND_TYPE_SET_NODE_LABELS      CommandType = 14
+	CommandType_COMMAND_TYPE_REVOKE_NODE          CommandType = 15
+	CommandType_COMMAND_TYPE_APPLY_ACL_POLICY     CommandType = 16
+	CommandType_COMMAND_TYPE_DELETE_ACL_POLICY    CommandType = 17
+	CommandType_COMMAND_TYPE_CREATE_ACL_TOKEN     CommandType = 18
+	CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN     CommandType = 19
+	CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN     CommandType = 20
+	CommandType_COMMAND_TYPE_RECORD_DENIALS       CommandType = 21
+	CommandType_COMMAND_TYPE_REGISTER_SIGNING_KEY CommandType = 22
+	CommandType_COMMAND_TYPE_REVOKE_SIGNING_KEY   CommandType = 23
 )
 
 // Enum value maps for CommandType.
@@ -76,30 +78,34 @@ var (
 		19: "COMMAND_TYPE_REVOKE_ACL_TOKEN",
 		20: "COMMAND_TYPE_ROTATE_ACL_TOKEN",
 		21: "COMMAND_TYPE_RECORD_DENIALS",
+		22: "COMMAND_TYPE_REGISTER_SIGNING_KEY",
+		23: "COMMAND_TYPE_REVOKE_SIGNING_KEY",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":       0,
-		"COMMAND_TYPE_INIT_CLUSTER":      1,
-		"COMMAND_TYPE_BOOTSTRAP_ACL":     2,
-		"COMMAND_TYPE_CREATE_MODEL":      3,
-		"COMMAND_TYPE_DELETE_MODEL":      4,
-		"COMMAND_TYPE_CREATE_VERSION":    5,
-		"COMMAND_TYPE_SET_ALIAS":         6,
-		"COMMAND_TYPE_DELETE_ALIAS":      7,
-		"COMMAND_TYPE_CREATE_JOIN_TOKEN": 8,
-		"COMMAND_TYPE_REVOKE_JOIN_TOKEN": 9,
-		"COMMAND_TYPE_ENROLL_NODE":       10,
-		"COMMAND_TYPE_REGISTER_NODE":     11,
-		"COMMAND_TYPE_SET_NODE_STATUS":   12,
-		"COMMAND_TYPE_SET_NODE_DRAIN":    13,
-		"COMMAND_TYPE_SET_NODE_LABELS":   14,
-		"COMMAND_TYPE_REVOKE_NODE":       15,
-		"COMMAND_TYPE_APPLY_ACL_POLICY":  16,
-		"COMMAND_TYPE_DELETE_ACL_POLICY": 17,
-		"COMMAND_TYPE_CREATE_ACL_TOKEN":  18,
-		"COMMAND_TYPE_REVOKE_ACL_TOKEN":  19,
-		"COMMAND_TYPE_ROTATE_ACL_TOKEN":  20,
-		"COMMAND_TYPE_RECORD_DENIALS":    21,
+		"COMMAND_TYPE_UNSPECIFIED":          0,
+		"COMMAND_TYPE_INIT_CLUSTER":         1,
+		"COMMAND_TYPE_BOOTSTRAP_ACL":        2,
+		"COMMAND_TYPE_CREATE_MODEL":         3,
+		"COMMAND_TYPE_DELETE_MODEL":         4,
+		"COMMAND_TYPE_CREATE_VERSION":       5,
+		"COMMAND_TYPE_SET_ALIAS":            6,
+		"COMMAND_TYPE_DELETE_ALIAS":         7,
+		"COMMAND_TYPE_CREATE_JOIN_TOKEN":    8,
+		"COMMAND_TYPE_REVOKE_JOIN_TOKEN":    9,
+		"COMMAND_TYPE_ENROLL_NODE":          10,
+		"COMMAND_TYPE_REGISTER_NODE":        11,
+		"COMMAND_TYPE_SET_NODE_STATUS":      12,
+		"COMMAND_TYPE_SET_NODE_DRAIN":       13,
+		"COMMAND_TYPE_SET_NODE_LABELS":      14,
+		"COMMAND_TYPE_REVOKE_NODE":          15,
+		"COMMAND_TYPE_APPLY_ACL_POLICY":     16,
+		"COMMAND_TYPE_DELETE_ACL_POLICY":    17,
+		"COMMAND_TYPE_CREATE_ACL_TOKEN":     18,
+		"COMMAND_TYPE_REVOKE_ACL_TOKEN":     19,
+		"COMMAND_TYPE_ROTATE_ACL_TOKEN":     20,
+		"COMMAND_TYPE_RECORD_DENIALS":       21,
+		"COMMAND_TYPE_REGISTER_SIGNING_KEY": 22,
+		"COMMAND_TYPE_REVOKE_SIGNING_KEY":   23,
 	}
 )
 
@@ -627,6 +633,111 @@ func (x *RecordDenialsCommand) GetDenials() []*AccessDenial {
 	return nil
 }
 
+type RegisterSigningKeyCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Key           *SigningKey            `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSigningKeyCommand) Reset() {
+	*x = RegisterSigningKeyCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSigningKeyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSigningKeyCommand) ProtoMessage() {}
+
+func (x *RegisterSigningKeyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSigningKeyCommand.ProtoReflect.Descriptor instead.
+func (*RegisterSigningKeyCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RegisterSigningKeyCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *RegisterSigningKeyCommand) GetKey() *SigningKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RevokeSigningKeyCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Name (among keys not revoked) or key id.
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeSigningKeyCommand) Reset() {
+	*x = RevokeSigningKeyCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeSigningKeyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeSigningKeyCommand) ProtoMessage() {}
+
+func (x *RevokeSigningKeyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeSigningKeyCommand.ProtoReflect.Descriptor instead.
+func (*RevokeSigningKeyCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeSigningKeyCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *RevokeSigningKeyCommand) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 type CreateModelCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
@@ -637,7 +748,7 @@ type CreateModelCommand struct {
 
 func (x *CreateModelCommand) Reset() {
 	*x = CreateModelCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[9]
+	mi := &file_drover_v1_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +760,7 @@ func (x *CreateModelCommand) String() string {
 func (*CreateModelCommand) ProtoMessage() {}
 
 func (x *CreateModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[9]
+	mi := &file_drover_v1_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +773,7 @@ func (x *CreateModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelCommand.ProtoReflect.Descriptor instead.
 func (*CreateModelCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{9}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateModelCommand) GetMeta() *CommandMeta {
@@ -689,7 +800,7 @@ type DeleteModelCommand struct {
 
 func (x *DeleteModelCommand) Reset() {
 	*x = DeleteModelCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[10]
+	mi := &file_drover_v1_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +812,7 @@ func (x *DeleteModelCommand) String() string {
 func (*DeleteModelCommand) ProtoMessage() {}
 
 func (x *DeleteModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[10]
+	mi := &file_drover_v1_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +825,7 @@ func (x *DeleteModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelCommand.ProtoReflect.Descriptor instead.
 func (*DeleteModelCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{10}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteModelCommand) GetMeta() *CommandMeta {
@@ -741,7 +852,7 @@ type CreateVersionCommand struct {
 
 func (x *CreateVersionCommand) Reset() {
 	*x = CreateVersionCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[11]
+	mi := &file_drover_v1_raft_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +864,7 @@ func (x *CreateVersionCommand) String() string {
 func (*CreateVersionCommand) ProtoMessage() {}
 
 func (x *CreateVersionCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[11]
+	mi := &file_drover_v1_raft_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +877,7 @@ func (x *CreateVersionCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVersionCommand.ProtoReflect.Descriptor instead.
 func (*CreateVersionCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{11}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateVersionCommand) GetMeta() *CommandMeta {
@@ -795,7 +906,7 @@ type SetAliasCommand struct {
 
 func (x *SetAliasCommand) Reset() {
 	*x = SetAliasCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[12]
+	mi := &file_drover_v1_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +918,7 @@ func (x *SetAliasCommand) String() string {
 func (*SetAliasCommand) ProtoMessage() {}
 
 func (x *SetAliasCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[12]
+	mi := &file_drover_v1_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +931,7 @@ func (x *SetAliasCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAliasCommand.ProtoReflect.Descriptor instead.
 func (*SetAliasCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetAliasCommand) GetMeta() *CommandMeta {
@@ -862,7 +973,7 @@ type DeleteAliasCommand struct {
 
 func (x *DeleteAliasCommand) Reset() {
 	*x = DeleteAliasCommand{}
-	mi := &file_drover_v1_raft_proto_msgTypes[13]
+	mi := &file_drover_v1_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +985,7 @@ func (x *DeleteAliasCommand) String() string {
 func (*DeleteAliasCommand) ProtoMessage() {}
 
 func (x *DeleteAliasCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[13]
+	mi := &file_drover_v1_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +998,7 @@ func (x *DeleteAliasCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAliasCommand.ProtoReflect.Descriptor instead.
 func (*DeleteAliasCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteAliasCommand) GetMeta() *CommandMeta {
@@ -923,7 +1034,7 @@ type ClusterMeta struct {
 
 func (x *ClusterMeta) Reset() {
 	*x = ClusterMeta{}
-	mi := &file_drover_v1_raft_proto_msgTypes[14]
+	mi := &file_drover_v1_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1046,7 @@ func (x *ClusterMeta) String() string {
 func (*ClusterMeta) ProtoMessage() {}
 
 func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[14]
+	mi := &file_drover_v1_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1059,7 @@ func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
 func (*ClusterMeta) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClusterMeta) GetClusterId() string {
@@ -986,7 +1097,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_drover_v1_raft_proto_msgTypes[15]
+	mi := &file_drover_v1_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1109,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[15]
+	mi := &file_drover_v1_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1122,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1048,6 +1159,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Node
 	//	*SnapshotRecord_VersionMark
 	//	*SnapshotRecord_Policy
+	//	*SnapshotRecord_SigningKey
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1055,7 +1167,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_drover_v1_raft_proto_msgTypes[16]
+	mi := &file_drover_v1_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1179,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[16]
+	mi := &file_drover_v1_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1192,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1162,6 +1274,15 @@ func (x *SnapshotRecord) GetPolicy() *ACLPolicy {
 	return nil
 }
 
+func (x *SnapshotRecord) GetSigningKey() *SigningKey {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_SigningKey); ok {
+			return x.SigningKey
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1200,6 +1321,11 @@ type SnapshotRecord_Policy struct {
 	Policy *ACLPolicy `protobuf:"bytes,8,opt,name=policy,proto3,oneof"`
 }
 
+type SnapshotRecord_SigningKey struct {
+	// Since format 5.
+	SigningKey *SigningKey `protobuf:"bytes,9,opt,name=signing_key,json=signingKey,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Model) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Version) isSnapshotRecord_Record() {}
@@ -1216,6 +1342,8 @@ func (*SnapshotRecord_VersionMark) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Policy) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_SigningKey) isSnapshotRecord_Record() {}
+
 // ModelVersionMark is the highest version number a model name was given,
 // kept after the model is deleted so that a model created again under the
 // name numbers its versions on from there: NAME@N never names two
@@ -1230,7 +1358,7 @@ type ModelVersionMark struct {
 
 func (x *ModelVersionMark) Reset() {
 	*x = ModelVersionMark{}
-	mi := &file_drover_v1_raft_proto_msgTypes[17]
+	mi := &file_drover_v1_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1370,7 @@ func (x *ModelVersionMark) String() string {
 func (*ModelVersionMark) ProtoMessage() {}
 
 func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[17]
+	mi := &file_drover_v1_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1383,7 @@ func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelVersionMark.ProtoReflect.Descriptor instead.
 func (*ModelVersionMark) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ModelVersionMark) GetModel() string {
@@ -1276,7 +1404,7 @@ var File_drover_v1_raft_proto protoreflect.FileDescriptor
 
 const file_drover_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
+	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x13drover/v1/key.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
 	"\vCommandMeta\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x1d\n" +
@@ -1310,7 +1438,13 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\rsecret_sha256\x18\x03 \x01(\fR\fsecretSha256\"u\n" +
 	"\x14RecordDenialsCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x121\n" +
-	"\adenials\x18\x02 \x03(\v2\x17.drover.v1.AccessDenialR\adenials\"y\n" +
+	"\adenials\x18\x02 \x03(\v2\x17.drover.v1.AccessDenialR\adenials\"p\n" +
+	"\x19RegisterSigningKeyCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12'\n" +
+	"\x03key\x18\x02 \x01(\v2\x15.drover.v1.SigningKeyR\x03key\"W\n" +
+	"\x17RevokeSigningKeyCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"y\n" +
 	"\x12CreateModelCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.drover.v1.CreateModelRequestR\arequest\"T\n" +
@@ -1338,7 +1472,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x120\n" +
-	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xa5\x03\n" +
+	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xdf\x03\n" +
 	"\x0eSnapshotRecord\x12(\n" +
 	"\x05model\x18\x01 \x01(\v2\x10.drover.v1.ModelH\x00R\x05model\x123\n" +
 	"\aversion\x18\x02 \x01(\v2\x17.drover.v1.ModelVersionH\x00R\aversion\x12-\n" +
@@ -1348,11 +1482,13 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"join_token\x18\x05 \x01(\v2\x14.drover.v1.JoinTokenH\x00R\tjoinToken\x12%\n" +
 	"\x04node\x18\x06 \x01(\v2\x0f.drover.v1.NodeH\x00R\x04node\x12@\n" +
 	"\fversion_mark\x18\a \x01(\v2\x1b.drover.v1.ModelVersionMarkH\x00R\vversionMark\x12.\n" +
-	"\x06policy\x18\b \x01(\v2\x14.drover.v1.ACLPolicyH\x00R\x06policyB\b\n" +
+	"\x06policy\x18\b \x01(\v2\x14.drover.v1.ACLPolicyH\x00R\x06policy\x128\n" +
+	"\vsigning_key\x18\t \x01(\v2\x15.drover.v1.SigningKeyH\x00R\n" +
+	"signingKeyB\b\n" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\xde\x05\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\xaa\x06\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -1376,7 +1512,9 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1dCOMMAND_TYPE_CREATE_ACL_TOKEN\x10\x12\x12!\n" +
 	"\x1dCOMMAND_TYPE_REVOKE_ACL_TOKEN\x10\x13\x12!\n" +
 	"\x1dCOMMAND_TYPE_ROTATE_ACL_TOKEN\x10\x14\x12\x1f\n" +
-	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15\x12%\n" +
+	"!COMMAND_TYPE_REGISTER_SIGNING_KEY\x10\x16\x12#\n" +
+	"\x1fCOMMAND_TYPE_REVOKE_SIGNING_KEY\x10\x17B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
@@ -1391,75 +1529,82 @@ func file_drover_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_drover_v1_raft_proto_goTypes = []any{
-	(CommandType)(0),               // 0: drover.v1.CommandType
-	(*CommandMeta)(nil),            // 1: drover.v1.CommandMeta
-	(*InitClusterCommand)(nil),     // 2: drover.v1.InitClusterCommand
-	(*BootstrapACLCommand)(nil),    // 3: drover.v1.BootstrapACLCommand
-	(*ApplyACLPolicyCommand)(nil),  // 4: drover.v1.ApplyACLPolicyCommand
-	(*DeleteACLPolicyCommand)(nil), // 5: drover.v1.DeleteACLPolicyCommand
-	(*CreateACLTokenCommand)(nil),  // 6: drover.v1.CreateACLTokenCommand
-	(*RevokeACLTokenCommand)(nil),  // 7: drover.v1.RevokeACLTokenCommand
-	(*RotateACLTokenCommand)(nil),  // 8: drover.v1.RotateACLTokenCommand
-	(*RecordDenialsCommand)(nil),   // 9: drover.v1.RecordDenialsCommand
-	(*CreateModelCommand)(nil),     // 10: drover.v1.CreateModelCommand
-	(*DeleteModelCommand)(nil),     // 11: drover.v1.DeleteModelCommand
-	(*CreateVersionCommand)(nil),   // 12: drover.v1.CreateVersionCommand
-	(*SetAliasCommand)(nil),        // 13: drover.v1.SetAliasCommand
-	(*DeleteAliasCommand)(nil),     // 14: drover.v1.DeleteAliasCommand
-	(*ClusterMeta)(nil),            // 15: drover.v1.ClusterMeta
-	(*SnapshotHeader)(nil),         // 16: drover.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),         // 17: drover.v1.SnapshotRecord
-	(*ModelVersionMark)(nil),       // 18: drover.v1.ModelVersionMark
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
-	(*ACLToken)(nil),               // 20: drover.v1.ACLToken
-	(*ACLPolicy)(nil),              // 21: drover.v1.ACLPolicy
-	(*AccessDenial)(nil),           // 22: drover.v1.AccessDenial
-	(*CreateModelRequest)(nil),     // 23: drover.v1.CreateModelRequest
-	(*CreateVersionRequest)(nil),   // 24: drover.v1.CreateVersionRequest
-	(*Model)(nil),                  // 25: drover.v1.Model
-	(*ModelVersion)(nil),           // 26: drover.v1.ModelVersion
-	(*AuditEvent)(nil),             // 27: drover.v1.AuditEvent
-	(*JoinToken)(nil),              // 28: drover.v1.JoinToken
-	(*Node)(nil),                   // 29: drover.v1.Node
+	(CommandType)(0),                  // 0: drover.v1.CommandType
+	(*CommandMeta)(nil),               // 1: drover.v1.CommandMeta
+	(*InitClusterCommand)(nil),        // 2: drover.v1.InitClusterCommand
+	(*BootstrapACLCommand)(nil),       // 3: drover.v1.BootstrapACLCommand
+	(*ApplyACLPolicyCommand)(nil),     // 4: drover.v1.ApplyACLPolicyCommand
+	(*DeleteACLPolicyCommand)(nil),    // 5: drover.v1.DeleteACLPolicyCommand
+	(*CreateACLTokenCommand)(nil),     // 6: drover.v1.CreateACLTokenCommand
+	(*RevokeACLTokenCommand)(nil),     // 7: drover.v1.RevokeACLTokenCommand
+	(*RotateACLTokenCommand)(nil),     // 8: drover.v1.RotateACLTokenCommand
+	(*RecordDenialsCommand)(nil),      // 9: drover.v1.RecordDenialsCommand
+	(*RegisterSigningKeyCommand)(nil), // 10: drover.v1.RegisterSigningKeyCommand
+	(*RevokeSigningKeyCommand)(nil),   // 11: drover.v1.RevokeSigningKeyCommand
+	(*CreateModelCommand)(nil),        // 12: drover.v1.CreateModelCommand
+	(*DeleteModelCommand)(nil),        // 13: drover.v1.DeleteModelCommand
+	(*CreateVersionCommand)(nil),      // 14: drover.v1.CreateVersionCommand
+	(*SetAliasCommand)(nil),           // 15: drover.v1.SetAliasCommand
+	(*DeleteAliasCommand)(nil),        // 16: drover.v1.DeleteAliasCommand
+	(*ClusterMeta)(nil),               // 17: drover.v1.ClusterMeta
+	(*SnapshotHeader)(nil),            // 18: drover.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),            // 19: drover.v1.SnapshotRecord
+	(*ModelVersionMark)(nil),          // 20: drover.v1.ModelVersionMark
+	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
+	(*ACLToken)(nil),                  // 22: drover.v1.ACLToken
+	(*ACLPolicy)(nil),                 // 23: drover.v1.ACLPolicy
+	(*AccessDenial)(nil),              // 24: drover.v1.AccessDenial
+	(*SigningKey)(nil),                // 25: drover.v1.SigningKey
+	(*CreateModelRequest)(nil),        // 26: drover.v1.CreateModelRequest
+	(*CreateVersionRequest)(nil),      // 27: drover.v1.CreateVersionRequest
+	(*Model)(nil),                     // 28: drover.v1.Model
+	(*ModelVersion)(nil),              // 29: drover.v1.ModelVersion
+	(*AuditEvent)(nil),                // 30: drover.v1.AuditEvent
+	(*JoinToken)(nil),                 // 31: drover.v1.JoinToken
+	(*Node)(nil),                      // 32: drover.v1.Node
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
-	19, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
+	21, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: drover.v1.InitClusterCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 2: drover.v1.BootstrapACLCommand.meta:type_name -> drover.v1.CommandMeta
-	20, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
+	22, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 4: drover.v1.ApplyACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
-	21, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
+	23, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
 	1,  // 6: drover.v1.DeleteACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 7: drover.v1.CreateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	20, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
+	22, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 9: drover.v1.RevokeACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 10: drover.v1.RotateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 11: drover.v1.RecordDenialsCommand.meta:type_name -> drover.v1.CommandMeta
-	22, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
-	1,  // 13: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
-	23, // 14: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
-	1,  // 15: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
-	1,  // 16: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
-	24, // 17: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
-	1,  // 18: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
-	1,  // 19: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
-	19, // 20: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
-	15, // 21: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
-	25, // 22: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
-	26, // 23: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
-	27, // 24: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
-	20, // 25: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	28, // 26: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
-	29, // 27: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
-	18, // 28: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
-	21, // 29: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	24, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
+	1,  // 13: drover.v1.RegisterSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
+	25, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
+	1,  // 15: drover.v1.RevokeSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 16: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
+	26, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
+	1,  // 18: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 19: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
+	27, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
+	1,  // 21: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
+	1,  // 22: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
+	21, // 23: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
+	17, // 24: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
+	28, // 25: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
+	29, // 26: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
+	30, // 27: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
+	22, // 28: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
+	31, // 29: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	32, // 30: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	20, // 31: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
+	23, // 32: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
+	25, // 33: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -1470,9 +1615,10 @@ func file_drover_v1_raft_proto_init() {
 	file_drover_v1_acl_proto_init()
 	file_drover_v1_audit_proto_init()
 	file_drover_v1_cluster_proto_init()
+	file_drover_v1_key_proto_init()
 	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
-	file_drover_v1_raft_proto_msgTypes[16].OneofWrappers = []any{
+	file_drover_v1_raft_proto_msgTypes[18].OneofWrappers = []any{
 		(*SnapshotRecord_Model)(nil),
 		(*SnapshotRecord_Version)(nil),
 		(*SnapshotRecord_Audit)(nil),
@@ -1481,6 +1627,7 @@ func file_drover_v1_raft_proto_init() {
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_VersionMark)(nil),
 		(*SnapshotRecord_Policy)(nil),
+		(*SnapshotRecord_SigningKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1488,7 +1635,7 @@ func file_drover_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_proto_rawDesc), len(file_drover_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
