@@ -120,6 +120,12 @@ type Config struct {
 	// held by a push, referenced or not: a version being committed on
 	// another server may still need what was copied here.
 	ChunkGCGrace Duration `json:"chunk_gc_grace,omitempty"`
+	// ChunkFillInterval is how often the server copies from its peers the
+	// chunks of versions that it lacks (a push leaves them on a quorum
+	// only; a server that was down, is new or was rebuilt lacks them). It
+	// also does so soon after it starts, after each new version and when
+	// a server joins, and retries sooner while chunks stay missing.
+	ChunkFillInterval Duration `json:"chunk_fill_interval,omitempty"`
 
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
@@ -203,6 +209,7 @@ func DefaultConfig() Config {
 		ChunkReserveBytes: 1 << 30,
 		ChunkGCInterval:   Duration(10 * time.Minute),
 		ChunkGCGrace:      Duration(time.Hour),
+		ChunkFillInterval: Duration(time.Minute),
 	}
 }
 
@@ -324,6 +331,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ChunkGCGrace < 0 {
 		errs = append(errs, fmt.Errorf("chunk_gc_grace %v must not be negative (1h is the default)", time.Duration(c.ChunkGCGrace)))
+	}
+	if c.ChunkFillInterval <= 0 {
+		errs = append(errs, fmt.Errorf("chunk_fill_interval %v must be positive (1m is the default)", time.Duration(c.ChunkFillInterval)))
 	}
 	if c.ChunkReserveBytes < 0 {
 		errs = append(errs, fmt.Errorf("chunk_reserve_bytes %d must not be negative (use 0 to keep no disk free for other uses)", c.ChunkReserveBytes))
