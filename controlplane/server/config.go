@@ -149,6 +149,13 @@ type Config struct {
 	// RaftNoSync turns off fsync in the Raft store. Benchmarks and tests
 	// only: a crash can lose acknowledged writes. Not in files.
 	RaftNoSync bool `json:"-"`
+	// NoChunkFill turns off the background copying of missing chunks
+	// (see ChunkFillInterval), so that a server keeps lacking what a push
+	// left on the others; GetChunk still fetches a chunk it is asked for.
+	// Tests of that path only: with it a server that was down stays
+	// incomplete, and losing the servers that hold a version loses it. Not
+	// in files.
+	NoChunkFill bool `json:"-"`
 }
 
 // Duration is a time.Duration that reads and writes as "1.5s" in JSON.

@@ -167,7 +167,9 @@ func holders(c *cluster.Cluster, d artifact.Digest) int {
 // the version exists; the version serves a manifest signed by the key
 // GetClusterInfo publishes, and its chunks from any server.
 func TestPushThroughFollower(t *testing.T) {
-	c := cluster.Make(t, 3, cluster.Options{})
+	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.NoChunkFill = true // one server keeps lacking the chunks, to be fetched on demand
+	}})
 	leader := c.Leader()
 	follower := followerOf(t, c, leader)
 	ctx := testCtx(t, 2*time.Minute)

@@ -157,23 +157,26 @@ func (s *Server) Start() (err error) {
 	if err := s.setupGossip(); err != nil {
 		return err
 	}
-	s.wg.Add(5)
+	s.wg.Add(3)
 	go s.monitorLeadership()
 	go s.membershipLoop()
 	go func() {
 		defer s.wg.Done()
 		s.denials.run(s.ctx)
 	}()
-	// The filler reads the state and finds its peers in gossip, so it
-	// starts once both are up.
-	go func() {
-		defer s.wg.Done()
-		s.chunkFillLoop(s.ctx)
-	}()
-	go func() {
-		defer s.wg.Done()
-		s.watchVersions(s.ctx)
-	}()
+	if !s.cfg.NoChunkFill {
+		// The filler reads the state and finds its peers in gossip, so
+		// it starts once both are up.
+		s.wg.Add(2)
+		go func() {
+			defer s.wg.Done()
+			s.chunkFillLoop(s.ctx)
+		}()
+		go func() {
+			defer s.wg.Done()
+			s.watchVersions(s.ctx)
+		}()
+	}
 	s.logger.Info("server started", "api", s.cfg.APIAddr, "raft", s.cfg.RaftAddr, "gossip", s.cfg.GossipAddr,
 		"bootstrap_expect", s.cfg.BootstrapExpect)
 	return nil
