@@ -232,6 +232,20 @@ func TestPushThroughFollower(t *testing.T) {
 	if n := holders(c, tr.keys[0]); n != 2 {
 		t.Fatalf("chunk %s is on %d servers, want exactly a quorum of 2", tr.keys[0], n)
 	}
+	// Status tells which server lacks them.
+	for _, n := range c.Nodes() {
+		info, err := c.Client(n, false).Cluster.GetServerInfo(ctx, connect.NewRequest(&droverv1.GetServerInfoRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(0)
+		if !n.Server().ChunkStore().Has(blobstore.Key(tr.keys[0])) {
+			want = uint64(len(tr.keys))
+		}
+		if got := info.Msg.GetInfo().GetChunksMissing(); got != want {
+			t.Errorf("%s reports %d chunks missing, want %d", n.Name, got, want)
+		}
+	}
 	for _, n := range c.Nodes() {
 		nc := artifactClient(t, c, n)
 		for _, d := range []artifact.Digest{tr.keys[0], tr.keys[len(tr.keys)/2], tr.keys[len(tr.keys)-1]} {
