@@ -39,6 +39,10 @@ const (
 	// fillStartDelay lets a starting server find its peers in gossip
 	// before its first round.
 	fillStartDelay = 500 * time.Millisecond
+	// fillAskTimeout bounds how long a round waits for a peer to say
+	// which chunks it holds, so that a peer that does not answer (gossip
+	// may call it alive for a while after it died) cannot stall it.
+	fillAskTimeout = 30 * time.Second
 )
 
 // fillResult is what one fill round did.
@@ -109,7 +113,7 @@ func (s *Server) watchVersions(ctx context.Context) {
 			return // ctx ended
 		}
 		if next == idx {
-			continue // a deadline; ctx has none, so not reached
+			continue // only on a deadline, and ctx has none
 		}
 		idx = next
 		if m := s.versionsMark(); m != mark {
@@ -166,7 +170,9 @@ func (s *Server) fillChunks(ctx context.Context) (fillResult, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			missing, err := s.missingOn(ctx, p, want)
+			actx, cancel := context.WithTimeout(ctx, fillAskTimeout)
+			defer cancel()
+			missing, err := s.missingOn(actx, p, want)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
