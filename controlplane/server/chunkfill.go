@@ -162,7 +162,7 @@ func (s *Server) fillChunks(ctx context.Context) (fillResult, error) {
 	defer release()
 
 	peers := s.fillPeers()
-	// holders[k] lists the peers that said they hold k, in peers' order.
+	// holders[k] lists the peers that said they hold k, by name.
 	holders := make(map[blobstore.Key][]voter, len(want))
 	var mu sync.Mutex // guards holders and res.errors while peers answer
 	var wg sync.WaitGroup
