@@ -234,11 +234,11 @@ Leader:     s1
 Quorum:     2 of 3 voters
 Served by:  s2
 
-NAME  ADDRESS        HEALTH  RAFT               LEADER  TERM  COMMIT  APPLIED  ERROR
-s1    10.0.0.1:7400  alive   leader/voter       *       4     120     120
-s2    10.0.0.2:7400  alive   follower/voter             4     120     118
-s3    10.0.0.3:7400  failed  -/voter                    -     -       -        context deadline exceeded
-s4    10.0.0.4:7400  alive   follower/nonvoter          4     120     90
+NAME  ADDRESS        HEALTH  RAFT               LEADER  TERM  COMMIT  APPLIED  MISSING  ERROR
+s1    10.0.0.1:7400  alive   leader/voter       *       4     120     120      0
+s2    10.0.0.2:7400  alive   follower/voter             4     120     118      0
+s3    10.0.0.3:7400  failed  -/voter                    -     -       -        -        context deadline exceeded
+s4    10.0.0.4:7400  alive   follower/nonvoter          4     120     90       37
 `
 	if got != want {
 		t.Errorf("status:\n%s\nwant:\n%s", got, want)

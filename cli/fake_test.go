@@ -330,7 +330,11 @@ func (f *fakeServer) GetStatus(_ context.Context, _ *connect.Request[droverv1.Ge
 			{Name: "s3", ApiAddr: "10.0.0.3:7400", Health: "failed", Suffrage: "voter", Error: "context deadline exceeded"},
 			{Name: "s1", ApiAddr: "10.0.0.1:7400", Health: "alive", Suffrage: "voter", Leader: true, Info: info("s1", "leader", 4, 120, 120)},
 			{Name: "s2", ApiAddr: "10.0.0.2:7400", Health: "alive", Suffrage: "voter", Info: info("s2", "follower", 4, 120, 118)},
-			{Name: "s4", ApiAddr: "10.0.0.4:7400", Health: "alive", Suffrage: "nonvoter", Info: info("s4", "follower", 4, 120, 90)},
+			{Name: "s4", ApiAddr: "10.0.0.4:7400", Health: "alive", Suffrage: "nonvoter", Info: func() *droverv1.ServerInfo {
+				i := info("s4", "follower", 4, 120, 90)
+				i.ChunksMissing = 37 // new, still copying chunks
+				return i
+			}()},
 		},
 	}), nil
 }

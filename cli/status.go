@@ -29,7 +29,10 @@ Columns:
   TERM     the raft term; a rising term means repeated elections
   COMMIT   the highest log index known to be committed
   APPLIED  the highest index applied to the server's state; a server far
-           behind the others is slow or catching up from a snapshot`,
+           behind the others is slow or catching up from a snapshot
+  MISSING  chunks of versions the server lacks; a server that was down, is
+           new or was rebuilt copies them from the others in the
+           background, and holds a copy of every version once this is 0`,
 		Example: `  drover status
   drover status --address https://10.0.0.5:7400
   drover status -o json`,
@@ -65,21 +68,22 @@ func statusTable(w io.Writer, s *droverv1.GetStatusResponse) {
 
 	servers := slices.Clone(s.GetServers())
 	slices.SortFunc(servers, func(a, b *droverv1.ServerStatus) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	row(w, "NAME", "ADDRESS", "HEALTH", "RAFT", "LEADER", "TERM", "COMMIT", "APPLIED", "ERROR")
+	row(w, "NAME", "ADDRESS", "HEALTH", "RAFT", "LEADER", "TERM", "COMMIT", "APPLIED", "MISSING", "ERROR")
 	for _, srv := range servers {
 		info := srv.GetInfo()
-		state, term, commit, applied := "-", "-", "-", "-"
+		state, term, commit, applied, missing := "-", "-", "-", "-", "-"
 		if info != nil {
 			state = orDash(info.GetRaftState())
 			term = strconv.FormatUint(info.GetTerm(), 10)
 			commit = strconv.FormatUint(info.GetCommitIndex(), 10)
 			applied = strconv.FormatUint(info.GetAppliedIndex(), 10)
+			missing = strconv.FormatUint(info.GetChunksMissing(), 10)
 		}
 		leader := ""
 		if srv.GetLeader() {
 			leader = "*"
 		}
 		row(w, srv.GetName(), orDash(srv.GetApiAddr()), orDash(srv.GetHealth()),
-			state+"/"+cmp.Or(srv.GetSuffrage(), "none"), leader, term, commit, applied, srv.GetError())
+			state+"/"+cmp.Or(srv.GetSuffrage(), "none"), leader, term, commit, applied, missing, srv.GetError())
 	}
 }

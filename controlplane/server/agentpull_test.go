@@ -15,6 +15,7 @@ import (
 	"github.com/droverhq/drover/agent/fetch"
 	"github.com/droverhq/drover/artifact"
 	"github.com/droverhq/drover/controlplane/blobstore"
+	"github.com/droverhq/drover/controlplane/server"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/scenarios/cluster"
 )
@@ -24,7 +25,9 @@ import (
 // fetches the chunks from two servers, one of which holds none of them
 // and copies each from a peer; the assembled tree is the pushed one.
 func TestAgentPullsPushedVersion(t *testing.T) {
-	c := cluster.Make(t, 3, cluster.Options{})
+	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.NoChunkFill = true // one server keeps lacking the chunks, to be fetched on demand
+	}})
 	leader := c.Leader()
 	follower := followerOf(t, c, leader)
 	ctx := testCtx(t, 2*time.Minute)

@@ -48,11 +48,12 @@ func (s *Server) collectChunks(ctx context.Context) (removed int, freed int64, e
 	return s.chunks.GC(ctx, func(k blobstore.Key) bool { _, ok := live[k]; return ok })
 }
 
-// liveChunks is every chunk a version of any model lists. A manifest that
-// does not decode stops the collection rather than have its chunks taken
-// for garbage.
-func (s *Server) liveChunks() (map[blobstore.Key]struct{}, error) {
-	live := make(map[blobstore.Key]struct{})
+// liveChunks is every chunk a version of any model lists, with its size as
+// the manifest gives it. A manifest that does not decode stops the caller
+// (a collection, a fill round) rather than have its chunks taken for
+// garbage or left unfilled unnoticed.
+func (s *Server) liveChunks() (map[blobstore.Key]int64, error) {
+	live := make(map[blobstore.Key]int64)
 	for _, m := range s.state.Models() {
 		versions, err := s.state.Versions(m.GetName())
 		if err != nil {
@@ -69,7 +70,7 @@ func (s *Server) liveChunks() (map[blobstore.Key]struct{}, error) {
 			}
 			for _, f := range man.GetFiles() {
 				for _, c := range f.GetChunks() {
-					live[blobstore.Key(c.GetDigest())] = struct{}{}
+					live[blobstore.Key(c.GetDigest())] = int64(c.GetSize())
 				}
 			}
 		}

@@ -120,6 +120,12 @@ type Config struct {
 	// held by a push, referenced or not: a version being committed on
 	// another server may still need what was copied here.
 	ChunkGCGrace Duration `json:"chunk_gc_grace,omitempty"`
+	// ChunkFillInterval is how often the server copies from its peers the
+	// chunks of versions that it lacks (a push leaves them on a quorum
+	// only; a server that was down, is new or was rebuilt lacks them). It
+	// also does so soon after it starts, after each new version and when
+	// a server joins, and retries sooner while chunks stay missing.
+	ChunkFillInterval Duration `json:"chunk_fill_interval,omitempty"`
 
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
@@ -143,6 +149,13 @@ type Config struct {
 	// RaftNoSync turns off fsync in the Raft store. Benchmarks and tests
 	// only: a crash can lose acknowledged writes. Not in files.
 	RaftNoSync bool `json:"-"`
+	// NoChunkFill turns off the background copying of missing chunks
+	// (see ChunkFillInterval), so that a server keeps lacking what a push
+	// left on the others; GetChunk still fetches a chunk it is asked for.
+	// Tests of that path only: with it a server that was down stays
+	// incomplete, and losing the servers that hold a version loses it. Not
+	// in files.
+	NoChunkFill bool `json:"-"`
 }
 
 // Duration is a time.Duration that reads and writes as "1.5s" in JSON.
@@ -203,6 +216,7 @@ func DefaultConfig() Config {
 		ChunkReserveBytes: 1 << 30,
 		ChunkGCInterval:   Duration(10 * time.Minute),
 		ChunkGCGrace:      Duration(time.Hour),
+		ChunkFillInterval: Duration(time.Minute),
 	}
 }
 
@@ -324,6 +338,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ChunkGCGrace < 0 {
 		errs = append(errs, fmt.Errorf("chunk_gc_grace %v must not be negative (1h is the default)", time.Duration(c.ChunkGCGrace)))
+	}
+	if c.ChunkFillInterval <= 0 {
+		errs = append(errs, fmt.Errorf("chunk_fill_interval %v must be positive (1m is the default)", time.Duration(c.ChunkFillInterval)))
 	}
 	if c.ChunkReserveBytes < 0 {
 		errs = append(errs, fmt.Errorf("chunk_reserve_bytes %d must not be negative (use 0 to keep no disk free for other uses)", c.ChunkReserveBytes))

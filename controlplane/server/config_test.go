@@ -62,6 +62,7 @@ func TestValidateRejects(t *testing.T) {
 		{"request limit of a gigabyte", func(c *Config) { c.MaxRequestBytes = 1 << 30 }, "max_request_bytes"},
 		{"no room for a version", func(c *Config) { c.MaxVersionBytes = 0 }, "max_version_bytes"},
 		{"negative chunk reserve", func(c *Config) { c.ChunkReserveBytes = -1 }, "chunk_reserve_bytes"},
+		{"no chunk fill interval", func(c *Config) { c.ChunkFillInterval = 0 }, "chunk_fill_interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

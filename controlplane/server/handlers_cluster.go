@@ -99,18 +99,23 @@ func (h *clusterHandler) GetStatus(ctx context.Context, _ *connect.Request[drove
 // serverInfo describes this server.
 func (s *Server) serverInfo() *droverv1.ServerInfo {
 	leader, _ := s.leader()
+	missing, err := s.chunksMissingNow()
+	if err != nil {
+		s.logger.Warn("status: cannot count the chunks this server lacks", "err", err)
+	}
 	return &droverv1.ServerInfo{
-		Name:         s.cfg.Name,
-		RaftAddr:     s.cfg.advertise(s.cfg.RaftAddr),
-		ApiAddr:      s.cfg.advertise(s.cfg.APIAddr),
-		GossipAddr:   s.cfg.advertise(s.cfg.GossipAddr),
-		RaftState:    strings.ToLower(s.raft.State().String()),
-		Term:         s.raft.CurrentTerm(),
-		LastLogIndex: s.raft.LastIndex(),
-		CommitIndex:  s.raft.CommitIndex(),
-		AppliedIndex: s.raft.AppliedIndex(),
-		Leader:       leader,
-		Version:      Version,
+		Name:          s.cfg.Name,
+		RaftAddr:      s.cfg.advertise(s.cfg.RaftAddr),
+		ApiAddr:       s.cfg.advertise(s.cfg.APIAddr),
+		GossipAddr:    s.cfg.advertise(s.cfg.GossipAddr),
+		RaftState:     strings.ToLower(s.raft.State().String()),
+		Term:          s.raft.CurrentTerm(),
+		LastLogIndex:  s.raft.LastIndex(),
+		CommitIndex:   s.raft.CommitIndex(),
+		AppliedIndex:  s.raft.AppliedIndex(),
+		Leader:        leader,
+		Version:       Version,
+		ChunksMissing: missing,
 	}
 }
 

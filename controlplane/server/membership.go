@@ -185,6 +185,9 @@ func (s *Server) membershipLoop() {
 			s.recordEvent(ev)
 			if ev.Event == memberlist.NodeJoin {
 				s.saveKnownPeers()
+				// A server that joined may hold chunks this one lacks,
+				// or be the first peer a restarted server finds.
+				s.kickFill()
 			}
 			select {
 			case s.reconcileCh <- struct{}{}:

@@ -37,6 +37,12 @@ type metrics struct {
 	// the audit log (over the per-interval bound, or no leader).
 	aclDenials        prometheus.Counter
 	aclDenialsDropped prometheus.Counter
+	// chunksMissing, fillChunks, fillBytes and fillErrors follow the
+	// filler: what live versions list that the store lacks, and what it
+	// copied from peers.
+	chunksMissing         prometheus.Gauge
+	fillChunks, fillBytes prometheus.Counter
+	fillErrors            prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -88,6 +94,22 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		Name: "drover_acl_denials_unrecorded_total",
 		Help: "Refused write calls that were not written to the audit log one by one: over the per-token bound, or no leader to record them.",
 	})
+	m.chunksMissing = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "drover_chunks_missing",
+		Help: "Chunks that versions list and this server's chunk store lacks, as of the last fill round; the filler copies them from other servers.",
+	})
+	m.fillChunks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "drover_chunk_fill_chunks_total",
+		Help: "Chunks this server copied from other servers in the background because a version lists them.",
+	})
+	m.fillBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "drover_chunk_fill_bytes_total",
+		Help: "Bytes of the chunks this server copied from other servers in the background.",
+	})
+	m.fillErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "drover_chunk_fill_errors_total",
+		Help: "Failed background copies: a server that did not say which chunks it holds, or a chunk stream from it that failed.",
+	})
 	m.suspectsCounted = suspects.WithLabelValues("counted")
 	m.suspectsIgnored = suspects.WithLabelValues("ignored")
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
@@ -95,6 +117,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	}
 	reg.MustRegister(
 		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, m.aclDenials, m.aclDenialsDropped, nodeCollector{s: s},
+		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

@@ -167,7 +167,9 @@ func holders(c *cluster.Cluster, d artifact.Digest) int {
 // the version exists; the version serves a manifest signed by the key
 // GetClusterInfo publishes, and its chunks from any server.
 func TestPushThroughFollower(t *testing.T) {
-	c := cluster.Make(t, 3, cluster.Options{})
+	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.NoChunkFill = true // one server keeps lacking the chunks, to be fetched on demand
+	}})
 	leader := c.Leader()
 	follower := followerOf(t, c, leader)
 	ctx := testCtx(t, 2*time.Minute)
@@ -229,6 +231,20 @@ func TestPushThroughFollower(t *testing.T) {
 	// has none of them yet.
 	if n := holders(c, tr.keys[0]); n != 2 {
 		t.Fatalf("chunk %s is on %d servers, want exactly a quorum of 2", tr.keys[0], n)
+	}
+	// Status tells which server lacks them.
+	for _, n := range c.Nodes() {
+		info, err := c.Client(n, false).Cluster.GetServerInfo(ctx, connect.NewRequest(&droverv1.GetServerInfoRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(0)
+		if !n.Server().ChunkStore().Has(blobstore.Key(tr.keys[0])) {
+			want = uint64(len(tr.keys))
+		}
+		if got := info.Msg.GetInfo().GetChunksMissing(); got != want {
+			t.Errorf("%s reports %d chunks missing, want %d", n.Name, got, want)
+		}
 	}
 	for _, n := range c.Nodes() {
 		nc := artifactClient(t, c, n)

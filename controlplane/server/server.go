@@ -55,6 +55,7 @@ type Server struct {
 	chunks     *blobstore.Store    // the chunks of model versions
 	pushes     *pushRegistry       // pushes started on this server
 	signingKey artifact.SigningKey // the cluster's manifest signing key
+	fillKick   chan struct{}       // asks the filler for a round soon (kickFill)
 
 	members *memberlist.Memberlist
 	events  chan memberlist.NodeEvent
@@ -116,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 		cancel:      cancel,
 		stopped:     make(chan struct{}),
 		reconcileCh: make(chan struct{}, 1),
+		fillKick:    make(chan struct{}, 1),
 		leaveCh:     make(chan struct{}),
 		rejectLog:   logging.NewLimiter(rejectLogInterval, rejectLogHosts, time.Now),
 	}
@@ -162,6 +164,19 @@ func (s *Server) Start() (err error) {
 		defer s.wg.Done()
 		s.denials.run(s.ctx)
 	}()
+	if !s.cfg.NoChunkFill {
+		// The filler reads the state and finds its peers in gossip, so
+		// it starts once both are up.
+		s.wg.Add(2)
+		go func() {
+			defer s.wg.Done()
+			s.chunkFillLoop(s.ctx)
+		}()
+		go func() {
+			defer s.wg.Done()
+			s.watchVersions(s.ctx)
+		}()
+	}
 	s.logger.Info("server started", "api", s.cfg.APIAddr, "raft", s.cfg.RaftAddr, "gossip", s.cfg.GossipAddr,
 		"bootstrap_expect", s.cfg.BootstrapExpect)
 	return nil

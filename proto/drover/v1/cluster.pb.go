@@ -36,8 +36,13 @@ type ServerInfo struct {
 	CommitIndex  uint64 `protobuf:"varint,8,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	AppliedIndex uint64 `protobuf:"varint,9,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// Name of the leader this server follows, empty when it knows none.
-	Leader        string `protobuf:"bytes,10,opt,name=leader,proto3" json:"leader,omitempty"`
-	Version       string `protobuf:"bytes,11,opt,name=version,proto3" json:"version,omitempty"`
+	Leader  string `protobuf:"bytes,10,opt,name=leader,proto3" json:"leader,omitempty"`
+	Version string `protobuf:"bytes,11,opt,name=version,proto3" json:"version,omitempty"`
+	// Chunks that versions list and this server's chunk store lacks: a
+	// server that was down, is new or was rebuilt copies them from the
+	// others in the background. Non-zero means it does not yet hold a copy
+	// of every version.
+	ChunksMissing uint64 `protobuf:"varint,12,opt,name=chunks_missing,json=chunksMissing,proto3" json:"chunks_missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -147,6 +152,13 @@ func (x *ServerInfo) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *ServerInfo) GetChunksMissing() uint64 {
+	if x != nil {
+		return x.ChunksMissing
+	}
+	return 0
 }
 
 // ServerStatus is one row of `drover status`.
@@ -1145,7 +1157,7 @@ var File_drover_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_drover_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17drover/v1/cluster.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x02\n" +
+	"\x17drover/v1/cluster.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x02\n" +
 	"\n" +
 	"ServerInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1161,7 +1173,8 @@ const file_drover_v1_cluster_proto_rawDesc = "" +
 	"\rapplied_index\x18\t \x01(\x04R\fappliedIndex\x12\x16\n" +
 	"\x06leader\x18\n" +
 	" \x01(\tR\x06leader\x12\x18\n" +
-	"\aversion\x18\v \x01(\tR\aversion\"\xe7\x01\n" +
+	"\aversion\x18\v \x01(\tR\aversion\x12%\n" +
+	"\x0echunks_missing\x18\f \x01(\x04R\rchunksMissing\"\xe7\x01\n" +
 	"\fServerStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bapi_addr\x18\x02 \x01(\tR\aapiAddr\x12\x1b\n" +
