@@ -49,6 +49,7 @@ const (
 	CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN  CommandType = 19
 	CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN  CommandType = 20
 	CommandType_COMMAND_TYPE_RECORD_DENIALS    CommandType = 21
+	CommandType_COMMAND_TYPE_SET_NODE_PULL     CommandType = 22
 )
 
 // Enum value maps for CommandType.
@@ -76,6 +77,7 @@ var (
 		19: "COMMAND_TYPE_REVOKE_ACL_TOKEN",
 		20: "COMMAND_TYPE_ROTATE_ACL_TOKEN",
 		21: "COMMAND_TYPE_RECORD_DENIALS",
+		22: "COMMAND_TYPE_SET_NODE_PULL",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":       0,
@@ -100,6 +102,7 @@ var (
 		"COMMAND_TYPE_REVOKE_ACL_TOKEN":  19,
 		"COMMAND_TYPE_ROTATE_ACL_TOKEN":  20,
 		"COMMAND_TYPE_RECORD_DENIALS":    21,
+		"COMMAND_TYPE_SET_NODE_PULL":     22,
 	}
 )
 
@@ -1352,7 +1355,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\xde\x05\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\xfe\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -1376,7 +1379,8 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1dCOMMAND_TYPE_CREATE_ACL_TOKEN\x10\x12\x12!\n" +
 	"\x1dCOMMAND_TYPE_REVOKE_ACL_TOKEN\x10\x13\x12!\n" +
 	"\x1dCOMMAND_TYPE_ROTATE_ACL_TOKEN\x10\x14\x12\x1f\n" +
-	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_SET_NODE_PULL\x10\x16B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
