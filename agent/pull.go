@@ -127,7 +127,11 @@ func (p *puller) handle(req *droverv1.NodePull) {
 	cancel, done := p.cancel, p.done
 	p.mu.Unlock()
 	if cancel != nil {
-		p.log.Info("a new pull request supersedes the running pull", "model", req.GetModel(), "version", req.GetVersion())
+		select {
+		case <-done:
+		default:
+			p.log.Info("a new pull request supersedes the running pull", "model", req.GetModel(), "version", req.GetVersion())
+		}
 		cancel()
 		<-done
 	}
