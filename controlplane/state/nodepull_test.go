@@ -57,7 +57,7 @@ func TestSetNodePull(t *testing.T) {
 		t.Errorf("NodeSummary's requested pull = %v, want version 2: heartbeats answer with it", s.GetRequestedPull())
 	}
 
-	if n, err = ask("n1", "resnet", v3); err != nil {
+	if _, err = ask("n1", "resnet", v3); err != nil {
 		t.Fatalf("SetNodePull v3: %v", err)
 	}
 	if got := f.node("n1").GetRequestedPull(); got.GetVersion() != v3.GetVersion() || got.GetRequestIndex() != f.idx {
