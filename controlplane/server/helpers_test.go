@@ -54,6 +54,8 @@ func connectClients(hc connect.HTTPClient, base string) *cluster.Clients {
 		ACL:     droverv1connect.NewACLServiceClient(hc, base),
 		Audit:   droverv1connect.NewAuditServiceClient(hc, base),
 		Cluster: droverv1connect.NewClusterServiceClient(hc, base),
+		Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
+		Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
 	}
 }
 

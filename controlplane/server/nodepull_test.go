@@ -204,6 +204,41 @@ func TestNodePullVersion(t *testing.T) {
 	// version: older than version B's, which the node trusts.
 	vReplay := createSignedVersion(ctx, t, pc.nodes, "llama", vA.GetArtifact().GetSigned(), vA.GetArtifact().GetSizeBytes())
 	refused("version A's manifest replayed as a newer version", vReplay, "out of order")
+
+	// Asking a node to pull takes node:write on it and model:read on the
+	// model, whose bytes the node gets.
+	admin := clientsWith(t, pc.c, pc.leader, pc.c.Token(), false)
+	for name, rules := range map[string][]*droverv1.ACLRule{
+		"fleet":        {{Resource: droverv1.ACLResource_ACL_RESOURCE_NODE, Access: droverv1.ACLAccess_ACL_ACCESS_WRITE}},
+		"fleet-models": {{Resource: droverv1.ACLResource_ACL_RESOURCE_NODE, Access: droverv1.ACLAccess_ACL_ACCESS_WRITE}, modelRule(droverv1.ACLAccess_ACL_ACCESS_READ, "llama")},
+		"models":       {modelRule(droverv1.ACLAccess_ACL_ACCESS_READ, "")},
+	} {
+		if _, err := admin.ACL.ApplyPolicy(ctx, connect.NewRequest(&droverv1.ApplyACLPolicyRequest{Policy: &droverv1.ACLPolicy{Name: name, Rules: rules}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokenFor := func(policy string) *cluster.Clients {
+		created, err := admin.ACL.CreateToken(ctx, connect.NewRequest(&droverv1.CreateACLTokenRequest{Name: policy, Policies: []string{policy}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return clientsWith(t, pc.c, pc.leader, created.Msg.GetSecretId(), false)
+	}
+	ask := &droverv1.PullVersionRequest{Node: pc.nodeID, Model: "llama", Ref: strconv.FormatUint(vB.GetVersion(), 10)}
+	_, err = tokenFor("fleet").Nodes.PullVersion(ctx, connect.NewRequest(ask))
+	wantErr(t, "pull with node:write but no model:read", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_PERMISSION_DENIED)
+	if err != nil && !strings.Contains(err.Error(), "model:read on model/llama") {
+		t.Errorf("refusal %q does not name model:read on model/llama", err)
+	}
+	_, err = tokenFor("models").Nodes.PullVersion(ctx, connect.NewRequest(ask))
+	wantErr(t, "pull with model:read but no node:write", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_PERMISSION_DENIED)
+	res, err := tokenFor("fleet-models").Nodes.PullVersion(ctx, connect.NewRequest(ask))
+	if err != nil {
+		t.Fatalf("pull with node:write and model:read: %v", err)
+	}
+	if st := pc.waitPull(ctx, t, res.Msg.GetPull()); st.GetPhase() != droverv1.PullPhase_PULL_PHASE_DONE {
+		t.Errorf("pull of the current version again: %v, want done", st)
+	}
 }
 
 // createSignedVersion registers a version whose artifact is the signed
