@@ -284,8 +284,12 @@ func (p *puller) run(ctx context.Context, req *droverv1.NodePull) {
 
 // retryable reports whether a failed pull may succeed if tried again as
 // it is: not when the manifest was refused, which no retry changes, nor
-// when the disk is full.
+// when the disk is full, nor when the control plane no longer has the
+// version (its model was deleted).
 func retryable(err error) bool {
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		return false
+	}
 	for _, e := range []error{
 		fetch.ErrManifestTooLarge, fetch.ErrManifestMismatch, fetch.ErrManifestConflict, fetch.ErrManifestReplay,
 		artifact.ErrUnknownKey, artifact.ErrBadSignature, artifact.ErrUnsigned, artifact.ErrInvalidManifest,
