@@ -38,8 +38,8 @@ func (tr *modelTree) at(t *testing.T, ts time.Time) *modelTree {
 	return &out
 }
 
-// pullCluster is a cluster with one agent, heartbeating every third of a
-// second, and a model pushed to it.
+// pullCluster is a cluster of n servers with one agent, heartbeating
+// every third of a second.
 type pullCluster struct {
 	c      *cluster.Cluster
 	leader *cluster.Node
@@ -48,9 +48,9 @@ type pullCluster struct {
 	nodes  *cluster.Clients
 }
 
-func newPullCluster(t *testing.T, configure func(*agent.Config)) *pullCluster {
+func newPullCluster(t *testing.T, n int, configure func(*agent.Config)) *pullCluster {
 	t.Helper()
-	c := cluster.Make(t, 3, cluster.Options{Configure: shortTTLs})
+	c := cluster.Make(t, n, cluster.Options{Configure: shortTTLs})
 	leader := c.Leader()
 	ctx := testCtx(t, time.Minute)
 	agents, err := c.StartAgents(ctx, 1, cluster.AgentOptions{Prefix: "edge", Configure: configure})
@@ -119,7 +119,9 @@ func (pc *pullCluster) waitPull(ctx context.Context, t *testing.T, p *droverv1.N
 // signed by a key the cluster does not list, and version 1's manifest
 // replayed as a newer version.
 func TestNodePullVersion(t *testing.T) {
-	pc := newPullCluster(t, nil)
+	// One server: the refusals are the point here; the restart test
+	// pulls from three.
+	pc := newPullCluster(t, 1, nil)
 	ctx := testCtx(t, 2*time.Minute)
 	mustCreateModel(t, pc.nodes, "llama")
 	ac := artifactClient(t, pc.c, pc.leader)
@@ -258,7 +260,7 @@ func createSignedVersion(ctx context.Context, t *testing.T, cl *cluster.Clients,
 // with the request it finds in its first heartbeat answer and fetches only
 // the chunks its cache lacks.
 func TestNodePullResumesAfterRestart(t *testing.T) {
-	pc := newPullCluster(t, func(cfg *agent.Config) {
+	pc := newPullCluster(t, 3, func(cfg *agent.Config) {
 		// About three seconds for the tree, so the kill lands mid-pull.
 		cfg.PullBandwidth = 1 << 20
 	})
