@@ -74,7 +74,15 @@ func (pc *pullCluster) dataDir() string {
 
 func (pc *pullCluster) pullVersion(ctx context.Context, t *testing.T, model, ref string) *droverv1.NodePull {
 	t.Helper()
-	res, err := pc.nodes.Nodes.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{Node: pc.agent.Name, Model: model, Ref: ref}))
+	req := &droverv1.PullVersionRequest{Node: pc.agent.Name, Model: model, Ref: ref}
+	res, err := pc.nodes.Nodes.PullVersion(ctx, connect.NewRequest(req))
+	for try := 0; connect.CodeOf(err) == connect.CodeUnavailable && try < 20; try++ {
+		// An election on a loaded machine; asking again only replaces
+		// the request.
+		t.Logf("PullVersion: %v", err)
+		time.Sleep(250 * time.Millisecond)
+		res, err = pc.nodes.Nodes.PullVersion(ctx, connect.NewRequest(req))
+	}
 	if err != nil {
 		t.Fatalf("PullVersion %s@%s: %v", model, ref, err)
 	}
