@@ -162,7 +162,13 @@ func TestNodePullVersion(t *testing.T) {
 	assertSameTree(t, trB.root, dirB)
 	assertSameTree(t, trA.root, dirA) // the previous version stays
 
-	// The request is in the replicated state and the audit log.
+	// Listings carry the report too.
+	ls, err := pc.nodes.Nodes.ListNodes(ctx, connect.NewRequest(&droverv1.ListNodesRequest{}))
+	if err != nil || len(ls.Msg.GetNodes()) != 1 || ls.Msg.GetNodes()[0].GetPullStatus().GetVersion() != vB.GetVersion() {
+		t.Errorf("ListNodes = %v (%v), want the node with its pull of version %d", ls.Msg.GetNodes(), err, vB.GetVersion())
+	}
+
+	// The request is in the replicated state.
 	n, err := pc.c.Client(pc.leader, true).Nodes.GetNode(ctx, connect.NewRequest(&droverv1.GetNodeRequest{Node: pc.nodeID}))
 	if err != nil || n.Msg.GetNode().GetRequestedPull().GetVersion() != vB.GetVersion() {
 		t.Errorf("node's requested pull = %v (%v), want version %d", n.Msg.GetNode().GetRequestedPull(), err, vB.GetVersion())
@@ -306,6 +312,29 @@ func TestNodePullResumesAfterRestart(t *testing.T) {
 			r.ChunksFetched, r.ChunksFromCache, len(tr.keys))
 	}
 	assertSameTree(t, tr.root, filepath.Join(pc.dataDir(), "versions", "llama", strconv.FormatUint(fin.GetVersion().GetVersion(), 10)))
+
+	// A new request stops the running pull: version 2's pull is cut off
+	// by a request for version 1 again, which is current and done at once.
+	tr2 := makeTree(t, 32)
+	_, fin2 := push(ctx, t, artifactClient(t, pc.c, pc.leader), tr2, "llama")
+	p2 := pc.pullVersion(ctx, t, "llama", "latest")
+	for r := pc.agent.Status().Pull; r.RequestIndex != p2.GetRequestIndex() || r.Phase != "fetching"; r = pc.agent.Status().Pull {
+		if r.RequestIndex == p2.GetRequestIndex() && (r.Phase == "done" || r.Phase == "failed") {
+			t.Fatalf("pull of version 2 ended before it could be superseded: %+v", r)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("pull of version 2 did not get under way: %+v", r)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	p1 := pc.pullVersion(ctx, t, "llama", strconv.FormatUint(fin.GetVersion().GetVersion(), 10))
+	if st := pc.waitPull(ctx, t, p1); st.GetPhase() != droverv1.PullPhase_PULL_PHASE_DONE || st.GetVersion() != fin.GetVersion().GetVersion() {
+		t.Errorf("request for the current version after a superseded pull: %v, want done", st)
+	}
+	if _, err := os.Stat(filepath.Join(pc.dataDir(), "versions", "llama", strconv.FormatUint(fin2.GetVersion().GetVersion(), 10))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the superseded pull left its version directory (%v)", err)
+	}
 
 	// A second restart finds the version current: nothing is fetched.
 	pc.agent.Kill()
