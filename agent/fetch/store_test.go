@@ -163,9 +163,12 @@ func TestStoreRefusesUntrustedManifests(t *testing.T) {
 	m1, d1 := sg.sign(t, base1, t0)
 	m2, d2 := sg.sign(t, base2, t0.Add(time.Hour))
 	src := newSource("server-1", chunks)
-	for v, m := range map[uint64]*droverv1.SignedManifest{1: m1, 2: m2} {
-		d := map[uint64]string{1: d1, 2: d2}[v]
-		if _, err := s.Pull(ctx, request("llama", v, m, d, sg.keyFunc(nil), src)); err != nil {
+	for _, v := range []struct {
+		n      uint64
+		m      *droverv1.SignedManifest
+		digest string
+	}{{1, m1, d1}, {2, m2, d2}} {
+		if _, err := s.Pull(ctx, request("llama", v.n, v.m, v.digest, sg.keyFunc(nil), src)); err != nil {
 			t.Fatal(err)
 		}
 	}
