@@ -74,6 +74,9 @@ type Status struct {
 	// Suspects are the node ids of pool members declared failed that the
 	// next heartbeat reports to the control plane.
 	Suspects []string
+	// Pull is what the agent last did about the version the control
+	// plane asked it to pull; zero before any request.
+	Pull PullReport
 	// LastError is the most recent failure the agent is working around,
 	// such as a server that does not answer; a heartbeat clears it.
 	LastError error

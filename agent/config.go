@@ -16,6 +16,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/droverhq/drover/agent/fetch"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/names"
 )
@@ -34,7 +35,8 @@ type Config struct {
 	// needed only to enroll: an agent whose data directory holds an
 	// identity ignores it (unless it pins another cluster's CA).
 	Token string
-	// DataDir holds the agent's identity (and, later, its model cache).
+	// DataDir holds the agent's identity, the versions it pulled and what
+	// it trusts of them.
 	DataDir string
 	// Name is the node name the agent asks for at enrollment; the default
 	// is this machine's hostname, lowercased.
@@ -70,6 +72,21 @@ type Config struct {
 	// PeerUploadBytesPerSecond caps the bytes served to peers, all
 	// together; zero means no cap.
 	PeerUploadBytesPerSecond int64
+	// CacheDir holds the chunk cache that pulls fill and version
+	// directories are assembled from; "" means <DataDir>/cache. Pulled
+	// versions go in <DataDir>/versions/<model>/<version>.
+	CacheDir string
+	// CacheBudget bounds the chunk cache in bytes: the least recently
+	// used chunks of versions that are neither current nor previous are
+	// evicted beyond it. Zero or less means no bound.
+	CacheBudget int64
+	// PullBandwidth caps the bytes per second a pull reads from all its
+	// sources together; zero means no cap.
+	PullBandwidth int64
+	// MaxManifestBytes bounds the signed manifest of a version the agent
+	// pulls; a larger one is refused before it is decoded. Zero means
+	// fetch.DefaultMaxManifestBytes.
+	MaxManifestBytes int
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// DialQUIC, when set, opens the agent's QUIC connections to servers
@@ -89,8 +106,16 @@ func DefaultConfig() Config {
 		ProbeInterval: time.Minute,
 		GossipAddr:    DefaultGossipAddr,
 		PeerAddr:      DefaultPeerAddr,
+		CacheBudget:   DefaultCacheBudget,
+		// Enough for a manifest of about a hundred thousand chunks.
+		MaxManifestBytes: fetch.DefaultMaxManifestBytes,
 	}
 }
+
+// DefaultCacheBudget is the chunk cache's default bound: room for a few
+// versions of a large model beside the current and previous ones, which
+// are kept whatever the budget.
+const DefaultCacheBudget = 50 << 30
 
 // DefaultName returns this machine's hostname made into a node name:
 // lowercased, with characters a node name cannot hold replaced by '-'. It
@@ -147,6 +172,12 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeInterval < time.Second {
 		bad("probe interval %s is shorter than a second", c.ProbeInterval)
+	}
+	if c.PullBandwidth < 0 {
+		bad("--pull-bandwidth %d is negative: give a rate such as 10MiB or 80Mbit, or 0 for no cap", c.PullBandwidth)
+	}
+	if c.MaxManifestBytes != 0 && c.MaxManifestBytes < 1024 {
+		bad("--max-manifest-size %d is under 1KiB: no manifest fits; the default is %d", c.MaxManifestBytes, fetch.DefaultMaxManifestBytes)
 	}
 	if c.GossipAddr != "" {
 		if ip, _, err := splitIPPort(c.GossipAddr); err != nil {

@@ -87,6 +87,7 @@ type session struct {
 	id            *identity
 	inv           *droverv1.NodeInventory
 	pool          *gossipPool // nil: no site gossip pool
+	puller        *puller
 	needRegister  bool
 	interval      time.Duration // between heartbeats
 	nextHeartbeat time.Time
@@ -117,6 +118,15 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 		return s.cert.Load(), nil
 	}))
 	defer s.tr.Close()
+	store, err := a.openStore()
+	if err != nil {
+		return err
+	}
+	// Deferred after the transport's Close, so it runs before: the pull
+	// uses the transport until it has stopped.
+	s.puller = newPuller(a, s.log, store, s.tr)
+	s.puller.setServers(s.servers())
+	defer s.puller.close()
 	// The pool runs before the first registration, which tells the
 	// control plane where it listens.
 	if err := s.startPool(); err != nil {
@@ -343,7 +353,7 @@ func (s *session) learnSite(site string) {
 func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceClient, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, heartbeatTimeout(s.interval))
 	defer cancel()
-	req := &droverv1.HeartbeatRequest{}
+	req := &droverv1.HeartbeatRequest{Pull: s.puller.status()}
 	if s.pool != nil {
 		req.Suspects = s.pool.Suspects()
 		req.GossipMembers = uint32(s.pool.NumMembers())
@@ -380,6 +390,8 @@ func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceC
 			s.log.Error("the new server list could not be saved; it is used until the agent restarts", "err", err)
 		}
 	}
+	s.puller.setServers(withFirst(addr, s.servers()))
+	s.puller.handle(m.GetPull())
 	now := s.a.clk.Now()
 	s.a.update(func(st *Status) {
 		st.State = StateReady
@@ -390,6 +402,17 @@ func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceC
 		st.LastError = nil
 	})
 	return nil
+}
+
+// withFirst returns all with addr, the server that answers, first.
+func withFirst(addr string, all []string) []string {
+	out := append(make([]string, 0, len(all)+1), addr)
+	for _, a := range all {
+		if a != addr {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // renew trades a fresh key's CSR for a new certificate and installs both:

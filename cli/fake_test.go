@@ -55,6 +55,9 @@ type fakeServer struct {
 	lastListNodes   *droverv1.ListNodesRequest
 	lastLabelNode   *droverv1.LabelNodeRequest
 	revokedNodes    []string // RevokeNode requests, in order
+	// pullReports are what GetNode reports of the node's pull after a
+	// PullVersion, one per read, the last repeated: the agent's progress.
+	pullReports []*droverv1.NodePullStatus
 
 	// crashOn is a procedure path whose calls the server takes in and
 	// then dies on, as a crash would: crash drops every connection.
@@ -520,6 +523,15 @@ func (f *fakeServer) GetNode(_ context.Context, req *connect.Request[droverv1.Ge
 	if err != nil {
 		return nil, err
 	}
+	if p := n.GetRequestedPull(); p != nil && len(f.pullReports) > 0 {
+		st := proto.Clone(f.pullReports[0]).(*droverv1.NodePullStatus)
+		if len(f.pullReports) > 1 {
+			f.pullReports = f.pullReports[1:]
+		}
+		st.Model, st.Version, st.RequestIndex = p.GetModel(), p.GetVersion(), p.GetRequestIndex()
+		st.ReportTime = timestamppb.New(f.created)
+		n.PullStatus = st
+	}
 	return connect.NewResponse(&droverv1.GetNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: f.queryMetaLocked(req.Msg.GetOptions())}), nil
 }
 
@@ -534,6 +546,44 @@ func (f *fakeServer) DrainNode(_ context.Context, req *connect.Request[droverv1.
 	idx := f.commitLocked("node.drain", "node/"+n.GetId())
 	n.ModifyIndex = idx
 	return connect.NewResponse(&droverv1.DrainNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
+func (f *fakeServer) PullVersion(_ context.Context, req *connect.Request[droverv1.PullVersionRequest]) (*connect.Response[droverv1.PullVersionResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.nodeLocked(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	m, err := f.modelLocked(req.Msg.GetModel())
+	if err != nil {
+		return nil, err
+	}
+	ref := cmp.Or(req.Msg.GetRef(), "latest")
+	var v uint64
+	switch {
+	case ref == "latest":
+		v = m.LatestVersion
+	case m.Aliases[ref] != 0:
+		v = m.Aliases[ref]
+	default:
+		v, _ = strconv.ParseUint(ref, 10, 64)
+	}
+	for _, mv := range f.versions[m.Name] {
+		if mv.Version != v {
+			continue
+		}
+		idx := f.commitLocked("node.pull", "node/"+n.GetId())
+		n.RequestedPull = &droverv1.NodePull{
+			Model: m.Name, Version: v, ArtifactDigest: mv.GetArtifact().GetDigest(),
+			RequestedBy: "acc-1", RequestedByName: "alice", RequestTime: timestamppb.New(f.created), RequestIndex: idx,
+		}
+		n.ModifyIndex = idx
+		return connect.NewResponse(&droverv1.PullVersionResponse{
+			Node: proto.Clone(n).(*droverv1.Node), Pull: proto.Clone(n.RequestedPull).(*droverv1.NodePull), Meta: &droverv1.WriteMeta{Index: idx},
+		}), nil
+	}
+	return nil, apiError(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND, "", "%s@%s not found", m.Name, ref)
 }
 
 func (f *fakeServer) LabelNode(_ context.Context, req *connect.Request[droverv1.LabelNodeRequest]) (*connect.Response[droverv1.LabelNodeResponse], error) {

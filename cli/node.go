@@ -35,17 +35,20 @@ that have not left; -o json shows full IDs.
   drain / undrain   stop or resume giving a node new work; what it runs keeps
                     running
   label             set or remove labels, which deployments select nodes by
+  pull              have a node download a model version
   revoke            cut a node off for good: its identity is refused`,
 		Example: `  drover node ls --status ready --gpu-model h100
   drover node show gpu-01
   drover node drain gpu-01
-  drover node label gpu-01 zone=b pool=training --remove spare`,
+  drover node label gpu-01 zone=b pool=training --remove spare
+  drover node pull gpu-01 llama@prod --wait`,
 	},
 		newNodeListCommand(g),
 		newNodeShowCommand(g),
 		newNodeDrainCommand(g, true),
 		newNodeDrainCommand(g, false),
 		newNodeLabelCommand(g),
+		newNodePullCommand(g),
 		newNodeRevokeCommand(g),
 	)
 }
@@ -253,7 +256,8 @@ func newNodeShowCommand(g *globals) *cobra.Command {
 		Long: `Show everything known about a node: its identity and labels, its status and
 whether it is draining or revoked, how it enrolled, the hardware inventory
 its agent registered (host, CPU, memory, disks, container limits, board,
-GPUs) and its recent status changes, oldest first.
+GPUs), the model version it was asked to pull with how far its agent got
+(` + "`drover node pull`" + `), and its recent status changes, oldest first.
 
 NODE is the node's name or its full ID.`,
 		Example: `  drover node show gpu-01
@@ -298,6 +302,7 @@ func nodeView(w io.Writer, n *droverv1.Node, now time.Time) {
 	} else if n.GetDraining() {
 		fmt.Fprintf(w, "Draining: it keeps what it runs but gets nothing new; resume with `drover node undrain %s`.\n", cmp.Or(n.GetName(), n.GetId()))
 	}
+	pullView(w, n, now)
 
 	fmt.Fprintln(w)
 	if inv := n.GetInventory(); inv == nil {

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/big"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -156,51 +156,8 @@ func parseVersionNumber(s string) (uint64, bool) {
 	return n, err == nil && n > 0
 }
 
-// byteUnits are the unit suffixes parseByteSize accepts, lowercased: SI
-// (powers of 1000) without an "i", IEC (powers of 1024) with one, as
-// Kubernetes quantities and most tools read them.
-var byteUnits = map[string]uint64{
-	"": 1, "b": 1,
-	"k": 1e3, "kb": 1e3, "ki": 1 << 10, "kib": 1 << 10,
-	"m": 1e6, "mb": 1e6, "mi": 1 << 20, "mib": 1 << 20,
-	"g": 1e9, "gb": 1e9, "gi": 1 << 30, "gib": 1 << 30,
-	"t": 1e12, "tb": 1e12, "ti": 1 << 40, "tib": 1 << 40,
-	"p": 1e15, "pb": 1e15, "pi": 1 << 50, "pib": 1 << 50,
-}
-
-// parseByteSize parses a size people write: a number of bytes, or a
-// number with a unit, such as 40GiB, 80G, 512MiB or 1.5TB. Units are
-// case-insensitive; G and GB are 10⁹ bytes, Gi and GiB are 2³⁰. A fraction
-// that does not come to a whole number of bytes is rounded up, which keeps
-// "at least SIZE" exact.
-func parseByteSize(s string) (uint64, error) {
-	in := strings.TrimSpace(s)
-	i := 0
-	for i < len(in) && ('0' <= in[i] && in[i] <= '9' || in[i] == '.') {
-		i++
-	}
-	num, unit := in[:i], strings.TrimSpace(in[i:])
-	if num == "" || strings.Count(num, ".") > 1 || num == "." {
-		return 0, errors.New("want a size such as 40GiB, 80G, 512MiB or a number of bytes")
-	}
-	mult, ok := byteUnits[strings.ToLower(unit)]
-	if !ok {
-		return 0, fmt.Errorf("unknown unit %q; want B, KB, MB, GB, TB, PB (powers of 1000) or KiB, MiB, GiB, TiB, PiB (powers of 1024)", unit)
-	}
-	r, ok := new(big.Rat).SetString(num)
-	if !ok {
-		return 0, errors.New("want a size such as 40GiB, 80G, 512MiB or a number of bytes")
-	}
-	r.Mul(r, new(big.Rat).SetUint64(mult))
-	n := new(big.Int).Quo(r.Num(), r.Denom())
-	if !r.IsInt() {
-		n.Add(n, big.NewInt(1))
-	}
-	if !n.IsUint64() {
-		return 0, errors.New("too large: the most is 16 EiB")
-	}
-	return n.Uint64(), nil
-}
+// parseByteSize parses a size people write; see units.ParseBytes.
+func parseByteSize(s string) (uint64, error) { return units.ParseBytes(s) }
 
 // parseLabelChanges checks the label changes of `node label`: KEY=VALUE
 // arguments to set and --remove keys. It refuses an empty change and a key

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -11,6 +12,7 @@ import (
 	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/logging"
+	"github.com/droverhq/drover/internal/units"
 )
 
 func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *cobra.Command {
@@ -22,6 +24,8 @@ func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bo
 		peerAddr             string
 		peerUpload           int64
 		logLevel, logFormat  string
+		cacheDir, cacheSize  string
+		bandwidth, manifest  string
 	)
 	defaults := agent.DefaultConfig()
 	cmd := &cobra.Command{
@@ -53,6 +57,16 @@ gossip port by default; --peer-addr off turns it off), so that the control
 plane sends a chunk to a site about once; --peer-upload-bandwidth caps what
 an agent serves.
 
+When an operator asks the node to pull a model version (` + "`drover node pull`" + `),
+the agent checks the version's manifest against the cluster's signing keys
+and against what it trusted before (a version's manifest never changes, and
+an older manifest is never taken for a newer version), fetches the chunks
+its cache lacks, and assembles <data-dir>/versions/MODEL/VERSION in one step.
+The chunk cache (--cache-dir, default <data-dir>/cache) keeps the current
+and previous version of each model whatever its --cache-budget, and evicts
+the least recently used other chunks beyond it. A pull cut short by a
+restart goes on where it stopped.
+
 The agent runs until SIGINT or SIGTERM, then stops cleanly (exit 0). It
 exits 1 when it cannot go on (no identity and no token, a refused token, a
 revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
@@ -71,6 +85,9 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 
   # Behind NAT: listen on every address, tell the site's peers where to dial.
   drover-agent --gossip-addr 0.0.0.0:7947 --gossip-advertise 203.0.113.7:17947
+
+  # Cap pulls at 80 megabits per second, and keep at most 200 GiB of chunks.
+  drover-agent --pull-bandwidth 80Mbit --cache-budget 200GiB
 
   # In a container, read the host's hardware from its root mounted at /host.
   drover-agent --root /host --server 10.0.0.5:7400
@@ -99,6 +116,25 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 				}
 			}
 			cfg.DataDir, cfg.Root, cfg.Site = dataDir, root, site
+			cfg.CacheDir = cacheDir
+			budget, err := units.ParseBytes(cacheSize)
+			if err != nil {
+				return usageErr(cmd, fmt.Errorf("--cache-budget %q: %w", cacheSize, err))
+			}
+			cfg.CacheBudget = int64(min(budget, math.MaxInt64))
+			rate, err := units.ParseBandwidth(bandwidth)
+			if err != nil {
+				return usageErr(cmd, fmt.Errorf("--pull-bandwidth %q: %w", bandwidth, err))
+			}
+			cfg.PullBandwidth = int64(min(rate, math.MaxInt64))
+			limit, err := units.ParseBytes(manifest)
+			if err != nil || limit > math.MaxInt32 {
+				if err == nil {
+					err = errors.New("at most 2GiB")
+				}
+				return usageErr(cmd, fmt.Errorf("--max-manifest-size %q: %w", manifest, err))
+			}
+			cfg.MaxManifestBytes = int(limit)
 			cfg.GossipAddr, cfg.GossipAdvertise = gossipAddr, gossipAd
 			if strings.EqualFold(strings.TrimSpace(gossipAddr), "off") {
 				cfg.GossipAddr = ""
@@ -113,7 +149,6 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 			if name != "" {
 				cfg.Name = name
 			}
-			var err error
 			if cfg.Labels, err = parseLabels("label", labels); err != nil {
 				return usageErr(cmd, err)
 			}
@@ -154,6 +189,10 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&gossipAd, "gossip-advertise", "", "`IP:PORT` the site's other agents dial to reach this one's pool (default: the --gossip-addr address, or for 0.0.0.0 a private address of this machine)")
 	f.StringVar(&peerAddr, "peer-addr", defaults.PeerAddr, "`IP:PORT` (UDP) where this agent serves model chunks to its site's other agents (default: the port after --gossip-addr's); \"off\" turns it off")
 	f.Int64Var(&peerUpload, "peer-upload-bandwidth", 0, "cap on the `BYTES` per second served to site peers, all together; 0 for no cap")
+	f.StringVar(&cacheDir, "cache-dir", "", "`DIR` of the chunk cache pulls fill (default <data-dir>/cache)")
+	f.StringVar(&cacheSize, "cache-budget", "50GiB", "`SIZE` the chunk cache keeps to, such as 200GiB or 0 for no bound; the current and previous version of each model are kept beyond it")
+	f.StringVar(&bandwidth, "pull-bandwidth", "0", "`RATE` pulls may read at, such as 10MiB (bytes per second) or 80Mbit; 0 for no cap")
+	f.StringVar(&manifest, "max-manifest-size", "16MiB", "`SIZE` of the largest version manifest to accept")
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 

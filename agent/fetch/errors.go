@@ -17,4 +17,22 @@ var (
 	// now, and says so before sending any bytes. Sources return it;
 	// Pull asks another source at once.
 	ErrDecline = errors.New("source declined the chunk")
+
+	// A Store refuses a manifest with one of these before it fetches a
+	// chunk, and activates nothing. An unknown signing key wraps
+	// artifact.ErrUnknownKey instead.
+
+	// ErrManifestTooLarge: the signed manifest is over the store's
+	// limit.
+	ErrManifestTooLarge = errors.New("manifest over the size limit")
+	// ErrManifestMismatch: the manifest is not the one the control plane
+	// recorded for the version, or was signed for another model.
+	ErrManifestMismatch = errors.New("manifest is not the version's")
+	// ErrManifestConflict: the node trusted another manifest for the
+	// same version before.
+	ErrManifestConflict = errors.New("manifest conflicts with the one trusted for the version")
+	// ErrManifestReplay: the manifest's create time is out of order with
+	// the versions the node trusts already: older than a lower version's,
+	// as a replayed old manifest is, or newer than a higher one's.
+	ErrManifestReplay = errors.New("manifest is out of order with the versions trusted")
 )

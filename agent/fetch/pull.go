@@ -47,6 +47,11 @@ type Options struct {
 	// start and after each chunk is fetched and checked. Calls never
 	// overlap; it must return quickly.
 	Progress func(done, total int64)
+	// Fetched, if set, is called with a source's name and the bytes of a
+	// chunk fetched from it and checked, just before the Progress call
+	// that counts them. Calls never overlap with each other or with
+	// Progress; it must return quickly.
+	Fetched func(source string, bytes int64)
 	// FreeSpace reports the bytes free to the agent on the file system
 	// that holds path, and an id equal for paths on the same file system.
 	// Nil means the operating system's figure (statfs); where that is
@@ -467,6 +472,9 @@ func (p *puller) finish(i int, w want, err error) {
 		p.st.BytesFetched += w.size
 		p.st.BytesBySource[name] += w.size
 		p.done += w.size
+		if p.opts.Fetched != nil {
+			p.opts.Fetched(name, w.size)
+		}
 		p.progressLocked()
 		return
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):

@@ -2,7 +2,10 @@
 // the chunks of a verified manifest that the agent lacks from any number
 // of sources, checks each against its digest, keeps them in an on-disk
 // content-addressed cache that survives restarts, and assembles a version
-// directory from that cache in one atomic step.
+// directory from that cache in one atomic step. Store builds on them: it
+// verifies a version's manifest against the cluster's keys and the node's
+// trust record, pulls it, and keeps each model's current and previous
+// version.
 package fetch
 
 import (

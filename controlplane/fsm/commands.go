@@ -117,6 +117,10 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.SetNodeLabelsCommand) (proto.Message, error) {
 			return value(s.SetNodeLabels(idx, c.GetMeta(), c.GetNodeId(), c.GetSet(), c.GetRemove()))
 		}),
+	droverv1.CommandType_COMMAND_TYPE_SET_NODE_PULL: commandOf(state.ActionNodePull,
+		func(s *state.Store, idx uint64, c *droverv1.SetNodePullCommand) (proto.Message, error) {
+			return value(s.SetNodePull(idx, c.GetMeta(), c.GetNodeId(), c.GetPull()))
+		}),
 	droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE: commandOf(state.ActionNodeRevoke,
 		func(s *state.Store, idx uint64, c *droverv1.RevokeNodeCommand) (proto.Message, error) {
 			return value(s.RevokeNode(idx, c.GetMeta(), c.GetNodeId()))

@@ -39,8 +39,8 @@ const (
 //	SET_ALIAS       *droverv1.SetAliasResponse (model and previous version; meta unset)
 //	CREATE_JOIN_TOKEN, REVOKE_JOIN_TOKEN
 //	                *droverv1.JoinToken
-//	ENROLL_NODE, REGISTER_NODE, SET_NODE_DRAIN, SET_NODE_LABELS, REVOKE_NODE
-//	                *droverv1.Node
+//	ENROLL_NODE, REGISTER_NODE, SET_NODE_DRAIN, SET_NODE_LABELS, REVOKE_NODE,
+//	SET_NODE_PULL   *droverv1.Node
 //	APPLY_ACL_POLICY
 //	                *droverv1.ApplyACLPolicyResponse (policy and whether it
 //	                replaced one; meta unset)

@@ -250,7 +250,8 @@ func (h *agentHandler) RenewCertificate(ctx context.Context, req *connect.Reques
 }
 
 // Heartbeat resets the node's deadline on the leader, takes the suspects
-// its site pool reports, and hands it site peers when its pool is alone.
+// its site pool reports and the state of its pull, and hands it site peers
+// when its pool is alone and the version it is asked to pull.
 // It writes nothing to the log unless the node was down.
 func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[droverv1.HeartbeatRequest]) (*connect.Response[droverv1.HeartbeatResponse], error) {
 	node := agentNodeFrom(ctx)
@@ -268,6 +269,8 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 	}
 	wasDown := node.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN
 	beat := hb.agentHeartbeat(node, wasDown, req.Msg.GetSuspects(), req.Msg.GetGossipMembers())
+	hb.reportPull(node.GetId(), req.Msg.GetPull())
+	resp.Pull = node.GetRequestedPull()
 	resp.Ttl = durationpb.New(beat.TTL)
 	resp.SitePeers = beat.Peers
 	if beat.Counted > 0 {

@@ -7,6 +7,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/droverhq/drover/controlplane/acl"
 	"github.com/droverhq/drover/controlplane/state"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -30,6 +31,9 @@ func (h *nodeHandler) ListNodes(ctx context.Context, req *connect.Request[drover
 		MinGPUMemoryBytes: req.Msg.GetMinGpuMemoryBytes(),
 	})
 	nodes = readable(ctx, nodes, droverv1.ACLResource_ACL_RESOURCE_NODE, nodeObject)
+	for _, n := range nodes {
+		h.s.withPullStatus(n)
+	}
 	return connect.NewResponse(&droverv1.ListNodesResponse{Nodes: nodes, Meta: meta}), nil
 }
 
@@ -42,6 +46,7 @@ func (h *nodeHandler) GetNode(ctx context.Context, req *connect.Request[droverv1
 	if err != nil {
 		return nil, err
 	}
+	h.s.withPullStatus(n)
 	return connect.NewResponse(&droverv1.GetNodeResponse{Node: n, Meta: meta}), nil
 }
 
@@ -128,4 +133,78 @@ func (s *Server) findNode(ref string) (*droverv1.Node, error) {
 	return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
 		fmt.Sprintf("node name %q is ambiguous: nodes %s had it and left", ref, strings.Join(ids, ", ")),
 		"name the node by id")
+}
+
+// PullVersion resolves the reference to a version with pushed bytes and
+// records, through Raft, that the node is to pull it. The interceptor
+// checked node:write on the node; the node gets the model's bytes, so the
+// caller must also be able to read them (model:read on the model).
+func (h *nodeHandler) PullVersion(ctx context.Context, req *connect.Request[droverv1.PullVersionRequest]) (*connect.Response[droverv1.PullVersionResponse], error) {
+	n, err := h.s.findNode(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	model := req.Msg.GetModel()
+	if model == "" {
+		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			"no model given", "name the model and version as NAME@REF, such as resnet@prod")
+	}
+	if err := h.mayReadModel(ctx, model); err != nil {
+		return nil, err
+	}
+	ref := req.Msg.GetRef()
+	if ref == "" {
+		ref = "latest"
+	}
+	v, err := h.s.state.Version(model, ref)
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	if v.GetArtifact().GetSigned() == nil {
+		return nil, apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			fmt.Sprintf("version %d of %s was created from a bare digest; the cluster holds no bytes for the node to pull", v.GetVersion(), model),
+			"push the model's files with `drover model push`, then ask the node to pull the version that made")
+	}
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_SET_NODE_PULL, &droverv1.SetNodePullCommand{
+		Meta:   commandMeta(ctx),
+		NodeId: n.GetId(),
+		Pull:   &droverv1.NodePull{Model: model, Version: v.GetVersion(), ArtifactDigest: v.GetArtifact().GetDigest()},
+	})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	node := res.Value.(*droverv1.Node)
+	h.s.withPullStatus(node)
+	return connect.NewResponse(&droverv1.PullVersionResponse{
+		Node: node, Pull: node.GetRequestedPull(), Meta: &droverv1.WriteMeta{Index: res.Index},
+	}), nil
+}
+
+// mayReadModel refuses a caller without model:read on model, and records
+// the refusal as the interceptor records those of write calls.
+func (h *nodeHandler) mayReadModel(ctx context.Context, model string) error {
+	c := callerFrom(ctx)
+	if c.allows(droverv1.ACLResource_ACL_RESOURCE_MODEL, droverv1.ACLAccess_ACL_ACCESS_READ, acl.Object{Name: model}) {
+		return nil
+	}
+	if c == nil {
+		// Unreachable: the interceptor admits only operator tokens.
+		return apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
+			"this call needs a token", "pass --token or set DROVER_TOKEN")
+	}
+	proc := droverv1connect.NodeServicePullVersionProcedure
+	capability := acl.Capability{Auth: acl.AuthToken, Resource: droverv1.ACLResource_ACL_RESOURCE_MODEL, Access: droverv1.ACLAccess_ACL_ACCESS_READ}
+	ref := acl.Ref{Name: model}
+	err := permissionDenied(c, capability, ref)
+	h.s.denials.add(h.s.denial(c, proc, capability, ref, err))
+	return err
+}
+
+// withPullStatus sets n's pull status from the leader's heartbeat
+// tracker, when this server is the established leader and the node's
+// agent reported one in this term.
+func (s *Server) withPullStatus(n *droverv1.Node) {
+	if hb := s.heartbeatTracker(); hb != nil {
+		n.PullStatus = hb.pullStatus(n.GetId())
+	}
 }

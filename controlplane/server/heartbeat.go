@@ -4,9 +4,11 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/controlplane/state"
@@ -93,6 +95,9 @@ type hbEntry struct {
 	// site and gossipAddr are the node's, as the state had them when it
 	// last registered or heartbeated; they index it in sites.
 	site, gossipAddr string
+	// pull is the agent's latest report of its pull, nil for none in
+	// this term. It is never changed in place: a report replaces it.
+	pull *droverv1.NodePullStatus
 }
 
 // sitePeers are the tracked nodes of one site that have a gossip
@@ -289,6 +294,44 @@ func (t *heartbeatTracker) agentHeartbeat(n *droverv1.Node, wasDown bool, suspec
 		}
 	}
 	return out
+}
+
+// maxPullErrorBytes bounds what the leader keeps of an agent's pull
+// report: a model name and an error message, nothing that grows.
+const maxPullErrorBytes = 1024
+
+// reportPull keeps the pull status a heartbeat of node id carried; a
+// heartbeat without one leaves the last report in place. The node must be
+// tracked (agentHeartbeat just tracked it).
+func (t *heartbeatTracker) reportPull(id string, st *droverv1.NodePullStatus) {
+	if st == nil {
+		return
+	}
+	st = proto.Clone(st).(*droverv1.NodePullStatus)
+	if len(st.Error) > maxPullErrorBytes {
+		st.Error = strings.ToValidUTF8(st.Error[:maxPullErrorBytes], "") + "…"
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st.ReportTime = timestamppb.New(t.now())
+	if e, ok := t.nodes[id]; ok {
+		e.pull = st
+	}
+}
+
+// pullStatus returns a copy of node id's latest pull report, nil for none.
+func (t *heartbeatTracker) pullStatus(id string) *droverv1.NodePullStatus {
+	t.mu.Lock()
+	e, ok := t.nodes[id]
+	var st *droverv1.NodePullStatus
+	if ok {
+		st = e.pull
+	}
+	t.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	return proto.Clone(st).(*droverv1.NodePullStatus)
 }
 
 // indexLocked records the site and gossip address of node id, whose entry

@@ -326,3 +326,33 @@ func BenchmarkTrackerHeartbeat(b *testing.B) {
 		}
 	})
 }
+
+// The leader keeps each node's latest pull report, stamped with its own
+// clock and with the error bounded; a heartbeat without one keeps the
+// last, and a report of a node it does not track is dropped.
+func TestHeartbeatKeepsPullReport(t *testing.T) {
+	now := time.Unix(1000, 0)
+	tr := &heartbeatTracker{
+		now: func() time.Time { return now }, minTTL: time.Second, rate: 50,
+		nodes: map[string]*hbEntry{}, up: map[string]struct{}{},
+	}
+	if tr.pullStatus("n-a") != nil {
+		t.Fatal("a report before any heartbeat")
+	}
+	tr.agentHeartbeat(&droverv1.Node{Id: "n-a"}, false, nil, 0)
+	sent := &droverv1.NodePullStatus{Model: "llama", Version: 3, Phase: droverv1.PullPhase_PULL_PHASE_FAILED, Error: string(make([]byte, 5000))}
+	tr.reportPull("n-a", sent)
+	sent.Version = 99 // the tracker keeps a copy
+	got := tr.pullStatus("n-a")
+	if got.GetVersion() != 3 || !got.GetReportTime().AsTime().Equal(now) || len(got.GetError()) > maxPullErrorBytes+len("…") {
+		t.Errorf("kept %v (error of %d bytes), want version 3 reported at %v with the error bounded", got, len(got.GetError()), now)
+	}
+	tr.reportPull("n-a", nil)
+	if tr.pullStatus("n-a").GetVersion() != 3 {
+		t.Error("a heartbeat without a report dropped the last one")
+	}
+	tr.reportPull("n-unknown", sent)
+	if tr.pullStatus("n-unknown") != nil {
+		t.Error("kept a report of a node the tracker does not track")
+	}
+}

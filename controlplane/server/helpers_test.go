@@ -55,6 +55,8 @@ func connectClients(hc connect.HTTPClient, base string) *cluster.Clients {
 		Audit:   droverv1connect.NewAuditServiceClient(hc, base),
 		Cluster: droverv1connect.NewClusterServiceClient(hc, base),
 		Keys:    droverv1connect.NewKeyServiceClient(hc, base),
+		Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
+		Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
 	}
 }
 

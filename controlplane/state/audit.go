@@ -26,6 +26,7 @@ const (
 	ActionNodeUndrain   = "node.undrain"
 	ActionNodeLabel     = "node.label"
 	ActionNodeRevoke    = "node.revoke"
+	ActionNodePull      = "node.pull"
 
 	ActionACLPolicyApply  = "acl.policy.apply"
 	ActionACLPolicyDelete = "acl.policy.rm"

@@ -513,8 +513,9 @@ func (s *Store) Node(id string) (*droverv1.Node, error) {
 }
 
 // NodeSummary returns node id's identity and status alone: a Node with
-// only its id, name, site, status, draining and revoked flags and gossip
-// address set, none of its labels, inventory or history. It is for the
+// only its id, name, site, status, draining and revoked flags, gossip
+// address and requested pull set, none of its labels, inventory or
+// history. It is for the
 // hot path of agent calls, which check who is calling on every heartbeat
 // and must not copy a whole inventory each time.
 func (s *Store) NodeSummary(id string) (*droverv1.Node, error) {
@@ -532,6 +533,8 @@ func (s *Store) NodeSummary(id string) (*droverv1.Node, error) {
 		Draining:   n.GetDraining(),
 		Revoked:    n.GetRevoked(),
 		GossipAddr: n.GetGossipAddr(),
+		// Small, and what a heartbeat answers with.
+		RequestedPull: clone(n.GetRequestedPull()),
 	}, nil
 }
 
@@ -602,4 +605,61 @@ func compareNodes(a, b *droverv1.Node) int {
 		return c
 	}
 	return strings.Compare(a.GetId(), b.GetId())
+}
+
+// SetNodePull applies a set-node-pull command (audit action node.pull):
+// the node is asked to pull version pull.version of pull.model, whose
+// artifact digest must be pull.artifact_digest, and the request replaces
+// any earlier one. The version must hold pushed bytes (a signed
+// manifest): one registered by digest alone is refused, as is a digest
+// that is not the version's, so a request never names bytes the cluster
+// cannot serve. The request's index, time and requester are set here from
+// idx and meta. It returns the node.
+func (s *Store) SetNodePull(idx uint64, meta *droverv1.CommandMeta, nodeID string, pull *droverv1.NodePull) (*droverv1.Node, error) {
+	var out *droverv1.Node
+	err := s.write(idx, meta, ActionNodePull, func() (string, map[string]string, error) {
+		target := nodeTarget(nodeID)
+		details := map[string]string{
+			"model":   pull.GetModel(),
+			"version": strconv.FormatUint(pull.GetVersion(), 10),
+		}
+		cur, ok := s.t.nodes[nodeID]
+		if !ok {
+			return target, details, fmt.Errorf("node %q %w", nodeID, ErrNotFound)
+		}
+		if cur.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT {
+			return target, details, fmt.Errorf("node %q left the fleet: it pulls nothing: %w", nodeID, ErrInvalid)
+		}
+		model := pull.GetModel()
+		if _, ok := s.t.models[model]; !ok {
+			return target, details, fmt.Errorf("model %q %w", model, ErrNotFound)
+		}
+		v := s.findVersionLocked(model, pull.GetVersion())
+		if v == nil {
+			return target, details, fmt.Errorf("model %q version %d %w: the model has %s", model, pull.GetVersion(), ErrNotFound, describeVersions(s.t.versions[model]))
+		}
+		if v.GetArtifact().GetSigned() == nil {
+			return target, details, fmt.Errorf("version %d of %s was created from a bare digest, so the cluster holds no bytes for a node to pull: %w", v.GetVersion(), model, ErrInvalid)
+		}
+		if d := v.GetArtifact().GetDigest(); pull.GetArtifactDigest() != d {
+			return target, details, fmt.Errorf("version %d of %s has artifact %s, not %q: %w", v.GetVersion(), model, d, pull.GetArtifactDigest(), ErrInvalid)
+		}
+		details["digest"] = pull.GetArtifactDigest()
+		p := &droverv1.NodePull{
+			Model:           model,
+			Version:         v.GetVersion(),
+			ArtifactDigest:  pull.GetArtifactDigest(),
+			RequestedBy:     actorOf(meta),
+			RequestedByName: meta.GetActorName(),
+			RequestTime:     meta.GetTime(),
+			RequestIndex:    idx,
+		}
+		cur = shallowCopy(cur)
+		cur.RequestedPull = p
+		cur.ModifyIndex = idx
+		s.t.nodes[nodeID] = cur
+		out = clone(cur)
+		return target, details, nil
+	})
+	return out, err
 }

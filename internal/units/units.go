@@ -1,4 +1,5 @@
-// Package units formats quantities for people: sizes in binary units.
+// Package units formats quantities for people (sizes in binary units) and
+// parses the sizes and rates people write on command lines.
 package units
 
 import "fmt"

@@ -557,6 +557,9 @@ type HeartbeatRequest struct {
 	// Live members the node's site pool sees, itself included; 0 when it
 	// has no pool.
 	GossipMembers uint32 `protobuf:"varint,2,opt,name=gossip_members,json=gossipMembers,proto3" json:"gossip_members,omitempty"`
+	// The agent's latest pull, absent when it has made none since it
+	// started and had none on disk.
+	Pull          *NodePullStatus `protobuf:"bytes,3,opt,name=pull,proto3" json:"pull,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +608,13 @@ func (x *HeartbeatRequest) GetGossipMembers() uint32 {
 	return 0
 }
 
+func (x *HeartbeatRequest) GetPull() *NodePullStatus {
+	if x != nil {
+		return x.Pull
+	}
+	return nil
+}
+
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Send the next heartbeat within this; the TTL grows with fleet size.
@@ -616,7 +626,9 @@ type HeartbeatResponse struct {
 	// Gossip addresses of other live nodes of the site, sent when the
 	// node's pool sees no peer while others of its site are ready (it
 	// started alone, or a partition split the pool).
-	SitePeers     []string `protobuf:"bytes,5,rep,name=site_peers,json=sitePeers,proto3" json:"site_peers,omitempty"`
+	SitePeers []string `protobuf:"bytes,5,rep,name=site_peers,json=sitePeers,proto3" json:"site_peers,omitempty"`
+	// The version an operator asked the node to pull, absent for none.
+	Pull          *NodePull `protobuf:"bytes,6,opt,name=pull,proto3" json:"pull,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +694,13 @@ func (x *HeartbeatResponse) GetReregister() bool {
 func (x *HeartbeatResponse) GetSitePeers() []string {
 	if x != nil {
 		return x.SitePeers
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetPull() *NodePull {
+	if x != nil {
+		return x.Pull
 	}
 	return nil
 }
@@ -1360,6 +1379,129 @@ func (x *LabelNodeResponse) GetMeta() *WriteMeta {
 	return nil
 }
 
+type PullVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node id or name.
+	Node  string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Model string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// Version number, alias, or "latest" (the default).
+	Ref           string `protobuf:"bytes,3,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullVersionRequest) Reset() {
+	*x = PullVersionRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullVersionRequest) ProtoMessage() {}
+
+func (x *PullVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullVersionRequest.ProtoReflect.Descriptor instead.
+func (*PullVersionRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PullVersionRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PullVersionRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *PullVersionRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type PullVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The request as recorded, the version resolved.
+	Pull          *NodePull  `protobuf:"bytes,2,opt,name=pull,proto3" json:"pull,omitempty"`
+	Meta          *WriteMeta `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullVersionResponse) Reset() {
+	*x = PullVersionResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullVersionResponse) ProtoMessage() {}
+
+func (x *PullVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullVersionResponse.ProtoReflect.Descriptor instead.
+func (*PullVersionResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PullVersionResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *PullVersionResponse) GetPull() *NodePull {
+	if x != nil {
+		return x.Pull
+	}
+	return nil
+}
+
+func (x *PullVersionResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
 type RevokeNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -1369,7 +1511,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	mi := &file_drover_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1523,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	mi := &file_drover_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1536,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeNodeRequest) GetNode() string {
@@ -1413,7 +1555,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	mi := &file_drover_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1567,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	mi := &file_drover_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1580,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeNodeResponse) GetMeta() *WriteMeta {
@@ -1496,10 +1638,11 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"\x8e\x01\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\fR\x0ecertificatePem\x12I\n" +
-	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"U\n" +
+	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"\x84\x01\n" +
 	"\x10HeartbeatRequest\x12\x1a\n" +
 	"\bsuspects\x18\x01 \x03(\tR\bsuspects\x12%\n" +
-	"\x0egossip_members\x18\x02 \x01(\rR\rgossipMembers\"\xc8\x01\n" +
+	"\x0egossip_members\x18\x02 \x01(\rR\rgossipMembers\x12-\n" +
+	"\x04pull\x18\x03 \x01(\v2\x19.drover.v1.NodePullStatusR\x04pull\"\xf1\x01\n" +
 	"\x11HeartbeatResponse\x12+\n" +
 	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12\x18\n" +
@@ -1508,7 +1651,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"reregister\x18\x04 \x01(\bR\n" +
 	"reregister\x12\x1d\n" +
 	"\n" +
-	"site_peers\x18\x05 \x03(\tR\tsitePeers\"A\n" +
+	"site_peers\x18\x05 \x03(\tR\tsitePeers\x12'\n" +
+	"\x04pull\x18\x06 \x01(\v2\x13.drover.v1.NodePullR\x04pull\"A\n" +
 	"\x17AgentGetManifestRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\"\x84\x01\n" +
@@ -1555,7 +1699,15 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
 	"\x11LabelNodeResponse\x12#\n" +
 	"\x04node\x18\x01 \x01(\v2\x0f.drover.v1.NodeR\x04node\x12(\n" +
-	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"'\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"P\n" +
+	"\x12PullVersionRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x10\n" +
+	"\x03ref\x18\x03 \x01(\tR\x03ref\"\x8d\x01\n" +
+	"\x13PullVersionResponse\x12#\n" +
+	"\x04node\x18\x01 \x01(\v2\x0f.drover.v1.NodeR\x04node\x12'\n" +
+	"\x04pull\x18\x02 \x01(\v2\x13.drover.v1.NodePullR\x04pull\x12(\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"'\n" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\">\n" +
 	"\x12RevokeNodeResponse\x12(\n" +
@@ -1567,14 +1719,15 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x10RenewCertificate\x12\".drover.v1.RenewCertificateRequest\x1a#.drover.v1.RenewCertificateResponse\x12F\n" +
 	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse\x12[\n" +
 	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\xfc\x02\n" +
+	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\xca\x03\n" +
 	"\vNodeService\x12K\n" +
 	"\tListNodes\x12\x1b.drover.v1.ListNodesRequest\x1a\x1c.drover.v1.ListNodesResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\aGetNode\x12\x19.drover.v1.GetNodeRequest\x1a\x1a.drover.v1.GetNodeResponse\"\x03\x90\x02\x01\x12F\n" +
 	"\tDrainNode\x12\x1b.drover.v1.DrainNodeRequest\x1a\x1c.drover.v1.DrainNodeResponse\x12F\n" +
 	"\tLabelNode\x12\x1b.drover.v1.LabelNodeRequest\x1a\x1c.drover.v1.LabelNodeResponse\x12I\n" +
 	"\n" +
-	"RevokeNode\x12\x1c.drover.v1.RevokeNodeRequest\x1a\x1d.drover.v1.RevokeNodeResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"RevokeNode\x12\x1c.drover.v1.RevokeNodeRequest\x1a\x1d.drover.v1.RevokeNodeResponse\x12L\n" +
+	"\vPullVersion\x12\x1d.drover.v1.PullVersionRequest\x1a\x1e.drover.v1.PullVersionResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_agent_proto_rawDescOnce sync.Once
@@ -1588,7 +1741,7 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_drover_v1_agent_proto_goTypes = []any{
 	(*GetClusterInfoRequest)(nil),    // 0: drover.v1.GetClusterInfoRequest
 	(*GetClusterInfoResponse)(nil),   // 1: drover.v1.GetClusterInfoResponse
@@ -1612,81 +1765,92 @@ var file_drover_v1_agent_proto_goTypes = []any{
 	(*DrainNodeResponse)(nil),        // 19: drover.v1.DrainNodeResponse
 	(*LabelNodeRequest)(nil),         // 20: drover.v1.LabelNodeRequest
 	(*LabelNodeResponse)(nil),        // 21: drover.v1.LabelNodeResponse
-	(*RevokeNodeRequest)(nil),        // 22: drover.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),       // 23: drover.v1.RevokeNodeResponse
-	nil,                              // 24: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	nil,                              // 25: drover.v1.EnrollRequest.LabelsEntry
-	nil,                              // 26: drover.v1.ListNodesRequest.LabelsEntry
-	nil,                              // 27: drover.v1.LabelNodeRequest.SetEntry
-	(*NodeInventory)(nil),            // 28: drover.v1.NodeInventory
-	(*Node)(nil),                     // 29: drover.v1.Node
-	(*timestamppb.Timestamp)(nil),    // 30: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 31: drover.v1.WriteMeta
-	(*durationpb.Duration)(nil),      // 32: google.protobuf.Duration
-	(NodeStatus)(0),                  // 33: drover.v1.NodeStatus
-	(*ModelVersion)(nil),             // 34: drover.v1.ModelVersion
-	(*SignedManifest)(nil),           // 35: drover.v1.SignedManifest
-	(*QueryOptions)(nil),             // 36: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 37: drover.v1.QueryMeta
+	(*PullVersionRequest)(nil),       // 22: drover.v1.PullVersionRequest
+	(*PullVersionResponse)(nil),      // 23: drover.v1.PullVersionResponse
+	(*RevokeNodeRequest)(nil),        // 24: drover.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),       // 25: drover.v1.RevokeNodeResponse
+	nil,                              // 26: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	nil,                              // 27: drover.v1.EnrollRequest.LabelsEntry
+	nil,                              // 28: drover.v1.ListNodesRequest.LabelsEntry
+	nil,                              // 29: drover.v1.LabelNodeRequest.SetEntry
+	(*NodeInventory)(nil),            // 30: drover.v1.NodeInventory
+	(*Node)(nil),                     // 31: drover.v1.Node
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 33: drover.v1.WriteMeta
+	(*NodePullStatus)(nil),           // 34: drover.v1.NodePullStatus
+	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
+	(NodeStatus)(0),                  // 36: drover.v1.NodeStatus
+	(*NodePull)(nil),                 // 37: drover.v1.NodePull
+	(*ModelVersion)(nil),             // 38: drover.v1.ModelVersion
+	(*SignedManifest)(nil),           // 39: drover.v1.SignedManifest
+	(*QueryOptions)(nil),             // 40: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 41: drover.v1.QueryMeta
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	24, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	25, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
-	28, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
-	29, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
-	30, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	31, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
-	28, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
-	29, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
-	31, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
-	30, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	32, // 10: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
-	33, // 11: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
-	34, // 12: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
-	35, // 13: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
-	26, // 14: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
-	33, // 15: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
-	36, // 16: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
-	29, // 17: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
-	37, // 18: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
-	36, // 19: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
-	29, // 20: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
-	37, // 21: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
-	29, // 22: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
-	31, // 23: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	27, // 24: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
-	29, // 25: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
-	31, // 26: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	31, // 27: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	0,  // 28: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
-	2,  // 29: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
-	4,  // 30: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	6,  // 31: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
-	8,  // 32: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
-	10, // 33: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
-	12, // 34: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
-	14, // 35: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	16, // 36: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	18, // 37: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	20, // 38: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	22, // 39: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	1,  // 40: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 41: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 42: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 43: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 44: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 45: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
-	13, // 46: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
-	15, // 47: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	17, // 48: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	19, // 49: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	21, // 50: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	23, // 51: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	40, // [40:52] is the sub-list for method output_type
-	28, // [28:40] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	26, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	27, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
+	30, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
+	31, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
+	32, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	33, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
+	30, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
+	31, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
+	33, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
+	32, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	34, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
+	35, // 11: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
+	36, // 12: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
+	37, // 13: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
+	38, // 14: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
+	39, // 15: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
+	28, // 16: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
+	36, // 17: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
+	40, // 18: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
+	31, // 19: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
+	41, // 20: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
+	40, // 21: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
+	31, // 22: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
+	41, // 23: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
+	31, // 24: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
+	33, // 25: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	29, // 26: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
+	31, // 27: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
+	33, // 28: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	31, // 29: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
+	37, // 30: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
+	33, // 31: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 32: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	0,  // 33: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
+	2,  // 34: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
+	4,  // 35: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	6,  // 36: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
+	8,  // 37: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
+	10, // 38: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
+	12, // 39: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
+	14, // 40: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	16, // 41: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	18, // 42: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	20, // 43: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	24, // 44: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	22, // 45: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
+	1,  // 46: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 47: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 48: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 49: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 50: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 51: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	13, // 52: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	15, // 53: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	17, // 54: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	19, // 55: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	21, // 56: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	25, // 57: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	23, // 58: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
+	46, // [46:59] is the sub-list for method output_type
+	33, // [33:46] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -1704,7 +1868,7 @@ func file_drover_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

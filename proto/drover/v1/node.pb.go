@@ -83,6 +83,70 @@ func (NodeStatus) EnumDescriptor() ([]byte, []int) {
 	return file_drover_v1_node_proto_rawDescGZIP(), []int{0}
 }
 
+// PullPhase is where an agent's pull of a version stands.
+type PullPhase int32
+
+const (
+	PullPhase_PULL_PHASE_UNSPECIFIED PullPhase = 0
+	// Getting the manifest and checking its signature and history.
+	PullPhase_PULL_PHASE_VERIFYING PullPhase = 1
+	// Fetching the chunks the node's cache lacks.
+	PullPhase_PULL_PHASE_FETCHING PullPhase = 2
+	// Writing the version directory from the cache.
+	PullPhase_PULL_PHASE_ASSEMBLING PullPhase = 3
+	// The version directory is complete and verified.
+	PullPhase_PULL_PHASE_DONE PullPhase = 4
+	// The pull stopped; error says why. The previous version is untouched.
+	PullPhase_PULL_PHASE_FAILED PullPhase = 5
+)
+
+// Enum value maps for PullPhase.
+var (
+	PullPhase_name = map[int32]string{
+		0: "PULL_PHASE_UNSPECIFIED",
+		1: "PULL_PHASE_VERIFYING",
+		2: "PULL_PHASE_FETCHING",
+		3: "PULL_PHASE_ASSEMBLING",
+		4: "PULL_PHASE_DONE",
+		5: "PULL_PHASE_FAILED",
+	}
+	PullPhase_value = map[string]int32{
+		"PULL_PHASE_UNSPECIFIED": 0,
+		"PULL_PHASE_VERIFYING":   1,
+		"PULL_PHASE_FETCHING":    2,
+		"PULL_PHASE_ASSEMBLING":  3,
+		"PULL_PHASE_DONE":        4,
+		"PULL_PHASE_FAILED":      5,
+	}
+)
+
+func (x PullPhase) Enum() *PullPhase {
+	p := new(PullPhase)
+	*p = x
+	return p
+}
+
+func (x PullPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PullPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_drover_v1_node_proto_enumTypes[1].Descriptor()
+}
+
+func (PullPhase) Type() protoreflect.EnumType {
+	return &file_drover_v1_node_proto_enumTypes[1]
+}
+
+func (x PullPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PullPhase.Descriptor instead.
+func (PullPhase) EnumDescriptor() ([]byte, []int) {
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{1}
+}
+
 // JoinToken lets agents enroll. The secret is never stored: the replicated
 // state keeps only its SHA-256. The token string an operator hands out is
 // "drover-join.v1.<ca sha256>.<id>.<secret>".
@@ -1086,8 +1150,17 @@ type Node struct {
 	// An enrollment retried with the same key and join token gets this node
 	// back instead of making another.
 	PublicKeySha256 []byte `protobuf:"bytes,16,opt,name=public_key_sha256,json=publicKeySha256,proto3" json:"public_key_sha256,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The version an operator last asked the node to pull
+	// (NodeService.PullVersion); a new request replaces it. Absent until
+	// one is made.
+	RequestedPull *NodePull `protobuf:"bytes,17,opt,name=requested_pull,json=requestedPull,proto3" json:"requested_pull,omitempty"`
+	// What the node's agent last reported of its pull, in a heartbeat. The
+	// leader keeps it in memory, not in the replicated state: it is absent
+	// in an answer from a follower (a stale read), and until the agent's
+	// first heartbeat to a new leader.
+	PullStatus    *NodePullStatus `protobuf:"bytes,18,opt,name=pull_status,json=pullStatus,proto3" json:"pull_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1232,6 +1305,244 @@ func (x *Node) GetPublicKeySha256() []byte {
 	return nil
 }
 
+func (x *Node) GetRequestedPull() *NodePull {
+	if x != nil {
+		return x.RequestedPull
+	}
+	return nil
+}
+
+func (x *Node) GetPullStatus() *NodePullStatus {
+	if x != nil {
+		return x.PullStatus
+	}
+	return nil
+}
+
+// NodePull is a version an operator asked a node to pull: resolved to a
+// version number and the digest of its signed manifest when asked, so a
+// later change of an alias does not move it.
+type NodePull struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Model   string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The version's artifact digest, "sha256:<hex>": the SHA-256 of the
+	// signed manifest the agent must get.
+	ArtifactDigest string `protobuf:"bytes,3,opt,name=artifact_digest,json=artifactDigest,proto3" json:"artifact_digest,omitempty"`
+	// Accessor id and name of the token that asked.
+	RequestedBy     string                 `protobuf:"bytes,4,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	RequestedByName string                 `protobuf:"bytes,5,opt,name=requested_by_name,json=requestedByName,proto3" json:"requested_by_name,omitempty"`
+	RequestTime     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=request_time,json=requestTime,proto3" json:"request_time,omitempty"`
+	// Raft index of the request: it tells one request from the next, also
+	// a repeated request for the same version, which the agent takes as a
+	// request to try again after a failure.
+	RequestIndex  uint64 `protobuf:"varint,7,opt,name=request_index,json=requestIndex,proto3" json:"request_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodePull) Reset() {
+	*x = NodePull{}
+	mi := &file_drover_v1_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodePull) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodePull) ProtoMessage() {}
+
+func (x *NodePull) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodePull.ProtoReflect.Descriptor instead.
+func (*NodePull) Descriptor() ([]byte, []int) {
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *NodePull) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *NodePull) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *NodePull) GetArtifactDigest() string {
+	if x != nil {
+		return x.ArtifactDigest
+	}
+	return ""
+}
+
+func (x *NodePull) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *NodePull) GetRequestedByName() string {
+	if x != nil {
+		return x.RequestedByName
+	}
+	return ""
+}
+
+func (x *NodePull) GetRequestTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RequestTime
+	}
+	return nil
+}
+
+func (x *NodePull) GetRequestIndex() uint64 {
+	if x != nil {
+		return x.RequestIndex
+	}
+	return 0
+}
+
+// NodePullStatus is an agent's report of its latest pull.
+type NodePullStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Model   string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Phase   PullPhase              `protobuf:"varint,3,opt,name=phase,proto3,enum=drover.v1.PullPhase" json:"phase,omitempty"`
+	// Bytes of the version in the node's cache, of its distinct chunks'.
+	BytesDone  uint64 `protobuf:"varint,4,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	BytesTotal uint64 `protobuf:"varint,5,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	// Bytes this pull fetched from control-plane servers, and from site
+	// peers.
+	BytesFromServers uint64 `protobuf:"varint,6,opt,name=bytes_from_servers,json=bytesFromServers,proto3" json:"bytes_from_servers,omitempty"`
+	BytesFromPeers   uint64 `protobuf:"varint,7,opt,name=bytes_from_peers,json=bytesFromPeers,proto3" json:"bytes_from_peers,omitempty"`
+	// Why the pull failed; empty unless phase is FAILED.
+	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// The request_index of the NodePull this reports on.
+	RequestIndex uint64 `protobuf:"varint,9,opt,name=request_index,json=requestIndex,proto3" json:"request_index,omitempty"`
+	// When the leader received the report, on its clock.
+	ReportTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=report_time,json=reportTime,proto3" json:"report_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodePullStatus) Reset() {
+	*x = NodePullStatus{}
+	mi := &file_drover_v1_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodePullStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodePullStatus) ProtoMessage() {}
+
+func (x *NodePullStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodePullStatus.ProtoReflect.Descriptor instead.
+func (*NodePullStatus) Descriptor() ([]byte, []int) {
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *NodePullStatus) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *NodePullStatus) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *NodePullStatus) GetPhase() PullPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return PullPhase_PULL_PHASE_UNSPECIFIED
+}
+
+func (x *NodePullStatus) GetBytesDone() uint64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *NodePullStatus) GetBytesTotal() uint64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
+func (x *NodePullStatus) GetBytesFromServers() uint64 {
+	if x != nil {
+		return x.BytesFromServers
+	}
+	return 0
+}
+
+func (x *NodePullStatus) GetBytesFromPeers() uint64 {
+	if x != nil {
+		return x.BytesFromPeers
+	}
+	return 0
+}
+
+func (x *NodePullStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *NodePullStatus) GetRequestIndex() uint64 {
+	if x != nil {
+		return x.RequestIndex
+	}
+	return 0
+}
+
+func (x *NodePullStatus) GetReportTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportTime
+	}
+	return nil
+}
+
 type CreateTokenRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Description string                 `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
@@ -1246,7 +1557,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_drover_v1_node_proto_msgTypes[12]
+	mi := &file_drover_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1569,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[12]
+	mi := &file_drover_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1582,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateTokenRequest) GetDescription() string {
@@ -1321,7 +1632,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_drover_v1_node_proto_msgTypes[13]
+	mi := &file_drover_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1644,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[13]
+	mi := &file_drover_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1657,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateTokenResponse) GetToken() *JoinToken {
@@ -1379,7 +1690,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_drover_v1_node_proto_msgTypes[14]
+	mi := &file_drover_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1391,7 +1702,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[14]
+	mi := &file_drover_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1404,7 +1715,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTokensRequest) GetOptions() *QueryOptions {
@@ -1424,7 +1735,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_drover_v1_node_proto_msgTypes[15]
+	mi := &file_drover_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1747,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[15]
+	mi := &file_drover_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1760,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTokensResponse) GetTokens() []*JoinToken {
@@ -1475,7 +1786,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_drover_v1_node_proto_msgTypes[16]
+	mi := &file_drover_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1798,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[16]
+	mi := &file_drover_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1811,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1519,7 +1830,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_drover_v1_node_proto_msgTypes[17]
+	mi := &file_drover_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1842,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[17]
+	mi := &file_drover_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1855,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeTokenResponse) GetMeta() *WriteMeta {
@@ -1662,7 +1973,7 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\x92\x05\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\x8a\x06\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
@@ -1682,10 +1993,36 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\fmodify_index\x18\x0e \x01(\x04R\vmodifyIndex\x12\x1f\n" +
 	"\vgossip_addr\x18\x0f \x01(\tR\n" +
 	"gossipAddr\x12*\n" +
-	"\x11public_key_sha256\x18\x10 \x01(\fR\x0fpublicKeySha256\x1a9\n" +
+	"\x11public_key_sha256\x18\x10 \x01(\fR\x0fpublicKeySha256\x12:\n" +
+	"\x0erequested_pull\x18\x11 \x01(\v2\x13.drover.v1.NodePullR\rrequestedPull\x12:\n" +
+	"\vpull_status\x18\x12 \x01(\v2\x19.drover.v1.NodePullStatusR\n" +
+	"pullStatus\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\bNodePull\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12'\n" +
+	"\x0fartifact_digest\x18\x03 \x01(\tR\x0eartifactDigest\x12!\n" +
+	"\frequested_by\x18\x04 \x01(\tR\vrequestedBy\x12*\n" +
+	"\x11requested_by_name\x18\x05 \x01(\tR\x0frequestedByName\x12=\n" +
+	"\frequest_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vrequestTime\x12#\n" +
+	"\rrequest_index\x18\a \x01(\x04R\frequestIndex\"\xfc\x02\n" +
+	"\x0eNodePullStatus\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12*\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x14.drover.v1.PullPhaseR\x05phase\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\x04 \x01(\x04R\tbytesDone\x12\x1f\n" +
+	"\vbytes_total\x18\x05 \x01(\x04R\n" +
+	"bytesTotal\x12,\n" +
+	"\x12bytes_from_servers\x18\x06 \x01(\x04R\x10bytesFromServers\x12(\n" +
+	"\x10bytes_from_peers\x18\a \x01(\x04R\x0ebytesFromPeers\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12#\n" +
+	"\rrequest_index\x18\t \x01(\x04R\frequestIndex\x12;\n" +
+	"\vreport_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportTime\"\x90\x02\n" +
 	"\x12CreateTokenRequest\x12 \n" +
 	"\vdescription\x18\x01 \x01(\tR\vdescription\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
@@ -1714,7 +2051,14 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\x18NODE_STATUS_INITIALIZING\x10\x01\x12\x15\n" +
 	"\x11NODE_STATUS_READY\x10\x02\x12\x14\n" +
 	"\x10NODE_STATUS_DOWN\x10\x03\x12\x14\n" +
-	"\x10NODE_STATUS_LEFT\x10\x042\xfa\x01\n" +
+	"\x10NODE_STATUS_LEFT\x10\x04*\xa1\x01\n" +
+	"\tPullPhase\x12\x1a\n" +
+	"\x16PULL_PHASE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14PULL_PHASE_VERIFYING\x10\x01\x12\x17\n" +
+	"\x13PULL_PHASE_FETCHING\x10\x02\x12\x19\n" +
+	"\x15PULL_PHASE_ASSEMBLING\x10\x03\x12\x13\n" +
+	"\x0fPULL_PHASE_DONE\x10\x04\x12\x15\n" +
+	"\x11PULL_PHASE_FAILED\x10\x052\xfa\x01\n" +
 	"\fTokenService\x12L\n" +
 	"\vCreateToken\x12\x1d.drover.v1.CreateTokenRequest\x1a\x1e.drover.v1.CreateTokenResponse\x12N\n" +
 	"\n" +
@@ -1733,75 +2077,83 @@ func file_drover_v1_node_proto_rawDescGZIP() []byte {
 	return file_drover_v1_node_proto_rawDescData
 }
 
-var file_drover_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_drover_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_drover_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_drover_v1_node_proto_goTypes = []any{
 	(NodeStatus)(0),               // 0: drover.v1.NodeStatus
-	(*JoinToken)(nil),             // 1: drover.v1.JoinToken
-	(*NodeInventory)(nil),         // 2: drover.v1.NodeInventory
-	(*HostInfo)(nil),              // 3: drover.v1.HostInfo
-	(*CPUInfo)(nil),               // 4: drover.v1.CPUInfo
-	(*MemoryInfo)(nil),            // 5: drover.v1.MemoryInfo
-	(*DiskInfo)(nil),              // 6: drover.v1.DiskInfo
-	(*ContainerLimits)(nil),       // 7: drover.v1.ContainerLimits
-	(*BoardInfo)(nil),             // 8: drover.v1.BoardInfo
-	(*GPUProbe)(nil),              // 9: drover.v1.GPUProbe
-	(*GPUInfo)(nil),               // 10: drover.v1.GPUInfo
-	(*NodeStatusChange)(nil),      // 11: drover.v1.NodeStatusChange
-	(*Node)(nil),                  // 12: drover.v1.Node
-	(*CreateTokenRequest)(nil),    // 13: drover.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 14: drover.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),     // 15: drover.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 16: drover.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 17: drover.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 18: drover.v1.RevokeTokenResponse
-	nil,                           // 19: drover.v1.JoinToken.LabelsEntry
-	nil,                           // 20: drover.v1.Node.LabelsEntry
-	nil,                           // 21: drover.v1.CreateTokenRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
-	(*WriteMeta)(nil),             // 24: drover.v1.WriteMeta
-	(*QueryOptions)(nil),          // 25: drover.v1.QueryOptions
-	(*QueryMeta)(nil),             // 26: drover.v1.QueryMeta
+	(PullPhase)(0),                // 1: drover.v1.PullPhase
+	(*JoinToken)(nil),             // 2: drover.v1.JoinToken
+	(*NodeInventory)(nil),         // 3: drover.v1.NodeInventory
+	(*HostInfo)(nil),              // 4: drover.v1.HostInfo
+	(*CPUInfo)(nil),               // 5: drover.v1.CPUInfo
+	(*MemoryInfo)(nil),            // 6: drover.v1.MemoryInfo
+	(*DiskInfo)(nil),              // 7: drover.v1.DiskInfo
+	(*ContainerLimits)(nil),       // 8: drover.v1.ContainerLimits
+	(*BoardInfo)(nil),             // 9: drover.v1.BoardInfo
+	(*GPUProbe)(nil),              // 10: drover.v1.GPUProbe
+	(*GPUInfo)(nil),               // 11: drover.v1.GPUInfo
+	(*NodeStatusChange)(nil),      // 12: drover.v1.NodeStatusChange
+	(*Node)(nil),                  // 13: drover.v1.Node
+	(*NodePull)(nil),              // 14: drover.v1.NodePull
+	(*NodePullStatus)(nil),        // 15: drover.v1.NodePullStatus
+	(*CreateTokenRequest)(nil),    // 16: drover.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 17: drover.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),     // 18: drover.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 19: drover.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 20: drover.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 21: drover.v1.RevokeTokenResponse
+	nil,                           // 22: drover.v1.JoinToken.LabelsEntry
+	nil,                           // 23: drover.v1.Node.LabelsEntry
+	nil,                           // 24: drover.v1.CreateTokenRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*WriteMeta)(nil),             // 27: drover.v1.WriteMeta
+	(*QueryOptions)(nil),          // 28: drover.v1.QueryOptions
+	(*QueryMeta)(nil),             // 29: drover.v1.QueryMeta
 }
 var file_drover_v1_node_proto_depIdxs = []int32{
-	19, // 0: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
-	22, // 1: drover.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	22, // 2: drover.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	3,  // 3: drover.v1.NodeInventory.host:type_name -> drover.v1.HostInfo
-	4,  // 4: drover.v1.NodeInventory.cpu:type_name -> drover.v1.CPUInfo
-	5,  // 5: drover.v1.NodeInventory.memory:type_name -> drover.v1.MemoryInfo
-	6,  // 6: drover.v1.NodeInventory.disks:type_name -> drover.v1.DiskInfo
-	7,  // 7: drover.v1.NodeInventory.container:type_name -> drover.v1.ContainerLimits
-	8,  // 8: drover.v1.NodeInventory.board:type_name -> drover.v1.BoardInfo
-	9,  // 9: drover.v1.NodeInventory.gpu_probe:type_name -> drover.v1.GPUProbe
-	10, // 10: drover.v1.NodeInventory.gpus:type_name -> drover.v1.GPUInfo
+	22, // 0: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
+	25, // 1: drover.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	25, // 2: drover.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	4,  // 3: drover.v1.NodeInventory.host:type_name -> drover.v1.HostInfo
+	5,  // 4: drover.v1.NodeInventory.cpu:type_name -> drover.v1.CPUInfo
+	6,  // 5: drover.v1.NodeInventory.memory:type_name -> drover.v1.MemoryInfo
+	7,  // 6: drover.v1.NodeInventory.disks:type_name -> drover.v1.DiskInfo
+	8,  // 7: drover.v1.NodeInventory.container:type_name -> drover.v1.ContainerLimits
+	9,  // 8: drover.v1.NodeInventory.board:type_name -> drover.v1.BoardInfo
+	10, // 9: drover.v1.NodeInventory.gpu_probe:type_name -> drover.v1.GPUProbe
+	11, // 10: drover.v1.NodeInventory.gpus:type_name -> drover.v1.GPUInfo
 	0,  // 11: drover.v1.NodeStatusChange.status:type_name -> drover.v1.NodeStatus
-	22, // 12: drover.v1.NodeStatusChange.time:type_name -> google.protobuf.Timestamp
-	20, // 13: drover.v1.Node.labels:type_name -> drover.v1.Node.LabelsEntry
+	25, // 12: drover.v1.NodeStatusChange.time:type_name -> google.protobuf.Timestamp
+	23, // 13: drover.v1.Node.labels:type_name -> drover.v1.Node.LabelsEntry
 	0,  // 14: drover.v1.Node.status:type_name -> drover.v1.NodeStatus
-	2,  // 15: drover.v1.Node.inventory:type_name -> drover.v1.NodeInventory
-	22, // 16: drover.v1.Node.enroll_time:type_name -> google.protobuf.Timestamp
-	11, // 17: drover.v1.Node.history:type_name -> drover.v1.NodeStatusChange
-	23, // 18: drover.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	21, // 19: drover.v1.CreateTokenRequest.labels:type_name -> drover.v1.CreateTokenRequest.LabelsEntry
-	1,  // 20: drover.v1.CreateTokenResponse.token:type_name -> drover.v1.JoinToken
-	24, // 21: drover.v1.CreateTokenResponse.meta:type_name -> drover.v1.WriteMeta
-	25, // 22: drover.v1.ListTokensRequest.options:type_name -> drover.v1.QueryOptions
-	1,  // 23: drover.v1.ListTokensResponse.tokens:type_name -> drover.v1.JoinToken
-	26, // 24: drover.v1.ListTokensResponse.meta:type_name -> drover.v1.QueryMeta
-	24, // 25: drover.v1.RevokeTokenResponse.meta:type_name -> drover.v1.WriteMeta
-	13, // 26: drover.v1.TokenService.CreateToken:input_type -> drover.v1.CreateTokenRequest
-	15, // 27: drover.v1.TokenService.ListTokens:input_type -> drover.v1.ListTokensRequest
-	17, // 28: drover.v1.TokenService.RevokeToken:input_type -> drover.v1.RevokeTokenRequest
-	14, // 29: drover.v1.TokenService.CreateToken:output_type -> drover.v1.CreateTokenResponse
-	16, // 30: drover.v1.TokenService.ListTokens:output_type -> drover.v1.ListTokensResponse
-	18, // 31: drover.v1.TokenService.RevokeToken:output_type -> drover.v1.RevokeTokenResponse
-	29, // [29:32] is the sub-list for method output_type
-	26, // [26:29] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	3,  // 15: drover.v1.Node.inventory:type_name -> drover.v1.NodeInventory
+	25, // 16: drover.v1.Node.enroll_time:type_name -> google.protobuf.Timestamp
+	12, // 17: drover.v1.Node.history:type_name -> drover.v1.NodeStatusChange
+	14, // 18: drover.v1.Node.requested_pull:type_name -> drover.v1.NodePull
+	15, // 19: drover.v1.Node.pull_status:type_name -> drover.v1.NodePullStatus
+	25, // 20: drover.v1.NodePull.request_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: drover.v1.NodePullStatus.phase:type_name -> drover.v1.PullPhase
+	25, // 22: drover.v1.NodePullStatus.report_time:type_name -> google.protobuf.Timestamp
+	26, // 23: drover.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	24, // 24: drover.v1.CreateTokenRequest.labels:type_name -> drover.v1.CreateTokenRequest.LabelsEntry
+	2,  // 25: drover.v1.CreateTokenResponse.token:type_name -> drover.v1.JoinToken
+	27, // 26: drover.v1.CreateTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	28, // 27: drover.v1.ListTokensRequest.options:type_name -> drover.v1.QueryOptions
+	2,  // 28: drover.v1.ListTokensResponse.tokens:type_name -> drover.v1.JoinToken
+	29, // 29: drover.v1.ListTokensResponse.meta:type_name -> drover.v1.QueryMeta
+	27, // 30: drover.v1.RevokeTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	16, // 31: drover.v1.TokenService.CreateToken:input_type -> drover.v1.CreateTokenRequest
+	18, // 32: drover.v1.TokenService.ListTokens:input_type -> drover.v1.ListTokensRequest
+	20, // 33: drover.v1.TokenService.RevokeToken:input_type -> drover.v1.RevokeTokenRequest
+	17, // 34: drover.v1.TokenService.CreateToken:output_type -> drover.v1.CreateTokenResponse
+	19, // 35: drover.v1.TokenService.ListTokens:output_type -> drover.v1.ListTokensResponse
+	21, // 36: drover.v1.TokenService.RevokeToken:output_type -> drover.v1.RevokeTokenResponse
+	34, // [34:37] is the sub-list for method output_type
+	31, // [31:34] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_node_proto_init() }
@@ -1815,8 +2167,8 @@ func file_drover_v1_node_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_node_proto_rawDesc), len(file_drover_v1_node_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

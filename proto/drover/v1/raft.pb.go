@@ -51,6 +51,7 @@ const (
 	CommandType_COMMAND_TYPE_RECORD_DENIALS       CommandType = 21
 	CommandType_COMMAND_TYPE_REGISTER_SIGNING_KEY CommandType = 22
 	CommandType_COMMAND_TYPE_REVOKE_SIGNING_KEY   CommandType = 23
+	CommandType_COMMAND_TYPE_SET_NODE_PULL        CommandType = 24
 )
 
 // Enum value maps for CommandType.
@@ -80,6 +81,7 @@ var (
 		21: "COMMAND_TYPE_RECORD_DENIALS",
 		22: "COMMAND_TYPE_REGISTER_SIGNING_KEY",
 		23: "COMMAND_TYPE_REVOKE_SIGNING_KEY",
+		24: "COMMAND_TYPE_SET_NODE_PULL",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":          0,
@@ -106,6 +108,7 @@ var (
 		"COMMAND_TYPE_RECORD_DENIALS":       21,
 		"COMMAND_TYPE_REGISTER_SIGNING_KEY": 22,
 		"COMMAND_TYPE_REVOKE_SIGNING_KEY":   23,
+		"COMMAND_TYPE_SET_NODE_PULL":        24,
 	}
 )
 
@@ -1488,7 +1491,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\xaa\x06\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\xca\x06\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -1514,7 +1517,8 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1dCOMMAND_TYPE_ROTATE_ACL_TOKEN\x10\x14\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15\x12%\n" +
 	"!COMMAND_TYPE_REGISTER_SIGNING_KEY\x10\x16\x12#\n" +
-	"\x1fCOMMAND_TYPE_REVOKE_SIGNING_KEY\x10\x17B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x1fCOMMAND_TYPE_REVOKE_SIGNING_KEY\x10\x17\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_SET_NODE_PULL\x10\x18B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once

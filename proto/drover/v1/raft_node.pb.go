@@ -447,6 +447,68 @@ func (x *SetNodeDrainCommand) GetDraining() bool {
 	return false
 }
 
+// SetNodePullCommand records the version a node is asked to pull;
+// pull.request_index and requested_by are set when it is applied.
+type SetNodePullCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Pull          *NodePull              `protobuf:"bytes,3,opt,name=pull,proto3" json:"pull,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodePullCommand) Reset() {
+	*x = SetNodePullCommand{}
+	mi := &file_drover_v1_raft_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodePullCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodePullCommand) ProtoMessage() {}
+
+func (x *SetNodePullCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodePullCommand.ProtoReflect.Descriptor instead.
+func (*SetNodePullCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SetNodePullCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *SetNodePullCommand) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SetNodePullCommand) GetPull() *NodePull {
+	if x != nil {
+		return x.Pull
+	}
+	return nil
+}
+
 type SetNodeLabelsCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
@@ -459,7 +521,7 @@ type SetNodeLabelsCommand struct {
 
 func (x *SetNodeLabelsCommand) Reset() {
 	*x = SetNodeLabelsCommand{}
-	mi := &file_drover_v1_raft_node_proto_msgTypes[7]
+	mi := &file_drover_v1_raft_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +533,7 @@ func (x *SetNodeLabelsCommand) String() string {
 func (*SetNodeLabelsCommand) ProtoMessage() {}
 
 func (x *SetNodeLabelsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_node_proto_msgTypes[7]
+	mi := &file_drover_v1_raft_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +546,7 @@ func (x *SetNodeLabelsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeLabelsCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeLabelsCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{7}
+	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetNodeLabelsCommand) GetMeta() *CommandMeta {
@@ -525,7 +587,7 @@ type RevokeNodeCommand struct {
 
 func (x *RevokeNodeCommand) Reset() {
 	*x = RevokeNodeCommand{}
-	mi := &file_drover_v1_raft_node_proto_msgTypes[8]
+	mi := &file_drover_v1_raft_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +599,7 @@ func (x *RevokeNodeCommand) String() string {
 func (*RevokeNodeCommand) ProtoMessage() {}
 
 func (x *RevokeNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_node_proto_msgTypes[8]
+	mi := &file_drover_v1_raft_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +612,7 @@ func (x *RevokeNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeCommand.ProtoReflect.Descriptor instead.
 func (*RevokeNodeCommand) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{8}
+	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RevokeNodeCommand) GetMeta() *CommandMeta {
@@ -600,7 +662,11 @@ const file_drover_v1_raft_node_proto_rawDesc = "" +
 	"\x13SetNodeDrainCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1a\n" +
-	"\bdraining\x18\x03 \x01(\bR\bdraining\"\xe7\x01\n" +
+	"\bdraining\x18\x03 \x01(\bR\bdraining\"\x82\x01\n" +
+	"\x12SetNodePullCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12'\n" +
+	"\x04pull\x18\x03 \x01(\v2\x13.drover.v1.NodePullR\x04pull\"\xe7\x01\n" +
 	"\x14SetNodeLabelsCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12:\n" +
@@ -625,7 +691,7 @@ func file_drover_v1_raft_node_proto_rawDescGZIP() []byte {
 	return file_drover_v1_raft_node_proto_rawDescData
 }
 
-var file_drover_v1_raft_node_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_drover_v1_raft_node_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_drover_v1_raft_node_proto_goTypes = []any{
 	(*CreateJoinTokenCommand)(nil), // 0: drover.v1.CreateJoinTokenCommand
 	(*RevokeJoinTokenCommand)(nil), // 1: drover.v1.RevokeJoinTokenCommand
@@ -634,35 +700,39 @@ var file_drover_v1_raft_node_proto_goTypes = []any{
 	(*SetNodeStatusCommand)(nil),   // 4: drover.v1.SetNodeStatusCommand
 	(*NodeStatusUpdate)(nil),       // 5: drover.v1.NodeStatusUpdate
 	(*SetNodeDrainCommand)(nil),    // 6: drover.v1.SetNodeDrainCommand
-	(*SetNodeLabelsCommand)(nil),   // 7: drover.v1.SetNodeLabelsCommand
-	(*RevokeNodeCommand)(nil),      // 8: drover.v1.RevokeNodeCommand
-	nil,                            // 9: drover.v1.SetNodeLabelsCommand.SetEntry
-	(*CommandMeta)(nil),            // 10: drover.v1.CommandMeta
-	(*JoinToken)(nil),              // 11: drover.v1.JoinToken
-	(*Node)(nil),                   // 12: drover.v1.Node
-	(*NodeInventory)(nil),          // 13: drover.v1.NodeInventory
-	(NodeStatus)(0),                // 14: drover.v1.NodeStatus
+	(*SetNodePullCommand)(nil),     // 7: drover.v1.SetNodePullCommand
+	(*SetNodeLabelsCommand)(nil),   // 8: drover.v1.SetNodeLabelsCommand
+	(*RevokeNodeCommand)(nil),      // 9: drover.v1.RevokeNodeCommand
+	nil,                            // 10: drover.v1.SetNodeLabelsCommand.SetEntry
+	(*CommandMeta)(nil),            // 11: drover.v1.CommandMeta
+	(*JoinToken)(nil),              // 12: drover.v1.JoinToken
+	(*Node)(nil),                   // 13: drover.v1.Node
+	(*NodeInventory)(nil),          // 14: drover.v1.NodeInventory
+	(NodeStatus)(0),                // 15: drover.v1.NodeStatus
+	(*NodePull)(nil),               // 16: drover.v1.NodePull
 }
 var file_drover_v1_raft_node_proto_depIdxs = []int32{
-	10, // 0: drover.v1.CreateJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	11, // 1: drover.v1.CreateJoinTokenCommand.token:type_name -> drover.v1.JoinToken
-	10, // 2: drover.v1.RevokeJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	10, // 3: drover.v1.EnrollNodeCommand.meta:type_name -> drover.v1.CommandMeta
-	12, // 4: drover.v1.EnrollNodeCommand.node:type_name -> drover.v1.Node
-	10, // 5: drover.v1.RegisterNodeCommand.meta:type_name -> drover.v1.CommandMeta
-	13, // 6: drover.v1.RegisterNodeCommand.inventory:type_name -> drover.v1.NodeInventory
-	10, // 7: drover.v1.SetNodeStatusCommand.meta:type_name -> drover.v1.CommandMeta
+	11, // 0: drover.v1.CreateJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	12, // 1: drover.v1.CreateJoinTokenCommand.token:type_name -> drover.v1.JoinToken
+	11, // 2: drover.v1.RevokeJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	11, // 3: drover.v1.EnrollNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	13, // 4: drover.v1.EnrollNodeCommand.node:type_name -> drover.v1.Node
+	11, // 5: drover.v1.RegisterNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	14, // 6: drover.v1.RegisterNodeCommand.inventory:type_name -> drover.v1.NodeInventory
+	11, // 7: drover.v1.SetNodeStatusCommand.meta:type_name -> drover.v1.CommandMeta
 	5,  // 8: drover.v1.SetNodeStatusCommand.updates:type_name -> drover.v1.NodeStatusUpdate
-	14, // 9: drover.v1.NodeStatusUpdate.status:type_name -> drover.v1.NodeStatus
-	10, // 10: drover.v1.SetNodeDrainCommand.meta:type_name -> drover.v1.CommandMeta
-	10, // 11: drover.v1.SetNodeLabelsCommand.meta:type_name -> drover.v1.CommandMeta
-	9,  // 12: drover.v1.SetNodeLabelsCommand.set:type_name -> drover.v1.SetNodeLabelsCommand.SetEntry
-	10, // 13: drover.v1.RevokeNodeCommand.meta:type_name -> drover.v1.CommandMeta
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 9: drover.v1.NodeStatusUpdate.status:type_name -> drover.v1.NodeStatus
+	11, // 10: drover.v1.SetNodeDrainCommand.meta:type_name -> drover.v1.CommandMeta
+	11, // 11: drover.v1.SetNodePullCommand.meta:type_name -> drover.v1.CommandMeta
+	16, // 12: drover.v1.SetNodePullCommand.pull:type_name -> drover.v1.NodePull
+	11, // 13: drover.v1.SetNodeLabelsCommand.meta:type_name -> drover.v1.CommandMeta
+	10, // 14: drover.v1.SetNodeLabelsCommand.set:type_name -> drover.v1.SetNodeLabelsCommand.SetEntry
+	11, // 15: drover.v1.RevokeNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_node_proto_init() }
@@ -678,7 +748,7 @@ func file_drover_v1_raft_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_node_proto_rawDesc), len(file_drover_v1_raft_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

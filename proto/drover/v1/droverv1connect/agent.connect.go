@@ -62,6 +62,8 @@ const (
 	NodeServiceLabelNodeProcedure = "/drover.v1.NodeService/LabelNode"
 	// NodeServiceRevokeNodeProcedure is the fully-qualified name of the NodeService's RevokeNode RPC.
 	NodeServiceRevokeNodeProcedure = "/drover.v1.NodeService/RevokeNode"
+	// NodeServicePullVersionProcedure is the fully-qualified name of the NodeService's PullVersion RPC.
+	NodeServicePullVersionProcedure = "/drover.v1.NodeService/PullVersion"
 )
 
 // AgentServiceClient is a client for the drover.v1.AgentService service.
@@ -319,6 +321,11 @@ type NodeServiceClient interface {
 	DrainNode(context.Context, *connect.Request[v1.DrainNodeRequest]) (*connect.Response[v1.DrainNodeResponse], error)
 	LabelNode(context.Context, *connect.Request[v1.LabelNodeRequest]) (*connect.Response[v1.LabelNodeResponse], error)
 	RevokeNode(context.Context, *connect.Request[v1.RevokeNodeRequest]) (*connect.Response[v1.RevokeNodeResponse], error)
+	// PullVersion asks a node to pull a pushed version into its data
+	// directory. The reference is resolved now; the request replaces the
+	// node's previous one. The agent hears of it in its next heartbeat
+	// and reports progress in the node's pull_status.
+	PullVersion(context.Context, *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the drover.v1.NodeService service. By default, it
@@ -364,16 +371,23 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("RevokeNode")),
 			connect.WithClientOptions(opts...),
 		),
+		pullVersion: connect.NewClient[v1.PullVersionRequest, v1.PullVersionResponse](
+			httpClient,
+			baseURL+NodeServicePullVersionProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("PullVersion")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // nodeServiceClient implements NodeServiceClient.
 type nodeServiceClient struct {
-	listNodes  *connect.Client[v1.ListNodesRequest, v1.ListNodesResponse]
-	getNode    *connect.Client[v1.GetNodeRequest, v1.GetNodeResponse]
-	drainNode  *connect.Client[v1.DrainNodeRequest, v1.DrainNodeResponse]
-	labelNode  *connect.Client[v1.LabelNodeRequest, v1.LabelNodeResponse]
-	revokeNode *connect.Client[v1.RevokeNodeRequest, v1.RevokeNodeResponse]
+	listNodes   *connect.Client[v1.ListNodesRequest, v1.ListNodesResponse]
+	getNode     *connect.Client[v1.GetNodeRequest, v1.GetNodeResponse]
+	drainNode   *connect.Client[v1.DrainNodeRequest, v1.DrainNodeResponse]
+	labelNode   *connect.Client[v1.LabelNodeRequest, v1.LabelNodeResponse]
+	revokeNode  *connect.Client[v1.RevokeNodeRequest, v1.RevokeNodeResponse]
+	pullVersion *connect.Client[v1.PullVersionRequest, v1.PullVersionResponse]
 }
 
 // ListNodes calls drover.v1.NodeService.ListNodes.
@@ -401,6 +415,11 @@ func (c *nodeServiceClient) RevokeNode(ctx context.Context, req *connect.Request
 	return c.revokeNode.CallUnary(ctx, req)
 }
 
+// PullVersion calls drover.v1.NodeService.PullVersion.
+func (c *nodeServiceClient) PullVersion(ctx context.Context, req *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error) {
+	return c.pullVersion.CallUnary(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the drover.v1.NodeService service.
 type NodeServiceHandler interface {
 	ListNodes(context.Context, *connect.Request[v1.ListNodesRequest]) (*connect.Response[v1.ListNodesResponse], error)
@@ -408,6 +427,11 @@ type NodeServiceHandler interface {
 	DrainNode(context.Context, *connect.Request[v1.DrainNodeRequest]) (*connect.Response[v1.DrainNodeResponse], error)
 	LabelNode(context.Context, *connect.Request[v1.LabelNodeRequest]) (*connect.Response[v1.LabelNodeResponse], error)
 	RevokeNode(context.Context, *connect.Request[v1.RevokeNodeRequest]) (*connect.Response[v1.RevokeNodeResponse], error)
+	// PullVersion asks a node to pull a pushed version into its data
+	// directory. The reference is resolved now; the request replaces the
+	// node's previous one. The agent hears of it in its next heartbeat
+	// and reports progress in the node's pull_status.
+	PullVersion(context.Context, *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error)
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -449,6 +473,12 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("RevokeNode")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServicePullVersionHandler := connect.NewUnaryHandler(
+		NodeServicePullVersionProcedure,
+		svc.PullVersion,
+		connect.WithSchema(nodeServiceMethods.ByName("PullVersion")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceListNodesProcedure:
@@ -461,6 +491,8 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServiceLabelNodeHandler.ServeHTTP(w, r)
 		case NodeServiceRevokeNodeProcedure:
 			nodeServiceRevokeNodeHandler.ServeHTTP(w, r)
+		case NodeServicePullVersionProcedure:
+			nodeServicePullVersionHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -488,4 +520,8 @@ func (UnimplementedNodeServiceHandler) LabelNode(context.Context, *connect.Reque
 
 func (UnimplementedNodeServiceHandler) RevokeNode(context.Context, *connect.Request[v1.RevokeNodeRequest]) (*connect.Response[v1.RevokeNodeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.NodeService.RevokeNode is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) PullVersion(context.Context, *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.NodeService.PullVersion is not implemented"))
 }
