@@ -54,6 +54,13 @@ func (a *Agent) startPeerNode(pc peerNodeConfig) (*peer.Node, error) {
 	if a.cfg.PeerAddr == "" || pool == nil {
 		return nil, nil
 	}
+	listen := a.cfg.PeerAddr
+	if listen == DefaultPeerAddr && a.cfg.GossipAddr != DefaultGossipAddr {
+		// The default follows a gossip address set elsewhere, as the
+		// command line's does: several agents on one machine each get
+		// their own port.
+		listen = PeerAddrNextTo(a.cfg.GossipAddr)
+	}
 	n, err := peer.New(peer.Config{
 		ID:                   pc.ID,
 		CA:                   pc.CA,
@@ -73,7 +80,7 @@ func (a *Agent) startPeerNode(pc peerNodeConfig) (*peer.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, err := n.Listen(a.cfg.PeerAddr)
+	addr, err := n.Listen(listen)
 	if err == nil {
 		err = a.AnnouncePeerAddr(addr.String())
 	}

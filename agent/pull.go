@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/droverhq/drover/agent/fetch"
+	"github.com/droverhq/drover/agent/peer"
 	"github.com/droverhq/drover/artifact"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -91,6 +92,7 @@ type puller struct {
 	tr    *http3.Transport
 
 	mu      sync.Mutex // guards the fields below
+	site    *peer.Node // serves and fetches chunks within the site; nil for none
 	servers []string
 	clients map[string]droverv1connect.AgentServiceClient
 	keys    map[artifact.KeyID]ed25519.PublicKey // nil until asked for
@@ -102,6 +104,13 @@ type puller struct {
 
 func newPuller(a *Agent, log *slog.Logger, store *fetch.Store, tr *http3.Transport) *puller {
 	return &puller{a: a, log: log, store: store, tr: tr, clients: make(map[string]droverv1connect.AgentServiceClient)}
+}
+
+// setSite has pulls ask the site's peers through n before the servers.
+func (p *puller) setSite(n *peer.Node) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.site = n
 }
 
 // setServers sets the servers pulls ask, in the order to ask them.
@@ -303,10 +312,24 @@ func retryable(err error) bool {
 }
 
 // chunkSources are the sources a pull of version of model fetches from,
-// in order of preference: every server the agent knows, over its
-// authenticated connection. Site peers, when they serve chunks, go in
-// front of the servers here.
+// in order of preference: the site's peers, when this node shares chunks
+// with them, then every server the agent knows, over its authenticated
+// connection.
 func (p *puller) chunkSources(model string, version uint64) []fetch.Source {
+	p.mu.Lock()
+	site := p.site
+	p.mu.Unlock()
+	servers := p.Sources(model, version)
+	if src := p.a.siteSource(site, model, version); src != nil {
+		return append([]fetch.Source{src}, servers...)
+	}
+	return servers
+}
+
+// Sources are the server sources for version of model (peer.Upstream):
+// what a pull falls back to, and where this node fetches the chunks it
+// owns for its site.
+func (p *puller) Sources(model string, version uint64) []fetch.Source {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]fetch.Source, 0, len(p.servers))
@@ -314,6 +337,30 @@ func (p *puller) chunkSources(model string, version uint64) []fetch.Source {
 		out = append(out, fetch.NewServerSource(addr, p.clientLocked(addr), model, version))
 	}
 	return out
+}
+
+// Manifest returns version of model's manifest, verified against the
+// cluster's signing keys (peer.Manifests): a peer serves only chunks a
+// manifest the cluster signed lists.
+func (p *puller) Manifest(ctx context.Context, model string, version uint64) (*droverv1.Manifest, error) {
+	signed, err := p.manifest(ctx, model, version)
+	if err != nil {
+		return nil, err
+	}
+	limits := artifact.Limits{MaxManifestBytes: p.a.cfg.MaxManifestBytes}
+	keys, err := p.manifestKeys(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	m, _, err := artifact.Verify(signed, keys, limits)
+	if errors.Is(err, artifact.ErrUnknownKey) {
+		// Perhaps a key registered since the keys were read.
+		if keys, err = p.manifestKeys(ctx, true); err != nil {
+			return nil, err
+		}
+		m, _, err = artifact.Verify(signed, keys, limits)
+	}
+	return m, err
 }
 
 // clientLocked returns the artifact client for the server at addr: the

@@ -133,6 +133,24 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 		return err
 	}
 	defer s.closePool()
+	site, err := a.startPeerNode(peerNodeConfig{
+		ID: id.NodeID, CA: id.CA, Certificate: s.cert.Load,
+		Cache: store.Cache(), Manifests: s.puller, Upstream: s.puller,
+	})
+	if err != nil {
+		return err
+	}
+	if site != nil {
+		s.puller.setSite(site)
+		// Before the pool closes: the pull stops using the site, the
+		// site hears that this node serves no more, then in-flight
+		// uploads finish.
+		defer func() {
+			s.puller.close()
+			_ = a.AnnouncePeerAddr("")
+			_ = site.Close()
+		}()
+	}
 	a.update(func(st *Status) {
 		st.State = StateConnecting
 		st.NodeID, st.Name = id.NodeID, id.Name

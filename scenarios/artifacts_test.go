@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"io"
+	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,11 +36,7 @@ func TestPushSurvivesServerLoss(t *testing.T) {
 	nodes := c.Nodes()
 	s1, s2, s3 := nodes[0], nodes[1], nodes[2]
 	createModel(t, c.Client(c.Leader(), false), "survivor")
-	t.Setenv("DROVER_TOKEN", c.Token())
-	t.Setenv("DROVER_CACERT", c.CACertFile())
-	// No config file: the environment and flags say everything.
-	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
-	t.Setenv("HOME", t.TempDir())
+	setCLIEnv(t, c)
 
 	// A minority down: the push needs the other two to hold every chunk.
 	c.Kill(s3)
@@ -164,4 +165,235 @@ func versionCount(ctx context.Context, t *testing.T, cl *cluster.Clients, model 
 		t.Fatalf("list versions of %s: %v", model, err)
 	}
 	return len(res.Msg.GetVersions())
+}
+
+// TestSitePullsFanOut has every agent of one site pull the same version at
+// once: the servers send about one copy of it to the site, not one per
+// agent, because the agents fetch each chunk from the site peer that owns
+// it; and every agent's copy is the pushed bytes.
+func TestSitePullsFanOut(t *testing.T) {
+	agents, size := 30, 64<<20
+	if testing.Short() {
+		agents, size = 8, 16<<20
+	}
+	c := cluster.Make(t, 3, cluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	fleet := startSite(ctx, t, c, "edge", agents)
+	createModel(t, c.Client(c.Leader(), false), "detector")
+	tree := writeTree(t, size)
+	setCLIEnv(t, c)
+	if _, errOut, code := drover(ctx, c.Nodes()[0].APIAddr(), "model", "push", tree, "--model", "detector"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
+	before := servedToAgents(ctx, t, c)
+	start := time.Now()
+	pullAll(ctx, t, c, fleet, "detector", "1")
+	took := time.Since(start)
+	egress := servedToAgents(ctx, t, c) - before
+	t.Logf("%d agents pulled %d MiB in %v; the servers sent %.2fx the model", agents, size>>20, took.Round(time.Millisecond), egress/float64(size))
+	if egress > 1.5*float64(size) {
+		t.Errorf("the servers sent %.0f bytes to the site, %.2fx the %d-byte model; want under 1.5x", egress, egress/float64(size), size)
+	}
+	checkPulled(t, fleet, "detector", 1, tree)
+}
+
+// TestCorruptPeerIsAvoided has one agent of a site serve corrupted chunks
+// (its cache altered on disk after it pulled): the site's other agents
+// pull the same version and every one of them ends with the pushed bytes,
+// from the other peers and the servers.
+func TestCorruptPeerIsAvoided(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	fleet := startSite(ctx, t, c, "cam", 4)
+	createModel(t, c.Client(c.Leader(), false), "detector")
+	tree := writeTree(t, 12<<20)
+	setCLIEnv(t, c)
+	if _, errOut, code := drover(ctx, c.Nodes()[0].APIAddr(), "model", "push", tree, "--model", "detector"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
+	bad := fleet[0]
+	pullAll(ctx, t, c, fleet[:1], "detector", "1")
+	corrupted := corruptCache(t, bad)
+	t.Logf("corrupted %d cached chunks of %s", corrupted, bad.Name)
+	pullAll(ctx, t, c, fleet[1:], "detector", "1")
+	checkPulled(t, fleet[1:], "detector", 1, tree)
+}
+
+// startSite starts n agents in site-a and waits until they are ready and
+// each sees every other as a peer that serves chunks.
+func startSite(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix string, n int) []*cluster.Agent {
+	t.Helper()
+	fleet, err := c.StartAgents(ctx, n, cluster.AgentOptions{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := cluster.WaitAgentsEnrolled(ctx, fleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitNodes(ctx, droverv1.NodeStatus_NODE_STATUS_READY, ids...); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range fleet {
+		for len(a.SitePeers()) < n {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s sees %d site peers serving chunks, want %d", a.Name, len(a.SitePeers()), n)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return fleet
+}
+
+// setCLIEnv points the command line at the cluster's CA and token.
+func setCLIEnv(t *testing.T, c *cluster.Cluster) {
+	t.Setenv("DROVER_TOKEN", c.Token())
+	t.Setenv("DROVER_CACERT", c.CACertFile())
+	// No config file: the environment and flags say everything.
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	t.Setenv("HOME", t.TempDir())
+}
+
+// pullAll asks every agent of fleet to pull model@ref and waits until each
+// reports the pull done; a failed pull fails the test.
+func pullAll(ctx context.Context, t *testing.T, c *cluster.Cluster, fleet []*cluster.Agent, model, ref string) {
+	t.Helper()
+	// A leader change under the load of many agents is not what this
+	// checks: calls it cuts short are made again, to whichever server
+	// leads then.
+	call := func(what string, f func(cl *cluster.Clients) error) {
+		t.Helper()
+		for {
+			l, err := c.WaitLeader(ctx)
+			if err == nil {
+				if err = f(c.Client(l, false)); err == nil {
+					return
+				}
+			}
+			if connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for _, a := range fleet {
+		call("pull "+model+"@"+ref+" onto "+a.Name, func(cl *cluster.Clients) error {
+			_, err := cl.Nodes.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{Node: a.NodeID(), Model: model, Ref: ref}))
+			return err
+		})
+	}
+	for _, a := range fleet {
+		for {
+			var st *droverv1.NodePullStatus
+			call("get node "+a.Name, func(cl *cluster.Clients) error {
+				res, err := cl.Nodes.GetNode(ctx, connect.NewRequest(&droverv1.GetNodeRequest{Node: a.NodeID()}))
+				if err != nil {
+					return err
+				}
+				st = res.Msg.GetNode().GetPullStatus()
+				return nil
+			})
+			if st.GetPhase() == droverv1.PullPhase_PULL_PHASE_DONE && st.GetModel() == model {
+				break
+			}
+			if st.GetPhase() == droverv1.PullPhase_PULL_PHASE_FAILED {
+				t.Fatalf("%s failed to pull %s@%s: %s", a.Name, model, ref, st.GetError())
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s did not finish pulling %s@%s: %v", a.Name, model, ref, st)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// checkPulled checks that every agent's directory of model's version
+// holds the files of tree, byte for byte.
+func checkPulled(t *testing.T, fleet []*cluster.Agent, model string, version uint64, tree string) {
+	t.Helper()
+	want, err := os.ReadFile(filepath.Join(tree, "model.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range fleet {
+		dir := filepath.Join(a.DataDir(), "versions", model, strconv.FormatUint(version, 10))
+		got, err := os.ReadFile(filepath.Join(dir, "model.bin"))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s's copy of %s@%d: %d bytes (err %v), not the %d pushed", a.Name, model, version, len(got), err, len(want))
+		}
+	}
+}
+
+// corruptCache flips a byte in every chunk file of the agent's cache and
+// returns how many it changed.
+func corruptCache(t *testing.T, a *cluster.Agent) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(filepath.Join(a.DataDir(), "cache"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Base(filepath.Dir(path)) == "tmp" {
+			return err
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b := make([]byte, 1)
+		if _, err := f.ReadAt(b, 100); err != nil {
+			return nil // not a chunk of any size worth corrupting
+		}
+		b[0] ^= 0xff
+		if _, err := f.WriteAt(b, 100); err != nil {
+			return err
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// servedToAgents scrapes every running server's /metrics and returns the
+// chunk bytes they sent to agents, all together.
+func servedToAgents(ctx context.Context, t *testing.T, c *cluster.Cluster) float64 {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}}}
+	defer hc.CloseIdleConnections()
+	const series = `drover_chunk_served_bytes_total{to="agent"} `
+	var sum float64
+	for _, n := range c.Nodes() {
+		if n.Server() == nil {
+			continue
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+n.APIAddr()+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token())
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("metrics of %s: %v", n.Name, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("metrics of %s: %s %v", n.Name, resp.Status, err)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, series); ok {
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					t.Fatalf("metrics of %s: %q: %v", n.Name, line, err)
+				}
+				sum += f
+			}
+		}
+	}
+	return sum
 }

@@ -361,7 +361,7 @@ func (p *puller) fetch(ctx context.Context, w want) error {
 			case <-t.C:
 			}
 		}
-		err := p.fetchFrom(ctx, p.sources[i], w)
+		origin, err := p.fetchFrom(ctx, p.sources[i], w)
 		var local *localError
 		if errors.As(err, &local) {
 			p.release(i)
@@ -375,7 +375,7 @@ func (p *puller) fetch(ctx context.Context, w want) error {
 		}
 		tried[i] = true
 		attempt++
-		p.finish(i, w, err)
+		p.finish(i, origin, w, err)
 		if err == nil {
 			return nil
 		}
@@ -387,12 +387,16 @@ func (p *puller) fetch(ctx context.Context, w want) error {
 	return fmt.Errorf("chunk %s (%s): %w: %w", w.d, units.Bytes(uint64(w.size)), ErrNoSource, errors.Join(errs...))
 }
 
-func (p *puller) fetchFrom(ctx context.Context, src Source, w want) error {
+func (p *puller) fetchFrom(ctx context.Context, src Source, w want) (origin string, err error) {
 	body, err := src.Chunk(ctx, w.d, w.size)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer body.Close()
+	origin = src.Name()
+	if o, ok := body.(Origin); ok {
+		origin = o.Origin()
+	}
 	sr := &sourceReader{ctx: ctx, r: body}
 	var r io.Reader = sr
 	if p.limiter != nil {
@@ -401,9 +405,17 @@ func (p *puller) fetchFrom(ctx context.Context, src Source, w want) error {
 	err = p.opts.Cache.Put(w.d, w.size, r)
 	if err != nil && sr.err == nil && ctx.Err() == nil && !errors.Is(err, artifact.ErrChunkCorrupt) {
 		// The source served its bytes; the cache could not keep them.
-		return &localError{err}
+		return origin, &localError{err}
 	}
-	return err
+	return origin, err
+}
+
+// Origin is what a chunk body a Source returns may implement when its
+// bytes came from elsewhere than the source's name says, such as a site
+// source passing on a chunk it fetched from the servers: Stats and
+// Options.Fetched then name Origin instead.
+type Origin interface {
+	Origin() string
 }
 
 // localError is a failure of this machine (a full disk, a broken cache
@@ -459,21 +471,21 @@ func (p *puller) decline(i int) {
 	p.st.Declines++
 }
 
-// finish records the outcome of one try from source i.
-func (p *puller) finish(i int, w want, err error) {
+// finish records the outcome of one try from source i, whose bytes came
+// from origin.
+func (p *puller) finish(i int, origin string, w want, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.load[i]--
-	name := p.sources[i].Name()
 	switch {
 	case err == nil:
 		p.fails[i] = 0
 		p.st.ChunksFetched++
 		p.st.BytesFetched += w.size
-		p.st.BytesBySource[name] += w.size
+		p.st.BytesBySource[origin] += w.size
 		p.done += w.size
 		if p.opts.Fetched != nil {
-			p.opts.Fetched(name, w.size)
+			p.opts.Fetched(origin, w.size)
 		}
 		p.progressLocked()
 		return

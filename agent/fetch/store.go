@@ -170,6 +170,9 @@ func OpenStore(root string, cache *Cache, opts StoreOptions) (*Store, error) {
 	return s, nil
 }
 
+// Cache is the chunk cache the store assembles versions from.
+func (s *Store) Cache() *Cache { return s.cache }
+
 func (s *Store) modelDir(name string) string { return filepath.Join(s.root, "models", name) }
 
 func (s *Store) manifestPath(name string, v uint64) string {
@@ -362,6 +365,9 @@ func (s *Store) pull(ctx context.Context, req PullRequest) (Result, error) {
 	opts := Options{
 		Cache:          s.cache,
 		BytesPerSecond: s.opts.BytesPerSecond,
+		// The agents of a site pulling the same version at once would
+		// otherwise all ask the same chunks' owners at the same moment.
+		RandomOrder: len(peers) > 0,
 		FreeSpace:      s.opts.FreeSpace,
 		Progress: func(done, total int64) {
 			cur.BytesDone, cur.BytesTotal = done, total

@@ -48,6 +48,20 @@ func (s *SiteSource) Name() string { return "site peers" }
 // Priority is SitePriority.
 func (s *SiteSource) Priority() int { return SitePriority }
 
+// Peer says the bytes come from the site (fetch.PeerSource), except for
+// the chunks this node owns itself: those it fetches from the servers,
+// once for the whole site, and says so (fetch.Origin).
+func (s *SiteSource) Peer() bool { return true }
+
+// FromServers is the origin of the chunks a site source fetched from the
+// servers as their owner.
+const FromServers = "servers, as the site's owner"
+
+// ownedBody is a chunk this node fetched from the servers as its owner.
+type ownedBody struct{ io.ReadCloser }
+
+func (ownedBody) Origin() string { return FromServers }
+
 // Chunk fetches chunk d from its owner: from the servers into the cache
 // when the owner is this node, over the peer API otherwise.
 func (s *SiteSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
@@ -75,7 +89,7 @@ func (s *SiteSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (
 		if err != nil {
 			return nil, fmt.Errorf("as owner of chunk %s: %w: %w", d, fetch.ErrDecline, err)
 		}
-		return body, nil
+		return ownedBody{body}, nil
 	}
 	b, err := s.ask(ctx, owner, d, size, true)
 	if err == nil {

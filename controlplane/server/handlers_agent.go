@@ -68,6 +68,7 @@ func (h *agentHandler) GetChunk(ctx context.Context, req *connect.Request[drover
 	if err != nil {
 		return nil, err
 	}
+	h.s.metrics.servedToAgents.Add(float64(len(data)))
 	return connect.NewResponse(&droverv1.AgentGetChunkResponse{Data: data}), nil
 }
 

@@ -461,6 +461,7 @@ func (h *artifactHandler) GetChunk(ctx context.Context, req *connect.Request[dro
 	if err != nil {
 		return nil, err
 	}
+	h.s.metrics.servedToOperators.Add(float64(len(data)))
 	return connect.NewResponse(&droverv1.GetChunkResponse{Data: data}), nil
 }
 

@@ -43,6 +43,9 @@ type metrics struct {
 	chunksMissing         prometheus.Gauge
 	fillChunks, fillBytes prometheus.Counter
 	fillErrors            prometheus.Counter
+	// servedToAgents and servedToOperators count the chunk bytes pulls
+	// took from this server.
+	servedToAgents, servedToOperators prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -106,6 +109,12 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		Name: "drover_chunk_fill_bytes_total",
 		Help: "Bytes of the chunks this server copied from other servers in the background.",
 	})
+	served := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_chunk_served_bytes_total",
+		Help: "Bytes of chunks this server sent to agents and operators that pulled versions: its egress for model bytes.",
+	}, []string{"to"})
+	m.servedToAgents = served.WithLabelValues("agent")
+	m.servedToOperators = served.WithLabelValues("operator")
 	m.fillErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "drover_chunk_fill_errors_total",
 		Help: "Failed background copies: a server that did not say which chunks it holds, or a chunk stream from it that failed.",
@@ -117,7 +126,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	}
 	reg.MustRegister(
 		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, m.aclDenials, m.aclDenialsDropped, nodeCollector{s: s},
-		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors,
+		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors, served,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

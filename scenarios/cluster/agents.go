@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/agent/peer"
 	"github.com/droverhq/drover/internal/faultnet"
 	"github.com/droverhq/drover/internal/logging"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -199,6 +200,21 @@ func (a *Agent) Err() error {
 	defer a.mu.Unlock()
 	return a.runErr
 }
+
+// SitePeers are the agents of its site the agent fetches chunks from,
+// itself included; none while it is not running.
+func (a *Agent) SitePeers() []peer.Peer {
+	a.mu.Lock()
+	ag := a.ag
+	a.mu.Unlock()
+	if ag == nil {
+		return nil
+	}
+	return ag.SitePeers()
+}
+
+// DataDir is the agent's data directory.
+func (a *Agent) DataDir() string { return a.cfg.DataDir }
 
 // NodeID is the node id the agent enrolled as, "" before it has.
 func (a *Agent) NodeID() string { return a.Status().NodeID }
