@@ -368,7 +368,7 @@ func (s *Store) pull(ctx context.Context, req PullRequest) (Result, error) {
 		// The agents of a site pulling the same version at once would
 		// otherwise all ask the same chunks' owners at the same moment.
 		RandomOrder: len(peers) > 0,
-		FreeSpace:      s.opts.FreeSpace,
+		FreeSpace:   s.opts.FreeSpace,
 		Progress: func(done, total int64) {
 			cur.BytesDone, cur.BytesTotal = done, total
 			cur.Phase = PhaseFetching
