@@ -165,6 +165,14 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 			fmt.Fprintf(g.stderr, "some dev agents stopped: %v\n", err)
 		}
 		agentsLine = fmt.Sprintf("%d of %d ready, in sites %s", ready, f.agents, strings.Join(devSites[:min(f.agents, len(devSites))], ", "))
+		held, err := fleet.pullSample(ctx, cl)
+		if ctx.Err() != nil {
+			return stopping(stopAll)
+		}
+		if err != nil {
+			fmt.Fprintf(g.stderr, "pulling the sample model: %v\n", err)
+		}
+		agentsLine += fmt.Sprintf("; %d hold %s@prod", held, sampleModelName)
 	}
 	fmt.Fprintf(g.stdout, `
 Drover dev cluster is running.
@@ -182,6 +190,7 @@ Try, in another shell:
   drover model ls
   drover model show hello-classifier
   drover model card hello-classifier@prod
+  drover node show dev-agent-1
   drover audit ls
 
 Press Ctrl-C to stop; run "drover dev" again to continue with the same data.

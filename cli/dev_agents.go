@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/agent/fetch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -117,6 +118,49 @@ func (f *devFleet) waitReady(ctx context.Context) (ready int, err error) {
 		select {
 		case <-ctx.Done():
 			return ready, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// pullSample asks each ready agent that has never been asked to pull a
+// version to pull the sample model's prod version, and waits until the
+// agents hold it (the model is small). It returns how many hold it.
+func (f *devFleet) pullSample(ctx context.Context, cl *clients) (int, error) {
+	var errs []error
+	for i, a := range f.agents {
+		id := a.Status().NodeID
+		if id == "" {
+			continue
+		}
+		res, err := cl.node.GetNode(ctx, connect.NewRequest(&droverv1.GetNodeRequest{Node: id}))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("agent %s: %w", f.names[i], err))
+			continue
+		}
+		if res.Msg.GetNode().GetRequestedPull() != nil {
+			continue // asked before, by an earlier run or by the operator
+		}
+		if _, err := cl.node.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{
+			Node: id, Model: sampleModelName, Ref: "prod",
+		})); err != nil {
+			errs = append(errs, fmt.Errorf("agent %s: pull the sample model: %w", f.names[i], err))
+		}
+	}
+	deadline := time.Now().Add(devAgentReadyTimeout)
+	for {
+		held := 0
+		for _, a := range f.agents {
+			if a.Status().Pull.Phase == fetch.PhaseDone {
+				held++
+			}
+		}
+		if held == len(f.agents) || time.Now().After(deadline) {
+			return held, errors.Join(errs...)
+		}
+		select {
+		case <-ctx.Done():
+			return held, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
