@@ -145,6 +145,9 @@ func TestDevRunsAndResumes(t *testing.T) {
 	if !strings.Contains(out.String(), "3 of 3 ready") {
 		t.Errorf("drover dev does not say its agents are ready:\n%s", out)
 	}
+	if !strings.Contains(out.String(), "3 hold hello-classifier@prod") {
+		t.Errorf("drover dev does not say its agents pulled the sample model:\n%s", out)
+	}
 	if code := stop(); code != exitOK {
 		t.Fatalf("drover dev exited %d after Ctrl-C, want a clean stop's 0", code)
 	}
