@@ -11,8 +11,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"math/big"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -38,6 +38,7 @@ import (
 var (
 	pullMiB      = flag.Int("pull.mib", 0, "BenchmarkPull: the version's size in MiB (0: 256, or 32 with -short)")
 	pullLinkMbit = flag.Int64("pull.mbit", 500, "BenchmarkPull link/...: the emulated link's cap in Mbit/s")
+	pullInFlight = flag.Int("pull.inflight", 0, "BenchmarkPull: fetch.Options.InFlight (0: its default)")
 	pullLinkRTT  = flag.Duration("pull.rtt", 100*time.Millisecond, "BenchmarkPull link/...: the emulated link's round trip")
 )
 
@@ -69,7 +70,10 @@ func BenchmarkPull(b *testing.B) {
 		for b.Loop() {
 			q := measure(b, size, func() { quicStream(b, env, size, env.rawAddr) })
 			h := measure(b, size, func() { httpsTCP(b, size) })
+			r := measure(b, size, func() { env.getChunks(b, env.addr) })
 			p := measure(b, size, func() { env.pull(b, env.addr) })
+			b.ReportMetric(r.mbps, "rpc-MB/s")
+			b.ReportMetric(r.cpuPerGiB, "rpc-cpu-s/GiB")
 			b.ReportMetric(q.mbps, "quic-MB/s")
 			b.ReportMetric(h.mbps, "tcp-MB/s")
 			b.ReportMetric(p.mbps, "pull-MB/s")
@@ -109,13 +113,13 @@ func BenchmarkPull(b *testing.B) {
 // pullEnv is a cluster holding one pushed version, an enrolled agent's
 // certificate, and the bare QUIC server the baseline reads from.
 type pullEnv struct {
-	addr     string // the server's API address
-	pool     *x509.CertPool
-	cert     tls.Certificate
-	m        *droverv1.Manifest
-	version  uint64
-	rawAddr  string // the bare quic-go server
-	rawConf  *tls.Config
+	addr    string // the server's API address
+	pool    *x509.CertPool
+	cert    tls.Certificate
+	m       *droverv1.Manifest
+	version uint64
+	rawAddr string // the bare quic-go server
+	rawConf *tls.Config
 }
 
 // route is where a transfer connects: the cluster's server and the bare
@@ -231,19 +235,61 @@ func (e *pullEnv) relay(b *testing.B, up, down linkemu.Shape) route {
 	return route{server: r.Addr(), raw: raw.Addr()}
 }
 
-// pull fetches the whole version through addr into a new cache and
-// directory, as an agent does, and checks the size assembled.
-func (e *pullEnv) pull(b *testing.B, addr string) {
+// getChunks calls GetChunk for every chunk of the version through addr,
+// fetch.DefaultInFlight at a time, and drops the bytes: the RPC path of a
+// pull without its cache and disk.
+func (e *pullEnv) getChunks(b *testing.B, addr string) {
 	b.Helper()
+	client, closeClient := e.client(addr)
+	defer closeClient()
+	ctx := testCtx(b, 5*time.Minute)
+	jobs := make(chan []byte)
+	errs := make(chan error, fetch.DefaultInFlight)
+	for range fetch.DefaultInFlight {
+		go func() {
+			var err error
+			for d := range jobs {
+				if err != nil {
+					continue
+				}
+				_, err = client.GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{Model: "bench", Version: e.version, Digest: d}))
+			}
+			errs <- err
+		}()
+	}
+	for _, f := range e.m.GetFiles() {
+		for _, c := range f.GetChunks() {
+			jobs <- c.GetDigest()
+		}
+	}
+	close(jobs)
+	for range fetch.DefaultInFlight {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// client returns an AgentService client for addr over HTTP/3 with the
+// agent's certificate and the product's QUIC windows, and its closer.
+func (e *pullEnv) client(addr string) (droverv1connect.AgentServiceClient, func()) {
 	cert := e.cert
 	tr := &http3.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: e.pool, MinVersion: tls.VersionTLS13, ServerName: pki.PeerServerName,
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }},
 		QUICConfig: quicflow.Apply(&quic.Config{MaxIdleTimeout: time.Minute}),
 	}
-	defer tr.Close()
 	client := droverv1connect.NewAgentServiceClient(&http.Client{Transport: tr}, "https://"+addr,
 		connect.WithReadMaxBytes(32<<20))
+	return client, func() { _ = tr.Close() }
+}
+
+// pull fetches the whole version through addr into a new cache and
+// directory, as an agent does, and checks the size assembled.
+func (e *pullEnv) pull(b *testing.B, addr string) {
+	b.Helper()
+	client, closeClient := e.client(addr)
+	defer closeClient()
 	cache, err := fetch.OpenCache(b.TempDir(), 0)
 	if err != nil {
 		b.Fatal(err)
@@ -251,7 +297,15 @@ func (e *pullEnv) pull(b *testing.B, addr string) {
 	dst := filepath.Join(b.TempDir(), "bench")
 	src := fetch.NewServerSource(addr, client, "bench", e.version)
 	ctx := testCtx(b, 5*time.Minute)
-	st, err := fetch.Pull(ctx, e.m, dst, []fetch.Source{src}, fetch.Options{Cache: cache})
+	start := time.Now()
+	var fetched time.Duration
+	progress := func(done, total int64) {
+		if done == total {
+			fetched = time.Since(start)
+		}
+	}
+	st, err := fetch.Pull(ctx, e.m, dst, []fetch.Source{src}, fetch.Options{Cache: cache, InFlight: *pullInFlight, Progress: progress})
+	b.Logf("fetched into the cache in %v, assembled in %v", fetched, time.Since(start)-fetched)
 	if err != nil {
 		b.Fatal(err)
 	}
