@@ -101,7 +101,10 @@ func BenchmarkPull(b *testing.B) {
 			r := env.relay(b, up, down)
 			q := measure(b, size, func() { quicStream(b, env, size, r.raw) })
 			r = env.relay(b, up, down)
+			rpc := measure(b, size, func() { env.getChunks(b, r.server) })
+			r = env.relay(b, up, down)
 			p := measure(b, size, func() { env.pull(b, r.server) })
+			b.ReportMetric(rpc.mbps*1e6/float64(capBytes), "rpc-cap-share")
 			b.ReportMetric(q.mbps, "quic-MB/s")
 			b.ReportMetric(p.mbps, "pull-MB/s")
 			b.ReportMetric(q.mbps*1e6/float64(capBytes), "quic-cap-share")
@@ -236,16 +239,20 @@ func (e *pullEnv) relay(b *testing.B, up, down linkemu.Shape) route {
 }
 
 // getChunks calls GetChunk for every chunk of the version through addr,
-// fetch.DefaultInFlight at a time, and drops the bytes: the RPC path of a
+// as many at a time as a pull, and drops the bytes: the RPC path of a
 // pull without its cache and disk.
 func (e *pullEnv) getChunks(b *testing.B, addr string) {
 	b.Helper()
 	client, closeClient := e.client(addr)
 	defer closeClient()
 	ctx := testCtx(b, 5*time.Minute)
+	workers := fetch.DefaultInFlight
+	if *pullInFlight > 0 {
+		workers = *pullInFlight
+	}
 	jobs := make(chan []byte)
-	errs := make(chan error, fetch.DefaultInFlight)
-	for range fetch.DefaultInFlight {
+	errs := make(chan error, workers)
+	for range workers {
 		go func() {
 			var err error
 			for d := range jobs {
@@ -263,7 +270,7 @@ func (e *pullEnv) getChunks(b *testing.B, addr string) {
 		}
 	}
 	close(jobs)
-	for range fetch.DefaultInFlight {
+	for range workers {
 		if err := <-errs; err != nil {
 			b.Fatal(err)
 		}
