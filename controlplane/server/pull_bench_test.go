@@ -47,14 +47,16 @@ var (
 // check, cache and assemble (fetch.Pull with a ServerSource). In the same
 // run, the same number of bytes moved by bare quic-go (one stream, no
 // RPC, no disk) and by HTTPS over TCP (net/http, TLS 1.3), both in memory
-// on loopback. It reports each path's MB/s and the process's CPU seconds
-// (user and system, both ends in this process) per GiB, and the pull's
-// ratios to bare QUIC.
+// on loopback, and by GetChunk alone (rpc: the pull's calls with the
+// bytes dropped, no cache, no disk). It reports each path's MB/s and the
+// process's CPU seconds (user and system, both ends in this process) per
+// GiB, and the pull's ratios to bare QUIC.
 //
-// link/... pulls the same version through internal/linkemu with a
-// -pull.rtt round trip and a -pull.mbit cap on the way to the agent, and
-// reports the share of the cap reached; relay/... is bare quic-go through
-// the relay without shaping, the emulator's own ceiling.
+// link pulls the same version, and moves the bare QUIC and rpc bytes,
+// through internal/linkemu with a -pull.rtt round trip, a -pull.mbit cap
+// on the way to the agent and a queue of one bandwidth-delay product, and
+// reports the share of the cap each reached; relay-unshaped is bare
+// quic-go through the relay without shaping, the emulator's own ceiling.
 //
 //	go test -run=NONE -bench=Pull -benchtime=1x ./controlplane/server/
 func BenchmarkPull(b *testing.B) {
@@ -86,7 +88,8 @@ func BenchmarkPull(b *testing.B) {
 	})
 	capBytes := *pullLinkMbit * 1_000_000 / 8
 	oneWay := *pullLinkRTT / 2
-	down := linkemu.Shape{Delay: oneWay, Rate: capBytes, QueueBytes: int(capBytes / 10)}
+	bdp := int(float64(capBytes) * pullLinkRTT.Seconds())
+	down := linkemu.Shape{Delay: oneWay, Rate: capBytes, QueueBytes: bdp}
 	up := linkemu.Shape{Delay: oneWay}
 	b.Run("relay-unshaped", func(b *testing.B) {
 		for b.Loop() {
