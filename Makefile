@@ -74,6 +74,10 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	$(GO) test -run=NONE -bench=ChunkSize -benchtime=1x ./artifact/
 	# What checking a call costs beside the whole call, in the same run.
 	$(GO) test -run=NONE -bench=Authorization -benchmem ./controlplane/server/
+	# An agent's pull beside bare QUIC and HTTPS/TCP, on loopback and over
+	# an emulated 100 ms, 500 Mbit/s link; the emulator's own ceiling.
+	$(GO) test -run=NONE -bench=Pull -benchtime=1x -timeout 10m ./controlplane/server/
+	$(GO) test -run=NONE -bench='RelayCapacity|QUICOverLink' -benchtime=1x ./internal/linkemu/
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.
 	$(GO) test -run=NONE -bench=. -benchtime=1x -timeout 30m ./scenarios/process/
 

@@ -14,6 +14,7 @@ import (
 	"github.com/droverhq/drover/internal/apierror"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/pki"
+	"github.com/droverhq/drover/internal/quicflow"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -47,11 +48,13 @@ const (
 func (a *Agent) newTransport(tlsConf *tls.Config) *http3.Transport {
 	return &http3.Transport{
 		TLSClientConfig: tlsConf,
-		QUICConfig: &quic.Config{
+		// The receive windows decide how fast a pull can go over a
+		// long link: quicflow sizes them for 500 Mbit/s at 100 ms.
+		QUICConfig: quicflow.Apply(&quic.Config{
 			HandshakeIdleTimeout: a.dialTimeout,
 			MaxIdleTimeout:       idleTimeout,
 			KeepAlivePeriod:      keepAlivePeriod,
-		},
+		}),
 		Dial: a.cfg.DialQUIC,
 	}
 }

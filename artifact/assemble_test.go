@@ -343,3 +343,55 @@ func TestAssembleRefusesFileAtDestination(t *testing.T) {
 		t.Fatal("the file at the destination changed")
 	}
 }
+
+// checkedFile is a chunk in a file that its opener vouches for.
+type checkedFile struct{ *os.File }
+
+func (c checkedFile) CheckedFile() *os.File { return c.File }
+
+// Chunks opened as CheckedChunk are copied from their files into the
+// tree, and one whose length is wrong is still refused.
+func TestAssembleCopiesCheckedChunks(t *testing.T) {
+	src := sourceTree(t)
+	m, store := publish(t, src)
+	dir := t.TempDir()
+	for d, b := range store.chunks {
+		if err := os.WriteFile(filepath.Join(dir, d.String()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func(d Digest) (io.ReadCloser, error) {
+		f, err := os.Open(filepath.Join(dir, d.String()))
+		if err != nil {
+			return nil, err
+		}
+		return checkedFile{f}, nil
+	}
+	dst := filepath.Join(t.TempDir(), "v1")
+	if err := Assemble(context.Background(), m, dst, open); err != nil {
+		t.Fatal(err)
+	}
+	got, want := readTree(t, dst), readTree(t, src)
+	if len(got) != len(want) {
+		t.Fatalf("assembled %d files, want %d", len(got), len(want))
+	}
+	for p, w := range want {
+		if got[p] != w {
+			t.Errorf("%s: mode and content differ", p)
+		}
+	}
+
+	// Cut one chunk short: its length gives it away.
+	for d, b := range store.chunks {
+		if len(b) > 1 {
+			if err := os.WriteFile(filepath.Join(dir, d.String()), b[:len(b)-1], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	err := Assemble(context.Background(), m, filepath.Join(t.TempDir(), "v2"), open)
+	if !errors.Is(err, ErrChunkCorrupt) {
+		t.Fatalf("assemble with a short checked chunk: %v, want ErrChunkCorrupt", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -221,6 +222,7 @@ func pull(ctx context.Context, m *droverv1.Manifest, dst string, sources []Sourc
 		dropped: make([]error, len(sources)),
 		st:      &st,
 		done:    st.BytesFromCache,
+		checked: make(map[artifact.Digest]bool),
 		total:   total,
 	}
 	if opts.BytesPerSecond > 0 {
@@ -236,11 +238,20 @@ func pull(ctx context.Context, m *droverv1.Manifest, dst string, sources []Sourc
 	}
 
 	// The cache's bytes were checked when written; if one rotted on disk
-	// since, Assemble finds it, and it is fetched again once.
+	// since, Assemble finds it, and it is fetched again once. The chunks
+	// this pull fetched were hashed as they were cached, seconds ago:
+	// Assemble copies those without hashing them a second time.
 	var last artifact.Digest
 	open := func(d artifact.Digest) (io.ReadCloser, error) {
 		last = d
-		return cache.Open(d)
+		rc, err := cache.Open(d)
+		if err != nil {
+			return nil, err
+		}
+		if f, ok := rc.(*os.File); ok && p.fetched(d) {
+			return checkedChunk{f}, nil
+		}
+		return rc, nil
 	}
 	for try := 0; ; try++ {
 		err := artifact.Assemble(ctx, m, dst, open)
@@ -280,7 +291,22 @@ type puller struct {
 	st      *Stats
 	done    int64
 	total   int64
+	checked map[artifact.Digest]bool // chunks this pull fetched and checked
 }
+
+// fetched reports whether this pull fetched and checked the chunk d.
+func (p *puller) fetched(d artifact.Digest) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.checked[d]
+}
+
+// checkedChunk is a cached chunk this pull hashed while caching it.
+type checkedChunk struct{ *os.File }
+
+var _ artifact.CheckedChunk = checkedChunk{}
+
+func (c checkedChunk) CheckedFile() *os.File { return c.File }
 
 // fetchAll fetches ws with up to InFlight workers; the first chunk that
 // cannot be fetched stops the others.
@@ -483,6 +509,7 @@ func (p *puller) finish(i int, origin string, w want, err error) {
 		p.st.ChunksFetched++
 		p.st.BytesFetched += w.size
 		p.st.BytesBySource[origin] += w.size
+		p.checked[w.d] = true
 		p.done += w.size
 		if p.opts.Fetched != nil {
 			p.opts.Fetched(origin, w.size)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
+	"github.com/droverhq/drover/internal/quicflow"
 	"github.com/droverhq/drover/internal/udpbuf"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -122,7 +123,7 @@ func (s *Server) setupAPI() error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	handler := s.limitBodies(s.identify(s.forwarder.wrap(mux)))
+	handler := s.limitBodies(s.identify(s.forwarder.wrap(uncompressedChunks(mux))))
 
 	s.httpServer = &http.Server{
 		Handler:           handler,
@@ -144,10 +145,12 @@ func (s *Server) setupAPI() error {
 		// quic-go aborts a handshake idle for HandshakeIdleTimeout or
 		// unfinished after twice that: half the TLS timeout bounds a QUIC
 		// handshake as tlsguard bounds one over TCP.
-		QUICConfig: &quic.Config{
+		// The agent's windows pace its pulls; the server's pace what it
+		// receives (a push's uploads) over the same long links.
+		QUICConfig: quicflow.Apply(&quic.Config{
 			MaxIdleTimeout:       apiIdleTimeout,
 			HandshakeIdleTimeout: time.Duration(s.cfg.TLSHandshakeTimeout) / 2,
-		},
+		}),
 	}
 	s.wg.Add(2)
 	go func() {
@@ -218,4 +221,28 @@ func apiErr(code connect.Code, reason droverv1.ErrorReason, msg, hint string) *c
 		e.AddDetail(d)
 	}
 	return e
+}
+
+// chunkProcedures answer with chunk bytes: model weights, which gzip
+// cannot shrink.
+var chunkProcedures = map[string]bool{
+	droverv1connect.AgentServiceGetChunkProcedure:    true,
+	droverv1connect.ArtifactServiceGetChunkProcedure: true,
+	droverv1connect.ChunkServiceGetChunksProcedure:   true,
+}
+
+// uncompressedChunks keeps chunk answers uncompressed whatever the client
+// accepts. Connect clients accept gzip by default, and gzip over chunk
+// bytes saves nothing while costing the server and the agent more CPU
+// than the rest of a pull together: it held pulls to a sixth of the
+// link's speed. A compressed request is still read.
+func uncompressedChunks(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if chunkProcedures[r.URL.Path] {
+			r.Header.Del("Accept-Encoding")
+			r.Header.Del("Connect-Accept-Encoding")
+			r.Header.Del("Grpc-Accept-Encoding")
+		}
+		next.ServeHTTP(w, r)
+	})
 }

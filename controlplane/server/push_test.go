@@ -90,7 +90,7 @@ func makeTree(t *testing.T, seed uint64) *modelTree {
 }
 
 // chunk reads one chunk's bytes from the tree.
-func (tr *modelTree) chunk(t *testing.T, d artifact.Digest) []byte {
+func (tr *modelTree) chunk(t testing.TB, d artifact.Digest) []byte {
 	t.Helper()
 	b, err := artifact.ReadChunk(tr.refs[d], nil)
 	if err != nil {
@@ -101,7 +101,7 @@ func (tr *modelTree) chunk(t *testing.T, d artifact.Digest) []byte {
 
 // upload sends the given chunks in pieces of 16 KiB; tamper, when set,
 // changes the bytes of the first chunk.
-func upload(ctx context.Context, t *testing.T, ac droverv1connect.ArtifactServiceClient, tr *modelTree, pushID string, digests [][]byte, tamper bool) (*droverv1.UploadChunksResponse, error) {
+func upload(ctx context.Context, t testing.TB, ac droverv1connect.ArtifactServiceClient, tr *modelTree, pushID string, digests [][]byte, tamper bool) (*droverv1.UploadChunksResponse, error) {
 	t.Helper()
 	stream := ac.UploadChunks(ctx)
 	for i, db := range digests {
@@ -132,7 +132,7 @@ func upload(ctx context.Context, t *testing.T, ac droverv1connect.ArtifactServic
 }
 
 // push runs StartPush, uploads what is missing and finishes the push.
-func push(ctx context.Context, t *testing.T, ac droverv1connect.ArtifactServiceClient, tr *modelTree, model string) (*droverv1.StartPushResponse, *droverv1.FinishPushResponse) {
+func push(ctx context.Context, t testing.TB, ac droverv1connect.ArtifactServiceClient, tr *modelTree, model string) (*droverv1.StartPushResponse, *droverv1.FinishPushResponse) {
 	t.Helper()
 	start, err := ac.StartPush(ctx, connect.NewRequest(&droverv1.StartPushRequest{Model: model, Manifest: tr.signed}))
 	if err != nil {

@@ -6,10 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/droverhq/drover/internal/udpbuf"
 )
 
 var linkMbit = flag.Int64("link.mbit", 500, "BenchmarkQUICOverLink: the emulated link's cap in Mbit/s")
@@ -98,7 +101,11 @@ func quicTransfer(b *testing.B, size int, shaped bool, up, down Shape, conf *qui
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer r.Close()
+		defer func() {
+			_, st := r.Stats()
+			b.ReportMetric(float64(st.QueueDrops), "queue-drops")
+			_ = r.Close()
+		}()
 		addr = r.Addr()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -124,4 +131,82 @@ func quicTransfer(b *testing.B, size int, shaped bool, up, down Shape, conf *qui
 		b.Fatal(fmt.Errorf("received %d of %d bytes", n, size))
 	}
 	return time.Since(start)
+}
+
+// BenchmarkRelayCapacity measures what the relay alone carries, without
+// QUIC's congestion control in the way: a sender writes 1200-byte
+// datagrams (QUIC's usual size) as fast as it can, straight to a sink and
+// then through an unshaped relay to it, in the same run, and the sink
+// counts what arrives. It reports the MB/s delivered each way and the
+// relay's share of the direct figure.
+func BenchmarkRelayCapacity(b *testing.B) {
+	const count, size = 200_000, 1200
+	for b.Loop() {
+		direct := blast(b, count, size, false)
+		relayed := blast(b, count, size, true)
+		b.ReportMetric(direct/1e6, "direct-MB/s")
+		b.ReportMetric(relayed/1e6, "relay-MB/s")
+		b.ReportMetric(relayed/direct, "relay/direct")
+	}
+}
+
+// blast sends count datagrams of size bytes to a sink, through a relay
+// when relayed, and returns the bytes per second the sink received, from
+// the first datagram sent to the last one received.
+func blast(b *testing.B, count, size int, relayed bool) float64 {
+	b.Helper()
+	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	_, _ = udpbuf.Raise(sink)
+	type result struct {
+		bytes int64
+		last  time.Time
+	}
+	got := make(chan result)
+	go func() {
+		var r result
+		buf := make([]byte, maxDatagram)
+		for {
+			// The sender is done once nothing came for a while.
+			_ = sink.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			n, err := sink.Read(buf)
+			if err != nil {
+				got <- r
+				return
+			}
+			r.bytes += int64(n)
+			r.last = time.Now()
+		}
+	}()
+	addr := sink.LocalAddr().String()
+	if relayed {
+		r, err := New(addr, Shape{}, Shape{}, 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer r.Close()
+		addr = r.Addr()
+	}
+	ra, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, ra)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	p := make([]byte, size)
+	start := time.Now()
+	for range count {
+		_, _ = c.Write(p)
+	}
+	r := <-got
+	if r.bytes == 0 {
+		b.Fatal("the sink received nothing")
+	}
+	return float64(r.bytes) / r.last.Sub(start).Seconds()
 }

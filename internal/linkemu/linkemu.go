@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
 	"github.com/droverhq/drover/internal/udpbuf"
 )
 
@@ -65,11 +68,12 @@ type Stats struct {
 type Relay struct {
 	target *net.UDPAddr
 	lc     *net.UDPConn
+	lb     batchConn  // lc, a batch at a time
 	up     *direction // client → target
 	down   *direction // target → client
 
 	mu      sync.Mutex // guards the fields below
-	clients map[string]*net.UDPConn
+	clients map[string]clientConn
 	closed  bool
 
 	wg sync.WaitGroup // every goroutine the relay starts
@@ -98,9 +102,10 @@ func New(target string, up, down Shape, seed uint64) (*Relay, error) {
 	r := &Relay{
 		target:  ta,
 		lc:      lc,
+		lb:      batched(lc),
 		up:      newDirection(up, rand.New(rand.NewPCG(seed, 1))),
 		down:    newDirection(down, rand.New(rand.NewPCG(seed, 2))),
-		clients: make(map[string]*net.UDPConn),
+		clients: make(map[string]clientConn),
 	}
 	r.wg.Add(3)
 	go func() { defer r.wg.Done(); r.up.run() }()
@@ -139,7 +144,7 @@ func (r *Relay) Close() error {
 	r.closed = true
 	conns := make([]*net.UDPConn, 0, len(r.clients))
 	for _, c := range r.clients {
-		conns = append(conns, c)
+		conns = append(conns, c.c)
 	}
 	r.mu.Unlock()
 	err := r.lc.Close()
@@ -155,26 +160,67 @@ func (r *Relay) Close() error {
 // maxDatagram is the largest datagram the relay carries (UDP's limit).
 const maxDatagram = 64 << 10
 
+// batchSize is how many datagrams the relay reads or writes with one
+// system call (recvmmsg and sendmmsg on Linux; elsewhere x/net falls back
+// to one at a time). When the relay falls behind on a busy machine, the
+// datagrams waiting in a socket cost one call per batch instead of one
+// each: the relay must stay well above the links it emulates (see
+// BenchmarkRelayCapacity).
+const batchSize = 32
+
+// batchConn reads and writes datagrams a batch at a time: an
+// ipv4.PacketConn or an ipv6.PacketConn (their Message is one type).
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func batched(c *net.UDPConn) batchConn {
+	if a, ok := c.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		return ipv6.NewPacketConn(c)
+	}
+	return ipv4.NewPacketConn(c)
+}
+
+// newMessages returns n messages, each with a buffer for the largest
+// datagram.
+func newMessages(n int) []ipv4.Message {
+	ms := make([]ipv4.Message, n)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+	}
+	return ms
+}
+
 // readClients takes datagrams from clients and sends them towards the
 // target through the up direction.
 func (r *Relay) readClients() {
-	buf := make([]byte, maxDatagram)
+	ms := newMessages(batchSize)
 	for {
-		n, from, err := r.lc.ReadFromUDP(buf)
+		n, err := r.lb.ReadBatch(ms, 0)
 		if err != nil {
-			return
-		}
-		uc, err := r.clientConn(from)
-		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
 			continue
 		}
-		r.up.send(append([]byte(nil), buf[:n]...), func(p []byte) { _, _ = uc.Write(p) })
+		for _, m := range ms[:n] {
+			from, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			uc, err := r.clientConn(from)
+			if err != nil {
+				continue
+			}
+			r.up.send(append([]byte(nil), m.Buffers[0][:m.N]...), uc, nil)
+		}
 	}
 }
 
 // clientConn returns the socket towards the target for a client, opening
 // it (and the goroutine that relays its answers) on first use.
-func (r *Relay) clientConn(from *net.UDPAddr) (*net.UDPConn, error) {
+func (r *Relay) clientConn(from *net.UDPAddr) (batchConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -182,30 +228,39 @@ func (r *Relay) clientConn(from *net.UDPAddr) (*net.UDPConn, error) {
 	}
 	key := from.String()
 	if c, ok := r.clients[key]; ok {
-		return c, nil
+		return c.b, nil
 	}
 	uc, err := net.DialUDP("udp", nil, r.target)
 	if err != nil {
 		return nil, err
 	}
 	_, _ = udpbuf.Raise(uc)
-	r.clients[key] = uc
+	c := clientConn{c: uc, b: batched(uc)}
+	r.clients[key] = c
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		buf := make([]byte, maxDatagram)
+		ms := newMessages(batchSize)
 		for {
-			n, err := uc.Read(buf)
+			n, err := c.b.ReadBatch(ms, 0)
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
 				continue // an ICMP error from a target that restarted
 			}
-			r.down.send(append([]byte(nil), buf[:n]...), func(p []byte) { _, _ = r.lc.WriteToUDP(p, from) })
+			for _, m := range ms[:n] {
+				r.down.send(append([]byte(nil), m.Buffers[0][:m.N]...), r.lb, from)
+			}
 		}
 	}()
-	return uc, nil
+	return c.b, nil
+}
+
+// clientConn is one client's connected socket towards the target.
+type clientConn struct {
+	c *net.UDPConn
+	b batchConn // c, a batch at a time
 }
 
 // direction shapes the datagrams of one way and delivers each at its time.
@@ -240,8 +295,9 @@ func (d *direction) stats() Stats {
 func (d *direction) close() { close(d.done) }
 
 // send decides a datagram's fate: lost, dropped at a full queue, or
-// delivered by deliver at the time the link would hand it over.
-func (d *direction) send(p []byte, deliver func([]byte)) {
+// written to out (to the address to, or nil on a connected socket) at the
+// time the link would hand it over.
+func (d *direction) send(p []byte, out batchConn, to net.Addr) {
 	now := time.Now()
 	d.mu.Lock()
 	d.st.Sent++
@@ -278,7 +334,7 @@ func (d *direction) send(p []byte, deliver func([]byte)) {
 	}
 	at = at.Add(max(delay, 0))
 	first := d.queue.Len() == 0 || at.Before(d.queue[0].at)
-	heap.Push(&d.queue, datagram{at: at, data: p, deliver: deliver})
+	heap.Push(&d.queue, datagram{at: at, data: p, out: out, to: to})
 	d.mu.Unlock()
 	if first {
 		select {
@@ -288,10 +344,12 @@ func (d *direction) send(p []byte, deliver func([]byte)) {
 	}
 }
 
-// run delivers queued datagrams when they are due, until close.
+// run delivers queued datagrams when they are due, until close, writing
+// those due together in batches.
 func (d *direction) run() {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
+	ms := make([]ipv4.Message, 0, batchSize)
 	for {
 		d.mu.Lock()
 		now := time.Now()
@@ -308,8 +366,15 @@ func (d *direction) run() {
 			d.st.Bytes += int64(len(dg.data))
 		}
 		d.mu.Unlock()
-		for _, dg := range due {
-			dg.deliver(dg.data)
+		for len(due) > 0 {
+			// Consecutive datagrams for one socket go in one call.
+			ms = ms[:0]
+			out := due[0].out
+			for len(due) > 0 && due[0].out == out && len(ms) < batchSize {
+				ms = append(ms, ipv4.Message{Buffers: [][]byte{due[0].data}, Addr: due[0].to})
+				due = due[1:]
+			}
+			writeAll(out, ms)
 		}
 		t.Reset(wait)
 		select {
@@ -321,10 +386,23 @@ func (d *direction) run() {
 	}
 }
 
+// writeAll writes ms to out. A datagram the socket refuses is dropped,
+// as a link drops what it cannot carry.
+func writeAll(out batchConn, ms []ipv4.Message) {
+	for len(ms) > 0 {
+		n, err := out.WriteBatch(ms, 0)
+		if err != nil && n == 0 {
+			n = 1
+		}
+		ms = ms[n:]
+	}
+}
+
 type datagram struct {
-	at      time.Time
-	data    []byte
-	deliver func([]byte)
+	at   time.Time
+	data []byte
+	out  batchConn
+	to   net.Addr // nil: out is connected
 }
 
 // pending is a min-heap of datagrams by delivery time.
