@@ -331,6 +331,13 @@ func accessCalls() []accessCall {
 				_, err := cl.Nodes.LabelNode(ctx, connect.NewRequest(&droverv1.LabelNodeRequest{Node: f.node(obj), Remove: []string{"no-such-label"}}))
 				return err
 			}},
+		// Also needs model:read on the model, which every role with
+		// node:write has; the model does not exist, so nothing is pulled.
+		{proc: droverv1connect.NodeServicePullVersionProcedure, needs: "node:write", objects: sites,
+			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {
+				_, err := cl.Nodes.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{Node: f.node(obj), Model: "vision-no-such-model", Ref: "1"}))
+				return err
+			}},
 		{proc: droverv1connect.NodeServiceRevokeNodeProcedure, needs: "node:write", objects: sites,
 			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {
 				_, err := cl.Nodes.RevokeNode(ctx, connect.NewRequest(&droverv1.RevokeNodeRequest{Node: f.revokedNode(obj)}))
