@@ -328,13 +328,15 @@ func (p *puller) chunkSources(model string, version uint64) []fetch.Source {
 
 // Sources are the server sources for version of model (peer.Upstream):
 // what a pull falls back to, and where this node fetches the chunks it
-// owns for its site.
+// owns for its site. They stream each chunk's bytes (fetch.StreamSource),
+// so a chunk is written to the cache as it arrives.
 func (p *puller) Sources(model string, version uint64) []fetch.Source {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	hc := &http.Client{Transport: p.tr}
 	out := make([]fetch.Source, 0, len(p.servers))
 	for _, addr := range p.servers {
-		out = append(out, fetch.NewServerSource(addr, p.clientLocked(addr), model, version))
+		out = append(out, fetch.NewStreamSource(addr, hc, model, version))
 	}
 	return out
 }

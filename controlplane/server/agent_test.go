@@ -89,6 +89,13 @@ func (a *fakeAgent) csr(t testing.TB) []byte {
 // certificate once it has one. extra headers are sent on every call.
 func (a *fakeAgent) client(t testing.TB, addr string, extra http.Header) droverv1connect.AgentServiceClient {
 	t.Helper()
+	return droverv1connect.NewAgentServiceClient(a.httpClient(t, extra), "https://"+addr)
+}
+
+// httpClient is an HTTP client that presents the agent's certificate, if
+// it has one, and adds extra to every request.
+func (a *fakeAgent) httpClient(t testing.TB, extra http.Header) *http.Client {
+	t.Helper()
 	conf := &tls.Config{RootCAs: a.pool, MinVersion: tls.VersionTLS13}
 	if a.cert.Certificate != nil {
 		// Always present it, even when the server asks for another CA's
@@ -98,7 +105,7 @@ func (a *fakeAgent) client(t testing.TB, addr string, extra http.Header) droverv
 	}
 	h2 := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
-	return droverv1connect.NewAgentServiceClient(&http.Client{Transport: headerTransport{base: h2, hdr: extra}}, "https://"+addr)
+	return &http.Client{Transport: headerTransport{base: h2, hdr: extra}}
 }
 
 func (a *fakeAgent) enroll(t testing.TB, addr, token, name string) (*droverv1.EnrollResponse, error) {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,6 +99,38 @@ func TestAgentPullsPushedVersion(t *testing.T) {
 	}
 	assertSameTree(t, tr.root, dst)
 
+	// The same bytes, streamed (ChunkStreamPath), into a cache of their
+	// own: the lacking server copies the rest from a peer first.
+	cache2, err := fetch.OpenCache(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := a.httpClient(t, nil)
+	streamed := []fetch.Source{
+		fetch.NewStreamSource(lacking.APIAddr(), hc, "llama", version),
+		fetch.NewStreamSource(holding.APIAddr(), hc, "llama", version),
+	}
+	dst2 := filepath.Join(t.TempDir(), "llama")
+	st, err = fetch.Pull(ctx, m, dst2, streamed, fetch.Options{Cache: cache2})
+	if err != nil {
+		t.Fatalf("streamed pull: %v", err)
+	}
+	if st.ChunksFetched != len(tr.keys) || st.CorruptChunks != 0 || len(st.DroppedSources) != 0 {
+		t.Errorf("streamed pull stats %+v, want all %d chunks fetched and nothing corrupt or dropped", st, len(tr.keys))
+	}
+	assertSameTree(t, tr.root, dst2)
+	// Streams are refused as the RPC is: a chunk the version does not
+	// list, and a caller with an operator token but no certificate.
+	other := artifact.Sum([]byte("not in the manifest"))
+	if _, err := fetch.NewStreamSource(holding.APIAddr(), hc, "llama", version).Chunk(ctx, other, 10); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("streaming a chunk the version does not list: %v, want 404 Not Found", err)
+	}
+	tokenOnly := http.Header{}
+	tokenOnly.Set("Authorization", "Bearer "+c.Token())
+	if _, err := fetch.NewStreamSource(holding.APIAddr(), newFakeAgent(t, c.CA.Pool()).httpClient(t, tokenOnly), "llama", version).Chunk(ctx, tr.keys[0], 10); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("streaming a chunk with an operator token and no certificate: %v, want 401 Unauthorized", err)
+	}
+
 	// Agent calls take a node's certificate, not an operator's token.
 	hdr := http.Header{}
 	hdr.Set("Authorization", "Bearer "+c.Token())
@@ -106,7 +139,6 @@ func TestAgentPullsPushedVersion(t *testing.T) {
 	wantErr(t, "agent GetChunk with an operator token", err, connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_WRONG_CREDENTIAL)
 
 	// A chunk the version does not list is not served.
-	other := artifact.Sum([]byte("not in the manifest"))
 	_, err = a.client(t, holding.APIAddr(), nil).GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{Model: "llama", Version: version, Digest: other[:]}))
 	wantErr(t, "agent GetChunk of a chunk the version does not list", err, connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND)
 }

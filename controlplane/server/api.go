@@ -111,6 +111,7 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s, artifacts: artifacts}, interceptors))
 	mux.Handle(droverv1connect.NewArtifactServiceHandler(artifacts, interceptors))
 	mux.Handle(droverv1connect.NewChunkServiceHandler(&chunkHandler{s: s}, interceptors))
+	mux.HandleFunc(ChunkStreamPath, artifacts.serveChunkStream)
 	mux.Handle(MetricsPath, s.requireTelemetryRead(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusOK)

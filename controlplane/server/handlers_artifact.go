@@ -468,38 +468,48 @@ func (h *artifactHandler) GetChunk(ctx context.Context, req *connect.Request[dro
 // chunk returns a chunk the version's manifest lists, copying it from a
 // peer first when this server lacks it; operators and agents share it.
 func (h *artifactHandler) chunk(ctx context.Context, model string, version uint64, digest []byte) ([]byte, error) {
-	d, err := artifact.DigestFromBytes(digest)
-	if err != nil {
-		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, err.Error(), "send a 32-byte SHA-256 digest")
-	}
-	v, err := h.s.state.Version(model, strconv.FormatUint(version, 10))
-	if err != nil {
-		return nil, toAPIError(err)
-	}
-	set, err := h.chunkSet(v)
+	rc, size, err := h.openChunk(ctx, model, version, digest)
 	if err != nil {
 		return nil, err
-	}
-	k := blobstore.Key(d)
-	if !set[k] {
-		return nil, apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
-			fmt.Sprintf("version %d of %s has no chunk %s", version, model, d), "ask for the chunks its manifest lists (GetManifest)")
-	}
-	if !h.s.chunks.Has(k) {
-		if err := h.s.fetchFromPeers(ctx, k); err != nil {
-			return nil, err
-		}
-	}
-	rc, size, err := h.s.chunks.Open(k)
-	if err != nil {
-		return nil, h.s.chunkError(err)
 	}
 	defer rc.Close()
 	data := make([]byte, size)
 	if _, err := io.ReadFull(rc, data); err != nil {
-		return nil, h.s.chunkError(fmt.Errorf("read chunk %s: %w", d, err))
+		return nil, h.s.chunkError(fmt.Errorf("read chunk %x: %w", digest, err))
 	}
 	return data, nil
+}
+
+// openChunk opens a chunk the version's manifest lists, copying it from a
+// peer first when this server lacks it, and returns it with its size.
+func (h *artifactHandler) openChunk(ctx context.Context, model string, version uint64, digest []byte) (io.ReadSeekCloser, int64, error) {
+	d, err := artifact.DigestFromBytes(digest)
+	if err != nil {
+		return nil, 0, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, err.Error(), "send a 32-byte SHA-256 digest")
+	}
+	v, err := h.s.state.Version(model, strconv.FormatUint(version, 10))
+	if err != nil {
+		return nil, 0, toAPIError(err)
+	}
+	set, err := h.chunkSet(v)
+	if err != nil {
+		return nil, 0, err
+	}
+	k := blobstore.Key(d)
+	if !set[k] {
+		return nil, 0, apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+			fmt.Sprintf("version %d of %s has no chunk %s", version, model, d), "ask for the chunks its manifest lists (GetManifest)")
+	}
+	if !h.s.chunks.Has(k) {
+		if err := h.s.fetchFromPeers(ctx, k); err != nil {
+			return nil, 0, err
+		}
+	}
+	rc, size, err := h.s.chunks.Open(k)
+	if err != nil {
+		return nil, 0, h.s.chunkError(err)
+	}
+	return rc, size, nil
 }
 
 // chunkSet returns the chunks a version's manifest lists, decoded once

@@ -73,7 +73,12 @@ func BenchmarkPull(b *testing.B) {
 			q := measure(b, size, func() { quicStream(b, env, size, env.rawAddr) })
 			h := measure(b, size, func() { httpsTCP(b, size) })
 			r := measure(b, size, func() { env.getChunks(b, env.addr) })
-			p := measure(b, size, func() { env.pull(b, env.addr) })
+			p := measure(b, size, func() { env.pull(b, env.addr, false) })
+			sp := measure(b, size, func() { env.pull(b, env.addr, true) })
+			b.ReportMetric(sp.mbps, "stream-pull-MB/s")
+			b.ReportMetric(sp.cpuPerGiB, "stream-pull-cpu-s/GiB")
+			b.ReportMetric(sp.mbps/q.mbps, "stream-pull/quic-speed")
+			b.ReportMetric(sp.cpuPerGiB/q.cpuPerGiB, "stream-pull/quic-cpu")
 			b.ReportMetric(r.mbps, "rpc-MB/s")
 			b.ReportMetric(r.cpuPerGiB, "rpc-cpu-s/GiB")
 			b.ReportMetric(q.mbps, "quic-MB/s")
@@ -106,7 +111,10 @@ func BenchmarkPull(b *testing.B) {
 			r = env.relay(b, up, down)
 			rpc := measure(b, size, func() { env.getChunks(b, r.server) })
 			r = env.relay(b, up, down)
-			p := measure(b, size, func() { env.pull(b, r.server) })
+			p := measure(b, size, func() { env.pull(b, r.server, false) })
+			r = env.relay(b, up, down)
+			sp := measure(b, size, func() { env.pull(b, r.server, true) })
+			b.ReportMetric(sp.mbps*1e6/float64(capBytes), "stream-pull-cap-share")
 			b.ReportMetric(rpc.mbps*1e6/float64(capBytes), "rpc-cap-share")
 			b.ReportMetric(q.mbps, "quic-MB/s")
 			b.ReportMetric(p.mbps, "pull-MB/s")
@@ -283,29 +291,40 @@ func (e *pullEnv) getChunks(b *testing.B, addr string) {
 // client returns an AgentService client for addr over HTTP/3 with the
 // agent's certificate and the product's QUIC windows, and its closer.
 func (e *pullEnv) client(addr string) (droverv1connect.AgentServiceClient, func()) {
+	hc, closeClient := e.httpClient()
+	return droverv1connect.NewAgentServiceClient(hc, "https://"+addr, connect.WithReadMaxBytes(32<<20)), closeClient
+}
+
+// httpClient returns an HTTP/3 client with the agent's certificate and the
+// product's QUIC windows, and its closer.
+func (e *pullEnv) httpClient() (*http.Client, func()) {
 	cert := e.cert
 	tr := &http3.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: e.pool, MinVersion: tls.VersionTLS13, ServerName: pki.PeerServerName,
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }},
 		QUICConfig: quicflow.Apply(&quic.Config{MaxIdleTimeout: time.Minute}),
 	}
-	client := droverv1connect.NewAgentServiceClient(&http.Client{Transport: tr}, "https://"+addr,
-		connect.WithReadMaxBytes(32<<20))
-	return client, func() { _ = tr.Close() }
+	return &http.Client{Transport: tr}, func() { _ = tr.Close() }
 }
 
 // pull fetches the whole version through addr into a new cache and
-// directory, as an agent does, and checks the size assembled.
-func (e *pullEnv) pull(b *testing.B, addr string) {
+// directory, as an agent does, and checks the size assembled: with
+// GetChunk calls, or streamed, as the agent does (ChunkStreamPath).
+func (e *pullEnv) pull(b *testing.B, addr string, streamed bool) {
 	b.Helper()
 	client, closeClient := e.client(addr)
 	defer closeClient()
+	hc, closeHTTP := e.httpClient()
+	defer closeHTTP()
 	cache, err := fetch.OpenCache(b.TempDir(), 0)
 	if err != nil {
 		b.Fatal(err)
 	}
 	dst := filepath.Join(b.TempDir(), "bench")
-	src := fetch.NewServerSource(addr, client, "bench", e.version)
+	var src fetch.Source = fetch.NewServerSource(addr, client, "bench", e.version)
+	if streamed {
+		src = fetch.NewStreamSource(addr, hc, "bench", e.version)
+	}
 	ctx := testCtx(b, 5*time.Minute)
 	start := time.Now()
 	var fetched time.Duration
