@@ -22,7 +22,7 @@ func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bo
 		site, root           string
 		gossipAddr, gossipAd string
 		peerAddr             string
-		peerUpload           int64
+		peerUpload           string
 		logLevel, logFormat  string
 		cacheDir, cacheSize  string
 		bandwidth, manifest  string
@@ -139,7 +139,11 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 			if strings.EqualFold(strings.TrimSpace(gossipAddr), "off") {
 				cfg.GossipAddr = ""
 			}
-			cfg.PeerAddr, cfg.PeerUploadBytesPerSecond = peerAddr, peerUpload
+			upload, err := units.ParseBandwidth(peerUpload)
+			if err != nil {
+				return usageErr(cmd, fmt.Errorf("--peer-upload-bandwidth %q: %w", peerUpload, err))
+			}
+			cfg.PeerAddr, cfg.PeerUploadBytesPerSecond = peerAddr, int64(min(upload, math.MaxInt64))
 			switch {
 			case strings.EqualFold(strings.TrimSpace(peerAddr), "off"):
 				cfg.PeerAddr = ""
@@ -188,7 +192,7 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&gossipAddr, "gossip-addr", defaults.GossipAddr, "`IP:PORT` (TCP and UDP) of the site gossip pool; \"\" or \"off\" turns the pool off, port 0 picks a free port")
 	f.StringVar(&gossipAd, "gossip-advertise", "", "`IP:PORT` the site's other agents dial to reach this one's pool (default: the --gossip-addr address, or for 0.0.0.0 a private address of this machine)")
 	f.StringVar(&peerAddr, "peer-addr", defaults.PeerAddr, "`IP:PORT` (UDP) where this agent serves model chunks to its site's other agents (default: the port after --gossip-addr's); \"off\" turns it off")
-	f.Int64Var(&peerUpload, "peer-upload-bandwidth", 0, "cap on the `BYTES` per second served to site peers, all together; 0 for no cap")
+	f.StringVar(&peerUpload, "peer-upload-bandwidth", "0", "`RATE` this agent serves site peers at, all together, such as 10MiB (bytes per second) or 80Mbit; 0 for no cap")
 	f.StringVar(&cacheDir, "cache-dir", "", "`DIR` of the chunk cache pulls fill (default <data-dir>/cache)")
 	f.StringVar(&cacheSize, "cache-budget", "50GiB", "`SIZE` the chunk cache keeps to, such as 200GiB or 0 for no bound; the current and previous version of each model are kept beyond it")
 	f.StringVar(&bandwidth, "pull-bandwidth", "0", "`RATE` pulls may read at, such as 10MiB (bytes per second) or 80Mbit; 0 for no cap")
