@@ -135,15 +135,19 @@ func drover(ctx context.Context, addr string, args ...string) (stdout, stderr st
 	return o.String(), e.String(), code
 }
 
-// writeTree writes a model directory of one file of size random bytes.
+// writeTree writes a model directory of one file of size random bytes,
+// streamed, so that a tree of gigabytes takes no memory.
 func writeTree(t *testing.T, size int) string {
 	t.Helper()
 	dir := t.TempDir()
-	b := make([]byte, size)
-	if _, err := rand.Read(b); err != nil {
+	f, err := os.Create(filepath.Join(dir, "model.bin"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "model.bin"), b, 0o644); err != nil {
+	if _, err := io.CopyN(f, rand.Reader, int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -315,17 +319,33 @@ func pullAll(ctx context.Context, t *testing.T, c *cluster.Cluster, fleet []*clu
 // holds the files of tree, byte for byte.
 func checkPulled(t *testing.T, fleet []*cluster.Agent, model string, version uint64, tree string) {
 	t.Helper()
-	want, err := os.ReadFile(filepath.Join(tree, "model.bin"))
+	want, wantSize, err := fileSum(filepath.Join(tree, "model.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range fleet {
 		dir := filepath.Join(a.DataDir(), "versions", model, strconv.FormatUint(version, 10))
-		got, err := os.ReadFile(filepath.Join(dir, "model.bin"))
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s's copy of %s@%d: %d bytes (err %v), not the %d pushed", a.Name, model, version, len(got), err, len(want))
+		got, size, err := fileSum(filepath.Join(dir, "model.bin"))
+		if err != nil || got != want {
+			t.Errorf("%s's copy of %s@%d: %d bytes (err %v), not the %d pushed", a.Name, model, version, size, err, wantSize)
 		}
 	}
+}
+
+// fileSum returns the digest and size of the file at path, read as a
+// stream.
+func fileSum(path string) (artifact.Digest, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return artifact.Digest{}, 0, err
+	}
+	defer f.Close()
+	h := artifact.NewHasher()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return artifact.Digest{}, n, err
+	}
+	return artifact.Digest(h.Sum(nil)), n, nil
 }
 
 // corruptCache flips a byte in every chunk file of the agent's cache and

@@ -20,6 +20,7 @@ import (
 	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/agent/peer"
 	"github.com/droverhq/drover/internal/faultnet"
+	"github.com/droverhq/drover/internal/linkemu"
 	"github.com/droverhq/drover/internal/logging"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -36,6 +37,19 @@ type AgentOptions struct {
 	Labels map[string]string
 	// Configure, when set, adjusts each agent's config before it starts.
 	Configure func(*agent.Config)
+	// Link, when set, puts a link emulator (internal/linkemu) between
+	// each agent and each server it dials, so its control and chunk
+	// traffic crosses a slow or lossy path. Each agent gets relays of its
+	// own, which live until the cluster shuts down.
+	Link *Link
+}
+
+// Link is the shape of the path between an agent and the servers.
+type Link struct {
+	// Up shapes the agent's datagrams to a server, Down the answers.
+	Up, Down linkemu.Shape
+	// Seed makes loss and jitter repeatable.
+	Seed uint64
 }
 
 // Agent is one drover-agent running in the test process, with real QUIC,
@@ -48,9 +62,12 @@ type Agent struct {
 	cfg  agent.Config
 	// blocked cuts the agent's QUIC traffic to and from every server.
 	blocked atomic.Bool
+	// link, when set, shapes the agent's path to every server.
+	link *Link
 
 	mu     sync.Mutex // guards the fields below
 	ag     *agent.Agent
+	relays map[string]*linkemu.Relay // by server address; with link only
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the running agent's Run returned
 	runErr error
@@ -85,7 +102,7 @@ func (c *Cluster) StartAgents(ctx context.Context, n int, opts AgentOptions) ([]
 		if opts.Configure != nil {
 			opts.Configure(&cfg)
 		}
-		a := &Agent{Name: cfg.Name, c: c}
+		a := &Agent{Name: cfg.Name, c: c, link: opts.Link}
 		cfg.DialQUIC = a.dialQUIC
 		a.cfg = cfg
 		agents[i] = a
@@ -219,10 +236,68 @@ func (a *Agent) DataDir() string { return a.cfg.DataDir }
 // NodeID is the node id the agent enrolled as, "" before it has.
 func (a *Agent) NodeID() string { return a.Status().NodeID }
 
+// LinkStats sums what the agent's link relays carried, each way; zero
+// without AgentOptions.Link.
+func (a *Agent) LinkStats() (up, down linkemu.Stats) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, r := range a.relays {
+		u, d := r.Stats()
+		up, down = addStats(up, u), addStats(down, d)
+	}
+	return up, down
+}
+
+func addStats(a, b linkemu.Stats) linkemu.Stats {
+	return linkemu.Stats{
+		Sent: a.Sent + b.Sent, Packets: a.Packets + b.Packets, Bytes: a.Bytes + b.Bytes,
+		Lost: a.Lost + b.Lost, QueueDrops: a.QueueDrops + b.QueueDrops,
+	}
+}
+
+// via returns the address to send the agent's datagrams for the server at
+// addr to: the server itself, or the agent's relay towards it, started on
+// first use.
+func (a *Agent) via(addr string) (string, error) {
+	if a.link == nil {
+		return addr, nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.relays[addr]; ok {
+		return r.Addr(), nil
+	}
+	r, err := linkemu.New(addr, a.link.Up, a.link.Down, a.link.Seed)
+	if err != nil {
+		return "", fmt.Errorf("link to %s: %w", addr, err)
+	}
+	if a.relays == nil {
+		a.relays = make(map[string]*linkemu.Relay)
+	}
+	a.relays[addr] = r
+	return r.Addr(), nil
+}
+
+// closeLinks stops the agent's relays; the agent must have stopped.
+func (a *Agent) closeLinks() {
+	a.mu.Lock()
+	relays := a.relays
+	a.relays = nil
+	a.mu.Unlock()
+	for _, r := range relays {
+		_ = r.Close()
+	}
+}
+
 // dialQUIC opens a QUIC connection from a socket of its own that Partition
-// can cut. The socket lives as long as the connection.
+// can cut, through the agent's link emulator if it has one. The socket
+// lives as long as the connection.
 func (a *Agent) dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, qc *quic.Config) (*quic.Conn, error) {
-	raddr, err := net.ResolveUDPAddr("udp", addr)
+	to, err := a.via(addr)
+	if err != nil {
+		return nil, err
+	}
+	raddr, err := net.ResolveUDPAddr("udp", to)
 	if err != nil {
 		return nil, err
 	}
@@ -230,8 +305,10 @@ func (a *Agent) dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, 
 	if err != nil {
 		return nil, err
 	}
-	pc := faultnet.NewPacketConn(udp, func(peer net.Addr) bool {
-		return a.blocked.Load() || a.c.isSilent(peer.String())
+	// The socket talks to one server only (or its relay): whether that
+	// server is silent is a question about addr.
+	pc := faultnet.NewPacketConn(udp, func(net.Addr) bool {
+		return a.blocked.Load() || a.c.isSilent(addr)
 	})
 	tr := &quic.Transport{Conn: pc}
 	conn, err := tr.DialEarly(ctx, raddr, tlsConf, qc)
@@ -252,7 +329,10 @@ func (a *Agent) dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, 
 func (c *Cluster) stopAgents() {
 	var wg sync.WaitGroup
 	for _, a := range c.Agents() {
-		wg.Go(a.Kill)
+		wg.Go(func() {
+			a.Kill()
+			a.closeLinks()
+		})
 	}
 	wg.Wait()
 }
