@@ -28,7 +28,7 @@ import (
 )
 
 // TestPullResumesAfterKill kills an agent half way through a pull (1 GiB;
-// 64 MiB in the short tier) and starts it again: it completes the pull,
+// 32 MiB in the short tier) and starts it again: it completes the pull,
 // keeps every chunk it had cached, and fetches again at most the chunks
 // that were in flight when it died, so a crash costs a few chunks, not
 // the half already pulled.
@@ -37,7 +37,7 @@ func TestPullResumesAfterKill(t *testing.T) {
 	// machine: 1 GiB takes minutes there.
 	size, bandwidth, limit := 1<<30, int64(64<<20), 30*time.Minute
 	if testing.Short() {
-		size, bandwidth, limit = 64<<20, 16<<20, 5*time.Minute
+		size, bandwidth, limit = 32<<20, 16<<20, 5*time.Minute
 	}
 	c := cluster.Make(t, 1, cluster.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -132,14 +132,14 @@ func TestPullResumesAfterKill(t *testing.T) {
 	}
 }
 
-// TestPullOverLossyLink pulls a version (4 MiB; 16 MiB in the long tier)
+// TestPullOverLossyLink pulls a version (2 MiB; 16 MiB in the long tier)
 // onto an agent whose path to the server has a 100 ms round trip and
 // loses 1% of the datagrams each way: the pull completes, over that path,
 // with the pushed bytes.
 func TestPullOverLossyLink(t *testing.T) {
 	size := 16 << 20
 	if testing.Short() {
-		size = 4 << 20
+		size = 2 << 20
 	}
 	c := cluster.Make(t, 1, cluster.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -198,7 +198,11 @@ func TestPullOverLossyLink(t *testing.T) {
 // altered on disk), and a manifest, signed by a registered operator key,
 // that lists a file outside the version directory.
 func TestPullRefusesTampering(t *testing.T) {
-	c := cluster.Make(t, 1, cluster.Options{})
+	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
+		// Each refusal waits for a heartbeat to carry the request and
+		// another to report the failure: the shortest TTL keeps that quick.
+		cfg.HeartbeatMinTTL = server.Duration(time.Second)
+	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	a := startPuller(ctx, t, c, "guard", func(cfg *agent.Config) { cfg.PeerAddr = "" })
