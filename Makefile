@@ -78,6 +78,10 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	# an emulated 100 ms, 500 Mbit/s link; the emulator's own ceiling.
 	$(GO) test -run=NONE -bench=Pull -benchtime=1x -timeout 10m ./controlplane/server/
 	$(GO) test -run=NONE -bench='RelayCapacity|QUICOverLink' -benchtime=1x ./internal/linkemu/
+	# Agents of one site pulling at once, peer-to-peer on and off: origin bytes.
+	$(GO) test -run=NONE -bench=FanOut -benchtime=1x ./agent/peer/
+	# Bytes a push moves for a real model whose classifier head was retrained.
+	cd $(DIGITS) && $(GO) test -run=NONE -bench=Delta -benchtime=1x .
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.
 	$(GO) test -run=NONE -bench=. -benchtime=1x -timeout 30m ./scenarios/process/
 
