@@ -229,17 +229,7 @@ func TestCorruptPeerIsAvoided(t *testing.T) {
 // each sees every other as a peer that serves chunks.
 func startSite(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix string, n int) []*cluster.Agent {
 	t.Helper()
-	fleet, err := c.StartAgents(ctx, n, cluster.AgentOptions{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := cluster.WaitAgentsEnrolled(ctx, fleet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.WaitNodes(ctx, droverv1.NodeStatus_NODE_STATUS_READY, ids...); err != nil {
-		t.Fatal(err)
-	}
+	fleet := startReady(ctx, t, c, n, cluster.AgentOptions{Prefix: prefix})
 	for _, a := range fleet {
 		for len(a.SitePeers()) < n {
 			select {
@@ -265,52 +255,13 @@ func setCLIEnv(t *testing.T, c *cluster.Cluster) {
 // reports the pull done; a failed pull fails the test.
 func pullAll(ctx context.Context, t *testing.T, c *cluster.Cluster, fleet []*cluster.Agent, model, ref string) {
 	t.Helper()
-	// A leader change under the load of many agents is not what this
-	// checks: calls it cuts short are made again, to whichever server
-	// leads then.
-	call := func(what string, f func(cl *cluster.Clients) error) {
-		t.Helper()
-		for {
-			l, err := c.WaitLeader(ctx)
-			if err == nil {
-				if err = f(c.Client(l, false)); err == nil {
-					return
-				}
-			}
-			if connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
-				t.Fatalf("%s: %v", what, err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+	reqs := make([]*droverv1.NodePull, len(fleet))
+	for i, a := range fleet {
+		reqs[i] = requestPull(ctx, t, c, a, model, ref)
 	}
-	for _, a := range fleet {
-		call("pull "+model+"@"+ref+" onto "+a.Name, func(cl *cluster.Clients) error {
-			_, err := cl.Nodes.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{Node: a.NodeID(), Model: model, Ref: ref}))
-			return err
-		})
-	}
-	for _, a := range fleet {
-		for {
-			var st *droverv1.NodePullStatus
-			call("get node "+a.Name, func(cl *cluster.Clients) error {
-				res, err := cl.Nodes.GetNode(ctx, connect.NewRequest(&droverv1.GetNodeRequest{Node: a.NodeID()}))
-				if err != nil {
-					return err
-				}
-				st = res.Msg.GetNode().GetPullStatus()
-				return nil
-			})
-			if st.GetPhase() == droverv1.PullPhase_PULL_PHASE_DONE && st.GetModel() == model {
-				break
-			}
-			if st.GetPhase() == droverv1.PullPhase_PULL_PHASE_FAILED {
-				t.Fatalf("%s failed to pull %s@%s: %s", a.Name, model, ref, st.GetError())
-			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s did not finish pulling %s@%s: %v", a.Name, model, ref, st)
-			case <-time.After(100 * time.Millisecond):
-			}
+	for i, a := range fleet {
+		if st := waitPull(ctx, t, c, a, reqs[i]); st.GetPhase() != droverv1.PullPhase_PULL_PHASE_DONE {
+			t.Fatalf("%s failed to pull %s@%s: %s", a.Name, model, ref, st.GetError())
 		}
 	}
 }

@@ -145,22 +145,11 @@ func TestPullOverLossyLink(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	shape := linkemu.Shape{Delay: 50 * time.Millisecond, Loss: 0.01}
-	fleet, err := c.StartAgents(ctx, 1, cluster.AgentOptions{
+	a := startReady(ctx, t, c, 1, cluster.AgentOptions{
 		Prefix:    "far",
 		Link:      &cluster.Link{Up: shape, Down: shape, Seed: 7},
 		Configure: func(cfg *agent.Config) { cfg.PeerAddr = "" },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := cluster.WaitAgentsEnrolled(ctx, fleet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.WaitNodes(ctx, droverv1.NodeStatus_NODE_STATUS_READY, ids...); err != nil {
-		t.Fatal(err)
-	}
-	a := fleet[0]
+	})[0]
 	cl := c.Client(c.Leader(), false)
 	createModel(t, cl, "remote")
 	tree := writeTree(t, size)
@@ -175,7 +164,7 @@ func TestPullOverLossyLink(t *testing.T) {
 	if st.GetPhase() != droverv1.PullPhase_PULL_PHASE_DONE {
 		t.Fatalf("pull over the lossy link: %v", st)
 	}
-	checkPulled(t, fleet, "remote", 1, tree)
+	checkPulled(t, []*cluster.Agent{a}, "remote", 1, tree)
 	up, down := a.LinkStats()
 	carried := down.Bytes - downBefore.Bytes
 	t.Logf("pulled %d MiB over 100 ms RTT, 1%% loss in %v (%.0f KB/s); link down: %d datagrams sent, %d lost; up: %d sent, %d lost",
@@ -307,7 +296,14 @@ func TestPullRefusesTampering(t *testing.T) {
 // its node is ready.
 func startPuller(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix string, configure func(*agent.Config)) *cluster.Agent {
 	t.Helper()
-	fleet, err := c.StartAgents(ctx, 1, cluster.AgentOptions{Prefix: prefix, Configure: configure})
+	return startReady(ctx, t, c, 1, cluster.AgentOptions{Prefix: prefix, Configure: configure})[0]
+}
+
+// startReady starts n agents as opts say and waits until their nodes are
+// ready.
+func startReady(ctx context.Context, t *testing.T, c *cluster.Cluster, n int, opts cluster.AgentOptions) []*cluster.Agent {
+	t.Helper()
+	fleet, err := c.StartAgents(ctx, n, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +314,7 @@ func startPuller(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix s
 	if _, err := c.WaitNodes(ctx, droverv1.NodeStatus_NODE_STATUS_READY, ids...); err != nil {
 		t.Fatal(err)
 	}
-	return fleet[0]
+	return fleet
 }
 
 // requestPull asks the node of a to pull model@ref, as `drover node pull`
