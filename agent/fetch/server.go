@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -21,6 +22,25 @@ type ServerSource struct {
 	client  droverv1connect.AgentServiceClient
 	model   string
 	version uint64
+	// timeout bounds one GetChunk call for a chunk of the given size.
+	timeout func(size int64) time.Duration
+}
+
+// A server killed or cut off while it answers sends nothing more, and the
+// agent's QUIC connection notices only when its idle timeout (minutes)
+// runs out; until then a call waits, and so does the chunk. So each call
+// is bounded: serverChunkBase for the request, plus the chunk's bytes at
+// serverChunkMinRate, slow enough for a congested edge link that shares
+// its bandwidth among a pull's requests in flight. A call cut short is a
+// failure of the source, and Pull asks another for the chunk.
+const (
+	serverChunkBase    = 30 * time.Second
+	serverChunkMinRate = 64 << 10 // bytes per second
+)
+
+// serverChunkTimeout is how long a GetChunk call for size bytes may take.
+func serverChunkTimeout(size int64) time.Duration {
+	return serverChunkBase + time.Duration(max(size, 0))*time.Second/serverChunkMinRate
 }
 
 var _ Source = (*ServerSource)(nil)
@@ -28,14 +48,17 @@ var _ Source = (*ServerSource)(nil)
 // NewServerSource returns a source for the chunks of version of model, served
 // by the server at addr through client.
 func NewServerSource(addr string, client droverv1connect.AgentServiceClient, model string, version uint64) *ServerSource {
-	return &ServerSource{addr: addr, client: client, model: model, version: version}
+	return &ServerSource{addr: addr, client: client, model: model, version: version, timeout: serverChunkTimeout}
 }
 
 // Name is the server's address.
 func (s *ServerSource) Name() string { return s.addr }
 
-// Chunk fetches the chunk whole; Pull checks its size and digest.
-func (s *ServerSource) Chunk(ctx context.Context, d artifact.Digest, _ int64) (io.ReadCloser, error) {
+// Chunk fetches the chunk whole, within a time that grows with size;
+// Pull checks its size and digest.
+func (s *ServerSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout(size))
+	defer cancel()
 	resp, err := s.client.GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{
 		Model: s.model, Version: s.version, Digest: d[:],
 	}))

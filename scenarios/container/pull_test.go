@@ -136,8 +136,11 @@ func TestAgentsPullDuringServerKill(t *testing.T) {
 	// Kill the leader once some node says it is fetching, and note what
 	// every node had reported by then: the kill must land mid-pull.
 	var atKill map[string]*droverv1.NodePullStatus
+	var lastErr error
 	err = poll(ctx, pullStartedBound, func(ctx context.Context, _ int) (bool, error) {
-		atKill = c.pullStatuses(ctx, t, agents)
+		if atKill, lastErr = c.pullStatuses(ctx, agents); lastErr != nil {
+			return false, nil
+		}
 		for _, st := range atKill {
 			if st.GetVersion() == version && st.GetBytesDone() > 0 {
 				return true, nil
@@ -146,7 +149,7 @@ func TestAgentsPullDuringServerKill(t *testing.T) {
 		return false, nil
 	})
 	if err != nil {
-		t.Fatalf("no node reported fetching %s@%d within %s of the requests: %v", model, version, pullStartedBound, err)
+		t.Fatalf("no node reported fetching %s@%d within %s of the requests: %v (last error: %v)", model, version, pullStartedBound, err, lastErr)
 	}
 	killed := time.Now()
 	mustDocker(ctx, t, "kill", victim.container)
@@ -176,7 +179,12 @@ func TestAgentsPullDuringServerKill(t *testing.T) {
 	var final map[string]*droverv1.NodePullStatus
 	var pending []string
 	err = poll(ctx, pullBound-time.Since(requested), func(ctx context.Context, _ int) (bool, error) {
-		final = c.pullStatuses(ctx, t, agents)
+		now, err := c.pullStatuses(ctx, agents)
+		if err != nil {
+			lastErr = err
+			return false, nil
+		}
+		final, lastErr = now, nil
 		pending = pending[:0]
 		for _, a := range agents {
 			st := final[a.id]
@@ -192,8 +200,8 @@ func TestAgentsPullDuringServerKill(t *testing.T) {
 		return len(pending) == 0, nil
 	})
 	if err != nil {
-		t.Fatalf("%d of %d nodes did not report %s@%d DONE within %s of the requests: %s: %v",
-			len(pending), len(agents), model, version, pullBound, strings.Join(pending, ", "), err)
+		t.Fatalf("%d of %d nodes did not report %s@%d DONE within %s of the requests: %s: %v (last error: %v)",
+			len(pending), len(agents), model, version, pullBound, strings.Join(pending, ", "), err, lastErr)
 	}
 	took := time.Since(requested)
 
@@ -443,13 +451,18 @@ func (c *cluster) getNode(ctx context.Context, t *testing.T, id string) *droverv
 
 // pullStatuses returns every agent's node's pull status, by node id, as
 // the current leader has it (nil until the node's first report to it).
-func (c *cluster) pullStatuses(ctx context.Context, t *testing.T, agents []*agent) map[string]*droverv1.NodePullStatus {
-	t.Helper()
+func (c *cluster) pullStatuses(ctx context.Context, agents []*agent) (map[string]*droverv1.NodePullStatus, error) {
 	out := map[string]*droverv1.NodePullStatus{}
 	for _, a := range agents {
-		out[a.id] = c.getNode(ctx, t, a.id).GetPullStatus()
+		res, err := tryLeader(ctx, c, func(ctx context.Context, cl *api) (*connect.Response[droverv1.GetNodeResponse], error) {
+			return cl.node.GetNode(ctx, connect.NewRequest(&droverv1.GetNodeRequest{Node: a.id}))
+		})
+		if err != nil {
+			return nil, fmt.Errorf("get node %s: %w", a.name, err)
+		}
+		out[a.id] = res.Msg.GetNode().GetPullStatus()
 	}
-	return out
+	return out, nil
 }
 
 // servedToAgents scrapes the servers' /metrics and returns the chunk
