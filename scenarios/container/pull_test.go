@@ -85,6 +85,12 @@ func TestAgentsPullDuringServerKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantDigest := manifestDigest(ctx, t, tree, model)
+	// A push needs its chunks on a quorum of servers, which the server
+	// taking the upload finds through gossip: after an earlier scenario
+	// cut a server off or killed it, wait until gossip has it back.
+	if err := c.waitGossipAlive(ctx, catchUpBound); err != nil {
+		t.Fatal(err)
+	}
 	c.createModel(ctx, t, model)
 	pushStart := time.Now()
 	pushed := c.push(ctx, t, tree, model)
@@ -265,6 +271,40 @@ func manifestDigest(ctx context.Context, t *testing.T, tree, model string) strin
 		t.Fatal(err)
 	}
 	return artifact.Sum(b).String()
+}
+
+// waitGossipAlive waits until every server sees every server alive in
+// gossip.
+func (c *cluster) waitGossipAlive(ctx context.Context, bound time.Duration) error {
+	var last []string
+	err := poll(ctx, bound, func(ctx context.Context, _ int) (bool, error) {
+		last = last[:0]
+		for _, s := range c.servers {
+			cctx, cancel := context.WithTimeout(ctx, opTimeout)
+			res, err := c.client(s, false).cluster.GetStatus(cctx, connect.NewRequest(&droverv1.GetStatusRequest{}))
+			cancel()
+			if err != nil {
+				last = append(last, fmt.Sprintf("%s: %s", s.name, errorSummary(err)))
+				continue
+			}
+			alive := 0
+			for _, st := range res.Msg.GetServers() {
+				if st.GetHealth() == "alive" {
+					alive++
+				} else {
+					last = append(last, fmt.Sprintf("%s sees %s %s", s.name, st.GetName(), st.GetHealth()))
+				}
+			}
+			if alive != len(c.servers) {
+				last = append(last, fmt.Sprintf("%s sees %d of %d servers alive", s.name, alive, len(c.servers)))
+			}
+		}
+		return len(last) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("servers do not all see each other alive in gossip (%s): %w", strings.Join(last, "; "), err)
+	}
+	return nil
 }
 
 // createModel creates model through any server.
