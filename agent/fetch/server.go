@@ -56,13 +56,23 @@ func (s *ServerSource) Name() string { return s.addr }
 
 // Chunk fetches the chunk whole, within a time that grows with size;
 // Pull checks its size and digest.
+//
+// The bound is a timer that cancels the call, not a context deadline: a
+// deadline would travel to the server as the call's timeout and change how
+// it serves the call, and the bound is the agent's own business.
 func (s *ServerSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout(size))
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	bound := s.timeout(size)
+	timer := time.AfterFunc(bound, cancel)
+	defer timer.Stop()
 	resp, err := s.client.GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{
 		Model: s.model, Version: s.version, Digest: d[:],
 	}))
 	if err != nil {
+		if !timer.Stop() && ctx.Err() != nil {
+			return nil, fmt.Errorf("get chunk %s from %s: no answer within %s: %w", d, s.addr, bound, err)
+		}
 		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
 	}
 	return io.NopCloser(bytes.NewReader(resp.Msg.GetData())), nil
