@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -26,6 +27,25 @@ type ServerSource struct {
 	client  droverv1connect.AgentServiceClient
 	model   string
 	version uint64
+	// timeout bounds one GetChunk call for a chunk of the given size.
+	timeout func(size int64) time.Duration
+}
+
+// A server killed or cut off while it answers sends nothing more, and the
+// agent's QUIC connection notices only when its idle timeout (minutes)
+// runs out; until then a call waits, and so does the chunk. So each call
+// is bounded: serverChunkBase for the request, plus the chunk's bytes at
+// serverChunkMinRate, slow enough for a congested edge link that shares
+// its bandwidth among a pull's requests in flight. A call cut short is a
+// failure of the source, and Pull asks another for the chunk.
+const (
+	serverChunkBase    = 30 * time.Second
+	serverChunkMinRate = 64 << 10 // bytes per second
+)
+
+// serverChunkTimeout is how long a GetChunk call for size bytes may take.
+func serverChunkTimeout(size int64) time.Duration {
+	return serverChunkBase + time.Duration(max(size, 0))*time.Second/serverChunkMinRate
 }
 
 var _ Source = (*ServerSource)(nil)
@@ -33,18 +53,31 @@ var _ Source = (*ServerSource)(nil)
 // NewServerSource returns a source for the chunks of version of model, served
 // by the server at addr through client.
 func NewServerSource(addr string, client droverv1connect.AgentServiceClient, model string, version uint64) *ServerSource {
-	return &ServerSource{addr: addr, client: client, model: model, version: version}
+	return &ServerSource{addr: addr, client: client, model: model, version: version, timeout: serverChunkTimeout}
 }
 
 // Name is the server's address.
 func (s *ServerSource) Name() string { return s.addr }
 
-// Chunk fetches the chunk whole; Pull checks its size and digest.
-func (s *ServerSource) Chunk(ctx context.Context, d artifact.Digest, _ int64) (io.ReadCloser, error) {
+// Chunk fetches the chunk whole, within a time that grows with size;
+// Pull checks its size and digest.
+//
+// The bound is a timer that cancels the call, not a context deadline: a
+// deadline would travel to the server as the call's timeout and change how
+// it serves the call, and the bound is the agent's own business.
+func (s *ServerSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bound := s.timeout(size)
+	timer := time.AfterFunc(bound, cancel)
+	defer timer.Stop()
 	resp, err := s.client.GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{
 		Model: s.model, Version: s.version, Digest: d[:],
 	}))
 	if err != nil {
+		if !timer.Stop() && ctx.Err() != nil {
+			return nil, fmt.Errorf("get chunk %s from %s: no answer within %s: %w", d, s.addr, bound, err)
+		}
 		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
 	}
 	return io.NopCloser(bytes.NewReader(resp.Msg.GetData())), nil
@@ -69,6 +102,8 @@ type StreamSource struct {
 	client  *http.Client
 	model   string
 	version uint64
+	// timeout bounds one chunk's request and body, by its size.
+	timeout func(size int64) time.Duration
 }
 
 var _ Source = (*StreamSource)(nil)
@@ -77,32 +112,61 @@ var _ Source = (*StreamSource)(nil)
 // streamed by the server at addr (HOST:PORT) through client, whose
 // transport presents the node's certificate.
 func NewStreamSource(addr string, client *http.Client, model string, version uint64) *StreamSource {
-	return &StreamSource{addr: addr, client: client, model: model, version: version}
+	return &StreamSource{addr: addr, client: client, model: model, version: version, timeout: serverChunkTimeout}
 }
 
 // Name is the server's address.
 func (s *StreamSource) Name() string { return s.addr }
 
 // Chunk starts the chunk's body; Pull checks its size and digest as it
-// reads.
+// reads. The request and the whole body are bounded as ServerSource's call
+// is, by a timer that cancels them: a server that dies mid-body would
+// otherwise hold the read until the connection's idle timeout.
 func (s *StreamSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	bound := s.timeout(size)
+	timer := time.AfterFunc(bound, cancel)
+	stop := func() {
+		timer.Stop()
+		cancel()
+	}
 	u := "https://" + s.addr + chunkStreamPath + url.PathEscape(s.model) + "/" + strconv.FormatUint(s.version, 10) + "/" + hex.EncodeToString(d[:])
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
+		stop()
 		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
+		fired := !timer.Stop()
+		stop()
+		if fired {
+			return nil, fmt.Errorf("get chunk %s from %s: no answer within %s: %w", d, s.addr, bound, err)
+		}
 		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		resp.Body.Close()
+		stop()
 		return nil, fmt.Errorf("get chunk %s from %s: %s: %s", d, s.addr, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != size {
 		resp.Body.Close()
+		stop()
 		return nil, fmt.Errorf("get chunk %s from %s: %d bytes offered, the manifest says %d: %w", d, s.addr, resp.ContentLength, size, artifact.ErrChunkCorrupt)
 	}
-	return resp.Body, nil
+	return &boundedBody{ReadCloser: resp.Body, stop: stop}, nil
+}
+
+// boundedBody is a chunk's body whose time bound ends when it is closed.
+type boundedBody struct {
+	io.ReadCloser
+	stop func()
+}
+
+func (b *boundedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.stop()
+	return err
 }

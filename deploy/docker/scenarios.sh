@@ -2,8 +2,9 @@
 # Container scenarios: builds a static drover and drover-agent, the
 # drover:dev and drover-agent:dev images, makes a cluster CA, starts three
 # servers with compose, waits until they are ready, runs the Go scenario
-# tests of scenarios/container against them (the agent scenario starts its
-# agent containers itself, labelled as part of the compose project), and
+# tests of scenarios/container against them (the agent scenarios start
+# their agent containers themselves, labelled as part of the compose
+# project; the pull scenario also pushes a model from this machine), and
 # always tears everything down again (agent and server containers, networks,
 # volumes, temporary files), on success, failure or Ctrl-C. On failure it
 # prints the end of every server's and agent's log and keeps the full logs

@@ -387,11 +387,12 @@ func (c *cluster) checkTokenUses(ctx context.Context, t *testing.T, id string, w
 
 // startAgents makes a volume and starts a container for every agent, on
 // the servers' network, enrolling with token through every server's
-// address on that network. The containers and volumes carry the compose
+// address on that network, with flags added to every agent's command
+// line. The containers and volumes carry the compose
 // project's label and agentLabel; the test removes them when it passes
 // and stops them when it fails, leaving them for scenarios.sh to print
 // their logs and remove.
-func (c *cluster) startAgents(ctx context.Context, t *testing.T, image, token string, agents []*agent) {
+func (c *cluster) startAgents(ctx context.Context, t *testing.T, image, token string, agents []*agent, flags ...string) {
 	t.Helper()
 	labels := func(i int) []string {
 		return []string{"--label", "com.docker.compose.project=" + c.project, "--label", fmt.Sprintf("%s=%02d", agentLabel, i+1)}
@@ -435,6 +436,7 @@ func (c *cluster) startAgents(ctx context.Context, t *testing.T, image, token st
 			// network, encrypted, as agents on real machines do.
 			"--site", agentSite(i))
 		args = append(args, servers...)
+		args = append(args, flags...)
 		if _, err := dockerEnv(ctx, t, []string{"DROVER_TOKEN=" + token}, args...); err != nil {
 			t.Fatal(err)
 		}

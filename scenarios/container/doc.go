@@ -1,9 +1,11 @@
 // Package container drives the container tier: scenario tests that kill,
 // restart and partition real drover servers running in Docker containers,
 // and check with package linearize that clients never saw a
-// non-linearizable registry; and one that kills and restarts drover-agent
+// non-linearizable registry; one that kills and restarts drover-agent
 // containers and checks that the leader marks exactly those nodes DOWN
-// within their heartbeat TTL, and READY again as the same nodes.
+// within their heartbeat TTL, and READY again as the same nodes; and one
+// that has agent containers pull a pushed model, from each other and from
+// the servers, while the leader's container is killed.
 //
 // The tests carry the build tag "docker" and need the cluster and the
 // environment that deploy/docker/scenarios.sh sets up; run that script
@@ -26,11 +28,13 @@
 // the partition scenario disconnects, and the tests reach their API over
 // the other, so an isolated server can still be asked what it thinks.
 //
-// The agent scenario makes a join token with the management token and
-// starts its agents itself with `docker run`, on the servers' network (the
-// one the servers' certificates and advertised API addresses are for),
-// each with a named volume for its identity. Their containers and volumes
-// carry the compose project's label and "drover.scenario.agent"; the test
-// removes them when it passes and stops them when it fails, and
+// The agent scenarios make a join token with the management token and
+// start their agents themselves with `docker run`, on the servers' network
+// (the one the servers' certificates and advertised API addresses are
+// for), each with a named volume for its identity. Agents of a site reach
+// each other there on their gossip and peer ports (7947, 7948), which no
+// container publishes: the network joins them. Their containers and
+// volumes carry the compose project's label and "drover.scenario.agent";
+// the test removes them when it passes and stops them when it fails, and
 // scenarios.sh prints their logs and removes them in any case.
 package container
