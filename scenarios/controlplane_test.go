@@ -289,17 +289,23 @@ func TestNewServerCatchesUpFromSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	idx := waitConverged(t, c)
-	// Wait until s4 is in the configuration and caught up.
-	for s4.Server().State().Index() < idx {
+	// Wait until s4 is in the configuration and caught up. Raft records
+	// an installed snapshot in its stats just after the state machine has
+	// restored it, so the two are waited for together.
+	for {
+		stats := s4.Server().Raft().Stats()
+		caughtUp := s4.Server().State().Index() >= idx
+		if caughtUp && stats["last_snapshot_index"] != "0" {
+			break
+		}
 		select {
 		case <-ctx.Done():
+			if caughtUp {
+				t.Fatalf("s4 caught up without installing a snapshot: %v", stats)
+			}
 			t.Fatalf("s4 did not catch up: applied %d, want %d", s4.Server().State().Index(), idx)
 		case <-time.After(50 * time.Millisecond):
 		}
-	}
-	stats := s4.Server().Raft().Stats()
-	if stats["last_snapshot_index"] == "0" {
-		t.Fatalf("s4 caught up without installing a snapshot: %v", stats)
 	}
 	assertSameRegistry(t, c)
 	// s4 is a voter now, and the cluster survives losing an original server.
