@@ -39,6 +39,11 @@ const (
 	// fillStartDelay lets a starting server find its peers in gossip
 	// before its first round.
 	fillStartDelay = 500 * time.Millisecond
+	// fillKickDelay is how long after a kick (a new version, a joined
+	// server) the round runs: a burst of versions, from a script or a
+	// restore, makes one round rather than one each, since a round reads
+	// every live version's manifest.
+	fillKickDelay = 500 * time.Millisecond
 	// fillAskTimeout bounds how long a round waits for a peer to say
 	// which chunks it holds, so that a peer that does not answer (gossip
 	// may call it alive for a while after it died) cannot stall it.
@@ -64,22 +69,28 @@ func (s *Server) kickFill() {
 }
 
 // chunkFillLoop runs fill rounds until ctx ends: soon after start, every
-// ChunkFillInterval, when asked by kickFill (a new version applied, a
-// server joined), and, while chunks stay missing, again after a delay that
+// ChunkFillInterval, fillKickDelay after kickFill asks (a new version
+// applied, a server joined), and, while chunks stay missing, again after a delay that
 // doubles from fillRetryMin up to the interval.
 func (s *Server) chunkFillLoop(ctx context.Context) {
 	interval := time.Duration(s.cfg.ChunkFillInterval)
 	retry := min(fillRetryMin, interval)
 	t := time.NewTimer(min(fillStartDelay, interval))
 	defer t.Stop()
+	kicked := false // a round is due fillKickDelay after the first kick
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-s.fillKick:
-			t.Stop()
+			if !kicked {
+				kicked = true
+				t.Reset(fillKickDelay)
+			}
+			continue
 		}
+		kicked = false
 		res, err := s.fillChunks(ctx)
 		if ctx.Err() != nil {
 			return
