@@ -122,9 +122,18 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 	if err != nil {
 		return err
 	}
+	// Pulls have a transport of their own: the session closes its idle
+	// connections whenever a call fails, and quic-go counts a request
+	// whose body is still streaming in as idle, so a chunk being read
+	// would be cut off by a heartbeat that failed for an unrelated reason
+	// (an election, say).
+	pullTr := a.newTransport(pinnedTLS(id.CA, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return s.cert.Load(), nil
+	}))
+	defer pullTr.Close()
 	// Deferred after the transport's Close, so it runs before: the pull
 	// uses the transport until it has stopped.
-	s.puller = newPuller(a, s.log, store, s.tr)
+	s.puller = newPuller(a, s.log, store, pullTr)
 	s.puller.setServers(s.servers())
 	defer s.puller.close()
 	// The pool runs before the first registration, which tells the

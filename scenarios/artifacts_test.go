@@ -198,11 +198,9 @@ func versionCount(ctx context.Context, t *testing.T, cl *cluster.Clients, model 
 func TestSitePullsFanOut(t *testing.T) {
 	agents, size, servers := 30, 64<<20, 3
 	if testing.Short() {
-		// One server in the short tier: on a machine loaded by the other
-		// packages' tests, three in-process servers hold elections, and
-		// an agent whose session fails restarts its site pool and peer
-		// server, which moves chunks to new owners (and more bytes to the
-		// servers) for reasons this scenario is not about.
+		// One server in the short tier: while every package's tests run
+		// at once, three in-process servers hold elections, which this
+		// scenario is not about.
 		agents, size, servers = 8, 16<<20, 1
 	}
 	c := cluster.Make(t, servers, cluster.Options{})
