@@ -25,11 +25,8 @@ import (
 
 const (
 	// artifactCallTimeout bounds one GetManifest or GetClusterInfo call
-	// of a pull; chunk calls are bounded by the pull's own retries.
+	// of a pull; chunk reads are bounded by fetch's sources.
 	artifactCallTimeout = 30 * time.Second
-	// maxChunkMessageBytes bounds a GetChunk answer: the largest chunk a
-	// manifest may list (64 MiB) and room for its framing.
-	maxChunkMessageBytes = 64<<20 + 64<<10
 	// pullRetryMin and pullRetryMax bound the wait before a pull that
 	// failed for a reason that may pass (no server answered, a chunk no
 	// source could serve) is tried again.
@@ -365,12 +362,13 @@ func (p *puller) Manifest(ctx context.Context, model string, version uint64) (*d
 	return m, err
 }
 
-// clientLocked returns the artifact client for the server at addr: the
-// session's transport, with room for the largest chunk or manifest.
+// clientLocked returns the client for the server at addr that pulls use
+// for manifests and keys, with room for the largest manifest the agent
+// accepts (chunks are streamed, not answers of this client).
 func (p *puller) clientLocked(addr string) droverv1connect.AgentServiceClient {
 	c, ok := p.clients[addr]
 	if !ok {
-		limit := max(maxChunkMessageBytes, p.a.cfg.MaxManifestBytes+1<<20, fetch.DefaultMaxManifestBytes+1<<20)
+		limit := max(p.a.cfg.MaxManifestBytes, fetch.DefaultMaxManifestBytes) + 1<<20
 		c = droverv1connect.NewAgentServiceClient(&http.Client{Transport: p.tr}, "https://"+addr,
 			connect.WithReadMaxBytes(limit))
 		p.clients[addr] = c

@@ -48,6 +48,38 @@ func serverChunkTimeout(size int64) time.Duration {
 	return serverChunkBase + time.Duration(max(size, 0))*time.Second/serverChunkMinRate
 }
 
+// callBound bounds a chunk call by a timer that cancels it, not by a
+// context deadline: a deadline would travel to the server as the call's
+// timeout and change how it serves the call, and the bound is the agent's
+// own business.
+type callBound struct {
+	limit  time.Duration
+	timer  *time.Timer
+	cancel context.CancelFunc
+}
+
+// bindCall returns ctx under a bound of limit and the bound.
+func bindCall(ctx context.Context, limit time.Duration) (context.Context, *callBound) {
+	ctx, cancel := context.WithCancel(ctx)
+	return ctx, &callBound{limit: limit, timer: time.AfterFunc(limit, cancel), cancel: cancel}
+}
+
+// stop ends the bound and the call's context; it reports whether the
+// bound had run out first.
+func (b *callBound) stop() (ranOut bool) {
+	ranOut = !b.timer.Stop()
+	b.cancel()
+	return ranOut
+}
+
+// wrap adds to err, the call's failure, that the bound ran out if it did.
+func (b *callBound) wrap(d artifact.Digest, addr string, err error) error {
+	if b.stop() {
+		return fmt.Errorf("get chunk %s from %s: no answer within %s: %w", d, addr, b.limit, err)
+	}
+	return fmt.Errorf("get chunk %s from %s: %w", d, addr, err)
+}
+
 var _ Source = (*ServerSource)(nil)
 
 // NewServerSource returns a source for the chunks of version of model, served
@@ -59,27 +91,17 @@ func NewServerSource(addr string, client droverv1connect.AgentServiceClient, mod
 // Name is the server's address.
 func (s *ServerSource) Name() string { return s.addr }
 
-// Chunk fetches the chunk whole, within a time that grows with size;
-// Pull checks its size and digest.
-//
-// The bound is a timer that cancels the call, not a context deadline: a
-// deadline would travel to the server as the call's timeout and change how
-// it serves the call, and the bound is the agent's own business.
+// Chunk fetches the chunk whole, within a time that grows with size
+// (callBound); Pull checks its size and digest.
 func (s *ServerSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	bound := s.timeout(size)
-	timer := time.AfterFunc(bound, cancel)
-	defer timer.Stop()
+	ctx, bound := bindCall(ctx, s.timeout(size))
 	resp, err := s.client.GetChunk(ctx, connect.NewRequest(&droverv1.AgentGetChunkRequest{
 		Model: s.model, Version: s.version, Digest: d[:],
 	}))
 	if err != nil {
-		if !timer.Stop() && ctx.Err() != nil {
-			return nil, fmt.Errorf("get chunk %s from %s: no answer within %s: %w", d, s.addr, bound, err)
-		}
-		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
+		return nil, bound.wrap(d, s.addr, err)
 	}
+	bound.stop()
 	return io.NopCloser(bytes.NewReader(resp.Msg.GetData())), nil
 }
 
@@ -120,53 +142,40 @@ func (s *StreamSource) Name() string { return s.addr }
 
 // Chunk starts the chunk's body; Pull checks its size and digest as it
 // reads. The request and the whole body are bounded as ServerSource's call
-// is, by a timer that cancels them: a server that dies mid-body would
-// otherwise hold the read until the connection's idle timeout.
+// is (callBound): a server that dies mid-body would otherwise hold the
+// read until the connection's idle timeout.
 func (s *StreamSource) Chunk(ctx context.Context, d artifact.Digest, size int64) (io.ReadCloser, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	bound := s.timeout(size)
-	timer := time.AfterFunc(bound, cancel)
-	stop := func() {
-		timer.Stop()
-		cancel()
-	}
+	ctx, bound := bindCall(ctx, s.timeout(size))
 	u := "https://" + s.addr + chunkStreamPath + url.PathEscape(s.model) + "/" + strconv.FormatUint(s.version, 10) + "/" + hex.EncodeToString(d[:])
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		stop()
-		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
+		return nil, bound.wrap(d, s.addr, err)
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		fired := !timer.Stop()
-		stop()
-		if fired {
-			return nil, fmt.Errorf("get chunk %s from %s: no answer within %s: %w", d, s.addr, bound, err)
-		}
-		return nil, fmt.Errorf("get chunk %s from %s: %w", d, s.addr, err)
+		return nil, bound.wrap(d, s.addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	switch {
+	case resp.StatusCode != http.StatusOK:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		resp.Body.Close()
-		stop()
-		return nil, fmt.Errorf("get chunk %s from %s: %s: %s", d, s.addr, resp.Status, strings.TrimSpace(string(msg)))
+		err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	case resp.ContentLength >= 0 && resp.ContentLength != size:
+		err = fmt.Errorf("%d bytes offered, the manifest says %d: %w", resp.ContentLength, size, artifact.ErrChunkCorrupt)
+	default:
+		return &boundedBody{ReadCloser: resp.Body, bound: bound}, nil
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength != size {
-		resp.Body.Close()
-		stop()
-		return nil, fmt.Errorf("get chunk %s from %s: %d bytes offered, the manifest says %d: %w", d, s.addr, resp.ContentLength, size, artifact.ErrChunkCorrupt)
-	}
-	return &boundedBody{ReadCloser: resp.Body, stop: stop}, nil
+	resp.Body.Close()
+	return nil, bound.wrap(d, s.addr, err)
 }
 
 // boundedBody is a chunk's body whose time bound ends when it is closed.
 type boundedBody struct {
 	io.ReadCloser
-	stop func()
+	bound *callBound
 }
 
 func (b *boundedBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.stop()
+	b.bound.stop()
 	return err
 }

@@ -27,24 +27,27 @@ const ChunkStreamPath = "/v1/agent/chunks/"
 
 // serveChunkStream answers GET ChunkStreamPath requests.
 func (h *artifactHandler) serveChunkStream(w http.ResponseWriter, r *http.Request) {
+	// Refusals are written as any API error is (Connect's error writer:
+	// the HTTP status its code maps to, and the message).
+	refuse := func(err error) { _ = h.s.forwarder.errWriter.Write(w, r, err) }
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		http.Error(w, "chunks are read with GET", http.StatusMethodNotAllowed)
+		refuse(connect.NewError(connect.CodeUnimplemented, errors.New("chunks are read with GET")))
 		return
 	}
 	ctx, err := h.s.authenticateAgent(r.Context())
 	if err != nil {
-		writeHTTPError(w, err)
+		refuse(err)
 		return
 	}
 	model, version, digest, err := parseChunkPath(strings.TrimPrefix(r.URL.Path, ChunkStreamPath))
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		refuse(connect.NewError(connect.CodeInvalidArgument, err))
 		return
 	}
 	rc, size, err := h.openChunk(ctx, model, version, digest)
 	if err != nil {
-		writeHTTPError(w, err)
+		refuse(err)
 		return
 	}
 	defer rc.Close()
@@ -72,27 +75,4 @@ func parseChunkPath(p string) (model string, version uint64, digest []byte, err 
 		return "", 0, nil, fmt.Errorf("digest %q is not 64 hex digits of SHA-256", parts[2])
 	}
 	return parts[0], version, digest, nil
-}
-
-// writeHTTPError answers a plain HTTP request with what err, an API
-// error, says: its message, and the status its code maps to.
-func writeHTTPError(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		switch ce.Code() {
-		case connect.CodeInvalidArgument, connect.CodeFailedPrecondition:
-			status = http.StatusBadRequest
-		case connect.CodeUnauthenticated:
-			status = http.StatusUnauthorized
-		case connect.CodePermissionDenied:
-			status = http.StatusForbidden
-		case connect.CodeNotFound:
-			status = http.StatusNotFound
-		case connect.CodeUnavailable, connect.CodeResourceExhausted:
-			status = http.StatusServiceUnavailable
-		}
-		err = errors.New(ce.Message())
-	}
-	http.Error(w, err.Error(), status)
 }
