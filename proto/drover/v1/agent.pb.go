@@ -559,7 +559,9 @@ type HeartbeatRequest struct {
 	GossipMembers uint32 `protobuf:"varint,2,opt,name=gossip_members,json=gossipMembers,proto3" json:"gossip_members,omitempty"`
 	// The agent's latest pull, absent when it has made none since it
 	// started and had none on disk.
-	Pull          *NodePullStatus `protobuf:"bytes,3,opt,name=pull,proto3" json:"pull,omitempty"`
+	Pull *NodePullStatus `protobuf:"bytes,3,opt,name=pull,proto3" json:"pull,omitempty"`
+	// The node's instances, one per deployment it runs or was told to run.
+	Instances     []*InstanceStatus `protobuf:"bytes,4,rep,name=instances,proto3" json:"instances,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -611,6 +613,13 @@ func (x *HeartbeatRequest) GetGossipMembers() uint32 {
 func (x *HeartbeatRequest) GetPull() *NodePullStatus {
 	if x != nil {
 		return x.Pull
+	}
+	return nil
+}
+
+func (x *HeartbeatRequest) GetInstances() []*InstanceStatus {
+	if x != nil {
+		return x.Instances
 	}
 	return nil
 }
@@ -705,6 +714,105 @@ func (x *HeartbeatResponse) GetPull() *NodePull {
 	return nil
 }
 
+type WatchAssignmentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Block until the node's assignments change past this index.
+	Query         *QueryOptions `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchAssignmentsRequest) Reset() {
+	*x = WatchAssignmentsRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchAssignmentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchAssignmentsRequest) ProtoMessage() {}
+
+func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
+func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchAssignmentsRequest) GetQuery() *QueryOptions {
+	if x != nil {
+		return x.Query
+	}
+	return nil
+}
+
+type WatchAssignmentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Everything the node should run now; a deployment absent here is one
+	// the node must stop.
+	Assignments   []*Assignment `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	Meta          *QueryMeta    `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchAssignmentsResponse) Reset() {
+	*x = WatchAssignmentsResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchAssignmentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchAssignmentsResponse) ProtoMessage() {}
+
+func (x *WatchAssignmentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchAssignmentsResponse.ProtoReflect.Descriptor instead.
+func (*WatchAssignmentsResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchAssignmentsResponse) GetAssignments() []*Assignment {
+	if x != nil {
+		return x.Assignments
+	}
+	return nil
+}
+
+func (x *WatchAssignmentsResponse) GetMeta() *QueryMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
 type AgentGetManifestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
@@ -716,7 +824,7 @@ type AgentGetManifestRequest struct {
 
 func (x *AgentGetManifestRequest) Reset() {
 	*x = AgentGetManifestRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	mi := &file_drover_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +836,7 @@ func (x *AgentGetManifestRequest) String() string {
 func (*AgentGetManifestRequest) ProtoMessage() {}
 
 func (x *AgentGetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[10]
+	mi := &file_drover_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +849,7 @@ func (x *AgentGetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentGetManifestRequest.ProtoReflect.Descriptor instead.
 func (*AgentGetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AgentGetManifestRequest) GetModel() string {
@@ -770,7 +878,7 @@ type AgentGetManifestResponse struct {
 
 func (x *AgentGetManifestResponse) Reset() {
 	*x = AgentGetManifestResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	mi := &file_drover_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +890,7 @@ func (x *AgentGetManifestResponse) String() string {
 func (*AgentGetManifestResponse) ProtoMessage() {}
 
 func (x *AgentGetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[11]
+	mi := &file_drover_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +903,7 @@ func (x *AgentGetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentGetManifestResponse.ProtoReflect.Descriptor instead.
 func (*AgentGetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AgentGetManifestResponse) GetVersion() *ModelVersion {
@@ -825,7 +933,7 @@ type AgentGetChunkRequest struct {
 
 func (x *AgentGetChunkRequest) Reset() {
 	*x = AgentGetChunkRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[12]
+	mi := &file_drover_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +945,7 @@ func (x *AgentGetChunkRequest) String() string {
 func (*AgentGetChunkRequest) ProtoMessage() {}
 
 func (x *AgentGetChunkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[12]
+	mi := &file_drover_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +958,7 @@ func (x *AgentGetChunkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentGetChunkRequest.ProtoReflect.Descriptor instead.
 func (*AgentGetChunkRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AgentGetChunkRequest) GetModel() string {
@@ -883,7 +991,7 @@ type AgentGetChunkResponse struct {
 
 func (x *AgentGetChunkResponse) Reset() {
 	*x = AgentGetChunkResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[13]
+	mi := &file_drover_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1003,7 @@ func (x *AgentGetChunkResponse) String() string {
 func (*AgentGetChunkResponse) ProtoMessage() {}
 
 func (x *AgentGetChunkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[13]
+	mi := &file_drover_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1016,7 @@ func (x *AgentGetChunkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentGetChunkResponse.ProtoReflect.Descriptor instead.
 func (*AgentGetChunkResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AgentGetChunkResponse) GetData() []byte {
@@ -935,7 +1043,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[14]
+	mi := &file_drover_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1055,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[14]
+	mi := &file_drover_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1068,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesRequest) GetLabels() map[string]string {
@@ -1015,7 +1123,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[15]
+	mi := &file_drover_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1135,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[15]
+	mi := &file_drover_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1148,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1068,7 +1176,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	mi := &file_drover_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1188,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	mi := &file_drover_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1201,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetNodeRequest) GetNode() string {
@@ -1120,7 +1228,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	mi := &file_drover_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1240,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	mi := &file_drover_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1253,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1173,7 +1281,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	mi := &file_drover_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1293,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	mi := &file_drover_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1306,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1225,7 +1333,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	mi := &file_drover_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1345,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	mi := &file_drover_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1358,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -1278,7 +1386,7 @@ type LabelNodeRequest struct {
 
 func (x *LabelNodeRequest) Reset() {
 	*x = LabelNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[20]
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1398,7 @@ func (x *LabelNodeRequest) String() string {
 func (*LabelNodeRequest) ProtoMessage() {}
 
 func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[20]
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1411,7 @@ func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNodeRequest.ProtoReflect.Descriptor instead.
 func (*LabelNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LabelNodeRequest) GetNode() string {
@@ -1337,7 +1445,7 @@ type LabelNodeResponse struct {
 
 func (x *LabelNodeResponse) Reset() {
 	*x = LabelNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[21]
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1457,7 @@ func (x *LabelNodeResponse) String() string {
 func (*LabelNodeResponse) ProtoMessage() {}
 
 func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[21]
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1470,7 @@ func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNodeResponse.ProtoReflect.Descriptor instead.
 func (*LabelNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LabelNodeResponse) GetNode() *Node {
@@ -1392,7 +1500,7 @@ type PullVersionRequest struct {
 
 func (x *PullVersionRequest) Reset() {
 	*x = PullVersionRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	mi := &file_drover_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1512,7 @@ func (x *PullVersionRequest) String() string {
 func (*PullVersionRequest) ProtoMessage() {}
 
 func (x *PullVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	mi := &file_drover_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1525,7 @@ func (x *PullVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullVersionRequest.ProtoReflect.Descriptor instead.
 func (*PullVersionRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PullVersionRequest) GetNode() string {
@@ -1453,7 +1561,7 @@ type PullVersionResponse struct {
 
 func (x *PullVersionResponse) Reset() {
 	*x = PullVersionResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	mi := &file_drover_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1573,7 @@ func (x *PullVersionResponse) String() string {
 func (*PullVersionResponse) ProtoMessage() {}
 
 func (x *PullVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	mi := &file_drover_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1586,7 @@ func (x *PullVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullVersionResponse.ProtoReflect.Descriptor instead.
 func (*PullVersionResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PullVersionResponse) GetNode() *Node {
@@ -1511,7 +1619,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[24]
+	mi := &file_drover_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1631,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[24]
+	mi := &file_drover_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1644,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeNodeRequest) GetNode() string {
@@ -1555,7 +1663,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[25]
+	mi := &file_drover_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1675,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[25]
+	mi := &file_drover_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1688,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeNodeResponse) GetMeta() *WriteMeta {
@@ -1594,7 +1702,7 @@ var File_drover_v1_agent_proto protoreflect.FileDescriptor
 
 const file_drover_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15drover/v1/agent.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
+	"\x15drover/v1/agent.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x16drover/v1/deploy.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
 	"\x15GetClusterInfoRequest\"\xb7\x02\n" +
 	"\x16GetClusterInfoResponse\x12\x15\n" +
 	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x12\x1d\n" +
@@ -1638,11 +1746,12 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"\x8e\x01\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\fR\x0ecertificatePem\x12I\n" +
-	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"\x84\x01\n" +
+	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"\xbd\x01\n" +
 	"\x10HeartbeatRequest\x12\x1a\n" +
 	"\bsuspects\x18\x01 \x03(\tR\bsuspects\x12%\n" +
 	"\x0egossip_members\x18\x02 \x01(\rR\rgossipMembers\x12-\n" +
-	"\x04pull\x18\x03 \x01(\v2\x19.drover.v1.NodePullStatusR\x04pull\"\xf1\x01\n" +
+	"\x04pull\x18\x03 \x01(\v2\x19.drover.v1.NodePullStatusR\x04pull\x127\n" +
+	"\tinstances\x18\x04 \x03(\v2\x19.drover.v1.InstanceStatusR\tinstances\"\xf1\x01\n" +
 	"\x11HeartbeatResponse\x12+\n" +
 	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12\x18\n" +
@@ -1652,7 +1761,12 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"reregister\x12\x1d\n" +
 	"\n" +
 	"site_peers\x18\x05 \x03(\tR\tsitePeers\x12'\n" +
-	"\x04pull\x18\x06 \x01(\v2\x13.drover.v1.NodePullR\x04pull\"A\n" +
+	"\x04pull\x18\x06 \x01(\v2\x13.drover.v1.NodePullR\x04pull\"H\n" +
+	"\x17WatchAssignmentsRequest\x12-\n" +
+	"\x05query\x18\x01 \x01(\v2\x17.drover.v1.QueryOptionsR\x05query\"}\n" +
+	"\x18WatchAssignmentsResponse\x127\n" +
+	"\vassignments\x18\x01 \x03(\v2\x15.drover.v1.AssignmentR\vassignments\x12(\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\"A\n" +
 	"\x17AgentGetManifestRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\"\x84\x01\n" +
@@ -1741,7 +1855,7 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_drover_v1_agent_proto_goTypes = []any{
 	(*GetClusterInfoRequest)(nil),    // 0: drover.v1.GetClusterInfoRequest
 	(*GetClusterInfoResponse)(nil),   // 1: drover.v1.GetClusterInfoResponse
@@ -1753,104 +1867,112 @@ var file_drover_v1_agent_proto_goTypes = []any{
 	(*RenewCertificateResponse)(nil), // 7: drover.v1.RenewCertificateResponse
 	(*HeartbeatRequest)(nil),         // 8: drover.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),        // 9: drover.v1.HeartbeatResponse
-	(*AgentGetManifestRequest)(nil),  // 10: drover.v1.AgentGetManifestRequest
-	(*AgentGetManifestResponse)(nil), // 11: drover.v1.AgentGetManifestResponse
-	(*AgentGetChunkRequest)(nil),     // 12: drover.v1.AgentGetChunkRequest
-	(*AgentGetChunkResponse)(nil),    // 13: drover.v1.AgentGetChunkResponse
-	(*ListNodesRequest)(nil),         // 14: drover.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 15: drover.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 16: drover.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),          // 17: drover.v1.GetNodeResponse
-	(*DrainNodeRequest)(nil),         // 18: drover.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),        // 19: drover.v1.DrainNodeResponse
-	(*LabelNodeRequest)(nil),         // 20: drover.v1.LabelNodeRequest
-	(*LabelNodeResponse)(nil),        // 21: drover.v1.LabelNodeResponse
-	(*PullVersionRequest)(nil),       // 22: drover.v1.PullVersionRequest
-	(*PullVersionResponse)(nil),      // 23: drover.v1.PullVersionResponse
-	(*RevokeNodeRequest)(nil),        // 24: drover.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),       // 25: drover.v1.RevokeNodeResponse
-	nil,                              // 26: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	nil,                              // 27: drover.v1.EnrollRequest.LabelsEntry
-	nil,                              // 28: drover.v1.ListNodesRequest.LabelsEntry
-	nil,                              // 29: drover.v1.LabelNodeRequest.SetEntry
-	(*NodeInventory)(nil),            // 30: drover.v1.NodeInventory
-	(*Node)(nil),                     // 31: drover.v1.Node
-	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 33: drover.v1.WriteMeta
-	(*NodePullStatus)(nil),           // 34: drover.v1.NodePullStatus
-	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
-	(NodeStatus)(0),                  // 36: drover.v1.NodeStatus
-	(*NodePull)(nil),                 // 37: drover.v1.NodePull
-	(*ModelVersion)(nil),             // 38: drover.v1.ModelVersion
-	(*SignedManifest)(nil),           // 39: drover.v1.SignedManifest
-	(*QueryOptions)(nil),             // 40: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 41: drover.v1.QueryMeta
+	(*WatchAssignmentsRequest)(nil),  // 10: drover.v1.WatchAssignmentsRequest
+	(*WatchAssignmentsResponse)(nil), // 11: drover.v1.WatchAssignmentsResponse
+	(*AgentGetManifestRequest)(nil),  // 12: drover.v1.AgentGetManifestRequest
+	(*AgentGetManifestResponse)(nil), // 13: drover.v1.AgentGetManifestResponse
+	(*AgentGetChunkRequest)(nil),     // 14: drover.v1.AgentGetChunkRequest
+	(*AgentGetChunkResponse)(nil),    // 15: drover.v1.AgentGetChunkResponse
+	(*ListNodesRequest)(nil),         // 16: drover.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 17: drover.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 18: drover.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),          // 19: drover.v1.GetNodeResponse
+	(*DrainNodeRequest)(nil),         // 20: drover.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),        // 21: drover.v1.DrainNodeResponse
+	(*LabelNodeRequest)(nil),         // 22: drover.v1.LabelNodeRequest
+	(*LabelNodeResponse)(nil),        // 23: drover.v1.LabelNodeResponse
+	(*PullVersionRequest)(nil),       // 24: drover.v1.PullVersionRequest
+	(*PullVersionResponse)(nil),      // 25: drover.v1.PullVersionResponse
+	(*RevokeNodeRequest)(nil),        // 26: drover.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),       // 27: drover.v1.RevokeNodeResponse
+	nil,                              // 28: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	nil,                              // 29: drover.v1.EnrollRequest.LabelsEntry
+	nil,                              // 30: drover.v1.ListNodesRequest.LabelsEntry
+	nil,                              // 31: drover.v1.LabelNodeRequest.SetEntry
+	(*NodeInventory)(nil),            // 32: drover.v1.NodeInventory
+	(*Node)(nil),                     // 33: drover.v1.Node
+	(*timestamppb.Timestamp)(nil),    // 34: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 35: drover.v1.WriteMeta
+	(*NodePullStatus)(nil),           // 36: drover.v1.NodePullStatus
+	(*InstanceStatus)(nil),           // 37: drover.v1.InstanceStatus
+	(*durationpb.Duration)(nil),      // 38: google.protobuf.Duration
+	(NodeStatus)(0),                  // 39: drover.v1.NodeStatus
+	(*NodePull)(nil),                 // 40: drover.v1.NodePull
+	(*QueryOptions)(nil),             // 41: drover.v1.QueryOptions
+	(*Assignment)(nil),               // 42: drover.v1.Assignment
+	(*QueryMeta)(nil),                // 43: drover.v1.QueryMeta
+	(*ModelVersion)(nil),             // 44: drover.v1.ModelVersion
+	(*SignedManifest)(nil),           // 45: drover.v1.SignedManifest
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	26, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	27, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
-	30, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
-	31, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
-	32, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	33, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
-	30, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
-	31, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
-	33, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
-	32, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	34, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
-	35, // 11: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
-	36, // 12: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
-	37, // 13: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
-	38, // 14: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
-	39, // 15: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
-	28, // 16: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
-	36, // 17: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
-	40, // 18: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
-	31, // 19: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
-	41, // 20: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
-	40, // 21: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
-	31, // 22: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
-	41, // 23: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
-	31, // 24: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
-	33, // 25: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	29, // 26: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
-	31, // 27: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
-	33, // 28: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	31, // 29: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
-	37, // 30: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
-	33, // 31: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
-	33, // 32: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	0,  // 33: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
-	2,  // 34: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
-	4,  // 35: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	6,  // 36: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
-	8,  // 37: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
-	10, // 38: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
-	12, // 39: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
-	14, // 40: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	16, // 41: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	18, // 42: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	20, // 43: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	24, // 44: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	22, // 45: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
-	1,  // 46: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 47: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 48: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 49: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 50: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 51: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
-	13, // 52: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
-	15, // 53: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	17, // 54: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	19, // 55: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	21, // 56: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	25, // 57: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	23, // 58: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
-	46, // [46:59] is the sub-list for method output_type
-	33, // [33:46] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	28, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	29, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
+	32, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
+	33, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
+	34, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	35, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
+	32, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
+	33, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
+	35, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
+	34, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	36, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
+	37, // 11: drover.v1.HeartbeatRequest.instances:type_name -> drover.v1.InstanceStatus
+	38, // 12: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
+	39, // 13: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
+	40, // 14: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
+	41, // 15: drover.v1.WatchAssignmentsRequest.query:type_name -> drover.v1.QueryOptions
+	42, // 16: drover.v1.WatchAssignmentsResponse.assignments:type_name -> drover.v1.Assignment
+	43, // 17: drover.v1.WatchAssignmentsResponse.meta:type_name -> drover.v1.QueryMeta
+	44, // 18: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
+	45, // 19: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
+	30, // 20: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
+	39, // 21: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
+	41, // 22: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
+	33, // 23: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
+	43, // 24: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
+	41, // 25: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
+	33, // 26: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
+	43, // 27: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
+	33, // 28: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
+	35, // 29: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	31, // 30: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
+	33, // 31: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
+	35, // 32: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 33: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
+	40, // 34: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
+	35, // 35: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
+	35, // 36: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	0,  // 37: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
+	2,  // 38: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
+	4,  // 39: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	6,  // 40: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
+	8,  // 41: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
+	12, // 42: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
+	14, // 43: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
+	16, // 44: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	18, // 45: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	20, // 46: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	22, // 47: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	26, // 48: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	24, // 49: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
+	1,  // 50: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 51: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 52: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 53: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 54: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	13, // 55: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	15, // 56: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	17, // 57: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	19, // 58: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	21, // 59: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	23, // 60: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	27, // 61: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	25, // 62: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
+	50, // [50:63] is the sub-list for method output_type
+	37, // [37:50] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -1860,6 +1982,7 @@ func file_drover_v1_agent_proto_init() {
 	}
 	file_drover_v1_artifact_proto_init()
 	file_drover_v1_common_proto_init()
+	file_drover_v1_deploy_proto_init()
 	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
 	type x struct{}
@@ -1868,7 +1991,7 @@ func file_drover_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
