@@ -5,7 +5,7 @@ package exec
 // cgroupManager has nothing to manage where there are no cgroups.
 type cgroupManager struct{}
 
-type cgroup struct{}
+type cgroup struct{ dir string }
 
 func newCgroupManager(string) *cgroupManager { return &cgroupManager{} }
 

@@ -412,3 +412,10 @@ func buildEnv(base []string, spec runtime.InstanceSpec, host string, port int) [
 		runtime.EnvNVIDIADevices+"="+nvidia,
 	)
 }
+
+// LogPath is the current file of an instance's stream (rotations add .1,
+// .2, …), also for instances gone with an earlier agent: read it with
+// logfile.Tail.
+func (r *Runtime) LogPath(instanceID string, stream runtime.Stream) string {
+	return filepath.Join(r.cfg.LogsDir, instanceID, string(stream)+".log")
+}

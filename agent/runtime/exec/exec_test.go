@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/agent/runtime"
+	"github.com/droverhq/drover/agent/runtime/logfile"
 	"github.com/droverhq/drover/agent/runtime/runtimetest"
 )
 
@@ -420,6 +421,11 @@ func TestLogsCapturedAndFollowed(t *testing.T) {
 		t.Fatalf("tail of 10 bytes: %q", tail.String())
 	}
 	stop(t, in)
+	// After the instance, the files remain for logfile.Tail.
+	tail.Reset()
+	if err := logfile.Tail(r.LogPath(in.ID(), runtime.Stdout), 0, 10, &tail); err != nil || tail.String() != "line 1999\n" {
+		t.Fatalf("tail from the file after stop: %q, %v", tail.String(), err)
+	}
 	select {
 	case err := <-followed:
 		if err != nil {

@@ -144,6 +144,7 @@ func (in *instance) run() {
 		}
 		started := clk.Now()
 		exit, stopped := in.runOnce(started)
+		in.removeRecord()
 		if in.cgroup != nil {
 			in.cgroup.remove()
 			in.cgroup = nil
@@ -221,6 +222,7 @@ func (in *instance) runOnce(started time.Time) (exit *runtime.Exit, stopped bool
 	if err != nil {
 		return &runtime.Exit{At: clk.Now(), Code: -1, Reason: err.Error()}, false
 	}
+	in.writeRecord(p)
 	exited := make(chan *os.ProcessState, 1)
 	go func() { exited <- p.wait() }()
 

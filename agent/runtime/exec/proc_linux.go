@@ -1,7 +1,12 @@
 package exec
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -33,4 +38,29 @@ func waitExited(pid int) {
 			return
 		}
 	}
+}
+
+// procStartTicks reads when pid started, in clock ticks since boot
+// (field 22 of /proc/PID/stat): with the pid it names one process for
+// good, where a pid alone may be reused.
+func procStartTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses; the
+	// fields after it follow the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command field", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); field 22 is f[19].
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, os.ErrNotExist // dead, waiting to be reaped
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }

@@ -2,7 +2,10 @@
 
 package exec
 
-import "syscall"
+import (
+	"errors"
+	"syscall"
+)
 
 // sysProcAttr makes the child the leader of a new process group; cgroups
 // are Linux only.
@@ -16,3 +19,6 @@ func sysProcAttr(*cgroup) *syscall.SysProcAttr {
 const reapBeforeGroupKill = true
 
 func waitExited(int) {}
+
+// procStartTicks is unknown here: leftovers are not identified.
+func procStartTicks(int) (uint64, error) { return 0, errors.ErrUnsupported }

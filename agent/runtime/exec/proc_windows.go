@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"errors"
 	"os"
 	"syscall"
 )
@@ -19,3 +20,5 @@ func killGroup(pid int, _ syscall.Signal) {
 		_ = p.Kill()
 	}
 }
+
+func procStartTicks(int) (uint64, error) { return 0, errors.ErrUnsupported }

@@ -251,6 +251,13 @@ func (a *Allocator) Held(holder string) []string {
 	return slices.Clone(a.holders[holder])
 }
 
+// HolderOf returns who holds the device, "" if nobody.
+func (a *Allocator) HolderOf(uuid string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.owner[uuid]
+}
+
 // Holders returns a copy of the table: holder → UUIDs.
 func (a *Allocator) Holders() map[string][]string {
 	a.mu.Lock()

@@ -128,6 +128,9 @@ func TestSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := open(t, path)
+	if b.HolderOf(held[0]) != "inst-1" || b.HolderOf("GPU-none") != "" {
+		t.Fatalf("HolderOf after reopening: %q", b.HolderOf(held[0]))
+	}
 	if got := b.Held("inst-1"); !slices.Equal(got, held) {
 		t.Fatalf("after reopening: inst-1 holds %v, want %v", got, held)
 	}

@@ -192,8 +192,7 @@ func (w *Writer) Copy(ctx context.Context, tail int64, follow bool, out io.Write
 		// Our file was rotated away and is complete: finish it, then move
 		// to the one written after it, or the oldest kept if that is gone.
 		w.mu.Unlock()
-		n, err = copyFrom(cur, pos, out)
-		if err != nil {
+		if _, err := copyFrom(cur, pos, out); err != nil {
 			return err
 		}
 		cur.Close()
