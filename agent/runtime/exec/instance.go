@@ -287,13 +287,19 @@ func (in *instance) runOnce(started time.Time) (exit *runtime.Exit, stopped bool
 				})
 			} else {
 				fails++
-				in.update(func(s *runtime.Status) {
-					s.LastProbeError = err.Error()
-					if everHealthy && fails >= hc.FailureThreshold && s.State == runtime.StateHealthy {
-						s.State = runtime.StateUnhealthy
-						s.HealthySince = time.Time{}
-					}
-				})
+				st := in.Status()
+				turnsUnhealthy := everHealthy && fails >= hc.FailureThreshold && st.State == runtime.StateHealthy
+				// A server that is still loading fails the same way many
+				// times: watchers hear of a new error, not of each probe.
+				if turnsUnhealthy || st.LastProbeError != err.Error() {
+					in.update(func(s *runtime.Status) {
+						s.LastProbeError = err.Error()
+						if turnsUnhealthy {
+							s.State = runtime.StateUnhealthy
+							s.HealthySince = time.Time{}
+						}
+					})
+				}
 			}
 			next := hc.Interval
 			if !everHealthy {
