@@ -283,7 +283,6 @@ func (in *instance) runOnce(started time.Time) (exit *runtime.Exit, stopped bool
 						s.HealthySince = now
 					}
 					s.LastProbeError = ""
-					s.ConsecutiveFailures = 0
 				})
 			} else {
 				fails++
@@ -424,6 +423,21 @@ func (in *instance) startProcess() (*process, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW
 	cmd.SysProcAttr = sysProcAttr(in.cgroup)
 	err = cmd.Start()
+	if err != nil && in.cgroup != nil && cgroupCloneRefused(err) {
+		// Kernels before 5.7 cannot clone into a cgroup, and some refuse
+		// a cgroup they would not let a process join: run without one
+		// rather than not at all.
+		warning := fmt.Sprintf("cgroup not used: start in %s: %v", in.cgroup.dir, err)
+		in.cgroup.remove()
+		in.cgroup, in.useCgroups = nil, false
+		in.rt.warnOnce(warning)
+		in.update(func(s *runtime.Status) { s.Warnings = append(s.Warnings, warning) })
+		cmd = osexec.Command(in.program, in.spec.Command[1:]...)
+		cmd.Dir, cmd.Env = in.spec.Dir, in.env
+		cmd.Stdout, cmd.Stderr = outW, errW
+		cmd.SysProcAttr = sysProcAttr(nil)
+		err = cmd.Start()
+	}
 	outW.Close()
 	errW.Close()
 	if err != nil {

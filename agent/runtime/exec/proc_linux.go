@@ -64,3 +64,16 @@ func procStartTicks(pid int) (uint64, error) {
 	}
 	return strconv.ParseUint(f[19], 10, 64)
 }
+
+// cgroupCloneRefused reports whether a failed start is the kernel refusing
+// clone3 with CLONE_INTO_CGROUP (missing before 5.3, a smaller argument
+// struct before 5.7, or a cgroup that cannot take processes), rather than
+// the program failing to start.
+func cgroupCloneRefused(err error) bool {
+	for _, e := range []error{syscall.ENOSYS, syscall.E2BIG, syscall.EINVAL, syscall.EOPNOTSUPP, syscall.EBUSY} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

@@ -22,3 +22,5 @@ func waitExited(int) {}
 
 // procStartTicks is unknown here: leftovers are not identified.
 func procStartTicks(int) (uint64, error) { return 0, errors.ErrUnsupported }
+
+func cgroupCloneRefused(error) bool { return false }
