@@ -130,6 +130,7 @@ func Open(path string, inventory []*droverv1.GPUInfo) (*Allocator, error) {
 			a.parent[u] = p
 		}
 	}
+	a.learnParentsLocked()
 	return a, nil
 }
 
@@ -159,6 +160,18 @@ func (a *Allocator) setInventoryLocked(inventory []*droverv1.GPUInfo) {
 			ParentUUID:  g.GetParentUuid(),
 		}
 		a.order = append(a.order, g.GetUuid())
+	}
+	a.learnParentsLocked()
+}
+
+// learnParentsLocked records the parents of held MIG instances that the
+// table does not name yet (a table written before the instance's parent was
+// known to it).
+func (a *Allocator) learnParentsLocked() {
+	for u := range a.owner {
+		if p := a.devices[u].ParentUUID; p != "" && a.parent[u] == "" {
+			a.parent[u] = p
+		}
 	}
 }
 

@@ -264,3 +264,34 @@ func writeFile(t *testing.T, path, body string) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzOpen feeds Open arbitrary tables: it never panics, and a table it
+// accepts never lets one device go to two holders.
+func FuzzOpen(f *testing.F) {
+	f.Add([]byte(`{"version":1,"holders":{"a":["GPU-l4"],"b":["MIG-1"]},"parents":{"MIG-1":"GPU-a100"}}`))
+	f.Add([]byte(`{"version":1,"holders":{"a":["GPU-a100"]}}`))
+	f.Add([]byte(`{"version":1,"holders":{"a":["x","x"]}}`))
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), "gpus.json")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a, err := Open(path, inventory())
+		if err != nil {
+			return
+		}
+		got, err := a.Allocate("fuzz", Request{Count: 1, MIGProfile: AnyMIG})
+		if err != nil {
+			got, err = a.Allocate("fuzz", Request{Count: 1})
+		}
+		if err != nil {
+			return
+		}
+		for h, uuids := range a.Holders() {
+			if h != "fuzz" && slices.Contains(uuids, got[0]) {
+				t.Fatalf("%s handed to fuzz while %s holds it", got[0], h)
+			}
+		}
+	})
+}
