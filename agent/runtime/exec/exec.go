@@ -50,6 +50,10 @@ type Config struct {
 	LogsDir string
 	// Logs bounds each stream's files.
 	Logs logfile.Config
+	// KeepEndedLogs is how many ended instances' log folders are kept,
+	// newest first, so that the logs of a version that crashed can still
+	// be read after it is replaced, without the folder growing for ever.
+	KeepEndedLogs int
 	// Backoff paces restarts.
 	Backoff Backoff
 	// Host is the address instances are told to listen on (DROVER_HOST)
@@ -79,9 +83,12 @@ func DefaultConfig(logsDir string) Config {
 	return Config{
 		Name:    "exec",
 		LogsDir: logsDir,
-		Logs:    logfile.DefaultConfig(),
-		Backoff: Backoff{Base: time.Second, Max: 5 * time.Minute, ResetAfter: 10 * time.Minute},
-		Host:    "127.0.0.1",
+		// Up to 2 streams × 3 files × 4 MiB per instance: edge disks are
+		// small, and a crash's cause is at the end.
+		Logs:          logfile.Config{MaxBytes: 4 << 20, MaxFiles: 2},
+		KeepEndedLogs: 8,
+		Backoff:       Backoff{Base: time.Second, Max: 5 * time.Minute, ResetAfter: 10 * time.Minute},
+		Host:          "127.0.0.1",
 	}
 }
 
@@ -102,6 +109,12 @@ func (c Config) withDefaults() Config {
 	if c.Host == "" {
 		c.Host = d.Host
 	}
+	if c.Logs.MaxBytes == 0 && c.Logs.MaxFiles == 0 {
+		c.Logs = d.Logs
+	}
+	if c.KeepEndedLogs == 0 {
+		c.KeepEndedLogs = d.KeepEndedLogs
+	}
 	if c.Clock == nil {
 		c.Clock = runtime.RealClock{}
 	}
@@ -118,6 +131,8 @@ func (c Config) Validate() error {
 		return errors.New("exec runtime: LogsDir is empty: give a directory for instances' output")
 	case c.Backoff.Base < 0 || c.Backoff.Max < c.Backoff.Base:
 		return fmt.Errorf("exec runtime: backoff base %v and max %v: want 0 ≤ base ≤ max", c.Backoff.Base, c.Backoff.Max)
+	case c.KeepEndedLogs < 0:
+		return fmt.Errorf("exec runtime: KeepEndedLogs %d is negative", c.KeepEndedLogs)
 	case c.Backoff.ResetAfter < 0:
 		return fmt.Errorf("exec runtime: backoff reset-after %v is negative", c.Backoff.ResetAfter)
 	case net.ParseIP(c.Host) == nil:
@@ -134,6 +149,7 @@ type Runtime struct {
 
 	mu        sync.Mutex // guards the fields below
 	instances map[string]*instance
+	starting  map[string]bool // IDs of instances Start is setting up
 	closed    bool
 	warned    map[string]bool // warnings already logged once
 }
@@ -158,6 +174,7 @@ func New(cfg Config) (*Runtime, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		instances: map[string]*instance{},
+		starting:  map[string]bool{},
 		warned:    map[string]bool{},
 	}, nil
 }
@@ -218,6 +235,14 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Deployment, err)
 	}
+	r.mu.Lock()
+	r.starting[id] = true // keeps pruneLogs off the new folder
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.starting, id)
+		r.mu.Unlock()
+	}()
 	logDir := filepath.Join(r.cfg.LogsDir, id)
 	if err := os.MkdirAll(logDir, 0o750); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Deployment, err)
@@ -296,10 +321,49 @@ func (r *Runtime) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// forget drops an ended instance and prunes the log folders.
 func (r *Runtime) forget(id string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	delete(r.instances, id)
+	r.mu.Unlock()
+	r.pruneLogs()
+}
+
+// pruneLogs removes the log folders of ended instances beyond the newest
+// KeepEndedLogs. Folders of live instances and of recorded processes
+// (leftovers, which may still run) are kept.
+func (r *Runtime) pruneLogs() {
+	entries, err := os.ReadDir(r.cfg.LogsDir)
+	if err != nil {
+		return
+	}
+	type ended struct {
+		name string
+		mod  time.Time
+	}
+	var all []ended
+	r.mu.Lock()
+	for _, e := range entries {
+		if _, live := r.instances[e.Name()]; live || r.starting[e.Name()] || !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(r.cfg.LogsDir, e.Name(), recordFile)); err == nil {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			all = append(all, ended{e.Name(), fi.ModTime()})
+		}
+	}
+	r.mu.Unlock()
+	if len(all) <= r.cfg.KeepEndedLogs {
+		return
+	}
+	slices.SortFunc(all, func(a, b ended) int { return b.mod.Compare(a.mod) })
+	for _, e := range all[r.cfg.KeepEndedLogs:] {
+		if err := os.RemoveAll(filepath.Join(r.cfg.LogsDir, e.name)); err != nil {
+			r.cfg.Logger.Warn("prune instance logs", "err", err)
+		}
+	}
 }
 
 // warnOnce logs a warning the first time it is seen: every instance that

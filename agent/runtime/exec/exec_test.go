@@ -618,3 +618,29 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatalf("start after close: %v", err)
 	}
 }
+
+func TestEndedLogsPruned(t *testing.T) {
+	r := newRuntime(t, func(c *Config) { c.KeepEndedLogs = 2 })
+	var ids []string
+	for range 4 {
+		s := spec(t, "crash")
+		s.Restart = runtime.RestartNever
+		in := start(t, r, s)
+		<-in.Done()
+		ids = append(ids, in.ID())
+		time.Sleep(10 * time.Millisecond) // distinct modification times
+	}
+	live := start(t, r, spec(t, "serve"))
+	waitFor(t, live, "healthy", state(runtime.StateHealthy))
+	entries, _ := os.ReadDir(r.cfg.LogsDir)
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	slices.Sort(got)
+	want := []string{ids[2], ids[3], live.ID()}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("log folders %v, want the two newest ended and the live one %v", got, want)
+	}
+}
