@@ -245,7 +245,7 @@ const (
 	EnvHost          = "DROVER_HOST"
 	EnvPortPlain     = "PORT"
 	EnvDeployment    = "DROVER_DEPLOYMENT"
-	EnvModel         = "DROVER_MODEL"
+	EnvModel         = "DROVER_MODEL_NAME"
 	EnvVersion       = "DROVER_VERSION"
 	EnvCUDADevices   = "CUDA_VISIBLE_DEVICES"
 	EnvNVIDIADevices = "NVIDIA_VISIBLE_DEVICES"

@@ -497,7 +497,7 @@ func TestEnvironment(t *testing.T) {
 		"PORT":                   port,
 		"DROVER_HOST":            "127.0.0.1",
 		"DROVER_DEPLOYMENT":      "web",
-		"DROVER_MODEL":           "resnet",
+		"DROVER_MODEL_NAME":      "resnet",
 		"DROVER_VERSION":         "7",
 		"CUDA_VISIBLE_DEVICES":   strings.Join(s.GPUs, ","),
 		"NVIDIA_VISIBLE_DEVICES": strings.Join(s.GPUs, ","),
