@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,7 +23,17 @@ import (
 type cgroupManager struct {
 	parent string // "" when cgroups are unavailable
 	reason string // why they are, for the warning
+	// own: parent is the agent's own cgroup, which it may leave for a
+	// leaf of its own to make room for controllers.
+	own bool
+
+	mu sync.Mutex // serialises enabling controllers (and the move)
 }
+
+// agentLeaf is the cgroup, under its own, that the agent moves itself to
+// when the kernel's no-internal-processes rule keeps it from enabling
+// controllers where it runs (systemd's advice for Delegate=yes services).
+const agentLeaf = "drover-agent"
 
 // cgroup is one instance's cgroup.
 type cgroup struct {
@@ -31,10 +42,11 @@ type cgroup struct {
 }
 
 func newCgroupManager(parent string) *cgroupManager {
-	switch parent {
-	case "none":
+	if parent == "none" {
 		return &cgroupManager{reason: "cgroups are turned off in the runtime's configuration"}
-	case "":
+	}
+	own := parent == ""
+	if own {
 		p, err := ownCgroup()
 		if err != nil {
 			return &cgroupManager{reason: err.Error()}
@@ -47,7 +59,7 @@ func newCgroupManager(parent string) *cgroupManager {
 	if err := unix.Access(parent, unix.W_OK); err != nil {
 		return &cgroupManager{reason: fmt.Sprintf("the agent may not create cgroups in %s (%v): delegate it a cgroup subtree", parent, err)}
 	}
-	return &cgroupManager{parent: parent}
+	return &cgroupManager{parent: parent, own: own}
 }
 
 // ownCgroup finds the agent's cgroup v2 directory from /proc/self/cgroup
@@ -171,21 +183,46 @@ func (m *cgroupManager) enable(controllers []string) error {
 			return fmt.Errorf("controller %s is not delegated to %s (it has: %s)", c, m.parent, strings.Join(have, " "))
 		}
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	b, _ = os.ReadFile(filepath.Join(m.parent, "cgroup.subtree_control"))
 	on := strings.Fields(string(b))
 	for _, c := range controllers {
 		if slices.Contains(on, c) {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(m.parent, "cgroup.subtree_control"), []byte("+"+c), 0); err != nil {
+		err := m.writeSubtreeControl(c)
+		if errors.Is(err, syscall.EBUSY) && m.own {
+			// A non-root cgroup with processes in it cannot hand
+			// controllers to its children; the agent is such a process.
+			if merr := m.moveSelfToLeaf(); merr != nil {
+				return fmt.Errorf("enable %s in %s: %w (and moving the agent to a leaf failed: %v)", c, m.parent, err, merr)
+			}
+			err = m.writeSubtreeControl(c)
+		}
+		if err != nil {
 			hint := ""
 			if errors.Is(err, syscall.EBUSY) {
-				hint = " (the cgroup holds processes itself; run the agent in a leaf of a delegated subtree and give its parent as CgroupParent)"
+				hint = " (the cgroup holds processes other than the agent; run the agent in a leaf of a delegated subtree and give the subtree as CgroupParent)"
 			}
 			return fmt.Errorf("enable %s in %s: %w%s", c, m.parent, err, hint)
 		}
 	}
 	return nil
+}
+
+func (m *cgroupManager) writeSubtreeControl(controller string) error {
+	return os.WriteFile(filepath.Join(m.parent, "cgroup.subtree_control"), []byte("+"+controller), 0)
+}
+
+// moveSelfToLeaf moves the agent's process (all its threads) from its own
+// cgroup into agentLeaf under it.
+func (m *cgroupManager) moveSelfToLeaf() error {
+	leaf := filepath.Join(m.parent, agentLeaf)
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
 }
 
 func writeLimits(dir string, memoryBytes uint64, cpus float64) error {
