@@ -203,6 +203,12 @@ func (r *Runtime) Name() string { return r.cfg.Name }
 
 // Start starts an instance of spec; see runtime.Runtime.
 func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("start %s: %w", spec.Deployment, runtime.ErrClosed)
+	}
 	spec = spec.Clone()
 	if r.cfg.Command != nil {
 		if len(spec.Command) > 0 {
@@ -220,6 +226,11 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("start: %w", err)
 	}
+	dir, err := filepath.Abs(spec.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("start: %w: version directory %s: %w", runtime.ErrInvalidSpec, spec.Dir, err)
+	}
+	spec.Dir = dir
 	if fi, err := os.Stat(spec.Dir); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("start: %w: version directory %s is not a directory", runtime.ErrInvalidSpec, spec.Dir)
 	}
@@ -249,11 +260,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	}
 	stdout, err := logfile.Create(filepath.Join(logDir, "stdout.log"), r.cfg.Logs)
 	if err != nil {
+		os.RemoveAll(logDir)
 		return nil, fmt.Errorf("start %s: %w", spec.Deployment, err)
 	}
 	stderr, err := logfile.Create(filepath.Join(logDir, "stderr.log"), r.cfg.Logs)
 	if err != nil {
 		stdout.Close()
+		os.RemoveAll(logDir)
 		return nil, fmt.Errorf("start %s: %w", spec.Deployment, err)
 	}
 	inst := &instance{
@@ -281,6 +294,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	if r.closed {
 		r.mu.Unlock()
 		inst.release()
+		os.RemoveAll(logDir)
 		return nil, fmt.Errorf("start %s: %w", spec.Deployment, runtime.ErrClosed)
 	}
 	r.instances[id] = inst
