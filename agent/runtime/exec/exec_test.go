@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -594,6 +595,7 @@ func TestONNXPreset(t *testing.T) {
 }
 
 func TestCloseStopsEverything(t *testing.T) {
+	before := goruntime.NumGoroutine()
 	cfg := DefaultConfig(t.TempDir())
 	r, err := New(cfg)
 	if err != nil {
@@ -616,6 +618,17 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	if _, err := r.Start(context.Background(), spec(t, "serve")); !errors.Is(err, runtime.ErrClosed) {
 		t.Fatalf("start after close: %v", err)
+	}
+	// Every goroutine the runtime started has ended (the test's own HTTP
+	// client may keep a connection for a moment).
+	http.DefaultClient.CloseIdleConnections()
+	deadline := time.Now().Add(5 * time.Second)
+	for goruntime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := goruntime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after Close, %d before:\n%s", n, before, buf[:goruntime.Stack(buf, true)])
 	}
 }
 

@@ -36,6 +36,7 @@ func TestONNXBinaryServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close(context.Background())
+	began := time.Now()
 	in, err := r.Start(context.Background(), runtime.InstanceSpec{
 		Deployment: "digits", Model: "digits-small", Version: 3, Dir: model,
 		Health: runtime.HealthCheck{StartInterval: 20 * time.Millisecond, StartTimeout: 30 * time.Second},
@@ -50,6 +51,7 @@ func TestONNXBinaryServes(t *testing.T) {
 		in.(runtime.LogReader).Logs(context.Background(), runtime.Stderr, 4096, false, &stderr)
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
+	t.Logf("start to healthy: %v", time.Since(began))
 	resp, err := http.Get("http://" + in.Addr() + "/v1/model")
 	if err != nil {
 		t.Fatal(err)
@@ -60,9 +62,11 @@ func TestONNXBinaryServes(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"model":"digits-small"`) {
 		t.Fatalf("GET /v1/model: %s %s", resp.Status, b)
 	}
+	began = time.Now()
 	if err := in.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("stop (SIGTERM, clean exit): %v", time.Since(began))
 	if st := in.Status(); st.State != runtime.StateStopped || st.LastExit.Code != 0 {
 		t.Fatalf("after stop: %+v %v", st, st.LastExit)
 	}
