@@ -312,6 +312,9 @@ func (c *Controller) next(w *world) (Decision, string) {
 				Time:       w.now,
 			}, ""
 		}
+		if r.GetFromVersion() == 0 {
+			return nil, fmt.Sprintf("rollout %d failed (%s); apply another version or delete the deployment", r.GetId(), r.GetEndReason())
+		}
 		return nil, fmt.Sprintf("rollout %d failed (%s); roll it back or apply another version", r.GetId(), r.GetEndReason())
 	case droverv1.RolloutState_ROLLOUT_STATE_PAUSED:
 		return nil, fmt.Sprintf("rollout %d is paused; resume it to go on", r.GetId())
@@ -342,7 +345,7 @@ func (c *Controller) progress(w *world) (Decision, string) {
 			Deployment: w.name(), RolloutID: r.GetId(),
 			From:   droverv1.RolloutState_ROLLOUT_STATE_PROGRESSING,
 			To:     droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED,
-			Reason: fmt.Sprintf("version %d on %d nodes in %d batches", r.GetToVersion(), nodes, len(batches)),
+			Reason: fmt.Sprintf("version %d on %s in %s", r.GetToVersion(), count(nodes, "node"), count(len(batches), "batch")),
 			Time:   w.now,
 		}, ""
 	}
@@ -371,6 +374,13 @@ func (c *Controller) progress(w *world) (Decision, string) {
 // canary batches have taken (have), and whether the canary phase is still
 // open: a rollback has none, and the phase closes with the first batch
 // that is not a canary. left is the nodes not yet in a batch.
+//
+// want is a share of the nodes the rollout moves now, so it can grow
+// when nodes join. Between a promotion and the first batch after it
+// (which waits while the budget is used up) enough joining nodes can
+// raise a canary_percent canary above what the promoted canary took; the
+// controller then starts one more canary batch and awaits promotion
+// again. The Rollout record has no field that says it was promoted.
 func (w *world) canary(left int) (want, have int, open bool) {
 	if w.r.GetRollbackOf() != 0 {
 		return 0, 0, false
@@ -417,8 +427,15 @@ func (c *Controller) judge(w *world, i int) (Decision, string) {
 	}
 	unreported := false
 	for _, id := range slices.Sorted(slices.Values(b.GetNodeIds())) {
-		if _, ok := w.byID[id]; !ok || w.assigned[id] != to {
+		n, ok := w.byID[id]
+		if !ok || w.assigned[id] != to {
 			// It stopped matching or left: nothing to wait for.
+			continue
+		}
+		if n.Down {
+			// Its last report predates its going down: not done, and
+			// not failed either until the deadline says so.
+			wait(func() string { return id + " (down)" })
 			continue
 		}
 		rep := w.reports[id]
@@ -491,6 +508,17 @@ func describe(rep *droverv1.InstanceStatus) string {
 		s += " (" + strings.Join(more, ", ") + ")"
 	}
 	return s
+}
+
+// count is n things in words: "1 batch", "3 batches".
+func count(n int, thing string) string {
+	switch {
+	case n == 1:
+		return "1 " + thing
+	case strings.HasSuffix(thing, "ch"):
+		return fmt.Sprintf("%d %ses", n, thing)
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // shown is how many nodes a message names before it counts the rest.

@@ -445,6 +445,23 @@ func TestProgressDeadline(t *testing.T) {
 	}
 }
 
+// A batch node that went down is not done on the healthy report it sent
+// before, and fails the batch at its deadline.
+func TestDownBatchNodeIsNotDone(t *testing.T) {
+	f := newFleet(strategy(1, 5, 3), map[string]int{"a": 3})
+	stepApply(t, f)
+	f.healthyBatch(t0, t0.Add(time.Minute))
+	f.nodes[0].Down = true // a-00
+	if res := step(t, f); len(res.Decisions) != 0 || !strings.Contains(res.Waiting, "a-00 (down)") {
+		t.Fatalf("decisions %s, waiting %q", kinds(res.Decisions), res.Waiting)
+	}
+	f.now = t0.Add(10 * time.Minute)
+	res := step(t, f)
+	if kinds(res.Decisions) != "SetState" || res.Decisions[0].(SetState).Reason != "batch 0 not done within 10m0s: a-00 (down)" {
+		t.Fatalf("decisions %v", res.Decisions)
+	}
+}
+
 // After a leader change no node has reported; the deadline does not fail
 // the batch until the leader has waited ReportGrace for reports.
 func TestDeadlineWaitsForReportsAfterLeaderChange(t *testing.T) {
@@ -782,7 +799,7 @@ func TestRolloutTakesJoinedNodesSkipsDrainingAndDown(t *testing.T) {
 	}
 	f.healthyBatch(t0, t0.Add(time.Minute))
 	res = stepApply(t, f)
-	if kinds(res.Decisions) != "BatchDone,SetState" || f.latest().GetState() != succeeded || f.latest().GetEndReason() != "version 2 on 3 nodes in 1 batches" {
+	if kinds(res.Decisions) != "BatchDone,SetState" || f.latest().GetState() != succeeded || f.latest().GetEndReason() != "version 2 on 3 nodes in 1 batch" {
 		t.Fatalf("decisions %s, rollout %v", kinds(res.Decisions), f.latest())
 	}
 	if f.assigned["a-drained"] != 1 || f.assigned["a-down"] != 1 {
