@@ -45,7 +45,11 @@ type View struct {
 	// Reports is the latest instance report for this deployment the
 	// leader holds, per node. A node is absent when the leader has heard
 	// nothing from it since it took over; the controller then treats it
-	// as unavailable and not healthy, and never as failed.
+	// as unavailable and not healthy, and never as failed. A node's
+	// report must not be older than its last return from down: the
+	// heartbeat that makes a node ready again must replace its reports
+	// (or the leader drops them when it marks the node down), or a node
+	// restarting its instance would pass for healthy.
 	Reports map[string]*droverv1.InstanceStatus
 	// ReportsSince is when the leader began collecting reports (its term
 	// began). A batch node without a report counts against the batch's

@@ -27,21 +27,28 @@ import (
 // simNode is one agent's instance, as it really is (the leader only sees
 // its reports).
 type simNode struct {
-	id, site string
-	running  uint64
-	state    droverv1.InstanceState
-	since    time.Time
-	settleAt time.Time
-	breaks   bool // crash-loops on the broken version
-	phase    int  // its heartbeat's offset in seconds
+	id, site  string
+	running   uint64
+	state     droverv1.InstanceState
+	since     time.Time
+	settleAt  time.Time
+	breaks    bool // crash-loops on the broken version
+	phase     int  // its heartbeat's offset in seconds
+	down      bool // neither runs nor reports until downUntil
+	downUntil time.Time
 }
 
 type simConfig struct {
 	sites    map[string]int
 	strategy *droverv1.RolloutStrategy
 	// broken is the version's fault: which nodes crash-loop on it.
-	broken      func(i int) bool
-	chaos       bool // leader changes and leaders dying mid-step
+	broken func(i int) bool
+	chaos  bool // leader changes and leaders dying mid-step
+	// downs takes nodes down for up to 15 minutes at random during the
+	// first 90 minutes. The fleet can then be over its budget by no
+	// fault of the controller's, so the budget check becomes: no
+	// decision raises a site's unavailable count above the budget.
+	downs       bool
 	pauses      bool // an operator pausing and resuming at random
 	seed        uint64
 	heartbeat   int // seconds between reports
@@ -99,9 +106,10 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 	states := map[uint64][]droverv1.RolloutState{1: {progressing}}
 	var promoteAt, resumeAt time.Time
 
-	// checkBudget holds the real fleet to the budget: per site, the nodes
-	// not healthy on what they are assigned, plus the unfinished batch.
-	checkBudget := func(when string) {
+	// unavailableNow counts, per site, the nodes really unavailable: down,
+	// or not healthy on what they are assigned, or in the unfinished
+	// batch.
+	unavailableNow := func() map[string]int {
 		busy := map[string]bool{}
 		if r := f.latest(); !Terminal(r.GetState()) {
 			if bs := r.GetBatches(); len(bs) > 0 && bs[len(bs)-1].GetDoneTime() == nil {
@@ -113,18 +121,23 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 		per := map[string]int{}
 		for _, id := range ids {
 			n, v := nodes[id], f.assigned[id]
-			if busy[id] || (v != 0 && (n.running != v || n.state != healthyState)) {
+			if busy[id] || n.down || (v != 0 && (n.running != v || n.state != healthyState)) {
 				per[n.site]++
 			}
 		}
-		for site, c := range per {
-			if c > budget {
-				t.Fatalf("%s at %v: site %s has %d nodes unavailable, budget %d", when, f.now.Sub(t0), site, c, budget)
+		return per
+	}
+	// checkBudget holds the real fleet to the budget; with downs, only
+	// what a decision changed (before is the count before it).
+	checkBudget := func(when string, before map[string]int) {
+		for site, c := range unavailableNow() {
+			if c > budget && (!cfg.downs || before == nil || c > before[site]) {
+				t.Fatalf("%s at %v: site %s has %d nodes unavailable (%d before), budget %d", when, f.now.Sub(t0), site, c, before[site], budget)
 			}
 		}
 	}
 	// record checks and counts one applied decision.
-	record := func(d Decision, byOperator bool) {
+	record := func(d Decision, byOperator bool, before map[string]int) {
 		var rid uint64
 		switch d := d.(type) {
 		case StartBatch:
@@ -179,16 +192,17 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 				states[id] = append(seq, r.GetState())
 			}
 		}
-		checkBudget(d.String())
+		checkBudget(d.String(), before)
 	}
 	operator := func(d Decision, err error) {
 		if err != nil {
 			t.Fatalf("operator: %v", err)
 		}
+		before := unavailableNow()
 		if err := f.apply(d); err != nil {
 			t.Fatalf("operator %s: %v", d, err)
 		}
-		record(d, true)
+		record(d, true, before)
 	}
 
 	for tick := 0; ; tick++ {
@@ -197,8 +211,23 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 			t.Fatalf("not settled after %v: rollout %v", simLimit, f.latest())
 		}
 		// Agents.
-		for _, id := range ids {
+		for i, id := range ids {
 			n := nodes[id]
+			if cfg.downs && !n.down && f.now.Sub(t0) < 90*time.Minute && rng.IntN(20000) == 0 {
+				n.down, n.downUntil = true, f.now.Add(time.Duration(30+rng.IntN(870))*time.Second)
+				f.nodes[i].Down = true
+			}
+			if n.down {
+				if f.now.Before(n.downUntil) {
+					continue
+				}
+				// Back up: its instance starts again, and the heartbeat
+				// that makes it ready carries the news.
+				n.down, f.nodes[i].Down = false, false
+				n.state, n.since = startingSt, f.now
+				n.settleAt = f.now.Add(time.Duration(5+rng.IntN(cfg.maxStartSec)) * time.Second)
+				f.reports[id] = &droverv1.InstanceStatus{Deployment: "detector", Version: n.running, State: n.state, Since: timestamppb.New(n.since)}
+			}
 			if v := f.assigned[id]; v != 0 && v != n.running {
 				n.running, n.state, n.since = v, startingSt, f.now
 				n.settleAt = f.now.Add(time.Duration(5+rng.IntN(cfg.maxStartSec)) * time.Second)
@@ -213,7 +242,9 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 				f.reports[id] = &droverv1.InstanceStatus{Deployment: "detector", Version: n.running, State: n.state, Since: timestamppb.New(n.since)}
 			}
 		}
-		checkBudget("agents")
+		if !cfg.downs {
+			checkBudget("agents", nil)
+		}
 		// A leader change: the new leader has no reports.
 		if cfg.chaos && rng.IntN(300) == 0 {
 			f.reports = map[string]*droverv1.InstanceStatus{}
@@ -258,10 +289,11 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 			ds = ds[:rng.IntN(len(ds)+1)]
 		}
 		for _, d := range ds {
+			before := unavailableNow()
 			if err := f.apply(d); err != nil {
 				t.Fatalf("apply %s: %v", d, err)
 			}
-			record(d, false)
+			record(d, false, before)
 		}
 		if died {
 			f.reports = map[string]*droverv1.InstanceStatus{}
@@ -289,7 +321,7 @@ func simulate(t testing.TB, cfg simConfig) simResult {
 			settled := true
 			for _, id := range ids {
 				n := nodes[id]
-				settled = settled && f.assigned[id] == f.dep.GetVersion() && n.running == f.dep.GetVersion() && n.state == healthyState
+				settled = settled && !n.down && f.assigned[id] == f.dep.GetVersion() && n.running == f.dep.GetVersion() && n.state == healthyState
 			}
 			if settled {
 				res.took = f.now.Sub(t0)
@@ -433,6 +465,39 @@ func TestSimulationPartlyBrokenVersion(t *testing.T) {
 			t.Logf("%d nodes got version 2 before the rollout failed: %s", len(moved), first.GetEndReason())
 		})
 	}
+}
+
+// Nodes go down and come back during the rollout. A batch whose node is
+// down (or restarting) past the deadline fails the rollout and it is
+// rolled back;
+// either way every node ends healthy on the deployment's version, nodes
+// that were down while their turn came included, each assigned each
+// version at most once, and no decision takes a site over its budget.
+func TestSimulationNodesGoDown(t *testing.T) {
+	outcomes := map[string]int{}
+	for seed := range seeds() {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			res := simulate(t, simConfig{
+				sites: twoSites, strategy: simStrategy(seed%2 == 0, true),
+				chaos: true, downs: true, pauses: seed%3 == 0, seed: seed,
+			})
+			first := res.rollouts[1]
+			switch first.GetState() {
+			case succeeded:
+				outcomes["succeeded"]++
+			case failed:
+				outcomes["failed and rolled back"]++
+				// The version is good: only downtime, a missed deadline,
+				// can fail it.
+				if back := res.rollouts[2]; back.GetState() != succeeded || !strings.Contains(first.GetEndReason(), "not done within") {
+					t.Fatalf("rollout 1 failed with %q; rollback %v", first.GetEndReason(), back)
+				}
+			default:
+				t.Fatalf("rollout 1 %v", first)
+			}
+		})
+	}
+	t.Logf("outcomes: %v", outcomes)
 }
 
 // TestRaftWritesPerRollout counts the Raft commands one rollout takes on
