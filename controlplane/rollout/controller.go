@@ -609,7 +609,7 @@ func (w *world) health(n NodeView) health {
 	return unavailable
 }
 
-// Unavailable counts, per site, the matching nodes that are down, in the
+// unavailable counts, per site, the matching nodes that are down, in the
 // rollout's unfinished batch, or not known to be healthy on their
 // assigned version: what the per-site budget is checked against.
 func (w *world) unavailable() map[string]int {

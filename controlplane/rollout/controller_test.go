@@ -785,6 +785,30 @@ func TestAssignJoinedNodes(t *testing.T) {
 	}
 }
 
+// A deployment without a rollout record assigns its version to its nodes
+// a budget at a time.
+func TestAssignWithoutRollout(t *testing.T) {
+	f := newFleet(strategy(1, 10, 2), map[string]int{"a": 4, "b": 1})
+	f.dep.RolloutId, f.dep.Version = 0, 1
+	f.rollouts = map[uint64]*droverv1.Rollout{}
+	f.assigned = map[string]uint64{}
+	f.reports = map[string]*droverv1.InstanceStatus{}
+	res := stepApply(t, f)
+	if kinds(res.Decisions) != "Assign" || !slices.Equal(res.Decisions[0].(Assign).NodeIDs, []string{"a-00", "a-01", "b-00"}) {
+		t.Fatalf("decisions %v", res.Decisions)
+	}
+	for _, id := range []string{"a-00", "a-01", "b-00"} {
+		f.report(id, 1, healthyState, t0)
+	}
+	res = stepApply(t, f)
+	if kinds(res.Decisions) != "Assign" || !slices.Equal(res.Decisions[0].(Assign).NodeIDs, []string{"a-02", "a-03"}) {
+		t.Fatalf("decisions %v", res.Decisions)
+	}
+	if res := step(t, f); len(res.Decisions) != 0 {
+		t.Fatalf("decisions %v with every node assigned", res.Decisions)
+	}
+}
+
 // A node that joins during a rollout is moved by one of its batches;
 // draining and down nodes are left alone and do not hold up success.
 func TestRolloutTakesJoinedNodesSkipsDrainingAndDown(t *testing.T) {
