@@ -129,6 +129,10 @@ type fakeRuntime struct {
 	t     *testing.T
 	clock *fakeClock
 
+	// delay is how long an instance takes to answer an inference
+	// request.
+	delay atomic.Int64
+
 	mu        sync.Mutex // guards the fields below
 	behaviors map[uint64]behavior
 	starts    []InstanceSpec
@@ -138,7 +142,9 @@ type fakeRuntime struct {
 var _ Runtime = (*fakeRuntime)(nil)
 
 func newFakeRuntime(t *testing.T, clock *fakeClock) *fakeRuntime {
-	return &fakeRuntime{t: t, clock: clock, behaviors: make(map[uint64]behavior)}
+	f := &fakeRuntime{t: t, clock: clock, behaviors: make(map[uint64]behavior)}
+	f.delay.Store(int64(time.Millisecond))
+	return f
 }
 
 func (f *fakeRuntime) set(version uint64, b behavior) {
@@ -207,7 +213,7 @@ func (f *fakeRuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, e
 	if b == startError {
 		return nil, errors.New("fake runtime: command not found")
 	}
-	in := &fakeInstance{spec: spec, clock: f.clock, done: make(chan struct{}), changed: make(chan struct{}),
+	in := &fakeInstance{spec: spec, clock: f.clock, delay: time.Duration(f.delay.Load()), done: make(chan struct{}), changed: make(chan struct{}),
 		st: Status{State: stateStarting, Since: f.clock.Now()}}
 	in.srv = httptest.NewServer(http.HandlerFunc(in.serve))
 	f.mu.Lock()
@@ -230,10 +236,12 @@ func (f *fakeRuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, e
 type fakeInstance struct {
 	spec  InstanceSpec
 	clock *fakeClock
+	delay time.Duration
 	srv   *httptest.Server
 
 	stopped  atomic.Bool
 	served   atomic.Int64
+	slow     atomic.Int64 // inference requests asking for a pause of their own, being answered
 	stopOnce sync.Once
 
 	mu      sync.Mutex // guards the fields below
@@ -252,7 +260,13 @@ func (in *fakeInstance) serve(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/v1/infer":
 		_, _ = io.Copy(io.Discard, r.Body)
-		time.Sleep(time.Millisecond)
+		delay := in.delay
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			delay = d
+			in.slow.Add(1)
+			defer in.slow.Add(-1)
+		}
+		time.Sleep(delay)
 		if in.stopped.Load() {
 			// Stop came while this request was in flight: a request the
 			// switch lost.

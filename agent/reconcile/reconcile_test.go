@@ -3,6 +3,7 @@ package reconcile
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -82,6 +83,9 @@ func TestFirstDeploy(t *testing.T) {
 
 func TestUpgradeBesideOldLosesNoRequest(t *testing.T) {
 	h := newHarness(t, nil)
+	// Slow answers, so that requests are in flight on the old version
+	// when it is switched away from.
+	h.rt.delay.Store(int64(20 * time.Millisecond))
 	h.update(asg("digits", 1))
 	h.waitServing("digits", 1)
 
@@ -127,7 +131,29 @@ func TestUpgradeBesideOldLosesNoRequest(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "requests flowing", func() bool { return total.Load() > 50 })
+	waitFor(t, "requests flowing", func() bool { return total.Load() > 40 })
+	// A slow request is in flight on version 1 when the switch comes: it
+	// must be answered by version 1, which is stopped only after it.
+	slow := make(chan error, 1)
+	go func() {
+		resp, err := client.Post(h.srv.URL+"/v1/deployments/digits/infer?sleep=400ms", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			slow <- err
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var out struct{ Version uint64 }
+		_ = json.Unmarshal(b, &out)
+		if resp.StatusCode != http.StatusOK || out.Version != 1 {
+			slow <- fmt.Errorf("slow request: %d %s", resp.StatusCode, b)
+			return
+		}
+		slow <- nil
+	}()
+	waitFor(t, "the slow request in flight", func() bool {
+		return h.rt.instancesOf(1)[0].slow.Load() > 0
+	})
 	h.update(asg("digits", 2))
 	st := h.waitState("digits", 2, stateHealthy)
 	waitFor(t, "every client answered by version 2", func() bool {
@@ -139,9 +165,12 @@ func TestUpgradeBesideOldLosesNoRequest(t *testing.T) {
 		return true
 	})
 	before := total.Load()
-	waitFor(t, "more requests after the switch", func() bool { return total.Load() > before+50 })
+	waitFor(t, "more requests after the switch", func() bool { return total.Load() > before+40 })
 	stop.Store(true)
 	wg.Wait()
+	if err := <-slow; err != nil {
+		t.Error(err)
+	}
 	t.Logf("%d requests, %d failed", total.Load(), failures.Load())
 	if failures.Load() != 0 {
 		t.Fatalf("%d requests failed across the switch", failures.Load())
@@ -150,7 +179,8 @@ func TestUpgradeBesideOldLosesNoRequest(t *testing.T) {
 		t.Errorf("previous version %d, want 1", st.GetPreviousVersion())
 	}
 	olds := h.rt.instancesOf(1)
-	if len(olds) != 1 || !isDone(olds[0]) || olds[0].served.Load() == 0 {
+	waitFor(t, "version 1 stopped once drained", func() bool { return isDone(olds[0]) })
+	if len(olds) != 1 || olds[0].served.Load() == 0 {
 		t.Errorf("version 1: %d instances, want one that served and was stopped", len(olds))
 	}
 	if h.rt.live() != 1 {
