@@ -325,8 +325,13 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 	var stopped *served
 	giveUp := func(state droverv1.InstanceState, reason string, restarts uint32) {
 		if actx.Err() != nil && ctx.Err() == nil {
-			log.Info("attempt abandoned: the assignment changed")
-			d.restart(ctx, stopped)
+			d.mu.Lock()
+			removed := d.want == nil
+			d.mu.Unlock()
+			log.Info("attempt abandoned: the assignment changed", "removed", removed)
+			if !removed {
+				d.restart(ctx, stopped)
+			}
 			return
 		}
 		if ctx.Err() != nil {
@@ -336,7 +341,15 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 		d.failed(a, state, reason, restarts)
 	}
 
+	// What requests are told while nothing serves; once something does,
+	// it serves on.
+	waiting := func(what string) {
+		if old == nil && stopped == nil {
+			d.rt.setWhy(fmt.Sprintf("version %d is %s", v, what))
+		}
+	}
 	d.setReport(v, statePulling, "", 0, nil)
+	waiting("being pulled")
 	dir, err := d.r.resolve(actx, a)
 	if err != nil {
 		giveUp(stateFailed, fmt.Sprintf("pull version %d: %v", v, err), 0)
@@ -369,6 +382,7 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 		spec.Resources = &droverv1.Resources{}
 	}
 	d.setReport(v, stateStarting, "", 0, gpus)
+	waiting("starting")
 	inst, err := rtm.Start(actx, spec)
 	if err != nil {
 		d.r.release(holder)
@@ -515,6 +529,9 @@ func (d *deployment) failed(a *droverv1.Assignment, state droverv1.InstanceState
 		msg += "; nothing serves"
 	}
 	msg += fmt.Sprintf("; next try in %v", wait)
+	if s == nil {
+		d.rt.setWhy(fmt.Sprintf("version %d: %s", a.GetVersion(), msg))
+	}
 	d.setReport(a.GetVersion(), state, msg, restarts, nil)
 	d.r.metrics.updates.WithLabelValues(d.name, "failed").Inc()
 	d.log.Warn("version failed", "version", a.GetVersion(), "state", stateName(state), "reason", reason,

@@ -33,6 +33,9 @@ func (rt *route) set(t *target, why string) *target {
 	return rt.cur.Swap(t)
 }
 
+// setWhy changes what requests are told while nothing serves.
+func (rt *route) setWhy(why string) { rt.why.Store(&why) }
+
 // acquire returns the current target with a request counted on it, or nil
 // when nothing serves. A target that closed between the load and the
 // count has been replaced already, so the loop picks up its successor.
@@ -58,7 +61,6 @@ func (rt *route) reason() string {
 // the requests it took have finished.
 type target struct {
 	version uint64
-	inst    Instance
 	proxy   *httputil.ReverseProxy
 
 	mu       sync.Mutex // guards the fields below
@@ -104,7 +106,7 @@ func (t *target) close() <-chan struct{} {
 // part of the path after /v1/deployments/{name}/ goes to the instance
 // under /v1/.
 func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *target {
-	t := &target{version: version, inst: inst, idle: make(chan struct{})}
+	t := &target{version: version, idle: make(chan struct{})}
 	addr := inst.Addr()
 	t.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -305,8 +306,8 @@ func TestCrashLoopWhileStarting(t *testing.T) {
 		t.Errorf("status %v", st)
 	}
 	code, _, body := h.infer("digits")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "digits") {
-		t.Errorf("nothing serves: %d %s, want 503 naming the deployment", code, body)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"deployment":"digits"`) || !strings.Contains(body, "restarted 3 times") {
+		t.Errorf("nothing serves: %d %s, want 503 naming the deployment and why", code, body)
 	}
 }
 
@@ -542,6 +543,10 @@ func TestStartTimeoutFromAssignment(t *testing.T) {
 	a.Runtime.StartTimeout = durationpb(3 * time.Second)
 	h.update(a)
 	h.clock.waitTimer(t, 3*time.Second)
+	code, _, body := h.infer("digits")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "version 1 is starting") {
+		t.Errorf("while the first version starts: %d %s", code, body)
+	}
 	h.clock.Advance(3 * time.Second)
 	st := h.waitState("digits", 1, stateUnhealthy)
 	if !strings.Contains(st.GetReason(), "not healthy within 3s") {
@@ -602,5 +607,41 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := h.config().Validate(); err != nil {
 		t.Errorf("valid config refused: %v", err)
+	}
+}
+
+func TestRemovedWhileStarting(t *testing.T) {
+	gpus := newFakeGPUs(1)
+	h := newHarness(t, gpus)
+	h.update(gpuAsg("digits", 1, 1))
+	h.waitServing("digits", 1)
+	h.rt.set(2, neverHealthy)
+	h.update(gpuAsg("digits", 2, 1))
+	h.waitState("digits", 2, stateStarting)
+	h.clock.waitTimer(t, testStartTimeout)
+	h.update()
+	waitFor(t, "digits gone", func() bool { return h.status("digits") == nil && h.rt.live() == 0 })
+	if got := h.rt.startedVersions(); !slices.Equal(got, []uint64{1, 2}) {
+		t.Errorf("starts %v: the old version must not come back for a removed deployment", got)
+	}
+	if got := gpus.holders(); len(got) != 0 {
+		t.Errorf("GPU holders %v", got)
+	}
+	if code, _, _ := h.infer("digits"); code != http.StatusNotFound {
+		t.Errorf("removed: %d", code)
+	}
+}
+
+func TestRunTwiceRefused(t *testing.T) {
+	h := newHarness(t, nil)
+	waitFor(t, "Run started", func() bool {
+		h.r.mu.Lock()
+		defer h.r.mu.Unlock()
+		return h.r.started
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel() // were it accepted, it would return at once
+	if err := h.r.Run(ctx); err == nil {
+		t.Error("a second Run was accepted")
 	}
 }
