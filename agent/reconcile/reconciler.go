@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,7 +38,7 @@ type Reconciler struct {
 
 	mu      sync.Mutex // guards the fields below
 	state   durable
-	invalid map[string]string // deployments of the last Update refused, and why
+	invalid map[string]refusal // deployments of the last Update refused
 	deps    map[string]*deployment
 	started bool
 	updated bool          // Update has been called
@@ -45,6 +46,12 @@ type Reconciler struct {
 
 	routesMu sync.RWMutex // guards routes; read by every request
 	routes   map[string]*route
+}
+
+// refusal is why an assignment was refused, and since when.
+type refusal struct {
+	why   string
+	since time.Time
 }
 
 // New reads the state an earlier run left in cfg.Dir and returns a
@@ -70,7 +77,7 @@ func New(cfg Config) (*Reconciler, error) {
 		transport: cfg.Transport,
 		metrics:   m,
 		state:     st,
-		invalid:   make(map[string]string),
+		invalid:   make(map[string]refusal),
 		deps:      make(map[string]*deployment),
 		wake:      make(chan struct{}, 1),
 		routes:    make(map[string]*route),
@@ -122,12 +129,13 @@ func (r *Reconciler) route(name string) *route {
 // file is returned too; the assignments are acted on all the same.
 func (r *Reconciler) Update(assignments []*droverv1.Assignment) error {
 	want := make(map[string]*droverv1.Assignment, len(assignments))
-	invalid := make(map[string]string)
+	invalid := make(map[string]refusal)
+	now := r.clock.Now()
 	var errs []error
 	for _, a := range assignments {
 		if err := checkAssignment(a); err != nil {
 			if a.GetDeployment() != "" {
-				invalid[a.GetDeployment()] = err.Error()
+				invalid[a.GetDeployment()] = refusal{why: err.Error(), since: now}
 			}
 			errs = append(errs, fmt.Errorf("%w: %w", ErrInvalidAssignment, err))
 			continue
@@ -141,6 +149,11 @@ func (r *Reconciler) Update(assignments []*droverv1.Assignment) error {
 	r.mu.Lock()
 	r.state.assignments = want
 	r.state.received = true
+	for name, old := range r.invalid {
+		if n, ok := invalid[name]; ok && n.why == old.why {
+			invalid[name] = old // refused for the same reason since then
+		}
+	}
 	r.invalid = invalid
 	first := !r.updated
 	r.updated = true
@@ -297,7 +310,7 @@ func (r *Reconciler) Status() []*droverv1.InstanceStatus {
 	for _, d := range r.deps {
 		deps = append(deps, d)
 	}
-	invalid := make(map[string]string, len(r.invalid))
+	invalid := make(map[string]refusal, len(r.invalid))
 	for k, v := range r.invalid {
 		invalid[k] = v
 	}
@@ -308,12 +321,12 @@ func (r *Reconciler) Status() []*droverv1.InstanceStatus {
 			out = append(out, st)
 		}
 	}
-	for name, why := range invalid {
+	for name, ref := range invalid {
 		if slices.ContainsFunc(out, func(s *droverv1.InstanceStatus) bool { return s.GetDeployment() == name }) {
 			continue
 		}
 		out = append(out, &droverv1.InstanceStatus{Deployment: name, State: droverv1.InstanceState_INSTANCE_STATE_FAILED,
-			Reason: "invalid assignment: " + why, Since: timestamppb.New(r.clock.Now())})
+			Reason: "invalid assignment: " + ref.why, Since: timestamppb.New(ref.since)})
 	}
 	slices.SortFunc(out, func(a, b *droverv1.InstanceStatus) int {
 		switch {
