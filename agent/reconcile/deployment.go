@@ -434,6 +434,8 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 	if old != nil {
 		d.retire(old, "")
 	}
+	// Only what serves and what a rollback would start stay.
+	d.r.prune(d.name, v, prev)
 }
 
 // waitHealthy waits until inst is healthy, for at most timeout, and
@@ -769,20 +771,34 @@ func (d *deployment) info() (DeploymentInfo, bool) {
 	return info, true
 }
 
-// resolve returns a's version directory: from disk when Local has it,
-// so no server is needed, else through the Puller.
+// resolve returns a's version directory: the deployment's own copy if it
+// kept one (see pin.go), else one made from the store's directory when
+// Local has it, so no server is needed, else from what the Puller pulls.
 func (r *Reconciler) resolve(ctx context.Context, a *droverv1.Assignment) (string, error) {
+	if dir, ok := r.pinned(a.GetDeployment(), a.GetVersion()); ok {
+		return dir, nil
+	}
+	var src string
 	if r.cfg.Local != nil {
 		if dir, ok := r.cfg.Local.Local(a.GetModel(), a.GetVersion()); ok {
-			return dir, nil
+			src = dir
 		}
 	}
-	dir, err := r.cfg.Puller.Pull(ctx, a.GetModel(), a.GetVersion())
-	if err != nil {
-		return "", err
+	if src == "" {
+		dir, err := r.cfg.Puller.Pull(ctx, a.GetModel(), a.GetVersion())
+		if err != nil {
+			return "", err
+		}
+		if dir == "" {
+			return "", fmt.Errorf("pull %s@%d: the puller returned no directory", a.GetModel(), a.GetVersion())
+		}
+		src = dir
 	}
-	if dir == "" {
-		return "", fmt.Errorf("pull %s@%d: the puller returned no directory", a.GetModel(), a.GetVersion())
+	dir, err := r.pin(a.GetDeployment(), a.GetVersion(), src)
+	if err != nil {
+		r.log.Warn("cannot keep a copy of the version; running it from the version store, which may remove it when later versions are pulled",
+			"deployment", a.GetDeployment(), "version", a.GetVersion(), "err", err)
+		return src, nil
 	}
 	return dir, nil
 }

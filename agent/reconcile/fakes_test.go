@@ -407,6 +407,19 @@ func (p *fakePuller) Pull(ctx context.Context, model string, version uint64) (st
 	return dir, nil
 }
 
+// evict removes a pulled version, as the version store does once two
+// newer ones were pulled.
+func (p *fakePuller) evict(t *testing.T, model string, version uint64) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := fmt.Sprintf("%s@%d", model, version)
+	if err := os.RemoveAll(p.local[key]); err != nil {
+		t.Fatal(err)
+	}
+	delete(p.local, key)
+}
+
 func (p *fakePuller) Local(model string, version uint64) (string, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

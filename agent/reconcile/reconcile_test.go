@@ -645,3 +645,51 @@ func TestRunTwiceRefused(t *testing.T) {
 		t.Error("a second Run was accepted")
 	}
 }
+
+// The deployment keeps its own copy of what serves and of the version
+// before, so the store removing them (two newer versions were pulled, and
+// failed) neither stops a restart without a server from serving, nor a
+// rollback; copies of other versions go.
+func TestKeptVersionsOutliveTheStore(t *testing.T) {
+	h := newHarness(t, nil)
+	h.update(asg("digits", 1))
+	h.waitServing("digits", 1)
+	h.update(asg("digits", 2))
+	h.waitState("digits", 2, stateHealthy)
+	h.rt.set(3, startError)
+	h.update(asg("digits", 3))
+	h.waitState("digits", 3, stateFailed)
+	for _, v := range []uint64{1, 2} {
+		h.puller.evict(t, "digits", v)
+	}
+	pinned := func() []string {
+		entries, _ := os.ReadDir(filepath.Join(h.dir, "versions", "digits"))
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	if got := pinned(); !slices.Equal(got, []string{"1", "2", "3"}) {
+		t.Errorf("copies %v, want 1, 2 (serving and previous) and 3 (being tried)", got)
+	}
+
+	h.stop()
+	h.puller.setOffline(true)
+	h.start()
+	h.waitServing("digits", 2)
+	for _, s := range h.rt.instancesOf(2) {
+		if !strings.HasPrefix(s.spec.Dir, h.dir) {
+			t.Errorf("version 2 runs from %s, not the deployment's copy", s.spec.Dir)
+		}
+	}
+	// Rolling back to version 1 needs neither the store nor a server.
+	h.update(asg("digits", 1))
+	h.waitState("digits", 1, stateHealthy)
+	h.waitServing("digits", 1)
+	if got := pinned(); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("copies after the rollback %v, want 1 and 2", got)
+	}
+	h.update()
+	waitFor(t, "the copies removed with the deployment", func() bool { return len(pinned()) == 0 })
+}

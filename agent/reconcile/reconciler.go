@@ -294,6 +294,7 @@ func (r *Reconciler) reap(d *deployment) {
 	delete(r.routes, d.name)
 	r.routesMu.Unlock()
 	r.metrics.forget(d.name)
+	r.unpinAll(d.name)
 	r.log.Info("deployment removed", "deployment", d.name)
 	if had {
 		if err := r.save(); err != nil {
