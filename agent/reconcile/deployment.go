@@ -422,8 +422,15 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 	}
 	d.previous = prev
 	d.serving = ns
-	if f := d.failures[key]; f != nil {
-		f.next = time.Time{}
+	// Failures of what no longer serves are forgotten; those of this
+	// assignment are kept (without their wait) so that crashes soon
+	// after it took over still count as a crash loop.
+	for k, f := range d.failures {
+		if k != key {
+			delete(d.failures, k)
+		} else {
+			f.next = time.Time{}
+		}
 	}
 	d.rep = report{version: v, live: true, since: d.r.clock.Now()}
 	d.mu.Unlock()
