@@ -302,7 +302,7 @@ func checkResources(p *problems, res *droverv1.Resources, hw *droverv1.HardwareC
 
 func checkStrategy(p *problems, st *droverv1.RolloutStrategy) {
 	if st.GetCanary() > 0 && st.GetCanaryPercent() > 0 {
-		p.add("strategy: canary (%d nodes) and canary_percent (%d%%) are both set; keep one", st.GetCanary(), st.GetCanaryPercent())
+		p.add("strategy: canary (%d) and canary_percent (%d%%) are both set; keep one", st.GetCanary(), st.GetCanaryPercent())
 	}
 	if st.GetCanaryPercent() > 100 {
 		p.add("strategy.canary_percent: %d is more than 100", st.GetCanaryPercent())
