@@ -294,6 +294,11 @@ func accessCalls() []accessCall {
 				_, err := cl.Agent.Heartbeat(ctx, connect.NewRequest(&droverv1.HeartbeatRequest{}))
 				return err
 			}},
+		{proc: droverv1connect.AgentServiceWatchAssignmentsProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Agent.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{}))
+				return err
+			}},
 		{proc: droverv1connect.AgentServiceGetManifestProcedure, needs: needsAgent,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
 				_, err := cl.Agent.GetManifest(ctx, connect.NewRequest(&droverv1.AgentGetManifestRequest{Model: model(vision), Ref: "latest"}))

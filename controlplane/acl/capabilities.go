@@ -151,6 +151,7 @@ var procedures = map[string]Capability{
 	connectv1.AgentServiceRegisterProcedure:         {Auth: AuthAgent},
 	connectv1.AgentServiceRenewCertificateProcedure: {Auth: AuthAgent},
 	connectv1.AgentServiceHeartbeatProcedure:        {Auth: AuthAgent},
+	connectv1.AgentServiceWatchAssignmentsProcedure: {Auth: AuthAgent},
 	// Until deployments say which versions a node should run, every
 	// enrolled node may read every version's bytes, as the operator's
 	// read-only token may.
