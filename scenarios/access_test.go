@@ -381,6 +381,38 @@ func accessCalls() []accessCall {
 				return err
 			}},
 
+		// RolloutService.
+		{proc: droverv1connect.RolloutServiceGetRolloutProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.GetRollout(ctx, connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServiceListRolloutsProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.ListRollouts(ctx, connect.NewRequest(&droverv1.ListRolloutsRequest{}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServicePauseRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.PauseRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServiceResumeRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.ResumeRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServicePromoteRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.PromoteRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServiceRollbackRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.RollbackRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+
 		// AuditService.
 		{proc: droverv1connect.AuditServiceListEventsProcedure, needs: "audit:read",
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
@@ -685,6 +717,7 @@ type apiClients struct {
 	Agent     droverv1connect.AgentServiceClient
 	Artifacts droverv1connect.ArtifactServiceClient
 	Chunks    droverv1connect.ChunkServiceClient
+	Rollouts  droverv1connect.RolloutServiceClient
 }
 
 // addHeaders sets fixed headers on every request, streams included (the
@@ -732,6 +765,7 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
 		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),
 		Chunks:    droverv1connect.NewChunkServiceClient(hc, base),
+		Rollouts:  droverv1connect.NewRolloutServiceClient(hc, base),
 	}
 }
 
