@@ -121,6 +121,9 @@ func newRolloutFleet(t *testing.T, n int, broken func(uint64) bool) *rolloutFlee
 			t.Fatal(err)
 		}
 	}
+	if n == 0 {
+		return f
+	}
 	tokens, _ := operator(t, c, l)
 	tok, _ := createToken(t, tokens, &droverv1.CreateTokenRequest{MaxUses: uint32(n), Site: "s1"})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -292,5 +295,90 @@ func TestRolloutAutoRevert(t *testing.T) {
 	var ce *connect.Error
 	if !errors.As(err, &ce) || ce.Code() != connect.CodeFailedPrecondition {
 		t.Errorf("promote of a finished rollout: %v", err)
+	}
+}
+
+// A node's watch wakes when its own assignments change, not when another
+// node's do.
+func TestWatchAssignmentsWakesOnlyItsNode(t *testing.T) {
+	f := newRolloutFleet(t, 0, nil)
+	l := f.c.Leader()
+	tokens, _ := operator(t, f.c, l)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(stop); wg.Wait() })
+	agents := map[string]*fakeAgent{}
+	for _, cam := range []string{"a", "b"} {
+		tok, _ := createToken(t, tokens, &droverv1.CreateTokenRequest{MaxUses: 1, Site: "s1", Labels: map[string]string{"cam": cam}})
+		a := newFakeAgent(t, f.c.CA.Pool())
+		a.mustEnrollRegister(t, l.APIAddr(), tok, "cam-"+cam)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.heartbeatLoop(t, func() []string { return []string{l.APIAddr()} }, 200*time.Millisecond, stop, nil, nil)
+		}()
+		agents[cam] = a
+	}
+	watch := func(a *fakeAgent, index uint64, wait time.Duration) (*droverv1.WatchAssignmentsResponse, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		res, err := a.client(t, l.APIAddr(), nil).WatchAssignments(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.WatchAssignmentsRequest{
+			Query: &droverv1.QueryOptions{MinIndex: index, MaxWait: durationpb.New(wait)},
+		}))
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		return res.Msg, time.Since(start)
+	}
+	apply := func(name, cam string) {
+		t.Helper()
+		_, err := f.deploys.ApplyDeployment(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.ApplyDeploymentRequest{Spec: &droverv1.DeploymentSpec{
+			Name: name, Model: "det@1", Runtime: &droverv1.RuntimeSpec{Type: "onnx"},
+			Selector: &droverv1.NodeSelector{Labels: map[string]string{"cam": cam}},
+		}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, _ := watch(agents["a"], 0, 0)
+	if len(first.GetAssignments()) != 0 || first.GetMeta().GetIndex() == 0 {
+		t.Fatalf("first answer %v", first)
+	}
+	// b's deployment: a's watch runs to its max_wait.
+	type answer struct {
+		res  *droverv1.WatchAssignmentsResponse
+		took time.Duration
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, took := watch(agents["a"], first.GetMeta().GetIndex(), 2*time.Second)
+		done <- answer{res, took}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	apply("cams-b", "b")
+	eventually(t, 5*time.Second, "b assigned", func() error {
+		res, _ := watch(agents["b"], 0, 0)
+		if len(res.GetAssignments()) != 1 {
+			return fmt.Errorf("b has %v", res.GetAssignments())
+		}
+		return nil
+	})
+	got := <-done
+	t.Logf("a's watch while b was assigned: %v after %v", got.res.GetAssignments(), got.took)
+	if len(got.res.GetAssignments()) != 0 || got.took < 1900*time.Millisecond || got.res.GetMeta().GetIndex() != first.GetMeta().GetIndex() {
+		t.Errorf("a's watch woke for b's assignment: %v after %v", got.res, got.took)
+	}
+	// a's deployment wakes it.
+	go func() {
+		res, took := watch(agents["a"], first.GetMeta().GetIndex(), 8*time.Second)
+		done <- answer{res, took}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	apply("cams-a", "a")
+	got = <-done
+	t.Logf("a's watch when a was assigned: %v after %v", got.res.GetAssignments(), got.took)
+	if as := got.res.GetAssignments(); len(as) != 1 || as[0].GetDeployment() != "cams-a" || as[0].GetVersion() != 1 ||
+		as[0].GetModel() != "det" || as[0].GetRuntime().GetType() != "onnx" || as[0].GetRevision() != 1 || got.took > 5*time.Second {
+		t.Errorf("a's watch: %v after %v", got.res, got.took)
 	}
 }
