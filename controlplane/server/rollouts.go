@@ -40,9 +40,26 @@ type rolloutLoop struct {
 	since time.Time // when this leader began collecting reports
 	kickc chan struct{}
 
+	// backoff holds, by deployment, when the loop may step it again
+	// after a refused decision, and how many refusals in a row it had.
+	// Only run's goroutine uses it.
+	backoff map[string]refusals
+
 	mu      sync.Mutex        // guards the fields below
 	waiting map[string]string // the controller's last waiting sentence, by deployment
 }
+
+// refusals is a deployment's run of refused decisions.
+type refusals struct {
+	n     int
+	until time.Time
+}
+
+// maxRefusalBackoff bounds how long a deployment whose decisions keep
+// being refused waits between steps. Each refusal is an audit event, so
+// a decision that can never apply (a bug) must not be proposed at the
+// speed of the log.
+const maxRefusalBackoff = time.Minute
 
 func newRolloutLoop(s *Server, hb *heartbeatTracker) (*rolloutLoop, error) {
 	cfg := rollout.DefaultConfig()
@@ -57,6 +74,7 @@ func newRolloutLoop(s *Server, hb *heartbeatTracker) (*rolloutLoop, error) {
 	return &rolloutLoop{
 		s: s, hb: hb, ctrl: ctrl, now: hb.now, since: hb.now(),
 		kickc:   make(chan struct{}, 1),
+		backoff: map[string]refusals{},
 		waiting: map[string]string{},
 	}, nil
 }
@@ -115,6 +133,7 @@ func (l *rolloutLoop) step(ctx context.Context) {
 	st := l.s.state
 	deps := st.Deployments()
 	if len(deps) == 0 {
+		clear(l.backoff)
 		l.mu.Lock()
 		clear(l.waiting)
 		l.mu.Unlock()
@@ -130,6 +149,10 @@ func (l *rolloutLoop) step(ctx context.Context) {
 			return
 		}
 		name := d.GetSpec().GetName()
+		if b, ok := l.backoff[name]; ok && now.Before(b.until) {
+			waiting[name] = l.waitingFor(name)
+			continue
+		}
 		v := rollout.View{
 			Deployment:   d,
 			Rollout:      latest[name],
@@ -151,12 +174,32 @@ func (l *rolloutLoop) step(ctx context.Context) {
 		v.Reports = l.hb.instanceReports(name, ids)
 		res, err := l.ctrl.Step(v)
 		if err != nil {
-			l.s.logger.Warn("rollout controller refused a deployment", "deployment", name, "err", err)
+			// Said once, not every tick, until it changes.
+			if l.waitingFor(name) != err.Error() {
+				l.s.logger.Warn("rollout controller cannot step a deployment", "deployment", name, "err", err)
+			}
 			waiting[name] = err.Error()
 			continue
 		}
 		waiting[name] = res.Waiting
-		l.propose(ctx, res.Decisions)
+		if l.propose(ctx, res.Decisions) {
+			delete(l.backoff, name)
+			continue
+		}
+		b := l.backoff[name]
+		b.n++
+		b.until = now.Add(min(rolloutTick<<min(b.n-1, 10), maxRefusalBackoff))
+		if b.n == 1 {
+			// The first refusal is the race the FSM's checks are for:
+			// step again at once, on records that moved on.
+			b.until = now
+		}
+		l.backoff[name] = b
+	}
+	for name := range l.backoff {
+		if _, ok := waiting[name]; !ok {
+			delete(l.backoff, name) // deleted deployment
+		}
 	}
 	l.mu.Lock()
 	l.waiting = waiting
@@ -165,8 +208,9 @@ func (l *rolloutLoop) step(ctx context.Context) {
 
 // propose writes decisions in order and stops at the first one that is
 // not applied: a refused one was decided on records that moved on, and
-// the ones after it were decided on top of it.
-func (l *rolloutLoop) propose(ctx context.Context, ds []rollout.Decision) {
+// the ones after it were decided on top of it. It reports whether all
+// were written.
+func (l *rolloutLoop) propose(ctx context.Context, ds []rollout.Decision) bool {
 	actor := "server/" + l.s.cfg.Name
 	for i, d := range ds {
 		t, cmd := decisionCommand(d, &droverv1.CommandMeta{Time: timestamppb.New(l.now()), Actor: actor})
@@ -175,13 +219,14 @@ func (l *rolloutLoop) propose(ctx context.Context, ds []rollout.Decision) {
 			if errors.Is(err, state.ErrConflict) {
 				l.s.logger.Info("rollout decision refused as stale; stepping again", "decision", d.String(), "dropped", len(ds)-i-1, "err", err)
 			} else {
-				l.s.logger.Warn("rollout decision not written; stepping again next tick", "decision", d.String(), "err", err)
+				l.s.logger.Warn("rollout decision not written; stepping again", "decision", d.String(), "err", err)
 			}
-			return
+			return false
 		}
 		l.s.metrics.rolloutProposed.Inc()
 		l.s.logger.Info("rollout decision", "decision", d.String())
 	}
+	return true
 }
 
 // decisionCommand is the Raft command that applies d.
