@@ -316,7 +316,7 @@ func newRolloutActionCommand(g *globals, verb, short, long string,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded in the audit log and the rollout's history")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded in the audit log (and a rollback's reason)")
 	return cmd
 }
 
