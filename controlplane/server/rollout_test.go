@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/controlplane/server"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 	"github.com/droverhq/drover/scenarios/cluster"
@@ -103,17 +104,27 @@ type rolloutFleet struct {
 }
 
 func newRolloutFleet(t *testing.T, n int, broken func(uint64) bool) *rolloutFleet {
-	c := cluster.Make(t, 1, cluster.Options{Configure: shortTTLs})
-	l := c.Leader()
+	return newRolloutFleetOf(t, 1, n, broken)
+}
+
+// rolloutClients are the deployment and rollout clients of server node,
+// with the management token and hdr on every call.
+func rolloutClients(t *testing.T, c *cluster.Cluster, node *cluster.Node, hdr http.Header) (droverv1connect.DeploymentServiceClient, droverv1connect.RolloutServiceClient) {
 	h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
-	hc := &http.Client{Transport: headerTransport{base: h2, hdr: http.Header{"Authorization": []string{"Bearer " + c.Token()}}}}
-	base := "https://" + l.APIAddr()
-	f := &rolloutFleet{
-		c:        c,
-		deploys:  droverv1connect.NewDeploymentServiceClient(hc, base),
-		rollouts: droverv1connect.NewRolloutServiceClient(hc, base),
-	}
+	hdr = hdr.Clone()
+	hdr.Set("Authorization", "Bearer "+c.Token())
+	hc := &http.Client{Transport: headerTransport{base: h2, hdr: hdr}}
+	base := "https://" + node.APIAddr()
+	return droverv1connect.NewDeploymentServiceClient(hc, base), droverv1connect.NewRolloutServiceClient(hc, base)
+}
+
+// newRolloutFleetOf is newRolloutFleet with servers servers.
+func newRolloutFleetOf(t *testing.T, servers, n int, broken func(uint64) bool) *rolloutFleet {
+	c := cluster.Make(t, servers, cluster.Options{Configure: shortTTLs})
+	l := c.Leader()
+	f := &rolloutFleet{c: c}
+	f.deploys, f.rollouts = rolloutClients(t, c, l, http.Header{})
 	cl := clientsWith(t, c, l, c.Token(), false)
 	mustCreateModel(t, cl, "det")
 	for i := range 3 {
@@ -381,4 +392,48 @@ func TestWatchAssignmentsWakesOnlyItsNode(t *testing.T) {
 		as[0].GetModel() != "det" || as[0].GetRuntime().GetType() != "onnx" || as[0].GetRevision() != 1 || got.took > 5*time.Second {
 		t.Errorf("a's watch: %v after %v", got.res, got.took)
 	}
+}
+
+// Reports live on the leader: a follower forwards a consistent GetRollout
+// to it, and answers a stale one itself, without reports.
+func TestRolloutStatusFromFollower(t *testing.T) {
+	f := newRolloutFleetOf(t, 3, 2, func(uint64) bool { return false })
+	f.apply(t, "det@1")
+	f.waitRollout(t, 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED, 15*time.Second)
+	var follower *cluster.Node
+	for _, n := range f.c.Nodes() {
+		if n != f.c.Leader() {
+			follower = n
+			break
+		}
+	}
+	_, consistent := rolloutClients(t, f.c, follower, http.Header{})
+	_, stale := rolloutClients(t, f.c, follower, http.Header{server.ConsistencyHeader: []string{"stale"}})
+	res, err := consistent.GetRollout(testCtx(t, 5*time.Second), connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: "cams"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Msg.GetMeta().GetServedBy() != f.c.Leader().Name || len(res.Msg.GetNodes()) != 2 {
+		t.Fatalf("consistent read through a follower: %v", res.Msg)
+	}
+	for _, n := range res.Msg.GetNodes() {
+		if n.GetStatus().GetState() != droverv1.InstanceState_INSTANCE_STATE_HEALTHY {
+			t.Errorf("node %s: %v", n.GetNodeId(), n.GetStatus())
+		}
+	}
+	eventually(t, 5*time.Second, "the follower holds the rollout", func() error {
+		res, err := stale.GetRollout(testCtx(t, 5*time.Second), connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: "cams"}))
+		if err != nil {
+			return err
+		}
+		if res.Msg.GetMeta().GetServedBy() != follower.Name || res.Msg.GetRollout().GetState() != droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			return fmt.Errorf("served by %s: %v", res.Msg.GetMeta().GetServedBy(), res.Msg.GetRollout().GetState())
+		}
+		for _, n := range res.Msg.GetNodes() {
+			if n.GetStatus() != nil || n.GetAssignment().GetVersion() != 1 {
+				return fmt.Errorf("a follower has node %v", n)
+			}
+		}
+		return nil
+	})
 }
