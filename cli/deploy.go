@@ -315,8 +315,8 @@ func newDeployListCommand(g *globals) *cobra.Command {
 		Long: `List deployments with their model reference, the version it resolved
 to, how many nodes it runs on, and the state of its latest rollout.
 
-NODES counts the nodes assigned the deployment; it is "-" until the rollout
-controller assigns nodes.`,
+NODES counts the nodes assigned the deployment (whatever version they are
+assigned); it is "-" until the rollout controller assigns the first.`,
 		Example: `  drover deploy ls
   drover deploy ls -o json | jq -r '.deployments[].spec.name'
   drover deploy ls --index 40 --wait 1m   # wait for a change after index 40`,
@@ -337,7 +337,11 @@ controller assigns nodes.`,
 				})
 				row(w, "NAME", "MODEL", "VERSION", "NODES", "ROLLOUT", "AGE")
 				for _, d := range ds {
-					row(w, d.GetSpec().GetName(), d.GetSpec().GetModel(), formatUint(d.GetVersion()), "-",
+					nodes := "-"
+					if n := resp.Msg.GetAssignedNodes()[d.GetSpec().GetName()]; n > 0 {
+						nodes = formatUint(uint64(n))
+					}
+					row(w, d.GetSpec().GetName(), d.GetSpec().GetModel(), formatUint(d.GetVersion()), nodes,
 						rolloutCell(resp.Msg.GetRollouts()[d.GetSpec().GetName()]), formatAge(d.GetCreateTime(), g.now()))
 				}
 			})

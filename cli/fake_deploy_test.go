@@ -89,6 +89,14 @@ func (d *fakeDeploys) ListDeployments(_ context.Context, req *connect.Request[dr
 		if r, ok := d.rollouts[name]; ok {
 			out.Rollouts[name] = r
 		}
+		for _, n := range f.rollouts.nodes[name] {
+			if n.GetAssignment() != nil {
+				if out.AssignedNodes == nil {
+					out.AssignedNodes = map[string]uint32{}
+				}
+				out.AssignedNodes[name]++
+			}
+		}
 	}
 	return connect.NewResponse(out), nil
 }

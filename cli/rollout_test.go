@@ -55,6 +55,8 @@ func TestRolloutStatus(t *testing.T) {
 		"cam-2 berlin 2 7 (assigned 8) pulling: 3 of 9 chunks 30s",
 		"cam-3 munich - - (assigned 7) no report -")
 
+	wantContains(t, squeeze(h.ok("deploy", "ls")), "defect-detector defect-detector@8 8 3 #2 progressing")
+
 	out = h.ok("rollout", "status", "defect-detector", "-o", "json")
 	var got droverv1.GetRolloutResponse
 	if err := protojson.Unmarshal([]byte(out), &got); err != nil || got.GetRollout().GetId() != 2 || len(got.GetNodes()) != 3 {

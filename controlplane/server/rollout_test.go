@@ -243,6 +243,10 @@ func TestRolloutEndToEnd(t *testing.T) {
 			t.Errorf("node %v", n)
 		}
 	}
+	list, err := f.deploys.ListDeployments(testCtx(t, 5*time.Second), connect.NewRequest(&droverv1.ListDeploymentsRequest{}))
+	if err != nil || list.Msg.GetAssignedNodes()["cams"] != 4 {
+		t.Errorf("ListDeployments assigned nodes: %v %v", list.Msg.GetAssignedNodes(), err)
+	}
 	dep, err := f.deploys.GetDeployment(testCtx(t, 5*time.Second), connect.NewRequest(&droverv1.GetDeploymentRequest{Name: "cams"}))
 	if err != nil || len(dep.Msg.GetNodes()) != 4 {
 		t.Fatalf("GetDeployment nodes: %v %v", dep, err)
