@@ -101,6 +101,7 @@ type rolloutFleet struct {
 	deploys  droverv1connect.DeploymentServiceClient
 	rollouts droverv1connect.RolloutServiceClient
 	agents   []*simAgent
+	via      *cluster.Node // the server the agents talk to
 }
 
 func newRolloutFleet(t *testing.T, n int, broken func(uint64) bool) *rolloutFleet {
@@ -135,6 +136,15 @@ func newRolloutFleetOf(t *testing.T, servers, n int, broken func(uint64) bool) *
 	if n == 0 {
 		return f
 	}
+	// With more than one server the agents talk to a follower, which
+	// forwards their calls to the leader, as it would to a new one.
+	via := l
+	for _, node := range c.Nodes() {
+		if node != l {
+			via = node
+		}
+	}
+	f.via = via
 	tokens, _ := operator(t, c, l)
 	tok, _ := createToken(t, tokens, &droverv1.CreateTokenRequest{MaxUses: uint32(n), Site: "s1"})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -143,7 +153,7 @@ func newRolloutFleetOf(t *testing.T, servers, n int, broken func(uint64) bool) *
 	for i := range n {
 		a := newFakeAgent(t, c.CA.Pool())
 		a.mustEnrollRegister(t, l.APIAddr(), tok, fmt.Sprintf("edge-%d", i))
-		sa := &simAgent{a: a, client: a.client(t, l.APIAddr(), nil), running: map[string]*droverv1.InstanceStatus{}}
+		sa := &simAgent{a: a, client: a.client(t, via.APIAddr(), nil), running: map[string]*droverv1.InstanceStatus{}}
 		sa.run(ctx, t, broken, &wg)
 		f.agents = append(f.agents, sa)
 	}
@@ -152,13 +162,18 @@ func newRolloutFleetOf(t *testing.T, servers, n int, broken func(uint64) bool) *
 
 func (f *rolloutFleet) apply(t *testing.T, ref string) *droverv1.ApplyDeploymentResponse {
 	t.Helper()
+	return f.applyParallel(t, ref, 2)
+}
+
+func (f *rolloutFleet) applyParallel(t *testing.T, ref string, parallel uint32) *droverv1.ApplyDeploymentResponse {
+	t.Helper()
 	res, err := f.deploys.ApplyDeployment(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.ApplyDeploymentRequest{
 		Spec: &droverv1.DeploymentSpec{
 			Name:    "cams",
 			Model:   ref,
 			Runtime: &droverv1.RuntimeSpec{Type: "onnx", StartTimeout: durationpb.New(500 * time.Millisecond)},
 			Strategy: &droverv1.RolloutStrategy{
-				Canary: 1, MaxParallel: 2, MaxUnavailablePerSite: 2,
+				Canary: 1, MaxParallel: parallel, MaxUnavailablePerSite: 2,
 				MinHealthyTime: durationpb.New(500 * time.Millisecond), ProgressDeadline: durationpb.New(10 * time.Second),
 				AutoPromote: true, AutoRevert: true,
 			},
@@ -440,4 +455,37 @@ func TestRolloutStatusFromFollower(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A new leader continues a rollout where the old one stopped: no batch
+// is started twice, none is skipped.
+func TestRolloutAcrossLeaderChange(t *testing.T) {
+	f := newRolloutFleetOf(t, 3, 3, func(uint64) bool { return false })
+	f.applyParallel(t, "det@1", 1)
+	old := f.c.Leader()
+	eventually(t, 10*time.Second, "the canary done", func() error {
+		res, err := f.rollouts.GetRollout(testCtx(t, 5*time.Second), connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: "cams"}))
+		if err != nil {
+			return err
+		}
+		if bs := res.Msg.GetRollout().GetBatches(); len(bs) == 0 || bs[0].GetDoneTime() == nil {
+			return fmt.Errorf("batches %v", bs)
+		}
+		return nil
+	})
+	start := time.Now()
+	f.c.Kill(old)
+	t.Logf("killed leader %s", old.Name)
+	f.deploys, f.rollouts = rolloutClients(t, f.c, f.via, http.Header{})
+	done := f.waitRollout(t, 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED, 20*time.Second)
+	t.Logf("succeeded %v after the leader was killed", time.Since(start).Round(time.Millisecond))
+	checkBatches(t, done.GetRollout(), 3, true)
+	if n := len(done.GetRollout().GetBatches()); n != 3 {
+		t.Errorf("%d batches, want 3 of one node", n)
+	}
+	for _, b := range done.GetRollout().GetBatches()[1:] {
+		if len(b.GetNodeIds()) != 1 {
+			t.Errorf("batch %v, want one node", b)
+		}
+	}
 }
