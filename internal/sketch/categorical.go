@@ -33,15 +33,19 @@ const (
 // safe for concurrent use.
 type Categorical struct {
 	capacity int
-	counts   map[string]uint64
-	total    uint64
+	// items holds the kept values in no order; index maps a value to its
+	// position. A slice beside the map keeps the decrement rounds and
+	// merges to a scan of at most 2k counts instead of map iteration.
+	items []Item
+	index map[string]int32
+	total uint64
 }
 
 // NewCategorical returns an empty sketch keeping up to capacity values;
 // capacity is clamped to [1, MaxCapacity].
 func NewCategorical(capacity int) *Categorical {
 	capacity = min(max(capacity, 1), MaxCapacity)
-	return &Categorical{capacity: capacity, counts: make(map[string]uint64, capacity+1)}
+	return &Categorical{capacity: capacity, items: make([]Item, 0, capacity), index: make(map[string]int32, capacity)}
 }
 
 // Clip cuts v to MaxValueBytes at a UTF-8 boundary.
@@ -60,25 +64,40 @@ func Clip(v string) string {
 func (c *Categorical) Add(v string) {
 	v = Clip(v)
 	c.total++
-	if n, ok := c.counts[v]; ok {
-		c.counts[v] = n + 1
+	if i, ok := c.index[v]; ok {
+		c.items[i].Count++
 		return
 	}
-	if len(c.counts) < c.capacity {
+	if len(c.items) < c.capacity {
 		// Clone: v may point into a large request buffer the map would
 		// otherwise keep alive for the whole window.
-		c.counts[strings.Clone(v)] = 1
+		v = strings.Clone(v)
+		c.index[v] = int32(len(c.items))
+		c.items = append(c.items, Item{v, 1})
 		return
 	}
 	// Full and v is new: decrement every count (and v's implicit 1).
 	// Each such round removes k+1 from the kept mass, so rounds are at
 	// most N/(k+1) and cost O(1) amortized per Add.
-	for k, n := range c.counts {
-		if n == 1 {
-			delete(c.counts, k)
-		} else {
-			c.counts[k] = n - 1
+	c.cut(1)
+}
+
+// cut subtracts d from every count and drops the values left at zero.
+func (c *Categorical) cut(d uint64) {
+	for i := 0; i < len(c.items); {
+		it := &c.items[i]
+		if it.Count > d {
+			it.Count -= d
+			i++
+			continue
 		}
+		delete(c.index, it.Value)
+		last := len(c.items) - 1
+		if i != last {
+			c.items[i] = c.items[last]
+			c.index[c.items[i].Value] = int32(i)
+		}
+		c.items = c.items[:last]
 	}
 }
 
@@ -92,36 +111,29 @@ func (c *Categorical) Merge(o *Categorical) {
 	}
 	c.capacity = min(c.capacity, o.capacity)
 	c.total += o.total
-	for k, n := range o.counts {
-		c.counts[k] += n
-	}
-	c.shrink()
-}
-
-func (c *Categorical) shrink() {
-	if len(c.counts) <= c.capacity {
-		return
-	}
-	ns := make([]uint64, 0, len(c.counts))
-	for _, n := range c.counts {
-		ns = append(ns, n)
-	}
-	slices.SortFunc(ns, func(a, b uint64) int { return cmp.Compare(b, a) })
-	cut := ns[c.capacity]
-	for k, n := range c.counts {
-		if n <= cut {
-			delete(c.counts, k)
-		} else {
-			c.counts[k] = n - cut
+	for _, it := range o.items {
+		if i, ok := c.index[it.Value]; ok {
+			c.items[i].Count += it.Count
+			continue
 		}
+		c.index[it.Value] = int32(len(c.items))
+		c.items = append(c.items, it)
+	}
+	if len(c.items) > c.capacity {
+		var buf [2 * MaxCapacity]uint64
+		ns := buf[:0]
+		for _, it := range c.items {
+			ns = append(ns, it.Count)
+		}
+		c.cut(largest(ns, c.capacity+1))
 	}
 }
 
 // Clone returns an independent copy.
 func (c *Categorical) Clone() *Categorical {
-	d := &Categorical{capacity: c.capacity, total: c.total, counts: make(map[string]uint64, len(c.counts))}
-	for k, n := range c.counts {
-		d.counts[k] = n
+	d := &Categorical{capacity: c.capacity, total: c.total, items: slices.Clone(c.items), index: make(map[string]int32, len(c.items))}
+	for k, i := range c.index {
+		d.index[k] = i
 	}
 	return d
 }
@@ -133,13 +145,18 @@ func (c *Categorical) Capacity() int { return c.capacity }
 func (c *Categorical) Total() uint64 { return c.total }
 
 // Count returns v's kept count (a lower bound), 0 if not kept.
-func (c *Categorical) Count(v string) uint64 { return c.counts[Clip(v)] }
+func (c *Categorical) Count(v string) uint64 {
+	if i, ok := c.index[Clip(v)]; ok {
+		return c.items[i].Count
+	}
+	return 0
+}
 
 // Other is the count not attributed to any kept value.
 func (c *Categorical) Other() uint64 {
 	var kept uint64
-	for _, n := range c.counts {
-		kept += n
+	for _, it := range c.items {
+		kept += it.Count
 	}
 	return c.total - kept
 }
@@ -156,10 +173,7 @@ type Item struct {
 
 // Items returns the kept values, largest count first, ties by value.
 func (c *Categorical) Items() []Item {
-	items := make([]Item, 0, len(c.counts))
-	for k, n := range c.counts {
-		items = append(items, Item{k, n})
-	}
+	items := slices.Clone(c.items)
 	slices.SortFunc(items, func(a, b Item) int {
 		if a.Count != b.Count {
 			return cmp.Compare(b.Count, a.Count)
@@ -167,4 +181,40 @@ func (c *Categorical) Items() []Item {
 		return strings.Compare(a.Value, b.Value)
 	})
 	return items
+}
+
+// largest returns the k-th largest of ns (1-based), reordering ns:
+// quickselect, linear on average, where a sort would be n log n on every
+// merge.
+func largest(ns []uint64, k int) uint64 {
+	lo, hi, want := 0, len(ns)-1, k-1
+	for lo < hi {
+		// Median of three as the pivot keeps sorted input linear.
+		mid := lo + (hi-lo)/2
+		a, b, c := ns[lo], ns[mid], ns[hi]
+		p := max(min(a, b), min(max(a, b), c))
+		i, j := lo, hi
+		for i <= j {
+			for ns[i] > p {
+				i++
+			}
+			for ns[j] < p {
+				j--
+			}
+			if i <= j {
+				ns[i], ns[j] = ns[j], ns[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case want <= j:
+			hi = j
+		case want >= i:
+			lo = i
+		default:
+			return ns[want]
+		}
+	}
+	return ns[want]
 }

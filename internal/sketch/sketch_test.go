@@ -413,3 +413,20 @@ func TestRecorderConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestLargest(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 8))
+	for range 500 {
+		n := 1 + r.IntN(200)
+		ns := make([]uint64, n)
+		for i := range ns {
+			ns[i] = uint64(r.IntN(10))
+		}
+		sorted := slices.Sorted(slices.Values(ns))
+		slices.Reverse(sorted)
+		k := 1 + r.IntN(n)
+		if got := largest(slices.Clone(ns), k); got != sorted[k-1] {
+			t.Fatalf("largest(%v, %d) = %d, want %d", ns, k, got, sorted[k-1])
+		}
+	}
+}

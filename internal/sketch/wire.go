@@ -128,6 +128,14 @@ func binsFromProto(which string, pb *droverv1.SketchBins, total *uint64) (*store
 	if first < minBinIndex || last > maxBinIndex {
 		return nil, fmt.Errorf("numeric sketch %s bins %d..%d outside the mapping's %d..%d: %w", which, first, last, minBinIndex, maxBinIndex, ErrInvalid)
 	}
+	// Touch the outermost non-empty bins first so the store sizes its
+	// array once instead of growing it bin by bin.
+	for _, i := range []int{len(pb.Counts) - 1, 0} {
+		if c := pb.Counts[i]; c > 0 && c <= maxBinCount {
+			s.AddWithCount(first+i, 0.5)
+			s.AddWithCount(first+i, -0.5)
+		}
+	}
 	for i, c := range pb.Counts {
 		if c > maxBinCount {
 			return nil, fmt.Errorf("numeric sketch %s bin %d: count %d above 2^53: %w", which, first+i, c, ErrInvalid)
@@ -163,7 +171,7 @@ func CategoricalFromProto(pb *droverv1.CategoricalSketch) (*Categorical, error) 
 	if len(pb.Items) > int(pb.Capacity) {
 		return nil, fmt.Errorf("categorical sketch: %d items, more than its capacity %d: %w", len(pb.Items), pb.Capacity, ErrInvalid)
 	}
-	c := &Categorical{capacity: int(pb.Capacity), total: pb.Total, counts: make(map[string]uint64, len(pb.Items))}
+	c := &Categorical{capacity: int(pb.Capacity), total: pb.Total, items: make([]Item, 0, len(pb.Items)), index: make(map[string]int32, len(pb.Items))}
 	var kept uint64
 	for i, it := range pb.Items {
 		if it == nil || it.Count == 0 {
@@ -172,14 +180,15 @@ func CategoricalFromProto(pb *droverv1.CategoricalSketch) (*Categorical, error) 
 		if len(it.Value) > MaxValueBytes || !utf8.ValidString(it.Value) {
 			return nil, fmt.Errorf("categorical sketch item %d: value of %d bytes, want valid UTF-8 of at most %d: %w", i, len(it.Value), MaxValueBytes, ErrInvalid)
 		}
-		if _, dup := c.counts[it.Value]; dup {
+		if _, dup := c.index[it.Value]; dup {
 			return nil, fmt.Errorf("categorical sketch item %d: value %q listed twice: %w", i, it.Value, ErrInvalid)
 		}
 		var carry uint64
 		if kept, carry = bits.Add64(kept, it.Count, 0); carry != 0 {
 			return nil, fmt.Errorf("categorical sketch: item counts overflow: %w", ErrInvalid)
 		}
-		c.counts[it.Value] = it.Count
+		c.index[it.Value] = int32(len(c.items))
+		c.items = append(c.items, Item{it.Value, it.Count})
 	}
 	if kept > pb.Total {
 		return nil, fmt.Errorf("categorical sketch: items count %d, more than the total %d: %w", kept, pb.Total, ErrInvalid)
