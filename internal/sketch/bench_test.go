@@ -99,7 +99,7 @@ func BenchmarkRecord(b *testing.B) {
 // values kept raw for the baseline.
 type fleet struct {
 	profiles []*Profile
-	raw      [][][]float64          // [agent][numeric feature] sorted values
+	raw      [][][]float64         // [agent][numeric feature] sorted values
 	hist     [][]map[string]uint64 // [agent][categorical feature] exact counts
 }
 
