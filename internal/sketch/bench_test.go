@@ -169,8 +169,8 @@ func makeFleet(b *testing.B) *fleet {
 // into one cohort profile, beside the baseline of merging the same data
 // exactly: raw sorted samples per numeric feature (concatenated, then
 // sorted: the input a exact KS needs) and exact histograms per categorical
-// feature. It also decodes and merges 10,000 encoded windows: the leader's
-// whole path.
+// feature. It also checks and merges 10,000 encoded windows
+// (UnmarshalWindow, Profile.MergeProto): the leader's whole path.
 func BenchmarkMerge10kProfiles(b *testing.B) {
 	f := makeFleet(b)
 	b.Run("sketches", func(b *testing.B) {
@@ -204,11 +204,11 @@ func BenchmarkMerge10kProfiles(b *testing.B) {
 		for b.Loop() {
 			out := NewProfile(nil)
 			for a := range fleetAgents {
-				w, err := DecodeWindow(encoded[a%fleetDistinct])
+				w, err := UnmarshalWindow(encoded[a%fleetDistinct])
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := out.Merge(w.Profile); err != nil {
+				if err := out.MergeProto(w.Profile); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -112,21 +112,32 @@ func (c *Categorical) Merge(o *Categorical) {
 	c.capacity = min(c.capacity, o.capacity)
 	c.total += o.total
 	for _, it := range o.items {
-		if i, ok := c.index[it.Value]; ok {
-			c.items[i].Count += it.Count
-			continue
-		}
-		c.index[it.Value] = int32(len(c.items))
-		c.items = append(c.items, it)
+		c.addCount(it.Value, it.Count)
 	}
-	if len(c.items) > c.capacity {
-		var buf [2 * MaxCapacity]uint64
-		ns := buf[:0]
-		for _, it := range c.items {
-			ns = append(ns, it.Count)
-		}
-		c.cut(largest(ns, c.capacity+1))
+	c.shrink()
+}
+
+func (c *Categorical) addCount(v string, n uint64) {
+	if i, ok := c.index[v]; ok {
+		c.items[i].Count += n
+		return
 	}
+	c.index[v] = int32(len(c.items))
+	c.items = append(c.items, Item{v, n})
+}
+
+// shrink ends a merge: with more than k values, subtract the (k+1)-th
+// largest count from all.
+func (c *Categorical) shrink() {
+	if len(c.items) <= c.capacity {
+		return
+	}
+	var buf [2 * MaxCapacity]uint64
+	ns := buf[:0]
+	for _, it := range c.items {
+		ns = append(ns, it.Count)
+	}
+	c.cut(largest(ns, c.capacity+1))
 }
 
 // Clone returns an independent copy.

@@ -161,7 +161,7 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		{"min above max", func(w *droverv1.TelemetryWindow) { n := numeric(w); n.Min, n.Max = n.Max+1, n.Min }, "above max"},
 		{"capacity", func(w *droverv1.TelemetryWindow) { categorical(w).Capacity = 0 }, "capacity 0"},
 		{"items over capacity", func(w *droverv1.TelemetryWindow) { categorical(w).Capacity = 1 }, "more than its capacity"},
-		{"duplicate item", func(w *droverv1.TelemetryWindow) { c := categorical(w); c.Items[1].Value = c.Items[0].Value }, "listed twice"},
+		{"duplicate item", func(w *droverv1.TelemetryWindow) { c := categorical(w); c.Items[1].Value = c.Items[0].Value }, "sorted and unique"},
 		{"long item", func(w *droverv1.TelemetryWindow) { categorical(w).Items[0].Value = strings.Repeat("x", 65) }, "at most 64"},
 		{"items above total", func(w *droverv1.TelemetryWindow) { categorical(w).Total = 1 }, "more than the total"},
 		{"kind", func(w *droverv1.TelemetryWindow) { w.Profile.Inputs[0].Kind = 7 }, "want numeric or categorical"},
@@ -234,4 +234,51 @@ func FuzzDecodeWindow(f *testing.F) {
 			t.Fatalf("re-encoded window does not decode: %v", err)
 		}
 	})
+}
+
+func TestMergeProtoMatchesMerge(t *testing.T) {
+	a, b := realisticProfile(t, 5, 3000), realisticProfile(t, 6, 3000)
+	viaSketches := a.Clone()
+	if err := viaSketches.Merge(b); err != nil {
+		t.Fatal(err)
+	}
+	viaWire := a.Clone()
+	if err := viaWire.MergeProto(b.ToProto()); err != nil {
+		t.Fatal(err)
+	}
+	x, _ := proto.Marshal(viaSketches.ToProto())
+	y, _ := proto.Marshal(viaWire.ToProto())
+	if string(x) != string(y) {
+		t.Fatal("merging the wire form gives another profile than merging the sketches")
+	}
+	// Into an empty profile, too.
+	empty := NewProfile(nil)
+	if err := empty.MergeProto(a.ToProto()); err != nil {
+		t.Fatal(err)
+	}
+	z, _ := proto.Marshal(empty.ToProto())
+	w, _ := proto.Marshal(a.ToProto())
+	if string(z) != string(w) {
+		t.Fatal("merging into an empty profile changed it")
+	}
+}
+
+func TestMergeProtoRefusesWithoutChange(t *testing.T) {
+	p := realisticProfile(t, 7, 500)
+	before, _ := proto.Marshal(p.ToProto())
+	bad := realisticProfile(t, 8, 500).ToProto()
+	bad.Inputs[len(bad.Inputs)-1].Numeric.Count++ // the last feature: the others would merge first if unchecked
+	if err := p.MergeProto(bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("invalid profile: %v", err)
+	}
+	other := realisticProfile(t, 9, 500).ToProto()
+	f := other.Inputs[len(other.Inputs)-1]
+	f.Kind, f.Categorical, f.Numeric = droverv1.FeatureKind_FEATURE_KIND_CATEGORICAL, &droverv1.CategoricalSketch{Capacity: 4}, nil
+	if err := p.MergeProto(other); !errors.Is(err, ErrKindMismatch) {
+		t.Fatalf("kind mismatch: %v", err)
+	}
+	after, _ := proto.Marshal(p.ToProto())
+	if string(before) != string(after) {
+		t.Fatal("a refused merge changed the profile")
+	}
 }
