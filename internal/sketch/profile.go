@@ -305,6 +305,9 @@ func (p *Profile) Clone() *Profile {
 // o has are copied in. It fails, changing nothing, when a feature has
 // different kinds on the two sides.
 func (p *Profile) Merge(o *Profile) error {
+	if o == nil {
+		return nil
+	}
 	if err := checkMergeable("input", p.Inputs, o.Inputs); err != nil {
 		return fmt.Errorf("merge profile: %w", err)
 	}

@@ -31,8 +31,12 @@ type shard struct {
 }
 
 // NewRecorder returns a recorder for s with the given number of shards;
-// shards ≤ 0 means GOMAXPROCS.
+// shards ≤ 0 means GOMAXPROCS. A nil schema records requests, errors and
+// latency only.
 func NewRecorder(s *Schema, shards int) *Recorder {
+	if s == nil {
+		s = &Schema{}
+	}
 	if shards <= 0 {
 		shards = runtime.GOMAXPROCS(0)
 	}
