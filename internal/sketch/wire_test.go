@@ -205,7 +205,18 @@ func FuzzDecodeWindow(f *testing.F) {
 	f.Add([]byte{})
 	empty, _ := testWindow(NewProfile(nil)).Encode()
 	f.Add(empty)
+	base := realisticProfile(f, 5, 300)
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The leader's path: check, then merge into a cohort profile that
+		// already holds data. A refused window leaves it as it was.
+		cohort := base.Clone()
+		if pb, err := UnmarshalWindow(b); err == nil {
+			if err := cohort.MergeProto(pb.Profile); err != nil && !errors.Is(err, ErrKindMismatch) {
+				t.Fatalf("checked window refused by MergeProto: %v", err)
+			}
+		} else if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("error without ErrInvalid: %v", err)
+		}
 		w, err := DecodeWindow(b)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
