@@ -271,6 +271,7 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 	wasDown := node.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN
 	beat := hb.agentHeartbeat(node, wasDown, req.Msg.GetSuspects(), req.Msg.GetGossipMembers())
 	hb.reportPull(node.GetId(), req.Msg.GetPull())
+	hb.reportInstances(node.GetId(), req.Msg.GetInstances())
 	resp.Pull = node.GetRequestedPull()
 	resp.Ttl = durationpb.New(beat.TTL)
 	resp.SitePeers = beat.Peers
