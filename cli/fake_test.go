@@ -66,6 +66,8 @@ type fakeServer struct {
 
 	// art serves ArtifactService and AgentService.GetClusterInfo.
 	art *fakeArtifact
+	// deploys serves DeploymentService.
+	deploys *fakeDeploys
 }
 
 type recorded struct {
@@ -91,6 +93,7 @@ func newFakeServer(created time.Time) *fakeServer {
 		versions: map[string][]*droverv1.ModelVersion{},
 	}
 	f.art = newFakeArtifact(f)
+	f.deploys = &fakeDeploys{f: f, deployments: map[string]*droverv1.Deployment{}, rollouts: map[string]*droverv1.Rollout{}}
 	return f
 }
 
@@ -106,6 +109,7 @@ func (f *fakeServer) handler() http.Handler {
 	mux.Handle(droverv1connect.NewArtifactServiceHandler(f.art))
 	mux.Handle(droverv1connect.NewAgentServiceHandler(fakeAgentService{a: f.art}))
 	mux.Handle(droverv1connect.NewKeyServiceHandler(fakeKeys{a: f.art}))
+	mux.Handle(droverv1connect.NewDeploymentServiceHandler(f.deploys))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})

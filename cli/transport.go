@@ -32,6 +32,7 @@ type clients struct {
 	token   droverv1connect.TokenServiceClient
 	node    droverv1connect.NodeServiceClient
 	key     droverv1connect.KeyServiceClient
+	deploy  droverv1connect.DeploymentServiceClient
 	// artifact moves model bytes; agent is used only for its public
 	// GetClusterInfo, which lists the keys manifests are signed with.
 	artifact droverv1connect.ArtifactServiceClient
@@ -68,6 +69,7 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
 		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
 		key:     droverv1connect.NewKeyServiceClient(hc, cfg.Address, opts...),
+		deploy:  droverv1connect.NewDeploymentServiceClient(hc, cfg.Address, opts...),
 		// Model weights barely compress, so gzip on chunks would cost both
 		// ends CPU for nothing.
 		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),

@@ -344,6 +344,38 @@ func accessCalls() []accessCall {
 				return err
 			}},
 
+		// DeploymentService. The specs are invalid (no runtime), so a
+		// call that gets past authorization changes nothing.
+		{proc: droverv1connect.DeploymentServiceApplyDeploymentProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Deploys.ApplyDeployment(ctx, connect.NewRequest(&droverv1.ApplyDeploymentRequest{
+					Spec: &droverv1.DeploymentSpec{Name: "probe", Model: model(vision) + "@1"},
+				}))
+				return err
+			}},
+		{proc: droverv1connect.DeploymentServicePlanDeploymentProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Deploys.PlanDeployment(ctx, connect.NewRequest(&droverv1.PlanDeploymentRequest{
+					Spec: &droverv1.DeploymentSpec{Name: "probe", Model: model(vision) + "@1"},
+				}))
+				return err
+			}},
+		{proc: droverv1connect.DeploymentServiceListDeploymentsProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Deploys.ListDeployments(ctx, connect.NewRequest(&droverv1.ListDeploymentsRequest{}))
+				return err
+			}},
+		{proc: droverv1connect.DeploymentServiceGetDeploymentProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Deploys.GetDeployment(ctx, connect.NewRequest(&droverv1.GetDeploymentRequest{Name: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.DeploymentServiceDeleteDeploymentProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Deploys.DeleteDeployment(ctx, connect.NewRequest(&droverv1.DeleteDeploymentRequest{Name: "no-such-deployment"}))
+				return err
+			}},
+
 		// AuditService.
 		{proc: droverv1connect.AuditServiceListEventsProcedure, needs: "audit:read",
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
@@ -690,6 +722,7 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 			Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
 			Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
 			Keys:    droverv1connect.NewKeyServiceClient(hc, base),
+			Deploys: droverv1connect.NewDeploymentServiceClient(hc, base),
 		},
 		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
 		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),

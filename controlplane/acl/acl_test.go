@@ -9,9 +9,8 @@ import (
 )
 
 const (
-	deployment = droverv1.ACLResource_ACL_RESOURCE_DEPLOYMENT
-	telemetry  = droverv1.ACLResource_ACL_RESOURCE_TELEMETRY
-	deny       = droverv1.ACLAccess_ACL_ACCESS_DENY
+	telemetry = droverv1.ACLResource_ACL_RESOURCE_TELEMETRY
+	deny      = droverv1.ACLAccess_ACL_ACCESS_DENY
 )
 
 func policy(name string, rules ...*droverv1.ACLRule) *droverv1.ACLPolicy {

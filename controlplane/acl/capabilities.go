@@ -106,11 +106,12 @@ func on[M any](r droverv1.ACLResource, a droverv1.ACLAccess, object func(M) Ref)
 }
 
 const (
-	model     = droverv1.ACLResource_ACL_RESOURCE_MODEL
-	node      = droverv1.ACLResource_ACL_RESOURCE_NODE
-	joinToken = droverv1.ACLResource_ACL_RESOURCE_JOIN_TOKEN
-	audit     = droverv1.ACLResource_ACL_RESOURCE_AUDIT
-	operator  = droverv1.ACLResource_ACL_RESOURCE_OPERATOR
+	model      = droverv1.ACLResource_ACL_RESOURCE_MODEL
+	deployment = droverv1.ACLResource_ACL_RESOURCE_DEPLOYMENT
+	node       = droverv1.ACLResource_ACL_RESOURCE_NODE
+	joinToken  = droverv1.ACLResource_ACL_RESOURCE_JOIN_TOKEN
+	audit      = droverv1.ACLResource_ACL_RESOURCE_AUDIT
+	operator   = droverv1.ACLResource_ACL_RESOURCE_OPERATOR
 
 	read  = droverv1.ACLAccess_ACL_ACCESS_READ
 	write = droverv1.ACLAccess_ACL_ACCESS_WRITE
@@ -176,6 +177,23 @@ var procedures = map[string]Capability{
 	}),
 
 	connectv1.AuditServiceListEventsProcedure: need(audit, read),
+
+	// Applying or planning a deployment also needs model:read on its
+	// model, which the handler checks: the deployment makes nodes fetch
+	// the model's bytes. A plan shows only the nodes the token may read.
+	connectv1.DeploymentServiceApplyDeploymentProcedure: on(deployment, write, func(r *droverv1.ApplyDeploymentRequest) Ref {
+		return Ref{Name: r.GetSpec().GetName()}
+	}),
+	connectv1.DeploymentServicePlanDeploymentProcedure: on(deployment, read, func(r *droverv1.PlanDeploymentRequest) Ref {
+		return Ref{Name: r.GetSpec().GetName()}
+	}),
+	connectv1.DeploymentServiceListDeploymentsProcedure: need(deployment, read),
+	connectv1.DeploymentServiceGetDeploymentProcedure: on(deployment, read, func(r *droverv1.GetDeploymentRequest) Ref {
+		return Ref{Name: r.GetName()}
+	}),
+	connectv1.DeploymentServiceDeleteDeploymentProcedure: on(deployment, write, func(r *droverv1.DeleteDeploymentRequest) Ref {
+		return Ref{Name: r.GetName()}
+	}),
 
 	// Status must work before ACLs exist and when the operator's token
 	// is lost; it shows names and addresses, nothing secret.

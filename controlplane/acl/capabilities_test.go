@@ -74,6 +74,23 @@ func isRead(m protoreflect.MethodDescriptor) bool {
 	return ok && opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS
 }
 
+// fillStrings sets every singular string field of m, and of its singular
+// message fields down to depth levels (a deployment's name is in its
+// spec), to "probe".
+func fillStrings(m protoreflect.Message, depth int) {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		switch {
+		case f.IsList() || f.IsMap():
+		case f.Kind() == protoreflect.StringKind:
+			m.Set(f, protoreflect.ValueOfString("probe"))
+		case f.Kind() == protoreflect.MessageKind && depth > 0:
+			fillStrings(m.Mutable(f).Message(), depth-1)
+		}
+	}
+}
+
 // TestObjectsComeFromTheRequest checks that each call's object function
 // reads the call's own request type: with every string field of the
 // request filled in, it must name an object.
@@ -88,12 +105,7 @@ func TestObjectsComeFromTheRequest(t *testing.T) {
 			t.Fatalf("%s: %v", path, err)
 		}
 		req := mt.New()
-		fields := req.Descriptor().Fields()
-		for i := range fields.Len() {
-			if f := fields.Get(i); f.Kind() == protoreflect.StringKind && !f.IsList() && !f.IsMap() {
-				req.Set(f, protoreflect.ValueOfString("probe"))
-			}
-		}
+		fillStrings(req, 2)
 		if ref := c.Object(req.Interface()); ref == (Ref{}) {
 			t.Errorf("%s: the object function names nothing for a filled-in %s; does it take the right request type?", path, m.Input().FullName())
 		}

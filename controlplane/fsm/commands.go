@@ -157,6 +157,18 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.RevokeSigningKeyCommand) (proto.Message, error) {
 			return value(s.RevokeSigningKey(idx, c.GetMeta(), c.GetKey()))
 		}),
+	droverv1.CommandType_COMMAND_TYPE_APPLY_DEPLOYMENT: commandOf(state.ActionDeploymentApply,
+		func(s *state.Store, idx uint64, c *droverv1.ApplyDeploymentCommand) (proto.Message, error) {
+			res, err := s.ApplyDeployment(idx, c.GetMeta(), c.GetSpec(), c.ExpectRevision)
+			if err != nil {
+				return nil, err
+			}
+			return &droverv1.ApplyDeploymentResponse{Deployment: res.Deployment, Rollout: res.Rollout}, nil
+		}),
+	droverv1.CommandType_COMMAND_TYPE_DELETE_DEPLOYMENT: commandOf(state.ActionDeploymentDelete,
+		func(s *state.Store, idx uint64, c *droverv1.DeleteDeploymentCommand) (proto.Message, error) {
+			return nil, s.DeleteDeployment(idx, c.GetMeta(), c.GetName())
+		}),
 	droverv1.CommandType_COMMAND_TYPE_RECORD_DENIALS: commandOf(state.ActionAccessDenied,
 		func(s *state.Store, idx uint64, c *droverv1.RecordDenialsCommand) (proto.Message, error) {
 			return nil, s.RecordDenials(idx, c.GetMeta(), c.GetDenials())

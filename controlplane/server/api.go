@@ -105,6 +105,7 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewTokenServiceHandler(&tokenHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewNodeServiceHandler(&nodeHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewKeyServiceHandler(&keyHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewDeploymentServiceHandler(&deploymentHandler{s: s}, interceptors))
 	// Agents read versions' bytes through the operators' code paths, and
 	// share their cache of decoded chunk sets.
 	artifacts := &artifactHandler{s: s}

@@ -183,6 +183,12 @@ func (h *nodeHandler) PullVersion(ctx context.Context, req *connect.Request[drov
 // mayReadModel refuses a caller without model:read on model, and records
 // the refusal as the interceptor records those of write calls.
 func (h *nodeHandler) mayReadModel(ctx context.Context, model string) error {
+	return h.s.mayReadModel(ctx, droverv1connect.NodeServicePullVersionProcedure, model)
+}
+
+// mayReadModel refuses a caller of proc without model:read on model, and
+// records the refusal as the interceptor records those of write calls.
+func (s *Server) mayReadModel(ctx context.Context, proc, model string) error {
 	c := callerFrom(ctx)
 	if c.allows(droverv1.ACLResource_ACL_RESOURCE_MODEL, droverv1.ACLAccess_ACL_ACCESS_READ, acl.Object{Name: model}) {
 		return nil
@@ -192,11 +198,10 @@ func (h *nodeHandler) mayReadModel(ctx context.Context, model string) error {
 		return apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
 			"this call needs a token", "pass --token or set DROVER_TOKEN")
 	}
-	proc := droverv1connect.NodeServicePullVersionProcedure
 	capability := acl.Capability{Auth: acl.AuthToken, Resource: droverv1.ACLResource_ACL_RESOURCE_MODEL, Access: droverv1.ACLAccess_ACL_ACCESS_READ}
 	ref := acl.Ref{Name: model}
 	err := permissionDenied(c, capability, ref)
-	h.s.denials.add(h.s.denial(c, proc, capability, ref, err))
+	s.denials.add(s.denial(c, proc, capability, ref, err))
 	return err
 }
 

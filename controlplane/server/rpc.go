@@ -123,6 +123,8 @@ func toAPIError(err error) error {
 		code = connect.CodeInvalidArgument
 	case droverv1.ErrorReason_ERROR_REASON_IN_USE:
 		code = connect.CodeFailedPrecondition
+	case droverv1.ErrorReason_ERROR_REASON_CONFLICT:
+		code = connect.CodeAborted
 	case droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID,
 		droverv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED,
 		droverv1.ErrorReason_ERROR_REASON_TOKEN_REVOKED,

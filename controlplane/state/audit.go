@@ -36,6 +36,9 @@ const (
 
 	ActionKeyRegister = "key.register"
 	ActionKeyRevoke   = "key.revoke"
+
+	ActionDeploymentApply  = "deployment.apply"
+	ActionDeploymentDelete = "deployment.delete"
 	// ActionAccessDenied records a write call a server refused because
 	// the caller's token lacks a capability (see [Store.RecordDenials]).
 	ActionAccessDenied = "access.denied"
@@ -58,6 +61,7 @@ const Anonymous = "anonymous"
 func modelTarget(model string) string             { return "model/" + model }
 func versionTarget(model string, v uint64) string { return fmt.Sprintf("model/%s/v%d", model, v) }
 func aliasTarget(model, alias string) string      { return "model/" + model + "@" + alias }
+func deploymentTarget(name string) string         { return "deployment/" + name }
 func joinTokenTarget(id string) string            { return "token/" + id }
 func nodeTarget(id string) string                 { return "node/" + id }
 func aclTokenTarget(accessor string) string       { return "acl/token/" + accessor }

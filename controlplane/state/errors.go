@@ -44,6 +44,9 @@ var (
 	ErrTokenExpired = errors.New("join token expired")
 	// ErrTokenUsedUp: the join token has been used max_uses times.
 	ErrTokenUsedUp = errors.New("join token used up")
+	// ErrConflict: a conditional write found the object at another
+	// revision than the caller expected.
+	ErrConflict = errors.New("conflict")
 	// ErrNodeRevoked: the node was revoked; its agent must enroll again
 	// with a new join token.
 	ErrNodeRevoked = errors.New("node revoked")
@@ -82,6 +85,8 @@ func Reason(err error) droverv1.ErrorReason {
 		return droverv1.ErrorReason_ERROR_REASON_TOKEN_USED_UP
 	case errors.Is(err, ErrNodeRevoked):
 		return droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED
+	case errors.Is(err, ErrConflict):
+		return droverv1.ErrorReason_ERROR_REASON_CONFLICT
 	case errors.Is(err, context.DeadlineExceeded):
 		return droverv1.ErrorReason_ERROR_REASON_TIMEOUT
 	default:

@@ -56,6 +56,13 @@ func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string)
 		if !ok {
 			return target, nil, fmt.Errorf("model %q %w", name, ErrNotFound)
 		}
+		if used := s.deploymentsUsingLocked(name, ""); len(used) > 0 {
+			return target, nil, &refusal{
+				msg: fmt.Sprintf("model %q is used by deployment %q: remove the deployment first with \"drover deploy rm %s\"",
+					name, used[0], used[0]),
+				kind: ErrInUse,
+			}
+		}
 		if aliases := sortedAliases(m); len(aliases) > 0 {
 			a := aliases[0]
 			return target, nil, &refusal{
@@ -197,6 +204,13 @@ func (s *Store) DeleteAlias(idx uint64, meta *droverv1.CommandMeta, model, alias
 		if !ok {
 			return target, nil, fmt.Errorf("model %q alias %q %w: the model has %s", model, alias, ErrNotFound, describeAliases(cur))
 		}
+		if used := s.deploymentsUsingLocked(model, alias); len(used) > 0 {
+			return target, nil, &refusal{
+				msg: fmt.Sprintf("model %q alias %q is followed by deployment %q: point the deployment at another alias or version (drover deploy apply), or remove it (drover deploy rm %s), first",
+					model, alias, used[0], used[0]),
+				kind: ErrInUse,
+			}
+		}
 		cur = clone(cur)
 		delete(cur.Aliases, alias)
 		cur.ModifyIndex = idx
@@ -234,6 +248,16 @@ func (s *Store) Models() []*droverv1.Model {
 func (s *Store) Version(model, ref string) (*droverv1.ModelVersion, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	v, err := s.versionLocked(model, ref)
+	if err != nil {
+		return nil, err
+	}
+	return clone(v), nil
+}
+
+// versionLocked is Version returning the stored version, not a copy.
+// s.mu must be held.
+func (s *Store) versionLocked(model, ref string) (*droverv1.ModelVersion, error) {
 	m, ok := s.t.models[model]
 	if !ok {
 		return nil, fmt.Errorf("model %q %w", model, ErrNotFound)
@@ -264,7 +288,7 @@ func (s *Store) Version(model, ref string) (*droverv1.ModelVersion, error) {
 	if v == nil {
 		return nil, fmt.Errorf("model %q version %d %w: the model has %s", model, n, ErrNotFound, describeVersions(s.t.versions[model]))
 	}
-	return clone(v), nil
+	return v, nil
 }
 
 // Versions returns every version of model in ascending order.

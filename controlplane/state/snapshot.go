@@ -2,6 +2,7 @@ package state
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +28,8 @@ import (
 //     order, models sorted by name; then version marks sorted by model
 //     name; then ACL policies sorted by name; then ACL tokens sorted by
 //     accessor id; then join tokens sorted by id; then nodes sorted by id;
-//     then signing keys sorted by key id; then audit events in ascending index order (events of one command
+//     then signing keys sorted by key id; then deployments sorted by
+//     name; then rollouts sorted by deployment name and id; then audit events in ascending index order (events of one command
 //     share its index, see [Store.RecordDenials]);
 //  3. one empty SnapshotRecord (a single zero byte) marking the end, so
 //     that a stream cut exactly between two records is still detected as
@@ -39,14 +41,14 @@ import (
 //
 // Format history: 1 has models, versions, tokens and audit events; 2 adds
 // join tokens and nodes; 3 adds version marks; 4 adds ACL policies, and
-// tokens other than the bootstrap token; 5 adds signing keys. A snapshot in format 1 or 2 has
+// tokens other than the bootstrap token; 5 adds signing keys; 6 adds deployments and rollouts. A snapshot in format 1 or 2 has
 // no version marks, so it restores to a state that has forgotten the
 // version numbers of models deleted before it was taken. A snapshot older
 // than format 4 holds at most the bootstrap token, which may lack a name
 // and policies; it is restored as BootstrapACL stores such a token (see
 // upgradeBootstrapToken), so that a server restoring it and one replaying
 // the log agree.
-const SnapshotFormat = 5
+const SnapshotFormat = 6
 
 // minSnapshotFormat is the oldest format this server reads. A snapshot in
 // an older format than SnapshotFormat simply has none of the records added
@@ -74,6 +76,8 @@ type Snapshot struct {
 	joinTokens []*droverv1.JoinToken               // sorted by id
 	nodes      []*droverv1.Node                    // sorted by id
 	keys       []*droverv1.SigningKey              // sorted by key id
+	deploys    []*droverv1.Deployment              // sorted by name
+	rollouts   []*droverv1.Rollout                 // sorted by deployment, id
 	audit      []*droverv1.AuditEvent              // ascending index
 }
 
@@ -93,12 +97,16 @@ func (s *Store) Snapshot() *Snapshot {
 		joinTokens: slices.Collect(maps.Values(s.t.joinTokens)),
 		nodes:      slices.Collect(maps.Values(s.t.nodes)),
 		keys:       slices.Collect(maps.Values(s.t.signingKeys)),
+		deploys:    slices.Collect(maps.Values(s.t.deployments)),
 		// The full slice expression keeps the store's later appends out of
 		// the snapshot's view.
 		audit: s.t.audit[:len(s.t.audit):len(s.t.audit)],
 	}
 	for name, vs := range s.t.versions {
 		snap.versions[name] = vs[:len(vs):len(vs)]
+	}
+	for _, hist := range s.t.rollouts {
+		snap.rollouts = append(snap.rollouts, hist...)
 	}
 	for name, v := range s.t.versionMarks {
 		snap.marks = append(snap.marks, &droverv1.ModelVersionMark{Model: name, Version: v})
@@ -116,6 +124,15 @@ func (snap *Snapshot) sort() {
 	slices.SortFunc(snap.joinTokens, func(a, b *droverv1.JoinToken) int { return strings.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(snap.nodes, func(a, b *droverv1.Node) int { return strings.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(snap.keys, func(a, b *droverv1.SigningKey) int { return strings.Compare(a.GetKeyId(), b.GetKeyId()) })
+	slices.SortFunc(snap.deploys, func(a, b *droverv1.Deployment) int {
+		return strings.Compare(a.GetSpec().GetName(), b.GetSpec().GetName())
+	})
+	slices.SortStableFunc(snap.rollouts, func(a, b *droverv1.Rollout) int {
+		if c := strings.Compare(a.GetDeployment(), b.GetDeployment()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.GetId(), b.GetId())
+	})
 }
 
 // Index returns the Raft index of the last command the snapshot covers.
@@ -192,6 +209,16 @@ func (snap *Snapshot) encode(w io.Writer) error {
 	}
 	for _, k := range snap.keys {
 		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_SigningKey{SigningKey: k}}); err != nil {
+			return err
+		}
+	}
+	for _, d := range snap.deploys {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Deployment{Deployment: d}}); err != nil {
+			return err
+		}
+	}
+	for _, r := range snap.rollouts {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Rollout{Rollout: r}}); err != nil {
 			return err
 		}
 	}
@@ -276,6 +303,8 @@ func (snap *Snapshot) Counts() map[string]string {
 		"join_tokens":  strconv.Itoa(len(snap.joinTokens)),
 		"nodes":        strconv.Itoa(len(snap.nodes)),
 		"signing_keys": strconv.Itoa(len(snap.keys)),
+		"deployments":  strconv.Itoa(len(snap.deploys)),
+		"rollouts":     strconv.Itoa(len(snap.rollouts)),
 	}
 }
 
@@ -345,6 +374,16 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 				return nil, fmt.Errorf("record %d is a signing key, which format %d snapshots do not have", n, format)
 			}
 			snap.keys = append(snap.keys, r.SigningKey)
+		case *droverv1.SnapshotRecord_Deployment:
+			if format < 6 {
+				return nil, fmt.Errorf("record %d is a deployment, which format %d snapshots do not have", n, format)
+			}
+			snap.deploys = append(snap.deploys, r.Deployment)
+		case *droverv1.SnapshotRecord_Rollout:
+			if format < 6 {
+				return nil, fmt.Errorf("record %d is a rollout, which format %d snapshots do not have", n, format)
+			}
+			snap.rollouts = append(snap.rollouts, r.Rollout)
 		case *droverv1.SnapshotRecord_Audit:
 			snap.audit = append(snap.audit, r.Audit)
 		default:
@@ -433,6 +472,9 @@ func (snap *Snapshot) check() error {
 		return err
 	}
 	if _, err := indexNodes(snap.nodes); err != nil {
+		return err
+	}
+	if err := checkDeployments(snap.deploys, snap.rollouts, models, snap.versions); err != nil {
 		return err
 	}
 	if _, err := indexNodeKeys(snap.nodes); err != nil {
@@ -576,6 +618,12 @@ func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 	}
 	for _, k := range snap.keys {
 		t.signingKeys[k.GetKeyId()] = k
+	}
+	for _, d := range snap.deploys {
+		t.deployments[d.GetSpec().GetName()] = d
+	}
+	for _, r := range snap.rollouts {
+		t.rollouts[r.GetDeployment()] = append(t.rollouts[r.GetDeployment()], r)
 	}
 	t.nodeNames, err = indexNodes(snap.nodes)
 	if err == nil {

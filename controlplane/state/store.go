@@ -1,6 +1,7 @@
 // Package state is the control plane's replicated state in memory (cluster
 // identity, models, versions, aliases, ACL tokens and policies, join
-// tokens, nodes, manifest signing keys, audit log), written only by the Raft FSM and read by
+// tokens, nodes, manifest signing keys, deployments and their rollouts,
+// audit log), written only by the Raft FSM and read by
 // everything else through blocking queries.
 package state
 
@@ -101,6 +102,10 @@ type tables struct {
 	// signingKeys holds the operators' manifest signing keys by key id,
 	// revoked ones included.
 	signingKeys map[string]*droverv1.SigningKey
+	deployments map[string]*droverv1.Deployment // by name
+	// rollouts holds each deployment's most recent rollouts (at most
+	// MaxRolloutHistory), ascending id, by deployment name.
+	rollouts map[string][]*droverv1.Rollout
 }
 
 func newTables() tables {
@@ -116,6 +121,8 @@ func newTables() tables {
 		nodeNames:    make(map[string]string),
 		nodeKeys:     make(map[[32]byte]string),
 		signingKeys:  make(map[string]*droverv1.SigningKey),
+		deployments:  make(map[string]*droverv1.Deployment),
+		rollouts:     make(map[string][]*droverv1.Rollout),
 	}
 }
 

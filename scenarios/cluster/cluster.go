@@ -382,6 +382,7 @@ type Clients struct {
 	Tokens  droverv1connect.TokenServiceClient
 	Nodes   droverv1connect.NodeServiceClient
 	Keys    droverv1connect.KeyServiceClient
+	Deploys droverv1connect.DeploymentServiceClient
 }
 
 // Client returns API clients that talk to node n with the cluster's token.
@@ -409,6 +410,7 @@ func (c *Cluster) Client(n *Node, stale bool) *Clients {
 		Tokens:  droverv1connect.NewTokenServiceClient(hc, base, opts),
 		Nodes:   droverv1connect.NewNodeServiceClient(hc, base, opts),
 		Keys:    droverv1connect.NewKeyServiceClient(hc, base, opts),
+		Deploys: droverv1connect.NewDeploymentServiceClient(hc, base, opts),
 	}
 }
 

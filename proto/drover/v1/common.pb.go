@@ -63,6 +63,9 @@ const (
 	// The call takes another kind of credential: an agent certificate on an
 	// operator call, or an operator token on an agent call.
 	ErrorReason_ERROR_REASON_WRONG_CREDENTIAL ErrorReason = 21
+	// A conditional write found the object at another revision than the
+	// caller expected (expect_revision): someone else changed it first.
+	ErrorReason_ERROR_REASON_CONFLICT ErrorReason = 22
 )
 
 // Enum value maps for ErrorReason.
@@ -90,6 +93,7 @@ var (
 		19: "ERROR_REASON_NODE_REVOKED",
 		20: "ERROR_REASON_PERMISSION_DENIED",
 		21: "ERROR_REASON_WRONG_CREDENTIAL",
+		22: "ERROR_REASON_CONFLICT",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -114,6 +118,7 @@ var (
 		"ERROR_REASON_NODE_REVOKED":             19,
 		"ERROR_REASON_PERMISSION_DENIED":        20,
 		"ERROR_REASON_WRONG_CREDENTIAL":         21,
+		"ERROR_REASON_CONFLICT":                 22,
 	}
 )
 
@@ -383,7 +388,7 @@ const file_drover_v1_common_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"Q\n" +
 	"\vErrorDetail\x12.\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x16.drover.v1.ErrorReasonR\x06reason\x12\x12\n" +
-	"\x04hint\x18\x02 \x01(\tR\x04hint*\xe0\x05\n" +
+	"\x04hint\x18\x02 \x01(\tR\x04hint*\xfb\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ERROR_REASON_NO_LEADER\x10\x01\x12\x1a\n" +
@@ -407,7 +412,8 @@ const file_drover_v1_common_proto_rawDesc = "" +
 	" ERROR_REASON_TOKEN_WRONG_CLUSTER\x10\x12\x12\x1d\n" +
 	"\x19ERROR_REASON_NODE_REVOKED\x10\x13\x12\"\n" +
 	"\x1eERROR_REASON_PERMISSION_DENIED\x10\x14\x12!\n" +
-	"\x1dERROR_REASON_WRONG_CREDENTIAL\x10\x15B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x1dERROR_REASON_WRONG_CREDENTIAL\x10\x15\x12\x19\n" +
+	"\x15ERROR_REASON_CONFLICT\x10\x16B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_common_proto_rawDescOnce sync.Once

@@ -52,6 +52,8 @@ const (
 	CommandType_COMMAND_TYPE_REGISTER_SIGNING_KEY CommandType = 22
 	CommandType_COMMAND_TYPE_REVOKE_SIGNING_KEY   CommandType = 23
 	CommandType_COMMAND_TYPE_SET_NODE_PULL        CommandType = 24
+	CommandType_COMMAND_TYPE_APPLY_DEPLOYMENT     CommandType = 25
+	CommandType_COMMAND_TYPE_DELETE_DEPLOYMENT    CommandType = 26
 )
 
 // Enum value maps for CommandType.
@@ -82,6 +84,8 @@ var (
 		22: "COMMAND_TYPE_REGISTER_SIGNING_KEY",
 		23: "COMMAND_TYPE_REVOKE_SIGNING_KEY",
 		24: "COMMAND_TYPE_SET_NODE_PULL",
+		25: "COMMAND_TYPE_APPLY_DEPLOYMENT",
+		26: "COMMAND_TYPE_DELETE_DEPLOYMENT",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":          0,
@@ -109,6 +113,8 @@ var (
 		"COMMAND_TYPE_REGISTER_SIGNING_KEY": 22,
 		"COMMAND_TYPE_REVOKE_SIGNING_KEY":   23,
 		"COMMAND_TYPE_SET_NODE_PULL":        24,
+		"COMMAND_TYPE_APPLY_DEPLOYMENT":     25,
+		"COMMAND_TYPE_DELETE_DEPLOYMENT":    26,
 	}
 )
 
@@ -1025,6 +1031,124 @@ func (x *DeleteAliasCommand) GetAlias() string {
 	return ""
 }
 
+// ApplyDeploymentCommand creates or replaces a deployment. The spec has
+// its defaults filled in by the server that proposed it; the state machine
+// checks it again and resolves its model reference against the state the
+// command lands on, so every server resolves it to the same version.
+type ApplyDeploymentCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec  *DeploymentSpec        `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Refuse unless the deployment is at this revision (0: must not
+	// exist); unset applies unconditionally.
+	ExpectRevision *uint64 `protobuf:"varint,3,opt,name=expect_revision,json=expectRevision,proto3,oneof" json:"expect_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ApplyDeploymentCommand) Reset() {
+	*x = ApplyDeploymentCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyDeploymentCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyDeploymentCommand) ProtoMessage() {}
+
+func (x *ApplyDeploymentCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyDeploymentCommand.ProtoReflect.Descriptor instead.
+func (*ApplyDeploymentCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ApplyDeploymentCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *ApplyDeploymentCommand) GetSpec() *DeploymentSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *ApplyDeploymentCommand) GetExpectRevision() uint64 {
+	if x != nil && x.ExpectRevision != nil {
+		return *x.ExpectRevision
+	}
+	return 0
+}
+
+type DeleteDeploymentCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDeploymentCommand) Reset() {
+	*x = DeleteDeploymentCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDeploymentCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDeploymentCommand) ProtoMessage() {}
+
+func (x *DeleteDeploymentCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDeploymentCommand.ProtoReflect.Descriptor instead.
+func (*DeleteDeploymentCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteDeploymentCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *DeleteDeploymentCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // ClusterMeta is the cluster's identity.
 type ClusterMeta struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1037,7 +1161,7 @@ type ClusterMeta struct {
 
 func (x *ClusterMeta) Reset() {
 	*x = ClusterMeta{}
-	mi := &file_drover_v1_raft_proto_msgTypes[16]
+	mi := &file_drover_v1_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1173,7 @@ func (x *ClusterMeta) String() string {
 func (*ClusterMeta) ProtoMessage() {}
 
 func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[16]
+	mi := &file_drover_v1_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1186,7 @@ func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
 func (*ClusterMeta) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClusterMeta) GetClusterId() string {
@@ -1100,7 +1224,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_drover_v1_raft_proto_msgTypes[17]
+	mi := &file_drover_v1_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1236,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[17]
+	mi := &file_drover_v1_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1249,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1163,6 +1287,8 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_VersionMark
 	//	*SnapshotRecord_Policy
 	//	*SnapshotRecord_SigningKey
+	//	*SnapshotRecord_Deployment
+	//	*SnapshotRecord_Rollout
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1170,7 +1296,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_drover_v1_raft_proto_msgTypes[18]
+	mi := &file_drover_v1_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1308,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[18]
+	mi := &file_drover_v1_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1321,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1286,6 +1412,24 @@ func (x *SnapshotRecord) GetSigningKey() *SigningKey {
 	return nil
 }
 
+func (x *SnapshotRecord) GetDeployment() *Deployment {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Deployment); ok {
+			return x.Deployment
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetRollout() *Rollout {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Rollout); ok {
+			return x.Rollout
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1329,6 +1473,15 @@ type SnapshotRecord_SigningKey struct {
 	SigningKey *SigningKey `protobuf:"bytes,9,opt,name=signing_key,json=signingKey,proto3,oneof"`
 }
 
+type SnapshotRecord_Deployment struct {
+	// Since format 6.
+	Deployment *Deployment `protobuf:"bytes,10,opt,name=deployment,proto3,oneof"`
+}
+
+type SnapshotRecord_Rollout struct {
+	Rollout *Rollout `protobuf:"bytes,11,opt,name=rollout,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Model) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Version) isSnapshotRecord_Record() {}
@@ -1347,6 +1500,10 @@ func (*SnapshotRecord_Policy) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_SigningKey) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Deployment) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Rollout) isSnapshotRecord_Record() {}
+
 // ModelVersionMark is the highest version number a model name was given,
 // kept after the model is deleted so that a model created again under the
 // name numbers its versions on from there: NAME@N never names two
@@ -1361,7 +1518,7 @@ type ModelVersionMark struct {
 
 func (x *ModelVersionMark) Reset() {
 	*x = ModelVersionMark{}
-	mi := &file_drover_v1_raft_proto_msgTypes[19]
+	mi := &file_drover_v1_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1530,7 @@ func (x *ModelVersionMark) String() string {
 func (*ModelVersionMark) ProtoMessage() {}
 
 func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[19]
+	mi := &file_drover_v1_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1543,7 @@ func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelVersionMark.ProtoReflect.Descriptor instead.
 func (*ModelVersionMark) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ModelVersionMark) GetModel() string {
@@ -1407,7 +1564,7 @@ var File_drover_v1_raft_proto protoreflect.FileDescriptor
 
 const file_drover_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x13drover/v1/key.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
+	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x16drover/v1/deploy.proto\x1a\x13drover/v1/key.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
 	"\vCommandMeta\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x1d\n" +
@@ -1465,7 +1622,15 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x12DeleteAliasCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
-	"\x05alias\x18\x03 \x01(\tR\x05alias\"\x86\x01\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\"\xb5\x01\n" +
+	"\x16ApplyDeploymentCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12-\n" +
+	"\x04spec\x18\x02 \x01(\v2\x19.drover.v1.DeploymentSpecR\x04spec\x12,\n" +
+	"\x0fexpect_revision\x18\x03 \x01(\x04H\x00R\x0eexpectRevision\x88\x01\x01B\x12\n" +
+	"\x10_expect_revision\"Y\n" +
+	"\x17DeleteDeploymentCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x86\x01\n" +
 	"\vClusterMeta\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
@@ -1475,7 +1640,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x120\n" +
-	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xdf\x03\n" +
+	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xc8\x04\n" +
 	"\x0eSnapshotRecord\x12(\n" +
 	"\x05model\x18\x01 \x01(\v2\x10.drover.v1.ModelH\x00R\x05model\x123\n" +
 	"\aversion\x18\x02 \x01(\v2\x17.drover.v1.ModelVersionH\x00R\aversion\x12-\n" +
@@ -1487,11 +1652,16 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\fversion_mark\x18\a \x01(\v2\x1b.drover.v1.ModelVersionMarkH\x00R\vversionMark\x12.\n" +
 	"\x06policy\x18\b \x01(\v2\x14.drover.v1.ACLPolicyH\x00R\x06policy\x128\n" +
 	"\vsigning_key\x18\t \x01(\v2\x15.drover.v1.SigningKeyH\x00R\n" +
-	"signingKeyB\b\n" +
+	"signingKey\x127\n" +
+	"\n" +
+	"deployment\x18\n" +
+	" \x01(\v2\x15.drover.v1.DeploymentH\x00R\n" +
+	"deployment\x12.\n" +
+	"\arollout\x18\v \x01(\v2\x12.drover.v1.RolloutH\x00R\arolloutB\b\n" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\xca\x06\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\x91\a\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -1518,7 +1688,9 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1bCOMMAND_TYPE_RECORD_DENIALS\x10\x15\x12%\n" +
 	"!COMMAND_TYPE_REGISTER_SIGNING_KEY\x10\x16\x12#\n" +
 	"\x1fCOMMAND_TYPE_REVOKE_SIGNING_KEY\x10\x17\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_SET_NODE_PULL\x10\x18B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x1aCOMMAND_TYPE_SET_NODE_PULL\x10\x18\x12!\n" +
+	"\x1dCOMMAND_TYPE_APPLY_DEPLOYMENT\x10\x19\x12\"\n" +
+	"\x1eCOMMAND_TYPE_DELETE_DEPLOYMENT\x10\x1aB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
@@ -1533,7 +1705,7 @@ func file_drover_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_drover_v1_raft_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: drover.v1.CommandType
 	(*CommandMeta)(nil),               // 1: drover.v1.CommandMeta
@@ -1552,63 +1724,73 @@ var file_drover_v1_raft_proto_goTypes = []any{
 	(*CreateVersionCommand)(nil),      // 14: drover.v1.CreateVersionCommand
 	(*SetAliasCommand)(nil),           // 15: drover.v1.SetAliasCommand
 	(*DeleteAliasCommand)(nil),        // 16: drover.v1.DeleteAliasCommand
-	(*ClusterMeta)(nil),               // 17: drover.v1.ClusterMeta
-	(*SnapshotHeader)(nil),            // 18: drover.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),            // 19: drover.v1.SnapshotRecord
-	(*ModelVersionMark)(nil),          // 20: drover.v1.ModelVersionMark
-	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
-	(*ACLToken)(nil),                  // 22: drover.v1.ACLToken
-	(*ACLPolicy)(nil),                 // 23: drover.v1.ACLPolicy
-	(*AccessDenial)(nil),              // 24: drover.v1.AccessDenial
-	(*SigningKey)(nil),                // 25: drover.v1.SigningKey
-	(*CreateModelRequest)(nil),        // 26: drover.v1.CreateModelRequest
-	(*CreateVersionRequest)(nil),      // 27: drover.v1.CreateVersionRequest
-	(*Model)(nil),                     // 28: drover.v1.Model
-	(*ModelVersion)(nil),              // 29: drover.v1.ModelVersion
-	(*AuditEvent)(nil),                // 30: drover.v1.AuditEvent
-	(*JoinToken)(nil),                 // 31: drover.v1.JoinToken
-	(*Node)(nil),                      // 32: drover.v1.Node
+	(*ApplyDeploymentCommand)(nil),    // 17: drover.v1.ApplyDeploymentCommand
+	(*DeleteDeploymentCommand)(nil),   // 18: drover.v1.DeleteDeploymentCommand
+	(*ClusterMeta)(nil),               // 19: drover.v1.ClusterMeta
+	(*SnapshotHeader)(nil),            // 20: drover.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),            // 21: drover.v1.SnapshotRecord
+	(*ModelVersionMark)(nil),          // 22: drover.v1.ModelVersionMark
+	(*timestamppb.Timestamp)(nil),     // 23: google.protobuf.Timestamp
+	(*ACLToken)(nil),                  // 24: drover.v1.ACLToken
+	(*ACLPolicy)(nil),                 // 25: drover.v1.ACLPolicy
+	(*AccessDenial)(nil),              // 26: drover.v1.AccessDenial
+	(*SigningKey)(nil),                // 27: drover.v1.SigningKey
+	(*CreateModelRequest)(nil),        // 28: drover.v1.CreateModelRequest
+	(*CreateVersionRequest)(nil),      // 29: drover.v1.CreateVersionRequest
+	(*DeploymentSpec)(nil),            // 30: drover.v1.DeploymentSpec
+	(*Model)(nil),                     // 31: drover.v1.Model
+	(*ModelVersion)(nil),              // 32: drover.v1.ModelVersion
+	(*AuditEvent)(nil),                // 33: drover.v1.AuditEvent
+	(*JoinToken)(nil),                 // 34: drover.v1.JoinToken
+	(*Node)(nil),                      // 35: drover.v1.Node
+	(*Deployment)(nil),                // 36: drover.v1.Deployment
+	(*Rollout)(nil),                   // 37: drover.v1.Rollout
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
-	21, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
+	23, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: drover.v1.InitClusterCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 2: drover.v1.BootstrapACLCommand.meta:type_name -> drover.v1.CommandMeta
-	22, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
+	24, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 4: drover.v1.ApplyACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
-	23, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
+	25, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
 	1,  // 6: drover.v1.DeleteACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 7: drover.v1.CreateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	22, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
+	24, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 9: drover.v1.RevokeACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 10: drover.v1.RotateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 11: drover.v1.RecordDenialsCommand.meta:type_name -> drover.v1.CommandMeta
-	24, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
+	26, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
 	1,  // 13: drover.v1.RegisterSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
-	25, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
+	27, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
 	1,  // 15: drover.v1.RevokeSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 16: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
-	26, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
+	28, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
 	1,  // 18: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 19: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
-	27, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
+	29, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
 	1,  // 21: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 22: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
-	21, // 23: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
-	17, // 24: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
-	28, // 25: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
-	29, // 26: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
-	30, // 27: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
-	22, // 28: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	31, // 29: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
-	32, // 30: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
-	20, // 31: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
-	23, // 32: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
-	25, // 33: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	1,  // 23: drover.v1.ApplyDeploymentCommand.meta:type_name -> drover.v1.CommandMeta
+	30, // 24: drover.v1.ApplyDeploymentCommand.spec:type_name -> drover.v1.DeploymentSpec
+	1,  // 25: drover.v1.DeleteDeploymentCommand.meta:type_name -> drover.v1.CommandMeta
+	23, // 26: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
+	19, // 27: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
+	31, // 28: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
+	32, // 29: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
+	33, // 30: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
+	24, // 31: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
+	34, // 32: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	35, // 33: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	22, // 34: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
+	25, // 35: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
+	27, // 36: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
+	36, // 37: drover.v1.SnapshotRecord.deployment:type_name -> drover.v1.Deployment
+	37, // 38: drover.v1.SnapshotRecord.rollout:type_name -> drover.v1.Rollout
+	39, // [39:39] is the sub-list for method output_type
+	39, // [39:39] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -1619,10 +1801,12 @@ func file_drover_v1_raft_proto_init() {
 	file_drover_v1_acl_proto_init()
 	file_drover_v1_audit_proto_init()
 	file_drover_v1_cluster_proto_init()
+	file_drover_v1_deploy_proto_init()
 	file_drover_v1_key_proto_init()
 	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
-	file_drover_v1_raft_proto_msgTypes[18].OneofWrappers = []any{
+	file_drover_v1_raft_proto_msgTypes[16].OneofWrappers = []any{}
+	file_drover_v1_raft_proto_msgTypes[20].OneofWrappers = []any{
 		(*SnapshotRecord_Model)(nil),
 		(*SnapshotRecord_Version)(nil),
 		(*SnapshotRecord_Audit)(nil),
@@ -1632,6 +1816,8 @@ func file_drover_v1_raft_proto_init() {
 		(*SnapshotRecord_VersionMark)(nil),
 		(*SnapshotRecord_Policy)(nil),
 		(*SnapshotRecord_SigningKey)(nil),
+		(*SnapshotRecord_Deployment)(nil),
+		(*SnapshotRecord_Rollout)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1639,7 +1825,7 @@ func file_drover_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_proto_rawDesc), len(file_drover_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
