@@ -361,6 +361,9 @@ func (s *Server) capture(next http.Handler) http.Handler {
 
 // handler is the fake AgentService of one server.
 type handler struct {
+	// Calls the fake does not serve (WatchAssignments) answer
+	// Unimplemented.
+	droverv1connect.UnimplementedAgentServiceHandler
 	c *Cluster
 	s *Server
 }

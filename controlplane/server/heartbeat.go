@@ -392,6 +392,24 @@ func (t *heartbeatTracker) instanceStatus(id, deployment string) *droverv1.Insta
 	return proto.Clone(st).(*droverv1.InstanceStatus)
 }
 
+// instanceReports returns the latest report on deployment's instance of
+// each of the nodes ids that has one in this term. The reports are shared:
+// the tracker replaces a node's reports whole and never changes one, so
+// the caller must not change them either.
+func (t *heartbeatTracker) instanceReports(deployment string, ids []string) map[string]*droverv1.InstanceStatus {
+	out := make(map[string]*droverv1.InstanceStatus)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		if e, ok := t.nodes[id]; ok {
+			if st := e.instances[deployment]; st != nil {
+				out[id] = st
+			}
+		}
+	}
+	return out
+}
+
 // indexLocked records the site and gossip address of node id, whose entry
 // is e, and keeps sites in step.
 func (t *heartbeatTracker) indexLocked(id string, e *hbEntry, site, gossipAddr string) {
@@ -594,6 +612,11 @@ func (t *heartbeatTracker) collectLocked(now time.Time) (expired []string, suspe
 		}
 		if due, bySuspicion := e.dueLocked(now); due {
 			e.downSent = true
+			// Its reports predate its going down; the rollout controller
+			// must not take them for its state once it is back (see
+			// rollout.View.Reports). The heartbeat that brings it back
+			// carries fresh ones.
+			e.instances = nil
 			expired = append(expired, id)
 			if bySuspicion {
 				if suspected == nil {
