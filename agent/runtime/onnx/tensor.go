@@ -500,3 +500,32 @@ func decodeRaw(dst any, raw []byte) {
 		}
 	}
 }
+
+// Concat joins tensors of one element type along axis 0: the rows of
+// several requests become one batch.
+func Concat(ts ...*Tensor) (*Tensor, error) {
+	if len(ts) == 0 {
+		return nil, fmt.Errorf("concat: no tensors")
+	}
+	if len(ts) == 1 {
+		return ts[0], nil
+	}
+	n := &node{op: "Concat"}
+	res, err := concat(n, ts)
+	if err != nil {
+		return nil, fmt.Errorf("concat: %w", err)
+	}
+	return res[0], nil
+}
+
+// Rows returns a copy of rows lo..hi-1 along axis 0.
+func (t *Tensor) Rows(lo, hi int) (*Tensor, error) {
+	if len(t.shape) == 0 || lo < 0 || hi < lo || hi > t.shape[0] {
+		return nil, fmt.Errorf("rows %d..%d of shape %v: out of range", lo, hi, t.shape)
+	}
+	inner := numel(t.shape[1:])
+	shape := append([]int{hi - lo}, t.shape[1:]...)
+	res := &Tensor{dtype: t.dtype, shape: shape, data: makeSlice(t.dtype, (hi-lo)*inner)}
+	copyRange(res.data, 0, t.data, lo*inner, (hi-lo)*inner)
+	return res, nil
+}
