@@ -27,7 +27,7 @@ type batcher struct {
 	// them runs at once, since nobody else is coming to wait for.
 	inflight atomic.Int64
 	wg       sync.WaitGroup
-	once    sync.Once
+	once     sync.Once
 }
 
 type job struct {
