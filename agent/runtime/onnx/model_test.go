@@ -220,3 +220,21 @@ func FuzzLoad(f *testing.F) {
 		_, _ = m.Run(in) // errors are fine; a panic is not
 	})
 }
+
+// A tensor's declared shape is checked against the values it carries
+// before anything is allocated for it.
+func TestTensorFromProtoRefusesHugeShapes(t *testing.T) {
+	for _, tp := range []*onnxpb.TensorProto{
+		{Name: "a", Dims: []int64{1 << 40, 1 << 20}, DataType: int32(onnxpb.TensorProto_FLOAT), FloatData: []float32{1}},
+		{Name: "b", Dims: []int64{1 << 62}, DataType: int32(onnxpb.TensorProto_FLOAT), RawData: []byte{1, 2, 3, 4}},
+		{Name: "c", Dims: []int64{3}, DataType: int32(onnxpb.TensorProto_INT64), Int64Data: []int64{1, 2}},
+	} {
+		if _, err := TensorFromProto(tp); err == nil {
+			t.Errorf("%s: dims %v accepted", tp.Name, tp.Dims)
+		}
+	}
+	x, err := TensorFromProto(&onnxpb.TensorProto{Dims: []int64{2, 0}, DataType: int32(onnxpb.TensorProto_FLOAT)})
+	if err != nil || x.Len() != 0 {
+		t.Fatalf("empty tensor: %v", err)
+	}
+}

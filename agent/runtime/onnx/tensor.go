@@ -361,78 +361,86 @@ func TensorFromProto(p *onnxpb.TensorProto) (*Tensor, error) {
 		return nil, fmt.Errorf("tensor %s: segmented tensors are not supported", name)
 	}
 	shape := make([]int, len(p.GetDims()))
+	// The values must be in the message, so a count larger than the
+	// message holds is a lie: check before allocating anything for it.
+	limit := int64(len(p.GetRawData())) + int64(len(p.GetFloatData())) + int64(len(p.GetDoubleData())) +
+		int64(len(p.GetInt32Data())) + int64(len(p.GetInt64Data())) + int64(len(p.GetUint64Data()))
+	n64 := int64(1)
+	empty := false
+	for _, x := range p.GetDims() {
+		empty = empty || x == 0
+	}
 	for i, x := range p.GetDims() {
 		if x < 0 {
 			return nil, fmt.Errorf("tensor %s: negative dimension %d", name, x)
 		}
+		if !empty && (n64 > limit/x+1 || n64*x > limit) {
+			return nil, fmt.Errorf("tensor %s: shape %v holds more values than the tensor carries", name, p.GetDims())
+		}
+		if !empty {
+			n64 *= x
+		}
 		shape[i] = int(x)
 	}
-	n := numel(shape)
-	t := &Tensor{dtype: d, shape: shape, data: makeSlice(d, n)}
+	n := int(n64)
+	if empty {
+		n = 0
+	}
 	if raw := p.GetRawData(); raw != nil || n == 0 {
 		size := elemSize(d)
 		if len(raw) != n*size {
 			return nil, fmt.Errorf("tensor %s: raw_data has %d bytes, shape %v of %s needs %d", name, len(raw), shape, d, n*size)
 		}
+		t := &Tensor{dtype: d, shape: shape, data: makeSlice(d, n)}
 		decodeRaw(t.data, raw)
 		return t, nil
 	}
-	var got int
+	var have int
 	switch d {
 	case Float32:
-		got = copy(t.data.([]float32), p.GetFloatData())
-		got = check(got, len(p.GetFloatData()))
+		have = len(p.GetFloatData())
 	case Float64:
-		got = check(copy(t.data.([]float64), p.GetDoubleData()), len(p.GetDoubleData()))
+		have = len(p.GetDoubleData())
 	case Int64:
-		got = check(copy(t.data.([]int64), p.GetInt64Data()), len(p.GetInt64Data()))
+		have = len(p.GetInt64Data())
 	case Uint32, Uint64:
-		src := p.GetUint64Data()
-		got = len(src)
-		if got == n {
-			switch dst := t.data.(type) {
-			case []uint32:
-				for i, x := range src {
-					dst[i] = uint32(x)
-				}
-			case []uint64:
-				copy(dst, src)
-			}
-		}
-	default: // int32_data carries the narrow types and bool
-		src := p.GetInt32Data()
-		got = len(src)
-		if got == n {
-			switch dst := t.data.(type) {
-			case []int32:
-				copy(dst, src)
-			case []int8:
-				fillInt(dst, src)
-			case []int16:
-				fillInt(dst, src)
-			case []uint8:
-				fillInt(dst, src)
-			case []uint16: // uint16, or float16 bits
-				fillInt(dst, src)
-			case []bool:
-				for i, x := range src {
-					dst[i] = x != 0
-				}
-			}
-		}
+		have = len(p.GetUint64Data())
+	default: // int32_data carries the narrow types, bool and float16 bits
+		have = len(p.GetInt32Data())
 	}
-	if got != n {
-		return nil, fmt.Errorf("tensor %s: shape %v holds %d values, the typed data field has %d", name, shape, n, got)
+	if have != n {
+		return nil, fmt.Errorf("tensor %s: shape %v holds %d values, the typed data field has %d", name, shape, n, have)
+	}
+	t := &Tensor{dtype: d, shape: shape, data: makeSlice(d, n)}
+	switch dst := t.data.(type) {
+	case []float32:
+		copy(dst, p.GetFloatData())
+	case []float64:
+		copy(dst, p.GetDoubleData())
+	case []int64:
+		copy(dst, p.GetInt64Data())
+	case []uint64:
+		copy(dst, p.GetUint64Data())
+	case []uint32:
+		for i, x := range p.GetUint64Data() {
+			dst[i] = uint32(x)
+		}
+	case []int32:
+		copy(dst, p.GetInt32Data())
+	case []int8:
+		fillInt(dst, p.GetInt32Data())
+	case []int16:
+		fillInt(dst, p.GetInt32Data())
+	case []uint8:
+		fillInt(dst, p.GetInt32Data())
+	case []uint16: // uint16, or float16 bits
+		fillInt(dst, p.GetInt32Data())
+	case []bool:
+		for i, x := range p.GetInt32Data() {
+			dst[i] = x != 0
+		}
 	}
 	return t, nil
-}
-
-// check keeps a count mismatch visible after copy truncated it.
-func check(copied, have int) int {
-	if copied != have {
-		return have
-	}
-	return copied
 }
 
 func fillInt[T integer](dst []T, src []int32) {
