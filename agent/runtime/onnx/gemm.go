@@ -37,10 +37,12 @@ func matmulRows[T float](a, b, c []T, lo, hi, k, n int) {
 		// Four rows of b per pass: a quarter of the loads and stores of c.
 		for ; p+4 <= k; p += 4 {
 			a0, a1, a2, a3 := ai[p], ai[p+1], ai[p+2], ai[p+3]
+			// Equal lengths let the compiler drop the bounds checks.
 			b0 := b[p*n : p*n+n]
-			b1 := b[(p+1)*n : (p+1)*n+n]
-			b2 := b[(p+2)*n : (p+2)*n+n]
-			b3 := b[(p+3)*n : (p+3)*n+n]
+			b1 := b[(p+1)*n : (p+1)*n+n][:len(b0)]
+			b2 := b[(p+2)*n : (p+2)*n+n][:len(b0)]
+			b3 := b[(p+3)*n : (p+3)*n+n][:len(b0)]
+			ci := ci[:len(b0)]
 			for j := range ci {
 				ci[j] += a0*b0[j] + a1*b1[j] + a2*b2[j] + a3*b3[j]
 			}
@@ -54,6 +56,31 @@ func matmulRows[T float](a, b, c []T, lo, hi, k, n int) {
 			for j := range ci {
 				ci[j] += av * bp[j]
 			}
+		}
+	}
+}
+
+// matmulBT adds a (m×k) times the transpose of b (n×k) into c (m×n):
+// Gemm with transB, the layout of most exported fully connected layers,
+// computed as dot products of rows without transposing b.
+func matmulBT[T float](a, b, c []T, m, k, n int) {
+	for i := 0; i < m; i++ {
+		ai := a[i*k : i*k+k]
+		ci := c[i*n : i*n+n]
+		for j := range ci {
+			bj := b[j*k : j*k+k][:len(ai)]
+			var s0, s1, s2, s3 T
+			p := 0
+			for ; p+4 <= len(ai); p += 4 {
+				s0 += ai[p] * bj[p]
+				s1 += ai[p+1] * bj[p+1]
+				s2 += ai[p+2] * bj[p+2]
+				s3 += ai[p+3] * bj[p+3]
+			}
+			for ; p < len(ai); p++ {
+				s0 += ai[p] * bj[p]
+			}
+			ci[j] += (s0 + s1) + (s2 + s3)
 		}
 	}
 }
@@ -98,15 +125,19 @@ func gemmT[T float](n *node, args []*Tensor) (*Tensor, error) {
 		m, k = k, m
 	}
 	kb, nn := b.shape[0], b.shape[1]
-	if n.int("transB", 0) != 0 {
-		bv = transpose2(bv, kb, nn)
+	transB := n.int("transB", 0) != 0
+	if transB {
 		kb, nn = nn, kb
 	}
 	if k != kb {
 		return nil, fmt.Errorf("A is %d×%d and B %d×%d (after transA, transB): inner sizes differ", m, k, kb, nn)
 	}
 	out := make([]T, m*nn)
-	matmul(av, bv, out, m, k, nn)
+	if transB {
+		matmulBT(av, bv, out, m, k, nn)
+	} else {
+		matmul(av, bv, out, m, k, nn)
+	}
 	alpha := T(n.float("alpha", 1))
 	if alpha != 1 {
 		for i := range out {
