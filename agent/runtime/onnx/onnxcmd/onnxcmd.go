@@ -175,9 +175,10 @@ func newServeCommand(stderr io.Writer, lookupEnv func(string) (string, bool)) *c
   GET  /v1/model    the model's inputs and outputs with their types and shapes
   GET  /metrics     Prometheus metrics
 
-Concurrent requests of a model whose inputs and outputs all have an open
-first (batch) dimension are coalesced into one run of up to --max-batch
-rows, waiting at most --batch-wait for company. SIGTERM or SIGINT stops the
+With --max-batch above 1, concurrent requests of a model whose inputs and
+outputs all have an open first (batch) dimension are coalesced into one run
+of up to --max-batch rows, each waiting at most --batch-wait for company.
+Off by default: see docs/onnx.md for when it pays. SIGTERM or SIGINT stops the
 server after the requests in flight (at most 10s).`,
 		Example: `  drover-onnx serve --model cli/sample/hello-classifier --listen 127.0.0.1:8500
   DROVER_MODEL_DIR=/var/lib/drover/versions/digits/3 DROVER_PORT=8500 drover-onnx serve`,

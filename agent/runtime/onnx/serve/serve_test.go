@@ -137,7 +137,7 @@ func TestHealthIs503UntilTheModelIsWarm(t *testing.T) {
 
 func TestInferMatchesReference(t *testing.T) {
 	ref := loadReference(t)
-	for _, cfg := range []Config{DefaultConfig(), {MaxBatch: 1, Workers: 1, MaxBodyBytes: 1 << 20}} {
+	for _, cfg := range []Config{DefaultConfig(), {MaxBatch: 32, BatchWait: 2 * time.Millisecond, Workers: 2, MaxBodyBytes: 1 << 20}} {
 		t.Run(fmt.Sprintf("max-batch-%d", cfg.MaxBatch), func(t *testing.T) {
 			s, hs := newTestServer(t, cfg)
 			setSample(t, s)
@@ -272,7 +272,9 @@ func TestBadRequestsNameTheProblem(t *testing.T) {
 }
 
 func TestModelDescribesTheSignature(t *testing.T) {
-	s, hs := newTestServer(t, DefaultConfig())
+	cfg := DefaultConfig()
+	cfg.MaxBatch = 16
+	s, hs := newTestServer(t, cfg)
 	setSample(t, s)
 	resp, err := http.Get(hs.URL + "/v1/model")
 	if err != nil {
@@ -301,7 +303,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for _, mut := range []func(*Config){
 		func(c *Config) { c.MaxBatch = 0 },
-		func(c *Config) { c.BatchWait = 0 },
 		func(c *Config) { c.BatchWait = -1 },
 		func(c *Config) { c.Workers = 0 },
 		func(c *Config) { c.MaxBodyBytes = 0 },
@@ -313,7 +314,11 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	c := DefaultConfig()
-	c.MaxBatch, c.BatchWait = 1, 0
+	c.MaxBatch, c.BatchWait = 32, 0
+	if err := c.Validate(); err == nil {
+		t.Error("coalescing without a wait validated")
+	}
+	c.MaxBatch = 1
 	if err := c.Validate(); err != nil {
 		t.Errorf("no coalescing without a wait: %v", err)
 	}
@@ -326,6 +331,7 @@ func TestCloseFailsWaitingRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
+	cfg.MaxBatch = 32
 	cfg.Clock = stuckClock{}
 	mt, err := newMetrics(prometheus.NewRegistry())
 	if err != nil {

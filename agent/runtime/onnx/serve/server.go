@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -41,10 +42,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig coalesces up to 32 rows for at most 2 ms; see
-// docs/onnx.md for the measurements behind the numbers.
+// DefaultConfig leaves coalescing off: on CPU this engine runs a batch
+// image by image, so stacking requests saves little, and for small models
+// the wait costs more than it saves (docs/onnx.md has the measurements).
+// With MaxBatch raised, a request waits at most 2 ms for company.
 func DefaultConfig() Config {
-	return Config{MaxBatch: 32, BatchWait: 2 * time.Millisecond, Workers: 2, MaxBodyBytes: 64 << 20}
+	return Config{MaxBatch: 1, BatchWait: 2 * time.Millisecond, Workers: runtime.GOMAXPROCS(0), MaxBodyBytes: 64 << 20}
 }
 
 // Validate checks the fields and how they relate.
