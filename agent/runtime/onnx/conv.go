@@ -183,12 +183,12 @@ func conv(n *node, args []*Tensor) ([]*Tensor, error) {
 func convT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	x, w, b := args[0], args[1], in(args, 2)
 	if len(x.shape) < 3 || len(w.shape) != len(x.shape) {
-		return nil, fmt.Errorf("X %v must be (N, C, spatial...) and W %v (M, C/group, kernel...)", x.shape, w.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, spatial...) and W %v (M, C/group, kernel...)", x.shape, w.shape)
 	}
 	xv, ok1 := x.data.([]T)
 	wv, ok2 := w.data.([]T)
 	if !ok1 || !ok2 {
-		return nil, fmt.Errorf("X is %s, W is %s: they must match", x.dtype, w.dtype)
+		return nil, fmt.Errorf("input X is %s, W is %s: they must match", x.dtype, w.dtype)
 	}
 	batch, cin := x.shape[0], x.shape[1]
 	m := w.shape[0]
@@ -198,7 +198,7 @@ func convT[T float](n *node, args []*Tensor) (*Tensor, error) {
 		kernel = w.shape[2:]
 	}
 	if group <= 0 || cin%group != 0 || m%group != 0 || w.shape[1] != cin/group {
-		return nil, fmt.Errorf("X has %d channels, W %v, group %d: want W's second dimension = channels/group and both divisible by group", cin, w.shape, group)
+		return nil, fmt.Errorf("input X has %d channels, W %v, group %d: want W's second dimension = channels/group and both divisible by group", cin, w.shape, group)
 	}
 	if !sameShape(kernel, w.shape[2:]) {
 		return nil, fmt.Errorf("kernel_shape %v differs from W's %v", kernel, w.shape[2:])
@@ -210,7 +210,7 @@ func convT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	var bv []T
 	if b != nil {
 		if bv, _ = b.data.([]T); len(bv) != m {
-			return nil, fmt.Errorf("B %v must hold %d %s values", b.shape, m, x.dtype)
+			return nil, fmt.Errorf("input B %v must hold %d %s values", b.shape, m, x.dtype)
 		}
 	}
 	taps := win.taps()
@@ -291,7 +291,7 @@ func pool(n *node, args []*Tensor) ([]*Tensor, error) {
 
 func poolT[T number](n *node, x *Tensor) ([]*Tensor, error) {
 	if len(x.shape) < 3 {
-		return nil, fmt.Errorf("X %v must be (N, C, spatial...)", x.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, spatial...)", x.shape)
 	}
 	kernel := n.ints("kernel_shape")
 	if kernel == nil {
@@ -391,7 +391,7 @@ func globalPool(n *node, args []*Tensor) ([]*Tensor, error) {
 	}
 	x := args[0]
 	if len(x.shape) < 3 {
-		return nil, fmt.Errorf("X %v must be (N, C, spatial...)", x.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, spatial...)", x.shape)
 	}
 	chans, inN := x.shape[0]*x.shape[1], numel(x.shape[2:])
 	shape := []int{x.shape[0], x.shape[1]}

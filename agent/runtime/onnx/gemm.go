@@ -10,21 +10,23 @@ import (
 // a large product are split across the CPUs; the loop order (i, p, j)
 // walks b and c along rows so the inner loop is a contiguous axpy.
 func matmul[T float](a, b, c []T, m, k, n int) {
-	work := m * k * n
+	splitRows(m, k, n, func(lo, hi int) { matmulRows(a, b, c, lo, hi, k, n) })
+}
+
+// splitRows runs rows(lo, hi) over the m rows of an m×k by k×n product,
+// split across the CPUs when the product is large enough to pay for the
+// goroutines; it returns when every part is done.
+func splitRows(m, k, n int, rows func(lo, hi int)) {
 	workers := min(runtime.GOMAXPROCS(0), m)
-	if work < 1<<16 || workers < 2 {
-		matmulRows(a, b, c, 0, m, k, n)
+	if m*k*n < 1<<16 || workers < 2 {
+		rows(0, m)
 		return
 	}
 	var wg sync.WaitGroup
 	per := (m + workers - 1) / workers
 	for lo := 0; lo < m; lo += per {
 		hi := min(lo+per, m)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			matmulRows(a, b, c, lo, hi, k, n)
-		}()
+		wg.Go(func() { rows(lo, hi) })
 	}
 	wg.Wait()
 }
@@ -64,7 +66,11 @@ func matmulRows[T float](a, b, c []T, lo, hi, k, n int) {
 // Gemm with transB, the layout of most exported fully connected layers,
 // computed as dot products of rows without transposing b.
 func matmulBT[T float](a, b, c []T, m, k, n int) {
-	for i := 0; i < m; i++ {
+	splitRows(m, k, n, func(lo, hi int) { matmulBTRows(a, b, c, lo, hi, k, n) })
+}
+
+func matmulBTRows[T float](a, b, c []T, lo, hi, k, n int) {
+	for i := lo; i < hi; i++ {
 		ai := a[i*k : i*k+k]
 		ci := c[i*n : i*n+n]
 		for j := range ci {
@@ -112,12 +118,12 @@ func gemm(n *node, args []*Tensor) ([]*Tensor, error) {
 func gemmT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	a, b, c := args[0], args[1], in(args, 2)
 	if len(a.shape) != 2 || len(b.shape) != 2 {
-		return nil, fmt.Errorf("A %v and B %v must be matrices", a.shape, b.shape)
+		return nil, fmt.Errorf("input A %v and B %v must be matrices", a.shape, b.shape)
 	}
 	av, ok1 := a.data.([]T)
 	bv, ok2 := b.data.([]T)
 	if !ok1 || !ok2 {
-		return nil, fmt.Errorf("A is %s, B is %s: they must match", a.dtype, b.dtype)
+		return nil, fmt.Errorf("input A is %s, B is %s: they must match", a.dtype, b.dtype)
 	}
 	m, k := a.shape[0], a.shape[1]
 	if n.int("transA", 0) != 0 {
@@ -130,7 +136,7 @@ func gemmT[T float](n *node, args []*Tensor) (*Tensor, error) {
 		kb, nn = nn, kb
 	}
 	if k != kb {
-		return nil, fmt.Errorf("A is %d×%d and B %d×%d (after transA, transB): inner sizes differ", m, k, kb, nn)
+		return nil, fmt.Errorf("input A is %d×%d and B %d×%d (after transA, transB): inner sizes differ", m, k, kb, nn)
 	}
 	out := make([]T, m*nn)
 	if transB {
@@ -148,11 +154,11 @@ func gemmT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	if c != nil {
 		beta := T(n.float("beta", 1))
 		if _, err := broadcastShape(c.shape, res.shape); err != nil || len(c.shape) > 2 {
-			return nil, fmt.Errorf("C %v does not broadcast to %v", c.shape, res.shape)
+			return nil, fmt.Errorf("input C %v does not broadcast to %v", c.shape, res.shape)
 		}
 		cv, ok := expandTo[T](c, res.shape).data.([]T)
 		if !ok {
-			return nil, fmt.Errorf("C is %s, want %s", c.dtype, a.dtype)
+			return nil, fmt.Errorf("input C is %s, want %s", c.dtype, a.dtype)
 		}
 		for i := range out {
 			out[i] += beta * cv[i]
@@ -182,7 +188,7 @@ func matMulT[T float](a, b *Tensor) (*Tensor, error) {
 		return nil, fmt.Errorf("operands must have rank at least 1, got %v and %v", as, bs)
 	}
 	if a.dtype != b.dtype {
-		return nil, fmt.Errorf("A is %s, B is %s: they must match", a.dtype, b.dtype)
+		return nil, fmt.Errorf("input A is %s, B is %s: they must match", a.dtype, b.dtype)
 	}
 	if len(as) == 1 {
 		as = []int{1, as[0]}

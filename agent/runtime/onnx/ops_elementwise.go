@@ -458,7 +458,7 @@ func where(n *node, args []*Tensor) ([]*Tensor, error) {
 		return nil, fmt.Errorf("condition is %s, want bool", c.dtype)
 	}
 	if x.dtype != y.dtype {
-		return nil, fmt.Errorf("X is %s and Y is %s: they must match", x.dtype, y.dtype)
+		return nil, fmt.Errorf("input X is %s and Y is %s: they must match", x.dtype, y.dtype)
 	}
 	out, err := broadcastShape(c.shape, x.shape, y.shape)
 	if err != nil {

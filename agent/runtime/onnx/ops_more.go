@@ -34,18 +34,18 @@ func convTranspose(n *node, args []*Tensor) ([]*Tensor, error) {
 func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	x, w, b := args[0], args[1], in(args, 2)
 	if len(x.shape) < 3 || len(w.shape) != len(x.shape) {
-		return nil, fmt.Errorf("X %v must be (N, C, spatial...) and W %v (C, M/group, kernel...)", x.shape, w.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, spatial...) and W %v (C, M/group, kernel...)", x.shape, w.shape)
 	}
 	xv, ok1 := x.data.([]T)
 	wv, ok2 := w.data.([]T)
 	if !ok1 || !ok2 {
-		return nil, fmt.Errorf("X is %s, W is %s: they must match", x.dtype, w.dtype)
+		return nil, fmt.Errorf("input X is %s, W is %s: they must match", x.dtype, w.dtype)
 	}
 	r := len(x.shape) - 2
 	batch, cin := x.shape[0], x.shape[1]
 	group := int(n.int("group", 1))
 	if group <= 0 || cin%group != 0 || w.shape[0] != cin {
-		return nil, fmt.Errorf("X has %d channels, W %v, group %d: W's first dimension must equal the channels", cin, w.shape, group)
+		return nil, fmt.Errorf("input X has %d channels, W %v, group %d: W's first dimension must equal the channels", cin, w.shape, group)
 	}
 	mg := w.shape[1]
 	m := mg * group
@@ -189,7 +189,7 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	if b != nil {
 		bv, ok := b.data.([]T)
 		if !ok || len(bv) != m {
-			return nil, fmt.Errorf("B %v must hold %d %s values", b.shape, m, x.dtype)
+			return nil, fmt.Errorf("input B %v must hold %d %s values", b.shape, m, x.dtype)
 		}
 		for bi := 0; bi < batch; bi++ {
 			for j := 0; j < m; j++ {
@@ -321,7 +321,7 @@ func mod(n *node, args []*Tensor) ([]*Tensor, error) {
 	a, b := args[0], args[1]
 	fm := n.int("fmod", 0) != 0
 	if (a.dtype == Float32 || a.dtype == Float64) && !fm {
-		return nil, fmt.Errorf("Mod of floats needs fmod=1")
+		return nil, fmt.Errorf("float inputs need fmod=1")
 	}
 	for _, y := range b.Float64s() {
 		if y == 0 && isInt(b.dtype) {

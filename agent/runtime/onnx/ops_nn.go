@@ -19,7 +19,7 @@ func batchNorm(n *node, args []*Tensor) ([]*Tensor, error) {
 	}
 	x := args[0]
 	if len(x.shape) < 2 {
-		return nil, fmt.Errorf("X %v must be (N, C, ...)", x.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, ...)", x.shape)
 	}
 	c := x.shape[1]
 	for i, name := range []string{"scale", "B", "input_mean", "input_var"} {
@@ -100,7 +100,7 @@ func instanceNorm(n *node, args []*Tensor) ([]*Tensor, error) {
 	}
 	x := args[0]
 	if len(x.shape) < 3 {
-		return nil, fmt.Errorf("X %v must be (N, C, spatial...)", x.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, spatial...)", x.shape)
 	}
 	c, inner := x.shape[1], numel(x.shape[2:])
 	scale, bias := args[1].Float64s(), args[2].Float64s()
@@ -151,7 +151,7 @@ func layerNorm(n *node, args []*Tensor) ([]*Tensor, error) {
 	bv := make([]float64, inner)
 	if bias != nil {
 		if bv, err = broadcastFloat(bias, x.shape[ax:]); err != nil {
-			return nil, fmt.Errorf("B: %w", err)
+			return nil, fmt.Errorf("input B: %w", err)
 		}
 	}
 	eps := float64(n.float("epsilon", 1e-5))
@@ -198,7 +198,7 @@ func lrn(n *node, args []*Tensor) ([]*Tensor, error) {
 	}
 	x := args[0]
 	if len(x.shape) < 3 {
-		return nil, fmt.Errorf("X %v must be (N, C, spatial...)", x.shape)
+		return nil, fmt.Errorf("input X %v must be (N, C, spatial...)", x.shape)
 	}
 	size := int(n.int("size", 0))
 	if size <= 0 {
