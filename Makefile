@@ -84,6 +84,9 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	$(GO) test -run=NONE -bench='RelayCapacity|QUICOverLink' -benchtime=1x ./internal/linkemu/
 	# Agents of one site pulling at once, peer-to-peer on and off: origin bytes.
 	$(GO) test -run=NONE -bench=FanOut -benchtime=1x ./agent/peer/
+	# The ONNX engine: the example model and a small CNN (against gonnx in bench/ above).
+	$(GO) test -run=NONE -bench='HelloClassifier|CNN|RealConvNet' -benchtime=2s ./agent/runtime/onnx/
+	$(GO) test -run=NONE -bench=Serve -benchtime=3s ./agent/runtime/onnx/serve/
 	# Bytes a push moves for a real model whose classifier head was retrained.
 	cd $(DIGITS) && $(GO) test -run=NONE -bench=Delta -benchtime=1x .
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.

@@ -27,11 +27,28 @@ func batchNorm(n *node, args []*Tensor) ([]*Tensor, error) {
 			return nil, fmt.Errorf("%s has shape %v, want %d values (one per channel)", name, args[i+1].shape, c)
 		}
 	}
-	xv := x.Float64s()
 	scale, bias, mean, vr := args[1].Float64s(), args[2].Float64s(), args[3].Float64s(), args[4].Float64s()
 	eps := float64(n.float("epsilon", 1e-5))
 	batch, inner := x.shape[0], numel(x.shape[2:])
 	training := n.opset >= 14 && n.int("training_mode", 0) != 0
+	if xf, ok := x.data.([]float32); ok && !training {
+		// Inference on float, the common case: one multiply-add per
+		// value in float, with the per-channel factors in float64.
+		out := make([]float32, len(xf))
+		for b := 0; b < batch; b++ {
+			for ch := 0; ch < c; ch++ {
+				k := scale[ch] / math.Sqrt(vr[ch]+eps)
+				kf, off := float32(k), float32(bias[ch]-mean[ch]*k)
+				base := (b*c + ch) * inner
+				src, dst := xf[base:base+inner], out[base:base+inner]
+				for i, v := range src {
+					dst[i] = v*kf + off
+				}
+			}
+		}
+		return []*Tensor{mk(append([]int(nil), x.shape...), out)}, nil
+	}
+	xv := x.Float64s()
 	if n.opset < 9 && n.has("spatial") && n.int("spatial", 1) == 0 {
 		return nil, fmt.Errorf("%w: BatchNormalization with spatial=0", ErrUnsupportedOp)
 	}
