@@ -29,6 +29,9 @@ func operators() map[string]opFunc {
 	for k, v := range unaryOps() {
 		ops[k] = v
 	}
+	for k, v := range scatterOps() {
+		ops[k] = v
+	}
 	for k, v := range indexOps() {
 		ops[k] = v
 	}
