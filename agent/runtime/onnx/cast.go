@@ -9,11 +9,21 @@ func castTo(t *Tensor, d DType) (*Tensor, error) {
 		return nil, fmt.Errorf("cast: %w: %s", ErrUnsupportedType, d)
 	}
 	shape := append([]int(nil), t.shape...)
-	if d == Float16 {
+	if d == Float16 || d == BFloat16 {
+		if t.dtype == Float64 && d == Float16 {
+			// Straight from double, as numpy rounds: through float
+			// first could round twice.
+			v := t.data.([]float64)
+			h := make([]uint16, len(v))
+			for i, x := range v {
+				h[i] = f64to16(x)
+			}
+			return &Tensor{dtype: Float16, shape: shape, data: h}, nil
+		}
 		f, _ := castTo(t, Float32)
-		return narrow16(f), nil
+		return narrowTo(f, d), nil
 	}
-	if t.dtype == Float16 {
+	if t.dtype == Float16 || t.dtype == BFloat16 {
 		t = widen16(t)
 	}
 	if d == Bool {
@@ -106,4 +116,21 @@ func intsTo[S int64 | uint64](v []S, d DType) any {
 		return convert[S, uint32](v)
 	}
 	return convert[S, uint64](v)
+}
+
+func castOp(n *node, args []*Tensor) ([]*Tensor, error) {
+	if err := need(args, 1); err != nil {
+		return nil, err
+	}
+	to := DType(n.int("to", 0))
+	if n.op == "CastLike" {
+		if err := need(args, 2); err != nil {
+			return nil, err
+		}
+		to = args[1].dtype
+	}
+	if !to.supported() {
+		return nil, fmt.Errorf("%w: cast to %s", ErrUnsupportedType, to)
+	}
+	return one(castTo(args[0], to))
 }

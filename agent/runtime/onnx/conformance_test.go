@@ -32,6 +32,17 @@ const (
 	atol = 1e-7
 )
 
+// contradictory lists the node tests whose data contradicts their own
+// model, so that no engine that checks inputs against the model's
+// signature (this one does, as ONNX Runtime does) can run them. They are
+// left out, and docs/onnx.md names them.
+var contradictory = map[string]string{
+	"test_castlike_BFLOAT16_to_FLOAT":          `input "like" is [1], the model declares [3 4]`,
+	"test_castlike_BFLOAT16_to_FLOAT_expanded": `input "like" is [1], the model declares [3 4]`,
+	"test_castlike_FLOAT_to_BFLOAT16":          `input "like" is [1], the model declares [3 4]`,
+	"test_castlike_FLOAT_to_BFLOAT16_expanded": `input "like" is [1], the model declares [3 4]`,
+}
+
 // testdataDir returns a test-data folder, skipping (or, under CI, failing)
 // when the package is not installed.
 func testdataDir(t testing.TB, sub string) string {
@@ -87,13 +98,14 @@ func loadCases(t *testing.T, dir string) []backendCase {
 	return cases
 }
 
-// tensorOnly reports whether every graph input and output is a tensor:
-// cases that pass sequences or optionals are outside what the engine
-// (and its HTTP API) handles.
+// tensorOnly reports whether every graph input and output is a tensor of
+// numbers or bools: cases that pass sequences, optionals or strings are
+// outside what the engine (and its HTTP API) handles.
 func (c backendCase) tensorOnly() bool {
 	for _, vs := range [][]*onnxpb.ValueInfoProto{c.model.GetGraph().GetInput(), c.model.GetGraph().GetOutput()} {
 		for _, v := range vs {
-			if v.GetType().GetTensorType() == nil {
+			tt := v.GetType().GetTensorType()
+			if tt == nil || tt.GetElemType() == int32(onnxpb.TensorProto_STRING) {
 				return false
 			}
 		}
@@ -131,7 +143,7 @@ func (c backendCase) run() error {
 			if err != nil {
 				return fmt.Errorf("%s input %d: %w", filepath.Base(set), i, err)
 			}
-			inputs[in.Name] = t
+			inputs[in.Name] = bfloat16Bits(t, in.DType)
 		}
 		got, err := m.Run(inputs)
 		if err != nil {
@@ -142,12 +154,25 @@ func (c backendCase) run() error {
 			if err != nil {
 				return fmt.Errorf("%s output %d: %w", filepath.Base(set), i, err)
 			}
+			if got[out.Name] != nil {
+				want = bfloat16Bits(want, got[out.Name].dtype)
+			}
 			if err := allClose(got[out.Name], want, rtol, atol); err != nil {
 				return fmt.Errorf("%s output %s: %w", filepath.Base(set), out.Name, err)
 			}
 		}
 	}
 	return nil
+}
+
+// bfloat16Bits reads a uint16 tensor as bfloat16 where bfloat16 is
+// expected: numpy has no bfloat16, so the ONNX 1.12 test data stores
+// bfloat16 values as their bits in uint16 tensors.
+func bfloat16Bits(t *Tensor, want DType) *Tensor {
+	if want == BFloat16 && t.dtype == Uint16 {
+		return &Tensor{dtype: BFloat16, shape: t.shape, data: t.data}
+	}
+	return t
 }
 
 // allClose is numpy.testing.assert_allclose: same type and shape, and
@@ -187,7 +212,8 @@ type opResult struct {
 	passed, run int
 	failed      []string
 	otherOps    int // cases that also use an operator the engine lacks
-	nonTensor   int // cases passing sequences or optionals
+	nonTensor   int // cases passing sequences, optionals or strings
+	broken      int // cases whose data contradicts their model
 }
 
 // TestNodeConformance runs every ONNX backend node test whose model uses
@@ -217,6 +243,13 @@ func TestNodeConformance(t *testing.T) {
 			}
 		}
 		if missing || !c.tensorOnly() || len(c.ops) == 0 {
+			continue
+		}
+		if why, ok := contradictory[c.name]; ok {
+			t.Logf("%s not run: its data contradicts its model: %s", c.name, why)
+			for _, op := range c.ops {
+				results[op].broken++
+			}
 			continue
 		}
 		ran++
@@ -281,10 +314,10 @@ func conformanceTable(results map[string]*opResult, passed, ran int) string {
 	sort.Strings(ops)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d operators; %d of %d node test cases that use only these operators pass.\n\n", len(ops), passed, ran)
-	b.WriteString("| operator | cases passed / run | not run: also use an unimplemented operator | not run: sequence or optional values |\n| --- | --- | --- | --- |\n")
+	b.WriteString("| operator | cases passed / run | not run: also use an unimplemented operator | not run: sequences, optionals or strings | not run: data contradicts the model |\n| --- | --- | --- | --- | --- |\n")
 	for _, op := range ops {
 		r := results[op]
-		fmt.Fprintf(&b, "| %s | %d / %d | %d | %d |\n", op, r.passed, r.run, r.otherOps, r.nonTensor)
+		fmt.Fprintf(&b, "| %s | %d / %d | %d | %d | %d |\n", op, r.passed, r.run, r.otherOps, r.nonTensor, r.broken)
 	}
 	return b.String()
 }

@@ -2,7 +2,7 @@
 // the drover-onnx runtime binary (never linked into the agent). It loads
 // an ONNX model, refuses at load time anything it cannot run (naming the
 // node and operator), and computes on the CPU with float32, float64,
-// float16 (widened to float32), the integer types and bool.
+// float16 and bfloat16 (widened to float32), the integer types and bool.
 //
 // It is written here rather than taken from the pure-Go ONNX libraries on
 // the module proxy, after running those against the ONNX project's own
@@ -14,7 +14,7 @@
 //     with the opset rewritten to 13), has no pooling, no
 //     BatchNormalization and no GlobalAveragePool, its Conv fails on a
 //     bias, and it runs a small convolutional network about 100 times
-//     slower than this engine (which passes 586 of those 819 tests).
+//     slower than this engine (which passes 604 of those 819 tests).
 //   - github.com/owulveryck/onnx-go v0.5.0 (2020, gorgonia and
 //     gogo/protobuf) passes 111 of them, and panics inside gorgonia's
 //     worker goroutines on some, which no caller can recover.

@@ -66,13 +66,33 @@ func f32to16(f float32) uint16 {
 	return sign | uint16(out)
 }
 
+// widen16 converts a float16 or bfloat16 tensor to float.
 func widen16(t *Tensor) *Tensor {
 	h := t.data.([]uint16)
 	f := make([]float32, len(h))
 	for i, x := range h {
-		f[i] = f16to32(x)
+		if t.dtype == BFloat16 {
+			f[i] = math.Float32frombits(uint32(x) << 16)
+		} else {
+			f[i] = f16to32(x)
+		}
 	}
 	return mk(t.shape, f)
+}
+
+// narrowTo converts a float tensor to float16 or bfloat16. Bfloat16 keeps
+// the upper half of each float's bits (truncation, as ONNX's reference
+// implementation does).
+func narrowTo(t *Tensor, d DType) *Tensor {
+	if d == Float16 {
+		return narrow16(t)
+	}
+	f := t.data.([]float32)
+	h := make([]uint16, len(f))
+	for i, x := range f {
+		h[i] = uint16(math.Float32bits(x) >> 16)
+	}
+	return &Tensor{dtype: BFloat16, shape: t.shape, data: h}
 }
 
 func narrow16(t *Tensor) *Tensor {
@@ -84,25 +104,60 @@ func narrow16(t *Tensor) *Tensor {
 	return &Tensor{dtype: Float16, shape: t.shape, data: h}
 }
 
-// runHalf runs n with float16 inputs computed as float.
+// runHalf runs n with float16 (or bfloat16) inputs computed as float, and
+// its float outputs narrowed back. Cast and CastLike convert types
+// themselves.
 func runHalf(n *node, args []*Tensor) ([]*Tensor, error) {
+	if n.op == "Cast" || n.op == "CastLike" {
+		return n.run(n, args)
+	}
 	wide := make([]*Tensor, len(args))
-	any16 := false
+	half := DType(0)
 	for i, a := range args {
 		wide[i] = a
-		if a != nil && a.dtype == Float16 {
+		if a != nil && (a.dtype == Float16 || a.dtype == BFloat16) {
 			wide[i] = widen16(a)
-			any16 = true
+			half = a.dtype
 		}
 	}
 	res, err := n.run(n, wide)
-	if err != nil || !any16 {
+	if err != nil || half == 0 {
 		return res, err
 	}
 	for i, r := range res {
 		if r != nil && r.dtype == Float32 {
-			res[i] = narrow16(r)
+			res[i] = narrowTo(r, half)
 		}
 	}
 	return res, nil
+}
+
+// f64to16 rounds a double to the nearest half, ties to even.
+func f64to16(f float64) uint16 {
+	if math.IsNaN(f) || math.IsInf(f, 0) || f == 0 {
+		return f32to16(float32(f))
+	}
+	sign := uint16(0)
+	if f < 0 {
+		sign, f = 0x8000, -f
+	}
+	if f >= 65520 { // rounds past the largest half, 65504
+		return sign | 0x7c00
+	}
+	frac, exp := math.Frexp(f) // f = frac × 2^exp, frac in [0.5, 1)
+	e := exp - 1               // f = (2·frac) × 2^e
+	if e < -14 {
+		// Subnormal: a multiple of 2^-24.
+		m := math.RoundToEven(f * (1 << 24))
+		return sign | uint16(m)
+	}
+	m := math.RoundToEven((2*frac - 1) * 1024)
+	if m == 1024 {
+		m = 0
+		e++
+	}
+	if e > 15 {
+		return sign | 0x7c00
+	}
+	return sign | uint16(e+15)<<10 | uint16(m)
 }

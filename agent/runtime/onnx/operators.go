@@ -25,6 +25,7 @@ func operators() map[string]opFunc {
 		"ReduceSum": reduce, "ReduceMean": reduce, "ReduceMax": reduce, "ReduceMin": reduce, "ReduceProd": reduce,
 		"ReduceL1": reduce, "ReduceL2": reduce, "ReduceLogSum": reduce, "ReduceLogSumExp": reduce, "ReduceSumSquare": reduce,
 		"ArgMax": argExtreme, "ArgMin": argExtreme,
+		"Cast": castOp, "CastLike": castOp,
 	}
 	for k, v := range unaryOps() {
 		ops[k] = v

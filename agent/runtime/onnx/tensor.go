@@ -26,6 +26,8 @@ const (
 	Uint32  DType = DType(onnxpb.TensorProto_UINT32)
 	Uint64  DType = DType(onnxpb.TensorProto_UINT64)
 	Float16 DType = DType(onnxpb.TensorProto_FLOAT16)
+	// BFloat16 holds the upper 16 bits of a float32.
+	BFloat16 DType = DType(onnxpb.TensorProto_BFLOAT16)
 )
 
 // String is the type's lower-case ONNX name ("float", "int64").
@@ -37,6 +39,8 @@ func (d DType) String() string {
 		return "double"
 	case Float16:
 		return "float16"
+	case BFloat16:
+		return "bfloat16"
 	}
 	name, ok := onnxpb.TensorProto_DataType_name[int32(d)]
 	if !ok {
@@ -58,7 +62,7 @@ func toLower(s string) string {
 // supported reports whether the engine computes with d.
 func (d DType) supported() bool {
 	switch d {
-	case Float32, Float64, Float16, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool:
+	case Float32, Float64, Float16, BFloat16, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool:
 		return true
 	}
 	return false
@@ -155,7 +159,7 @@ func makeSlice(d DType, n int) any {
 		return make([]int64, n)
 	case Uint8:
 		return make([]uint8, n)
-	case Uint16, Float16:
+	case Uint16, Float16, BFloat16:
 		return make([]uint16, n)
 	case Uint32:
 		return make([]uint32, n)
@@ -188,7 +192,7 @@ func Values[T Elem](t *Tensor) ([]T, bool) {
 
 // Float64s converts every element to float64 (bool as 0 or 1).
 func (t *Tensor) Float64s() []float64 {
-	if t.dtype == Float16 {
+	if t.dtype == Float16 || t.dtype == BFloat16 {
 		return widen16(t).Float64s()
 	}
 	switch v := t.data.(type) {
@@ -237,8 +241,8 @@ func FromFloat64s(d DType, shape []int, v []float64) (*Tensor, error) {
 		return mk(shape, convert[float64, float32](v)), nil
 	case Float64:
 		return mk(shape, append([]float64(nil), v...)), nil
-	case Float16:
-		return narrow16(mk(shape, convert[float64, float32](v))), nil
+	case Float16, BFloat16:
+		return narrowTo(mk(shape, convert[float64, float32](v)), d), nil
 	case Bool:
 		out := make([]bool, len(v))
 		for i, x := range v {
@@ -453,7 +457,7 @@ func elemSize(d DType) int {
 	switch d {
 	case Int8, Uint8, Bool:
 		return 1
-	case Int16, Uint16, Float16:
+	case Int16, Uint16, Float16, BFloat16:
 		return 2
 	case Float32, Int32, Uint32:
 		return 4

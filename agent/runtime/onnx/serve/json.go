@@ -107,7 +107,7 @@ func appendTensor(b []byte, t *onnx.Tensor) []byte {
 	case []uint64:
 		u64 = v
 	default:
-		if t.DType() == onnx.Float16 {
+		if t.DType() == onnx.Float16 || t.DType() == onnx.BFloat16 {
 			bits = 32
 			f = t.Float64s()
 		} else {
