@@ -164,6 +164,9 @@ func TestFromFloat64sRejectsLossyIntegers(t *testing.T) {
 	if _, err := FromFloat64s(Int64, []int{2}, []float64{1, 2.5}); err == nil {
 		t.Error("2.5 as int64")
 	}
+	if _, err := FromFloat64s(Int64, []int{1}, []float64{1 << 63}); err == nil {
+		t.Error("2^63 as int64")
+	}
 	if _, err := FromFloat64s(Uint8, []int{1}, []float64{256}); err == nil {
 		t.Error("256 as uint8")
 	}

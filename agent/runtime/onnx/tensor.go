@@ -258,7 +258,9 @@ func FromFloat64s(d DType, shape []int, v []float64) (*Tensor, error) {
 		return nil, fmt.Errorf("from float64s: %w: %s", ErrUnsupportedType, d)
 	}
 	for i, x := range v {
-		if x != math.Trunc(x) || x < lo || x > hi {
+		// 2^63 and 2^64 are one past the largest int64 and uint64.
+		over := x > hi || ((d == Int64 || d == Uint64) && x >= hi)
+		if x != math.Trunc(x) || x < lo || over {
 			return nil, fmt.Errorf("from float64s: element %d is %v, not an integer in %s's range", i, x, d)
 		}
 	}
