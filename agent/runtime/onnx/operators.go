@@ -26,6 +26,7 @@ func operators() map[string]opFunc {
 		"ReduceL1": reduce, "ReduceL2": reduce, "ReduceLogSum": reduce, "ReduceLogSumExp": reduce, "ReduceSumSquare": reduce,
 		"ArgMax": argExtreme, "ArgMin": argExtreme,
 		"Cast": castOp, "CastLike": castOp,
+		"Resize": resize, "Upsample": resize,
 	}
 	for k, v := range unaryOps() {
 		ops[k] = v
