@@ -44,10 +44,15 @@ var contradictory = map[string]string{
 }
 
 // testdataDir returns a test-data folder, skipping (or, under CI, failing)
-// when the package is not installed.
+// when the package is not installed. DROVER_ONNX_TESTDATA points elsewhere,
+// such as an ONNX checkout's onnx/backend/test/data.
 func testdataDir(t testing.TB, sub string) string {
 	t.Helper()
-	dir := filepath.Join(testdataRoot, sub)
+	root := testdataRoot
+	if r := os.Getenv("DROVER_ONNX_TESTDATA"); r != "" {
+		root = r
+	}
+	dir := filepath.Join(root, sub)
 	if _, err := os.Stat(dir); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s: %v", installHint, err)
