@@ -101,7 +101,7 @@ const (
 // spatial offset the window reads in one channel, or inPad / beyond.
 func (w *window) taps() [][]int {
 	r := len(w.in)
-	kn, on := numel(w.kernel), numel(w.out)
+	kn := numel(w.kernel)
 	st := strides(w.in)
 	res := make([][]int, kn)
 	kpos := make([]int, r)
@@ -130,7 +130,6 @@ func (w *window) taps() [][]int {
 			kpos[d] = 0
 		}
 	}
-	_ = on
 	return res
 }
 

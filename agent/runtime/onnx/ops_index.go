@@ -189,12 +189,13 @@ func topK(n *node, args []*Tensor) ([]*Tensor, error) {
 		return nil, err
 	}
 	k := kv[0]
-	largest, sorted := n.int("largest", 1) != 0, n.int("sorted", 1) != 0
+	// The result is always sorted (sorted=0 leaves the order open), and of
+	// equal values the lower index comes first.
+	largest := n.int("largest", 1) != 0
 	outer, size, inner := numel(x.shape[:ax]), x.shape[ax], numel(x.shape[ax+1:])
 	if k < 0 || k > size {
 		return nil, fmt.Errorf("input K %d is out of range for axis %d of size %d", k, ax, size)
 	}
-	_ = sorted // ties and order: the first index wins, and the result is always sorted
 	fv := x.Float64s()
 	shape := append([]int(nil), x.shape...)
 	shape[ax] = k

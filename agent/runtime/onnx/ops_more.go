@@ -69,7 +69,7 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 		}
 		return v, nil
 	}
-	strides, err := get("strides", 1)
+	step, err := get("strides", 1)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +97,7 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	}
 	mode := n.str("auto_pad", "NOTSET")
 	for d := 0; d < r; d++ {
-		full := strides[d]*(in[d]-1) + outPad[d] + (kernel[d]-1)*dil[d] + 1
+		full := step[d]*(in[d]-1) + outPad[d] + (kernel[d]-1)*dil[d] + 1
 		switch {
 		case outputShape != nil:
 			if len(outputShape) != r {
@@ -114,7 +114,7 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 				begin[d] = total - half
 			}
 		case mode == "SAME_UPPER" || mode == "SAME_LOWER":
-			out[d] = in[d] * strides[d]
+			out[d] = in[d] * step[d]
 			total := max(0, full-out[d])
 			if mode == "SAME_UPPER" {
 				begin[d] = total / 2
@@ -136,7 +136,7 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	kn, inN, outN := numel(kernel), numel(in), numel(out)
 	// scatter[kp][i] is where input position i lands for kernel position
 	// kp, or -1 when it falls outside the output.
-	outSt := strides2(out)
+	outSt := strides(out)
 	scatter := make([][]int, kn)
 	kpos := make([]int, r)
 	for kp := 0; kp < kn; kp++ {
@@ -144,7 +144,7 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 		for d := 0; d < r; d++ {
 			coord[d] = make([]int, in[d])
 			for i := range coord[d] {
-				o := i*strides[d] + kpos[d]*dil[d] - begin[d]
+				o := i*step[d] + kpos[d]*dil[d] - begin[d]
 				if o >= 0 && o < out[d] {
 					coord[d][i] = o * outSt[d]
 				} else {
@@ -202,8 +202,6 @@ func convTransposeT[T float](n *node, args []*Tensor) (*Tensor, error) {
 	}
 	return mk(append([]int{batch, m}, out...), res), nil
 }
-
-func strides2(shape []int) []int { return strides(shape) }
 
 func trilu(n *node, args []*Tensor) ([]*Tensor, error) {
 	if err := need(args, 1); err != nil {

@@ -3,7 +3,6 @@ package onnx
 import (
 	"fmt"
 	"math"
-	"sort"
 )
 
 // remap lists, for every element of a tensor of shape out, the flat index
@@ -741,5 +740,3 @@ func rangeOp(n *node, args []*Tensor) ([]*Tensor, error) {
 	r, err := castTo(mk([]int{cnt}, v), d)
 	return one(r, err)
 }
-
-var _ = sort.Ints

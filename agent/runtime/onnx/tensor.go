@@ -265,30 +265,26 @@ func FromFloat64s(d DType, shape []int, v []float64) (*Tensor, error) {
 		}
 	}
 	t, _ := Zeros(d, shape)
-	dispatchInt(t, func(dst any) {
-		switch dst := dst.(type) {
-		case []int8:
-			fill(dst, v)
-		case []int16:
-			fill(dst, v)
-		case []int32:
-			fill(dst, v)
-		case []int64:
-			fill(dst, v)
-		case []uint8:
-			fill(dst, v)
-		case []uint16:
-			fill(dst, v)
-		case []uint32:
-			fill(dst, v)
-		case []uint64:
-			fill(dst, v)
-		}
-	})
+	switch dst := t.data.(type) {
+	case []int8:
+		fill(dst, v)
+	case []int16:
+		fill(dst, v)
+	case []int32:
+		fill(dst, v)
+	case []int64:
+		fill(dst, v)
+	case []uint8:
+		fill(dst, v)
+	case []uint16:
+		fill(dst, v)
+	case []uint32:
+		fill(dst, v)
+	case []uint64:
+		fill(dst, v)
+	}
 	return t, nil
 }
-
-func dispatchInt(t *Tensor, f func(any)) { f(t.data) }
 
 func fill[T number](dst []T, v []float64) {
 	for i, x := range v {
