@@ -178,7 +178,8 @@ func newServeCommand(stderr io.Writer, lookupEnv func(string) (string, bool)) *c
 With --max-batch above 1, concurrent requests of a model whose inputs and
 outputs all have an open first (batch) dimension are coalesced into one run
 of up to --max-batch rows, each waiting at most --batch-wait for company.
-Off by default: see docs/onnx.md for when it pays. SIGTERM or SIGINT stops the
+Off by default; --max-batch 8 pays for convolutional models (docs/onnx.md).
+At most --workers model runs are in flight; other requests wait their turn. SIGTERM or SIGINT stops the
 server after the requests in flight (at most 10s).`,
 		Example: `  drover-onnx serve --model cli/sample/hello-classifier --listen 127.0.0.1:8500
   DROVER_MODEL_DIR=/var/lib/drover/versions/digits/3 DROVER_PORT=8500 drover-onnx serve`,
@@ -214,7 +215,7 @@ server after the requests in flight (at most 10s).`,
 	f.StringVar(&listen, "listen", "", "`HOST:PORT` to listen on (default 127.0.0.1:$"+EnvPort+")")
 	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "most `ROWS` one run coalesces from concurrent requests; 1 turns coalescing off")
 	f.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest a request waits for others to join its batch")
-	f.IntVar(&cfg.Workers, "workers", cfg.Workers, "model runs in flight at once")
+	f.IntVar(&cfg.Workers, "workers", cfg.Workers, "model runs in flight at once; more requests wait their turn")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body accepted")
 	f.StringVar(&logLevel, "log-level", "info", "`LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "`FORMAT`: text or json")
