@@ -31,6 +31,9 @@ func operators() map[string]opFunc {
 	for k, v := range unaryOps() {
 		ops[k] = v
 	}
+	for k, v := range quantOps() {
+		ops[k] = v
+	}
 	for k, v := range scatterOps() {
 		ops[k] = v
 	}
