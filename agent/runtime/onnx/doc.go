@@ -14,7 +14,7 @@
 //     with the opset rewritten to 13), has no pooling, no
 //     BatchNormalization and no GlobalAveragePool, its Conv fails on a
 //     bias, and it runs a small convolutional network about 100 times
-//     slower than this engine (which passes 641 of those 819 tests).
+//     slower than this engine (which passes 653 of those 819 tests).
 //   - github.com/owulveryck/onnx-go v0.5.0 (2020, gorgonia and
 //     gogo/protobuf) passes 111 of them, and panics inside gorgonia's
 //     worker goroutines on some, which no caller can recover.

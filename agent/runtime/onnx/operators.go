@@ -27,6 +27,7 @@ func operators() map[string]opFunc {
 		"ArgMax": argExtreme, "ArgMin": argExtreme,
 		"Cast": castOp, "CastLike": castOp,
 		"Resize": resize, "Upsample": resize,
+		"RNN": recurrent, "GRU": recurrent, "LSTM": recurrent,
 	}
 	for k, v := range unaryOps() {
 		ops[k] = v
