@@ -31,6 +31,7 @@ const (
 	DefaultStartTimeout          = time.Minute
 	DefaultRestart               = RestartOnFailure
 	DefaultHealthPath            = "/healthz"
+	ONNXHealthPath               = "/v1/health"
 )
 
 // Runtime types and restart policies a spec may name.
@@ -252,6 +253,9 @@ func checkRuntime(p *problems, rt *droverv1.RuntimeSpec) {
 		}
 	}
 	switch hp := rt.GetHealthPath(); {
+	case hp == "" && rt.GetType() == "onnx":
+		// Where drover-onnx answers once its model is loaded.
+		rt.HealthPath = ONNXHealthPath
 	case hp == "":
 		rt.HealthPath = DefaultHealthPath
 	case !strings.HasPrefix(hp, "/") || len(hp) > 1024 || strings.ContainsAny(hp, " \t\r\n"):

@@ -182,6 +182,10 @@ func (s *Store) SetAlias(idx uint64, meta *droverv1.CommandMeta, model, alias st
 			cur.Aliases[alias] = version
 			cur.ModifyIndex = idx
 			s.t.models[model] = cur
+			// Deployments that follow the alias roll out its new target.
+			if moved := s.followAliasLocked(idx, meta, model, alias, version); len(moved) > 0 {
+				details["rollouts"] = strings.Join(moved, ",")
+			}
 		}
 		m = clone(cur)
 		return target, details, nil
