@@ -1,12 +1,16 @@
 package scenarios
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +19,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/droverhq/drover/agent"
 	"github.com/droverhq/drover/controlplane/server"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/scenarios/cluster"
@@ -177,5 +182,95 @@ func waitRollout(ctx context.Context, t *testing.T, c *cluster.Cluster, deployme
 			t.Fatalf("rollout %d of %s never reached %s: %v", id, deployment, state, rs)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestONNXDeploymentPredicts deploys the sample digit classifier with the
+// built-in onnx runtime (the real drover-onnx binary, started by each
+// agent) and checks every agent's endpoint answers the model's reference
+// inputs with its reference outputs.
+func TestONNXDeploymentPredicts(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "drover-onnx")
+	build := exec.Command("go", "build", "-o", bin, "github.com/droverhq/drover/cmd/drover-onnx")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build drover-onnx: %v\n%s", err, out)
+	}
+	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.HeartbeatMinTTL = server.Duration(time.Second)
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	fleet := startReady(ctx, t, c, 2, cluster.AgentOptions{Prefix: "cpu", Configure: func(cfg *agent.Config) { cfg.ONNXRuntime = bin }})
+	createModel(t, c.Client(c.Leader(), false), "digits")
+	setCLIEnv(t, c)
+	addr := c.Nodes()[0].APIAddr()
+	sample := filepath.Join("..", "cli", "sample", "hello-classifier")
+	if _, errOut, code := drover(ctx, addr, "model", "push", sample, "--model", "digits", "--alias", "prod"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
+	spec := `name: digits
+model: digits@prod
+runtime:
+  type: onnx
+strategy:
+  max_parallel: 2
+  min_healthy_time: 1s
+`
+	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec)); code != 0 {
+		t.Fatalf("deploy apply: exit %d\n%s%s", code, out, errOut)
+	}
+
+	var ref struct {
+		Input, Output string
+		Tolerance     float64
+		Cases         []map[string]any
+	}
+	b, err := os.ReadFile(filepath.Join(sample, "reference.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &ref); err != nil {
+		t.Fatal(err)
+	}
+	var rows [][]any
+	for _, cs := range ref.Cases {
+		rows = append(rows, cs[ref.Input].([]any))
+	}
+	body, _ := json.Marshal(map[string]any{"inputs": map[string]any{ref.Input: rows}})
+	for _, a := range fleet {
+		url := fmt.Sprintf("http://%s/v1/deployments/digits/infer", a.Status().ServeAddr)
+		var got struct {
+			Outputs map[string][][]float64 `json:"outputs"`
+		}
+		for {
+			resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					if err := json.Unmarshal(b, &got); err != nil {
+						t.Fatalf("agent %s: %v\n%s", a.NodeID(), err, b)
+					}
+					break
+				}
+				err = fmt.Errorf("%s: %s", resp.Status, b)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("agent %s never predicted: %v", a.NodeID(), err)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		probs := got.Outputs[ref.Output]
+		if len(probs) != len(ref.Cases) {
+			t.Fatalf("agent %s: %d rows of %s for %d inputs", a.NodeID(), len(probs), ref.Output, len(ref.Cases))
+		}
+		for i, cs := range ref.Cases {
+			want := cs[ref.Output].([]any)
+			for j, w := range want {
+				if d := math.Abs(probs[i][j] - w.(float64)); d > ref.Tolerance {
+					t.Fatalf("agent %s, case %d, class %d: %v, want %v", a.NodeID(), i, j, probs[i][j], w)
+				}
+			}
+		}
 	}
 }
