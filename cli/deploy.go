@@ -368,6 +368,11 @@ func newDeployShowCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a deployment as stored, with every default filled in, and its rollout",
+		Long: `Show a deployment as the cluster stores it, every default filled in, so
+what it prints is exactly what the rollout controller acts on; its latest
+rollout; and the nodes assigned it, with the version each is told to run
+and the state of its instance as last reported to the leader. Follow a
+rollout batch by batch with ` + "`drover rollout status NAME --watch`" + `.`,
 		Example: `  drover deploy show defect-detector
   drover deploy show defect-detector -o json`,
 		Args: exactArgs("NAME"),

@@ -66,8 +66,9 @@ type fakeServer struct {
 
 	// art serves ArtifactService and AgentService.GetClusterInfo.
 	art *fakeArtifact
-	// deploys serves DeploymentService.
-	deploys *fakeDeploys
+	// deploys serves DeploymentService, rollouts RolloutService.
+	deploys  *fakeDeploys
+	rollouts *fakeRollouts
 }
 
 type recorded struct {
@@ -94,6 +95,7 @@ func newFakeServer(created time.Time) *fakeServer {
 	}
 	f.art = newFakeArtifact(f)
 	f.deploys = &fakeDeploys{f: f, deployments: map[string]*droverv1.Deployment{}, rollouts: map[string]*droverv1.Rollout{}}
+	f.rollouts = &fakeRollouts{d: f.deploys, nodes: map[string][]*droverv1.DeploymentNode{}}
 	return f
 }
 
@@ -110,6 +112,7 @@ func (f *fakeServer) handler() http.Handler {
 	mux.Handle(droverv1connect.NewAgentServiceHandler(fakeAgentService{a: f.art}))
 	mux.Handle(droverv1connect.NewKeyServiceHandler(fakeKeys{a: f.art}))
 	mux.Handle(droverv1connect.NewDeploymentServiceHandler(f.deploys))
+	mux.Handle(droverv1connect.NewRolloutServiceHandler(f.rollouts))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})

@@ -45,7 +45,11 @@ func checkOutputFormat(cmd *cobra.Command) error {
 // whatever table writes. table writes through a tabwriter, so cells are
 // separated by tabs and lines without tabs pass through.
 func printResult(cmd *cobra.Command, msg proto.Message, table func(w io.Writer)) error {
-	out := cmd.OutOrStdout()
+	return printResultTo(cmd.OutOrStdout(), cmd, msg, table)
+}
+
+// printResultTo is printResult writing to out.
+func printResultTo(out io.Writer, cmd *cobra.Command, msg proto.Message, table func(w io.Writer)) error {
 	if outputFormat(cmd) == outputJSON {
 		return protoout.WriteJSON(out, msg)
 	}

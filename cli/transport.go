@@ -33,6 +33,7 @@ type clients struct {
 	node    droverv1connect.NodeServiceClient
 	key     droverv1connect.KeyServiceClient
 	deploy  droverv1connect.DeploymentServiceClient
+	rollout droverv1connect.RolloutServiceClient
 	// artifact moves model bytes; agent is used only for its public
 	// GetClusterInfo, which lists the keys manifests are signed with.
 	artifact droverv1connect.ArtifactServiceClient
@@ -70,6 +71,7 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
 		key:     droverv1connect.NewKeyServiceClient(hc, cfg.Address, opts...),
 		deploy:  droverv1connect.NewDeploymentServiceClient(hc, cfg.Address, opts...),
+		rollout: droverv1connect.NewRolloutServiceClient(hc, cfg.Address, opts...),
 		// Model weights barely compress, so gzip on chunks would cost both
 		// ends CPU for nothing.
 		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),
