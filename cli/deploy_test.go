@@ -224,3 +224,18 @@ func TestDeployHelpTeachesTheFile(t *testing.T) {
 		t.Errorf("the help's example file does not parse: %v", err)
 	}
 }
+
+// FuzzParseDeployFile checks that no file makes the parser panic, and
+// that what it accepts has the fields it read.
+func FuzzParseDeployFile(f *testing.F) {
+	f.Add([]byte(testDeployFile))
+	f.Add([]byte("name: x\nstrategy: {max_unavailable_per_site: 0}\n"))
+	f.Add([]byte("selector:\n  hardware:\n    min_gpu_memory: [1]\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := parseDeployFile(data)
+		if err == nil && spec.GetStrategy() == nil {
+			t.Errorf("accepted %q without a strategy", data)
+		}
+	})
+}
