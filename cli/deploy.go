@@ -206,7 +206,7 @@ The server checks the file, fills in defaults, resolves the model
 reference and stores the deployment; nothing is stored when anything is
 wrong. When the version the reference resolves to changes (on create, or
 when the file or the alias now names another version) a rollout starts;
-` + "`drover rollout status NAME`" + ` follows it.
+` + "`drover deploy show NAME`" + ` shows it.
 
 --expect-revision N applies only if the deployment is still at revision N
 (0: only if it does not exist yet), so two people editing the same file
@@ -276,7 +276,7 @@ func applyView(w io.Writer, before *droverv1.Deployment, r *droverv1.ApplyDeploy
 		if ro.GetFromVersion() != 0 {
 			from = fmt.Sprintf("version %d", ro.GetFromVersion())
 		}
-		fmt.Fprintf(w, "Started rollout %d: %s → version %d (%s); follow it with: drover rollout status %s\n",
+		fmt.Fprintf(w, "Started rollout %d: %s → version %d (%s); see it with: drover deploy show %s\n",
 			ro.GetId(), from, ro.GetToVersion(), ro.GetReason(), name)
 	} else {
 		fmt.Fprintf(w, "No rollout: the fleet already has version %d as its target\n", d.GetVersion())
@@ -368,6 +368,9 @@ func newDeployShowCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a deployment as stored, with every default filled in, and its rollout",
+		Long: `Show a deployment as the cluster stores it: the spec with every default
+filled in (what the rollout controller acts on), the version its model
+reference resolved to, its revision, and its latest rollout.`,
 		Example: `  drover deploy show defect-detector
   drover deploy show defect-detector -o json`,
 		Args: exactArgs("NAME"),

@@ -127,7 +127,7 @@ func TestDeployLifecycle(t *testing.T) {
 
 	out := h.ok("deploy", "apply", "-f", file)
 	wantContains(t, out, "Created deployment defect-detector (revision 1, defect-detector@prod version 7)",
-		"Started rollout 1: nothing → version 7 (apply revision 1); follow it with: drover rollout status defect-detector")
+		"Started rollout 1: nothing → version 7 (apply revision 1); see it with: drover deploy show defect-detector")
 	if got := h.fake.deploys.lastApply; got.ExpectRevision != nil || got.GetSpec().GetResources().GetCpus() != 1.5 {
 		t.Errorf("apply request: %v", got)
 	}
