@@ -106,6 +106,18 @@ func TestDeployRefusesBadInput(t *testing.T) {
 		!strings.Contains(out, "Created deployment defect-detector") || !strings.Contains(out, "Started rollout 1") {
 		t.Fatalf("apply: exit %d\n%s%s", code, out, errOut)
 	}
+	// Applied again: nothing to do, and a plan says so.
+	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", good); code != 0 || !strings.Contains(out, "unchanged (revision 1, version 1)") {
+		t.Errorf("reapply: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, errOut, code := drover(ctx, addr, "deploy", "plan", "-f", good); code != 0 || !strings.Contains(out, "defect-detector: no change") {
+		t.Errorf("plan of the applied file: exit %d\n%s%s", code, out, errOut)
+	}
+	// A create over an existing deployment is a conflict.
+	if _, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", good, "--expect-revision", "0"); code == 0 ||
+		!strings.Contains(errOut, "expected revision 0, but it is at revision 1") {
+		t.Errorf("apply --expect-revision 0 over revision 1: exit %d\n%s", code, errOut)
+	}
 	bad := deployFile(t, strings.Replace(goodDeployment, "type: onnx", "type: exec", 1))
 	if _, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", bad); code == 0 || !strings.Contains(errOut, "type exec needs a command") {
 		t.Errorf("bad update: exit %d\n%s", code, errOut)

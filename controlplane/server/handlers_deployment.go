@@ -69,11 +69,13 @@ func (h *deploymentHandler) ApplyDeployment(ctx context.Context, req *connect.Re
 // nothing: the spec as it would be stored, every node's verdict, and the
 // batches a rollout would take over the matching nodes.
 func (h *deploymentHandler) PlanDeployment(ctx context.Context, req *connect.Request[droverv1.PlanDeploymentRequest]) (*connect.Response[droverv1.PlanDeploymentResponse], error) {
-	spec, v, err := h.prepare(ctx, droverv1connect.DeploymentServicePlanDeploymentProcedure, req.Msg.GetSpec())
-	if err != nil {
+	// Read as a query does, so that a plan sees every acknowledged write
+	// (or, with the stale header, whatever this server has).
+	if err := h.s.readyForRead(ctx, req.Header()); err != nil {
 		return nil, err
 	}
-	if err := h.s.readyForRead(ctx, req.Header()); err != nil {
+	spec, v, err := h.prepare(ctx, droverv1connect.DeploymentServicePlanDeploymentProcedure, req.Msg.GetSpec())
+	if err != nil {
 		return nil, err
 	}
 	cur, err := h.s.state.Deployment(spec.GetName())
