@@ -80,6 +80,12 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	$(GO) test -run=NONE -bench='RelayCapacity|QUICOverLink' -benchtime=1x ./internal/linkemu/
 	# Agents of one site pulling at once, peer-to-peer on and off: origin bytes.
 	$(GO) test -run=NONE -bench=FanOut -benchtime=1x ./agent/peer/
+	# The rollout controller: Raft writes per rollout, and one step's cost.
+	$(GO) test -run=TestRaftWritesPerRollout -bench=Step -benchmem -v ./controlplane/rollout/
+	# Telemetry sketches: cost per observation (one and two goroutines), and
+	# merging 10,000 agent profiles beside exact raw samples and histograms.
+	$(GO) test -run=NONE -bench='Add|Record' -cpu=1,2 ./internal/sketch/
+	$(GO) test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 ./internal/sketch/
 	# Bytes a push moves for a real model whose classifier head was retrained.
 	cd $(DIGITS) && $(GO) test -run=NONE -bench=Delta -benchtime=1x .
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.

@@ -39,6 +39,9 @@ type devFleet struct {
 // each with its identity under dir/agents. Agents enrolled by an earlier
 // run come back as the same nodes; the others enroll with a join token
 // made for them. Stop the fleet with stop.
+// devServePort is the first dev agent's inference endpoint port.
+const devServePort = 7950
+
 func startDevAgents(ctx context.Context, cl *clients, apiAddr, dir string, n int, logw io.Writer, level slog.Level) (*devFleet, error) {
 	f := &devFleet{}
 	if n == 0 {
@@ -56,6 +59,9 @@ func startDevAgents(ctx context.Context, cl *clients, apiAddr, dir string, n int
 		// Several agents share this machine: each pool gets a port of its
 		// own on loopback.
 		cfg.GossipAddr = "127.0.0.1:0"
+		// Inference endpoints at known ports, so that the printed curl
+		// works: dev-agent-1 on 7950, dev-agent-2 on 7951, ...
+		cfg.ServeAddr = fmt.Sprintf("127.0.0.1:%d", devServePort+i)
 		cfg.Logger = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).With("agent", cfg.Name)
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, agent.IdentityFile)); err != nil {
 			toEnroll++

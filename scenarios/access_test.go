@@ -294,6 +294,11 @@ func accessCalls() []accessCall {
 				_, err := cl.Agent.Heartbeat(ctx, connect.NewRequest(&droverv1.HeartbeatRequest{}))
 				return err
 			}},
+		{proc: droverv1connect.AgentServiceWatchAssignmentsProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Agent.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{}))
+				return err
+			}},
 		{proc: droverv1connect.AgentServiceGetManifestProcedure, needs: needsAgent,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
 				_, err := cl.Agent.GetManifest(ctx, connect.NewRequest(&droverv1.AgentGetManifestRequest{Model: model(vision), Ref: "latest"}))
@@ -373,6 +378,38 @@ func accessCalls() []accessCall {
 		{proc: droverv1connect.DeploymentServiceDeleteDeploymentProcedure, needs: "deployment:write",
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
 				_, err := cl.Deploys.DeleteDeployment(ctx, connect.NewRequest(&droverv1.DeleteDeploymentRequest{Name: "no-such-deployment"}))
+				return err
+			}},
+
+		// RolloutService.
+		{proc: droverv1connect.RolloutServiceGetRolloutProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.GetRollout(ctx, connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServiceListRolloutsProcedure, needs: "deployment:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.ListRollouts(ctx, connect.NewRequest(&droverv1.ListRolloutsRequest{}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServicePauseRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.PauseRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServiceResumeRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.ResumeRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServicePromoteRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.PromoteRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
+				return err
+			}},
+		{proc: droverv1connect.RolloutServiceRollbackRolloutProcedure, needs: "deployment:write",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Rollouts.RollbackRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{Deployment: "no-such-deployment"}))
 				return err
 			}},
 
@@ -680,6 +717,7 @@ type apiClients struct {
 	Agent     droverv1connect.AgentServiceClient
 	Artifacts droverv1connect.ArtifactServiceClient
 	Chunks    droverv1connect.ChunkServiceClient
+	Rollouts  droverv1connect.RolloutServiceClient
 }
 
 // addHeaders sets fixed headers on every request, streams included (the
@@ -727,6 +765,7 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
 		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),
 		Chunks:    droverv1connect.NewChunkServiceClient(hc, base),
+		Rollouts:  droverv1connect.NewRolloutServiceClient(hc, base),
 	}
 }
 

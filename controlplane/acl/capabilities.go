@@ -151,6 +151,7 @@ var procedures = map[string]Capability{
 	connectv1.AgentServiceRegisterProcedure:         {Auth: AuthAgent},
 	connectv1.AgentServiceRenewCertificateProcedure: {Auth: AuthAgent},
 	connectv1.AgentServiceHeartbeatProcedure:        {Auth: AuthAgent},
+	connectv1.AgentServiceWatchAssignmentsProcedure: {Auth: AuthAgent},
 	// Until deployments say which versions a node should run, every
 	// enrolled node may read every version's bytes, as the operator's
 	// read-only token may.
@@ -194,6 +195,18 @@ var procedures = map[string]Capability{
 	connectv1.DeploymentServiceDeleteDeploymentProcedure: on(deployment, write, func(r *droverv1.DeleteDeploymentRequest) Ref {
 		return Ref{Name: r.GetName()}
 	}),
+
+	// Rollouts belong to their deployment: watching one is reading the
+	// deployment, steering one is writing it.
+	connectv1.RolloutServiceGetRolloutProcedure: on(deployment, read, func(r *droverv1.GetRolloutRequest) Ref {
+		return Ref{Name: r.GetDeployment()}
+	}),
+	// Filtered to the deployments the token may read.
+	connectv1.RolloutServiceListRolloutsProcedure:    need(deployment, read),
+	connectv1.RolloutServicePauseRolloutProcedure:    on(deployment, write, rolloutAction),
+	connectv1.RolloutServiceResumeRolloutProcedure:   on(deployment, write, rolloutAction),
+	connectv1.RolloutServicePromoteRolloutProcedure:  on(deployment, write, rolloutAction),
+	connectv1.RolloutServiceRollbackRolloutProcedure: on(deployment, write, rolloutAction),
 
 	// Status must work before ACLs exist and when the operator's token
 	// is lost; it shows names and addresses, nothing secret.
@@ -262,4 +275,9 @@ var procedures = map[string]Capability{
 	connectv1.ModelServiceDeleteAliasProcedure: on(model, write, func(r *droverv1.DeleteAliasRequest) Ref {
 		return modelRef(r.GetModel())
 	}),
+}
+
+// rolloutAction names the deployment a rollout action steers.
+func rolloutAction(r *droverv1.RolloutActionRequest) Ref {
+	return Ref{Name: r.GetDeployment()}
 }

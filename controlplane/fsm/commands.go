@@ -169,6 +169,30 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.DeleteDeploymentCommand) (proto.Message, error) {
 			return nil, s.DeleteDeployment(idx, c.GetMeta(), c.GetName())
 		}),
+	droverv1.CommandType_COMMAND_TYPE_START_ROLLOUT_BATCH: commandOf(state.ActionRolloutBatchStart,
+		func(s *state.Store, idx uint64, c *droverv1.StartRolloutBatchCommand) (proto.Message, error) {
+			return value(s.StartRolloutBatch(idx, c.GetMeta(), c))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_FINISH_ROLLOUT_BATCH: commandOf(state.ActionRolloutBatchDone,
+		func(s *state.Store, idx uint64, c *droverv1.FinishRolloutBatchCommand) (proto.Message, error) {
+			return value(s.FinishRolloutBatch(idx, c.GetMeta(), c))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_SET_ROLLOUT_STATE: commandOf(state.ActionRolloutState,
+		func(s *state.Store, idx uint64, c *droverv1.SetRolloutStateCommand) (proto.Message, error) {
+			return value(s.SetRolloutState(idx, c.GetMeta(), c))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_START_ROLLBACK: commandOf(state.ActionRolloutRollback,
+		func(s *state.Store, idx uint64, c *droverv1.StartRollbackCommand) (proto.Message, error) {
+			return value(s.StartRollback(idx, c.GetMeta(), c))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES: commandOf(state.ActionDeploymentAssign,
+		func(s *state.Store, idx uint64, c *droverv1.AssignDeploymentNodesCommand) (proto.Message, error) {
+			return nil, s.AssignDeploymentNodes(idx, c.GetMeta(), c)
+		}),
+	droverv1.CommandType_COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES: commandOf(state.ActionDeploymentUnassign,
+		func(s *state.Store, idx uint64, c *droverv1.UnassignDeploymentNodesCommand) (proto.Message, error) {
+			return nil, s.UnassignDeploymentNodes(idx, c.GetMeta(), c)
+		}),
 	droverv1.CommandType_COMMAND_TYPE_RECORD_DENIALS: commandOf(state.ActionAccessDenied,
 		func(s *state.Store, idx uint64, c *droverv1.RecordDenialsCommand) (proto.Message, error) {
 			return nil, s.RecordDenials(idx, c.GetMeta(), c.GetDenials())

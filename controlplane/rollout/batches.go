@@ -1,6 +1,19 @@
 // Package rollout moves a deployment's nodes from one model version to
 // another in batches: canary first, then max_parallel at a time, never more
 // nodes of one site unavailable at once than the site's budget allows.
+//
+// It holds the batch planner (Plan, NextBatch), shared by `deploy plan`
+// and the controller, and the controller itself: Controller.Step, pure
+// and deterministic, which the leader runs on a View of one deployment
+// (its records, the nodes that match it, their assignments and instance
+// reports, the time) and which returns Decisions, each to be written as
+// one Raft command. The controller keeps nothing between steps; every
+// batch it starts is recorded in the Rollout, so a new leader continues
+// exactly where the old one stopped. Each decision's ApplyTo is the change
+// its command makes to the records, and refuses a decision made on a
+// record that has moved on (ErrStale), so a batch is never started twice.
+// The operator's actions (Pause, Resume, Promote, Rollback) check the
+// rollout's state and return the decision to propose.
 package rollout
 
 import (

@@ -271,6 +271,9 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 	wasDown := node.GetStatus() == droverv1.NodeStatus_NODE_STATUS_DOWN
 	beat := hb.agentHeartbeat(node, wasDown, req.Msg.GetSuspects(), req.Msg.GetGossipMembers())
 	hb.reportPull(node.GetId(), req.Msg.GetPull())
+	if hb.reportInstances(node.GetId(), req.Msg.GetInstances()) {
+		h.s.kickRollouts()
+	}
 	resp.Pull = node.GetRequestedPull()
 	resp.Ttl = durationpb.New(beat.TTL)
 	resp.SitePeers = beat.Peers
@@ -284,6 +287,57 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 		resp.Status = droverv1.NodeStatus_NODE_STATUS_READY
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// WatchAssignments answers what the calling node should run. With
+// query.min_index it blocks until the node's assignments (or a deployment
+// they belong to) change past it, or query.max_wait passes; changes to
+// other nodes or other state do not wake it, so a fleet of watching agents
+// costs nothing while nothing of theirs changes.
+func (h *agentHandler) WatchAssignments(ctx context.Context, req *connect.Request[droverv1.WatchAssignmentsRequest]) (*connect.Response[droverv1.WatchAssignmentsResponse], error) {
+	node := agentNodeFrom(ctx)
+	opts := req.Msg.GetQuery()
+	if minIndex := opts.GetMinIndex(); minIndex > 0 {
+		wait := defaultMaxWait
+		if d := opts.GetMaxWait(); d != nil {
+			wait = min(d.AsDuration(), maxMaxWait)
+		}
+		wctx, cancel := h.s.waitCtx(ctx, wait)
+		err := waitForAssignments(wctx, h.s.state, node.GetId(), minIndex)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+		}
+	}
+	// min_index is handled above; query only checks consistency.
+	meta, err := h.s.query(ctx, req.Header(), nil)
+	if err != nil {
+		return nil, err
+	}
+	as, index := h.s.state.NodeAssignments(node.GetId())
+	// The index a watcher passes back: the last change to this node's
+	// assignments, never 0, so that passing it back blocks.
+	meta.Index = max(index, 1)
+	return connect.NewResponse(&droverv1.WatchAssignmentsResponse{Assignments: as, Meta: meta}), nil
+}
+
+// waitForAssignments blocks until node id's assignment index passes
+// minIndex or ctx ends (a deadline is no error, as for WaitForIndex).
+func waitForAssignments(ctx context.Context, st *state.Store, id string, minIndex uint64) error {
+	seen := minIndex
+	for {
+		if _, idx := st.NodeAssignments(id); idx > minIndex {
+			return nil
+		}
+		next, err := st.WaitForIndex(ctx, seen)
+		if err != nil {
+			return err
+		}
+		if next <= seen {
+			return nil // the deadline passed
+		}
+		seen = next
+	}
 }
 
 // heartbeatTracker returns the leader's tracker, or nil when this server

@@ -198,8 +198,9 @@ func (h *deploymentHandler) ListDeployments(ctx context.Context, req *connect.Re
 	return connect.NewResponse(out), nil
 }
 
-// GetDeployment returns a deployment and its latest rollout. Its nodes
-// are filled in once per-node assignments are stored.
+// GetDeployment returns a deployment, its latest rollout and the nodes
+// assigned it, each with its latest report when this server leads (see
+// GetRollout).
 func (h *deploymentHandler) GetDeployment(ctx context.Context, req *connect.Request[droverv1.GetDeploymentRequest]) (*connect.Response[droverv1.GetDeploymentResponse], error) {
 	meta, err := h.s.query(ctx, req.Header(), req.Msg.GetQuery())
 	if err != nil {
@@ -215,6 +216,7 @@ func (h *deploymentHandler) GetDeployment(ctx context.Context, req *connect.Requ
 			out.Rollout = r
 		}
 	}
+	out.Nodes = h.s.deploymentNodes(d.GetSpec().GetName(), nil)
 	return connect.NewResponse(out), nil
 }
 

@@ -98,6 +98,10 @@ type hbEntry struct {
 	// pull is the agent's latest report of its pull, nil for none in
 	// this term. It is never changed in place: a report replaces it.
 	pull *droverv1.NodePullStatus
+	// instances is the agent's latest report on its deployments'
+	// instances, by deployment, nil for none in this term. Like pull, a
+	// report replaces it whole.
+	instances map[string]*droverv1.InstanceStatus
 }
 
 // sitePeers are the tracked nodes of one site that have a gossip
@@ -334,6 +338,78 @@ func (t *heartbeatTracker) pullStatus(id string) *droverv1.NodePullStatus {
 	return proto.Clone(st).(*droverv1.NodePullStatus)
 }
 
+// maxInstanceReports bounds how many instance reports of one heartbeat
+// the leader keeps: a node runs a few deployments, never thousands.
+const maxInstanceReports = 64
+
+// reportInstances keeps the instance reports a heartbeat of node id
+// carried, and reports whether any changed (state, version or restarts)
+// since its last heartbeat, so the rollout controller can act at once. A
+// heartbeat without reports clears them only when the agent said it runs
+// nothing: agents always send the full list.
+func (t *heartbeatTracker) reportInstances(id string, sts []*droverv1.InstanceStatus) (changed bool) {
+	if len(sts) > maxInstanceReports {
+		sts = sts[:maxInstanceReports]
+	}
+	next := make(map[string]*droverv1.InstanceStatus, len(sts))
+	for _, st := range sts {
+		st = proto.Clone(st).(*droverv1.InstanceStatus)
+		if len(st.Reason) > maxPullErrorBytes {
+			st.Reason = strings.ToValidUTF8(st.Reason[:maxPullErrorBytes], "") + "…"
+		}
+		next[st.GetDeployment()] = st
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.nodes[id]
+	if !ok {
+		return false
+	}
+	changed = len(next) != len(e.instances)
+	for d, st := range next {
+		old, ok := e.instances[d]
+		if !ok || old.GetState() != st.GetState() || old.GetVersion() != st.GetVersion() || old.GetRestarts() != st.GetRestarts() {
+			changed = true
+		}
+	}
+	e.instances = next
+	return changed
+}
+
+// instanceStatus returns a copy of node id's latest report on
+// deployment's instance, nil for none: the node has not reported it in
+// this leader's term.
+func (t *heartbeatTracker) instanceStatus(id, deployment string) *droverv1.InstanceStatus {
+	t.mu.Lock()
+	var st *droverv1.InstanceStatus
+	if e, ok := t.nodes[id]; ok {
+		st = e.instances[deployment]
+	}
+	t.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	return proto.Clone(st).(*droverv1.InstanceStatus)
+}
+
+// instanceReports returns the latest report on deployment's instance of
+// each of the nodes ids that has one in this term. The reports are shared:
+// the tracker replaces a node's reports whole and never changes one, so
+// the caller must not change them either.
+func (t *heartbeatTracker) instanceReports(deployment string, ids []string) map[string]*droverv1.InstanceStatus {
+	out := make(map[string]*droverv1.InstanceStatus)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		if e, ok := t.nodes[id]; ok {
+			if st := e.instances[deployment]; st != nil {
+				out[id] = st
+			}
+		}
+	}
+	return out
+}
+
 // indexLocked records the site and gossip address of node id, whose entry
 // is e, and keeps sites in step.
 func (t *heartbeatTracker) indexLocked(id string, e *hbEntry, site, gossipAddr string) {
@@ -536,6 +612,11 @@ func (t *heartbeatTracker) collectLocked(now time.Time) (expired []string, suspe
 		}
 		if due, bySuspicion := e.dueLocked(now); due {
 			e.downSent = true
+			// Its reports predate its going down; the rollout controller
+			// must not take them for its state once it is back (see
+			// rollout.View.Reports). The heartbeat that brings it back
+			// carries fresh ones.
+			e.instances = nil
 			expired = append(expired, id)
 			if bySuspicion {
 				if suspected == nil {

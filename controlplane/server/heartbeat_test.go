@@ -356,3 +356,39 @@ func TestHeartbeatKeepsPullReport(t *testing.T) {
 		t.Error("kept a report of a node the tracker does not track")
 	}
 }
+
+// The leader keeps each node's latest instance reports by deployment and
+// says when one changed, which is when the rollout controller must look
+// again.
+func TestHeartbeatKeepsInstanceReports(t *testing.T) {
+	now := time.Unix(1000, 0)
+	tr := &heartbeatTracker{
+		now: func() time.Time { return now }, minTTL: time.Second, rate: 50,
+		nodes: map[string]*hbEntry{}, up: map[string]struct{}{},
+	}
+	tr.agentHeartbeat(&droverv1.Node{Id: "n-a"}, false, nil, 0)
+	healthy := &droverv1.InstanceStatus{Deployment: "digits", Version: 2, State: droverv1.InstanceState_INSTANCE_STATE_HEALTHY}
+	if !tr.reportInstances("n-a", []*droverv1.InstanceStatus{healthy}) {
+		t.Error("a first report is a change")
+	}
+	if tr.reportInstances("n-a", []*droverv1.InstanceStatus{healthy}) {
+		t.Error("the same report again is not a change")
+	}
+	healthy.Version = 3 // the tracker keeps a copy
+	if got := tr.instanceStatus("n-a", "digits"); got.GetVersion() != 2 || got.GetState() != droverv1.InstanceState_INSTANCE_STATE_HEALTHY {
+		t.Errorf("kept %v", got)
+	}
+	crash := &droverv1.InstanceStatus{Deployment: "digits", Version: 3, State: droverv1.InstanceState_INSTANCE_STATE_CRASH_LOOP, Restarts: 4, Reason: string(make([]byte, 5000))}
+	if !tr.reportInstances("n-a", []*droverv1.InstanceStatus{crash}) {
+		t.Error("a crash loop is a change")
+	}
+	if got := tr.instanceStatus("n-a", "digits"); got.GetRestarts() != 4 || len(got.GetReason()) > maxPullErrorBytes+len("…") {
+		t.Errorf("kept %v (reason of %d bytes)", got.GetRestarts(), len(got.GetReason()))
+	}
+	if !tr.reportInstances("n-a", nil) || tr.instanceStatus("n-a", "digits") != nil {
+		t.Error("an agent that runs nothing still has a report")
+	}
+	if tr.reportInstances("n-unknown", []*droverv1.InstanceStatus{crash}) || tr.instanceStatus("n-unknown", "digits") != nil {
+		t.Error("kept a report of a node the tracker does not track")
+	}
+}

@@ -77,7 +77,7 @@ func (d *leaderDuty) stop(s *Server) {
 // from earlier terms is applied (so consistent reads are safe), initialises
 // the cluster's identity on first election, then keeps the Raft
 // configuration in step with gossip membership, and runs the heartbeat
-// tracker, which it drops when leadership ends.
+// tracker and the rollout controller, which it drops when leadership ends.
 func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 	s.logger.Info("became leader; establishing leadership")
 	for {
@@ -114,6 +114,27 @@ func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 		<-hbDone // ctx has ended: leaderLoop returns only then
 	}()
 
+	rl, err := newRolloutLoop(s, hb)
+	if err != nil {
+		// The configuration was validated at start; say so loudly if not.
+		s.logger.Error("rollout controller not started", "err", err)
+	} else {
+		s.mu.Lock()
+		s.rollouts = rl
+		s.mu.Unlock()
+		rlDone := make(chan struct{})
+		go func() {
+			defer close(rlDone)
+			rl.run(ctx)
+		}()
+		defer func() {
+			s.mu.Lock()
+			s.rollouts = nil
+			s.mu.Unlock()
+			<-rlDone
+		}()
+	}
+
 	ticker := time.NewTicker(reconcileInterval)
 	defer ticker.Stop()
 	for {
@@ -141,6 +162,21 @@ func (s *Server) startHeartbeats(hb *heartbeatTracker) {
 	s.heartbeats = hb
 	s.mu.Unlock()
 	hb.trackState()
+}
+
+// rolloutLoop returns the leader's rollout loop, or nil when this server
+// is not an established leader.
+func (s *Server) rolloutLoop() *rolloutLoop {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rollouts
+}
+
+// kickRollouts has the leader's rollout loop step now, if it runs.
+func (s *Server) kickRollouts() {
+	if rl := s.rolloutLoop(); rl != nil {
+		rl.kick()
+	}
 }
 
 // LeaderGraceFrom is when this server, as leader, gave every node it

@@ -46,6 +46,10 @@ type metrics struct {
 	// servedToAgents and servedToOperators count the chunk bytes pulls
 	// took from this server.
 	servedToAgents, servedToOperators prometheus.Counter
+	// rolloutProposed and rolloutRefused count the rollout controller's
+	// decisions this server wrote as leader, and those not written (stale
+	// or failed).
+	rolloutProposed, rolloutRefused prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -119,6 +123,12 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		Name: "drover_chunk_fill_errors_total",
 		Help: "Failed background copies: a server that did not say which chunks it holds, or a chunk stream from it that failed.",
 	})
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_rollout_decisions_total",
+		Help: "Rollout controller decisions this server proposed as leader, by outcome: written, or refused (stale, or the write failed) and decided again.",
+	}, []string{"outcome"})
+	m.rolloutProposed = decisions.WithLabelValues("written")
+	m.rolloutRefused = decisions.WithLabelValues("refused")
 	m.suspectsCounted = suspects.WithLabelValues("counted")
 	m.suspectsIgnored = suspects.WithLabelValues("ignored")
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
@@ -126,7 +136,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	}
 	reg.MustRegister(
 		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, m.aclDenials, m.aclDenialsDropped, nodeCollector{s: s},
-		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors, served,
+		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors, served, decisions,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

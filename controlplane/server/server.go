@@ -90,6 +90,7 @@ type Server struct {
 	serverMeta    map[string]serverMeta // gossip view of servers, by name
 	readyForReads chan struct{}         // closed once a new leader's barrier is done; nil when not leader
 	heartbeats    *heartbeatTracker     // the leader's heartbeat deadlines; nil when not leading
+	rollouts      *rolloutLoop          // the leader's rollout controller; nil when not leading
 }
 
 // New validates cfg and prepares a server; nothing listens until Start.

@@ -39,6 +39,13 @@ const (
 
 	ActionDeploymentApply  = "deployment.apply"
 	ActionDeploymentDelete = "deployment.delete"
+	// The rollout controller's and the operators' rollout commands.
+	ActionRolloutBatchStart  = "rollout.batch_start"
+	ActionRolloutBatchDone   = "rollout.batch_done"
+	ActionRolloutState       = "rollout.state"
+	ActionRolloutRollback    = "rollout.rollback"
+	ActionDeploymentAssign   = "deployment.assign"
+	ActionDeploymentUnassign = "deployment.unassign"
 	// ActionAccessDenied records a write call a server refused because
 	// the caller's token lacks a capability (see [Store.RecordDenials]).
 	ActionAccessDenied = "access.denied"

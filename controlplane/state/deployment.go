@@ -194,7 +194,8 @@ func (s *Store) resolveDeploymentModelLocked(ref string) (*droverv1.ModelVersion
 }
 
 // DeleteDeployment applies a delete-deployment command. The deployment's
-// rollout history goes with it: a deployment created again under the name
+// assignments go with it (its agents stop it), and so does its
+// rollout history: a deployment created again under the name
 // starts a history of its own, from rollout 1.
 func (s *Store) DeleteDeployment(idx uint64, meta *droverv1.CommandMeta, name string) error {
 	return s.write(idx, meta, ActionDeploymentDelete, func() (string, map[string]string, error) {
@@ -205,9 +206,18 @@ func (s *Store) DeleteDeployment(idx uint64, meta *droverv1.CommandMeta, name st
 		}
 		delete(s.t.deployments, name)
 		delete(s.t.rollouts, name)
+		// Its nodes' agents stop its instance when its assignment goes.
+		var nodes []string
+		for id, as := range s.t.assignments {
+			if _, ok := as[name]; ok {
+				nodes = append(nodes, id)
+			}
+		}
+		unassigned := s.unassignLocked(idx, name, nodes)
 		return target, map[string]string{
-			"revision": strconv.FormatUint(d.GetRevision(), 10),
-			"version":  strconv.FormatUint(d.GetVersion(), 10),
+			"revision":   strconv.FormatUint(d.GetRevision(), 10),
+			"version":    strconv.FormatUint(d.GetVersion(), 10),
+			"unassigned": strconv.Itoa(unassigned),
 		}, nil
 	})
 }

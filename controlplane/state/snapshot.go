@@ -29,7 +29,9 @@ import (
 //     name; then ACL policies sorted by name; then ACL tokens sorted by
 //     accessor id; then join tokens sorted by id; then nodes sorted by id;
 //     then signing keys sorted by key id; then deployments sorted by
-//     name; then rollouts sorted by deployment name and id; then audit events in ascending index order (events of one command
+//     name; then rollouts sorted by deployment name and id; then node
+//     assignments sorted by node id and deployment name; then audit
+//     events in ascending index order (events of one command
 //     share its index, see [Store.RecordDenials]);
 //  3. one empty SnapshotRecord (a single zero byte) marking the end, so
 //     that a stream cut exactly between two records is still detected as
@@ -41,14 +43,15 @@ import (
 //
 // Format history: 1 has models, versions, tokens and audit events; 2 adds
 // join tokens and nodes; 3 adds version marks; 4 adds ACL policies, and
-// tokens other than the bootstrap token; 5 adds signing keys; 6 adds deployments and rollouts. A snapshot in format 1 or 2 has
+// tokens other than the bootstrap token; 5 adds signing keys; 6 adds deployments and rollouts;
+// 7 adds node assignments. A snapshot in format 1 or 2 has
 // no version marks, so it restores to a state that has forgotten the
 // version numbers of models deleted before it was taken. A snapshot older
 // than format 4 holds at most the bootstrap token, which may lack a name
 // and policies; it is restored as BootstrapACL stores such a token (see
 // upgradeBootstrapToken), so that a server restoring it and one replaying
 // the log agree.
-const SnapshotFormat = 6
+const SnapshotFormat = 7
 
 // minSnapshotFormat is the oldest format this server reads. A snapshot in
 // an older format than SnapshotFormat simply has none of the records added
@@ -78,6 +81,7 @@ type Snapshot struct {
 	keys       []*droverv1.SigningKey              // sorted by key id
 	deploys    []*droverv1.Deployment              // sorted by name
 	rollouts   []*droverv1.Rollout                 // sorted by deployment, id
+	assigns    []*droverv1.NodeAssignment          // sorted by node, deployment
 	audit      []*droverv1.AuditEvent              // ascending index
 }
 
@@ -108,6 +112,11 @@ func (s *Store) Snapshot() *Snapshot {
 	for _, hist := range s.t.rollouts {
 		snap.rollouts = append(snap.rollouts, hist...)
 	}
+	for node, as := range s.t.assignments {
+		for _, a := range as {
+			snap.assigns = append(snap.assigns, &droverv1.NodeAssignment{NodeId: node, Assignment: a})
+		}
+	}
 	for name, v := range s.t.versionMarks {
 		snap.marks = append(snap.marks, &droverv1.ModelVersionMark{Model: name, Version: v})
 	}
@@ -132,6 +141,12 @@ func (snap *Snapshot) sort() {
 			return c
 		}
 		return cmp.Compare(a.GetId(), b.GetId())
+	})
+	slices.SortFunc(snap.assigns, func(a, b *droverv1.NodeAssignment) int {
+		if c := strings.Compare(a.GetNodeId(), b.GetNodeId()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.GetAssignment().GetDeployment(), b.GetAssignment().GetDeployment())
 	})
 }
 
@@ -222,6 +237,11 @@ func (snap *Snapshot) encode(w io.Writer) error {
 			return err
 		}
 	}
+	for _, a := range snap.assigns {
+		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Assignment{Assignment: a}}); err != nil {
+			return err
+		}
+	}
 	for _, ev := range snap.audit {
 		if err := put(&droverv1.SnapshotRecord{Record: &droverv1.SnapshotRecord_Audit{Audit: ev}}); err != nil {
 			return err
@@ -305,6 +325,7 @@ func (snap *Snapshot) Counts() map[string]string {
 		"signing_keys": strconv.Itoa(len(snap.keys)),
 		"deployments":  strconv.Itoa(len(snap.deploys)),
 		"rollouts":     strconv.Itoa(len(snap.rollouts)),
+		"assignments":  strconv.Itoa(len(snap.assigns)),
 	}
 }
 
@@ -384,6 +405,11 @@ func readSnapshot(br *bufio.Reader) (*Snapshot, error) {
 				return nil, fmt.Errorf("record %d is a rollout, which format %d snapshots do not have", n, format)
 			}
 			snap.rollouts = append(snap.rollouts, r.Rollout)
+		case *droverv1.SnapshotRecord_Assignment:
+			if format < 7 {
+				return nil, fmt.Errorf("record %d is a node assignment, which format %d snapshots do not have", n, format)
+			}
+			snap.assigns = append(snap.assigns, r.Assignment)
 		case *droverv1.SnapshotRecord_Audit:
 			snap.audit = append(snap.audit, r.Audit)
 		default:
@@ -475,6 +501,9 @@ func (snap *Snapshot) check() error {
 		return err
 	}
 	if err := checkDeployments(snap.deploys, snap.rollouts, models, snap.versions); err != nil {
+		return err
+	}
+	if err := checkAssignments(snap.assigns, snap.deploys); err != nil {
 		return err
 	}
 	if _, err := indexNodeKeys(snap.nodes); err != nil {
@@ -625,6 +654,14 @@ func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 	for _, r := range snap.rollouts {
 		t.rollouts[r.GetDeployment()] = append(t.rollouts[r.GetDeployment()], r)
 	}
+	for _, a := range snap.assigns {
+		as := t.assignments[a.GetNodeId()]
+		if as == nil {
+			as = make(map[string]*droverv1.Assignment)
+			t.assignments[a.GetNodeId()] = as
+		}
+		as[a.GetAssignment().GetDeployment()] = a.GetAssignment()
+	}
 	t.nodeNames, err = indexNodes(snap.nodes)
 	if err == nil {
 		t.nodeKeys, err = indexNodeKeys(snap.nodes)
@@ -649,6 +686,8 @@ func (s *Store) RestoreAt(r io.Reader, raftIndex uint64) error {
 	// Every token and policy may have changed: whatever was derived from
 	// the old ones must be rebuilt (see ACLIndex).
 	s.t.aclIndex = idx
+	// So is every node's assignments.
+	s.t.assignFloor = idx
 	s.notifyLocked()
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package state is the control plane's replicated state in memory (cluster
 // identity, models, versions, aliases, ACL tokens and policies, join
-// tokens, nodes, manifest signing keys, deployments and their rollouts,
+// tokens, nodes, manifest signing keys, deployments, their rollouts and
+// the nodes' assignments,
 // audit log), written only by the Raft FSM and read by
 // everything else through blocking queries.
 package state
@@ -106,6 +107,15 @@ type tables struct {
 	// rollouts holds each deployment's most recent rollouts (at most
 	// MaxRolloutHistory), ascending id, by deployment name.
 	rollouts map[string][]*droverv1.Rollout
+	// assignments holds what each node is told to run: node id →
+	// deployment name → assignment.
+	assignments map[string]map[string]*droverv1.Assignment
+	// assignIndex is, by node id, the index of the last command that
+	// changed the node's assignments, and assignFloor the index of the
+	// last restore, which may have changed anyone's; neither is stored in
+	// snapshots (see Store.NodeAssignments).
+	assignIndex map[string]uint64
+	assignFloor uint64
 }
 
 func newTables() tables {
@@ -123,6 +133,8 @@ func newTables() tables {
 		signingKeys:  make(map[string]*droverv1.SigningKey),
 		deployments:  make(map[string]*droverv1.Deployment),
 		rollouts:     make(map[string][]*droverv1.Rollout),
+		assignments:  make(map[string]map[string]*droverv1.Assignment),
+		assignIndex:  make(map[string]uint64),
 	}
 }
 

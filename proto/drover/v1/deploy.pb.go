@@ -2040,8 +2040,13 @@ type GetRolloutResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// Per node of the rollout's batches: what it last reported.
-	Nodes         []*DeploymentNode `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Meta          *QueryMeta        `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	Nodes []*DeploymentNode `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Meta  *QueryMeta        `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Why the rollout does not move on now, in the leader's controller's
+	// words ("batch 3: waiting for e-17 (STARTING on version 7)"); empty
+	// when nothing is waited for, or when a server other than the leader
+	// answered (a stale read), which holds no reports either.
+	Waiting       string `protobuf:"bytes,4,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2095,6 +2100,13 @@ func (x *GetRolloutResponse) GetMeta() *QueryMeta {
 		return x.Meta
 	}
 	return nil
+}
+
+func (x *GetRolloutResponse) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
 }
 
 type ListRolloutsRequest struct {
@@ -2495,11 +2507,12 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12-\n" +
-	"\x05query\x18\x03 \x01(\v2\x17.drover.v1.QueryOptionsR\x05query\"\x9d\x01\n" +
+	"\x05query\x18\x03 \x01(\v2\x17.drover.v1.QueryOptionsR\x05query\"\xb7\x01\n" +
 	"\x12GetRolloutResponse\x12,\n" +
 	"\arollout\x18\x01 \x01(\v2\x12.drover.v1.RolloutR\arollout\x12/\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x19.drover.v1.DeploymentNodeR\x05nodes\x12(\n" +
-	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\"d\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\x12\x18\n" +
+	"\awaiting\x18\x04 \x01(\tR\awaiting\"d\n" +
 	"\x13ListRolloutsRequest\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +

@@ -27,33 +27,39 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED          CommandType = 0
-	CommandType_COMMAND_TYPE_INIT_CLUSTER         CommandType = 1
-	CommandType_COMMAND_TYPE_BOOTSTRAP_ACL        CommandType = 2
-	CommandType_COMMAND_TYPE_CREATE_MODEL         CommandType = 3
-	CommandType_COMMAND_TYPE_DELETE_MODEL         CommandType = 4
-	CommandType_COMMAND_TYPE_CREATE_VERSION       CommandType = 5
-	CommandType_COMMAND_TYPE_SET_ALIAS            CommandType = 6
-	CommandType_COMMAND_TYPE_DELETE_ALIAS         CommandType = 7
-	CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN    CommandType = 8
-	CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN    CommandType = 9
-	CommandType_COMMAND_TYPE_ENROLL_NODE          CommandType = 10
-	CommandType_COMMAND_TYPE_REGISTER_NODE        CommandType = 11
-	CommandType_COMMAND_TYPE_SET_NODE_STATUS      CommandType = 12
-	CommandType_COMMAND_TYPE_SET_NODE_DRAIN       CommandType = 13
-	CommandType_COMMAND_TYPE_SET_NODE_LABELS      CommandType = 14
-	CommandType_COMMAND_TYPE_REVOKE_NODE          CommandType = 15
-	CommandType_COMMAND_TYPE_APPLY_ACL_POLICY     CommandType = 16
-	CommandType_COMMAND_TYPE_DELETE_ACL_POLICY    CommandType = 17
-	CommandType_COMMAND_TYPE_CREATE_ACL_TOKEN     CommandType = 18
-	CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN     CommandType = 19
-	CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN     CommandType = 20
-	CommandType_COMMAND_TYPE_RECORD_DENIALS       CommandType = 21
-	CommandType_COMMAND_TYPE_REGISTER_SIGNING_KEY CommandType = 22
-	CommandType_COMMAND_TYPE_REVOKE_SIGNING_KEY   CommandType = 23
-	CommandType_COMMAND_TYPE_SET_NODE_PULL        CommandType = 24
-	CommandType_COMMAND_TYPE_APPLY_DEPLOYMENT     CommandType = 25
-	CommandType_COMMAND_TYPE_DELETE_DEPLOYMENT    CommandType = 26
+	CommandType_COMMAND_TYPE_UNSPECIFIED               CommandType = 0
+	CommandType_COMMAND_TYPE_INIT_CLUSTER              CommandType = 1
+	CommandType_COMMAND_TYPE_BOOTSTRAP_ACL             CommandType = 2
+	CommandType_COMMAND_TYPE_CREATE_MODEL              CommandType = 3
+	CommandType_COMMAND_TYPE_DELETE_MODEL              CommandType = 4
+	CommandType_COMMAND_TYPE_CREATE_VERSION            CommandType = 5
+	CommandType_COMMAND_TYPE_SET_ALIAS                 CommandType = 6
+	CommandType_COMMAND_TYPE_DELETE_ALIAS              CommandType = 7
+	CommandType_COMMAND_TYPE_CREATE_JOIN_TOKEN         CommandType = 8
+	CommandType_COMMAND_TYPE_REVOKE_JOIN_TOKEN         CommandType = 9
+	CommandType_COMMAND_TYPE_ENROLL_NODE               CommandType = 10
+	CommandType_COMMAND_TYPE_REGISTER_NODE             CommandType = 11
+	CommandType_COMMAND_TYPE_SET_NODE_STATUS           CommandType = 12
+	CommandType_COMMAND_TYPE_SET_NODE_DRAIN            CommandType = 13
+	CommandType_COMMAND_TYPE_SET_NODE_LABELS           CommandType = 14
+	CommandType_COMMAND_TYPE_REVOKE_NODE               CommandType = 15
+	CommandType_COMMAND_TYPE_APPLY_ACL_POLICY          CommandType = 16
+	CommandType_COMMAND_TYPE_DELETE_ACL_POLICY         CommandType = 17
+	CommandType_COMMAND_TYPE_CREATE_ACL_TOKEN          CommandType = 18
+	CommandType_COMMAND_TYPE_REVOKE_ACL_TOKEN          CommandType = 19
+	CommandType_COMMAND_TYPE_ROTATE_ACL_TOKEN          CommandType = 20
+	CommandType_COMMAND_TYPE_RECORD_DENIALS            CommandType = 21
+	CommandType_COMMAND_TYPE_REGISTER_SIGNING_KEY      CommandType = 22
+	CommandType_COMMAND_TYPE_REVOKE_SIGNING_KEY        CommandType = 23
+	CommandType_COMMAND_TYPE_SET_NODE_PULL             CommandType = 24
+	CommandType_COMMAND_TYPE_APPLY_DEPLOYMENT          CommandType = 25
+	CommandType_COMMAND_TYPE_DELETE_DEPLOYMENT         CommandType = 26
+	CommandType_COMMAND_TYPE_START_ROLLOUT_BATCH       CommandType = 27
+	CommandType_COMMAND_TYPE_FINISH_ROLLOUT_BATCH      CommandType = 28
+	CommandType_COMMAND_TYPE_SET_ROLLOUT_STATE         CommandType = 29
+	CommandType_COMMAND_TYPE_START_ROLLBACK            CommandType = 30
+	CommandType_COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES   CommandType = 31
+	CommandType_COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES CommandType = 32
 )
 
 // Enum value maps for CommandType.
@@ -86,35 +92,47 @@ var (
 		24: "COMMAND_TYPE_SET_NODE_PULL",
 		25: "COMMAND_TYPE_APPLY_DEPLOYMENT",
 		26: "COMMAND_TYPE_DELETE_DEPLOYMENT",
+		27: "COMMAND_TYPE_START_ROLLOUT_BATCH",
+		28: "COMMAND_TYPE_FINISH_ROLLOUT_BATCH",
+		29: "COMMAND_TYPE_SET_ROLLOUT_STATE",
+		30: "COMMAND_TYPE_START_ROLLBACK",
+		31: "COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES",
+		32: "COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":          0,
-		"COMMAND_TYPE_INIT_CLUSTER":         1,
-		"COMMAND_TYPE_BOOTSTRAP_ACL":        2,
-		"COMMAND_TYPE_CREATE_MODEL":         3,
-		"COMMAND_TYPE_DELETE_MODEL":         4,
-		"COMMAND_TYPE_CREATE_VERSION":       5,
-		"COMMAND_TYPE_SET_ALIAS":            6,
-		"COMMAND_TYPE_DELETE_ALIAS":         7,
-		"COMMAND_TYPE_CREATE_JOIN_TOKEN":    8,
-		"COMMAND_TYPE_REVOKE_JOIN_TOKEN":    9,
-		"COMMAND_TYPE_ENROLL_NODE":          10,
-		"COMMAND_TYPE_REGISTER_NODE":        11,
-		"COMMAND_TYPE_SET_NODE_STATUS":      12,
-		"COMMAND_TYPE_SET_NODE_DRAIN":       13,
-		"COMMAND_TYPE_SET_NODE_LABELS":      14,
-		"COMMAND_TYPE_REVOKE_NODE":          15,
-		"COMMAND_TYPE_APPLY_ACL_POLICY":     16,
-		"COMMAND_TYPE_DELETE_ACL_POLICY":    17,
-		"COMMAND_TYPE_CREATE_ACL_TOKEN":     18,
-		"COMMAND_TYPE_REVOKE_ACL_TOKEN":     19,
-		"COMMAND_TYPE_ROTATE_ACL_TOKEN":     20,
-		"COMMAND_TYPE_RECORD_DENIALS":       21,
-		"COMMAND_TYPE_REGISTER_SIGNING_KEY": 22,
-		"COMMAND_TYPE_REVOKE_SIGNING_KEY":   23,
-		"COMMAND_TYPE_SET_NODE_PULL":        24,
-		"COMMAND_TYPE_APPLY_DEPLOYMENT":     25,
-		"COMMAND_TYPE_DELETE_DEPLOYMENT":    26,
+		"COMMAND_TYPE_UNSPECIFIED":               0,
+		"COMMAND_TYPE_INIT_CLUSTER":              1,
+		"COMMAND_TYPE_BOOTSTRAP_ACL":             2,
+		"COMMAND_TYPE_CREATE_MODEL":              3,
+		"COMMAND_TYPE_DELETE_MODEL":              4,
+		"COMMAND_TYPE_CREATE_VERSION":            5,
+		"COMMAND_TYPE_SET_ALIAS":                 6,
+		"COMMAND_TYPE_DELETE_ALIAS":              7,
+		"COMMAND_TYPE_CREATE_JOIN_TOKEN":         8,
+		"COMMAND_TYPE_REVOKE_JOIN_TOKEN":         9,
+		"COMMAND_TYPE_ENROLL_NODE":               10,
+		"COMMAND_TYPE_REGISTER_NODE":             11,
+		"COMMAND_TYPE_SET_NODE_STATUS":           12,
+		"COMMAND_TYPE_SET_NODE_DRAIN":            13,
+		"COMMAND_TYPE_SET_NODE_LABELS":           14,
+		"COMMAND_TYPE_REVOKE_NODE":               15,
+		"COMMAND_TYPE_APPLY_ACL_POLICY":          16,
+		"COMMAND_TYPE_DELETE_ACL_POLICY":         17,
+		"COMMAND_TYPE_CREATE_ACL_TOKEN":          18,
+		"COMMAND_TYPE_REVOKE_ACL_TOKEN":          19,
+		"COMMAND_TYPE_ROTATE_ACL_TOKEN":          20,
+		"COMMAND_TYPE_RECORD_DENIALS":            21,
+		"COMMAND_TYPE_REGISTER_SIGNING_KEY":      22,
+		"COMMAND_TYPE_REVOKE_SIGNING_KEY":        23,
+		"COMMAND_TYPE_SET_NODE_PULL":             24,
+		"COMMAND_TYPE_APPLY_DEPLOYMENT":          25,
+		"COMMAND_TYPE_DELETE_DEPLOYMENT":         26,
+		"COMMAND_TYPE_START_ROLLOUT_BATCH":       27,
+		"COMMAND_TYPE_FINISH_ROLLOUT_BATCH":      28,
+		"COMMAND_TYPE_SET_ROLLOUT_STATE":         29,
+		"COMMAND_TYPE_START_ROLLBACK":            30,
+		"COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES":   31,
+		"COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES": 32,
 	}
 )
 
@@ -1149,6 +1167,601 @@ func (x *DeleteDeploymentCommand) GetName() string {
 	return ""
 }
 
+// StartRolloutBatchCommand starts batch index of a rollout and assigns
+// its nodes the rollout's to_version.
+type StartRolloutBatchCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Deployment    string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	RolloutId     uint64                 `protobuf:"varint,3,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	Index         uint32                 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	NodeIds       []string               `protobuf:"bytes,5,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
+	Canary        bool                   `protobuf:"varint,6,opt,name=canary,proto3" json:"canary,omitempty"`
+	Version       uint64                 `protobuf:"varint,7,opt,name=version,proto3" json:"version,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartRolloutBatchCommand) Reset() {
+	*x = StartRolloutBatchCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRolloutBatchCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRolloutBatchCommand) ProtoMessage() {}
+
+func (x *StartRolloutBatchCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRolloutBatchCommand.ProtoReflect.Descriptor instead.
+func (*StartRolloutBatchCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StartRolloutBatchCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *StartRolloutBatchCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *StartRolloutBatchCommand) GetRolloutId() uint64 {
+	if x != nil {
+		return x.RolloutId
+	}
+	return 0
+}
+
+func (x *StartRolloutBatchCommand) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *StartRolloutBatchCommand) GetNodeIds() []string {
+	if x != nil {
+		return x.NodeIds
+	}
+	return nil
+}
+
+func (x *StartRolloutBatchCommand) GetCanary() bool {
+	if x != nil {
+		return x.Canary
+	}
+	return false
+}
+
+func (x *StartRolloutBatchCommand) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *StartRolloutBatchCommand) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// FinishRolloutBatchCommand marks a rollout's last batch done.
+type FinishRolloutBatchCommand struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Meta       *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Deployment string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	RolloutId  uint64                 `protobuf:"varint,3,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	Index      uint32                 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	Time       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// The rollout enters AWAITING_PROMOTION in the same write.
+	AwaitPromotion bool `protobuf:"varint,6,opt,name=await_promotion,json=awaitPromotion,proto3" json:"await_promotion,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FinishRolloutBatchCommand) Reset() {
+	*x = FinishRolloutBatchCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FinishRolloutBatchCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FinishRolloutBatchCommand) ProtoMessage() {}
+
+func (x *FinishRolloutBatchCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FinishRolloutBatchCommand.ProtoReflect.Descriptor instead.
+func (*FinishRolloutBatchCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *FinishRolloutBatchCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *FinishRolloutBatchCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *FinishRolloutBatchCommand) GetRolloutId() uint64 {
+	if x != nil {
+		return x.RolloutId
+	}
+	return 0
+}
+
+func (x *FinishRolloutBatchCommand) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *FinishRolloutBatchCommand) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *FinishRolloutBatchCommand) GetAwaitPromotion() bool {
+	if x != nil {
+		return x.AwaitPromotion
+	}
+	return false
+}
+
+// SetRolloutStateCommand moves a rollout from one state to another; it is
+// refused unless the rollout is still in from.
+type SetRolloutStateCommand struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Meta       *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Deployment string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	RolloutId  uint64                 `protobuf:"varint,3,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	From       RolloutState           `protobuf:"varint,4,opt,name=from,proto3,enum=drover.v1.RolloutState" json:"from,omitempty"`
+	To         RolloutState           `protobuf:"varint,5,opt,name=to,proto3,enum=drover.v1.RolloutState" json:"to,omitempty"`
+	Reason     string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Time       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	// Restart an unfinished batch's clock (resume).
+	RestartBatch  bool `protobuf:"varint,8,opt,name=restart_batch,json=restartBatch,proto3" json:"restart_batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRolloutStateCommand) Reset() {
+	*x = SetRolloutStateCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRolloutStateCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRolloutStateCommand) ProtoMessage() {}
+
+func (x *SetRolloutStateCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRolloutStateCommand.ProtoReflect.Descriptor instead.
+func (*SetRolloutStateCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetRolloutStateCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *SetRolloutStateCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *SetRolloutStateCommand) GetRolloutId() uint64 {
+	if x != nil {
+		return x.RolloutId
+	}
+	return 0
+}
+
+func (x *SetRolloutStateCommand) GetFrom() RolloutState {
+	if x != nil {
+		return x.From
+	}
+	return RolloutState_ROLLOUT_STATE_UNSPECIFIED
+}
+
+func (x *SetRolloutStateCommand) GetTo() RolloutState {
+	if x != nil {
+		return x.To
+	}
+	return RolloutState_ROLLOUT_STATE_UNSPECIFIED
+}
+
+func (x *SetRolloutStateCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SetRolloutStateCommand) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *SetRolloutStateCommand) GetRestartBatch() bool {
+	if x != nil {
+		return x.RestartBatch
+	}
+	return false
+}
+
+// StartRollbackCommand starts rollout id, moving a deployment from
+// version from back to version to.
+type StartRollbackCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Deployment    string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Id            uint64                 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	RollbackOf    uint64                 `protobuf:"varint,4,opt,name=rollback_of,json=rollbackOf,proto3" json:"rollback_of,omitempty"`
+	From          uint64                 `protobuf:"varint,5,opt,name=from,proto3" json:"from,omitempty"`
+	To            uint64                 `protobuf:"varint,6,opt,name=to,proto3" json:"to,omitempty"`
+	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartRollbackCommand) Reset() {
+	*x = StartRollbackCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRollbackCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRollbackCommand) ProtoMessage() {}
+
+func (x *StartRollbackCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRollbackCommand.ProtoReflect.Descriptor instead.
+func (*StartRollbackCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *StartRollbackCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *StartRollbackCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *StartRollbackCommand) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *StartRollbackCommand) GetRollbackOf() uint64 {
+	if x != nil {
+		return x.RollbackOf
+	}
+	return 0
+}
+
+func (x *StartRollbackCommand) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *StartRollbackCommand) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *StartRollbackCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StartRollbackCommand) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *StartRollbackCommand) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// AssignDeploymentNodesCommand gives nodes the deployment's version while
+// no rollout moves it.
+type AssignDeploymentNodesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Deployment    string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	NodeIds       []string               `protobuf:"bytes,4,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignDeploymentNodesCommand) Reset() {
+	*x = AssignDeploymentNodesCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignDeploymentNodesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignDeploymentNodesCommand) ProtoMessage() {}
+
+func (x *AssignDeploymentNodesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignDeploymentNodesCommand.ProtoReflect.Descriptor instead.
+func (*AssignDeploymentNodesCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AssignDeploymentNodesCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *AssignDeploymentNodesCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *AssignDeploymentNodesCommand) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *AssignDeploymentNodesCommand) GetNodeIds() []string {
+	if x != nil {
+		return x.NodeIds
+	}
+	return nil
+}
+
+func (x *AssignDeploymentNodesCommand) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// UnassignDeploymentNodesCommand removes the deployment's assignments
+// from nodes; a node without one is skipped.
+type UnassignDeploymentNodesCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Deployment    string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	NodeIds       []string               `protobuf:"bytes,3,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnassignDeploymentNodesCommand) Reset() {
+	*x = UnassignDeploymentNodesCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnassignDeploymentNodesCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnassignDeploymentNodesCommand) ProtoMessage() {}
+
+func (x *UnassignDeploymentNodesCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnassignDeploymentNodesCommand.ProtoReflect.Descriptor instead.
+func (*UnassignDeploymentNodesCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UnassignDeploymentNodesCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *UnassignDeploymentNodesCommand) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *UnassignDeploymentNodesCommand) GetNodeIds() []string {
+	if x != nil {
+		return x.NodeIds
+	}
+	return nil
+}
+
+// NodeAssignment is one node's assignment of one deployment, as snapshots
+// hold it.
+type NodeAssignment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Assignment    *Assignment            `protobuf:"bytes,2,opt,name=assignment,proto3" json:"assignment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeAssignment) Reset() {
+	*x = NodeAssignment{}
+	mi := &file_drover_v1_raft_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeAssignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeAssignment) ProtoMessage() {}
+
+func (x *NodeAssignment) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeAssignment.ProtoReflect.Descriptor instead.
+func (*NodeAssignment) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *NodeAssignment) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeAssignment) GetAssignment() *Assignment {
+	if x != nil {
+		return x.Assignment
+	}
+	return nil
+}
+
 // ClusterMeta is the cluster's identity.
 type ClusterMeta struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1161,7 +1774,7 @@ type ClusterMeta struct {
 
 func (x *ClusterMeta) Reset() {
 	*x = ClusterMeta{}
-	mi := &file_drover_v1_raft_proto_msgTypes[18]
+	mi := &file_drover_v1_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1786,7 @@ func (x *ClusterMeta) String() string {
 func (*ClusterMeta) ProtoMessage() {}
 
 func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[18]
+	mi := &file_drover_v1_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1799,7 @@ func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
 func (*ClusterMeta) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ClusterMeta) GetClusterId() string {
@@ -1224,7 +1837,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_drover_v1_raft_proto_msgTypes[19]
+	mi := &file_drover_v1_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1849,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[19]
+	mi := &file_drover_v1_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1862,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -1289,6 +1902,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_SigningKey
 	//	*SnapshotRecord_Deployment
 	//	*SnapshotRecord_Rollout
+	//	*SnapshotRecord_Assignment
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1296,7 +1910,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_drover_v1_raft_proto_msgTypes[20]
+	mi := &file_drover_v1_raft_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1922,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[20]
+	mi := &file_drover_v1_raft_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1935,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{20}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1430,6 +2044,15 @@ func (x *SnapshotRecord) GetRollout() *Rollout {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAssignment() *NodeAssignment {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Assignment); ok {
+			return x.Assignment
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1482,6 +2105,11 @@ type SnapshotRecord_Rollout struct {
 	Rollout *Rollout `protobuf:"bytes,11,opt,name=rollout,proto3,oneof"`
 }
 
+type SnapshotRecord_Assignment struct {
+	// Since format 7.
+	Assignment *NodeAssignment `protobuf:"bytes,12,opt,name=assignment,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Model) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Version) isSnapshotRecord_Record() {}
@@ -1504,6 +2132,8 @@ func (*SnapshotRecord_Deployment) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Rollout) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Assignment) isSnapshotRecord_Record() {}
+
 // ModelVersionMark is the highest version number a model name was given,
 // kept after the model is deleted so that a model created again under the
 // name numbers its versions on from there: NAME@N never names two
@@ -1518,7 +2148,7 @@ type ModelVersionMark struct {
 
 func (x *ModelVersionMark) Reset() {
 	*x = ModelVersionMark{}
-	mi := &file_drover_v1_raft_proto_msgTypes[21]
+	mi := &file_drover_v1_raft_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +2160,7 @@ func (x *ModelVersionMark) String() string {
 func (*ModelVersionMark) ProtoMessage() {}
 
 func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_raft_proto_msgTypes[21]
+	mi := &file_drover_v1_raft_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +2173,7 @@ func (x *ModelVersionMark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelVersionMark.ProtoReflect.Descriptor instead.
 func (*ModelVersionMark) Descriptor() ([]byte, []int) {
-	return file_drover_v1_raft_proto_rawDescGZIP(), []int{21}
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ModelVersionMark) GetModel() string {
@@ -1630,7 +2260,74 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x10_expect_revision\"Y\n" +
 	"\x17DeleteDeploymentCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x86\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x98\x02\n" +
+	"\x18StartRolloutBatchCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x03 \x01(\x04R\trolloutId\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\rR\x05index\x12\x19\n" +
+	"\bnode_ids\x18\x05 \x03(\tR\anodeIds\x12\x16\n" +
+	"\x06canary\x18\x06 \x01(\bR\x06canary\x12\x18\n" +
+	"\aversion\x18\a \x01(\x04R\aversion\x12.\n" +
+	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xf5\x01\n" +
+	"\x19FinishRolloutBatchCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x03 \x01(\x04R\trolloutId\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\rR\x05index\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
+	"\x0fawait_promotion\x18\x06 \x01(\bR\x0eawaitPromotion\"\xc6\x02\n" +
+	"\x16SetRolloutStateCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x03 \x01(\x04R\trolloutId\x12+\n" +
+	"\x04from\x18\x04 \x01(\x0e2\x17.drover.v1.RolloutStateR\x04from\x12'\n" +
+	"\x02to\x18\x05 \x01(\x0e2\x17.drover.v1.RolloutStateR\x02to\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
+	"\rrestart_batch\x18\b \x01(\bR\frestartBatch\"\x9e\x02\n" +
+	"\x14StartRollbackCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id\x12\x1f\n" +
+	"\vrollback_of\x18\x04 \x01(\x04R\n" +
+	"rollbackOf\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x06 \x01(\x04R\x02to\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x12.\n" +
+	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xcf\x01\n" +
+	"\x1cAssignDeploymentNodesCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x19\n" +
+	"\bnode_ids\x18\x04 \x03(\tR\anodeIds\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x87\x01\n" +
+	"\x1eUnassignDeploymentNodesCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x19\n" +
+	"\bnode_ids\x18\x03 \x03(\tR\anodeIds\"`\n" +
+	"\x0eNodeAssignment\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x125\n" +
+	"\n" +
+	"assignment\x18\x02 \x01(\v2\x15.drover.v1.AssignmentR\n" +
+	"assignment\"\x86\x01\n" +
 	"\vClusterMeta\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
@@ -1640,7 +2337,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x0eSnapshotHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x120\n" +
-	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\xc8\x04\n" +
+	"\acluster\x18\x03 \x01(\v2\x16.drover.v1.ClusterMetaR\acluster\"\x85\x05\n" +
 	"\x0eSnapshotRecord\x12(\n" +
 	"\x05model\x18\x01 \x01(\v2\x10.drover.v1.ModelH\x00R\x05model\x123\n" +
 	"\aversion\x18\x02 \x01(\v2\x17.drover.v1.ModelVersionH\x00R\aversion\x12-\n" +
@@ -1657,11 +2354,14 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"deployment\x18\n" +
 	" \x01(\v2\x15.drover.v1.DeploymentH\x00R\n" +
 	"deployment\x12.\n" +
-	"\arollout\x18\v \x01(\v2\x12.drover.v1.RolloutH\x00R\arolloutB\b\n" +
+	"\arollout\x18\v \x01(\v2\x12.drover.v1.RolloutH\x00R\arollout\x12;\n" +
+	"\n" +
+	"assignment\x18\f \x01(\v2\x19.drover.v1.NodeAssignmentH\x00R\n" +
+	"assignmentB\b\n" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\x91\a\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\xf9\b\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -1690,7 +2390,13 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1fCOMMAND_TYPE_REVOKE_SIGNING_KEY\x10\x17\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_SET_NODE_PULL\x10\x18\x12!\n" +
 	"\x1dCOMMAND_TYPE_APPLY_DEPLOYMENT\x10\x19\x12\"\n" +
-	"\x1eCOMMAND_TYPE_DELETE_DEPLOYMENT\x10\x1aB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x1eCOMMAND_TYPE_DELETE_DEPLOYMENT\x10\x1a\x12$\n" +
+	" COMMAND_TYPE_START_ROLLOUT_BATCH\x10\x1b\x12%\n" +
+	"!COMMAND_TYPE_FINISH_ROLLOUT_BATCH\x10\x1c\x12\"\n" +
+	"\x1eCOMMAND_TYPE_SET_ROLLOUT_STATE\x10\x1d\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_START_ROLLBACK\x10\x1e\x12(\n" +
+	"$COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES\x10\x1f\x12*\n" +
+	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
@@ -1705,92 +2411,116 @@ func file_drover_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_drover_v1_raft_proto_goTypes = []any{
-	(CommandType)(0),                  // 0: drover.v1.CommandType
-	(*CommandMeta)(nil),               // 1: drover.v1.CommandMeta
-	(*InitClusterCommand)(nil),        // 2: drover.v1.InitClusterCommand
-	(*BootstrapACLCommand)(nil),       // 3: drover.v1.BootstrapACLCommand
-	(*ApplyACLPolicyCommand)(nil),     // 4: drover.v1.ApplyACLPolicyCommand
-	(*DeleteACLPolicyCommand)(nil),    // 5: drover.v1.DeleteACLPolicyCommand
-	(*CreateACLTokenCommand)(nil),     // 6: drover.v1.CreateACLTokenCommand
-	(*RevokeACLTokenCommand)(nil),     // 7: drover.v1.RevokeACLTokenCommand
-	(*RotateACLTokenCommand)(nil),     // 8: drover.v1.RotateACLTokenCommand
-	(*RecordDenialsCommand)(nil),      // 9: drover.v1.RecordDenialsCommand
-	(*RegisterSigningKeyCommand)(nil), // 10: drover.v1.RegisterSigningKeyCommand
-	(*RevokeSigningKeyCommand)(nil),   // 11: drover.v1.RevokeSigningKeyCommand
-	(*CreateModelCommand)(nil),        // 12: drover.v1.CreateModelCommand
-	(*DeleteModelCommand)(nil),        // 13: drover.v1.DeleteModelCommand
-	(*CreateVersionCommand)(nil),      // 14: drover.v1.CreateVersionCommand
-	(*SetAliasCommand)(nil),           // 15: drover.v1.SetAliasCommand
-	(*DeleteAliasCommand)(nil),        // 16: drover.v1.DeleteAliasCommand
-	(*ApplyDeploymentCommand)(nil),    // 17: drover.v1.ApplyDeploymentCommand
-	(*DeleteDeploymentCommand)(nil),   // 18: drover.v1.DeleteDeploymentCommand
-	(*ClusterMeta)(nil),               // 19: drover.v1.ClusterMeta
-	(*SnapshotHeader)(nil),            // 20: drover.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),            // 21: drover.v1.SnapshotRecord
-	(*ModelVersionMark)(nil),          // 22: drover.v1.ModelVersionMark
-	(*timestamppb.Timestamp)(nil),     // 23: google.protobuf.Timestamp
-	(*ACLToken)(nil),                  // 24: drover.v1.ACLToken
-	(*ACLPolicy)(nil),                 // 25: drover.v1.ACLPolicy
-	(*AccessDenial)(nil),              // 26: drover.v1.AccessDenial
-	(*SigningKey)(nil),                // 27: drover.v1.SigningKey
-	(*CreateModelRequest)(nil),        // 28: drover.v1.CreateModelRequest
-	(*CreateVersionRequest)(nil),      // 29: drover.v1.CreateVersionRequest
-	(*DeploymentSpec)(nil),            // 30: drover.v1.DeploymentSpec
-	(*Model)(nil),                     // 31: drover.v1.Model
-	(*ModelVersion)(nil),              // 32: drover.v1.ModelVersion
-	(*AuditEvent)(nil),                // 33: drover.v1.AuditEvent
-	(*JoinToken)(nil),                 // 34: drover.v1.JoinToken
-	(*Node)(nil),                      // 35: drover.v1.Node
-	(*Deployment)(nil),                // 36: drover.v1.Deployment
-	(*Rollout)(nil),                   // 37: drover.v1.Rollout
+	(CommandType)(0),                       // 0: drover.v1.CommandType
+	(*CommandMeta)(nil),                    // 1: drover.v1.CommandMeta
+	(*InitClusterCommand)(nil),             // 2: drover.v1.InitClusterCommand
+	(*BootstrapACLCommand)(nil),            // 3: drover.v1.BootstrapACLCommand
+	(*ApplyACLPolicyCommand)(nil),          // 4: drover.v1.ApplyACLPolicyCommand
+	(*DeleteACLPolicyCommand)(nil),         // 5: drover.v1.DeleteACLPolicyCommand
+	(*CreateACLTokenCommand)(nil),          // 6: drover.v1.CreateACLTokenCommand
+	(*RevokeACLTokenCommand)(nil),          // 7: drover.v1.RevokeACLTokenCommand
+	(*RotateACLTokenCommand)(nil),          // 8: drover.v1.RotateACLTokenCommand
+	(*RecordDenialsCommand)(nil),           // 9: drover.v1.RecordDenialsCommand
+	(*RegisterSigningKeyCommand)(nil),      // 10: drover.v1.RegisterSigningKeyCommand
+	(*RevokeSigningKeyCommand)(nil),        // 11: drover.v1.RevokeSigningKeyCommand
+	(*CreateModelCommand)(nil),             // 12: drover.v1.CreateModelCommand
+	(*DeleteModelCommand)(nil),             // 13: drover.v1.DeleteModelCommand
+	(*CreateVersionCommand)(nil),           // 14: drover.v1.CreateVersionCommand
+	(*SetAliasCommand)(nil),                // 15: drover.v1.SetAliasCommand
+	(*DeleteAliasCommand)(nil),             // 16: drover.v1.DeleteAliasCommand
+	(*ApplyDeploymentCommand)(nil),         // 17: drover.v1.ApplyDeploymentCommand
+	(*DeleteDeploymentCommand)(nil),        // 18: drover.v1.DeleteDeploymentCommand
+	(*StartRolloutBatchCommand)(nil),       // 19: drover.v1.StartRolloutBatchCommand
+	(*FinishRolloutBatchCommand)(nil),      // 20: drover.v1.FinishRolloutBatchCommand
+	(*SetRolloutStateCommand)(nil),         // 21: drover.v1.SetRolloutStateCommand
+	(*StartRollbackCommand)(nil),           // 22: drover.v1.StartRollbackCommand
+	(*AssignDeploymentNodesCommand)(nil),   // 23: drover.v1.AssignDeploymentNodesCommand
+	(*UnassignDeploymentNodesCommand)(nil), // 24: drover.v1.UnassignDeploymentNodesCommand
+	(*NodeAssignment)(nil),                 // 25: drover.v1.NodeAssignment
+	(*ClusterMeta)(nil),                    // 26: drover.v1.ClusterMeta
+	(*SnapshotHeader)(nil),                 // 27: drover.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),                 // 28: drover.v1.SnapshotRecord
+	(*ModelVersionMark)(nil),               // 29: drover.v1.ModelVersionMark
+	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
+	(*ACLToken)(nil),                       // 31: drover.v1.ACLToken
+	(*ACLPolicy)(nil),                      // 32: drover.v1.ACLPolicy
+	(*AccessDenial)(nil),                   // 33: drover.v1.AccessDenial
+	(*SigningKey)(nil),                     // 34: drover.v1.SigningKey
+	(*CreateModelRequest)(nil),             // 35: drover.v1.CreateModelRequest
+	(*CreateVersionRequest)(nil),           // 36: drover.v1.CreateVersionRequest
+	(*DeploymentSpec)(nil),                 // 37: drover.v1.DeploymentSpec
+	(RolloutState)(0),                      // 38: drover.v1.RolloutState
+	(*Assignment)(nil),                     // 39: drover.v1.Assignment
+	(*Model)(nil),                          // 40: drover.v1.Model
+	(*ModelVersion)(nil),                   // 41: drover.v1.ModelVersion
+	(*AuditEvent)(nil),                     // 42: drover.v1.AuditEvent
+	(*JoinToken)(nil),                      // 43: drover.v1.JoinToken
+	(*Node)(nil),                           // 44: drover.v1.Node
+	(*Deployment)(nil),                     // 45: drover.v1.Deployment
+	(*Rollout)(nil),                        // 46: drover.v1.Rollout
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
-	23, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
+	30, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: drover.v1.InitClusterCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 2: drover.v1.BootstrapACLCommand.meta:type_name -> drover.v1.CommandMeta
-	24, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
+	31, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 4: drover.v1.ApplyACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
-	25, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
+	32, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
 	1,  // 6: drover.v1.DeleteACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 7: drover.v1.CreateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	24, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
+	31, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 9: drover.v1.RevokeACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 10: drover.v1.RotateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 11: drover.v1.RecordDenialsCommand.meta:type_name -> drover.v1.CommandMeta
-	26, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
+	33, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
 	1,  // 13: drover.v1.RegisterSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
-	27, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
+	34, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
 	1,  // 15: drover.v1.RevokeSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 16: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
-	28, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
+	35, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
 	1,  // 18: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 19: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
-	29, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
+	36, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
 	1,  // 21: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 22: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 23: drover.v1.ApplyDeploymentCommand.meta:type_name -> drover.v1.CommandMeta
-	30, // 24: drover.v1.ApplyDeploymentCommand.spec:type_name -> drover.v1.DeploymentSpec
+	37, // 24: drover.v1.ApplyDeploymentCommand.spec:type_name -> drover.v1.DeploymentSpec
 	1,  // 25: drover.v1.DeleteDeploymentCommand.meta:type_name -> drover.v1.CommandMeta
-	23, // 26: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
-	19, // 27: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
-	31, // 28: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
-	32, // 29: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
-	33, // 30: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
-	24, // 31: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	34, // 32: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
-	35, // 33: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
-	22, // 34: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
-	25, // 35: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
-	27, // 36: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
-	36, // 37: drover.v1.SnapshotRecord.deployment:type_name -> drover.v1.Deployment
-	37, // 38: drover.v1.SnapshotRecord.rollout:type_name -> drover.v1.Rollout
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	1,  // 26: drover.v1.StartRolloutBatchCommand.meta:type_name -> drover.v1.CommandMeta
+	30, // 27: drover.v1.StartRolloutBatchCommand.time:type_name -> google.protobuf.Timestamp
+	1,  // 28: drover.v1.FinishRolloutBatchCommand.meta:type_name -> drover.v1.CommandMeta
+	30, // 29: drover.v1.FinishRolloutBatchCommand.time:type_name -> google.protobuf.Timestamp
+	1,  // 30: drover.v1.SetRolloutStateCommand.meta:type_name -> drover.v1.CommandMeta
+	38, // 31: drover.v1.SetRolloutStateCommand.from:type_name -> drover.v1.RolloutState
+	38, // 32: drover.v1.SetRolloutStateCommand.to:type_name -> drover.v1.RolloutState
+	30, // 33: drover.v1.SetRolloutStateCommand.time:type_name -> google.protobuf.Timestamp
+	1,  // 34: drover.v1.StartRollbackCommand.meta:type_name -> drover.v1.CommandMeta
+	30, // 35: drover.v1.StartRollbackCommand.time:type_name -> google.protobuf.Timestamp
+	1,  // 36: drover.v1.AssignDeploymentNodesCommand.meta:type_name -> drover.v1.CommandMeta
+	30, // 37: drover.v1.AssignDeploymentNodesCommand.time:type_name -> google.protobuf.Timestamp
+	1,  // 38: drover.v1.UnassignDeploymentNodesCommand.meta:type_name -> drover.v1.CommandMeta
+	39, // 39: drover.v1.NodeAssignment.assignment:type_name -> drover.v1.Assignment
+	30, // 40: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
+	26, // 41: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
+	40, // 42: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
+	41, // 43: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
+	42, // 44: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
+	31, // 45: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
+	43, // 46: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	44, // 47: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	29, // 48: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
+	32, // 49: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
+	34, // 50: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
+	45, // 51: drover.v1.SnapshotRecord.deployment:type_name -> drover.v1.Deployment
+	46, // 52: drover.v1.SnapshotRecord.rollout:type_name -> drover.v1.Rollout
+	25, // 53: drover.v1.SnapshotRecord.assignment:type_name -> drover.v1.NodeAssignment
+	54, // [54:54] is the sub-list for method output_type
+	54, // [54:54] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -1806,7 +2536,7 @@ func file_drover_v1_raft_proto_init() {
 	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
 	file_drover_v1_raft_proto_msgTypes[16].OneofWrappers = []any{}
-	file_drover_v1_raft_proto_msgTypes[20].OneofWrappers = []any{
+	file_drover_v1_raft_proto_msgTypes[27].OneofWrappers = []any{
 		(*SnapshotRecord_Model)(nil),
 		(*SnapshotRecord_Version)(nil),
 		(*SnapshotRecord_Audit)(nil),
@@ -1818,6 +2548,7 @@ func file_drover_v1_raft_proto_init() {
 		(*SnapshotRecord_SigningKey)(nil),
 		(*SnapshotRecord_Deployment)(nil),
 		(*SnapshotRecord_Rollout)(nil),
+		(*SnapshotRecord_Assignment)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1825,7 +2556,7 @@ func file_drover_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_proto_rawDesc), len(file_drover_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

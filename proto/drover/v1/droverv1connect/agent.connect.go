@@ -47,6 +47,9 @@ const (
 	AgentServiceRenewCertificateProcedure = "/drover.v1.AgentService/RenewCertificate"
 	// AgentServiceHeartbeatProcedure is the fully-qualified name of the AgentService's Heartbeat RPC.
 	AgentServiceHeartbeatProcedure = "/drover.v1.AgentService/Heartbeat"
+	// AgentServiceWatchAssignmentsProcedure is the fully-qualified name of the AgentService's
+	// WatchAssignments RPC.
+	AgentServiceWatchAssignmentsProcedure = "/drover.v1.AgentService/WatchAssignments"
 	// AgentServiceGetManifestProcedure is the fully-qualified name of the AgentService's GetManifest
 	// RPC.
 	AgentServiceGetManifestProcedure = "/drover.v1.AgentService/GetManifest"
@@ -78,6 +81,9 @@ type AgentServiceClient interface {
 	// Heartbeat never touches the Raft log: the leader keeps a TTL timer per
 	// node and writes only status transitions.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
+	// WatchAssignments answers the calling node's assignments, blocking
+	// until they change past query.min_index.
+	WatchAssignments(context.Context, *connect.Request[v1.WatchAssignmentsRequest]) (*connect.Response[v1.WatchAssignmentsResponse], error)
 	// GetManifest and GetChunk read a pushed version's bytes, as
 	// ArtifactService does for operators. GetChunk is answered by the server
 	// that receives it, which copies a chunk it lacks from a peer.
@@ -127,6 +133,13 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("Heartbeat")),
 			connect.WithClientOptions(opts...),
 		),
+		watchAssignments: connect.NewClient[v1.WatchAssignmentsRequest, v1.WatchAssignmentsResponse](
+			httpClient,
+			baseURL+AgentServiceWatchAssignmentsProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("WatchAssignments")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 		getManifest: connect.NewClient[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse](
 			httpClient,
 			baseURL+AgentServiceGetManifestProcedure,
@@ -151,6 +164,7 @@ type agentServiceClient struct {
 	register         *connect.Client[v1.RegisterRequest, v1.RegisterResponse]
 	renewCertificate *connect.Client[v1.RenewCertificateRequest, v1.RenewCertificateResponse]
 	heartbeat        *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
+	watchAssignments *connect.Client[v1.WatchAssignmentsRequest, v1.WatchAssignmentsResponse]
 	getManifest      *connect.Client[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse]
 	getChunk         *connect.Client[v1.AgentGetChunkRequest, v1.AgentGetChunkResponse]
 }
@@ -180,6 +194,11 @@ func (c *agentServiceClient) Heartbeat(ctx context.Context, req *connect.Request
 	return c.heartbeat.CallUnary(ctx, req)
 }
 
+// WatchAssignments calls drover.v1.AgentService.WatchAssignments.
+func (c *agentServiceClient) WatchAssignments(ctx context.Context, req *connect.Request[v1.WatchAssignmentsRequest]) (*connect.Response[v1.WatchAssignmentsResponse], error) {
+	return c.watchAssignments.CallUnary(ctx, req)
+}
+
 // GetManifest calls drover.v1.AgentService.GetManifest.
 func (c *agentServiceClient) GetManifest(ctx context.Context, req *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error) {
 	return c.getManifest.CallUnary(ctx, req)
@@ -202,6 +221,9 @@ type AgentServiceHandler interface {
 	// Heartbeat never touches the Raft log: the leader keeps a TTL timer per
 	// node and writes only status transitions.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
+	// WatchAssignments answers the calling node's assignments, blocking
+	// until they change past query.min_index.
+	WatchAssignments(context.Context, *connect.Request[v1.WatchAssignmentsRequest]) (*connect.Response[v1.WatchAssignmentsResponse], error)
 	// GetManifest and GetChunk read a pushed version's bytes, as
 	// ArtifactService does for operators. GetChunk is answered by the server
 	// that receives it, which copies a chunk it lacks from a peer.
@@ -247,6 +269,13 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("Heartbeat")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceWatchAssignmentsHandler := connect.NewUnaryHandler(
+		AgentServiceWatchAssignmentsProcedure,
+		svc.WatchAssignments,
+		connect.WithSchema(agentServiceMethods.ByName("WatchAssignments")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentServiceGetManifestHandler := connect.NewUnaryHandler(
 		AgentServiceGetManifestProcedure,
 		svc.GetManifest,
@@ -273,6 +302,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceRenewCertificateHandler.ServeHTTP(w, r)
 		case AgentServiceHeartbeatProcedure:
 			agentServiceHeartbeatHandler.ServeHTTP(w, r)
+		case AgentServiceWatchAssignmentsProcedure:
+			agentServiceWatchAssignmentsHandler.ServeHTTP(w, r)
 		case AgentServiceGetManifestProcedure:
 			agentServiceGetManifestHandler.ServeHTTP(w, r)
 		case AgentServiceGetChunkProcedure:
@@ -304,6 +335,10 @@ func (UnimplementedAgentServiceHandler) RenewCertificate(context.Context, *conne
 
 func (UnimplementedAgentServiceHandler) Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.Heartbeat is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) WatchAssignments(context.Context, *connect.Request[v1.WatchAssignmentsRequest]) (*connect.Response[v1.WatchAssignmentsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.WatchAssignments is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error) {
