@@ -86,13 +86,17 @@ func (h *deploymentHandler) PlanDeployment(ctx context.Context, req *connect.Req
 	nodes := readable(ctx, slices.Clone(all), droverv1.ACLResource_ACL_RESOURCE_NODE, nodeObject)
 	hidden := len(all) - len(nodes)
 	out := &droverv1.PlanDeploymentResponse{Spec: spec, Version: v.GetVersion(), Current: cur}
+	// What each node is assigned now for this deployment: a node already
+	// assigned the planned version needs no batch.
+	assigned := h.s.state.DeploymentAssignments(spec.GetName())
 	var targets []rollout.Target
 	for _, n := range nodes {
 		if n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT {
 			continue // gone for good; listing them helps no one
 		}
 		ok, reasons := placement.Match(spec.GetSelector(), spec.GetResources(), n)
-		m := &droverv1.NodeMatch{NodeId: n.GetId(), NodeName: n.GetName(), Site: n.GetSite(), Matches: ok, Reasons: reasons}
+		m := &droverv1.NodeMatch{NodeId: n.GetId(), NodeName: n.GetName(), Site: n.GetSite(), Matches: ok, Reasons: reasons,
+			CurrentVersion: assigned[n.GetId()].GetVersion()}
 		out.Nodes = append(out.Nodes, m)
 		if ok && m.GetCurrentVersion() != v.GetVersion() {
 			targets = append(targets, rollout.Target{NodeID: n.GetId(), Site: n.GetSite()})
@@ -122,10 +126,13 @@ func (h *deploymentHandler) PlanDeployment(ctx context.Context, req *connect.Req
 
 // planSummary says what an apply would do in one sentence.
 func planSummary(cur *droverv1.Deployment, version uint64, specChanged, versionChanged bool, plan *droverv1.PlanDeploymentResponse, hidden int) string {
-	matching := 0
+	matching, moving := 0, 0
 	for _, n := range plan.GetNodes() {
 		if n.GetMatches() {
 			matching++
+			if n.GetCurrentVersion() != version {
+				moving++
+			}
 		}
 	}
 	skipped := len(plan.GetNodes()) - matching
@@ -147,6 +154,8 @@ func planSummary(cur *droverv1.Deployment, version uint64, specChanged, versionC
 		}
 	case matching == 0:
 		fmt.Fprintf(&b, "; version %d, but no node matches the selector", version)
+	case moving == 0:
+		fmt.Fprintf(&b, "; version %d, which every matching node is assigned already", version)
 	default:
 		from := ""
 		if cur != nil {
@@ -158,7 +167,7 @@ func planSummary(cur *droverv1.Deployment, version uint64, specChanged, versionC
 				canary++
 			}
 		}
-		fmt.Fprintf(&b, "; roll out %sto version %d on %s in %s", from, version, plural(matching, "node"), plural(len(plan.GetBatches()), "batch"))
+		fmt.Fprintf(&b, "; roll out %sto version %d on %s in %s", from, version, plural(moving, "node"), plural(len(plan.GetBatches()), "batch"))
 		if canary > 0 {
 			fmt.Fprintf(&b, " (%s first)", plural(canary, "canary batch"))
 		}
