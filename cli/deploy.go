@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -315,8 +316,8 @@ func newDeployListCommand(g *globals) *cobra.Command {
 		Long: `List deployments with their model reference, the version it resolved
 to, how many nodes it runs on, and the state of its latest rollout.
 
-NODES counts the nodes assigned the deployment; it is "-" until the rollout
-controller assigns nodes.`,
+NODES counts the nodes the rollout controller has assigned the deployment,
+whichever version each is assigned.`,
 		Example: `  drover deploy ls
   drover deploy ls -o json | jq -r '.deployments[].spec.name'
   drover deploy ls --index 40 --wait 1m   # wait for a change after index 40`,
@@ -337,7 +338,8 @@ controller assigns nodes.`,
 				})
 				row(w, "NAME", "MODEL", "VERSION", "NODES", "ROLLOUT", "AGE")
 				for _, d := range ds {
-					row(w, d.GetSpec().GetName(), d.GetSpec().GetModel(), formatUint(d.GetVersion()), "-",
+					row(w, d.GetSpec().GetName(), d.GetSpec().GetModel(), formatUint(d.GetVersion()),
+						strconv.FormatUint(uint64(resp.Msg.GetAssignedNodes()[d.GetSpec().GetName()]), 10),
 						rolloutCell(resp.Msg.GetRollouts()[d.GetSpec().GetName()]), formatAge(d.GetCreateTime(), g.now()))
 				}
 			})

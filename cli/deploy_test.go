@@ -146,7 +146,7 @@ func TestDeployLifecycle(t *testing.T) {
 	}
 
 	out = h.ok("deploy", "ls")
-	wantContains(t, squeeze(out), "NAME MODEL VERSION NODES ROLLOUT AGE", "defect-detector defect-detector@8 8 - #2 progressing 2h")
+	wantContains(t, squeeze(out), "NAME MODEL VERSION NODES ROLLOUT AGE", "defect-detector defect-detector@8 8 3 #2 progressing 2h")
 
 	out = h.ok("deploy", "show", "defect-detector")
 	wantContains(t, squeeze(out), "Model: defect-detector@8 (version 8)", "Revision: 2", "Labels: camera=edge", "Sites: berlin",

@@ -198,10 +198,16 @@ func (h *deploymentHandler) ListDeployments(ctx context.Context, req *connect.Re
 	}
 	ds := readable(ctx, h.s.state.Deployments(), droverv1.ACLResource_ACL_RESOURCE_DEPLOYMENT, deploymentObject)
 	latest := h.s.state.LatestRollouts()
-	out := &droverv1.ListDeploymentsResponse{Deployments: ds, Rollouts: map[string]*droverv1.Rollout{}, Meta: meta}
+	assigned := h.s.state.AssignedVersions()
+	out := &droverv1.ListDeploymentsResponse{Deployments: ds, Rollouts: map[string]*droverv1.Rollout{},
+		AssignedNodes: map[string]uint32{}, Meta: meta}
 	for _, d := range ds {
-		if r, ok := latest[d.GetSpec().GetName()]; ok {
-			out.Rollouts[d.GetSpec().GetName()] = r
+		name := d.GetSpec().GetName()
+		if r, ok := latest[name]; ok {
+			out.Rollouts[name] = r
+		}
+		if n := len(assigned[name]); n > 0 {
+			out.AssignedNodes[name] = uint32(n)
 		}
 	}
 	return connect.NewResponse(out), nil
