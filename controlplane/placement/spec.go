@@ -71,7 +71,7 @@ var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // [state.ErrInvalid] and lists every problem found, each naming its field
 // as the deployment file spells it, so one round trip fixes them all.
 // The model reference is only checked for form here; whether it resolves
-// depends on the registry (see [ResolveModel]).
+// depends on the registry (see state.Store.ResolveDeploymentModel).
 func Normalize(spec *droverv1.DeploymentSpec) (*droverv1.DeploymentSpec, error) {
 	if spec == nil {
 		return nil, fmt.Errorf("deployment spec is %w: the request has none", state.ErrInvalid)

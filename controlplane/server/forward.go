@@ -216,6 +216,7 @@ func servedMethods() iter.Seq2[string, protoreflect.MethodDescriptor] {
 			droverv1.File_drover_v1_agent_proto,
 			droverv1.File_drover_v1_artifact_service_proto,
 			droverv1.File_drover_v1_key_proto,
+			droverv1.File_drover_v1_deploy_proto,
 		} {
 			for i := range fd.Services().Len() {
 				svc := fd.Services().Get(i)

@@ -1630,8 +1630,11 @@ type ListDeploymentsResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Deployments []*Deployment          `protobuf:"bytes,1,rep,name=deployments,proto3" json:"deployments,omitempty"`
 	// Latest rollout per deployment, keyed by deployment name.
-	Rollouts      map[string]*Rollout `protobuf:"bytes,2,rep,name=rollouts,proto3" json:"rollouts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Meta          *QueryMeta          `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	Rollouts map[string]*Rollout `protobuf:"bytes,2,rep,name=rollouts,proto3" json:"rollouts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Meta     *QueryMeta          `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	// How many nodes each deployment is assigned, keyed by deployment
+	// name; absent for none.
+	AssignedNodes map[string]uint32 `protobuf:"bytes,4,rep,name=assigned_nodes,json=assignedNodes,proto3" json:"assigned_nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1683,6 +1686,13 @@ func (x *ListDeploymentsResponse) GetRollouts() map[string]*Rollout {
 func (x *ListDeploymentsResponse) GetMeta() *QueryMeta {
 	if x != nil {
 		return x.Meta
+	}
+	return nil
+}
+
+func (x *ListDeploymentsResponse) GetAssignedNodes() map[string]uint32 {
+	if x != nil {
+		return x.AssignedNodes
 	}
 	return nil
 }
@@ -2472,14 +2482,18 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\asummary\x18\x05 \x01(\tR\asummary\x12/\n" +
 	"\acurrent\x18\x06 \x01(\v2\x15.drover.v1.DeploymentR\acurrent\"G\n" +
 	"\x16ListDeploymentsRequest\x12-\n" +
-	"\x05query\x18\x01 \x01(\v2\x17.drover.v1.QueryOptionsR\x05query\"\x9b\x02\n" +
+	"\x05query\x18\x01 \x01(\v2\x17.drover.v1.QueryOptionsR\x05query\"\xbb\x03\n" +
 	"\x17ListDeploymentsResponse\x127\n" +
 	"\vdeployments\x18\x01 \x03(\v2\x15.drover.v1.DeploymentR\vdeployments\x12L\n" +
 	"\brollouts\x18\x02 \x03(\v20.drover.v1.ListDeploymentsResponse.RolloutsEntryR\brollouts\x12(\n" +
-	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\x1aO\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.QueryMetaR\x04meta\x12\\\n" +
+	"\x0eassigned_nodes\x18\x04 \x03(\v25.drover.v1.ListDeploymentsResponse.AssignedNodesEntryR\rassignedNodes\x1aO\n" +
 	"\rRolloutsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12(\n" +
-	"\x05value\x18\x02 \x01(\v2\x12.drover.v1.RolloutR\x05value:\x028\x01\"Y\n" +
+	"\x05value\x18\x02 \x01(\v2\x12.drover.v1.RolloutR\x05value:\x028\x01\x1a@\n" +
+	"\x12AssignedNodesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"Y\n" +
 	"\x14GetDeploymentRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x05query\x18\x02 \x01(\v2\x17.drover.v1.QueryOptionsR\x05query\"\xd7\x01\n" +
@@ -2574,7 +2588,7 @@ func file_drover_v1_deploy_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_deploy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_drover_v1_deploy_proto_goTypes = []any{
 	(RolloutState)(0),                // 0: drover.v1.RolloutState
 	(InstanceState)(0),               // 1: drover.v1.InstanceState
@@ -2610,11 +2624,12 @@ var file_drover_v1_deploy_proto_goTypes = []any{
 	nil,                              // 31: drover.v1.NodeSelector.LabelsEntry
 	nil,                              // 32: drover.v1.RuntimeSpec.EnvEntry
 	nil,                              // 33: drover.v1.ListDeploymentsResponse.RolloutsEntry
-	(*durationpb.Duration)(nil),      // 34: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 35: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 36: drover.v1.WriteMeta
-	(*QueryOptions)(nil),             // 37: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 38: drover.v1.QueryMeta
+	nil,                              // 34: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 37: drover.v1.WriteMeta
+	(*QueryOptions)(nil),             // 38: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 39: drover.v1.QueryMeta
 }
 var file_drover_v1_deploy_proto_depIdxs = []int32{
 	3,  // 0: drover.v1.DeploymentSpec.selector:type_name -> drover.v1.NodeSelector
@@ -2624,80 +2639,81 @@ var file_drover_v1_deploy_proto_depIdxs = []int32{
 	31, // 4: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
 	4,  // 5: drover.v1.NodeSelector.hardware:type_name -> drover.v1.HardwareConstraints
 	32, // 6: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
-	34, // 7: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
-	34, // 8: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
-	34, // 9: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	35, // 7: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
+	35, // 8: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
+	35, // 9: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	2,  // 10: drover.v1.Deployment.spec:type_name -> drover.v1.DeploymentSpec
-	35, // 11: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
-	35, // 12: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
-	35, // 13: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
-	35, // 14: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
+	36, // 11: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
+	36, // 12: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
+	36, // 13: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
+	36, // 14: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
 	0,  // 15: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
 	9,  // 16: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
-	35, // 17: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	35, // 18: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	36, // 17: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	36, // 18: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 19: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
 	6,  // 20: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
 	1,  // 21: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
-	35, // 22: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	36, // 22: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
 	2,  // 23: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
 	8,  // 24: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
 	10, // 25: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	36, // 26: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	37, // 26: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
 	2,  // 27: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
 	2,  // 28: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
 	16, // 29: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
 	9,  // 30: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
 	8,  // 31: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
-	37, // 32: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
+	38, // 32: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
 	8,  // 33: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
 	33, // 34: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
-	38, // 35: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
-	37, // 36: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
-	8,  // 37: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	10, // 38: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	22, // 39: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
-	38, // 40: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
-	11, // 41: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
-	12, // 42: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
-	36, // 43: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	37, // 44: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
-	10, // 45: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
-	22, // 46: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
-	38, // 47: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
-	37, // 48: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
-	10, // 49: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
-	38, // 50: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
-	10, // 51: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
-	36, // 52: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
-	10, // 53: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
-	13, // 54: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
-	15, // 55: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
-	18, // 56: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
-	20, // 57: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
-	23, // 58: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
-	25, // 59: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	27, // 60: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
-	29, // 61: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 62: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 63: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 64: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
-	14, // 65: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
-	17, // 66: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
-	19, // 67: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
-	21, // 68: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
-	24, // 69: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
-	26, // 70: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	28, // 71: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
-	30, // 72: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 73: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 74: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 75: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
-	65, // [65:76] is the sub-list for method output_type
-	54, // [54:65] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	39, // 35: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
+	34, // 36: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	38, // 37: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
+	8,  // 38: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	10, // 39: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	22, // 40: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
+	39, // 41: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
+	11, // 42: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
+	12, // 43: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
+	37, // 44: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	38, // 45: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
+	10, // 46: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
+	22, // 47: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
+	39, // 48: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
+	38, // 49: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
+	10, // 50: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
+	39, // 51: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
+	10, // 52: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
+	37, // 53: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
+	10, // 54: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
+	13, // 55: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
+	15, // 56: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
+	18, // 57: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
+	20, // 58: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
+	23, // 59: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
+	25, // 60: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	27, // 61: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
+	29, // 62: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
+	29, // 63: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
+	29, // 64: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
+	29, // 65: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
+	14, // 66: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
+	17, // 67: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
+	19, // 68: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
+	21, // 69: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
+	24, // 70: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
+	26, // 71: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	28, // 72: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
+	30, // 73: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
+	30, // 74: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
+	30, // 75: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
+	30, // 76: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
+	66, // [66:77] is the sub-list for method output_type
+	55, // [55:66] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_deploy_proto_init() }
@@ -2713,7 +2729,7 @@ func file_drover_v1_deploy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_deploy_proto_rawDesc), len(file_drover_v1_deploy_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
