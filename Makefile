@@ -30,12 +30,15 @@ DIGITS    := examples/digits
 help: ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## Build drover and drover-agent into bin/.
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/drover ./cmd/drover-agent
+build: ## Build drover, drover-agent and the ONNX runtime drover-onnx into bin/.
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/drover ./cmd/drover-agent ./cmd/drover-onnx
 
 build-static: ## Build a static, stripped drover for FROM-scratch images.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w $(LDFLAGS)' -o $(BIN)/drover-static ./cmd/drover
 
+# The ONNX runtime's conformance tests (agent/runtime/onnx) run the ONNX
+# project's backend tests from Debian's libonnx-testdata
+# (apt-get install libonnx-testdata): skipped without it, failed under CI=true.
 test: ## Unit tests, in-process scenarios (short tier), race detector on.
 	$(GO) test $(TESTFLAGS) $(PKGS)
 	cd $(DIGITS) && $(GO) test $(TESTFLAGS) ./...
@@ -61,11 +64,12 @@ staticcheck:
 	$(TOOL) staticcheck $(PKGS)
 	cd $(DIGITS) && $(GO) tool -modfile=../../tools/go.mod staticcheck ./...
 
-proto: ## Regenerate protobuf and Connect code from proto/.
+proto: ## Regenerate protobuf and Connect code from proto/, and the ONNX schema's Go types.
 	$(TOOL) buf generate
+	$(TOOL) buf generate agent/runtime/onnx/onnxpb --template agent/runtime/onnx/onnxpb/buf.gen.yaml
 
 proto-check: ## Fail when the checked-in generated code is stale.
-	DROVER_PROTO_CHECK=1 $(GO) test -count=1 -run TestGeneratedCodeIsCurrent ./proto/...
+	DROVER_PROTO_CHECK=1 $(GO) test -count=1 -run TestGeneratedCodeIsCurrent ./proto/... ./agent/runtime/onnx/onnxpb/
 
 bench: ## Benchmarks with their baselines in the same run (see docs/performance.md).
 	cd bench && $(GO) test -run=NONE -bench=. -benchtime=3s -timeout 30m ./...
@@ -82,6 +86,13 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	$(GO) test -run=NONE -bench=FanOut -benchtime=1x ./agent/peer/
 	# The rollout controller: Raft writes per rollout, and one step's cost.
 	$(GO) test -run=TestRaftWritesPerRollout -bench=Step -benchmem -v ./controlplane/rollout/
+	# Telemetry sketches: cost per observation (one and two goroutines), and
+	# merging 10,000 agent profiles beside exact raw samples and histograms.
+	$(GO) test -run=NONE -bench='Add|Record' -cpu=1,2 ./internal/sketch/
+	$(GO) test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 ./internal/sketch/
+	# The ONNX engine: the example model and a small CNN (against gonnx in bench/ above).
+	$(GO) test -run=NONE -bench='HelloClassifier|CNN|RealConvNet' -benchtime=2s ./agent/runtime/onnx/
+	$(GO) test -run=NONE -bench=Serve -benchtime=3s ./agent/runtime/onnx/serve/
 	# Bytes a push moves for a real model whose classifier head was retrained.
 	cd $(DIGITS) && $(GO) test -run=NONE -bench=Delta -benchtime=1x .
 	# Each of these does a fixed amount of work (20 kills, 1000 writes) in one iteration.

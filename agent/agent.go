@@ -74,6 +74,9 @@ type Status struct {
 	// Suspects are the node ids of pool members declared failed that the
 	// next heartbeat reports to the control plane.
 	Suspects []string
+	// ServeAddr is where the node's inference endpoint listens; "" when
+	// it is off.
+	ServeAddr string
 	// Pull is what the agent last did about the version the control
 	// plane asked it to pull; zero before any request.
 	Pull PullReport
@@ -229,7 +232,17 @@ func (a *Agent) run(ctx context.Context) error {
 		a.log.Info("enrolled", "node", id.NodeID, "name", id.Name, "server", preferred,
 			"certificate_expires", id.Cert.Leaf.NotAfter)
 	}
-	return a.runSession(ctx, id, inv, preferred)
+	store, err := a.openStore()
+	if err != nil {
+		return err
+	}
+	sv, err := a.startServing(store, inv)
+	if err != nil {
+		return err
+	}
+	defer sv.stop()
+	a.update(func(st *Status) { st.ServeAddr = sv.addr })
+	return a.runSession(ctx, id, inv, preferred, store, sv)
 }
 
 // Status returns a snapshot of what the agent is doing. The gossip pool's

@@ -87,6 +87,15 @@ type Config struct {
 	// pulls; a larger one is refused before it is decoded. Zero means
 	// fetch.DefaultMaxManifestBytes.
 	MaxManifestBytes int
+	// ServeAddr is where the node's inference endpoint listens, IP:PORT
+	// (HTTP): /v1/deployments/NAME/... reaches the instance that serves
+	// deployment NAME. "" turns the endpoint off; deployments still run.
+	ServeAddr string
+	// ONNXRuntime is the drover-onnx binary the built-in onnx runtime
+	// runs; "" looks for it next to the agent's own binary, then on the
+	// PATH. Without one, deployments of runtime onnx fail with a reason
+	// that says so; exec deployments are unaffected.
+	ONNXRuntime string
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// DialQUIC, when set, opens the agent's QUIC connections to servers
@@ -107,10 +116,16 @@ func DefaultConfig() Config {
 		GossipAddr:    DefaultGossipAddr,
 		PeerAddr:      DefaultPeerAddr,
 		CacheBudget:   DefaultCacheBudget,
+		ServeAddr:     DefaultServeAddr,
 		// Enough for a manifest of about a hundred thousand chunks.
 		MaxManifestBytes: fetch.DefaultMaxManifestBytes,
 	}
 }
+
+// DefaultServeAddr is where the inference endpoint listens unless told
+// otherwise: loopback, since it answers anyone who reaches it; serve
+// other machines with --serve-addr 0.0.0.0:7950.
+const DefaultServeAddr = "127.0.0.1:7950"
 
 // DefaultCacheBudget is the chunk cache's default bound: room for a few
 // versions of a large model beside the current and previous ones, which
@@ -207,6 +222,11 @@ func (c Config) Validate() error {
 	}
 	if c.PeerUploadBytesPerSecond < 0 {
 		bad("--peer-upload-bandwidth %d is negative: use 0 for no cap", c.PeerUploadBytesPerSecond)
+	}
+	if c.ServeAddr != "" {
+		if _, _, err := splitIPPort(c.ServeAddr); err != nil {
+			bad(`--serve-addr %q: %v; or "off" to run deployments without the node's inference endpoint`, c.ServeAddr, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -288,6 +288,25 @@ func (p *puller) run(ctx context.Context, req *droverv1.NodePull) {
 	}
 }
 
+// pullForDeployment makes version of model current in the store for the
+// reconciler and returns its directory. It tries once: the reconciler
+// backs off between tries itself.
+func (p *puller) pullForDeployment(ctx context.Context, model string, version uint64) (string, error) {
+	res, err := p.store.Pull(ctx, fetch.PullRequest{
+		Model:   model,
+		Version: version,
+		Manifest: func(ctx context.Context) (*droverv1.SignedManifest, error) {
+			return p.manifest(ctx, model, version)
+		},
+		Keys:    p.manifestKeys,
+		Sources: p.chunkSources(model, version),
+	})
+	if err != nil {
+		return "", err
+	}
+	return res.Dir, nil
+}
+
 // retryable reports whether a failed pull may succeed if tried again as
 // it is: not when the manifest was refused, which no retry changes, nor
 // when the disk is full, nor when the control plane no longer has the

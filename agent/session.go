@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/droverhq/drover/agent/fetch"
 	"github.com/droverhq/drover/internal/pki"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -84,22 +86,27 @@ type session struct {
 	clients map[string]droverv1connect.AgentServiceClient
 	cert    atomic.Pointer[tls.Certificate] // read by TLS handshakes on quic-go's goroutines
 
-	id            *identity
-	inv           *droverv1.NodeInventory
-	pool          *gossipPool // nil: no site gossip pool
-	puller        *puller
-	needRegister  bool
-	interval      time.Duration // between heartbeats
-	nextHeartbeat time.Time
-	nextProbe     time.Time
-	renewAt       time.Time
-	lastRenewal   time.Time
+	id      *identity
+	inv     *droverv1.NodeInventory
+	pool    *gossipPool // nil: no site gossip pool
+	puller  *puller
+	serving *serving
+	// registered is closed once the node has registered in this session:
+	// its assignments are watched from then on.
+	registered     chan struct{}
+	registeredOnce sync.Once
+	needRegister   bool
+	interval       time.Duration // between heartbeats
+	nextHeartbeat  time.Time
+	nextProbe      time.Time
+	renewAt        time.Time
+	lastRenewal    time.Time
 }
 
 // runSession keeps the node registered and heartbeating until ctx ends
 // (it then returns nil) or a server refuses the node for good. It starts
 // with the server at preferred when that is one it knows.
-func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.NodeInventory, preferred string) error {
+func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.NodeInventory, preferred string, store *fetch.Store, sv *serving) error {
 	now := a.clk.Now()
 	s := &session{
 		a:            a,
@@ -108,6 +115,7 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 		id:           id,
 		inv:          inv,
 		needRegister: true,
+		registered:   make(chan struct{}),
 		interval:     heartbeatInterval(0),
 		nextProbe:    now.Add(a.cfg.ProbeInterval),
 		renewAt:      renewalTime(id.Cert.Leaf.NotBefore, id.Cert.Leaf.NotAfter, time.Time{}),
@@ -118,10 +126,7 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 		return s.cert.Load(), nil
 	}))
 	defer s.tr.Close()
-	store, err := a.openStore()
-	if err != nil {
-		return err
-	}
+	s.serving = sv
 	// Pulls have a transport of their own: the session closes its idle
 	// connections whenever a call fails, and quic-go counts a request
 	// whose body is still streaming in as idle, so a chunk being read
@@ -136,6 +141,24 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 	s.puller = newPuller(a, s.log, store, pullTr)
 	s.puller.setServers(s.servers())
 	defer s.puller.close()
+	// The reconciler pulls through this session's puller and follows the
+	// node's assignments on its servers while the session lasts; the
+	// deferred stop runs before the puller closes.
+	sv.pull.Store(s.puller)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		select {
+		case <-watchCtx.Done():
+		case <-s.registered:
+			sv.watchAssignments(watchCtx, s.puller)
+		}
+	})
+	defer func() {
+		stopWatch()
+		watch.Wait()
+		sv.pull.CompareAndSwap(s.puller, nil)
+	}()
 	// The pool runs before the first registration, which tells the
 	// control plane where it listens.
 	if err := s.startPool(); err != nil {
@@ -334,6 +357,7 @@ func (s *session) register(ctx context.Context, c droverv1connect.AgentServiceCl
 		return s.callError("register", addr, err)
 	}
 	s.needRegister = false
+	s.registeredOnce.Do(func() { close(s.registered) })
 	node := resp.Msg.GetNode()
 	s.log.Info("registered", "server", addr, "name", node.GetName(), "status", node.GetStatus().String(),
 		"site_peers", len(resp.Msg.GetSitePeers()))
@@ -380,7 +404,7 @@ func (s *session) learnSite(site string) {
 func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceClient, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, heartbeatTimeout(s.interval))
 	defer cancel()
-	req := &droverv1.HeartbeatRequest{Pull: s.puller.status()}
+	req := &droverv1.HeartbeatRequest{Pull: s.puller.status(), Instances: s.serving.rec.Status()}
 	if s.pool != nil {
 		req.Suspects = s.pool.Suspects()
 		req.GossipMembers = uint32(s.pool.NumMembers())

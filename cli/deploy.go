@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -206,7 +207,7 @@ The server checks the file, fills in defaults, resolves the model
 reference and stores the deployment; nothing is stored when anything is
 wrong. When the version the reference resolves to changes (on create, or
 when the file or the alias now names another version) a rollout starts;
-` + "`drover rollout status NAME`" + ` follows it.
+` + "`drover deploy show NAME`" + ` shows it.
 
 --expect-revision N applies only if the deployment is still at revision N
 (0: only if it does not exist yet), so two people editing the same file
@@ -276,7 +277,7 @@ func applyView(w io.Writer, before *droverv1.Deployment, r *droverv1.ApplyDeploy
 		if ro.GetFromVersion() != 0 {
 			from = fmt.Sprintf("version %d", ro.GetFromVersion())
 		}
-		fmt.Fprintf(w, "Started rollout %d: %s → version %d (%s); follow it with: drover rollout status %s\n",
+		fmt.Fprintf(w, "Started rollout %d: %s → version %d (%s); see it with: drover deploy show %s\n",
 			ro.GetId(), from, ro.GetToVersion(), ro.GetReason(), name)
 	} else {
 		fmt.Fprintf(w, "No rollout: the fleet already has version %d as its target\n", d.GetVersion())
@@ -315,8 +316,8 @@ func newDeployListCommand(g *globals) *cobra.Command {
 		Long: `List deployments with their model reference, the version it resolved
 to, how many nodes it runs on, and the state of its latest rollout.
 
-NODES counts the nodes assigned the deployment (whatever version they are
-assigned); it is "-" until the rollout controller assigns the first.`,
+NODES counts the nodes the rollout controller has assigned the deployment,
+whichever version each is assigned.`,
 		Example: `  drover deploy ls
   drover deploy ls -o json | jq -r '.deployments[].spec.name'
   drover deploy ls --index 40 --wait 1m   # wait for a change after index 40`,
@@ -337,11 +338,8 @@ assigned); it is "-" until the rollout controller assigns the first.`,
 				})
 				row(w, "NAME", "MODEL", "VERSION", "NODES", "ROLLOUT", "AGE")
 				for _, d := range ds {
-					nodes := "-"
-					if n := resp.Msg.GetAssignedNodes()[d.GetSpec().GetName()]; n > 0 {
-						nodes = formatUint(uint64(n))
-					}
-					row(w, d.GetSpec().GetName(), d.GetSpec().GetModel(), formatUint(d.GetVersion()), nodes,
+					row(w, d.GetSpec().GetName(), d.GetSpec().GetModel(), formatUint(d.GetVersion()),
+						strconv.FormatUint(uint64(resp.Msg.GetAssignedNodes()[d.GetSpec().GetName()]), 10),
 						rolloutCell(resp.Msg.GetRollouts()[d.GetSpec().GetName()]), formatAge(d.GetCreateTime(), g.now()))
 				}
 			})

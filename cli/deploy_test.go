@@ -127,7 +127,7 @@ func TestDeployLifecycle(t *testing.T) {
 
 	out := h.ok("deploy", "apply", "-f", file)
 	wantContains(t, out, "Created deployment defect-detector (revision 1, defect-detector@prod version 7)",
-		"Started rollout 1: nothing → version 7 (apply revision 1); follow it with: drover rollout status defect-detector")
+		"Started rollout 1: nothing → version 7 (apply revision 1); see it with: drover deploy show defect-detector")
 	if got := h.fake.deploys.lastApply; got.ExpectRevision != nil || got.GetSpec().GetResources().GetCpus() != 1.5 {
 		t.Errorf("apply request: %v", got)
 	}
@@ -146,7 +146,7 @@ func TestDeployLifecycle(t *testing.T) {
 	}
 
 	out = h.ok("deploy", "ls")
-	wantContains(t, squeeze(out), "NAME MODEL VERSION NODES ROLLOUT AGE", "defect-detector defect-detector@8 8 - #2 progressing 2h")
+	wantContains(t, squeeze(out), "NAME MODEL VERSION NODES ROLLOUT AGE", "defect-detector defect-detector@8 8 3 #2 progressing 2h")
 
 	out = h.ok("deploy", "show", "defect-detector")
 	wantContains(t, squeeze(out), "Model: defect-detector@8 (version 8)", "Revision: 2", "Labels: camera=edge", "Sites: berlin",
@@ -223,4 +223,19 @@ func TestDeployHelpTeachesTheFile(t *testing.T) {
 	if _, err := parseDeployFile([]byte(strings.Join(lines, "\n"))); err != nil {
 		t.Errorf("the help's example file does not parse: %v", err)
 	}
+}
+
+// FuzzParseDeployFile checks that no file makes the parser panic, and
+// that what it accepts has the fields it read.
+func FuzzParseDeployFile(f *testing.F) {
+	f.Add([]byte(testDeployFile))
+	f.Add([]byte("name: x\nstrategy: {max_unavailable_per_site: 0}\n"))
+	f.Add([]byte("selector:\n  hardware:\n    min_gpu_memory: [1]\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := parseDeployFile(data)
+		if err == nil && spec.GetStrategy() == nil {
+			t.Errorf("accepted %q without a strategy", data)
+		}
+	})
 }

@@ -27,6 +27,7 @@ type devFlags struct {
 	logLevel       string
 	noClientConfig bool
 	agents         int
+	servePort      int
 }
 
 func newDevCommand(g *globals) *cobra.Command {
@@ -64,6 +65,7 @@ exit code 0.`,
 	fl.IntVar(&f.port, "port", server.DefaultAPIPort, "API port; Raft and gossip use the next two (0: any free ports)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "server log level: debug, info, warn or error")
 	fl.BoolVar(&f.noClientConfig, "no-client-config", false, "do not write the client config file")
+	fl.IntVar(&f.servePort, "serve-port", devServePort, "inference endpoint port of the first agent; the others take the next ports (0: any free ports)")
 	fl.IntVar(&f.agents, "agents", 3, fmt.Sprintf("local agents to run, spread over the sites %s (0: none, at most %d)", strings.Join(devSites, " and "), maxDevAgents))
 	return cmd
 }
@@ -140,7 +142,7 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 	if err != nil {
 		return errors.Join(err, stop())
 	}
-	fleet, err := startDevAgents(ctx, cl, s.APIAddr(), dir, f.agents, g.stderr, level)
+	fleet, err := startDevAgents(ctx, cl, s.APIAddr(), dir, f.agents, f.servePort, g.stderr, level)
 	if ctx.Err() != nil {
 		if fleet != nil {
 			fleet.stop()
@@ -165,14 +167,15 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 			fmt.Fprintf(g.stderr, "some dev agents stopped: %v\n", err)
 		}
 		agentsLine = fmt.Sprintf("%d of %d ready, in sites %s", ready, f.agents, strings.Join(devSites[:min(f.agents, len(devSites))], ", "))
-		held, err := fleet.pullSample(ctx, cl)
+		fmt.Fprintf(g.stdout, "deploying %s@prod to the local agents...\n", sampleModelName)
+		serving, err := fleet.deploySample(ctx, cl)
 		if ctx.Err() != nil {
 			return stopping(stopAll)
 		}
 		if err != nil {
-			fmt.Fprintf(g.stderr, "pulling the sample model: %v\n", err)
+			fmt.Fprintf(g.stderr, "deploying the sample model: %v\n", err)
 		}
-		agentsLine += fmt.Sprintf("; %d hold %s@prod", held, sampleModelName)
+		agentsLine += fmt.Sprintf("; %d serve %s@prod (deployment %s)", serving, sampleModelName, sampleDeployment)
 	}
 	fmt.Fprintf(g.stdout, `
 Drover dev cluster is running.
@@ -191,10 +194,17 @@ Try, in another shell:
   drover model show hello-classifier
   drover model card hello-classifier@prod
   drover node show dev-agent-1
+  drover deploy show %s
+  drover rollout history %s
   drover audit ls
 
+Ask the model which digit an 8x8 image shows (dev-agent-1 serves on
+127.0.0.1:%d, the others on the next ports):
+  curl -s 127.0.0.1:%d/v1/deployments/%s/infer -d '%s'
+
 Press Ctrl-C to stop; run "drover dev" again to continue with the same data.
-`, dir, s.APIAddr(), client.CACert, client.Token, client.path, agentsLine)
+`, dir, s.APIAddr(), client.CACert, client.Token, client.path, agentsLine,
+		sampleDeployment, sampleDeployment, f.servePort, f.servePort, sampleDeployment, sampleInferBody)
 	select {
 	case <-ctx.Done():
 	case <-s.Done():
@@ -271,6 +281,11 @@ var sampleModel embed.FS
 
 // sampleModelName is the sample model's name in the registry.
 const sampleModelName = "hello-classifier"
+
+// sampleInferBody is an inference request for the sample model: the pixel
+// counts of a handwritten 0 from the digits data set's test split (the
+// first case of its reference.json).
+const sampleInferBody = `{"inputs":{"input":[[0,0,4,14,11,3,0,0,0,0,10,16,12,14,1,0,0,1,14,12,0,13,3,0,0,5,16,6,0,8,6,0,0,8,16,0,0,9,8,0,0,7,16,3,7,16,5,0,0,3,15,13,16,15,2,0,0,0,4,15,12,2,0,0]]}}`
 
 // createSampleModel pushes the sample model the first time, as version 1
 // with alias prod, so a newcomer has real bytes to pull and serve. The

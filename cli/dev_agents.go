@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -15,7 +16,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent"
-	"github.com/droverhq/drover/agent/fetch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -39,7 +39,11 @@ type devFleet struct {
 // each with its identity under dir/agents. Agents enrolled by an earlier
 // run come back as the same nodes; the others enroll with a join token
 // made for them. Stop the fleet with stop.
-func startDevAgents(ctx context.Context, cl *clients, apiAddr, dir string, n int, logw io.Writer, level slog.Level) (*devFleet, error) {
+// devServePort is the first dev agent's inference endpoint port unless
+// --serve-port says otherwise.
+const devServePort = 7950
+
+func startDevAgents(ctx context.Context, cl *clients, apiAddr, dir string, n, servePort int, logw io.Writer, level slog.Level) (*devFleet, error) {
 	f := &devFleet{}
 	if n == 0 {
 		return f, nil
@@ -56,6 +60,12 @@ func startDevAgents(ctx context.Context, cl *clients, apiAddr, dir string, n int
 		// Several agents share this machine: each pool gets a port of its
 		// own on loopback.
 		cfg.GossipAddr = "127.0.0.1:0"
+		// Inference endpoints at known ports, so that the printed curl
+		// works: dev-agent-1 on 7950, dev-agent-2 on 7951, ...
+		cfg.ServeAddr = "127.0.0.1:0"
+		if servePort != 0 {
+			cfg.ServeAddr = fmt.Sprintf("127.0.0.1:%d", servePort+i)
+		}
 		cfg.Logger = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).With("agent", cfg.Name)
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, agent.IdentityFile)); err != nil {
 			toEnroll++
@@ -123,47 +133,73 @@ func (f *devFleet) waitReady(ctx context.Context) (ready int, err error) {
 	}
 }
 
-// pullSample asks each ready agent that has never been asked to pull a
-// version to pull the sample model's prod version, and waits until the
-// agents hold it (the model is small). It returns how many hold it.
-func (f *devFleet) pullSample(ctx context.Context, cl *clients) (int, error) {
-	var errs []error
-	for i, a := range f.agents {
-		id := a.Status().NodeID
-		if id == "" {
-			continue
-		}
-		res, err := cl.node.GetNode(ctx, connect.NewRequest(&droverv1.GetNodeRequest{Node: id}))
+// sampleDeployment is what `drover dev` deploys: the sample model on every
+// local agent, with the built-in onnx runtime.
+const sampleDeployment = "hello"
+
+// devServeTimeout bounds the wait for the local agents to serve the sample
+// deployment: a pull of a small model and a drover-onnx start each.
+const devServeTimeout = time.Minute
+
+// deploySample applies the sample deployment, unless it exists (made by an
+// earlier run, or changed by the operator since), and waits until the
+// agents serve it. It returns how many do.
+func (f *devFleet) deploySample(ctx context.Context, cl *clients) (int, error) {
+	_, err := cl.deploy.GetDeployment(ctx, connect.NewRequest(&droverv1.GetDeploymentRequest{Name: sampleDeployment}))
+	switch {
+	case connect.CodeOf(err) == connect.CodeNotFound:
+		_, err = cl.deploy.ApplyDeployment(ctx, connect.NewRequest(&droverv1.ApplyDeploymentRequest{Spec: &droverv1.DeploymentSpec{
+			Name:    sampleDeployment,
+			Model:   sampleModelName + "@prod",
+			Runtime: &droverv1.RuntimeSpec{Type: "onnx"},
+			Strategy: &droverv1.RolloutStrategy{
+				Canary: 1, AutoPromote: true, AutoRevert: true, MaxParallel: 3, MaxUnavailablePerSite: 1,
+				MinHealthyTime: durationpb.New(2 * time.Second),
+			},
+		}}))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("agent %s: %w", f.names[i], err))
-			continue
+			return 0, fmt.Errorf("deploy the sample model: %w", err)
 		}
-		if res.Msg.GetNode().GetRequestedPull() != nil {
-			continue // asked before, by an earlier run or by the operator
-		}
-		if _, err := cl.node.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{
-			Node: id, Model: sampleModelName, Ref: "prod",
-		})); err != nil {
-			errs = append(errs, fmt.Errorf("agent %s: pull the sample model: %w", f.names[i], err))
-		}
+	case err != nil:
+		return 0, fmt.Errorf("read the sample deployment: %w", err)
 	}
-	deadline := time.Now().Add(devAgentReadyTimeout)
+	hc := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(devServeTimeout)
 	for {
-		held := 0
+		serving := 0
 		for _, a := range f.agents {
-			if a.Status().Pull.Phase == fetch.PhaseDone {
-				held++
+			if addr := a.Status().ServeAddr; addr != "" && devServes(ctx, hc, addr) {
+				serving++
 			}
 		}
-		if held == len(f.agents) || time.Now().After(deadline) {
-			return held, errors.Join(errs...)
+		if serving == len(f.agents) {
+			return serving, nil
+		}
+		if time.Now().After(deadline) {
+			return serving, fmt.Errorf("%d of %d agents serve %s after %v; see `drover deploy show %s`", serving, len(f.agents), sampleDeployment, devServeTimeout, sampleDeployment)
 		}
 		select {
 		case <-ctx.Done():
-			return held, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+			return serving, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// devServes reports whether the agent whose endpoint is at addr serves the
+// sample deployment: its instance answers its health check through the
+// endpoint.
+func devServes(ctx context.Context, hc *http.Client, addr string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/deployments/"+sampleDeployment+"/health", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // stop stops every agent and waits for them.

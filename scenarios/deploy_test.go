@@ -106,6 +106,18 @@ func TestDeployRefusesBadInput(t *testing.T) {
 		!strings.Contains(out, "Created deployment defect-detector") || !strings.Contains(out, "Started rollout 1") {
 		t.Fatalf("apply: exit %d\n%s%s", code, out, errOut)
 	}
+	// Applied again: nothing to do, and a plan says so.
+	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", good); code != 0 || !strings.Contains(out, "unchanged (revision 1, version 1)") {
+		t.Errorf("reapply: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, errOut, code := drover(ctx, addr, "deploy", "plan", "-f", good); code != 0 || !strings.Contains(out, "defect-detector: no change") {
+		t.Errorf("plan of the applied file: exit %d\n%s%s", code, out, errOut)
+	}
+	// A create over an existing deployment is a conflict.
+	if _, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", good, "--expect-revision", "0"); code == 0 ||
+		!strings.Contains(errOut, "expected revision 0, but it is at revision 1") {
+		t.Errorf("apply --expect-revision 0 over revision 1: exit %d\n%s", code, errOut)
+	}
 	bad := deployFile(t, strings.Replace(goodDeployment, "type: onnx", "type: exec", 1))
 	if _, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", bad); code == 0 || !strings.Contains(errOut, "type exec needs a command") {
 		t.Errorf("bad update: exit %d\n%s", code, errOut)
@@ -122,7 +134,10 @@ func TestDeployRefusesBadInput(t *testing.T) {
 		st.GetMinHealthyTime().AsDuration() != 10*time.Second || st.GetProgressDeadline().AsDuration() != 10*time.Minute {
 		t.Errorf("stored strategy lacks defaults: %v", st)
 	}
-	if r := d.Msg.GetRollout(); r.GetId() != 1 || r.GetToVersion() != 1 || r.GetState() != droverv1.RolloutState_ROLLOUT_STATE_PROGRESSING {
+	// The leader's controller may have finished it already: no node
+	// matches, so there is nothing to wait for.
+	if r := d.Msg.GetRollout(); r.GetId() != 1 || r.GetToVersion() != 1 || r.GetReason() != "apply revision 1" ||
+		(r.GetState() != droverv1.RolloutState_ROLLOUT_STATE_PROGRESSING && r.GetState() != droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED) {
 		t.Errorf("rollout: %v", r)
 	}
 	// The alias the deployment follows cannot be removed under it.
@@ -199,13 +214,16 @@ func TestDeployPlanExplainsSkips(t *testing.T) {
 		"GiB < required 16 GiB", // cam-01
 		"site lyon not in [berlin]",
 		"label camera=edge missing",
-		"batch 1 (canary): cam-02",
-		"batch 2: cam-03",
 		"create; roll out to version 1 on 2 nodes in 2 batches (1 canary batch first); 3 nodes skipped",
 	} {
 		if !strings.Contains(squeeze(out), want) {
 			t.Errorf("the plan does not say %q", want)
 		}
+	}
+
+	// The batches go by node id, which enrollment picks at random.
+	if !strings.Contains(out, "batch 1 (canary): cam-02\nbatch 2: cam-03\n") && !strings.Contains(out, "batch 1 (canary): cam-03\nbatch 2: cam-02\n") {
+		t.Errorf("the plan does not put cam-02 and cam-03 in two batches, one the canary")
 	}
 
 	// Asking for a GPU: no node has one, and each says why. On a machine

@@ -11,6 +11,7 @@ package agenttest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -47,6 +48,7 @@ const (
 	Register         = droverv1connect.AgentServiceRegisterProcedure
 	RenewCertificate = droverv1connect.AgentServiceRenewCertificateProcedure
 	Heartbeat        = droverv1connect.AgentServiceHeartbeatProcedure
+	WatchAssignments = droverv1connect.AgentServiceWatchAssignmentsProcedure
 )
 
 // waitTimeout bounds how long WaitForCalls waits in real time before it
@@ -81,6 +83,9 @@ type Node struct {
 	// Suspects and GossipMembers are from the node's last heartbeat.
 	Suspects      []string
 	GossipMembers uint32
+	// Instances is what the node's last heartbeat reported of its
+	// deployments' instances.
+	Instances []*droverv1.InstanceStatus
 }
 
 // maxSitePeers is how many site peers an answer names at most, as a
@@ -533,6 +538,10 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[droverv1.H
 	}
 	n.Suspects = slices.Clone(req.Msg.GetSuspects())
 	n.GossipMembers = req.Msg.GetGossipMembers()
+	n.Instances = nil
+	for _, st := range req.Msg.GetInstances() {
+		n.Instances = append(n.Instances, proto.CloneOf(st))
+	}
 	resp := &droverv1.HeartbeatResponse{
 		Ttl:        durationpb.New(h.c.ttl),
 		Status:     droverv1.NodeStatus_NODE_STATUS_READY,
@@ -560,6 +569,34 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return b
+}
+
+// WatchAssignments answers that the node runs nothing: the fake cluster
+// holds no deployments. Like a real blocking query it answers only once
+// the wait the request asks for (at most a few seconds here) is over, so
+// an agent's watch does not spin.
+func (h *handler) WatchAssignments(ctx context.Context, req *connect.Request[droverv1.WatchAssignmentsRequest]) (*connect.Response[droverv1.WatchAssignmentsResponse], error) {
+	call, err := h.begin(ctx, WatchAssignments, req.Msg)
+	if err == nil {
+		_, err = h.nodeLocked(call)
+	}
+	if err := h.finish(call, err); err != nil {
+		return nil, err
+	}
+	const index = 1
+	if req.Msg.GetQuery().GetMinIndex() >= index {
+		wait := min(cmp.Or(req.Msg.GetQuery().GetMaxWait().AsDuration(), 5*time.Second), 5*time.Second)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-h.s.done:
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("agenttest: server stopped"))
+		case <-t.C:
+		}
+	}
+	return connect.NewResponse(&droverv1.WatchAssignmentsResponse{Meta: &droverv1.QueryMeta{Index: index, KnownLeader: true}}), nil
 }
 
 // GetManifest is not faked: the fake cluster holds no model versions, and

@@ -26,6 +26,8 @@ func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bo
 		logLevel, logFormat  string
 		cacheDir, cacheSize  string
 		bandwidth, manifest  string
+		serveAddr            string
+		onnxRuntime          string
 	)
 	defaults := agent.DefaultConfig()
 	cmd := &cobra.Command{
@@ -67,6 +69,17 @@ and previous version of each model whatever its --cache-budget, and evicts
 the least recently used other chunks beyond it. A pull cut short by a
 restart goes on where it stopped.
 
+The agent runs the model deployments the control plane assigns to the node
+(` + "`drover deploy apply`" + `): it pulls each assigned version, starts it beside the
+one that serves, waits until it is healthy, switches the node's inference
+endpoint to it and stops the old one, keeping the old version on disk for an
+instant rollback. Each instance is a child process: drover-onnx for runtime
+onnx (found next to drover-agent or with --onnx-runtime), the deployment's
+own command for runtime exec. The endpoint (--serve-addr, ` + agent.DefaultServeAddr + `
+by default) sends /v1/deployments/NAME/... to the instance serving NAME.
+With every server unreachable, the agent keeps serving its last good
+versions, across its own restarts.
+
 The agent runs until SIGINT or SIGTERM, then stops cleanly (exit 0). It
 exits 1 when it cannot go on (no identity and no token, a refused token, a
 revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
@@ -88,6 +101,10 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 
   # Cap pulls at 80 megabits per second, and keep at most 200 GiB of chunks.
   drover-agent --pull-bandwidth 80Mbit --cache-budget 200GiB
+
+  # Serve inference to other machines on port 7950.
+  drover-agent --serve-addr 0.0.0.0:7950
+  curl -s localhost:7950/v1/deployments/digits/infer -d '{"inputs":{"input":[[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]]}}'
 
   # In a container, read the host's hardware from its root mounted at /host.
   drover-agent --root /host --server 10.0.0.5:7400
@@ -150,6 +167,10 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 			case !cmd.Flags().Changed("peer-addr") && cfg.GossipAddr != "":
 				cfg.PeerAddr = agent.PeerAddrNextTo(cfg.GossipAddr)
 			}
+			cfg.ServeAddr, cfg.ONNXRuntime = serveAddr, onnxRuntime
+			if strings.EqualFold(strings.TrimSpace(serveAddr), "off") {
+				cfg.ServeAddr = ""
+			}
 			if name != "" {
 				cfg.Name = name
 			}
@@ -197,6 +218,8 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&cacheSize, "cache-budget", "50GiB", "`SIZE` the chunk cache keeps to, such as 200GiB or 0 for no bound; the current and previous version of each model are kept beyond it")
 	f.StringVar(&bandwidth, "pull-bandwidth", "0", "`RATE` pulls may read at, such as 10MiB (bytes per second) or 80Mbit; 0 for no cap")
 	f.StringVar(&manifest, "max-manifest-size", "16MiB", "`SIZE` of the largest version manifest to accept")
+	f.StringVar(&serveAddr, "serve-addr", defaults.ServeAddr, "`IP:PORT` of the node's inference endpoint (HTTP): /v1/deployments/NAME/infer reaches the model deployment NAME serves; 0.0.0.0:7950 serves other machines, \"off\" turns it off")
+	f.StringVar(&onnxRuntime, "onnx-runtime", "", "`PATH` of the drover-onnx binary that runs deployments of runtime onnx (default: next to drover-agent, then the PATH)")
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 

@@ -429,8 +429,13 @@ func (p *puller) fetchFrom(ctx context.Context, src Source, w want) (origin stri
 		r = &limitedReader{ctx, r, p.limiter}
 	}
 	err = p.opts.Cache.Put(w.d, w.size, r)
-	if err != nil && sr.err == nil && ctx.Err() == nil && !errors.Is(err, artifact.ErrChunkCorrupt) {
-		// The source served its bytes; the cache could not keep them.
+	if err != nil && sr.err == nil && !errors.Is(err, artifact.ErrChunkCorrupt) &&
+		!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		// The source served its bytes (a short or wrong body is
+		// ErrChunkCorrupt); the cache could not keep them. That holds even
+		// when the pull is stopping meanwhile, as it does once another
+		// worker met the same local failure: blamed on the source, it
+		// would be dropped for this machine's fault.
 		return origin, &localError{err}
 	}
 	return origin, err

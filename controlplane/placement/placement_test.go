@@ -155,7 +155,7 @@ func TestNormalizeDefaults(t *testing.T) {
 		st.GetMinHealthyTime().AsDuration() != DefaultMinHealthyTime || st.GetProgressDeadline().AsDuration() != DefaultProgressDeadline {
 		t.Errorf("strategy defaults: %v", st)
 	}
-	if rt := s.GetRuntime(); rt.GetRestart() != "on-failure" || rt.GetHealthPath() != "/healthz" || rt.GetStartTimeout().AsDuration() != time.Minute {
+	if rt := s.GetRuntime(); rt.GetRestart() != "on-failure" || rt.GetHealthPath() != ONNXHealthPath || rt.GetStartTimeout().AsDuration() != time.Minute {
 		t.Errorf("runtime defaults: %v", rt)
 	}
 	// A set value stays; the input is not modified.
@@ -207,7 +207,9 @@ func TestNormalizeRefuses(t *testing.T) {
 			s.Selector = &droverv1.NodeSelector{Hardware: &droverv1.HardwareConstraints{MigProfile: "1g.10gb"}}
 			s.Resources = &droverv1.Resources{MigProfile: "2g.20gb"}
 		}, "differs"},
-		{"label", func(s *droverv1.DeploymentSpec) { s.Selector = &droverv1.NodeSelector{Labels: map[string]string{"a b": "c"}} }, "label key"},
+		{"label", func(s *droverv1.DeploymentSpec) {
+			s.Selector = &droverv1.NodeSelector{Labels: map[string]string{"a b": "c"}}
+		}, "label key"},
 		{"site", func(s *droverv1.DeploymentSpec) { s.Selector = &droverv1.NodeSelector{Sites: []string{"Berlin!"}} }, "site name"},
 		{"canary twice", func(s *droverv1.DeploymentSpec) { s.Strategy = &droverv1.RolloutStrategy{Canary: 1, CanaryPercent: 10} }, "both set"},
 		{"percent", func(s *droverv1.DeploymentSpec) { s.Strategy = &droverv1.RolloutStrategy{CanaryPercent: 101} }, "more than 100"},

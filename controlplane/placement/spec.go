@@ -31,6 +31,7 @@ const (
 	DefaultStartTimeout          = time.Minute
 	DefaultRestart               = RestartOnFailure
 	DefaultHealthPath            = "/healthz"
+	ONNXHealthPath               = "/v1/health"
 )
 
 // Runtime types and restart policies a spec may name.
@@ -70,7 +71,7 @@ var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // [state.ErrInvalid] and lists every problem found, each naming its field
 // as the deployment file spells it, so one round trip fixes them all.
 // The model reference is only checked for form here; whether it resolves
-// depends on the registry (see [ResolveModel]).
+// depends on the registry (see state.Store.ResolveDeploymentModel).
 func Normalize(spec *droverv1.DeploymentSpec) (*droverv1.DeploymentSpec, error) {
 	if spec == nil {
 		return nil, fmt.Errorf("deployment spec is %w: the request has none", state.ErrInvalid)
@@ -252,6 +253,9 @@ func checkRuntime(p *problems, rt *droverv1.RuntimeSpec) {
 		}
 	}
 	switch hp := rt.GetHealthPath(); {
+	case hp == "" && rt.GetType() == "onnx":
+		// Where drover-onnx answers once its model is loaded.
+		rt.HealthPath = ONNXHealthPath
 	case hp == "":
 		rt.HealthPath = DefaultHealthPath
 	case !strings.HasPrefix(hp, "/") || len(hp) > 1024 || strings.ContainsAny(hp, " \t\r\n"):

@@ -50,6 +50,12 @@ func TestClassifyProcedures(t *testing.T) {
 		droverv1connect.AgentServiceRegisterProcedure:         procWrite,
 		droverv1connect.AgentServiceRenewCertificateProcedure: procWrite,
 		droverv1connect.AgentServiceHeartbeatProcedure:        procWrite,
+		// A plan reads the state a following apply would land on.
+		droverv1connect.DeploymentServiceApplyDeploymentProcedure:  procWrite,
+		droverv1connect.DeploymentServicePlanDeploymentProcedure:   procRead,
+		droverv1connect.DeploymentServiceListDeploymentsProcedure:  procRead,
+		droverv1connect.DeploymentServiceGetDeploymentProcedure:    procRead,
+		droverv1connect.DeploymentServiceDeleteDeploymentProcedure: procWrite,
 	}
 	names := map[procKind]string{procRead: "read", procWrite: "write", procLocal: "local"}
 	for proc, kind := range want {

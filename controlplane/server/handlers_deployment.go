@@ -69,11 +69,13 @@ func (h *deploymentHandler) ApplyDeployment(ctx context.Context, req *connect.Re
 // nothing: the spec as it would be stored, every node's verdict, and the
 // batches a rollout would take over the matching nodes.
 func (h *deploymentHandler) PlanDeployment(ctx context.Context, req *connect.Request[droverv1.PlanDeploymentRequest]) (*connect.Response[droverv1.PlanDeploymentResponse], error) {
-	spec, v, err := h.prepare(ctx, droverv1connect.DeploymentServicePlanDeploymentProcedure, req.Msg.GetSpec())
-	if err != nil {
+	// Read as a query does, so that a plan sees every acknowledged write
+	// (or, with the stale header, whatever this server has).
+	if err := h.s.readyForRead(ctx, req.Header()); err != nil {
 		return nil, err
 	}
-	if err := h.s.readyForRead(ctx, req.Header()); err != nil {
+	spec, v, err := h.prepare(ctx, droverv1connect.DeploymentServicePlanDeploymentProcedure, req.Msg.GetSpec())
+	if err != nil {
 		return nil, err
 	}
 	cur, err := h.s.state.Deployment(spec.GetName())
@@ -84,13 +86,17 @@ func (h *deploymentHandler) PlanDeployment(ctx context.Context, req *connect.Req
 	nodes := readable(ctx, slices.Clone(all), droverv1.ACLResource_ACL_RESOURCE_NODE, nodeObject)
 	hidden := len(all) - len(nodes)
 	out := &droverv1.PlanDeploymentResponse{Spec: spec, Version: v.GetVersion(), Current: cur}
+	// What each node is assigned now for this deployment: a node already
+	// assigned the planned version needs no batch.
+	assigned := h.s.state.DeploymentAssignments(spec.GetName())
 	var targets []rollout.Target
 	for _, n := range nodes {
 		if n.GetStatus() == droverv1.NodeStatus_NODE_STATUS_LEFT {
 			continue // gone for good; listing them helps no one
 		}
 		ok, reasons := placement.Match(spec.GetSelector(), spec.GetResources(), n)
-		m := &droverv1.NodeMatch{NodeId: n.GetId(), NodeName: n.GetName(), Site: n.GetSite(), Matches: ok, Reasons: reasons}
+		m := &droverv1.NodeMatch{NodeId: n.GetId(), NodeName: n.GetName(), Site: n.GetSite(), Matches: ok, Reasons: reasons,
+			CurrentVersion: assigned[n.GetId()].GetVersion()}
 		out.Nodes = append(out.Nodes, m)
 		if ok && m.GetCurrentVersion() != v.GetVersion() {
 			targets = append(targets, rollout.Target{NodeID: n.GetId(), Site: n.GetSite()})
@@ -120,10 +126,13 @@ func (h *deploymentHandler) PlanDeployment(ctx context.Context, req *connect.Req
 
 // planSummary says what an apply would do in one sentence.
 func planSummary(cur *droverv1.Deployment, version uint64, specChanged, versionChanged bool, plan *droverv1.PlanDeploymentResponse, hidden int) string {
-	matching := 0
+	matching, moving := 0, 0
 	for _, n := range plan.GetNodes() {
 		if n.GetMatches() {
 			matching++
+			if n.GetCurrentVersion() != version {
+				moving++
+			}
 		}
 	}
 	skipped := len(plan.GetNodes()) - matching
@@ -145,6 +154,8 @@ func planSummary(cur *droverv1.Deployment, version uint64, specChanged, versionC
 		}
 	case matching == 0:
 		fmt.Fprintf(&b, "; version %d, but no node matches the selector", version)
+	case moving == 0:
+		fmt.Fprintf(&b, "; version %d, which every matching node is assigned already", version)
 	default:
 		from := ""
 		if cur != nil {
@@ -156,7 +167,7 @@ func planSummary(cur *droverv1.Deployment, version uint64, specChanged, versionC
 				canary++
 			}
 		}
-		fmt.Fprintf(&b, "; roll out %sto version %d on %s in %s", from, version, plural(matching, "node"), plural(len(plan.GetBatches()), "batch"))
+		fmt.Fprintf(&b, "; roll out %sto version %d on %s in %s", from, version, plural(moving, "node"), plural(len(plan.GetBatches()), "batch"))
 		if canary > 0 {
 			fmt.Fprintf(&b, " (%s first)", plural(canary, "canary batch"))
 		}
@@ -188,14 +199,15 @@ func (h *deploymentHandler) ListDeployments(ctx context.Context, req *connect.Re
 	ds := readable(ctx, h.s.state.Deployments(), droverv1.ACLResource_ACL_RESOURCE_DEPLOYMENT, deploymentObject)
 	latest := h.s.state.LatestRollouts()
 	assigned := h.s.state.AssignedVersions()
-	out := &droverv1.ListDeploymentsResponse{Deployments: ds, Rollouts: map[string]*droverv1.Rollout{}, Meta: meta,
-		AssignedNodes: map[string]uint32{}}
+	out := &droverv1.ListDeploymentsResponse{Deployments: ds, Rollouts: map[string]*droverv1.Rollout{},
+		AssignedNodes: map[string]uint32{}, Meta: meta}
 	for _, d := range ds {
-		if r, ok := latest[d.GetSpec().GetName()]; ok {
-			out.Rollouts[d.GetSpec().GetName()] = r
+		name := d.GetSpec().GetName()
+		if r, ok := latest[name]; ok {
+			out.Rollouts[name] = r
 		}
-		if n := len(assigned[d.GetSpec().GetName()]); n > 0 {
-			out.AssignedNodes[d.GetSpec().GetName()] = uint32(n)
+		if n := len(assigned[name]); n > 0 {
+			out.AssignedNodes[name] = uint32(n)
 		}
 	}
 	return connect.NewResponse(out), nil

@@ -99,29 +99,11 @@ func (s *Store) ApplyDeployment(idx uint64, meta *droverv1.CommandMeta, spec *dr
 		details["revision"] = strconv.FormatUint(d.GetRevision(), 10)
 		res := &ApplyDeploymentResult{Changed: true}
 		if versionChanged {
-			r := &droverv1.Rollout{
-				Deployment:  name,
-				Id:          d.GetRolloutId() + 1,
-				ToVersion:   version,
-				State:       droverv1.RolloutState_ROLLOUT_STATE_PROGRESSING,
-				Reason:      fmt.Sprintf("apply revision %d", d.GetRevision()),
-				CreatedBy:   actorOf(meta),
-				CreateIndex: idx,
-				ModifyIndex: idx,
-			}
+			var from uint64
 			if cur != nil {
-				r.FromVersion = cur.GetVersion()
+				from = cur.GetVersion()
 			}
-			if t := meta.GetTime(); t != nil {
-				r.CreateTime = clone(t)
-			}
-			d.RolloutId = r.GetId()
-			s.supersedeLocked(idx, meta, name, r.GetId())
-			hist := append(slices.Clone(s.t.rollouts[name]), r)
-			if over := len(hist) - MaxRolloutHistory; over > 0 {
-				hist = hist[over:]
-			}
-			s.t.rollouts[name] = hist
+			r := s.startRolloutLocked(idx, meta, d, from, fmt.Sprintf("apply revision %d", d.GetRevision()))
 			res.Rollout = clone(r)
 			details["rollout"] = strconv.FormatUint(r.GetId(), 10)
 			details["from_version"] = strconv.FormatUint(r.GetFromVersion(), 10)
@@ -132,6 +114,59 @@ func (s *Store) ApplyDeployment(idx uint64, meta *droverv1.CommandMeta, spec *dr
 		return target, details, nil
 	})
 	return out, err
+}
+
+// startRolloutLocked records a new rollout of deployment d, a copy the
+// caller stores, from version from to d.Version: one id past d's last,
+// PROGRESSING, with reason. A still-running previous rollout becomes
+// SUPERSEDED. s.mu must be held for writing.
+func (s *Store) startRolloutLocked(idx uint64, meta *droverv1.CommandMeta, d *droverv1.Deployment, from uint64, reason string) *droverv1.Rollout {
+	name := d.GetSpec().GetName()
+	r := &droverv1.Rollout{
+		Deployment:  name,
+		Id:          d.GetRolloutId() + 1,
+		FromVersion: from,
+		ToVersion:   d.GetVersion(),
+		State:       droverv1.RolloutState_ROLLOUT_STATE_PROGRESSING,
+		Reason:      reason,
+		CreatedBy:   actorOf(meta),
+		CreateIndex: idx,
+		ModifyIndex: idx,
+	}
+	if t := meta.GetTime(); t != nil {
+		r.CreateTime = clone(t)
+	}
+	d.RolloutId = r.GetId()
+	s.supersedeLocked(idx, meta, name, r.GetId())
+	hist := append(slices.Clone(s.t.rollouts[name]), r)
+	if over := len(hist) - MaxRolloutHistory; over > 0 {
+		hist = hist[over:]
+	}
+	s.t.rollouts[name] = hist
+	return r
+}
+
+// followAliasLocked moves the deployments that follow model@alias to
+// version, the alias's new target, each with a rollout, and returns their
+// names. s.mu must be held for writing.
+func (s *Store) followAliasLocked(idx uint64, meta *droverv1.CommandMeta, model, alias string, version uint64) []string {
+	var moved []string
+	for _, name := range s.deploymentsUsingLocked(model, alias) {
+		cur := s.t.deployments[name]
+		if cur.GetVersion() == version {
+			continue
+		}
+		d := shallowCopy(cur)
+		d.Version = version
+		d.ModifyIndex = idx
+		if t := meta.GetTime(); t != nil {
+			d.UpdateTime = clone(t)
+		}
+		s.startRolloutLocked(idx, meta, d, cur.GetVersion(), fmt.Sprintf("alias %s of %s moved to version %d", alias, model, version))
+		s.t.deployments[name] = d
+		moved = append(moved, name)
+	}
+	return moved
 }
 
 // supersedeLocked ends the deployment's latest rollout if it is still

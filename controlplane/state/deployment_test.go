@@ -289,3 +289,46 @@ func TestRestoreRefusesDanglingDeployments(t *testing.T) {
 		}
 	}
 }
+
+// Moving an alias rolls out its new target to the deployments that follow
+// it, and only to those; an alias set to where it points starts nothing.
+func TestAliasMoveStartsRollout(t *testing.T) {
+	f := newFixture(t)
+	f.model("det")
+	f.version("det")
+	f.version("det")
+	f.alias("det", "prod", 1)
+	f.alias("det", "canary", 1)
+	if _, err := f.apply(deploySpec("cams", "det@prod"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.apply(deploySpec("pinned", "det@1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.apply(deploySpec("trial", "det@canary"), nil); err != nil {
+		t.Fatal(err)
+	}
+	f.alias("det", "prod", 2)
+	d, err := f.s.Deployment("cams")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, _ := f.s.Rollouts("cams")
+	r := hist[len(hist)-1]
+	if d.GetVersion() != 2 || d.GetRolloutId() != 2 || r.GetFromVersion() != 1 || r.GetToVersion() != 2 ||
+		r.GetReason() != "alias prod of det moved to version 2" || hist[0].GetState() != droverv1.RolloutState_ROLLOUT_STATE_SUPERSEDED {
+		t.Fatalf("after the alias moved: deployment %v, rollouts %v", d, hist)
+	}
+	if ev := lastAudit(t, f.s); ev.GetDetails()["rollouts"] != "cams" {
+		t.Errorf("audit of the alias move: %v", ev)
+	}
+	for _, name := range []string{"pinned", "trial"} {
+		if d, _ := f.s.Deployment(name); d.GetVersion() != 1 || d.GetRolloutId() != 1 {
+			t.Errorf("%s moved with prod: %v", name, d)
+		}
+	}
+	f.alias("det", "prod", 2)
+	if hist, _ := f.s.Rollouts("cams"); len(hist) != 2 {
+		t.Errorf("setting the alias where it points started a rollout: %v", hist)
+	}
+}

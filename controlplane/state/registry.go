@@ -44,9 +44,10 @@ func (s *Store) CreateModel(idx uint64, meta *droverv1.CommandMeta, req *droverv
 }
 
 // DeleteModel applies a delete-model command: the model and all its
-// versions go. It is refused while an alias points into the model, because
-// an alias is what deployments follow; removing the alias first is a
-// deliberate, audited step. The highest version number the name was given
+// versions go. It is refused while a deployment uses the model, and while
+// an alias points into the model, because an alias is what deployments
+// follow; removing the deployment or the alias first is a deliberate,
+// audited step. The highest version number the name was given
 // stays behind as its version mark, so that a model created again under
 // the name numbers on from there (see [Store.CreateVersion]).
 func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string) error {
@@ -182,6 +183,10 @@ func (s *Store) SetAlias(idx uint64, meta *droverv1.CommandMeta, model, alias st
 			cur.Aliases[alias] = version
 			cur.ModifyIndex = idx
 			s.t.models[model] = cur
+			// Deployments that follow the alias roll out its new target.
+			if moved := s.followAliasLocked(idx, meta, model, alias, version); len(moved) > 0 {
+				details["rollouts"] = strings.Join(moved, ",")
+			}
 		}
 		m = clone(cur)
 		return target, details, nil
@@ -192,7 +197,8 @@ func (s *Store) SetAlias(idx uint64, meta *droverv1.CommandMeta, model, alias st
 	return m, previous, nil
 }
 
-// DeleteAlias applies a delete-alias command.
+// DeleteAlias applies a delete-alias command. It is refused while a
+// deployment follows the alias, which would leave it naming nothing.
 func (s *Store) DeleteAlias(idx uint64, meta *droverv1.CommandMeta, model, alias string) error {
 	return s.write(idx, meta, ActionAliasDelete, func() (string, map[string]string, error) {
 		target := aliasTarget(model, alias)

@@ -115,6 +115,9 @@ func TestAgentBinaryStaysLean(t *testing.T) {
 		// the agent logs through hclog.
 		"github.com/hashicorp/go-hclog",
 		"github.com/fatih/color",
+		// Runtimes run as child processes (DESIGN.md, Decisions): the
+		// ONNX engine lives in drover-onnx, never in the agent.
+		module + "/agent/runtime/onnx",
 	}
 	pkgs := listPackages(t, "-deps", "./cmd/drover-agent")
 	if len(pkgs) == 0 {
@@ -148,5 +151,41 @@ func TestFaultInjectionStaysOutOfBinaries(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// The ONNX engine and its server live in the drover-onnx binary alone
+// (DESIGN.md: runtimes run outside the agent's process). Only that binary
+// and the engine's own packages import them; neither drover nor
+// drover-agent links them.
+func TestONNXEngineStaysInItsRuntime(t *testing.T) {
+	engine := module + "/agent/runtime/onnx"
+	inEngine := func(path string) bool { return path == engine || strings.HasPrefix(path, engine+"/") }
+	for _, p := range listPackages(t, "./...") {
+		if inEngine(p.ImportPath) || p.ImportPath == module+"/cmd/drover-onnx" {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if inEngine(imp) {
+				t.Errorf("%s imports %s: only cmd/drover-onnx may link the ONNX engine", p.ImportPath, imp)
+			}
+		}
+	}
+	for _, bin := range []string{"./cmd/drover", "./cmd/drover-agent"} {
+		for _, p := range listPackages(t, "-deps", bin) {
+			if inEngine(p.ImportPath) {
+				t.Errorf("%s links %s: the ONNX engine runs in drover-onnx, a child process", bin, p.ImportPath)
+			}
+		}
+	}
+	found := false
+	for _, p := range listPackages(t, "-deps", "./cmd/drover-onnx") {
+		found = found || p.ImportPath == engine
+		if p.ImportPath == "testing" || strings.HasPrefix(p.ImportPath, module+"/controlplane") {
+			t.Errorf("drover-onnx links %s", p.ImportPath)
+		}
+	}
+	if !found {
+		t.Error("drover-onnx does not link the engine: the test lists the wrong package")
 	}
 }

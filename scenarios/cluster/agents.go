@@ -134,6 +134,7 @@ func (c *Cluster) AgentConfig(name, token string) agent.Config {
 	cfg.Site = "site-a"
 	// Every agent of the process gets a pool port of its own.
 	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.ServeAddr = "127.0.0.1:0"
 	cfg.Logger = logging.TestLogger(c.t).With("agent", name)
 	return cfg
 }
