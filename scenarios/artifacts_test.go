@@ -78,6 +78,7 @@ func TestPushSurvivesServerLoss(t *testing.T) {
 	// upload is capped at 4 MiB/s, so 24 MiB take at least six seconds
 	// however fast the machine is, and the kill lands mid-way.
 	v2 := writeTree(t, 24<<20)
+	before := dirBytes(t, server.ChunkStoreDir(recv.DataDir()))
 	type result struct {
 		stdout, stderr string
 		code           int
@@ -87,10 +88,17 @@ func TestPushSurvivesServerLoss(t *testing.T) {
 		o, e, code := drover(ctx, recv.APIAddr(), "model", "push", v2, "--model", "survivor", "--limit-rate", "4MiB")
 		done <- result{o, e, code}
 	}()
-	select {
-	case r := <-done:
-		t.Fatalf("push of 24 MiB at 4 MiB/s ended before the kill: exit %d\n%s", r.code, r.stderr)
-	case <-time.After(2 * time.Second):
+	// Under way means chunks have reached the receiving server's store: by
+	// then the command line knows the other servers. (A fixed wait is not
+	// enough on a loaded machine, where chunking alone may take seconds.)
+	for dirBytes(t, server.ChunkStoreDir(recv.DataDir())) < before+4<<20 {
+		select {
+		case r := <-done:
+			t.Fatalf("push of 24 MiB at 4 MiB/s ended before the kill: exit %d\n%s", r.code, r.stderr)
+		case <-ctx.Done():
+			t.Fatal("the push never got 4 MiB to its server")
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if n := versionCount(ctx, t, c.Client(leader, false), "survivor"); n != 1 {
 		t.Fatalf("%d versions while the second push is uploading, want 1", n)
@@ -146,6 +154,27 @@ func TestPushSurvivesServerLoss(t *testing.T) {
 			}
 		}
 	}
+}
+
+// dirBytes is the size of the regular files under dir.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // files come and go while the push writes
+		}
+		if d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // drover runs the command line against the server at addr.

@@ -274,3 +274,95 @@ strategy:
 		}
 	}
 }
+
+// TestPartitionedSiteKeepsServing cuts one site off from the control plane
+// in the middle of a rollout: its agents keep answering every request with
+// the version they ran, one of them even across a restart with no server
+// reachable, while the other site moves on; once the site is back, it
+// converges on the new version.
+func TestPartitionedSiteKeepsServing(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.HeartbeatMinTTL = server.Duration(time.Second)
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	sites := []string{"berlin", "lyon"}
+	fleet := startReady(ctx, t, c, 4, cluster.AgentOptions{Prefix: "edge", Site: func(i int) string { return sites[i%2] }})
+	var berlin, lyon []*cluster.Agent
+	for i, a := range fleet {
+		if i%2 == 0 {
+			berlin = append(berlin, a)
+		} else {
+			lyon = append(lyon, a)
+		}
+	}
+	createModel(t, c.Client(c.Leader(), false), "web")
+	setCLIEnv(t, c)
+	addr := c.Nodes()[0].APIAddr()
+	push := func(page string) {
+		t.Helper()
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "page.txt"), []byte(page), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, errOut, code := drover(ctx, addr, "model", "push", dir, "--model", "web", "--alias", "prod"); code != 0 {
+			t.Fatalf("push: exit %d\n%s", code, errOut)
+		}
+	}
+	push("one")
+	spec := fmt.Sprintf(`name: web
+model: web@prod
+runtime:
+  type: exec
+  command: [%q]
+  env: {%s: "1"}
+  health_path: /v1/health
+strategy:
+  max_parallel: 2
+  max_unavailable_per_site: 1
+  min_healthy_time: 1s
+`, os.Args[0], modelServerEnv)
+	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec)); code != 0 {
+		t.Fatalf("deploy apply: exit %d\n%s%s", code, out, errOut)
+	}
+	waitServing(ctx, t, fleet, "web", "one")
+	waitRollout(ctx, t, c, "web", 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
+
+	// Berlin is cut off; once the leader has marked its nodes down, the
+	// next version rolls out to the nodes it can reach. (A node cut off
+	// inside a batch holds that batch until the progress deadline.)
+	var cut []string
+	for _, a := range berlin {
+		a.Partition()
+		cut = append(cut, a.NodeID())
+	}
+	if _, err := c.WaitNodes(ctx, droverv1.NodeStatus_NODE_STATUS_DOWN, cut...); err != nil {
+		t.Fatal(err)
+	}
+	push("two")
+	waitServing(ctx, t, lyon, "web", "two")
+
+	// Berlin answers every request with version 1 meanwhile, and an agent
+	// restarted there serves it again from disk, with no server to ask.
+	restarted := berlin[0]
+	restarted.Kill()
+	restarted.Partition()
+	if err := restarted.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitServing(ctx, t, []*cluster.Agent{restarted}, "web", "one")
+	until := time.Now().Add(5 * time.Second)
+	for time.Now().Before(until) {
+		for _, a := range berlin {
+			if body, err := infer(ctx, a, "web", "page.txt"); err != nil || body != "one" {
+				t.Fatalf("partitioned agent %s served %q (%v), want version 1's page", a.Name, body, err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for _, a := range berlin {
+		a.Heal()
+	}
+	waitServing(ctx, t, fleet, "web", "two")
+}
