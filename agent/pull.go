@@ -237,23 +237,16 @@ func (p *puller) run(ctx context.Context, req *droverv1.NodePull) {
 	wait := pullRetryMin
 	for {
 		start := time.Now()
-		res, err := p.store.Pull(ctx, fetch.PullRequest{
-			Model:          req.GetModel(),
-			Version:        req.GetVersion(),
-			ArtifactDigest: req.GetArtifactDigest(),
-			Manifest: func(ctx context.Context) (*droverv1.SignedManifest, error) {
-				return p.manifest(ctx, req.GetModel(), req.GetVersion())
-			},
-			Keys:    p.manifestKeys,
-			Sources: p.chunkSources(req.GetModel(), req.GetVersion()),
-			Progress: func(pr fetch.Progress) {
-				p.setReport(req, func(r *PullReport) {
-					r.Phase, r.BytesDone, r.BytesTotal = pr.Phase, pr.BytesDone, pr.BytesTotal
-					r.BytesFromServers, r.BytesFromPeers = pr.BytesFromServers, pr.BytesFromPeers
-					r.Err = nil
-				})
-			},
-		})
+		pr := p.request(req.GetModel(), req.GetVersion())
+		pr.ArtifactDigest = req.GetArtifactDigest()
+		pr.Progress = func(pr fetch.Progress) {
+			p.setReport(req, func(r *PullReport) {
+				r.Phase, r.BytesDone, r.BytesTotal = pr.Phase, pr.BytesDone, pr.BytesTotal
+				r.BytesFromServers, r.BytesFromPeers = pr.BytesFromServers, pr.BytesFromPeers
+				r.Err = nil
+			})
+		}
+		res, err := p.store.Pull(ctx, pr)
 		p.setReport(req, func(r *PullReport) {
 			r.ChunksFetched, r.ChunksFromCache = res.Stats.ChunksFetched, res.Stats.ChunksFromCache
 			if err != nil && ctx.Err() == nil {
@@ -288,11 +281,10 @@ func (p *puller) run(ctx context.Context, req *droverv1.NodePull) {
 	}
 }
 
-// pullForDeployment makes version of model current in the store for the
-// reconciler and returns its directory. It tries once: the reconciler
-// backs off between tries itself.
-func (p *puller) pullForDeployment(ctx context.Context, model string, version uint64) (string, error) {
-	res, err := p.store.Pull(ctx, fetch.PullRequest{
+// request is a pull of version of model through the servers this puller
+// knows and the node's site.
+func (p *puller) request(model string, version uint64) fetch.PullRequest {
+	return fetch.PullRequest{
 		Model:   model,
 		Version: version,
 		Manifest: func(ctx context.Context) (*droverv1.SignedManifest, error) {
@@ -300,7 +292,14 @@ func (p *puller) pullForDeployment(ctx context.Context, model string, version ui
 		},
 		Keys:    p.manifestKeys,
 		Sources: p.chunkSources(model, version),
-	})
+	}
+}
+
+// pullForDeployment makes version of model current in the store for the
+// reconciler and returns its directory. It tries once: the reconciler
+// backs off between tries itself.
+func (p *puller) pullForDeployment(ctx context.Context, model string, version uint64) (string, error) {
+	res, err := p.store.Pull(ctx, p.request(model, version))
 	if err != nil {
 		return "", err
 	}

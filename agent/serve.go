@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -242,13 +245,23 @@ type runtimeAdapter struct{ rt runtime.Runtime }
 
 func (r runtimeAdapter) Start(ctx context.Context, spec reconcile.InstanceSpec) (reconcile.Instance, error) {
 	rs, res := spec.Runtime, spec.Resources
+	env := rs.GetEnv()
+	if n := rs.GetMaxBatch(); n > 0 {
+		// drover-onnx's batching; the name is onnxcmd.EnvMaxBatch, which
+		// the agent may not import (it would link the engine).
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		env["DROVER_MAX_BATCH"] = strconv.FormatUint(uint64(n), 10)
+	}
 	inst, err := r.rt.Start(ctx, runtime.InstanceSpec{
 		Deployment: spec.Deployment,
 		Model:      spec.Model,
 		Version:    spec.Version,
 		Dir:        spec.Dir,
 		Command:    rs.GetCommand(),
-		Env:        rs.GetEnv(),
+		Env:        env,
 		Health: runtime.HealthCheck{
 			Path:         rs.GetHealthPath(),
 			StartTimeout: rs.GetStartTimeout().AsDuration(),
@@ -305,17 +318,8 @@ func (i instanceAdapter) Status() reconcile.Status {
 
 // lastLine is the last non-empty line of s: a crashed server's last words.
 func lastLine(s string) string {
-	for len(s) > 0 {
-		i := len(s) - 1
-		for i >= 0 && s[i] != '\n' {
-			i--
-		}
-		if line := s[i+1:]; len(line) > 0 {
-			return line
-		}
-		s = s[:max(i, 0)]
-	}
-	return ""
+	s = strings.TrimRight(s, "\r\n")
+	return s[strings.LastIndexByte(s, '\n')+1:]
 }
 
 // missingRuntime stands for a runtime the node cannot run, so that a

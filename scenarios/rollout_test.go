@@ -44,18 +44,7 @@ func TestDeploymentRollsOutAndServes(t *testing.T) {
 	createModel(t, c.Client(c.Leader(), false), "web")
 	setCLIEnv(t, c)
 	addr := c.Nodes()[0].APIAddr()
-	push := func(files map[string]string) {
-		t.Helper()
-		dir := t.TempDir()
-		for name, body := range files {
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, errOut, code := drover(ctx, addr, "model", "push", dir, "--model", "web", "--alias", "prod"); code != 0 {
-			t.Fatalf("push: exit %d\n%s", code, errOut)
-		}
-	}
+	push := func(files map[string]string) { pushFiles(ctx, t, addr, "web", files) }
 	push(map[string]string{"page.txt": "one"})
 	spec := fmt.Sprintf(`name: web
 model: web@prod
@@ -108,6 +97,21 @@ strategy:
 		time.Sleep(200 * time.Millisecond)
 	}
 	waitServing(ctx, t, fleet, "web", "two")
+}
+
+// pushFiles pushes a version of model holding files (name to content)
+// and points its alias prod at it.
+func pushFiles(ctx context.Context, t *testing.T, addr, model string, files map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, errOut, code := drover(ctx, addr, "model", "push", dir, "--model", model, "--alias", "prod"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
 }
 
 // infer reads path from deployment's instance through agent a's
@@ -299,16 +303,7 @@ func TestPartitionedSiteKeepsServing(t *testing.T) {
 	createModel(t, c.Client(c.Leader(), false), "web")
 	setCLIEnv(t, c)
 	addr := c.Nodes()[0].APIAddr()
-	push := func(page string) {
-		t.Helper()
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "page.txt"), []byte(page), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if _, errOut, code := drover(ctx, addr, "model", "push", dir, "--model", "web", "--alias", "prod"); code != 0 {
-			t.Fatalf("push: exit %d\n%s", code, errOut)
-		}
-	}
+	push := func(page string) { pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": page}) }
 	push("one")
 	spec := fmt.Sprintf(`name: web
 model: web@prod

@@ -300,6 +300,15 @@ func (t *heartbeatTracker) agentHeartbeat(n *droverv1.Node, wasDown bool, suspec
 	return out
 }
 
+// boundReport cuts an agent's free text (a pull error, an instance's
+// reason) to maxPullErrorBytes, on a character boundary.
+func boundReport(s string) string {
+	if len(s) <= maxPullErrorBytes {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxPullErrorBytes], "") + "…"
+}
+
 // maxPullErrorBytes bounds what the leader keeps of an agent's pull
 // report: a model name and an error message, nothing that grows.
 const maxPullErrorBytes = 1024
@@ -312,9 +321,7 @@ func (t *heartbeatTracker) reportPull(id string, st *droverv1.NodePullStatus) {
 		return
 	}
 	st = proto.Clone(st).(*droverv1.NodePullStatus)
-	if len(st.Error) > maxPullErrorBytes {
-		st.Error = strings.ToValidUTF8(st.Error[:maxPullErrorBytes], "") + "…"
-	}
+	st.Error = boundReport(st.Error)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st.ReportTime = timestamppb.New(t.now())
@@ -354,9 +361,7 @@ func (t *heartbeatTracker) reportInstances(id string, sts []*droverv1.InstanceSt
 	next := make(map[string]*droverv1.InstanceStatus, len(sts))
 	for _, st := range sts {
 		st = proto.Clone(st).(*droverv1.InstanceStatus)
-		if len(st.Reason) > maxPullErrorBytes {
-			st.Reason = strings.ToValidUTF8(st.Reason[:maxPullErrorBytes], "") + "…"
-		}
+		st.Reason = boundReport(st.Reason)
 		next[st.GetDeployment()] = st
 	}
 	t.mu.Lock()

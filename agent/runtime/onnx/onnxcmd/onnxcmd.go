@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ const (
 	EnvPort      = "DROVER_PORT"       // the loopback port to listen on
 	EnvModelDir  = "DROVER_MODEL_DIR"  // the model version's folder
 	EnvModelName = "DROVER_MODEL_NAME" // the name responses carry
+	EnvMaxBatch  = "DROVER_MAX_BATCH"  // the deployment's runtime.max_batch
 )
 
 // Exit codes.
@@ -192,6 +194,13 @@ server after the requests in flight (at most 10s).`,
 			if err := logging.CheckFormat(logFormat); err != nil {
 				return &usageError{err}
 			}
+			if v, ok := lookupEnv(EnvMaxBatch); ok && v != "" && !cmd.Flags().Changed("max-batch") {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					return &usageError{fmt.Errorf("%s=%q is not a number of rows", EnvMaxBatch, v)}
+				}
+				cfg.MaxBatch = n
+			}
 			if err := cfg.Validate(); err != nil {
 				return &usageError{err}
 			}
@@ -213,7 +222,7 @@ server after the requests in flight (at most 10s).`,
 	mf.register(cmd)
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "", "`HOST:PORT` to listen on (default 127.0.0.1:$"+EnvPort+")")
-	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "most `ROWS` one run coalesces from concurrent requests; 1 turns coalescing off")
+	f.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "most `ROWS` one run coalesces from concurrent requests; 1 turns coalescing off (default $"+EnvMaxBatch+" when set)")
 	f.DurationVar(&cfg.BatchWait, "batch-wait", cfg.BatchWait, "longest a request waits for others to join its batch")
 	f.IntVar(&cfg.Workers, "workers", cfg.Workers, "model runs in flight at once; more requests wait their turn")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body accepted")
