@@ -26,7 +26,7 @@ func TestRuntimeAdapterPassesTheSpec(t *testing.T) {
 	rt := &recordingRuntime{}
 	_, err := runtimeAdapter{rt}.Start(context.Background(), reconcile.InstanceSpec{
 		Deployment: "digits", Model: "digits", Version: 3, Dir: "/v/3",
-		Runtime: &droverv1.RuntimeSpec{Type: "onnx", Env: map[string]string{"A": "b"}, HealthPath: "/v1/health", Restart: "never", MaxBatch: 8},
+		Runtime:   &droverv1.RuntimeSpec{Type: "onnx", Env: map[string]string{"A": "b"}, HealthPath: "/v1/health", Restart: "never", MaxBatch: 8},
 		Resources: &droverv1.Resources{MemoryBytes: 1 << 30, Cpus: 1.5},
 		GPUs:      []string{"GPU-1"},
 	})
