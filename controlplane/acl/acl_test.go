@@ -9,8 +9,7 @@ import (
 )
 
 const (
-	telemetry = droverv1.ACLResource_ACL_RESOURCE_TELEMETRY
-	deny      = droverv1.ACLAccess_ACL_ACCESS_DENY
+	deny = droverv1.ACLAccess_ACL_ACCESS_DENY
 )
 
 func policy(name string, rules ...*droverv1.ACLRule) *droverv1.ACLPolicy {

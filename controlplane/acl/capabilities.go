@@ -112,6 +112,7 @@ const (
 	joinToken  = droverv1.ACLResource_ACL_RESOURCE_JOIN_TOKEN
 	audit      = droverv1.ACLResource_ACL_RESOURCE_AUDIT
 	operator   = droverv1.ACLResource_ACL_RESOURCE_OPERATOR
+	telemetry  = droverv1.ACLResource_ACL_RESOURCE_TELEMETRY
 
 	read  = droverv1.ACLAccess_ACL_ACCESS_READ
 	write = droverv1.ACLAccess_ACL_ACCESS_WRITE
@@ -178,6 +179,14 @@ var procedures = map[string]Capability{
 	}),
 
 	connectv1.AuditServiceListEventsProcedure: need(audit, read),
+
+	// Agents ship their own windows (the handler checks each names the
+	// calling node); servers copy windows and answer their part of a
+	// query for each other; operators read the merged answer.
+	connectv1.TelemetryServiceShipTelemetryProcedure:    {Auth: AuthAgent},
+	connectv1.TelemetryServiceQueryProcedure:            need(telemetry, read),
+	connectv1.TelemetryServiceReplicateWindowsProcedure: {Auth: AuthServer},
+	connectv1.TelemetryServiceQueryLocalProcedure:       {Auth: AuthServer},
 
 	// Applying or planning a deployment also needs model:read on its
 	// model, which the handler checks: the deployment makes nodes fetch

@@ -50,6 +50,12 @@ var localProcedures = []string{
 	droverv1connect.ChunkServiceMissingChunksProcedure,
 	droverv1connect.ChunkServicePutChunksProcedure,
 	droverv1connect.ChunkServiceGetChunksProcedure,
+	// Telemetry never goes through the leader: each server stores what
+	// it receives and answers queries by asking every server.
+	droverv1connect.TelemetryServiceShipTelemetryProcedure,
+	droverv1connect.TelemetryServiceQueryProcedure,
+	droverv1connect.TelemetryServiceReplicateWindowsProcedure,
+	droverv1connect.TelemetryServiceQueryLocalProcedure,
 }
 
 // peerDialTimeout bounds how long a server tries to connect to another

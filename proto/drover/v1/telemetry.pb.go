@@ -639,14 +639,17 @@ func (x *Profile) GetLatencySeconds() *NumericSketch {
 
 // TelemetryWindow is one instance's profile over [start, end).
 type TelemetryWindow struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Deployment    string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
-	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
-	Version       string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	Start         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
-	End           *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
-	Profile       *Profile               `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	NodeId     string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Deployment string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Model      string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	Version    string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	Start      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
+	End        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
+	// An instance's window carries a profile; the node's own window (no
+	// deployment, model or version) carries node metrics instead.
+	Profile       *Profile     `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
+	Node          *NodeMetrics `protobuf:"bytes,8,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +733,1003 @@ func (x *TelemetryWindow) GetProfile() *Profile {
 	return nil
 }
 
+func (x *TelemetryWindow) GetNode() *NodeMetrics {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+// GPUMetrics is what one GPU reported through NVML over a window.
+type GPUMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Uuid  string                 `protobuf:"bytes,1,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Model string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// Samples over the window.
+	UtilizationPercent *NumericSketch `protobuf:"bytes,3,opt,name=utilization_percent,json=utilizationPercent,proto3" json:"utilization_percent,omitempty"`
+	MemoryUsedBytes    *NumericSketch `protobuf:"bytes,4,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
+	TemperatureCelsius *NumericSketch `protobuf:"bytes,5,opt,name=temperature_celsius,json=temperatureCelsius,proto3" json:"temperature_celsius,omitempty"`
+	PowerWatts         *NumericSketch `protobuf:"bytes,6,opt,name=power_watts,json=powerWatts,proto3" json:"power_watts,omitempty"`
+	SmClockMhz         *NumericSketch `protobuf:"bytes,7,opt,name=sm_clock_mhz,json=smClockMhz,proto3" json:"sm_clock_mhz,omitempty"`
+	// NVML clock throttle reason bits seen at any sample in the window, ORed.
+	ThrottleReasons uint64 `protobuf:"varint,8,opt,name=throttle_reasons,json=throttleReasons,proto3" json:"throttle_reasons,omitempty"`
+	// ECC errors counted during the window (volatile counters' growth).
+	EccCorrected   uint64 `protobuf:"varint,9,opt,name=ecc_corrected,json=eccCorrected,proto3" json:"ecc_corrected,omitempty"`
+	EccUncorrected uint64 `protobuf:"varint,10,opt,name=ecc_uncorrected,json=eccUncorrected,proto3" json:"ecc_uncorrected,omitempty"`
+	// Xid critical errors NVML's event set delivered during the window.
+	XidEvents     []*XidEvent `protobuf:"bytes,11,rep,name=xid_events,json=xidEvents,proto3" json:"xid_events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUMetrics) Reset() {
+	*x = GPUMetrics{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUMetrics) ProtoMessage() {}
+
+func (x *GPUMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUMetrics.ProtoReflect.Descriptor instead.
+func (*GPUMetrics) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GPUMetrics) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GPUMetrics) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GPUMetrics) GetUtilizationPercent() *NumericSketch {
+	if x != nil {
+		return x.UtilizationPercent
+	}
+	return nil
+}
+
+func (x *GPUMetrics) GetMemoryUsedBytes() *NumericSketch {
+	if x != nil {
+		return x.MemoryUsedBytes
+	}
+	return nil
+}
+
+func (x *GPUMetrics) GetTemperatureCelsius() *NumericSketch {
+	if x != nil {
+		return x.TemperatureCelsius
+	}
+	return nil
+}
+
+func (x *GPUMetrics) GetPowerWatts() *NumericSketch {
+	if x != nil {
+		return x.PowerWatts
+	}
+	return nil
+}
+
+func (x *GPUMetrics) GetSmClockMhz() *NumericSketch {
+	if x != nil {
+		return x.SmClockMhz
+	}
+	return nil
+}
+
+func (x *GPUMetrics) GetThrottleReasons() uint64 {
+	if x != nil {
+		return x.ThrottleReasons
+	}
+	return 0
+}
+
+func (x *GPUMetrics) GetEccCorrected() uint64 {
+	if x != nil {
+		return x.EccCorrected
+	}
+	return 0
+}
+
+func (x *GPUMetrics) GetEccUncorrected() uint64 {
+	if x != nil {
+		return x.EccUncorrected
+	}
+	return 0
+}
+
+func (x *GPUMetrics) GetXidEvents() []*XidEvent {
+	if x != nil {
+		return x.XidEvents
+	}
+	return nil
+}
+
+// XidEvent is one NVML Xid critical error.
+type XidEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GpuUuid       string                 `protobuf:"bytes,1,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
+	Xid           uint64                 `protobuf:"varint,2,opt,name=xid,proto3" json:"xid,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *XidEvent) Reset() {
+	*x = XidEvent{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *XidEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*XidEvent) ProtoMessage() {}
+
+func (x *XidEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use XidEvent.ProtoReflect.Descriptor instead.
+func (*XidEvent) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *XidEvent) GetGpuUuid() string {
+	if x != nil {
+		return x.GpuUuid
+	}
+	return ""
+}
+
+func (x *XidEvent) GetXid() uint64 {
+	if x != nil {
+		return x.Xid
+	}
+	return 0
+}
+
+func (x *XidEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+// NodeMetrics is how the machine itself felt over a window.
+type NodeMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Busy share of all cores, 0 to 1, sampled over the window.
+	CpuUtilization   *NumericSketch `protobuf:"bytes,1,opt,name=cpu_utilization,json=cpuUtilization,proto3" json:"cpu_utilization,omitempty"`
+	MemoryUsedBytes  *NumericSketch `protobuf:"bytes,2,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
+	MemoryTotalBytes uint64         `protobuf:"varint,3,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	// Free bytes on the agent's data volume.
+	DiskFreeBytes  *NumericSketch `protobuf:"bytes,4,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
+	DiskTotalBytes uint64         `protobuf:"varint,5,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
+	Gpus           []*GPUMetrics  `protobuf:"bytes,6,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NodeMetrics) Reset() {
+	*x = NodeMetrics{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeMetrics) ProtoMessage() {}
+
+func (x *NodeMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeMetrics.ProtoReflect.Descriptor instead.
+func (*NodeMetrics) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *NodeMetrics) GetCpuUtilization() *NumericSketch {
+	if x != nil {
+		return x.CpuUtilization
+	}
+	return nil
+}
+
+func (x *NodeMetrics) GetMemoryUsedBytes() *NumericSketch {
+	if x != nil {
+		return x.MemoryUsedBytes
+	}
+	return nil
+}
+
+func (x *NodeMetrics) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
+func (x *NodeMetrics) GetDiskFreeBytes() *NumericSketch {
+	if x != nil {
+		return x.DiskFreeBytes
+	}
+	return nil
+}
+
+func (x *NodeMetrics) GetDiskTotalBytes() uint64 {
+	if x != nil {
+		return x.DiskTotalBytes
+	}
+	return 0
+}
+
+func (x *NodeMetrics) GetGpus() []*GPUMetrics {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+// ShipTelemetryRequest carries an agent's closed windows. Each is an encoded
+// TelemetryWindow so that the server decodes and checks them one by one and
+// refuses a malformed window alone, storing the rest.
+type ShipTelemetryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Windows       [][]byte               `protobuf:"bytes,1,rep,name=windows,proto3" json:"windows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShipTelemetryRequest) Reset() {
+	*x = ShipTelemetryRequest{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShipTelemetryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShipTelemetryRequest) ProtoMessage() {}
+
+func (x *ShipTelemetryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShipTelemetryRequest.ProtoReflect.Descriptor instead.
+func (*ShipTelemetryRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ShipTelemetryRequest) GetWindows() [][]byte {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+// WindowRefusal says why one shipped window was not stored. A refused window
+// is not worth sending again.
+type WindowRefusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position of the window in the request.
+	Index         uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowRefusal) Reset() {
+	*x = WindowRefusal{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowRefusal) ProtoMessage() {}
+
+func (x *WindowRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowRefusal.ProtoReflect.Descriptor instead.
+func (*WindowRefusal) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WindowRefusal) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WindowRefusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ShipTelemetryResponse acknowledges a batch: every window not refused was
+// stored durably, on this server and, when it has live peers, on one more.
+type ShipTelemetryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stored        uint32                 `protobuf:"varint,1,opt,name=stored,proto3" json:"stored,omitempty"`
+	Refused       []*WindowRefusal       `protobuf:"bytes,2,rep,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShipTelemetryResponse) Reset() {
+	*x = ShipTelemetryResponse{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShipTelemetryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShipTelemetryResponse) ProtoMessage() {}
+
+func (x *ShipTelemetryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShipTelemetryResponse.ProtoReflect.Descriptor instead.
+func (*ShipTelemetryResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ShipTelemetryResponse) GetStored() uint32 {
+	if x != nil {
+		return x.Stored
+	}
+	return 0
+}
+
+func (x *ShipTelemetryResponse) GetRefused() []*WindowRefusal {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+// StoredWindow is a window as servers keep it: the agent's window plus what
+// the receiving server knew of the node then, so cohort queries need no
+// lookups, and which servers hold a copy, so a merged answer counts each
+// window once.
+type StoredWindow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An encoded TelemetryWindow.
+	Window []byte            `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	Site   string            `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The node's first GPU model; empty on a node without GPUs.
+	GpuModel string `protobuf:"bytes,4,opt,name=gpu_model,json=gpuModel,proto3" json:"gpu_model,omitempty"`
+	// Server ids holding the window, the receiving one first.
+	Holders       []string `protobuf:"bytes,5,rep,name=holders,proto3" json:"holders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoredWindow) Reset() {
+	*x = StoredWindow{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoredWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoredWindow) ProtoMessage() {}
+
+func (x *StoredWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoredWindow.ProtoReflect.Descriptor instead.
+func (*StoredWindow) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StoredWindow) GetWindow() []byte {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *StoredWindow) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *StoredWindow) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *StoredWindow) GetGpuModel() string {
+	if x != nil {
+		return x.GpuModel
+	}
+	return ""
+}
+
+func (x *StoredWindow) GetHolders() []string {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+// TelemetryGroup is the merge of the windows of one group and time step.
+type TelemetryGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's value (a site, a label's value, a GPU model, a version...),
+	// empty when the query was not grouped.
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Start *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	End   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	// Windows merged into this group.
+	Windows uint64 `protobuf:"varint,4,opt,name=windows,proto3" json:"windows,omitempty"`
+	// Nodes whose windows are in this group.
+	Nodes   uint64   `protobuf:"varint,5,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	Profile *Profile `protobuf:"bytes,6,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Set when the query asked for node metrics: their merge over the group.
+	Node          *NodeMetrics `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TelemetryGroup) Reset() {
+	*x = TelemetryGroup{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TelemetryGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TelemetryGroup) ProtoMessage() {}
+
+func (x *TelemetryGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TelemetryGroup.ProtoReflect.Descriptor instead.
+func (*TelemetryGroup) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TelemetryGroup) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *TelemetryGroup) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *TelemetryGroup) GetEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *TelemetryGroup) GetWindows() uint64 {
+	if x != nil {
+		return x.Windows
+	}
+	return 0
+}
+
+func (x *TelemetryGroup) GetNodes() uint64 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *TelemetryGroup) GetProfile() *Profile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+func (x *TelemetryGroup) GetNode() *NodeMetrics {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+// QueryTelemetryRequest selects windows and says how to merge them.
+type QueryTelemetryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filters; empty matches everything.
+	Model      string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Version    string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Deployment string `protobuf:"bytes,3,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Site       string `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	NodeId     string `protobuf:"bytes,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Windows ending in (since, until]; until defaults to now, since to an
+	// hour before until.
+	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=until,proto3" json:"until,omitempty"`
+	// "", "site", "label:KEY", "gpu", "version", "deployment" or "node".
+	GroupBy string `protobuf:"bytes,8,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	// Bucket width in seconds; 0 merges the whole range into one step.
+	StepSeconds uint32 `protobuf:"varint,9,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	// Node metrics windows instead of model windows.
+	NodeMetrics   bool `protobuf:"varint,10,opt,name=node_metrics,json=nodeMetrics,proto3" json:"node_metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryTelemetryRequest) Reset() {
+	*x = QueryTelemetryRequest{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryTelemetryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryTelemetryRequest) ProtoMessage() {}
+
+func (x *QueryTelemetryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryTelemetryRequest.ProtoReflect.Descriptor instead.
+func (*QueryTelemetryRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *QueryTelemetryRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *QueryTelemetryRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *QueryTelemetryRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *QueryTelemetryRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *QueryTelemetryRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *QueryTelemetryRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *QueryTelemetryRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *QueryTelemetryRequest) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+func (x *QueryTelemetryRequest) GetStepSeconds() uint32 {
+	if x != nil {
+		return x.StepSeconds
+	}
+	return 0
+}
+
+func (x *QueryTelemetryRequest) GetNodeMetrics() bool {
+	if x != nil {
+		return x.NodeMetrics
+	}
+	return false
+}
+
+// ServerMiss names a server whose windows are missing from an answer.
+type ServerMiss struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServerId      string                 `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerMiss) Reset() {
+	*x = ServerMiss{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerMiss) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerMiss) ProtoMessage() {}
+
+func (x *ServerMiss) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerMiss.ProtoReflect.Descriptor instead.
+func (*ServerMiss) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ServerMiss) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *ServerMiss) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// QueryTelemetryResponse is the merged answer of every server that answered.
+type QueryTelemetryResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Groups []*TelemetryGroup      `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Servers whose stores are in the answer.
+	Answered []string `protobuf:"bytes,2,rep,name=answered,proto3" json:"answered,omitempty"`
+	// Servers that are not; windows only they held are missing.
+	Missing       []*ServerMiss `protobuf:"bytes,3,rep,name=missing,proto3" json:"missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryTelemetryResponse) Reset() {
+	*x = QueryTelemetryResponse{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryTelemetryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryTelemetryResponse) ProtoMessage() {}
+
+func (x *QueryTelemetryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryTelemetryResponse.ProtoReflect.Descriptor instead.
+func (*QueryTelemetryResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *QueryTelemetryResponse) GetGroups() []*TelemetryGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *QueryTelemetryResponse) GetAnswered() []string {
+	if x != nil {
+		return x.Answered
+	}
+	return nil
+}
+
+func (x *QueryTelemetryResponse) GetMissing() []*ServerMiss {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
+// ReplicateWindowsRequest copies windows a peer received into this server's
+// store.
+type ReplicateWindowsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Windows       []*StoredWindow        `protobuf:"bytes,1,rep,name=windows,proto3" json:"windows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateWindowsRequest) Reset() {
+	*x = ReplicateWindowsRequest{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateWindowsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateWindowsRequest) ProtoMessage() {}
+
+func (x *ReplicateWindowsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateWindowsRequest.ProtoReflect.Descriptor instead.
+func (*ReplicateWindowsRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ReplicateWindowsRequest) GetWindows() []*StoredWindow {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+type ReplicateWindowsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateWindowsResponse) Reset() {
+	*x = ReplicateWindowsResponse{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateWindowsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateWindowsResponse) ProtoMessage() {}
+
+func (x *ReplicateWindowsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateWindowsResponse.ProtoReflect.Descriptor instead.
+func (*ReplicateWindowsResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{20}
+}
+
+// QueryLocalTelemetryRequest asks one server for its part of a query.
+type QueryLocalTelemetryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Query *QueryTelemetryRequest `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	// Servers answering this query: a window is counted by the first of its
+	// holders that is among them, so each window is counted once.
+	Answering     []string `protobuf:"bytes,2,rep,name=answering,proto3" json:"answering,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryLocalTelemetryRequest) Reset() {
+	*x = QueryLocalTelemetryRequest{}
+	mi := &file_drover_v1_telemetry_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryLocalTelemetryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryLocalTelemetryRequest) ProtoMessage() {}
+
+func (x *QueryLocalTelemetryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_telemetry_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryLocalTelemetryRequest.ProtoReflect.Descriptor instead.
+func (*QueryLocalTelemetryRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_telemetry_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *QueryLocalTelemetryRequest) GetQuery() *QueryTelemetryRequest {
+	if x != nil {
+		return x.Query
+	}
+	return nil
+}
+
+func (x *QueryLocalTelemetryRequest) GetAnswering() []string {
+	if x != nil {
+		return x.Answering
+	}
+	return nil
+}
+
 var File_drover_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_drover_v1_telemetry_proto_rawDesc = "" +
@@ -773,7 +1773,7 @@ const file_drover_v1_telemetry_proto_rawDesc = "" +
 	"\x06inputs\x18\x02 \x03(\v2\x19.drover.v1.FeatureProfileR\x06inputs\x123\n" +
 	"\aoutputs\x18\x03 \x03(\v2\x19.drover.v1.FeatureProfileR\aoutputs\x12-\n" +
 	"\x06errors\x18\x04 \x03(\v2\x15.drover.v1.ErrorCountR\x06errors\x12A\n" +
-	"\x0flatency_seconds\x18\x05 \x01(\v2\x18.drover.v1.NumericSketchR\x0elatencySeconds\"\x88\x02\n" +
+	"\x0flatency_seconds\x18\x05 \x01(\v2\x18.drover.v1.NumericSketchR\x0elatencySeconds\"\xb4\x02\n" +
 	"\x0fTelemetryWindow\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1e\n" +
 	"\n" +
@@ -783,14 +1783,102 @@ const file_drover_v1_telemetry_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x120\n" +
 	"\x05start\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
 	"\x03end\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12,\n" +
-	"\aprofile\x18\a \x01(\v2\x12.drover.v1.ProfileR\aprofile*I\n" +
+	"\aprofile\x18\a \x01(\v2\x12.drover.v1.ProfileR\aprofile\x12*\n" +
+	"\x04node\x18\b \x01(\v2\x16.drover.v1.NodeMetricsR\x04node\"\xb6\x04\n" +
+	"\n" +
+	"GPUMetrics\x12\x12\n" +
+	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12I\n" +
+	"\x13utilization_percent\x18\x03 \x01(\v2\x18.drover.v1.NumericSketchR\x12utilizationPercent\x12D\n" +
+	"\x11memory_used_bytes\x18\x04 \x01(\v2\x18.drover.v1.NumericSketchR\x0fmemoryUsedBytes\x12I\n" +
+	"\x13temperature_celsius\x18\x05 \x01(\v2\x18.drover.v1.NumericSketchR\x12temperatureCelsius\x129\n" +
+	"\vpower_watts\x18\x06 \x01(\v2\x18.drover.v1.NumericSketchR\n" +
+	"powerWatts\x12:\n" +
+	"\fsm_clock_mhz\x18\a \x01(\v2\x18.drover.v1.NumericSketchR\n" +
+	"smClockMhz\x12)\n" +
+	"\x10throttle_reasons\x18\b \x01(\x04R\x0fthrottleReasons\x12#\n" +
+	"\recc_corrected\x18\t \x01(\x04R\feccCorrected\x12'\n" +
+	"\x0fecc_uncorrected\x18\n" +
+	" \x01(\x04R\x0eeccUncorrected\x122\n" +
+	"\n" +
+	"xid_events\x18\v \x03(\v2\x13.drover.v1.XidEventR\txidEvents\"c\n" +
+	"\bXidEvent\x12\x19\n" +
+	"\bgpu_uuid\x18\x01 \x01(\tR\agpuUuid\x12\x10\n" +
+	"\x03xid\x18\x02 \x01(\x04R\x03xid\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xdb\x02\n" +
+	"\vNodeMetrics\x12A\n" +
+	"\x0fcpu_utilization\x18\x01 \x01(\v2\x18.drover.v1.NumericSketchR\x0ecpuUtilization\x12D\n" +
+	"\x11memory_used_bytes\x18\x02 \x01(\v2\x18.drover.v1.NumericSketchR\x0fmemoryUsedBytes\x12,\n" +
+	"\x12memory_total_bytes\x18\x03 \x01(\x04R\x10memoryTotalBytes\x12@\n" +
+	"\x0fdisk_free_bytes\x18\x04 \x01(\v2\x18.drover.v1.NumericSketchR\rdiskFreeBytes\x12(\n" +
+	"\x10disk_total_bytes\x18\x05 \x01(\x04R\x0ediskTotalBytes\x12)\n" +
+	"\x04gpus\x18\x06 \x03(\v2\x15.drover.v1.GPUMetricsR\x04gpus\"0\n" +
+	"\x14ShipTelemetryRequest\x12\x18\n" +
+	"\awindows\x18\x01 \x03(\fR\awindows\"=\n" +
+	"\rWindowRefusal\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"c\n" +
+	"\x15ShipTelemetryResponse\x12\x16\n" +
+	"\x06stored\x18\x01 \x01(\rR\x06stored\x122\n" +
+	"\arefused\x18\x02 \x03(\v2\x18.drover.v1.WindowRefusalR\arefused\"\xe9\x01\n" +
+	"\fStoredWindow\x12\x16\n" +
+	"\x06window\x18\x01 \x01(\fR\x06window\x12\x12\n" +
+	"\x04site\x18\x02 \x01(\tR\x04site\x12;\n" +
+	"\x06labels\x18\x03 \x03(\v2#.drover.v1.StoredWindow.LabelsEntryR\x06labels\x12\x1b\n" +
+	"\tgpu_model\x18\x04 \x01(\tR\bgpuModel\x12\x18\n" +
+	"\aholders\x18\x05 \x03(\tR\aholders\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x02\n" +
+	"\x0eTelemetryGroup\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
+	"\x05start\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
+	"\x03end\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12\x18\n" +
+	"\awindows\x18\x04 \x01(\x04R\awindows\x12\x14\n" +
+	"\x05nodes\x18\x05 \x01(\x04R\x05nodes\x12,\n" +
+	"\aprofile\x18\x06 \x01(\v2\x12.drover.v1.ProfileR\aprofile\x12*\n" +
+	"\x04node\x18\a \x01(\v2\x16.drover.v1.NodeMetricsR\x04node\"\xd9\x02\n" +
+	"\x15QueryTelemetryRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x03 \x01(\tR\n" +
+	"deployment\x12\x12\n" +
+	"\x04site\x18\x04 \x01(\tR\x04site\x12\x17\n" +
+	"\anode_id\x18\x05 \x01(\tR\x06nodeId\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x19\n" +
+	"\bgroup_by\x18\b \x01(\tR\agroupBy\x12!\n" +
+	"\fstep_seconds\x18\t \x01(\rR\vstepSeconds\x12!\n" +
+	"\fnode_metrics\x18\n" +
+	" \x01(\bR\vnodeMetrics\"A\n" +
+	"\n" +
+	"ServerMiss\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x98\x01\n" +
+	"\x16QueryTelemetryResponse\x121\n" +
+	"\x06groups\x18\x01 \x03(\v2\x19.drover.v1.TelemetryGroupR\x06groups\x12\x1a\n" +
+	"\banswered\x18\x02 \x03(\tR\banswered\x12/\n" +
+	"\amissing\x18\x03 \x03(\v2\x15.drover.v1.ServerMissR\amissing\"L\n" +
+	"\x17ReplicateWindowsRequest\x121\n" +
+	"\awindows\x18\x01 \x03(\v2\x17.drover.v1.StoredWindowR\awindows\"\x1a\n" +
+	"\x18ReplicateWindowsResponse\"r\n" +
+	"\x1aQueryLocalTelemetryRequest\x126\n" +
+	"\x05query\x18\x01 \x01(\v2 .drover.v1.QueryTelemetryRequestR\x05query\x12\x1c\n" +
+	"\tanswering\x18\x02 \x03(\tR\tanswering*I\n" +
 	"\rSketchMapping\x12\x1e\n" +
 	"\x1aSKETCH_MAPPING_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SKETCH_MAPPING_CUBIC\x10\x01*c\n" +
 	"\vFeatureKind\x12\x1c\n" +
 	"\x18FEATURE_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14FEATURE_KIND_NUMERIC\x10\x01\x12\x1c\n" +
-	"\x18FEATURE_KIND_CATEGORICAL\x10\x02B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\x18FEATURE_KIND_CATEGORICAL\x10\x022\xf3\x02\n" +
+	"\x10TelemetryService\x12R\n" +
+	"\rShipTelemetry\x12\x1f.drover.v1.ShipTelemetryRequest\x1a .drover.v1.ShipTelemetryResponse\x12Q\n" +
+	"\x05Query\x12 .drover.v1.QueryTelemetryRequest\x1a!.drover.v1.QueryTelemetryResponse\"\x03\x90\x02\x01\x12[\n" +
+	"\x10ReplicateWindows\x12\".drover.v1.ReplicateWindowsRequest\x1a#.drover.v1.ReplicateWindowsResponse\x12[\n" +
+	"\n" +
+	"QueryLocal\x12%.drover.v1.QueryLocalTelemetryRequest\x1a!.drover.v1.QueryTelemetryResponse\"\x03\x90\x02\x01B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_telemetry_proto_rawDescOnce sync.Once
@@ -805,19 +1893,34 @@ func file_drover_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_drover_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_drover_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_drover_v1_telemetry_proto_goTypes = []any{
-	(SketchMapping)(0),            // 0: drover.v1.SketchMapping
-	(FeatureKind)(0),              // 1: drover.v1.FeatureKind
-	(*NumericSketch)(nil),         // 2: drover.v1.NumericSketch
-	(*SketchBins)(nil),            // 3: drover.v1.SketchBins
-	(*CategoricalSketch)(nil),     // 4: drover.v1.CategoricalSketch
-	(*CategoryCount)(nil),         // 5: drover.v1.CategoryCount
-	(*FeatureProfile)(nil),        // 6: drover.v1.FeatureProfile
-	(*ErrorCount)(nil),            // 7: drover.v1.ErrorCount
-	(*Profile)(nil),               // 8: drover.v1.Profile
-	(*TelemetryWindow)(nil),       // 9: drover.v1.TelemetryWindow
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(SketchMapping)(0),                 // 0: drover.v1.SketchMapping
+	(FeatureKind)(0),                   // 1: drover.v1.FeatureKind
+	(*NumericSketch)(nil),              // 2: drover.v1.NumericSketch
+	(*SketchBins)(nil),                 // 3: drover.v1.SketchBins
+	(*CategoricalSketch)(nil),          // 4: drover.v1.CategoricalSketch
+	(*CategoryCount)(nil),              // 5: drover.v1.CategoryCount
+	(*FeatureProfile)(nil),             // 6: drover.v1.FeatureProfile
+	(*ErrorCount)(nil),                 // 7: drover.v1.ErrorCount
+	(*Profile)(nil),                    // 8: drover.v1.Profile
+	(*TelemetryWindow)(nil),            // 9: drover.v1.TelemetryWindow
+	(*GPUMetrics)(nil),                 // 10: drover.v1.GPUMetrics
+	(*XidEvent)(nil),                   // 11: drover.v1.XidEvent
+	(*NodeMetrics)(nil),                // 12: drover.v1.NodeMetrics
+	(*ShipTelemetryRequest)(nil),       // 13: drover.v1.ShipTelemetryRequest
+	(*WindowRefusal)(nil),              // 14: drover.v1.WindowRefusal
+	(*ShipTelemetryResponse)(nil),      // 15: drover.v1.ShipTelemetryResponse
+	(*StoredWindow)(nil),               // 16: drover.v1.StoredWindow
+	(*TelemetryGroup)(nil),             // 17: drover.v1.TelemetryGroup
+	(*QueryTelemetryRequest)(nil),      // 18: drover.v1.QueryTelemetryRequest
+	(*ServerMiss)(nil),                 // 19: drover.v1.ServerMiss
+	(*QueryTelemetryResponse)(nil),     // 20: drover.v1.QueryTelemetryResponse
+	(*ReplicateWindowsRequest)(nil),    // 21: drover.v1.ReplicateWindowsRequest
+	(*ReplicateWindowsResponse)(nil),   // 22: drover.v1.ReplicateWindowsResponse
+	(*QueryLocalTelemetryRequest)(nil), // 23: drover.v1.QueryLocalTelemetryRequest
+	nil,                                // 24: drover.v1.StoredWindow.LabelsEntry
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
 }
 var file_drover_v1_telemetry_proto_depIdxs = []int32{
 	0,  // 0: drover.v1.NumericSketch.mapping:type_name -> drover.v1.SketchMapping
@@ -831,14 +1934,46 @@ var file_drover_v1_telemetry_proto_depIdxs = []int32{
 	6,  // 8: drover.v1.Profile.outputs:type_name -> drover.v1.FeatureProfile
 	7,  // 9: drover.v1.Profile.errors:type_name -> drover.v1.ErrorCount
 	2,  // 10: drover.v1.Profile.latency_seconds:type_name -> drover.v1.NumericSketch
-	10, // 11: drover.v1.TelemetryWindow.start:type_name -> google.protobuf.Timestamp
-	10, // 12: drover.v1.TelemetryWindow.end:type_name -> google.protobuf.Timestamp
+	25, // 11: drover.v1.TelemetryWindow.start:type_name -> google.protobuf.Timestamp
+	25, // 12: drover.v1.TelemetryWindow.end:type_name -> google.protobuf.Timestamp
 	8,  // 13: drover.v1.TelemetryWindow.profile:type_name -> drover.v1.Profile
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	12, // 14: drover.v1.TelemetryWindow.node:type_name -> drover.v1.NodeMetrics
+	2,  // 15: drover.v1.GPUMetrics.utilization_percent:type_name -> drover.v1.NumericSketch
+	2,  // 16: drover.v1.GPUMetrics.memory_used_bytes:type_name -> drover.v1.NumericSketch
+	2,  // 17: drover.v1.GPUMetrics.temperature_celsius:type_name -> drover.v1.NumericSketch
+	2,  // 18: drover.v1.GPUMetrics.power_watts:type_name -> drover.v1.NumericSketch
+	2,  // 19: drover.v1.GPUMetrics.sm_clock_mhz:type_name -> drover.v1.NumericSketch
+	11, // 20: drover.v1.GPUMetrics.xid_events:type_name -> drover.v1.XidEvent
+	25, // 21: drover.v1.XidEvent.at:type_name -> google.protobuf.Timestamp
+	2,  // 22: drover.v1.NodeMetrics.cpu_utilization:type_name -> drover.v1.NumericSketch
+	2,  // 23: drover.v1.NodeMetrics.memory_used_bytes:type_name -> drover.v1.NumericSketch
+	2,  // 24: drover.v1.NodeMetrics.disk_free_bytes:type_name -> drover.v1.NumericSketch
+	10, // 25: drover.v1.NodeMetrics.gpus:type_name -> drover.v1.GPUMetrics
+	14, // 26: drover.v1.ShipTelemetryResponse.refused:type_name -> drover.v1.WindowRefusal
+	24, // 27: drover.v1.StoredWindow.labels:type_name -> drover.v1.StoredWindow.LabelsEntry
+	25, // 28: drover.v1.TelemetryGroup.start:type_name -> google.protobuf.Timestamp
+	25, // 29: drover.v1.TelemetryGroup.end:type_name -> google.protobuf.Timestamp
+	8,  // 30: drover.v1.TelemetryGroup.profile:type_name -> drover.v1.Profile
+	12, // 31: drover.v1.TelemetryGroup.node:type_name -> drover.v1.NodeMetrics
+	25, // 32: drover.v1.QueryTelemetryRequest.since:type_name -> google.protobuf.Timestamp
+	25, // 33: drover.v1.QueryTelemetryRequest.until:type_name -> google.protobuf.Timestamp
+	17, // 34: drover.v1.QueryTelemetryResponse.groups:type_name -> drover.v1.TelemetryGroup
+	19, // 35: drover.v1.QueryTelemetryResponse.missing:type_name -> drover.v1.ServerMiss
+	16, // 36: drover.v1.ReplicateWindowsRequest.windows:type_name -> drover.v1.StoredWindow
+	18, // 37: drover.v1.QueryLocalTelemetryRequest.query:type_name -> drover.v1.QueryTelemetryRequest
+	13, // 38: drover.v1.TelemetryService.ShipTelemetry:input_type -> drover.v1.ShipTelemetryRequest
+	18, // 39: drover.v1.TelemetryService.Query:input_type -> drover.v1.QueryTelemetryRequest
+	21, // 40: drover.v1.TelemetryService.ReplicateWindows:input_type -> drover.v1.ReplicateWindowsRequest
+	23, // 41: drover.v1.TelemetryService.QueryLocal:input_type -> drover.v1.QueryLocalTelemetryRequest
+	15, // 42: drover.v1.TelemetryService.ShipTelemetry:output_type -> drover.v1.ShipTelemetryResponse
+	20, // 43: drover.v1.TelemetryService.Query:output_type -> drover.v1.QueryTelemetryResponse
+	22, // 44: drover.v1.TelemetryService.ReplicateWindows:output_type -> drover.v1.ReplicateWindowsResponse
+	20, // 45: drover.v1.TelemetryService.QueryLocal:output_type -> drover.v1.QueryTelemetryResponse
+	42, // [42:46] is the sub-list for method output_type
+	38, // [38:42] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_telemetry_proto_init() }
@@ -852,9 +1987,9 @@ func file_drover_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_telemetry_proto_rawDesc), len(file_drover_v1_telemetry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   23,
 			NumExtensions: 0,
-			NumServices:   0,
+			NumServices:   1,
 		},
 		GoTypes:           file_drover_v1_telemetry_proto_goTypes,
 		DependencyIndexes: file_drover_v1_telemetry_proto_depIdxs,
