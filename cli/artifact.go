@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -17,9 +18,11 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/droverhq/drover/artifact"
 	"github.com/droverhq/drover/internal/names"
+	"github.com/droverhq/drover/internal/sketch"
 	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -42,9 +45,9 @@ const (
 
 func newModelPushCommand(g *globals) *cobra.Command {
 	var (
-		model, cardFile, parent, dataset, alias, signKey string
-		metrics, tags                                    []string
-		limitRate                                        string
+		model, cardFile, parent, dataset, alias, signKey, reference string
+		metrics, tags                                               []string
+		limitRate                                                   string
 	)
 	cmd := &cobra.Command{
 		Use:   "push PATH --model NAME",
@@ -84,6 +87,9 @@ The rest documents the version, and cannot be added later:
   --parent     lineage: the version this one was derived from
   --dataset    lineage: the training data, URI or URI@sha256:HEX
   --alias      point this alias at the new version once it exists
+  --reference  a reference data set (CSV with a header row, one column per
+               feature, "out:NAME" for an output) that drift is measured
+               against
   --sign-key   sign the manifest with the private key in FILE
 
 While uploading it shows progress on standard error when that is a
@@ -106,7 +112,7 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 			}
 			req, err := buildFinishPush(cmd, g.stdin, pushFlags{
 				model: model, cardFile: cardFile, parent: parent, dataset: dataset, alias: alias,
-				metrics: metrics, tags: tags,
+				metrics: metrics, tags: tags, reference: reference,
 			})
 			if err != nil {
 				return err
@@ -128,6 +134,7 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 	f.StringVar(&parent, "parent", "", "lineage: the `VERSION` this one was derived from")
 	f.StringVar(&dataset, "dataset", "", "lineage: where the training data is, with @sha256:HEX for its digest: `URI[@DIGEST]`")
 	f.StringVar(&alias, "alias", "", "point `ALIAS` at the new version once it exists")
+	f.StringVar(&reference, "reference", "", "build the version's reference profile, what drift is measured against, from a data set in CSV: `FILE` (- for stdin)")
 	f.StringVar(&signKey, "sign-key", "", "sign the manifest with the private key in `FILE` (drover key create)")
 	// StringArray, not StringSlice: a slice flag splits on commas, and
 	// values may contain them.
@@ -155,8 +162,8 @@ func parseRate(s string) (*rate.Limiter, error) {
 
 // pushFlags are the raw flag values of push.
 type pushFlags struct {
-	model, cardFile, parent, dataset, alias string
-	metrics, tags                           []string
+	model, cardFile, parent, dataset, alias, reference string
+	metrics, tags                                      []string
 }
 
 // buildFinishPush checks push's flags and builds the FinishPush request,
@@ -201,13 +208,47 @@ func buildFinishPush(cmd *cobra.Command, stdin io.Reader, f pushFlags) (*droverv
 	if _, isNumber := parseVersionNumber(f.alias); isNumber {
 		return nil, usageErr(cmd, fmt.Errorf("--alias %s: an alias cannot be a number, which would read as a version", f.alias))
 	}
+	if f.cardFile == "-" && f.reference == "-" {
+		return nil, usageErr(cmd, errors.New("--card - and --reference - both read standard input; give one of them as a file"))
+	}
 	card, err := readCard(f.cardFile, stdin)
+	if err != nil {
+		return nil, err
+	}
+	ref, err := readReference(f.reference, stdin)
 	if err != nil {
 		return nil, err
 	}
 	return &droverv1.FinishPushRequest{
 		Model: f.model, Card: card, Lineage: lin, Metrics: metrics, Tags: tags, Alias: f.alias,
+		Reference: ref,
 	}, nil
+}
+
+// readReference builds a reference profile from the CSV data set at path
+// ("" for none, - for stdin), before anything is uploaded.
+func readReference(path string, stdin io.Reader) (*droverv1.Profile, error) {
+	if path == "" {
+		return nil, nil
+	}
+	r := stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("--reference: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	p, _, err := sketch.ReferenceFromCSV(bufio.NewReaderSize(r, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("--reference %s: %w", path, err)
+	}
+	pb := p.ToProto()
+	if n := proto.Size(pb); n > sketch.MaxReferenceBytes {
+		return nil, fmt.Errorf("--reference %s: the profile takes %d bytes, more than the %d a version may carry; keep fewer columns", path, n, sketch.MaxReferenceBytes)
+	}
+	return pb, nil
 }
 
 // parseDataset splits URI[@sha256:HEX]. Only an "@" followed by a digest

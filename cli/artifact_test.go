@@ -116,8 +116,12 @@ func TestModelPushSendsOnlyMissingChunks(t *testing.T) {
 	if err := os.WriteFile(card, []byte("# ResNet\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	ref := filepath.Join(h.dir, "reference.csv")
+	if err := os.WriteFile(ref, []byte("pixel,colour,out:class\n0.5,red,3\n0.7,blue,1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const datasetDigest = "sha256:5d41402abc4b2a76b9719d911017c592ae0d6b4a3f0e5c1d2e8f7a6b5c4d3e2f"
-	out := h.ok("model", "push", src, "--model", "resnet", "--card", card,
+	out := h.ok("model", "push", src, "--model", "resnet", "--card", card, "--reference", ref,
 		"--metric", "top1=0.812", "--tag", "team=cv", "--parent", "1",
 		"--dataset", "s3://user@bucket/imagenet@"+datasetDigest, "--alias", "canary")
 
@@ -149,6 +153,10 @@ func TestModelPushSendsOnlyMissingChunks(t *testing.T) {
 		finish.GetTags()["team"] != "cv" || finish.GetAlias() != "canary" ||
 		!protoEqual(finish.GetLineage(), wantLineage) || len(finish.GetManifest().GetSignatures()) != 0 {
 		t.Errorf("FinishPush = %v", finish)
+	}
+	if r := finish.GetReference(); r.GetRequests() != 2 || len(r.GetInputs()) != 2 || len(r.GetOutputs()) != 1 ||
+		r.GetInputs()[1].GetKind() != droverv1.FeatureKind_FEATURE_KIND_NUMERIC || r.GetInputs()[0].GetKind() != droverv1.FeatureKind_FEATURE_KIND_CATEGORICAL {
+		t.Errorf("FinishPush's reference profile = %v, want 2 rows of pixel (numeric), colour (categorical) and output class", r)
 	}
 	b, _ := artifact.MarshalManifest(m)
 	if !bytes.Equal(finish.GetManifest().GetManifest(), b) {
@@ -197,6 +205,10 @@ func TestModelPushRefusesBeforeAnyRequest(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(empty, "only-dirs"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	ragged := filepath.Join(h.dir, "ragged.csv")
+	if err := os.WriteFile(ragged, []byte("a,b\n1,2\n3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, tc := range []struct {
 		name string
@@ -211,6 +223,8 @@ func TestModelPushRefusesBeforeAnyRequest(t *testing.T) {
 		{"bad metric", []string{empty, "--metric", "top1=high"}, exitUsage, []string{"--metric top1=high: value must be a number"}},
 		{"bad parent", []string{empty, "--parent", "two"}, exitUsage, []string{"--parent two: want a version number"}},
 		{"bad dataset digest", []string{empty, "--dataset", "s3://d@sha256:12"}, exitUsage, []string{"--dataset s3://d@sha256:12: digest: want 64 hex digits"}},
+		{"ragged reference", []string{empty, "--reference", ragged}, exitError, []string{"--reference " + ragged, "line 3"}},
+		{"two readers of stdin", []string{empty, "--reference", "-", "--card", "-"}, exitUsage, []string{"both read standard input"}},
 	} {
 		args := append([]string{"model", "push"}, tc.args...)
 		if !slices.Contains(tc.args, "--model") {

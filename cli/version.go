@@ -275,6 +275,15 @@ func versionView(w io.Writer, v *droverv1.ModelVersion, g *globals) {
 	} else {
 		field(w, "Card", "none")
 	}
+	if n := v.GetReferenceFeatures(); n > 0 {
+		ref := fmt.Sprintf("%d features, from the %s", n, v.GetReferenceSource())
+		if rows := v.GetReference().GetRequests(); rows > 0 {
+			ref += fmt.Sprintf(" (%d rows)", rows)
+		}
+		field(w, "Reference", ref)
+	} else {
+		field(w, "Reference", "none: drift is not measured; give one with drover model push --reference")
+	}
 
 	if m := v.GetMetrics(); len(m) > 0 {
 		fmt.Fprintln(w)

@@ -263,6 +263,7 @@ func (h *artifactHandler) FinishPush(ctx context.Context, req *connect.Request[d
 	cv := &droverv1.CreateVersionRequest{
 		Model: req.Msg.GetModel(), Artifact: am, Card: req.Msg.GetCard(),
 		Lineage: req.Msg.GetLineage(), Metrics: req.Msg.GetMetrics(), Tags: req.Msg.GetTags(),
+		Reference: req.Msg.GetReference(),
 	}
 	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_CREATE_VERSION,
 		&droverv1.CreateVersionCommand{Meta: commandMeta(ctx), Request: cv})

@@ -82,6 +82,12 @@ func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string)
 	})
 }
 
+// Where a version's reference profile came from (ModelVersion.reference_source).
+const (
+	ReferenceFromPush   = "push"
+	ReferenceFromCanary = "canary"
+)
+
 // CreateVersion applies a create-version command and returns the new
 // version. Its number is one more than the highest the model's name was
 // ever given: the model's latest_version, or the version mark a deleted
@@ -108,12 +114,17 @@ func (s *Store) CreateVersion(idx uint64, meta *droverv1.CommandMeta, req *drove
 			Lineage:     r.GetLineage(),
 			Metrics:     r.GetMetrics(),
 			Tags:        r.GetTags(),
+			Reference:   r.GetReference(),
 			CreatedBy:   actorOf(meta),
 			CreateIndex: idx,
 			ModifyIndex: idx,
 		}
 		if t := meta.GetTime(); t != nil {
 			v.CreateTime = clone(t)
+		}
+		if ref := v.GetReference(); ref != nil {
+			v.ReferenceSource = ReferenceFromPush
+			v.ReferenceFeatures = uint32(len(ref.GetInputs()) + len(ref.GetOutputs()))
 		}
 		if err := validateVersion(v); err != nil {
 			return target, nil, err
@@ -307,7 +318,11 @@ func (s *Store) Versions(model string) ([]*droverv1.ModelVersion, error) {
 	vs := s.t.versions[model]
 	out := make([]*droverv1.ModelVersion, len(vs))
 	for i, v := range vs {
-		out[i] = clone(v)
+		// A reference profile is up to MaxReferenceBytes: listings leave
+		// it out (reference_features still says one exists).
+		c := clone(v)
+		c.Reference = nil
+		out[i] = c
 	}
 	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
@@ -175,6 +176,9 @@ func TestCreateVersionValidation(t *testing.T) {
 			Digest: digest, SizeBytes: 1, Signed: &droverv1.SignedManifest{Manifest: []byte("manifest bytes")}}}, state.ErrInvalid},
 		{"signed manifest without digest", &droverv1.CreateVersionRequest{Artifact: &droverv1.ArtifactManifest{
 			Signed: &droverv1.SignedManifest{Manifest: []byte("manifest bytes")}}}, state.ErrInvalid},
+		{"ok reference", &droverv1.CreateVersionRequest{Reference: referenceProfile(t, "x\n1\n2\n")}, nil},
+		{"reference with a malformed sketch", &droverv1.CreateVersionRequest{Reference: &droverv1.Profile{
+			Inputs: []*droverv1.FeatureProfile{{Name: "x", Kind: droverv1.FeatureKind_FEATURE_KIND_NUMERIC}}}}, state.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,6 +212,38 @@ func TestCreateVersionValidation(t *testing.T) {
 				t.Errorf("audit = %v", ev)
 			}
 		})
+	}
+}
+
+func referenceProfile(t *testing.T, csv string) *droverv1.Profile {
+	t.Helper()
+	p, _, err := sketch.ReferenceFromCSV(strings.NewReader(csv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.ToProto()
+}
+
+func TestReferenceIsKeptButNotListed(t *testing.T) {
+	f := newFixture(t)
+	f.model("resnet")
+	ref := referenceProfile(t, "x,out:y\n1,a\n2,b\n")
+	if _, err := f.s.CreateVersion(f.next(), meta("bob"), &droverv1.CreateVersionRequest{Model: "resnet", Reference: ref}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.s.Version("resnet", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(v.GetReference(), ref) || v.GetReferenceSource() != state.ReferenceFromPush || v.GetReferenceFeatures() != 2 {
+		t.Fatalf("version %d: source %q, %d features, reference kept: %v", v.GetVersion(), v.GetReferenceSource(), v.GetReferenceFeatures(), proto.Equal(v.GetReference(), ref))
+	}
+	vs, err := f.s.Versions("resnet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs[0].GetReference() != nil || vs[0].GetReferenceFeatures() != 2 {
+		t.Fatalf("listing: reference %v, %d features; want it left out and counted", vs[0].GetReference(), vs[0].GetReferenceFeatures())
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/droverhq/drover/internal/names"
+	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -165,6 +166,14 @@ func validateDigest(what, d string) error {
 // caller checks references to other versions. Map keys are checked in sorted order so that the first
 // error reported is the same on every server.
 func validateVersion(v *droverv1.ModelVersion) error {
+	if ref := v.GetReference(); ref != nil {
+		if n := proto.Size(ref); n > sketch.MaxReferenceBytes {
+			return fmt.Errorf("reference profile is %w: %d bytes encoded is more than the %d allowed; profile fewer features", ErrInvalid, n, sketch.MaxReferenceBytes)
+		}
+		if _, err := sketch.ProfileFromProto(ref); err != nil {
+			return fmt.Errorf("reference profile is %w: %v", ErrInvalid, err)
+		}
+	}
 	if a := v.GetArtifact(); a != nil {
 		if signed := a.GetSigned(); signed != nil {
 			// The digest names the manifest bytes; a version whose digest

@@ -277,7 +277,10 @@ type FinishPushRequest struct {
 	Metrics map[string]float64 `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	Tags    map[string]string  `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Point this alias at the new version once it exists ("" for none).
-	Alias         string `protobuf:"bytes,6,opt,name=alias,proto3" json:"alias,omitempty"`
+	Alias string `protobuf:"bytes,6,opt,name=alias,proto3" json:"alias,omitempty"`
+	// The version's reference profile, built from a reference data set
+	// (drover model push --reference FILE).
+	Reference     *Profile `protobuf:"bytes,8,opt,name=reference,proto3" json:"reference,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,6 +362,13 @@ func (x *FinishPushRequest) GetAlias() string {
 		return x.Alias
 	}
 	return ""
+}
+
+func (x *FinishPushRequest) GetReference() *Profile {
+	if x != nil {
+		return x.Reference
+	}
+	return nil
 }
 
 type FinishPushResponse struct {
@@ -952,7 +962,7 @@ var File_drover_v1_artifact_service_proto protoreflect.FileDescriptor
 
 const file_drover_v1_artifact_service_proto_rawDesc = "" +
 	"\n" +
-	" drover/v1/artifact_service.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x18drover/v1/registry.proto\"_\n" +
+	" drover/v1/artifact_service.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x18drover/v1/registry.proto\x1a\x19drover/v1/telemetry.proto\"_\n" +
 	"\x10StartPushRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x125\n" +
 	"\bmanifest\x18\x02 \x01(\v2\x19.drover.v1.SignedManifestR\bmanifest\"o\n" +
@@ -967,7 +977,7 @@ const file_drover_v1_artifact_service_proto_rawDesc = "" +
 	"\x04data\x18\x04 \x01(\fR\x04data\"D\n" +
 	"\x14UploadChunksResponse\x12\x16\n" +
 	"\x06stored\x18\x01 \x01(\rR\x06stored\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xae\x03\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xe0\x03\n" +
 	"\x11FinishPushRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x125\n" +
 	"\bmanifest\x18\a \x01(\v2\x19.drover.v1.SignedManifestR\bmanifest\x12\x12\n" +
@@ -975,7 +985,8 @@ const file_drover_v1_artifact_service_proto_rawDesc = "" +
 	"\alineage\x18\x03 \x01(\v2\x12.drover.v1.LineageR\alineage\x12C\n" +
 	"\ametrics\x18\x04 \x03(\v2).drover.v1.FinishPushRequest.MetricsEntryR\ametrics\x12:\n" +
 	"\x04tags\x18\x05 \x03(\v2&.drover.v1.FinishPushRequest.TagsEntryR\x04tags\x12\x14\n" +
-	"\x05alias\x18\x06 \x01(\tR\x05alias\x1a:\n" +
+	"\x05alias\x18\x06 \x01(\tR\x05alias\x120\n" +
+	"\treference\x18\b \x01(\v2\x12.drover.v1.ProfileR\treference\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a7\n" +
@@ -1063,10 +1074,11 @@ var file_drover_v1_artifact_service_proto_goTypes = []any{
 	nil,                           // 17: drover.v1.FinishPushRequest.TagsEntry
 	(*SignedManifest)(nil),        // 18: drover.v1.SignedManifest
 	(*Lineage)(nil),               // 19: drover.v1.Lineage
-	(*ModelVersion)(nil),          // 20: drover.v1.ModelVersion
-	(*WriteMeta)(nil),             // 21: drover.v1.WriteMeta
-	(*QueryOptions)(nil),          // 22: drover.v1.QueryOptions
-	(*QueryMeta)(nil),             // 23: drover.v1.QueryMeta
+	(*Profile)(nil),               // 20: drover.v1.Profile
+	(*ModelVersion)(nil),          // 21: drover.v1.ModelVersion
+	(*WriteMeta)(nil),             // 22: drover.v1.WriteMeta
+	(*QueryOptions)(nil),          // 23: drover.v1.QueryOptions
+	(*QueryMeta)(nil),             // 24: drover.v1.QueryMeta
 }
 var file_drover_v1_artifact_service_proto_depIdxs = []int32{
 	18, // 0: drover.v1.StartPushRequest.manifest:type_name -> drover.v1.SignedManifest
@@ -1074,33 +1086,34 @@ var file_drover_v1_artifact_service_proto_depIdxs = []int32{
 	19, // 2: drover.v1.FinishPushRequest.lineage:type_name -> drover.v1.Lineage
 	16, // 3: drover.v1.FinishPushRequest.metrics:type_name -> drover.v1.FinishPushRequest.MetricsEntry
 	17, // 4: drover.v1.FinishPushRequest.tags:type_name -> drover.v1.FinishPushRequest.TagsEntry
-	20, // 5: drover.v1.FinishPushResponse.version:type_name -> drover.v1.ModelVersion
-	21, // 6: drover.v1.FinishPushResponse.meta:type_name -> drover.v1.WriteMeta
-	22, // 7: drover.v1.GetManifestRequest.options:type_name -> drover.v1.QueryOptions
-	20, // 8: drover.v1.GetManifestResponse.version:type_name -> drover.v1.ModelVersion
-	18, // 9: drover.v1.GetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
-	23, // 10: drover.v1.GetManifestResponse.meta:type_name -> drover.v1.QueryMeta
-	0,  // 11: drover.v1.ArtifactService.StartPush:input_type -> drover.v1.StartPushRequest
-	2,  // 12: drover.v1.ArtifactService.UploadChunks:input_type -> drover.v1.UploadChunksRequest
-	4,  // 13: drover.v1.ArtifactService.FinishPush:input_type -> drover.v1.FinishPushRequest
-	6,  // 14: drover.v1.ArtifactService.GetManifest:input_type -> drover.v1.GetManifestRequest
-	8,  // 15: drover.v1.ArtifactService.GetChunk:input_type -> drover.v1.GetChunkRequest
-	10, // 16: drover.v1.ChunkService.MissingChunks:input_type -> drover.v1.MissingChunksRequest
-	14, // 17: drover.v1.ChunkService.PutChunks:input_type -> drover.v1.PutChunksRequest
-	11, // 18: drover.v1.ChunkService.GetChunks:input_type -> drover.v1.GetChunksRequest
-	1,  // 19: drover.v1.ArtifactService.StartPush:output_type -> drover.v1.StartPushResponse
-	3,  // 20: drover.v1.ArtifactService.UploadChunks:output_type -> drover.v1.UploadChunksResponse
-	5,  // 21: drover.v1.ArtifactService.FinishPush:output_type -> drover.v1.FinishPushResponse
-	7,  // 22: drover.v1.ArtifactService.GetManifest:output_type -> drover.v1.GetManifestResponse
-	9,  // 23: drover.v1.ArtifactService.GetChunk:output_type -> drover.v1.GetChunkResponse
-	13, // 24: drover.v1.ChunkService.MissingChunks:output_type -> drover.v1.MissingChunksResponse
-	15, // 25: drover.v1.ChunkService.PutChunks:output_type -> drover.v1.PutChunksResponse
-	12, // 26: drover.v1.ChunkService.GetChunks:output_type -> drover.v1.GetChunksResponse
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	20, // 5: drover.v1.FinishPushRequest.reference:type_name -> drover.v1.Profile
+	21, // 6: drover.v1.FinishPushResponse.version:type_name -> drover.v1.ModelVersion
+	22, // 7: drover.v1.FinishPushResponse.meta:type_name -> drover.v1.WriteMeta
+	23, // 8: drover.v1.GetManifestRequest.options:type_name -> drover.v1.QueryOptions
+	21, // 9: drover.v1.GetManifestResponse.version:type_name -> drover.v1.ModelVersion
+	18, // 10: drover.v1.GetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
+	24, // 11: drover.v1.GetManifestResponse.meta:type_name -> drover.v1.QueryMeta
+	0,  // 12: drover.v1.ArtifactService.StartPush:input_type -> drover.v1.StartPushRequest
+	2,  // 13: drover.v1.ArtifactService.UploadChunks:input_type -> drover.v1.UploadChunksRequest
+	4,  // 14: drover.v1.ArtifactService.FinishPush:input_type -> drover.v1.FinishPushRequest
+	6,  // 15: drover.v1.ArtifactService.GetManifest:input_type -> drover.v1.GetManifestRequest
+	8,  // 16: drover.v1.ArtifactService.GetChunk:input_type -> drover.v1.GetChunkRequest
+	10, // 17: drover.v1.ChunkService.MissingChunks:input_type -> drover.v1.MissingChunksRequest
+	14, // 18: drover.v1.ChunkService.PutChunks:input_type -> drover.v1.PutChunksRequest
+	11, // 19: drover.v1.ChunkService.GetChunks:input_type -> drover.v1.GetChunksRequest
+	1,  // 20: drover.v1.ArtifactService.StartPush:output_type -> drover.v1.StartPushResponse
+	3,  // 21: drover.v1.ArtifactService.UploadChunks:output_type -> drover.v1.UploadChunksResponse
+	5,  // 22: drover.v1.ArtifactService.FinishPush:output_type -> drover.v1.FinishPushResponse
+	7,  // 23: drover.v1.ArtifactService.GetManifest:output_type -> drover.v1.GetManifestResponse
+	9,  // 24: drover.v1.ArtifactService.GetChunk:output_type -> drover.v1.GetChunkResponse
+	13, // 25: drover.v1.ChunkService.MissingChunks:output_type -> drover.v1.MissingChunksResponse
+	15, // 26: drover.v1.ChunkService.PutChunks:output_type -> drover.v1.PutChunksResponse
+	12, // 27: drover.v1.ChunkService.GetChunks:output_type -> drover.v1.GetChunksResponse
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_artifact_service_proto_init() }
@@ -1111,6 +1124,7 @@ func file_drover_v1_artifact_service_proto_init() {
 	file_drover_v1_artifact_proto_init()
 	file_drover_v1_common_proto_init()
 	file_drover_v1_registry_proto_init()
+	file_drover_v1_telemetry_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

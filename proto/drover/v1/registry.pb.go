@@ -367,16 +367,26 @@ type ModelVersion struct {
 	Version  uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	Artifact *ArtifactManifest      `protobuf:"bytes,3,opt,name=artifact,proto3" json:"artifact,omitempty"`
 	// Model card, Markdown.
-	Card          string                 `protobuf:"bytes,4,opt,name=card,proto3" json:"card,omitempty"`
-	Lineage       *Lineage               `protobuf:"bytes,5,opt,name=lineage,proto3" json:"lineage,omitempty"`
-	Metrics       map[string]float64     `protobuf:"bytes,6,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	Tags          map[string]string      `protobuf:"bytes,7,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	CreatedBy     string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,10,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64                 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Card        string                 `protobuf:"bytes,4,opt,name=card,proto3" json:"card,omitempty"`
+	Lineage     *Lineage               `protobuf:"bytes,5,opt,name=lineage,proto3" json:"lineage,omitempty"`
+	Metrics     map[string]float64     `protobuf:"bytes,6,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	Tags        map[string]string      `protobuf:"bytes,7,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CreatedBy   string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,10,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64                 `protobuf:"varint,11,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// What the model's inputs and outputs looked like in a reference data
+	// set (training or validation data): drift is measured against it.
+	// Absent from listings, which carry reference_features instead.
+	Reference *Profile `protobuf:"bytes,12,opt,name=reference,proto3" json:"reference,omitempty"`
+	// Where the reference came from: "push" (drover model push --reference)
+	// or "canary" (the first windows the version served as a canary); empty
+	// without one.
+	ReferenceSource string `protobuf:"bytes,13,opt,name=reference_source,json=referenceSource,proto3" json:"reference_source,omitempty"`
+	// Inputs plus outputs in the reference.
+	ReferenceFeatures uint32 `protobuf:"varint,14,opt,name=reference_features,json=referenceFeatures,proto3" json:"reference_features,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ModelVersion) Reset() {
@@ -482,6 +492,27 @@ func (x *ModelVersion) GetCreateIndex() uint64 {
 func (x *ModelVersion) GetModifyIndex() uint64 {
 	if x != nil {
 		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *ModelVersion) GetReference() *Profile {
+	if x != nil {
+		return x.Reference
+	}
+	return nil
+}
+
+func (x *ModelVersion) GetReferenceSource() string {
+	if x != nil {
+		return x.ReferenceSource
+	}
+	return ""
+}
+
+func (x *ModelVersion) GetReferenceFeatures() uint32 {
+	if x != nil {
+		return x.ReferenceFeatures
 	}
 	return 0
 }
@@ -902,6 +933,7 @@ type CreateVersionRequest struct {
 	Lineage       *Lineage               `protobuf:"bytes,4,opt,name=lineage,proto3" json:"lineage,omitempty"`
 	Metrics       map[string]float64     `protobuf:"bytes,5,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	Tags          map[string]string      `protobuf:"bytes,6,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Reference     *Profile               `protobuf:"bytes,7,opt,name=reference,proto3" json:"reference,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -974,6 +1006,13 @@ func (x *CreateVersionRequest) GetMetrics() map[string]float64 {
 func (x *CreateVersionRequest) GetTags() map[string]string {
 	if x != nil {
 		return x.Tags
+	}
+	return nil
+}
+
+func (x *CreateVersionRequest) GetReference() *Profile {
+	if x != nil {
+		return x.Reference
 	}
 	return nil
 }
@@ -1468,7 +1507,7 @@ var File_drover_v1_registry_proto protoreflect.FileDescriptor
 
 const file_drover_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x18drover/v1/registry.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x03\n" +
+	"\x18drover/v1/registry.proto\x12\tdrover.v1\x1a\x18drover/v1/artifact.proto\x1a\x16drover/v1/common.proto\x1a\x19drover/v1/telemetry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x03\n" +
 	"\x05Model\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x14\n" +
@@ -1507,7 +1546,7 @@ const file_drover_v1_registry_proto_rawDesc = "" +
 	"\vdataset_uri\x18\x03 \x01(\tR\n" +
 	"datasetUri\x12&\n" +
 	"\x0ftraining_run_id\x18\x04 \x01(\tR\rtrainingRunId\x12#\n" +
-	"\rcode_revision\x18\x05 \x01(\tR\fcodeRevision\"\xc7\x04\n" +
+	"\rcode_revision\x18\x05 \x01(\tR\fcodeRevision\"\xd3\x05\n" +
 	"\fModelVersion\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x127\n" +
@@ -1522,7 +1561,10 @@ const file_drover_v1_registry_proto_rawDesc = "" +
 	"createTime\x12!\n" +
 	"\fcreate_index\x18\n" +
 	" \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x1a:\n" +
+	"\fmodify_index\x18\v \x01(\x04R\vmodifyIndex\x120\n" +
+	"\treference\x18\f \x01(\v2\x12.drover.v1.ProfileR\treference\x12)\n" +
+	"\x10reference_source\x18\r \x01(\tR\x0freferenceSource\x12-\n" +
+	"\x12reference_features\x18\x0e \x01(\rR\x11referenceFeatures\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a7\n" +
@@ -1554,14 +1596,15 @@ const file_drover_v1_registry_proto_rawDesc = "" +
 	"\x12DeleteModelRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"?\n" +
 	"\x13DeleteModelResponse\x12(\n" +
-	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"\xa3\x03\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"\xd5\x03\n" +
 	"\x14CreateVersionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x127\n" +
 	"\bartifact\x18\x02 \x01(\v2\x1b.drover.v1.ArtifactManifestR\bartifact\x12\x12\n" +
 	"\x04card\x18\x03 \x01(\tR\x04card\x12,\n" +
 	"\alineage\x18\x04 \x01(\v2\x12.drover.v1.LineageR\alineage\x12F\n" +
 	"\ametrics\x18\x05 \x03(\v2,.drover.v1.CreateVersionRequest.MetricsEntryR\ametrics\x12=\n" +
-	"\x04tags\x18\x06 \x03(\v2).drover.v1.CreateVersionRequest.TagsEntryR\x04tags\x1a:\n" +
+	"\x04tags\x18\x06 \x03(\v2).drover.v1.CreateVersionRequest.TagsEntryR\x04tags\x120\n" +
+	"\treference\x18\a \x01(\v2\x12.drover.v1.ProfileR\treference\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a7\n" +
@@ -1656,9 +1699,10 @@ var file_drover_v1_registry_proto_goTypes = []any{
 	nil,                           // 29: drover.v1.CreateVersionRequest.TagsEntry
 	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
 	(*SignedManifest)(nil),        // 31: drover.v1.SignedManifest
-	(*WriteMeta)(nil),             // 32: drover.v1.WriteMeta
-	(*QueryOptions)(nil),          // 33: drover.v1.QueryOptions
-	(*QueryMeta)(nil),             // 34: drover.v1.QueryMeta
+	(*Profile)(nil),               // 32: drover.v1.Profile
+	(*WriteMeta)(nil),             // 33: drover.v1.WriteMeta
+	(*QueryOptions)(nil),          // 34: drover.v1.QueryOptions
+	(*QueryMeta)(nil),             // 35: drover.v1.QueryMeta
 }
 var file_drover_v1_registry_proto_depIdxs = []int32{
 	23, // 0: drover.v1.Model.tags:type_name -> drover.v1.Model.TagsEntry
@@ -1671,54 +1715,56 @@ var file_drover_v1_registry_proto_depIdxs = []int32{
 	25, // 7: drover.v1.ModelVersion.metrics:type_name -> drover.v1.ModelVersion.MetricsEntry
 	26, // 8: drover.v1.ModelVersion.tags:type_name -> drover.v1.ModelVersion.TagsEntry
 	30, // 9: drover.v1.ModelVersion.create_time:type_name -> google.protobuf.Timestamp
-	27, // 10: drover.v1.CreateModelRequest.tags:type_name -> drover.v1.CreateModelRequest.TagsEntry
-	0,  // 11: drover.v1.CreateModelResponse.model:type_name -> drover.v1.Model
-	32, // 12: drover.v1.CreateModelResponse.meta:type_name -> drover.v1.WriteMeta
-	33, // 13: drover.v1.ListModelsRequest.options:type_name -> drover.v1.QueryOptions
-	0,  // 14: drover.v1.ListModelsResponse.models:type_name -> drover.v1.Model
-	34, // 15: drover.v1.ListModelsResponse.meta:type_name -> drover.v1.QueryMeta
-	33, // 16: drover.v1.GetModelRequest.options:type_name -> drover.v1.QueryOptions
-	0,  // 17: drover.v1.GetModelResponse.model:type_name -> drover.v1.Model
-	34, // 18: drover.v1.GetModelResponse.meta:type_name -> drover.v1.QueryMeta
-	32, // 19: drover.v1.DeleteModelResponse.meta:type_name -> drover.v1.WriteMeta
-	1,  // 20: drover.v1.CreateVersionRequest.artifact:type_name -> drover.v1.ArtifactManifest
-	3,  // 21: drover.v1.CreateVersionRequest.lineage:type_name -> drover.v1.Lineage
-	28, // 22: drover.v1.CreateVersionRequest.metrics:type_name -> drover.v1.CreateVersionRequest.MetricsEntry
-	29, // 23: drover.v1.CreateVersionRequest.tags:type_name -> drover.v1.CreateVersionRequest.TagsEntry
-	4,  // 24: drover.v1.CreateVersionResponse.version:type_name -> drover.v1.ModelVersion
-	32, // 25: drover.v1.CreateVersionResponse.meta:type_name -> drover.v1.WriteMeta
-	33, // 26: drover.v1.ListVersionsRequest.options:type_name -> drover.v1.QueryOptions
-	4,  // 27: drover.v1.ListVersionsResponse.versions:type_name -> drover.v1.ModelVersion
-	34, // 28: drover.v1.ListVersionsResponse.meta:type_name -> drover.v1.QueryMeta
-	33, // 29: drover.v1.GetVersionRequest.options:type_name -> drover.v1.QueryOptions
-	4,  // 30: drover.v1.GetVersionResponse.version:type_name -> drover.v1.ModelVersion
-	34, // 31: drover.v1.GetVersionResponse.meta:type_name -> drover.v1.QueryMeta
-	0,  // 32: drover.v1.SetAliasResponse.model:type_name -> drover.v1.Model
-	32, // 33: drover.v1.SetAliasResponse.meta:type_name -> drover.v1.WriteMeta
-	32, // 34: drover.v1.DeleteAliasResponse.meta:type_name -> drover.v1.WriteMeta
-	5,  // 35: drover.v1.ModelService.CreateModel:input_type -> drover.v1.CreateModelRequest
-	7,  // 36: drover.v1.ModelService.ListModels:input_type -> drover.v1.ListModelsRequest
-	9,  // 37: drover.v1.ModelService.GetModel:input_type -> drover.v1.GetModelRequest
-	11, // 38: drover.v1.ModelService.DeleteModel:input_type -> drover.v1.DeleteModelRequest
-	13, // 39: drover.v1.ModelService.CreateVersion:input_type -> drover.v1.CreateVersionRequest
-	15, // 40: drover.v1.ModelService.ListVersions:input_type -> drover.v1.ListVersionsRequest
-	17, // 41: drover.v1.ModelService.GetVersion:input_type -> drover.v1.GetVersionRequest
-	19, // 42: drover.v1.ModelService.SetAlias:input_type -> drover.v1.SetAliasRequest
-	21, // 43: drover.v1.ModelService.DeleteAlias:input_type -> drover.v1.DeleteAliasRequest
-	6,  // 44: drover.v1.ModelService.CreateModel:output_type -> drover.v1.CreateModelResponse
-	8,  // 45: drover.v1.ModelService.ListModels:output_type -> drover.v1.ListModelsResponse
-	10, // 46: drover.v1.ModelService.GetModel:output_type -> drover.v1.GetModelResponse
-	12, // 47: drover.v1.ModelService.DeleteModel:output_type -> drover.v1.DeleteModelResponse
-	14, // 48: drover.v1.ModelService.CreateVersion:output_type -> drover.v1.CreateVersionResponse
-	16, // 49: drover.v1.ModelService.ListVersions:output_type -> drover.v1.ListVersionsResponse
-	18, // 50: drover.v1.ModelService.GetVersion:output_type -> drover.v1.GetVersionResponse
-	20, // 51: drover.v1.ModelService.SetAlias:output_type -> drover.v1.SetAliasResponse
-	22, // 52: drover.v1.ModelService.DeleteAlias:output_type -> drover.v1.DeleteAliasResponse
-	44, // [44:53] is the sub-list for method output_type
-	35, // [35:44] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	32, // 10: drover.v1.ModelVersion.reference:type_name -> drover.v1.Profile
+	27, // 11: drover.v1.CreateModelRequest.tags:type_name -> drover.v1.CreateModelRequest.TagsEntry
+	0,  // 12: drover.v1.CreateModelResponse.model:type_name -> drover.v1.Model
+	33, // 13: drover.v1.CreateModelResponse.meta:type_name -> drover.v1.WriteMeta
+	34, // 14: drover.v1.ListModelsRequest.options:type_name -> drover.v1.QueryOptions
+	0,  // 15: drover.v1.ListModelsResponse.models:type_name -> drover.v1.Model
+	35, // 16: drover.v1.ListModelsResponse.meta:type_name -> drover.v1.QueryMeta
+	34, // 17: drover.v1.GetModelRequest.options:type_name -> drover.v1.QueryOptions
+	0,  // 18: drover.v1.GetModelResponse.model:type_name -> drover.v1.Model
+	35, // 19: drover.v1.GetModelResponse.meta:type_name -> drover.v1.QueryMeta
+	33, // 20: drover.v1.DeleteModelResponse.meta:type_name -> drover.v1.WriteMeta
+	1,  // 21: drover.v1.CreateVersionRequest.artifact:type_name -> drover.v1.ArtifactManifest
+	3,  // 22: drover.v1.CreateVersionRequest.lineage:type_name -> drover.v1.Lineage
+	28, // 23: drover.v1.CreateVersionRequest.metrics:type_name -> drover.v1.CreateVersionRequest.MetricsEntry
+	29, // 24: drover.v1.CreateVersionRequest.tags:type_name -> drover.v1.CreateVersionRequest.TagsEntry
+	32, // 25: drover.v1.CreateVersionRequest.reference:type_name -> drover.v1.Profile
+	4,  // 26: drover.v1.CreateVersionResponse.version:type_name -> drover.v1.ModelVersion
+	33, // 27: drover.v1.CreateVersionResponse.meta:type_name -> drover.v1.WriteMeta
+	34, // 28: drover.v1.ListVersionsRequest.options:type_name -> drover.v1.QueryOptions
+	4,  // 29: drover.v1.ListVersionsResponse.versions:type_name -> drover.v1.ModelVersion
+	35, // 30: drover.v1.ListVersionsResponse.meta:type_name -> drover.v1.QueryMeta
+	34, // 31: drover.v1.GetVersionRequest.options:type_name -> drover.v1.QueryOptions
+	4,  // 32: drover.v1.GetVersionResponse.version:type_name -> drover.v1.ModelVersion
+	35, // 33: drover.v1.GetVersionResponse.meta:type_name -> drover.v1.QueryMeta
+	0,  // 34: drover.v1.SetAliasResponse.model:type_name -> drover.v1.Model
+	33, // 35: drover.v1.SetAliasResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 36: drover.v1.DeleteAliasResponse.meta:type_name -> drover.v1.WriteMeta
+	5,  // 37: drover.v1.ModelService.CreateModel:input_type -> drover.v1.CreateModelRequest
+	7,  // 38: drover.v1.ModelService.ListModels:input_type -> drover.v1.ListModelsRequest
+	9,  // 39: drover.v1.ModelService.GetModel:input_type -> drover.v1.GetModelRequest
+	11, // 40: drover.v1.ModelService.DeleteModel:input_type -> drover.v1.DeleteModelRequest
+	13, // 41: drover.v1.ModelService.CreateVersion:input_type -> drover.v1.CreateVersionRequest
+	15, // 42: drover.v1.ModelService.ListVersions:input_type -> drover.v1.ListVersionsRequest
+	17, // 43: drover.v1.ModelService.GetVersion:input_type -> drover.v1.GetVersionRequest
+	19, // 44: drover.v1.ModelService.SetAlias:input_type -> drover.v1.SetAliasRequest
+	21, // 45: drover.v1.ModelService.DeleteAlias:input_type -> drover.v1.DeleteAliasRequest
+	6,  // 46: drover.v1.ModelService.CreateModel:output_type -> drover.v1.CreateModelResponse
+	8,  // 47: drover.v1.ModelService.ListModels:output_type -> drover.v1.ListModelsResponse
+	10, // 48: drover.v1.ModelService.GetModel:output_type -> drover.v1.GetModelResponse
+	12, // 49: drover.v1.ModelService.DeleteModel:output_type -> drover.v1.DeleteModelResponse
+	14, // 50: drover.v1.ModelService.CreateVersion:output_type -> drover.v1.CreateVersionResponse
+	16, // 51: drover.v1.ModelService.ListVersions:output_type -> drover.v1.ListVersionsResponse
+	18, // 52: drover.v1.ModelService.GetVersion:output_type -> drover.v1.GetVersionResponse
+	20, // 53: drover.v1.ModelService.SetAlias:output_type -> drover.v1.SetAliasResponse
+	22, // 54: drover.v1.ModelService.DeleteAlias:output_type -> drover.v1.DeleteAliasResponse
+	46, // [46:55] is the sub-list for method output_type
+	37, // [37:46] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_registry_proto_init() }
@@ -1728,6 +1774,7 @@ func file_drover_v1_registry_proto_init() {
 	}
 	file_drover_v1_artifact_proto_init()
 	file_drover_v1_common_proto_init()
+	file_drover_v1_telemetry_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
