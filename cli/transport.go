@@ -38,6 +38,7 @@ type clients struct {
 	// GetClusterInfo, which lists the keys manifests are signed with.
 	artifact droverv1connect.ArtifactServiceClient
 	agent    droverv1connect.AgentServiceClient
+	drift    droverv1connect.DriftServiceClient
 }
 
 // Request headers the server reads.
@@ -77,6 +78,7 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),
 			connect.WithReadMaxBytes(maxArtifactMessage), connect.WithAcceptCompression("gzip", nil, nil))...),
 		agent: droverv1connect.NewAgentServiceClient(hc, cfg.Address, opts...),
+		drift: droverv1connect.NewDriftServiceClient(hc, cfg.Address, opts...),
 	}, nil
 }
 

@@ -187,6 +187,8 @@ var procedures = map[string]Capability{
 	connectv1.TelemetryServiceQueryProcedure:            need(telemetry, read),
 	connectv1.TelemetryServiceReplicateWindowsProcedure: {Auth: AuthServer},
 	connectv1.TelemetryServiceQueryLocalProcedure:       {Auth: AuthServer},
+	// Drift is a view of telemetry against the model's reference.
+	connectv1.DriftServiceGetDriftProcedure: need(telemetry, read),
 
 	// Applying or planning a deployment also needs model:read on its
 	// model, which the handler checks: the deployment makes nodes fetch
