@@ -44,7 +44,18 @@ const deployExample = `  # defect-detector.yaml: version prod of defect-detector
     min_healthy_time: 30s           # default 10s
     progress_deadline: 10m          # default 10m
     auto_promote: false             # default false: promote by hand
-    auto_revert: true               # default true`
+    auto_revert: true               # default true
+  monitor:                          # optional: what the leader watches
+    by: site                        # each site judged apart (or label:KEY, gpu)
+    webhook: https://alerts.example/drover   # signed JSON body, retried
+    drift:
+      action: rollback              # alert (default) | pause | rollback
+      windows: 3                    # consecutive drifted windows (default 3)
+      thresholds: {psi_moderate: 0.1, psi_drifted: 0.25}
+    slo:
+      max_error_rate: 0.01          # share of requests failed
+      max_p99: 250ms
+      action: pause`
 
 func newDeployCommand(g *globals) *cobra.Command {
 	return newGroup(&cobra.Command{
@@ -299,6 +310,7 @@ func specChanges(a, b *droverv1.DeploymentSpec) []string {
 		{"runtime", a.GetRuntime(), b.GetRuntime()},
 		{"resources", a.GetResources(), b.GetResources()},
 		{"strategy", a.GetStrategy(), b.GetStrategy()},
+		{"monitor", a.GetMonitor(), b.GetMonitor()},
 	} {
 		if p.a.String() != p.b.String() {
 			out = append(out, p.name+": changed")
@@ -442,6 +454,7 @@ func deploymentView(w io.Writer, r *droverv1.GetDeploymentResponse, g *globals) 
 	field(w, "Strategy", fmt.Sprintf("canary %s, max parallel %d, max unavailable per site %d, min healthy %s, deadline %s, auto promote %t, auto revert %t",
 		canary, st.GetMaxParallel(), st.GetMaxUnavailablePerSite(), st.GetMinHealthyTime().AsDuration(), st.GetProgressDeadline().AsDuration(),
 		st.GetAutoPromote(), st.GetAutoRevert()))
+	field(w, "Monitor", monitorText(s.GetMonitor()))
 	if ro := r.GetRollout(); ro != nil {
 		field(w, "Rollout", fmt.Sprintf("#%d %s: version %d → %d (%s)", ro.GetId(), rolloutStateName(ro.GetState()),
 			ro.GetFromVersion(), ro.GetToVersion(), ro.GetReason()))
@@ -514,4 +527,39 @@ under the name starts a history of its own, from rollout 1.`,
 			})
 		},
 	}
+}
+
+// monitorText sums up a deployment's monitor policy in a line.
+func monitorText(m *droverv1.MonitorPolicy) string {
+	if m == nil {
+		return "none"
+	}
+	var parts []string
+	if d := m.GetDrift(); d != nil {
+		parts = append(parts, fmt.Sprintf("drift: %s after %d drifted windows (PSI %g/%g)", actionName(d.GetAction()), d.GetWindows(),
+			d.GetThresholds().GetPsiModerate(), d.GetThresholds().GetPsiDrifted()))
+	}
+	if sl := m.GetSlo(); sl != nil {
+		var checks []string
+		if r := sl.GetMaxErrorRate(); r > 0 {
+			checks = append(checks, fmt.Sprintf("errors > %g", r))
+		}
+		if d := sl.GetMaxP99().AsDuration(); d > 0 {
+			checks = append(checks, fmt.Sprintf("p99 > %s", d))
+		}
+		parts = append(parts, fmt.Sprintf("slo: %s after %d windows with %s", actionName(sl.GetAction()), sl.GetWindows(), strings.Join(checks, " or ")))
+	}
+	by := "the whole deployment"
+	if m.GetBy() != "" {
+		by = "each " + m.GetBy()
+	}
+	parts = append(parts, "judged per "+by)
+	if m.GetWebhook() != "" {
+		parts = append(parts, "webhook "+m.GetWebhook())
+	}
+	return strings.Join(parts, "; ")
+}
+
+func actionName(a droverv1.PolicyAction) string {
+	return strings.ToLower(strings.TrimPrefix(a.String(), "POLICY_ACTION_"))
 }

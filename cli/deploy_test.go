@@ -71,6 +71,44 @@ func TestParseDeployFile(t *testing.T) {
 	}
 }
 
+const testMonitor = `monitor:
+  by: site
+  webhook: https://alerts.example/drover
+  drift:
+    action: rollback
+    windows: 4
+    thresholds: {psi_moderate: 0.2, psi_drifted: 0.4}
+  slo:
+    max_error_rate: 0.05
+    max_p99: 250ms
+    action: pause
+`
+
+func TestParseDeployFileMonitor(t *testing.T) {
+	spec, err := parseDeployFile([]byte(testDeployFile + testMonitor))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := spec.GetMonitor()
+	d, slo := m.GetDrift(), m.GetSlo()
+	if m.GetBy() != "site" || m.GetWebhook() != "https://alerts.example/drover" ||
+		d.GetAction() != droverv1.PolicyAction_POLICY_ACTION_ROLLBACK || d.GetWindows() != 4 ||
+		d.GetThresholds().GetPsiModerate() != 0.2 || d.GetThresholds().GetPsiDrifted() != 0.4 ||
+		slo.GetMaxErrorRate() != 0.05 || slo.GetMaxP99().AsDuration() != 250*time.Millisecond ||
+		slo.GetAction() != droverv1.PolicyAction_POLICY_ACTION_PAUSE {
+		t.Errorf("monitor: %v", m)
+	}
+	for _, tc := range []struct{ name, file, want string }{
+		{"unknown action", strings.Replace(testMonitor, "action: rollback", "action: reboot", 1), `line 28: action "reboot": want alert, pause or rollback`},
+		{"typo", strings.Replace(testMonitor, "max_p99", "max_p90", 1), `field "max_p90" not found; did you mean "max_p99"?`},
+		{"unknown threshold", strings.Replace(testMonitor, "psi_drifted", "psi_high", 1), `field "psi_high" not found in monitor.drift.thresholds`},
+	} {
+		if _, err := parseDeployFile([]byte(testDeployFile + tc.file)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
 func TestParseDeployFileRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name, file, want string

@@ -31,6 +31,58 @@ type deployFile struct {
 	Runtime   deployRuntime      `yaml:"runtime"`
 	Resources deployResources    `yaml:"resources"`
 	Strategy  deployStrategyFile `yaml:"strategy"`
+	Monitor   *deployMonitor     `yaml:"monitor"`
+}
+
+type deployMonitor struct {
+	By      string       `yaml:"by"`
+	Webhook string       `yaml:"webhook"`
+	Drift   *deployDrift `yaml:"drift"`
+	SLO     *deploySLO   `yaml:"slo"`
+}
+
+type deployDrift struct {
+	Action           policyAction     `yaml:"action"`
+	Windows          uint32           `yaml:"windows"`
+	ReferenceWindows uint32           `yaml:"reference_windows"`
+	Thresholds       deployThresholds `yaml:"thresholds"`
+}
+
+type deployThresholds struct {
+	PSIModerate  float64 `yaml:"psi_moderate"`
+	PSIDrifted   float64 `yaml:"psi_drifted"`
+	KSModerate   float64 `yaml:"ks_moderate"`
+	KSDrifted    float64 `yaml:"ks_drifted"`
+	JSModerate   float64 `yaml:"js_moderate"`
+	JSDrifted    float64 `yaml:"js_drifted"`
+	DriftedShare float64 `yaml:"drifted_share"`
+	MinCount     uint64  `yaml:"min_count"`
+}
+
+type deploySLO struct {
+	Action       policyAction `yaml:"action"`
+	Windows      uint32       `yaml:"windows"`
+	MaxErrorRate float64      `yaml:"max_error_rate"`
+	MaxP99       *duration    `yaml:"max_p99"`
+	MinRequests  uint64       `yaml:"min_requests"`
+}
+
+// policyAction is a monitor action as the file names it.
+type policyAction droverv1.PolicyAction
+
+var policyActions = map[string]droverv1.PolicyAction{
+	"alert":    droverv1.PolicyAction_POLICY_ACTION_ALERT,
+	"pause":    droverv1.PolicyAction_POLICY_ACTION_PAUSE,
+	"rollback": droverv1.PolicyAction_POLICY_ACTION_ROLLBACK,
+}
+
+func (a *policyAction) UnmarshalYAML(n *yaml.Node) error {
+	v, ok := policyActions[n.Value]
+	if n.Kind != yaml.ScalarNode || !ok {
+		return lineError(n.Line, "action %q: want alert, pause or rollback", n.Value)
+	}
+	*a = policyAction(v)
+	return nil
 }
 
 type deploySelector struct {
@@ -226,7 +278,34 @@ func parseDeployFile(data []byte) (*droverv1.DeploymentSpec, error) {
 	if st.MaxUnavailablePerSite != nil {
 		spec.Strategy.MaxUnavailablePerSite = *st.MaxUnavailablePerSite
 	}
+	spec.Monitor = f.Monitor.proto()
 	return spec, nil
+}
+
+func (m *deployMonitor) proto() *droverv1.MonitorPolicy {
+	if m == nil {
+		return nil
+	}
+	out := &droverv1.MonitorPolicy{By: m.By, Webhook: m.Webhook}
+	if d := m.Drift; d != nil {
+		t := d.Thresholds
+		out.Drift = &droverv1.DriftPolicy{
+			Action: droverv1.PolicyAction(d.Action), Windows: d.Windows, ReferenceWindows: d.ReferenceWindows,
+			Thresholds: &droverv1.DriftThresholds{
+				PsiModerate: t.PSIModerate, PsiDrifted: t.PSIDrifted,
+				KsModerate: t.KSModerate, KsDrifted: t.KSDrifted,
+				JsModerate: t.JSModerate, JsDrifted: t.JSDrifted,
+				DriftedShare: t.DriftedShare, MinCount: t.MinCount,
+			},
+		}
+	}
+	if s := m.SLO; s != nil {
+		out.Slo = &droverv1.SLOPolicy{
+			Action: droverv1.PolicyAction(s.Action), Windows: s.Windows,
+			MaxErrorRate: s.MaxErrorRate, MaxP99: s.MaxP99.proto(), MinRequests: s.MinRequests,
+		}
+	}
+	return out
 }
 
 // fileLine returns the line of the value at path (a chain of mapping
@@ -258,6 +337,10 @@ var deployFileTypes = map[string]struct {
 	typeName[deployRuntime]():      {"runtime", reflect.TypeFor[deployRuntime]()},
 	typeName[deployResources]():    {"resources", reflect.TypeFor[deployResources]()},
 	typeName[deployStrategyFile](): {"strategy", reflect.TypeFor[deployStrategyFile]()},
+	typeName[deployMonitor]():      {"monitor", reflect.TypeFor[deployMonitor]()},
+	typeName[deployDrift]():        {"monitor.drift", reflect.TypeFor[deployDrift]()},
+	typeName[deployThresholds]():   {"monitor.drift.thresholds", reflect.TypeFor[deployThresholds]()},
+	typeName[deploySLO]():          {"monitor.slo", reflect.TypeFor[deploySLO]()},
 }
 
 // deployFileValueTypes says what a value of each Go type is, in the
@@ -268,6 +351,11 @@ var deployFileValueTypes = map[string]string{
 	typeName[deployRuntime]():      "a mapping with type, command, env, ...",
 	typeName[deployResources]():    "a mapping with gpus, mig_profile, memory and cpus",
 	typeName[deployStrategyFile](): "a mapping with canary, max_parallel, ...",
+	typeName[deployMonitor]():      "a mapping with by, webhook, drift and slo",
+	typeName[deployDrift]():        "a mapping with action, windows, thresholds, ...",
+	typeName[deployThresholds]():   "a mapping of drift thresholds (psi_moderate, psi_drifted, ...)",
+	typeName[deploySLO]():          "a mapping with action, windows, max_error_rate, max_p99, ...",
+	typeName[uint64]():             "a whole number, 0 or more",
 	typeName[map[string]string]():  "a mapping of names to values",
 	typeName[[]string]():           "a list",
 	typeName[string]():             "text",

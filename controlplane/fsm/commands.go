@@ -75,6 +75,10 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.CreateVersionCommand) (proto.Message, error) {
 			return value(s.CreateVersion(idx, c.GetMeta(), c.GetRequest()))
 		}),
+	droverv1.CommandType_COMMAND_TYPE_SET_VERSION_REFERENCE: commandOf(state.ActionVersionReference,
+		func(s *state.Store, idx uint64, c *droverv1.SetVersionReferenceCommand) (proto.Message, error) {
+			return nil, s.SetVersionReference(idx, c.GetMeta(), c)
+		}),
 	droverv1.CommandType_COMMAND_TYPE_SET_ALIAS: commandOf(state.ActionAliasSet,
 		func(s *state.Store, idx uint64, c *droverv1.SetAliasCommand) (proto.Message, error) {
 			m, prev, err := s.SetAlias(idx, c.GetMeta(), c.GetModel(), c.GetAlias(), c.GetVersion())

@@ -176,6 +176,21 @@ func TestNormalizeDefaults(t *testing.T) {
 	if in.GetResources().GetGpus() != 1 || in.GetStrategy().GetMaxUnavailablePerSite() != 0 {
 		t.Errorf("Normalize modified its input: %v", in)
 	}
+
+	in = validSpec()
+	in.Monitor = &droverv1.MonitorPolicy{Drift: &droverv1.DriftPolicy{}, Slo: &droverv1.SLOPolicy{MaxErrorRate: 0.1}}
+	s, err = Normalize(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, slo := s.GetMonitor().GetDrift(), s.GetMonitor().GetSlo()
+	if d.GetAction() != droverv1.PolicyAction_POLICY_ACTION_ALERT || d.GetWindows() != DefaultPolicyWindows ||
+		d.GetReferenceWindows() != DefaultReferenceWindows || d.GetThresholds().GetPsiDrifted() != 0.25 || d.GetThresholds().GetMinCount() != 100 {
+		t.Errorf("drift policy defaults: %v", d)
+	}
+	if slo.GetAction() != droverv1.PolicyAction_POLICY_ACTION_ALERT || slo.GetWindows() != DefaultPolicyWindows || slo.GetMinRequests() != DefaultSLOMinRequests {
+		t.Errorf("slo policy defaults: %v", slo)
+	}
 }
 
 func TestNormalizeRefuses(t *testing.T) {
@@ -216,6 +231,15 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"deadline", func(s *droverv1.DeploymentSpec) {
 			s.Strategy = &droverv1.RolloutStrategy{MinHealthyTime: durationpb.New(time.Hour)}
 		}, "no batch could ever finish"},
+		{"monitor cohort", func(s *droverv1.DeploymentSpec) { s.Monitor = &droverv1.MonitorPolicy{By: "colour"} }, `monitor.by: "colour": want site, gpu or label:KEY`},
+		{"monitor webhook", func(s *droverv1.DeploymentSpec) { s.Monitor = &droverv1.MonitorPolicy{Webhook: "ftp://x/y"} }, "want an absolute https:// URL"},
+		{"drift bands", func(s *droverv1.DeploymentSpec) {
+			s.Monitor = &droverv1.MonitorPolicy{Drift: &droverv1.DriftPolicy{Thresholds: &droverv1.DriftThresholds{PsiModerate: 0.5, PsiDrifted: 0.2}}}
+		}, "psi thresholds 0.5 and 0.2"},
+		{"slo checks nothing", func(s *droverv1.DeploymentSpec) { s.Monitor = &droverv1.MonitorPolicy{Slo: &droverv1.SLOPolicy{}} }, "checks nothing"},
+		{"slo error rate", func(s *droverv1.DeploymentSpec) {
+			s.Monitor = &droverv1.MonitorPolicy{Slo: &droverv1.SLOPolicy{MaxErrorRate: 1.5}}
+		}, "not a share of requests"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()

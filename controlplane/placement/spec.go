@@ -100,6 +100,7 @@ func Normalize(spec *droverv1.DeploymentSpec) (*droverv1.DeploymentSpec, error) 
 	checkRuntime(&p, s.Runtime)
 	checkResources(&p, s.Resources, s.Selector.GetHardware())
 	checkStrategy(&p, s.Strategy)
+	checkMonitor(&p, s.Monitor)
 	if err := p.err(s.GetName()); err != nil {
 		return nil, err
 	}

@@ -82,6 +82,41 @@ func (s *Store) DeleteModel(idx uint64, meta *droverv1.CommandMeta, name string)
 	})
 }
 
+// SetVersionReference gives a version that has no reference profile one:
+// the leader's merge of its first canary windows. A reference, once set
+// (from the push or the canary), never changes, so drift is always
+// measured against what the version was first judged by.
+func (s *Store) SetVersionReference(idx uint64, meta *droverv1.CommandMeta, c *droverv1.SetVersionReferenceCommand) error {
+	return s.write(idx, meta, ActionVersionReference, func() (string, map[string]string, error) {
+		name, n := c.GetModel(), c.GetVersion()
+		target := versionTarget(name, n)
+		vs := s.t.versions[name]
+		i := slices.IndexFunc(vs, func(v *droverv1.ModelVersion) bool { return v.GetVersion() == n })
+		if i < 0 {
+			return target, nil, fmt.Errorf("model %q version %d %w", name, n, ErrNotFound)
+		}
+		if vs[i].GetReference() != nil {
+			return target, nil, fmt.Errorf("model %q version %d already has a reference profile (from the %s) and keeps it: %w", name, n, vs[i].GetReferenceSource(), ErrConflict)
+		}
+		if c.GetReference() == nil || c.GetSource() == "" {
+			return target, nil, fmt.Errorf("reference profile is %w: the command carries no profile or no source", ErrInvalid)
+		}
+		v := clone(vs[i])
+		v.Reference = clone(c.GetReference())
+		v.ReferenceSource = c.GetSource()
+		v.ReferenceFeatures = uint32(len(v.GetReference().GetInputs()) + len(v.GetReference().GetOutputs()))
+		v.ModifyIndex = idx
+		if err := validateVersion(v); err != nil {
+			return target, nil, err
+		}
+		// Replaced, not changed in place: readers hold the old one.
+		vs = slices.Clone(vs)
+		vs[i] = v
+		s.t.versions[name] = vs
+		return target, map[string]string{"source": c.GetSource(), "features": strconv.FormatUint(uint64(v.GetReferenceFeatures()), 10)}, nil
+	})
+}
+
 // Where a version's reference profile came from (ModelVersion.reference_source).
 const (
 	ReferenceFromPush   = "push"

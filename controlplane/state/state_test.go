@@ -866,3 +866,30 @@ func FuzzReadSnapshot(f *testing.F) {
 		}
 	})
 }
+
+func TestCanaryReferenceIsSetOnce(t *testing.T) {
+	f := newFixture(t)
+	f.model("resnet")
+	f.version("resnet")
+	ref := referenceProfile(t, "x\n1\n2\n")
+	set := func(v uint64) error {
+		return f.s.SetVersionReference(f.next(), meta("server/s1"), &droverv1.SetVersionReferenceCommand{
+			Model: "resnet", Version: v, Reference: ref, Source: state.ReferenceFromCanary})
+	}
+	if err := set(9); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("reference for a missing version: %v, want not found", err)
+	}
+	if err := set(1); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := f.s.Version("resnet", "1")
+	if !proto.Equal(v.GetReference(), ref) || v.GetReferenceSource() != state.ReferenceFromCanary || v.GetReferenceFeatures() != 1 {
+		t.Fatalf("version after the canary's reference: %v", v)
+	}
+	if ev := lastAudit(t, f.s); ev.GetAction() != state.ActionVersionReference || ev.GetTarget() != "model/resnet/v1" {
+		t.Errorf("audit = %v", ev)
+	}
+	if err := set(1); !errors.Is(err, state.ErrConflict) || !strings.Contains(err.Error(), "keeps it") {
+		t.Fatalf("a second reference: %v, want a conflict", err)
+	}
+}

@@ -155,6 +155,63 @@ func (InstanceState) EnumDescriptor() ([]byte, []int) {
 	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{1}
 }
 
+// PolicyAction is what the leader does when a check fails for the
+// policy's number of consecutive windows.
+type PolicyAction int32
+
+const (
+	PolicyAction_POLICY_ACTION_UNSPECIFIED PolicyAction = 0
+	// Call the webhook (and log, count and audit); change nothing.
+	PolicyAction_POLICY_ACTION_ALERT PolicyAction = 1
+	// Pause the deployment's rollout in progress; alert when none is.
+	PolicyAction_POLICY_ACTION_PAUSE PolicyAction = 2
+	// Roll back to the previous version, as `drover rollout rollback` would.
+	PolicyAction_POLICY_ACTION_ROLLBACK PolicyAction = 3
+)
+
+// Enum value maps for PolicyAction.
+var (
+	PolicyAction_name = map[int32]string{
+		0: "POLICY_ACTION_UNSPECIFIED",
+		1: "POLICY_ACTION_ALERT",
+		2: "POLICY_ACTION_PAUSE",
+		3: "POLICY_ACTION_ROLLBACK",
+	}
+	PolicyAction_value = map[string]int32{
+		"POLICY_ACTION_UNSPECIFIED": 0,
+		"POLICY_ACTION_ALERT":       1,
+		"POLICY_ACTION_PAUSE":       2,
+		"POLICY_ACTION_ROLLBACK":    3,
+	}
+)
+
+func (x PolicyAction) Enum() *PolicyAction {
+	p := new(PolicyAction)
+	*p = x
+	return p
+}
+
+func (x PolicyAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PolicyAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_drover_v1_deploy_proto_enumTypes[2].Descriptor()
+}
+
+func (PolicyAction) Type() protoreflect.EnumType {
+	return &file_drover_v1_deploy_proto_enumTypes[2]
+}
+
+func (x PolicyAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PolicyAction.Descriptor instead.
+func (PolicyAction) EnumDescriptor() ([]byte, []int) {
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{2}
+}
+
 // DeploymentSpec is what an operator writes in a deployment file: which
 // model runs where, how, and how a new version rolls out. The server
 // stores it with every default filled in, so what `deploy show` prints is
@@ -165,11 +222,13 @@ type DeploymentSpec struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// "NAME@ALIAS" or "NAME@VERSION". An alias is resolved at apply and
 	// again whenever it moves; moving it starts a rollout.
-	Model         string           `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
-	Selector      *NodeSelector    `protobuf:"bytes,3,opt,name=selector,proto3" json:"selector,omitempty"`
-	Runtime       *RuntimeSpec     `protobuf:"bytes,4,opt,name=runtime,proto3" json:"runtime,omitempty"`
-	Resources     *Resources       `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
-	Strategy      *RolloutStrategy `protobuf:"bytes,6,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Model     string           `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	Selector  *NodeSelector    `protobuf:"bytes,3,opt,name=selector,proto3" json:"selector,omitempty"`
+	Runtime   *RuntimeSpec     `protobuf:"bytes,4,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Resources *Resources       `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
+	Strategy  *RolloutStrategy `protobuf:"bytes,6,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// What the leader watches in the deployment's telemetry, and does.
+	Monitor       *MonitorPolicy `protobuf:"bytes,7,opt,name=monitor,proto3" json:"monitor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -242,6 +301,13 @@ func (x *DeploymentSpec) GetResources() *Resources {
 func (x *DeploymentSpec) GetStrategy() *RolloutStrategy {
 	if x != nil {
 		return x.Strategy
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetMonitor() *MonitorPolicy {
+	if x != nil {
+		return x.Monitor
 	}
 	return nil
 }
@@ -2331,18 +2397,250 @@ func (x *RolloutActionResponse) GetMeta() *WriteMeta {
 	return nil
 }
 
+// MonitorPolicy says what the leader checks in a deployment's telemetry
+// each window and what it does when a check keeps failing. Every cohort
+// is checked apart, so one drifting site is not hidden by the others.
+type MonitorPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cohorts: "" (the whole deployment), "site", "label:KEY" or "gpu".
+	By    string       `protobuf:"bytes,1,opt,name=by,proto3" json:"by,omitempty"`
+	Drift *DriftPolicy `protobuf:"bytes,2,opt,name=drift,proto3" json:"drift,omitempty"`
+	Slo   *SLOPolicy   `protobuf:"bytes,3,opt,name=slo,proto3" json:"slo,omitempty"`
+	// Where alerts go: an https URL called with a JSON body signed with
+	// the cluster's key (header Drover-Signature), retried with backoff.
+	Webhook       string `protobuf:"bytes,4,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MonitorPolicy) Reset() {
+	*x = MonitorPolicy{}
+	mi := &file_drover_v1_deploy_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MonitorPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MonitorPolicy) ProtoMessage() {}
+
+func (x *MonitorPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_deploy_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MonitorPolicy.ProtoReflect.Descriptor instead.
+func (*MonitorPolicy) Descriptor() ([]byte, []int) {
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MonitorPolicy) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *MonitorPolicy) GetDrift() *DriftPolicy {
+	if x != nil {
+		return x.Drift
+	}
+	return nil
+}
+
+func (x *MonitorPolicy) GetSlo() *SLOPolicy {
+	if x != nil {
+		return x.Slo
+	}
+	return nil
+}
+
+func (x *MonitorPolicy) GetWebhook() string {
+	if x != nil {
+		return x.Webhook
+	}
+	return ""
+}
+
+// DriftPolicy acts on a model-level drift verdict.
+type DriftPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset bands take the defaults.
+	Thresholds *DriftThresholds `protobuf:"bytes,1,opt,name=thresholds,proto3" json:"thresholds,omitempty"`
+	// Consecutive drifted windows of one cohort before acting (default 3).
+	// Windows with too few values to judge neither count nor reset.
+	Windows uint32       `protobuf:"varint,2,opt,name=windows,proto3" json:"windows,omitempty"`
+	Action  PolicyAction `protobuf:"varint,3,opt,name=action,proto3,enum=drover.v1.PolicyAction" json:"action,omitempty"`
+	// Without a reference from the push, the version's first this many
+	// canary windows become its reference (default 5).
+	ReferenceWindows uint32 `protobuf:"varint,4,opt,name=reference_windows,json=referenceWindows,proto3" json:"reference_windows,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DriftPolicy) Reset() {
+	*x = DriftPolicy{}
+	mi := &file_drover_v1_deploy_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DriftPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DriftPolicy) ProtoMessage() {}
+
+func (x *DriftPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_deploy_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DriftPolicy.ProtoReflect.Descriptor instead.
+func (*DriftPolicy) Descriptor() ([]byte, []int) {
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DriftPolicy) GetThresholds() *DriftThresholds {
+	if x != nil {
+		return x.Thresholds
+	}
+	return nil
+}
+
+func (x *DriftPolicy) GetWindows() uint32 {
+	if x != nil {
+		return x.Windows
+	}
+	return 0
+}
+
+func (x *DriftPolicy) GetAction() PolicyAction {
+	if x != nil {
+		return x.Action
+	}
+	return PolicyAction_POLICY_ACTION_UNSPECIFIED
+}
+
+func (x *DriftPolicy) GetReferenceWindows() uint32 {
+	if x != nil {
+		return x.ReferenceWindows
+	}
+	return 0
+}
+
+// SLOPolicy acts on errors and latency.
+type SLOPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A window breaches when more than this share of its requests failed;
+	// 0 for no error check.
+	MaxErrorRate float64 `protobuf:"fixed64,1,opt,name=max_error_rate,json=maxErrorRate,proto3" json:"max_error_rate,omitempty"`
+	// A window breaches when its p99 latency is above this; unset for no
+	// latency check.
+	MaxP99 *durationpb.Duration `protobuf:"bytes,2,opt,name=max_p99,json=maxP99,proto3" json:"max_p99,omitempty"`
+	// Consecutive breaching windows of one cohort before acting (default 3).
+	Windows uint32       `protobuf:"varint,3,opt,name=windows,proto3" json:"windows,omitempty"`
+	Action  PolicyAction `protobuf:"varint,4,opt,name=action,proto3,enum=drover.v1.PolicyAction" json:"action,omitempty"`
+	// Windows with fewer requests are not judged (default 20).
+	MinRequests   uint64 `protobuf:"varint,5,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SLOPolicy) Reset() {
+	*x = SLOPolicy{}
+	mi := &file_drover_v1_deploy_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SLOPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SLOPolicy) ProtoMessage() {}
+
+func (x *SLOPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_deploy_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SLOPolicy.ProtoReflect.Descriptor instead.
+func (*SLOPolicy) Descriptor() ([]byte, []int) {
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SLOPolicy) GetMaxErrorRate() float64 {
+	if x != nil {
+		return x.MaxErrorRate
+	}
+	return 0
+}
+
+func (x *SLOPolicy) GetMaxP99() *durationpb.Duration {
+	if x != nil {
+		return x.MaxP99
+	}
+	return nil
+}
+
+func (x *SLOPolicy) GetWindows() uint32 {
+	if x != nil {
+		return x.Windows
+	}
+	return 0
+}
+
+func (x *SLOPolicy) GetAction() PolicyAction {
+	if x != nil {
+		return x.Action
+	}
+	return PolicyAction_POLICY_ACTION_UNSPECIFIED
+}
+
+func (x *SLOPolicy) GetMinRequests() uint64 {
+	if x != nil {
+		return x.MinRequests
+	}
+	return 0
+}
+
 var File_drover_v1_deploy_proto protoreflect.FileDescriptor
 
 const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\n" +
-	"\x16drover/v1/deploy.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n" +
+	"\x16drover/v1/deploy.proto\x12\tdrover.v1\x1a\x16drover/v1/common.proto\x1a\x15drover/v1/drift.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x02\n" +
 	"\x0eDeploymentSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x123\n" +
 	"\bselector\x18\x03 \x01(\v2\x17.drover.v1.NodeSelectorR\bselector\x120\n" +
 	"\aruntime\x18\x04 \x01(\v2\x16.drover.v1.RuntimeSpecR\aruntime\x122\n" +
 	"\tresources\x18\x05 \x01(\v2\x14.drover.v1.ResourcesR\tresources\x126\n" +
-	"\bstrategy\x18\x06 \x01(\v2\x1a.drover.v1.RolloutStrategyR\bstrategy\"\xd8\x01\n" +
+	"\bstrategy\x18\x06 \x01(\v2\x1a.drover.v1.RolloutStrategyR\bstrategy\x122\n" +
+	"\amonitor\x18\a \x01(\v2\x18.drover.v1.MonitorPolicyR\amonitor\"\xd8\x01\n" +
 	"\fNodeSelector\x12;\n" +
 	"\x06labels\x18\x01 \x03(\v2#.drover.v1.NodeSelector.LabelsEntryR\x06labels\x12\x14\n" +
 	"\x05sites\x18\x02 \x03(\tR\x05sites\x12:\n" +
@@ -2542,7 +2840,25 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"o\n" +
 	"\x15RolloutActionResponse\x12,\n" +
 	"\arollout\x18\x01 \x01(\v2\x12.drover.v1.RolloutR\arollout\x12(\n" +
-	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta*\xe1\x01\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"\x8f\x01\n" +
+	"\rMonitorPolicy\x12\x0e\n" +
+	"\x02by\x18\x01 \x01(\tR\x02by\x12,\n" +
+	"\x05drift\x18\x02 \x01(\v2\x16.drover.v1.DriftPolicyR\x05drift\x12&\n" +
+	"\x03slo\x18\x03 \x01(\v2\x14.drover.v1.SLOPolicyR\x03slo\x12\x18\n" +
+	"\awebhook\x18\x04 \x01(\tR\awebhook\"\xc1\x01\n" +
+	"\vDriftPolicy\x12:\n" +
+	"\n" +
+	"thresholds\x18\x01 \x01(\v2\x1a.drover.v1.DriftThresholdsR\n" +
+	"thresholds\x12\x18\n" +
+	"\awindows\x18\x02 \x01(\rR\awindows\x12/\n" +
+	"\x06action\x18\x03 \x01(\x0e2\x17.drover.v1.PolicyActionR\x06action\x12+\n" +
+	"\x11reference_windows\x18\x04 \x01(\rR\x10referenceWindows\"\xd3\x01\n" +
+	"\tSLOPolicy\x12$\n" +
+	"\x0emax_error_rate\x18\x01 \x01(\x01R\fmaxErrorRate\x122\n" +
+	"\amax_p99\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxP99\x12\x18\n" +
+	"\awindows\x18\x03 \x01(\rR\awindows\x12/\n" +
+	"\x06action\x18\x04 \x01(\x0e2\x17.drover.v1.PolicyActionR\x06action\x12!\n" +
+	"\fmin_requests\x18\x05 \x01(\x04R\vminRequests*\xe1\x01\n" +
 	"\fRolloutState\x12\x1d\n" +
 	"\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ROLLOUT_STATE_PROGRESSING\x10\x01\x12\x18\n" +
@@ -2559,7 +2875,12 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\x18INSTANCE_STATE_UNHEALTHY\x10\x04\x12\x1d\n" +
 	"\x19INSTANCE_STATE_CRASH_LOOP\x10\x05\x12\x19\n" +
 	"\x15INSTANCE_STATE_FAILED\x10\x06\x12\x1a\n" +
-	"\x16INSTANCE_STATE_STOPPED\x10\a2\xde\x03\n" +
+	"\x16INSTANCE_STATE_STOPPED\x10\a*{\n" +
+	"\fPolicyAction\x12\x1d\n" +
+	"\x19POLICY_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13POLICY_ACTION_ALERT\x10\x01\x12\x17\n" +
+	"\x13POLICY_ACTION_PAUSE\x10\x02\x12\x1a\n" +
+	"\x16POLICY_ACTION_ROLLBACK\x10\x032\xde\x03\n" +
 	"\x11DeploymentService\x12X\n" +
 	"\x0fApplyDeployment\x12!.drover.v1.ApplyDeploymentRequest\x1a\".drover.v1.ApplyDeploymentResponse\x12Z\n" +
 	"\x0ePlanDeployment\x12 .drover.v1.PlanDeploymentRequest\x1a!.drover.v1.PlanDeploymentResponse\"\x03\x90\x02\x01\x12]\n" +
@@ -2587,133 +2908,145 @@ func file_drover_v1_deploy_proto_rawDescGZIP() []byte {
 	return file_drover_v1_deploy_proto_rawDescData
 }
 
-var file_drover_v1_deploy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_drover_v1_deploy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_drover_v1_deploy_proto_goTypes = []any{
 	(RolloutState)(0),                // 0: drover.v1.RolloutState
 	(InstanceState)(0),               // 1: drover.v1.InstanceState
-	(*DeploymentSpec)(nil),           // 2: drover.v1.DeploymentSpec
-	(*NodeSelector)(nil),             // 3: drover.v1.NodeSelector
-	(*HardwareConstraints)(nil),      // 4: drover.v1.HardwareConstraints
-	(*RuntimeSpec)(nil),              // 5: drover.v1.RuntimeSpec
-	(*Resources)(nil),                // 6: drover.v1.Resources
-	(*RolloutStrategy)(nil),          // 7: drover.v1.RolloutStrategy
-	(*Deployment)(nil),               // 8: drover.v1.Deployment
-	(*RolloutBatch)(nil),             // 9: drover.v1.RolloutBatch
-	(*Rollout)(nil),                  // 10: drover.v1.Rollout
-	(*Assignment)(nil),               // 11: drover.v1.Assignment
-	(*InstanceStatus)(nil),           // 12: drover.v1.InstanceStatus
-	(*ApplyDeploymentRequest)(nil),   // 13: drover.v1.ApplyDeploymentRequest
-	(*ApplyDeploymentResponse)(nil),  // 14: drover.v1.ApplyDeploymentResponse
-	(*PlanDeploymentRequest)(nil),    // 15: drover.v1.PlanDeploymentRequest
-	(*NodeMatch)(nil),                // 16: drover.v1.NodeMatch
-	(*PlanDeploymentResponse)(nil),   // 17: drover.v1.PlanDeploymentResponse
-	(*ListDeploymentsRequest)(nil),   // 18: drover.v1.ListDeploymentsRequest
-	(*ListDeploymentsResponse)(nil),  // 19: drover.v1.ListDeploymentsResponse
-	(*GetDeploymentRequest)(nil),     // 20: drover.v1.GetDeploymentRequest
-	(*GetDeploymentResponse)(nil),    // 21: drover.v1.GetDeploymentResponse
-	(*DeploymentNode)(nil),           // 22: drover.v1.DeploymentNode
-	(*DeleteDeploymentRequest)(nil),  // 23: drover.v1.DeleteDeploymentRequest
-	(*DeleteDeploymentResponse)(nil), // 24: drover.v1.DeleteDeploymentResponse
-	(*GetRolloutRequest)(nil),        // 25: drover.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 26: drover.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 27: drover.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 28: drover.v1.ListRolloutsResponse
-	(*RolloutActionRequest)(nil),     // 29: drover.v1.RolloutActionRequest
-	(*RolloutActionResponse)(nil),    // 30: drover.v1.RolloutActionResponse
-	nil,                              // 31: drover.v1.NodeSelector.LabelsEntry
-	nil,                              // 32: drover.v1.RuntimeSpec.EnvEntry
-	nil,                              // 33: drover.v1.ListDeploymentsResponse.RolloutsEntry
-	nil,                              // 34: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
-	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 37: drover.v1.WriteMeta
-	(*QueryOptions)(nil),             // 38: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 39: drover.v1.QueryMeta
+	(PolicyAction)(0),                // 2: drover.v1.PolicyAction
+	(*DeploymentSpec)(nil),           // 3: drover.v1.DeploymentSpec
+	(*NodeSelector)(nil),             // 4: drover.v1.NodeSelector
+	(*HardwareConstraints)(nil),      // 5: drover.v1.HardwareConstraints
+	(*RuntimeSpec)(nil),              // 6: drover.v1.RuntimeSpec
+	(*Resources)(nil),                // 7: drover.v1.Resources
+	(*RolloutStrategy)(nil),          // 8: drover.v1.RolloutStrategy
+	(*Deployment)(nil),               // 9: drover.v1.Deployment
+	(*RolloutBatch)(nil),             // 10: drover.v1.RolloutBatch
+	(*Rollout)(nil),                  // 11: drover.v1.Rollout
+	(*Assignment)(nil),               // 12: drover.v1.Assignment
+	(*InstanceStatus)(nil),           // 13: drover.v1.InstanceStatus
+	(*ApplyDeploymentRequest)(nil),   // 14: drover.v1.ApplyDeploymentRequest
+	(*ApplyDeploymentResponse)(nil),  // 15: drover.v1.ApplyDeploymentResponse
+	(*PlanDeploymentRequest)(nil),    // 16: drover.v1.PlanDeploymentRequest
+	(*NodeMatch)(nil),                // 17: drover.v1.NodeMatch
+	(*PlanDeploymentResponse)(nil),   // 18: drover.v1.PlanDeploymentResponse
+	(*ListDeploymentsRequest)(nil),   // 19: drover.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),  // 20: drover.v1.ListDeploymentsResponse
+	(*GetDeploymentRequest)(nil),     // 21: drover.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),    // 22: drover.v1.GetDeploymentResponse
+	(*DeploymentNode)(nil),           // 23: drover.v1.DeploymentNode
+	(*DeleteDeploymentRequest)(nil),  // 24: drover.v1.DeleteDeploymentRequest
+	(*DeleteDeploymentResponse)(nil), // 25: drover.v1.DeleteDeploymentResponse
+	(*GetRolloutRequest)(nil),        // 26: drover.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 27: drover.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 28: drover.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 29: drover.v1.ListRolloutsResponse
+	(*RolloutActionRequest)(nil),     // 30: drover.v1.RolloutActionRequest
+	(*RolloutActionResponse)(nil),    // 31: drover.v1.RolloutActionResponse
+	(*MonitorPolicy)(nil),            // 32: drover.v1.MonitorPolicy
+	(*DriftPolicy)(nil),              // 33: drover.v1.DriftPolicy
+	(*SLOPolicy)(nil),                // 34: drover.v1.SLOPolicy
+	nil,                              // 35: drover.v1.NodeSelector.LabelsEntry
+	nil,                              // 36: drover.v1.RuntimeSpec.EnvEntry
+	nil,                              // 37: drover.v1.ListDeploymentsResponse.RolloutsEntry
+	nil,                              // 38: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	(*durationpb.Duration)(nil),      // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 40: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 41: drover.v1.WriteMeta
+	(*QueryOptions)(nil),             // 42: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 43: drover.v1.QueryMeta
+	(*DriftThresholds)(nil),          // 44: drover.v1.DriftThresholds
 }
 var file_drover_v1_deploy_proto_depIdxs = []int32{
-	3,  // 0: drover.v1.DeploymentSpec.selector:type_name -> drover.v1.NodeSelector
-	5,  // 1: drover.v1.DeploymentSpec.runtime:type_name -> drover.v1.RuntimeSpec
-	6,  // 2: drover.v1.DeploymentSpec.resources:type_name -> drover.v1.Resources
-	7,  // 3: drover.v1.DeploymentSpec.strategy:type_name -> drover.v1.RolloutStrategy
-	31, // 4: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
-	4,  // 5: drover.v1.NodeSelector.hardware:type_name -> drover.v1.HardwareConstraints
-	32, // 6: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
-	35, // 7: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
-	35, // 8: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
-	35, // 9: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	2,  // 10: drover.v1.Deployment.spec:type_name -> drover.v1.DeploymentSpec
-	36, // 11: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
-	36, // 12: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
-	36, // 13: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
-	36, // 14: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
-	0,  // 15: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
-	9,  // 16: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
-	36, // 17: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	36, // 18: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 19: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
-	6,  // 20: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
-	1,  // 21: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
-	36, // 22: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
-	2,  // 23: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
-	8,  // 24: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	10, // 25: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	37, // 26: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	2,  // 27: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
-	2,  // 28: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
-	16, // 29: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
-	9,  // 30: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
-	8,  // 31: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
-	38, // 32: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
-	8,  // 33: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
-	33, // 34: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
-	39, // 35: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
-	34, // 36: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
-	38, // 37: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
-	8,  // 38: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	10, // 39: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	22, // 40: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
-	39, // 41: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
-	11, // 42: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
-	12, // 43: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
-	37, // 44: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	38, // 45: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
-	10, // 46: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
-	22, // 47: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
-	39, // 48: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
-	38, // 49: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
-	10, // 50: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
-	39, // 51: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
-	10, // 52: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
-	37, // 53: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
-	10, // 54: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
-	13, // 55: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
-	15, // 56: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
-	18, // 57: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
-	20, // 58: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
-	23, // 59: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
-	25, // 60: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	27, // 61: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
-	29, // 62: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 63: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 64: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 65: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
-	14, // 66: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
-	17, // 67: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
-	19, // 68: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
-	21, // 69: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
-	24, // 70: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
-	26, // 71: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	28, // 72: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
-	30, // 73: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 74: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 75: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 76: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
-	66, // [66:77] is the sub-list for method output_type
-	55, // [55:66] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	4,  // 0: drover.v1.DeploymentSpec.selector:type_name -> drover.v1.NodeSelector
+	6,  // 1: drover.v1.DeploymentSpec.runtime:type_name -> drover.v1.RuntimeSpec
+	7,  // 2: drover.v1.DeploymentSpec.resources:type_name -> drover.v1.Resources
+	8,  // 3: drover.v1.DeploymentSpec.strategy:type_name -> drover.v1.RolloutStrategy
+	32, // 4: drover.v1.DeploymentSpec.monitor:type_name -> drover.v1.MonitorPolicy
+	35, // 5: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
+	5,  // 6: drover.v1.NodeSelector.hardware:type_name -> drover.v1.HardwareConstraints
+	36, // 7: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
+	39, // 8: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
+	39, // 9: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
+	39, // 10: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	3,  // 11: drover.v1.Deployment.spec:type_name -> drover.v1.DeploymentSpec
+	40, // 12: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
+	40, // 13: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
+	40, // 14: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
+	40, // 15: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
+	0,  // 16: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
+	10, // 17: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
+	40, // 18: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	40, // 19: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	6,  // 20: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
+	7,  // 21: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
+	1,  // 22: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
+	40, // 23: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	3,  // 24: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
+	9,  // 25: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	11, // 26: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	41, // 27: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	3,  // 28: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
+	3,  // 29: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
+	17, // 30: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
+	10, // 31: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
+	9,  // 32: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
+	42, // 33: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
+	9,  // 34: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
+	37, // 35: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
+	43, // 36: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
+	38, // 37: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	42, // 38: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
+	9,  // 39: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	11, // 40: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	23, // 41: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
+	43, // 42: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
+	12, // 43: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
+	13, // 44: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
+	41, // 45: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	42, // 46: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
+	11, // 47: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
+	23, // 48: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
+	43, // 49: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
+	42, // 50: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
+	11, // 51: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
+	43, // 52: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
+	11, // 53: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
+	41, // 54: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 55: drover.v1.MonitorPolicy.drift:type_name -> drover.v1.DriftPolicy
+	34, // 56: drover.v1.MonitorPolicy.slo:type_name -> drover.v1.SLOPolicy
+	44, // 57: drover.v1.DriftPolicy.thresholds:type_name -> drover.v1.DriftThresholds
+	2,  // 58: drover.v1.DriftPolicy.action:type_name -> drover.v1.PolicyAction
+	39, // 59: drover.v1.SLOPolicy.max_p99:type_name -> google.protobuf.Duration
+	2,  // 60: drover.v1.SLOPolicy.action:type_name -> drover.v1.PolicyAction
+	11, // 61: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
+	14, // 62: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
+	16, // 63: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
+	19, // 64: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
+	21, // 65: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
+	24, // 66: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
+	26, // 67: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	28, // 68: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
+	30, // 69: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
+	30, // 70: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
+	30, // 71: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
+	30, // 72: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
+	15, // 73: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
+	18, // 74: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
+	20, // 75: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
+	22, // 76: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
+	25, // 77: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
+	27, // 78: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	29, // 79: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
+	31, // 80: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
+	31, // 81: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
+	31, // 82: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
+	31, // 83: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
+	73, // [73:84] is the sub-list for method output_type
+	62, // [62:73] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_deploy_proto_init() }
@@ -2722,14 +3055,15 @@ func file_drover_v1_deploy_proto_init() {
 		return
 	}
 	file_drover_v1_common_proto_init()
+	file_drover_v1_drift_proto_init()
 	file_drover_v1_deploy_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_deploy_proto_rawDesc), len(file_drover_v1_deploy_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   33,
+			NumEnums:      3,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -60,6 +60,8 @@ const (
 	CommandType_COMMAND_TYPE_START_ROLLBACK            CommandType = 30
 	CommandType_COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES   CommandType = 31
 	CommandType_COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES CommandType = 32
+	// 33-39 are left to node health commands.
+	CommandType_COMMAND_TYPE_SET_VERSION_REFERENCE CommandType = 40
 )
 
 // Enum value maps for CommandType.
@@ -98,6 +100,7 @@ var (
 		30: "COMMAND_TYPE_START_ROLLBACK",
 		31: "COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES",
 		32: "COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES",
+		40: "COMMAND_TYPE_SET_VERSION_REFERENCE",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":               0,
@@ -133,6 +136,7 @@ var (
 		"COMMAND_TYPE_START_ROLLBACK":            30,
 		"COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES":   31,
 		"COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES": 32,
+		"COMMAND_TYPE_SET_VERSION_REFERENCE":     40,
 	}
 )
 
@@ -2190,11 +2194,91 @@ func (x *ModelVersionMark) GetVersion() uint64 {
 	return 0
 }
 
+// SetVersionReferenceCommand gives a version that has none a reference
+// profile: the leader's merge of the version's first canary windows. A
+// version's reference never changes once set.
+type SetVersionReferenceCommand struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Meta      *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	Model     string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	Version   uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Reference *Profile               `protobuf:"bytes,4,opt,name=reference,proto3" json:"reference,omitempty"`
+	// "canary".
+	Source        string `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetVersionReferenceCommand) Reset() {
+	*x = SetVersionReferenceCommand{}
+	mi := &file_drover_v1_raft_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetVersionReferenceCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetVersionReferenceCommand) ProtoMessage() {}
+
+func (x *SetVersionReferenceCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetVersionReferenceCommand.ProtoReflect.Descriptor instead.
+func (*SetVersionReferenceCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SetVersionReferenceCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *SetVersionReferenceCommand) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SetVersionReferenceCommand) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SetVersionReferenceCommand) GetReference() *Profile {
+	if x != nil {
+		return x.Reference
+	}
+	return nil
+}
+
+func (x *SetVersionReferenceCommand) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 var File_drover_v1_raft_proto protoreflect.FileDescriptor
 
 const file_drover_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x16drover/v1/deploy.proto\x1a\x13drover/v1/key.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
+	"\x14drover/v1/raft.proto\x12\tdrover.v1\x1a\x13drover/v1/acl.proto\x1a\x15drover/v1/audit.proto\x1a\x17drover/v1/cluster.proto\x1a\x16drover/v1/deploy.proto\x1a\x13drover/v1/key.proto\x1a\x14drover/v1/node.proto\x1a\x18drover/v1/registry.proto\x1a\x19drover/v1/telemetry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
 	"\vCommandMeta\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x1d\n" +
@@ -2361,7 +2445,13 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\xf9\b\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\xc2\x01\n" +
+	"\x1aSetVersionReferenceCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x120\n" +
+	"\treference\x18\x04 \x01(\v2\x12.drover.v1.ProfileR\treference\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source*\xa1\t\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -2396,7 +2486,8 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1eCOMMAND_TYPE_SET_ROLLOUT_STATE\x10\x1d\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_START_ROLLBACK\x10\x1e\x12(\n" +
 	"$COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES\x10\x1f\x12*\n" +
-	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 \x12&\n" +
+	"\"COMMAND_TYPE_SET_VERSION_REFERENCE\x10(B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
@@ -2411,7 +2502,7 @@ func file_drover_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_drover_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_drover_v1_raft_proto_goTypes = []any{
 	(CommandType)(0),                       // 0: drover.v1.CommandType
 	(*CommandMeta)(nil),                    // 1: drover.v1.CommandMeta
@@ -2443,84 +2534,88 @@ var file_drover_v1_raft_proto_goTypes = []any{
 	(*SnapshotHeader)(nil),                 // 27: drover.v1.SnapshotHeader
 	(*SnapshotRecord)(nil),                 // 28: drover.v1.SnapshotRecord
 	(*ModelVersionMark)(nil),               // 29: drover.v1.ModelVersionMark
-	(*timestamppb.Timestamp)(nil),          // 30: google.protobuf.Timestamp
-	(*ACLToken)(nil),                       // 31: drover.v1.ACLToken
-	(*ACLPolicy)(nil),                      // 32: drover.v1.ACLPolicy
-	(*AccessDenial)(nil),                   // 33: drover.v1.AccessDenial
-	(*SigningKey)(nil),                     // 34: drover.v1.SigningKey
-	(*CreateModelRequest)(nil),             // 35: drover.v1.CreateModelRequest
-	(*CreateVersionRequest)(nil),           // 36: drover.v1.CreateVersionRequest
-	(*DeploymentSpec)(nil),                 // 37: drover.v1.DeploymentSpec
-	(RolloutState)(0),                      // 38: drover.v1.RolloutState
-	(*Assignment)(nil),                     // 39: drover.v1.Assignment
-	(*Model)(nil),                          // 40: drover.v1.Model
-	(*ModelVersion)(nil),                   // 41: drover.v1.ModelVersion
-	(*AuditEvent)(nil),                     // 42: drover.v1.AuditEvent
-	(*JoinToken)(nil),                      // 43: drover.v1.JoinToken
-	(*Node)(nil),                           // 44: drover.v1.Node
-	(*Deployment)(nil),                     // 45: drover.v1.Deployment
-	(*Rollout)(nil),                        // 46: drover.v1.Rollout
+	(*SetVersionReferenceCommand)(nil),     // 30: drover.v1.SetVersionReferenceCommand
+	(*timestamppb.Timestamp)(nil),          // 31: google.protobuf.Timestamp
+	(*ACLToken)(nil),                       // 32: drover.v1.ACLToken
+	(*ACLPolicy)(nil),                      // 33: drover.v1.ACLPolicy
+	(*AccessDenial)(nil),                   // 34: drover.v1.AccessDenial
+	(*SigningKey)(nil),                     // 35: drover.v1.SigningKey
+	(*CreateModelRequest)(nil),             // 36: drover.v1.CreateModelRequest
+	(*CreateVersionRequest)(nil),           // 37: drover.v1.CreateVersionRequest
+	(*DeploymentSpec)(nil),                 // 38: drover.v1.DeploymentSpec
+	(RolloutState)(0),                      // 39: drover.v1.RolloutState
+	(*Assignment)(nil),                     // 40: drover.v1.Assignment
+	(*Model)(nil),                          // 41: drover.v1.Model
+	(*ModelVersion)(nil),                   // 42: drover.v1.ModelVersion
+	(*AuditEvent)(nil),                     // 43: drover.v1.AuditEvent
+	(*JoinToken)(nil),                      // 44: drover.v1.JoinToken
+	(*Node)(nil),                           // 45: drover.v1.Node
+	(*Deployment)(nil),                     // 46: drover.v1.Deployment
+	(*Rollout)(nil),                        // 47: drover.v1.Rollout
+	(*Profile)(nil),                        // 48: drover.v1.Profile
 }
 var file_drover_v1_raft_proto_depIdxs = []int32{
-	30, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
+	31, // 0: drover.v1.CommandMeta.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: drover.v1.InitClusterCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 2: drover.v1.BootstrapACLCommand.meta:type_name -> drover.v1.CommandMeta
-	31, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
+	32, // 3: drover.v1.BootstrapACLCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 4: drover.v1.ApplyACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
-	32, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
+	33, // 5: drover.v1.ApplyACLPolicyCommand.policy:type_name -> drover.v1.ACLPolicy
 	1,  // 6: drover.v1.DeleteACLPolicyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 7: drover.v1.CreateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	31, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
+	32, // 8: drover.v1.CreateACLTokenCommand.token:type_name -> drover.v1.ACLToken
 	1,  // 9: drover.v1.RevokeACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 10: drover.v1.RotateACLTokenCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 11: drover.v1.RecordDenialsCommand.meta:type_name -> drover.v1.CommandMeta
-	33, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
+	34, // 12: drover.v1.RecordDenialsCommand.denials:type_name -> drover.v1.AccessDenial
 	1,  // 13: drover.v1.RegisterSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
-	34, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
+	35, // 14: drover.v1.RegisterSigningKeyCommand.key:type_name -> drover.v1.SigningKey
 	1,  // 15: drover.v1.RevokeSigningKeyCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 16: drover.v1.CreateModelCommand.meta:type_name -> drover.v1.CommandMeta
-	35, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
+	36, // 17: drover.v1.CreateModelCommand.request:type_name -> drover.v1.CreateModelRequest
 	1,  // 18: drover.v1.DeleteModelCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 19: drover.v1.CreateVersionCommand.meta:type_name -> drover.v1.CommandMeta
-	36, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
+	37, // 20: drover.v1.CreateVersionCommand.request:type_name -> drover.v1.CreateVersionRequest
 	1,  // 21: drover.v1.SetAliasCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 22: drover.v1.DeleteAliasCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 23: drover.v1.ApplyDeploymentCommand.meta:type_name -> drover.v1.CommandMeta
-	37, // 24: drover.v1.ApplyDeploymentCommand.spec:type_name -> drover.v1.DeploymentSpec
+	38, // 24: drover.v1.ApplyDeploymentCommand.spec:type_name -> drover.v1.DeploymentSpec
 	1,  // 25: drover.v1.DeleteDeploymentCommand.meta:type_name -> drover.v1.CommandMeta
 	1,  // 26: drover.v1.StartRolloutBatchCommand.meta:type_name -> drover.v1.CommandMeta
-	30, // 27: drover.v1.StartRolloutBatchCommand.time:type_name -> google.protobuf.Timestamp
+	31, // 27: drover.v1.StartRolloutBatchCommand.time:type_name -> google.protobuf.Timestamp
 	1,  // 28: drover.v1.FinishRolloutBatchCommand.meta:type_name -> drover.v1.CommandMeta
-	30, // 29: drover.v1.FinishRolloutBatchCommand.time:type_name -> google.protobuf.Timestamp
+	31, // 29: drover.v1.FinishRolloutBatchCommand.time:type_name -> google.protobuf.Timestamp
 	1,  // 30: drover.v1.SetRolloutStateCommand.meta:type_name -> drover.v1.CommandMeta
-	38, // 31: drover.v1.SetRolloutStateCommand.from:type_name -> drover.v1.RolloutState
-	38, // 32: drover.v1.SetRolloutStateCommand.to:type_name -> drover.v1.RolloutState
-	30, // 33: drover.v1.SetRolloutStateCommand.time:type_name -> google.protobuf.Timestamp
+	39, // 31: drover.v1.SetRolloutStateCommand.from:type_name -> drover.v1.RolloutState
+	39, // 32: drover.v1.SetRolloutStateCommand.to:type_name -> drover.v1.RolloutState
+	31, // 33: drover.v1.SetRolloutStateCommand.time:type_name -> google.protobuf.Timestamp
 	1,  // 34: drover.v1.StartRollbackCommand.meta:type_name -> drover.v1.CommandMeta
-	30, // 35: drover.v1.StartRollbackCommand.time:type_name -> google.protobuf.Timestamp
+	31, // 35: drover.v1.StartRollbackCommand.time:type_name -> google.protobuf.Timestamp
 	1,  // 36: drover.v1.AssignDeploymentNodesCommand.meta:type_name -> drover.v1.CommandMeta
-	30, // 37: drover.v1.AssignDeploymentNodesCommand.time:type_name -> google.protobuf.Timestamp
+	31, // 37: drover.v1.AssignDeploymentNodesCommand.time:type_name -> google.protobuf.Timestamp
 	1,  // 38: drover.v1.UnassignDeploymentNodesCommand.meta:type_name -> drover.v1.CommandMeta
-	39, // 39: drover.v1.NodeAssignment.assignment:type_name -> drover.v1.Assignment
-	30, // 40: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
+	40, // 39: drover.v1.NodeAssignment.assignment:type_name -> drover.v1.Assignment
+	31, // 40: drover.v1.ClusterMeta.create_time:type_name -> google.protobuf.Timestamp
 	26, // 41: drover.v1.SnapshotHeader.cluster:type_name -> drover.v1.ClusterMeta
-	40, // 42: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
-	41, // 43: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
-	42, // 44: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
-	31, // 45: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
-	43, // 46: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
-	44, // 47: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
+	41, // 42: drover.v1.SnapshotRecord.model:type_name -> drover.v1.Model
+	42, // 43: drover.v1.SnapshotRecord.version:type_name -> drover.v1.ModelVersion
+	43, // 44: drover.v1.SnapshotRecord.audit:type_name -> drover.v1.AuditEvent
+	32, // 45: drover.v1.SnapshotRecord.token:type_name -> drover.v1.ACLToken
+	44, // 46: drover.v1.SnapshotRecord.join_token:type_name -> drover.v1.JoinToken
+	45, // 47: drover.v1.SnapshotRecord.node:type_name -> drover.v1.Node
 	29, // 48: drover.v1.SnapshotRecord.version_mark:type_name -> drover.v1.ModelVersionMark
-	32, // 49: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
-	34, // 50: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
-	45, // 51: drover.v1.SnapshotRecord.deployment:type_name -> drover.v1.Deployment
-	46, // 52: drover.v1.SnapshotRecord.rollout:type_name -> drover.v1.Rollout
+	33, // 49: drover.v1.SnapshotRecord.policy:type_name -> drover.v1.ACLPolicy
+	35, // 50: drover.v1.SnapshotRecord.signing_key:type_name -> drover.v1.SigningKey
+	46, // 51: drover.v1.SnapshotRecord.deployment:type_name -> drover.v1.Deployment
+	47, // 52: drover.v1.SnapshotRecord.rollout:type_name -> drover.v1.Rollout
 	25, // 53: drover.v1.SnapshotRecord.assignment:type_name -> drover.v1.NodeAssignment
-	54, // [54:54] is the sub-list for method output_type
-	54, // [54:54] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	1,  // 54: drover.v1.SetVersionReferenceCommand.meta:type_name -> drover.v1.CommandMeta
+	48, // 55: drover.v1.SetVersionReferenceCommand.reference:type_name -> drover.v1.Profile
+	56, // [56:56] is the sub-list for method output_type
+	56, // [56:56] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_proto_init() }
@@ -2535,6 +2630,7 @@ func file_drover_v1_raft_proto_init() {
 	file_drover_v1_key_proto_init()
 	file_drover_v1_node_proto_init()
 	file_drover_v1_registry_proto_init()
+	file_drover_v1_telemetry_proto_init()
 	file_drover_v1_raft_proto_msgTypes[16].OneofWrappers = []any{}
 	file_drover_v1_raft_proto_msgTypes[27].OneofWrappers = []any{
 		(*SnapshotRecord_Model)(nil),
@@ -2556,7 +2652,7 @@ func file_drover_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_proto_rawDesc), len(file_drover_v1_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
