@@ -66,6 +66,14 @@ func (k SigningKey) Public() ed25519.PublicKey {
 // ID returns the id of the key's public half.
 func (k SigningKey) ID() KeyID { return KeyIDOf(k.priv.Public().(ed25519.PublicKey)) }
 
+// SignWithContext signs msg prefixed by context, for the cluster's other
+// signed messages (alert webhooks). The context keeps such a signature from
+// ever passing for a manifest's: manifest signatures cover their own
+// context, so give one that no other use shares, ending in a newline.
+func (k SigningKey) SignWithContext(context string, msg []byte) []byte {
+	return ed25519.Sign(k.priv, append([]byte(context), msg...))
+}
+
 // signedMessage is what a signature covers: the context and the digest of
 // the manifest's bytes.
 func signedMessage(d Digest) []byte {
