@@ -14,6 +14,10 @@ import (
 // rather than an input: "out:label" is the output named "label".
 const OutputPrefix = "out:"
 
+// ArgmaxSuffix ends the name of the feature the agent derives from an
+// output vector: the index of its largest element, a categorical value.
+const ArgmaxSuffix = ".argmax"
+
 // MaxReferenceRows bounds the rows ReferenceFromCSV reads: a reference is a
 // sample, and sketches of a million rows are as precise as they get.
 const MaxReferenceRows = 10_000_000
@@ -33,8 +37,11 @@ type ReferenceStats struct {
 // set in CSV with a header row. Each column is one feature, named by its
 // header as the agent names what it observes ("input[3]", "age",
 // "out:probabilities.argmax" for an output). A column whose every
-// non-empty cell is a finite number is numeric, any other categorical; an
-// empty cell counts as missing.
+// non-empty cell is a finite number is numeric, any other categorical,
+// except that a name ending in ArgmaxSuffix is always categorical: the
+// agent observes an output vector's argmax as a category (the class), so
+// a column of class labels must be one too. An empty cell counts as
+// missing.
 //
 // It reads the data once: a column is sketched both ways until its kind is
 // known at the end, so the file may be a pipe and its size is bounded only
@@ -105,6 +112,7 @@ func referenceColumns(header []string) ([]*referenceColumn, error) {
 		if c.name == "" {
 			return nil, fmt.Errorf("reference: column %d has no name; every header cell names a feature", i+1)
 		}
+		c.text = strings.HasSuffix(c.name, ArgmaxSuffix)
 		cols[i] = c
 	}
 	// NewSchema checks what a profile needs of names: unique, bounded

@@ -9,20 +9,20 @@ import (
 
 func TestReferenceFromCSVSketchesEachColumnByItsKind(t *testing.T) {
 	var b strings.Builder
-	b.WriteString("age, colour ,input[0],out:label\n")
+	b.WriteString("age, colour ,input[0],out:label,out:p.argmax\n")
 	for i := range 1000 {
 		colour := []string{"red", "green", "blue"}[i%3]
 		age := fmt.Sprint(20 + i%50)
 		if i%10 == 0 {
 			age = "" // missing
 		}
-		fmt.Fprintf(&b, "%s,%s,%g,%d\n", age, colour, float64(i)/1000, i%2)
+		fmt.Fprintf(&b, "%s,%s,%g,%d,%d\n", age, colour, float64(i)/1000, i%2, i%10)
 	}
 	p, st, err := ReferenceFromCSV(strings.NewReader(b.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != (ReferenceStats{Rows: 1000, Inputs: 3, Outputs: 1}) || p.Requests != 1000 {
+	if st != (ReferenceStats{Rows: 1000, Inputs: 3, Outputs: 2}) || p.Requests != 1000 {
 		t.Fatalf("stats %+v, requests %d", st, p.Requests)
 	}
 	age := p.Input("age")
@@ -38,8 +38,13 @@ func TestReferenceFromCSVSketchesEachColumnByItsKind(t *testing.T) {
 	if err != nil || math.Abs(med-0.5) > 0.01 {
 		t.Fatalf("median of input[0] = %v, %v; want 0.5 within 1%%", med, err)
 	}
-	if len(p.Outputs) != 1 || p.Outputs[0].Name != "label" || p.Outputs[0].Kind != KindNumeric {
+	if len(p.Outputs) != 2 || p.Outputs[0].Name != "label" || p.Outputs[0].Kind != KindNumeric {
 		t.Fatalf("outputs: %+v", p.Outputs)
+	}
+	// Class indexes are numbers, but the agent observes an argmax as a
+	// category: the column is categorical so that the two compare.
+	if am := p.Outputs[1]; am.Name != "p.argmax" || am.Kind != KindCategorical || am.Categorical.Count("7") != 100 {
+		t.Fatalf("argmax output: %+v", am)
 	}
 	// The profile must travel: its wire form passes the checks servers
 	// apply to agents' windows.
