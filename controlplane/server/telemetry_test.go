@@ -1,0 +1,197 @@
+package server_test
+
+import (
+	"crypto/rand"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/droverhq/drover/internal/sketch"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
+	"github.com/droverhq/drover/scenarios/cluster"
+)
+
+// encodedWindow is node's one-minute window ending at end with reqs
+// requests, one of them failed.
+func encodedWindow(t *testing.T, node string, end time.Time, reqs int) []byte {
+	t.Helper()
+	p := sketch.NewProfile(nil)
+	for i := range reqs {
+		p.Requests++
+		if err := p.Latency.Add(0.01 * float64(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.AddError("timeout")
+	w := &sketch.Window{NodeID: node, Deployment: "det", Model: "defect", Version: "v1", Start: end.Add(-time.Minute), End: end, Profile: p}
+	b, err := w.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// enrolledAgent enrolls a node in site berlin through n and returns it with
+// a TelemetryService client presenting its certificate to addr.
+func enrolledAgent(t *testing.T, c *cluster.Cluster, n *cluster.Node) *fakeAgent {
+	t.Helper()
+	tokens, _ := operator(t, c, n)
+	tok, _ := createToken(t, tokens, &droverv1.CreateTokenRequest{MaxUses: 1, Site: "berlin", Labels: map[string]string{"zone": "b1"}})
+	a := newFakeAgent(t, c.CA.Pool())
+	a.mustEnrollRegister(t, n.APIAddr(), tok, "edge-1")
+	return a
+}
+
+func (a *fakeAgent) telemetry(t *testing.T, addr string) droverv1connect.TelemetryServiceClient {
+	t.Helper()
+	return droverv1connect.NewTelemetryServiceClient(a.httpClient(t, nil), "https://"+addr)
+}
+
+func fleetQuery(t *testing.T, c *cluster.Cluster, n *cluster.Node, q *droverv1.QueryTelemetryRequest) (*droverv1.QueryTelemetryResponse, error) {
+	t.Helper()
+	res, err := clientsWith(t, c, n, c.Token(), false).Telemetry.Query(testCtx(t, 20*time.Second), connect.NewRequest(q))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
+}
+
+// Every window a server acknowledged is still counted, exactly once, by a
+// query on the survivors after that server dies: it was copied to one peer
+// before the acknowledgement.
+func TestTelemetrySurvivesReceivingServer(t *testing.T) {
+	c := cluster.Make(t, 3, cluster.Options{})
+	recv := c.Nodes()[1]
+	a := enrolledAgent(t, c, recv)
+	// The receiver copies to a peer only once gossip shows it one.
+	eventually(t, 20*time.Second, "every server answers a query on the receiver", func() error {
+		r, err := fleetQuery(t, c, recv, &droverv1.QueryTelemetryRequest{})
+		if err != nil {
+			return err
+		}
+		if len(r.Answered) != 3 {
+			return fmt.Errorf("answered by %v", r.Answered)
+		}
+		return nil
+	})
+
+	now := time.Now()
+	const batches, perBatch, reqs = 4, 5, 3
+	ship := a.telemetry(t, recv.APIAddr())
+	for b := range batches {
+		var ws [][]byte
+		for i := range perBatch {
+			ws = append(ws, encodedWindow(t, a.node.GetId(), now.Add(-time.Duration(b*perBatch+i+1)*time.Minute), reqs))
+		}
+		res, err := ship.ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws}))
+		if err != nil {
+			t.Fatalf("ship batch %d: %v", b, err)
+		}
+		if res.Msg.Stored != perBatch || len(res.Msg.Refused) != 0 {
+			t.Fatalf("ship batch %d: %v", b, res.Msg)
+		}
+	}
+	const total = batches * perBatch
+	q := &droverv1.QueryTelemetryRequest{Model: "defect", GroupBy: "site", Since: timestamppb.New(now.Add(-2 * time.Hour))}
+	check := func(r *droverv1.QueryTelemetryResponse) error {
+		if len(r.Groups) != 1 {
+			return fmt.Errorf("groups %v, want one", r.Groups)
+		}
+		g := r.Groups[0]
+		if g.Key != "berlin" || g.Windows != total || g.Profile.GetRequests() != total*reqs || g.Nodes != 1 {
+			return fmt.Errorf("group %s: %d windows, %d requests, %d nodes; want berlin, %d, %d, 1", g.Key, g.Windows, g.Profile.GetRequests(), g.Nodes, total, total*reqs)
+		}
+		var errs uint64
+		for _, e := range g.Profile.GetErrors() {
+			errs += e.Count
+		}
+		if errs != total {
+			return fmt.Errorf("errors %d, want %d", errs, total)
+		}
+		return nil
+	}
+	for _, n := range c.Nodes() {
+		r, err := fleetQuery(t, c, n, q)
+		if err != nil {
+			t.Fatalf("query on %s: %v", n.Name, err)
+		}
+		if err := check(r); err != nil {
+			t.Fatalf("query on %s before the kill: %v", n.Name, err)
+		}
+	}
+
+	c.Kill(recv)
+	for _, n := range c.Nodes() {
+		if n == recv {
+			continue
+		}
+		r, err := fleetQuery(t, c, n, q)
+		if err != nil {
+			t.Fatalf("query on %s after the kill: %v", n.Name, err)
+		}
+		if err := check(r); err != nil {
+			t.Fatalf("query on %s after the kill (answered %v, missing %v): %v", n.Name, r.Answered, r.Missing, err)
+		}
+		for _, s := range r.Answered {
+			if s == recv.Name {
+				t.Fatalf("the killed server %s is listed as answering", s)
+			}
+		}
+	}
+}
+
+// Each bad window is refused with its reason and not stored; the good one
+// beside them is.
+func TestShipTelemetryRefusesBadWindows(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{})
+	n := c.Nodes()[0]
+	a := enrolledAgent(t, c, n)
+	id := a.node.GetId()
+	now := time.Now()
+	huge := make([]byte, 1<<20+1)
+	_, _ = rand.Read(huge)
+	ws := [][]byte{
+		encodedWindow(t, id, now.Add(10*time.Minute), 1),  // future
+		encodedWindow(t, id, now.Add(-8*24*time.Hour), 1), // older than retention
+		{0x0a, 0xff, 0x01}, // malformed
+		encodedWindow(t, "n-someoneelse", now.Add(-time.Minute), 1), // another node
+		huge, // oversized
+		encodedWindow(t, id, now.Add(-time.Minute), 7), // good
+	}
+	wantReason := []string{"after the server's clock", "retention", "decode window", "comes from node", "bytes, more than"}
+	res, err := a.telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Msg.Stored != 1 || len(res.Msg.Refused) != len(wantReason) {
+		t.Fatalf("stored %d, refused %v; want 1 stored and %d refused", res.Msg.Stored, res.Msg.Refused, len(wantReason))
+	}
+	for i, r := range res.Msg.Refused {
+		if r.Index != uint32(i) || !strings.Contains(r.Reason, wantReason[i]) {
+			t.Errorf("refusal %d: index %d reason %q; want index %d and a reason with %q", i, r.Index, r.Reason, i, wantReason[i])
+		}
+	}
+	r, err := fleetQuery(t, c, n, &droverv1.QueryTelemetryRequest{Since: timestamppb.New(now.Add(-30 * 24 * time.Hour)), Until: timestamppb.New(now.Add(time.Hour)), GroupBy: "node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Groups) != 1 || r.Groups[0].Key != id || r.Groups[0].Windows != 1 || r.Groups[0].Profile.GetRequests() != 7 {
+		t.Fatalf("stored groups %v; want only the good window", r.Groups)
+	}
+	if st, err := n.Server().TelemetryStats(); err != nil || st.Windows != 1 {
+		t.Fatalf("store holds %+v (%v); want one window", st, err)
+	}
+
+	// A revoked node's windows are refused before any is read.
+	_, nodes := operator(t, c, n)
+	if _, err := nodes.RevokeNode(testCtx(t, 10*time.Second), connect.NewRequest(&droverv1.RevokeNodeRequest{Node: id})); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws[5:]}))
+	wantErr(t, "ship from a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
+}
