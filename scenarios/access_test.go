@@ -610,6 +610,11 @@ func accessCalls() []accessCall {
 				_, err := cl.Telemetry.Query(ctx, connect.NewRequest(&droverv1.QueryTelemetryRequest{Model: model(vision)}))
 				return err
 			}},
+		{proc: droverv1connect.DriftServiceGetDriftProcedure, needs: "telemetry:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Drift.GetDrift(ctx, connect.NewRequest(&droverv1.GetDriftRequest{Model: model(vision)}))
+				return err
+			}},
 		{proc: droverv1connect.TelemetryServiceReplicateWindowsProcedure, needs: needsServer,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
 				_, err := cl.Telemetry.ReplicateWindows(ctx, connect.NewRequest(&droverv1.ReplicateWindowsRequest{}))
@@ -784,6 +789,7 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 			Keys:      droverv1connect.NewKeyServiceClient(hc, base),
 			Deploys:   droverv1connect.NewDeploymentServiceClient(hc, base),
 			Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base),
+			Drift:     droverv1connect.NewDriftServiceClient(hc, base),
 		},
 		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
 		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),

@@ -107,6 +107,7 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewKeyServiceHandler(&keyHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewDeploymentServiceHandler(&deploymentHandler{s: s}, interceptors))
 	mux.Handle(droverv1connect.NewRolloutServiceHandler(&rolloutHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewDriftServiceHandler(&driftHandler{s: s}, interceptors))
 	// Agents read versions' bytes through the operators' code paths, and
 	// share their cache of decoded chunk sets.
 	artifacts := &artifactHandler{s: s}

@@ -133,6 +133,10 @@ type Config struct {
 	// also does so soon after it starts, after each new version and when
 	// a server joins, and retries sooner while chunks stay missing.
 	ChunkFillInterval Duration `json:"chunk_fill_interval,omitempty"`
+	// MonitorInterval is how often the leader judges deployments'
+	// telemetry against their monitor policies: a policy's windows are
+	// this long. Match the agents' telemetry window.
+	MonitorInterval Duration `json:"monitor_interval,omitempty"`
 
 	// TelemetryRetention is how long the server keeps agents' telemetry
 	// windows after their end; older windows are deleted and refused.
@@ -234,6 +238,7 @@ func DefaultConfig() Config {
 
 		TelemetryRetention: Duration(7 * 24 * time.Hour),
 		TelemetryMaxBytes:  1 << 30,
+		MonitorInterval:    Duration(time.Minute),
 	}
 }
 
@@ -332,6 +337,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxHeartbeatsPerSecond <= 0 {
 		errs = append(errs, fmt.Errorf("max_heartbeats_per_second %v must be positive", c.MaxHeartbeatsPerSecond))
+	}
+	if c.MonitorInterval < Duration(time.Second) {
+		errs = append(errs, fmt.Errorf("monitor_interval %s is too short: use at least 1s (it should match the agents' telemetry window, 1m by default)", time.Duration(c.MonitorInterval)))
 	}
 	if c.HeartbeatLeaderGrace < 0 {
 		errs = append(errs, fmt.Errorf("heartbeat_leader_grace %s is negative", time.Duration(c.HeartbeatLeaderGrace)))

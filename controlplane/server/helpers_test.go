@@ -58,6 +58,7 @@ func connectClients(hc connect.HTTPClient, base string) *cluster.Clients {
 		Tokens:    droverv1connect.NewTokenServiceClient(hc, base),
 		Nodes:     droverv1connect.NewNodeServiceClient(hc, base),
 		Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base),
+		Drift:     droverv1connect.NewDriftServiceClient(hc, base),
 	}
 }
 

@@ -135,6 +135,14 @@ func (s *Server) leaderLoop(ctx context.Context, ready chan struct{}) {
 		}()
 	}
 
+	ml := newMonitorLoop(s)
+	mlDone := make(chan struct{})
+	go func() {
+		defer close(mlDone)
+		ml.run(ctx)
+	}()
+	defer func() { <-mlDone }()
+
 	ticker := time.NewTicker(reconcileInterval)
 	defer ticker.Stop()
 	for {

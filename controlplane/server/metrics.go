@@ -56,6 +56,8 @@ type metrics struct {
 	// copies of windows to a peer that failed.
 	telemetryWindows      *prometheus.CounterVec
 	telemetryCopyFailures prometheus.Counter
+	// monitor counts what deployments' monitor policies did.
+	monitor *monitorMetrics
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -201,6 +203,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 			return time.Since(lc).Seconds()
 		}),
 	)
+	m.monitor = newMonitorMetrics(reg)
 	return m
 }
 

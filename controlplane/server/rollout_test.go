@@ -122,7 +122,18 @@ func rolloutClients(t *testing.T, c *cluster.Cluster, node *cluster.Node, hdr ht
 
 // newRolloutFleetOf is newRolloutFleet with servers servers.
 func newRolloutFleetOf(t *testing.T, servers, n int, broken func(uint64) bool) *rolloutFleet {
-	c := cluster.Make(t, servers, cluster.Options{Configure: shortTTLs})
+	return newRolloutFleetWith(t, servers, n, broken, nil)
+}
+
+// newRolloutFleetWith is newRolloutFleetOf with the servers' configuration
+// changed by configure too.
+func newRolloutFleetWith(t *testing.T, servers, n int, broken func(uint64) bool, configure func(*server.Config)) *rolloutFleet {
+	c := cluster.Make(t, servers, cluster.Options{Configure: func(cfg *server.Config) {
+		shortTTLs(cfg)
+		if configure != nil {
+			configure(cfg)
+		}
+	}})
 	l := c.Leader()
 	f := &rolloutFleet{c: c}
 	f.deploys, f.rollouts = rolloutClients(t, c, l, http.Header{})

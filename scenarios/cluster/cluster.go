@@ -385,6 +385,7 @@ type Clients struct {
 	Deploys   droverv1connect.DeploymentServiceClient
 	Rollouts  droverv1connect.RolloutServiceClient
 	Telemetry droverv1connect.TelemetryServiceClient
+	Drift     droverv1connect.DriftServiceClient
 }
 
 // Client returns API clients that talk to node n with the cluster's token.
@@ -415,6 +416,7 @@ func (c *Cluster) Client(n *Node, stale bool) *Clients {
 		Deploys:   droverv1connect.NewDeploymentServiceClient(hc, base, opts),
 		Rollouts:  droverv1connect.NewRolloutServiceClient(hc, base, opts),
 		Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base, opts),
+		Drift:     droverv1connect.NewDriftServiceClient(hc, base, opts),
 	}
 }
 
