@@ -188,17 +188,51 @@ func BenchmarkMerge10kProfiles(b *testing.B) {
 		}
 		reportMerge(b, cpu0)
 	})
-	b.Run("decode+sketches", func(b *testing.B) {
-		encoded := make([][]byte, fleetDistinct)
-		var bytes int
-		for i, p := range f.profiles {
-			w := &Window{NodeID: "n", Deployment: "d", Model: "m", Version: "v", Start: time.Unix(0, 0), End: time.Unix(60, 0), Profile: p}
-			var err error
-			if encoded[i], err = w.Encode(); err != nil {
-				b.Fatal(err)
+	b.Run("merger", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			m := NewMerger()
+			for a := range fleetAgents {
+				if err := m.Add(f.profiles[a%fleetDistinct]); err != nil {
+					b.Fatal(err)
+				}
 			}
-			bytes += len(encoded[i])
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
 		}
+		reportMerge(b, cpu0)
+	})
+	encoded := make([][]byte, fleetDistinct)
+	var bytes int
+	for i, p := range f.profiles {
+		w := &Window{NodeID: "n", Deployment: "d", Model: "m", Version: "v", Start: time.Unix(0, 0), End: time.Unix(60, 0), Profile: p}
+		var err error
+		if encoded[i], err = w.Encode(); err != nil {
+			b.Fatal(err)
+		}
+		bytes += len(encoded[i])
+	}
+	b.Run("decode+merger", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			m := NewMerger()
+			for a := range fleetAgents {
+				w, err := UnmarshalWindow(encoded[a%fleetDistinct])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := m.AddProto(w.Profile); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
+		}
+		reportMerge(b, cpu0)
+	})
+	b.Run("decode+sketches", func(b *testing.B) {
 		cpu0 := cpuTime()
 		for b.Loop() {
 			out := NewProfile(nil)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/store"
 
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -183,7 +184,7 @@ func addFeature(m *Merger, a *featAcc, f *FeatureProfile, first bool) {
 	}
 	c := f.Categorical
 	items := c.items
-	if !slices.IsSortedFunc(items, compareItems) {
+	if !c.sorted {
 		m.sorted = append(m.sorted[:0], items...)
 		slices.SortFunc(m.sorted, compareItems)
 		items = m.sorted
@@ -248,43 +249,39 @@ type catAcc struct {
 func (c *catAcc) merge(m *Merger, o []Item, capacity int, total uint64) {
 	c.capacity = min(c.capacity, capacity)
 	c.total += total
-	c.keep(m, mergeSorted(m.scratch[:0], c.items, len(o), func(i int) (string, uint64) { return o[i].Value, o[i].Count }))
+	c.keep(m, mergeSorted(m.scratch[:0], c.items, o))
 }
 
 // mergeProto is merge from the wire form, whose items are sorted and
 // unique (checked).
 func (c *catAcc) mergeProto(m *Merger, pb *droverv1.CategoricalSketch) {
-	c.capacity = min(c.capacity, int(pb.Capacity))
-	c.total += pb.Total
-	items := pb.Items
-	c.keep(m, mergeSorted(m.scratch[:0], c.items, len(items), func(i int) (string, uint64) { return items[i].Value, items[i].Count }))
+	m.sorted = m.sorted[:0]
+	for _, it := range pb.Items {
+		m.sorted = append(m.sorted, Item{it.Value, it.Count})
+	}
+	c.merge(m, m.sorted, int(pb.Capacity), pb.Total)
 }
 
-// mergeSorted appends to out the sum of sorted a and the n sorted items
-// at(0..n-1).
-func mergeSorted(out, a []Item, n int, at func(int) (string, uint64)) []Item {
+// mergeSorted appends to out the sum of a and b, both sorted by value.
+func mergeSorted(out, a, b []Item) []Item {
 	i, j := 0, 0
-	for i < len(a) && j < n {
-		v, cnt := at(j)
-		switch c := strings.Compare(a[i].Value, v); {
-		case c < 0:
+	for i < len(a) && j < len(b) {
+		x, y := a[i].Value, b[j].Value
+		switch {
+		case x == y: // the common case between windows of one cohort
+			out = append(out, Item{x, a[i].Count + b[j].Count})
+			i++
+			j++
+		case x < y:
 			out = append(out, a[i])
 			i++
-		case c > 0:
-			out = append(out, Item{v, cnt})
-			j++
 		default:
-			out = append(out, Item{a[i].Value, a[i].Count + cnt})
-			i++
+			out = append(out, b[j])
 			j++
 		}
 	}
 	out = append(out, a[i:]...)
-	for ; j < n; j++ {
-		v, cnt := at(j)
-		out = append(out, Item{v, cnt})
-	}
-	return out
+	return append(out, b[j:]...)
 }
 
 // keep makes out, the merged sorted items, c's items after the
@@ -320,6 +317,7 @@ func (c *catAcc) categorical() *Categorical {
 	d := NewCategorical(c.capacity)
 	d.capacity = c.capacity // NewCategorical clamps; a merged capacity is already in range
 	d.total = c.total
+	d.sorted = true
 	for _, it := range c.items {
 		d.index[it.Value] = int32(len(d.items))
 		d.items = append(d.items, it)
@@ -328,15 +326,19 @@ func (c *catAcc) categorical() *Categorical {
 }
 
 // numAcc is a numeric sketch in merge form: exact count, sum, min and
-// max, and per sign one array of MaxBins bin counts that behaves as the
-// collapsing store does (bins below the highest index − MaxBins + 1 fold
-// into that bin), so the bins it ends with are the store's.
+// max; decoded sketches merge into dd with the store's own array merge
+// (the fastest way to read another store's bins), wire bins into one
+// array of MaxBins counts per sign that folds its lowest bins as the
+// collapsing store does. Both folds keep each value at max(its index,
+// highest index − MaxBins + 1), whatever the order of the merges, so the
+// bins they end with together are the ones merging one by one gives.
 type numAcc struct {
 	count    uint64
 	sum      float64
 	min, max float64
-	zero     float64
-	pos, neg binAcc
+	dd       *ddsketch.DDSketch // nil until a decoded sketch merges
+	zero     float64            // wire zero counts
+	pos, neg binAcc             // wire bins
 }
 
 // addNumeric merges o as Numeric.Merge does; first makes it take o's
@@ -350,21 +352,23 @@ func (a *numAcc) addNumeric(o *Numeric, first bool) {
 		a.min, a.max = o.min, o.max
 		a.count = o.count
 		if o.count > 0 && o.dd != nil {
-			a.addStores(o)
+			a.mergeDD(o.dd)
 		}
 		return
 	}
-	if o == nil || o.count == 0 {
+	if o.count == 0 {
 		return
 	}
-	a.addStores(o)
+	a.mergeDD(o.dd)
 	a.addMoments(o.count, o.sum, o.min, o.max)
 }
 
-func (a *numAcc) addStores(o *Numeric) {
-	a.pos.addStore(o.dd.GetPositiveValueStore())
-	a.neg.addStore(o.dd.GetNegativeValueStore())
-	a.zero += o.dd.GetZeroCount()
+func (a *numAcc) mergeDD(dd *ddsketch.DDSketch) {
+	if a.dd == nil {
+		a.dd = newDD()
+	}
+	// Both sides use theMapping, so MergeWith cannot fail.
+	_ = a.dd.MergeWith(dd)
 }
 
 func (a *numAcc) addMoments(count uint64, sum, lo, hi float64) {
@@ -396,10 +400,14 @@ func (a *numAcc) addProto(pb *droverv1.NumericSketch) {
 // numeric builds the sketch.
 func (a *numAcc) numeric() *Numeric {
 	n := &Numeric{count: a.count, sum: a.sum, min: a.min, max: a.max}
-	if a.count == 0 && !a.pos.used && !a.neg.used && a.zero == 0 {
+	if a.dd == nil && !a.pos.used && !a.neg.used && a.zero == 0 {
 		return n
 	}
-	n.dd = newDD()
+	if a.dd != nil {
+		n.dd = a.dd.Copy()
+	} else {
+		n.dd = newDD()
+	}
 	a.pos.fill(n.dd.GetPositiveValueStore())
 	a.neg.fill(n.dd.GetNegativeValueStore())
 	if a.zero > 0 {
@@ -509,23 +517,9 @@ func (b *binAcc) addRun(first int, counts []uint64) {
 	}
 }
 
-// addStore adds a store's bins.
-func (b *binAcc) addStore(s store.Store) {
-	if s.IsEmpty() {
-		return
-	}
-	first, _ := s.MinIndex()
-	last, _ := s.MaxIndex()
-	f := b.prepare(first, last)
-	bins, base := b.bins, b.base
-	s.ForEach(func(i int, c float64) bool {
-		bins[max(i, f)-base] += c
-		return false
-	})
-}
-
-// fill adds the bins into an empty store: highest and lowest first, so it
-// sizes its array once; the span is at most MaxBins, so nothing collapses.
+// fill adds the bins into a store: highest and lowest first, so an empty
+// store sizes its array once (the span is at most MaxBins, so it does not
+// collapse).
 func (b *binAcc) fill(s store.Store) {
 	if !b.used {
 		return
