@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -234,5 +235,97 @@ func TestMergerRefusesKindMismatchWithoutChange(t *testing.T) {
 	}
 	if marshalProfile(t, m.Profile()) != before {
 		t.Fatal("a refused merge changed the Merger")
+	}
+}
+
+// A Merger fed both decoded and wire profiles folds both kinds of bins
+// into the same result as merging them one by one.
+func TestMergerMixesDecodedAndWire(t *testing.T) {
+	ps := mixedProfiles(t, 6, 60)
+	slow := NewProfile(nil)
+	m := NewMerger()
+	for i, p := range ps {
+		if i%2 == 0 {
+			if err := slow.Merge(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Add(p); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := slow.MergeProto(p.ToProto()); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.AddProto(p.ToProto()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if marshalProfile(t, m.Profile()) != marshalProfile(t, slow) {
+		t.Fatal("a Merger fed decoded and wire profiles differs from merging them one by one")
+	}
+	// Recorder profiles, whose categorical values come sorted.
+	slow, m = NewProfile(nil), NewMerger()
+	for i := range 20 {
+		p := realisticProfile(t, uint64(200+i), 300)
+		if err := slow.Merge(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if marshalProfile(t, m.Profile()) != marshalProfile(t, slow) {
+		t.Fatal("Merger.Add differs from Profile.Merge on Recorder profiles")
+	}
+}
+
+// The sorted mark is a promise the encoder and the Merger rely on: it
+// must hold after any mix of adds, merges, clones and decodes.
+func TestCategoricalSortedMarkHolds(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	check := func(c *Categorical, what string) {
+		t.Helper()
+		if c.sorted && !slices.IsSortedFunc(c.items, compareItems) {
+			t.Fatalf("%s: marked sorted, items out of order", what)
+		}
+		for v, i := range c.index {
+			if c.items[i].Value != v {
+				t.Fatalf("%s: index of %q points at %q", what, v, c.items[i].Value)
+			}
+		}
+	}
+	sketches := []*Categorical{NewCategorical(8)}
+	for step := range 3000 {
+		c := sketches[r.IntN(len(sketches))]
+		switch r.IntN(6) {
+		case 0, 1:
+			c.Add(fmt.Sprintf("v%d", r.IntN(30)))
+		case 2:
+			if o := sketches[r.IntN(len(sketches))]; c.total < 1<<40 && o.total < 1<<40 {
+				c.Merge(o.Clone())
+			}
+		case 3:
+			c.sortItems()
+		case 4:
+			d, err := CategoricalFromProto(c.ToProto())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sketches = append(sketches, d)
+		default:
+			sketches = append(sketches, c.Clone())
+		}
+		for _, c := range sketches {
+			check(c, fmt.Sprintf("step %d", step))
+		}
+		if len(sketches) > 8 {
+			sketches = sketches[1:]
+		}
+	}
+	// Flush ends a window with its values in order.
+	p := realisticProfile(t, 3, 500)
+	if c := p.Input("product_id").Categorical; !c.sorted || len(c.items) < 2 {
+		t.Fatalf("Flush left the categorical values unsorted (%d kept)", len(c.items))
 	}
 }
