@@ -29,18 +29,24 @@ import (
 // Mergers and merge their Profiles.
 type Merger struct {
 	requests uint64
-	errors   map[string]uint64
-	latency  numAcc
-	inputs   []*featAcc // sorted by name
-	outputs  []*featAcc
+	// errors counts by kind through pointers, so adding to a kind never
+	// assigns to the map: an assignment would store the key given, which
+	// may point into a WindowReader's bytes.
+	errors  map[string]*uint64
+	latency numAcc
+	inputs  []*featAcc // sorted by name
+	outputs []*featAcc
 	// scratch receives a categorical merge walk's output; sorted holds a
 	// decoded sketch's items in value order. Both are reused.
 	scratch, sorted []Item
+	// fresh holds the positions, in a merge walk's output, of values the
+	// merged-in side brought; the ones kept are copied (see AddProto).
+	fresh []int32
 }
 
 // NewMerger returns an empty Merger.
 func NewMerger() *Merger {
-	return &Merger{errors: map[string]uint64{}}
+	return &Merger{errors: map[string]*uint64{}}
 }
 
 // featAcc is one feature's merge state.
@@ -66,8 +72,10 @@ func (m *Merger) Add(p *Profile) error {
 		return fmt.Errorf("merge profile: %w", err)
 	}
 	m.requests += p.Requests
+	// Map order, as Profile.Merge: with more kinds than MaxErrorKinds,
+	// which fall under OtherErrorKind is as arbitrary there as here.
 	for k, n := range p.Errors {
-		addError(m.errors, k, n)
+		m.addError(k, n)
 	}
 	if p.Latency != nil {
 		m.latency.addNumeric(p.Latency, false)
@@ -78,7 +86,9 @@ func (m *Merger) Add(p *Profile) error {
 }
 
 // AddProto checks pb and merges it, straight from the wire form; like
-// Profile.MergeProto it changes nothing on error.
+// Profile.MergeProto it changes nothing on error. It copies every string
+// it keeps, so pb may be a WindowReader's, whose strings point into the
+// bytes read.
 func (m *Merger) AddProto(pb *droverv1.Profile) error {
 	if err := checkProfile(pb); err != nil {
 		return err
@@ -92,7 +102,7 @@ func (m *Merger) AddProto(pb *droverv1.Profile) error {
 	}
 	m.requests += pb.Requests
 	for _, e := range pb.Errors {
-		addError(m.errors, e.Kind, e.Count)
+		m.addError(e.Kind, e.Count)
 	}
 	if pb.LatencySeconds != nil {
 		m.latency.addProto(pb.LatencySeconds)
@@ -103,6 +113,23 @@ func (m *Merger) AddProto(pb *droverv1.Profile) error {
 }
 
 func (f *FeatureProfile) name() string { return f.Name }
+
+// addError is addError for the Merger's map; a new kind is copied.
+func (m *Merger) addError(kind string, n uint64) {
+	kind = Clip(kind)
+	if c, ok := m.errors[kind]; ok {
+		*c += n
+		return
+	}
+	if kind != OtherErrorKind && len(m.errors) >= MaxErrorKinds-1 {
+		kind = OtherErrorKind
+		if c, ok := m.errors[kind]; ok {
+			*c += n
+			return
+		}
+	}
+	m.errors[strings.Clone(kind)] = &n
+}
 
 // checkAccMergeable walks the sorted accumulators and sorted features and
 // reports the first feature whose kinds differ.
@@ -195,7 +222,7 @@ func addFeature(m *Merger, a *featAcc, f *FeatureProfile, first bool) {
 // addFeatureProto merges a checked wire feature into a.
 func addFeatureProto(m *Merger, a *featAcc, pb *droverv1.FeatureProfile, first bool) {
 	if first {
-		a.name, a.kind = pb.Name, Kind(pb.Kind)
+		a.name, a.kind = strings.Clone(pb.Name), Kind(pb.Kind)
 		if a.kind == KindCategorical {
 			a.cat.capacity = int(pb.Categorical.Capacity)
 		}
@@ -216,7 +243,7 @@ func compareItems(a, b Item) int { return strings.Compare(a.Value, b.Value) }
 func (m *Merger) Profile() *Profile {
 	p := &Profile{Requests: m.requests, Errors: make(map[string]uint64, len(m.errors)), Latency: m.latency.numeric()}
 	for k, n := range m.errors {
-		p.Errors[k] = n
+		p.Errors[k] = *n
 	}
 	for _, side := range []struct {
 		accs []*featAcc
@@ -249,7 +276,7 @@ type catAcc struct {
 func (c *catAcc) merge(m *Merger, o []Item, capacity int, total uint64) {
 	c.capacity = min(c.capacity, capacity)
 	c.total += total
-	c.keep(m, mergeSorted(m.scratch[:0], c.items, o))
+	c.keep(m, mergeSorted(m.scratch[:0], c.items, o, nil), nil)
 }
 
 // mergeProto is merge from the wire form, whose items are sorted and
@@ -259,11 +286,16 @@ func (c *catAcc) mergeProto(m *Merger, pb *droverv1.CategoricalSketch) {
 	for _, it := range pb.Items {
 		m.sorted = append(m.sorted, Item{it.Value, it.Count})
 	}
-	c.merge(m, m.sorted, int(pb.Capacity), pb.Total)
+	c.capacity = min(c.capacity, int(pb.Capacity))
+	c.total += pb.Total
+	m.fresh = m.fresh[:0]
+	out := mergeSorted(m.scratch[:0], c.items, m.sorted, &m.fresh)
+	c.keep(m, out, m.fresh)
 }
 
-// mergeSorted appends to out the sum of a and b, both sorted by value.
-func mergeSorted(out, a, b []Item) []Item {
+// mergeSorted appends to out the sum of a and b, both sorted by value;
+// with fresh set, it notes there where values only b has went.
+func mergeSorted(out, a, b []Item, fresh *[]int32) []Item {
 	i, j := 0, 0
 	for i < len(a) && j < len(b) {
 		x, y := a[i].Value, b[j].Value
@@ -276,11 +308,19 @@ func mergeSorted(out, a, b []Item) []Item {
 			out = append(out, a[i])
 			i++
 		default:
+			if fresh != nil {
+				*fresh = append(*fresh, int32(len(out)))
+			}
 			out = append(out, b[j])
 			j++
 		}
 	}
 	out = append(out, a[i:]...)
+	if fresh != nil {
+		for k := range len(b) - j {
+			*fresh = append(*fresh, int32(len(out)+k))
+		}
+	}
 	return append(out, b[j:]...)
 }
 
@@ -288,7 +328,14 @@ func mergeSorted(out, a, b []Item) []Item {
 // Misra–Gries cut: with more than capacity values, subtract the
 // (capacity+1)-th largest count from all and drop those left at zero, as
 // Categorical.shrink does.
-func (c *catAcc) keep(m *Merger, out []Item) {
+// Of the values at the positions fresh, the ones kept get a copy of their
+// own string.
+func (c *catAcc) keep(m *Merger, out []Item, fresh []int32) {
+	if len(out) <= c.capacity {
+		for _, k := range fresh {
+			out[k].Value = strings.Clone(out[k].Value)
+		}
+	}
 	if len(out) > c.capacity {
 		var buf [2 * MaxCapacity]uint64
 		ns := buf[:0]
@@ -297,10 +344,16 @@ func (c *catAcc) keep(m *Merger, out []Item) {
 		}
 		d := largest(ns, c.capacity+1)
 		k := 0
-		for _, it := range out {
+		for i, it := range out {
 			if it.Count > d {
+				if len(fresh) > 0 && int(fresh[0]) == i {
+					it.Value = strings.Clone(it.Value)
+				}
 				out[k] = Item{it.Value, it.Count - d}
 				k++
+			}
+			if len(fresh) > 0 && int(fresh[0]) == i {
+				fresh = fresh[1:]
 			}
 		}
 		clear(out[k:])
