@@ -232,6 +232,26 @@ func BenchmarkMerge10kProfiles(b *testing.B) {
 		}
 		reportMerge(b, cpu0)
 	})
+	b.Run("reader+merger", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			var r WindowReader
+			m := NewMerger()
+			for a := range fleetAgents {
+				w, err := r.Read(encoded[a%fleetDistinct])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := m.AddProto(w.Profile); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
+		}
+		reportMerge(b, cpu0)
+	})
 	b.Run("decode+sketches", func(b *testing.B) {
 		cpu0 := cpuTime()
 		for b.Loop() {
