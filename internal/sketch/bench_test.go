@@ -238,11 +238,10 @@ func BenchmarkMerge10kProfiles(b *testing.B) {
 			var r WindowReader
 			m := NewMerger()
 			for a := range fleetAgents {
-				w, err := r.Read(encoded[a%fleetDistinct])
-				if err != nil {
+				if _, err := r.Read(encoded[a%fleetDistinct]); err != nil {
 					b.Fatal(err)
 				}
-				if err := m.AddProto(w.Profile); err != nil {
+				if err := r.MergeInto(m); err != nil {
 					b.Fatal(err)
 				}
 			}

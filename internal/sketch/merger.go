@@ -93,6 +93,11 @@ func (m *Merger) AddProto(pb *droverv1.Profile) error {
 	if err := checkProfile(pb); err != nil {
 		return err
 	}
+	return m.addChecked(pb)
+}
+
+// addChecked is AddProto for a profile already checked.
+func (m *Merger) addChecked(pb *droverv1.Profile) error {
 	kindOf := func(f *droverv1.FeatureProfile) (string, Kind) { return f.Name, Kind(f.Kind) }
 	if err := checkAccMergeable("input", m.inputs, pb.Inputs, kindOf); err != nil {
 		return fmt.Errorf("merge profile: %w", err)

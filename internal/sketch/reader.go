@@ -1,6 +1,7 @@
 package sketch
 
 import (
+	"fmt"
 	"math"
 	"unicode/utf8"
 	"unsafe"
@@ -36,6 +37,8 @@ type WindowReader struct {
 	cats       pool[droverv1.CategoricalSketch]
 	items      pool[droverv1.CategoryCount]
 	errs       pool[droverv1.ErrorCount]
+	// last is the window the last Read returned, nil after a refusal.
+	last *droverv1.TelemetryWindow
 }
 
 // pool hands out messages kept from earlier reads.
@@ -57,6 +60,12 @@ func (p *pool[T]) get() *T {
 // until the next Read and while b is unchanged, so a caller keeps nothing
 // of it. Merger.AddProto copies what it keeps and is safe to feed it.
 func (r *WindowReader) Read(b []byte) (*droverv1.TelemetryWindow, error) {
+	w, err := r.read(b)
+	r.last = w
+	return w, err
+}
+
+func (r *WindowReader) read(b []byte) (*droverv1.TelemetryWindow, error) {
 	if len(b) > MaxWindowBytes || !r.parse(b) {
 		return UnmarshalWindow(b)
 	}
@@ -67,6 +76,16 @@ func (r *WindowReader) Read(b []byte) (*droverv1.TelemetryWindow, error) {
 		return UnmarshalWindow(b)
 	}
 	return &r.w, nil
+}
+
+// MergeInto merges the profile of the window the last Read returned into
+// m, as m.AddProto would, without checking it a second time (Read did).
+// The window must not have been changed since.
+func (r *WindowReader) MergeInto(m *Merger) error {
+	if r.last == nil {
+		return fmt.Errorf("merge window: no window to merge: the last Read refused its input, or nothing was read yet")
+	}
+	return m.addChecked(r.last.Profile)
 }
 
 // parse reads the window in place; false sends it to UnmarshalWindow.

@@ -140,7 +140,12 @@ func TestMergerKeepsNothingOfReadBytes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("window %d: %v", i, err)
 		}
-		if err := m.AddProto(got.Profile); err != nil {
+		if i%2 == 0 {
+			err = m.AddProto(got.Profile)
+		} else {
+			err = r.MergeInto(m)
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 		if err := slow.MergeProto(pb.Profile); err != nil {
@@ -152,5 +157,11 @@ func TestMergerKeepsNothingOfReadBytes(t *testing.T) {
 	}
 	if marshalProfile(t, m.Profile()) != marshalProfile(t, slow) {
 		t.Fatal("the merged profile changed when the read buffer was reused")
+	}
+	if _, err := r.Read([]byte("not a window")); err == nil {
+		t.Fatal("garbage read as a window")
+	}
+	if err := r.MergeInto(m); err == nil {
+		t.Fatal("MergeInto after a refused read merged something")
 	}
 }
