@@ -379,6 +379,11 @@ func parseBins(s *droverv1.SketchBins, b []byte) bool {
 			}
 			b = b[n:]
 			for len(v) > 0 {
+				// Most counts of a window fit in one byte.
+				if v[0] < 0x80 {
+					s.Counts, v = append(s.Counts, uint64(v[0])), v[1:]
+					continue
+				}
 				c, n := protowire.ConsumeVarint(v)
 				if n < 0 {
 					return false
