@@ -14,19 +14,22 @@ import (
 // Merger merges many profiles into one, with exactly the result of
 // merging them one after the other with Profile.Merge (or MergeProto)
 // into an empty profile, at a fraction of the cost: the leader's path for
-// a cohort's windows.
+// a cohort's windows. (One exception, shared with Profile.Merge: past
+// MaxErrorKinds error kinds, which fall under OtherErrorKind depends on
+// map order.)
 //
 // What makes it cheaper: a feature's state is found by position when the
 // names line up with the previous profile's (every agent of a version has
 // the same schema); categorical values are kept sorted, so a merge is a
-// walk of two sorted lists instead of a hash per value and the wire
-// form's sorted items merge without hashing at all; numeric bins are
-// summed into one fixed array per sign, a loop over slices instead of a
-// call per bin. Profile builds the sketches once, at the end.
+// walk of two sorted lists instead of a hash per value (the wire form and
+// a Recorder's Flush give them sorted); wire bins are summed into one
+// array per sign, a loop over slices instead of a call per bin. Profile
+// builds the sketches once, at the end.
 //
 // The zero value is not usable; call NewMerger. A Merger is not safe for
-// concurrent use; to spread a cohort over cores, merge parts in separate
-// Mergers and merge their Profiles.
+// concurrent use. Parts of a cohort merged in separate Mergers (one per
+// core) and then together keep every error bound, but their categorical
+// counts can differ from the in-order result's.
 type Merger struct {
 	requests uint64
 	// errors counts by kind through pointers, so adding to a kind never
