@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -250,6 +252,53 @@ func BenchmarkMerge10kProfiles(b *testing.B) {
 			}
 		}
 		reportMerge(b, cpu0)
+	})
+	// The same spread over GOMAXPROCS goroutines (run it with -cpu=1,2,4…):
+	// one reader and Merger per goroutine over a contiguous share of the
+	// windows, then one Merger over their profiles. cpu-ms/merge is all
+	// cores together; cpu-ms/core divides it by GOMAXPROCS. The result
+	// keeps every bound but is not the in-order one (see Merger).
+	b.Run("reader+merger-parallel", func(b *testing.B) {
+		procs := runtime.GOMAXPROCS(0)
+		cpu0 := cpuTime()
+		for b.Loop() {
+			parts := make([]*Profile, procs)
+			errs := make([]error, procs)
+			var wg sync.WaitGroup
+			for g := range procs {
+				wg.Go(func() {
+					var r WindowReader
+					m := NewMerger()
+					for a := g * fleetAgents / procs; a < (g+1)*fleetAgents/procs; a++ {
+						if _, err := r.Read(encoded[a%fleetDistinct]); err != nil {
+							errs[g] = err
+							return
+						}
+						if err := r.MergeInto(m); err != nil {
+							errs[g] = err
+							return
+						}
+					}
+					parts[g] = m.Profile()
+				})
+			}
+			wg.Wait()
+			m := NewMerger()
+			for g, p := range parts {
+				if errs[g] != nil {
+					b.Fatal(errs[g])
+				}
+				if err := m.Add(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
+		}
+		reportMerge(b, cpu0)
+		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1e3/float64(b.N)/float64(procs), "cpu-ms/core")
+		b.ReportMetric(float64(procs), "goroutines")
 	})
 	b.Run("decode+sketches", func(b *testing.B) {
 		cpu0 := cpuTime()
