@@ -30,7 +30,8 @@ func reportMerge(b *testing.B, cpu0 time.Duration) {
 // The benchmarks behind docs/performance.md "Telemetry sketches":
 //
 //	go test -run=NONE -bench='Add|Record' -cpu=1,2 ./internal/sketch/
-//	go test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 ./internal/sketch/
+//	go test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 -count=2 ./internal/sketch/
+//	go test -run=NONE -bench=Merge10k/reader.merger-parallel -benchtime=3x -cpu=4 ./internal/sketch/
 
 func BenchmarkNumericAdd(b *testing.B) {
 	xs := make([]float64, 1<<16)
