@@ -2,6 +2,8 @@ package sketch
 
 import (
 	"bytes"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -163,5 +165,49 @@ func TestMergerKeepsNothingOfReadBytes(t *testing.T) {
 	}
 	if err := r.MergeInto(m); err == nil {
 		t.Fatal("MergeInto after a refused read merged something")
+	}
+}
+
+// Between the seeds and a fuzzing run: many small corruptions of the
+// cases above, each read as UnmarshalWindow reads it.
+func TestWindowReaderMatchesUnmarshalOnCorruptions(t *testing.T) {
+	var seeds [][]byte
+	for _, b := range readerCases(t) {
+		seeds = append(seeds, b)
+	}
+	slices.SortFunc(seeds, bytes.Compare) // map order would change the draws
+	r := rand.New(rand.NewPCG(1, 2))
+	var rd WindowReader
+	accepted := 0
+	for i := range 5000 {
+		b := slices.Clone(seeds[r.IntN(len(seeds))])
+		for range 1 + r.IntN(3) {
+			if len(b) == 0 {
+				break
+			}
+			j := r.IntN(len(b))
+			switch r.IntN(3) {
+			case 0:
+				b[j] = byte(r.Uint32())
+			case 1:
+				b = slices.Delete(b, j, min(len(b), j+1+r.IntN(8)))
+			default:
+				b = slices.Insert(b, j, byte(r.Uint32()))
+			}
+		}
+		want, wantErr := UnmarshalWindow(b)
+		got, err := rd.Read(b)
+		if (err == nil) != (wantErr == nil) || (err != nil && err.Error() != wantErr.Error()) {
+			t.Fatalf("corruption %d: read error %v, UnmarshalWindow's %v", i, err, wantErr)
+		}
+		if err == nil {
+			accepted++
+			if !proto.Equal(got, want) {
+				t.Fatalf("corruption %d: read another window than UnmarshalWindow", i)
+			}
+		}
+	}
+	if accepted == 0 {
+		t.Fatal("no corrupted window was accepted, so none was compared")
 	}
 }
