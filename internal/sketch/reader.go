@@ -206,7 +206,7 @@ func (r *WindowReader) parseProfile(p *droverv1.Profile, b []byte) bool {
 		case 4:
 			e := r.errs.get()
 			e.Kind, e.Count = "", 0
-			if !parseStringCount(&e.Kind, &e.Count, v) {
+			if !parseStringCount(&e.Kind, &e.Count, v, true) {
 				return false
 			}
 			p.Errors = append(p.Errors, e)
@@ -431,7 +431,9 @@ func (r *WindowReader) parseCategorical(s *droverv1.CategoricalSketch, b []byte)
 			b = b[n:]
 			it := r.items.get()
 			it.Value, it.Count = "", 0
-			if !parseStringCount(&it.Value, &it.Count, v) {
+			// checkCategorical refuses a value that is not UTF-8, and a
+			// refusal goes through UnmarshalWindow, which names it.
+			if !parseStringCount(&it.Value, &it.Count, v, false) {
 				return false
 			}
 			s.Items = append(s.Items, it)
@@ -443,8 +445,9 @@ func (r *WindowReader) parseCategorical(s *droverv1.CategoricalSketch, b []byte)
 }
 
 // parseStringCount reads a message of a string (field 1) and a uint64
-// (field 2): CategoryCount and ErrorCount.
-func parseStringCount(str *string, count *uint64, b []byte) bool {
+// (field 2): CategoryCount and ErrorCount. With validate unset the string
+// is not checked for UTF-8 (the caller's checks do it).
+func parseStringCount(str *string, count *uint64, b []byte, validate bool) bool {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -453,11 +456,11 @@ func parseStringCount(str *string, count *uint64, b []byte) bool {
 		b = b[n:]
 		switch {
 		case num == 1 && typ == protowire.BytesType:
-			s, n := consumeString(b)
-			if n < 0 {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 || (validate && !utf8.Valid(v)) {
 				return false
 			}
-			*str, b = s, b[n:]
+			*str, b = unsafeString(v), b[n:]
 		case num == 2 && typ == protowire.VarintType:
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
@@ -479,8 +482,13 @@ func consumeString(b []byte) (string, int) {
 	if n < 0 || !utf8.Valid(v) {
 		return "", -1
 	}
+	return unsafeString(v), n
+}
+
+// unsafeString is v as a string sharing its bytes.
+func unsafeString(v []byte) string {
 	if len(v) == 0 {
-		return "", n
+		return ""
 	}
-	return unsafe.String(&v[0], len(v)), n
+	return unsafe.String(&v[0], len(v))
 }

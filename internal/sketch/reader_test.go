@@ -56,6 +56,9 @@ func readerCases(t testing.TB) map[string][]byte {
 	i := bytes.Index(bad, []byte("node-1"))
 	bad[i] = 0xff
 	cases["not utf-8"] = bad
+	bad = enc(good(52))
+	bad[bytes.Index(bad, []byte("sku-"))] = 0xff
+	cases["value not utf-8"] = bad
 	// Bins present but empty: refused, the count no longer matches.
 	w = good(50)
 	w.Profile.Inputs[0].Numeric.Positive = &droverv1.SketchBins{}
