@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,7 +30,8 @@ func reportMerge(b *testing.B, cpu0 time.Duration) {
 // The benchmarks behind docs/performance.md "Telemetry sketches":
 //
 //	go test -run=NONE -bench='Add|Record' -cpu=1,2 ./internal/sketch/
-//	go test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 ./internal/sketch/
+//	go test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 -count=2 ./internal/sketch/
+//	go test -run=NONE -bench=Merge10k/reader.merger-parallel -benchtime=3x -cpu=4 ./internal/sketch/
 
 func BenchmarkNumericAdd(b *testing.B) {
 	xs := make([]float64, 1<<16)
@@ -188,17 +191,117 @@ func BenchmarkMerge10kProfiles(b *testing.B) {
 		}
 		reportMerge(b, cpu0)
 	})
-	b.Run("decode+sketches", func(b *testing.B) {
-		encoded := make([][]byte, fleetDistinct)
-		var bytes int
-		for i, p := range f.profiles {
-			w := &Window{NodeID: "n", Deployment: "d", Model: "m", Version: "v", Start: time.Unix(0, 0), End: time.Unix(60, 0), Profile: p}
-			var err error
-			if encoded[i], err = w.Encode(); err != nil {
-				b.Fatal(err)
+	b.Run("merger", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			m := NewMerger()
+			for a := range fleetAgents {
+				if err := m.Add(f.profiles[a%fleetDistinct]); err != nil {
+					b.Fatal(err)
+				}
 			}
-			bytes += len(encoded[i])
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
 		}
+		reportMerge(b, cpu0)
+	})
+	encoded := make([][]byte, fleetDistinct)
+	var bytes int
+	for i, p := range f.profiles {
+		w := &Window{NodeID: "n", Deployment: "d", Model: "m", Version: "v", Start: time.Unix(0, 0), End: time.Unix(60, 0), Profile: p}
+		var err error
+		if encoded[i], err = w.Encode(); err != nil {
+			b.Fatal(err)
+		}
+		bytes += len(encoded[i])
+	}
+	b.Run("decode+merger", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			m := NewMerger()
+			for a := range fleetAgents {
+				w, err := UnmarshalWindow(encoded[a%fleetDistinct])
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := m.AddProto(w.Profile); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
+		}
+		reportMerge(b, cpu0)
+	})
+	b.Run("reader+merger", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			var r WindowReader
+			m := NewMerger()
+			for a := range fleetAgents {
+				if _, err := r.Read(encoded[a%fleetDistinct]); err != nil {
+					b.Fatal(err)
+				}
+				if err := r.MergeInto(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
+		}
+		reportMerge(b, cpu0)
+	})
+	// The same spread over GOMAXPROCS goroutines (run it with -cpu=1,2,4…):
+	// one reader and Merger per goroutine over a contiguous share of the
+	// windows, then one Merger over their profiles. cpu-ms/merge is all
+	// cores together; cpu-ms/core divides it by GOMAXPROCS. The result
+	// keeps every bound but is not the in-order one (see Merger).
+	b.Run("reader+merger-parallel", func(b *testing.B) {
+		procs := runtime.GOMAXPROCS(0)
+		cpu0 := cpuTime()
+		for b.Loop() {
+			parts := make([]*Profile, procs)
+			errs := make([]error, procs)
+			var wg sync.WaitGroup
+			for g := range procs {
+				wg.Go(func() {
+					var r WindowReader
+					m := NewMerger()
+					for a := g * fleetAgents / procs; a < (g+1)*fleetAgents/procs; a++ {
+						if _, err := r.Read(encoded[a%fleetDistinct]); err != nil {
+							errs[g] = err
+							return
+						}
+						if err := r.MergeInto(m); err != nil {
+							errs[g] = err
+							return
+						}
+					}
+					parts[g] = m.Profile()
+				})
+			}
+			wg.Wait()
+			m := NewMerger()
+			for g, p := range parts {
+				if errs[g] != nil {
+					b.Fatal(errs[g])
+				}
+				if err := m.Add(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if out := m.Profile(); out.Requests != fleetAgents*fleetRequests {
+				b.Fatal(out.Requests)
+			}
+		}
+		reportMerge(b, cpu0)
+		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1e3/float64(b.N)/float64(procs), "cpu-ms/core")
+		b.ReportMetric(float64(procs), "goroutines")
+	})
+	b.Run("decode+sketches", func(b *testing.B) {
 		cpu0 := cpuTime()
 		for b.Loop() {
 			out := NewProfile(nil)

@@ -39,13 +39,18 @@ type Categorical struct {
 	items []Item
 	index map[string]int32
 	total uint64
+	// sorted says items are in value order: true for a sketch decoded
+	// from the wire or ended by a Recorder's Flush, so its encoding and a
+	// Merger skip sorting it. Any Add or merge that changes the kept
+	// values clears it.
+	sorted bool
 }
 
 // NewCategorical returns an empty sketch keeping up to capacity values;
 // capacity is clamped to [1, MaxCapacity].
 func NewCategorical(capacity int) *Categorical {
 	capacity = min(max(capacity, 1), MaxCapacity)
-	return &Categorical{capacity: capacity, items: make([]Item, 0, capacity), index: make(map[string]int32, capacity)}
+	return &Categorical{capacity: capacity, items: make([]Item, 0, capacity), index: make(map[string]int32, capacity), sorted: true}
 }
 
 // Clip cuts v to MaxValueBytes at a UTF-8 boundary.
@@ -74,6 +79,7 @@ func (c *Categorical) Add(v string) {
 		v = strings.Clone(v)
 		c.index[v] = int32(len(c.items))
 		c.items = append(c.items, Item{v, 1})
+		c.sorted = false
 		return
 	}
 	// Full and v is new: decrement every count (and v's implicit 1).
@@ -92,6 +98,7 @@ func (c *Categorical) cut(d uint64) {
 			continue
 		}
 		delete(c.index, it.Value)
+		c.sorted = false
 		last := len(c.items) - 1
 		if i != last {
 			c.items[i] = c.items[last]
@@ -124,6 +131,19 @@ func (c *Categorical) addCount(v string, n uint64) {
 	}
 	c.index[v] = int32(len(c.items))
 	c.items = append(c.items, Item{v, n})
+	c.sorted = false
+}
+
+// sortItems puts the kept values in value order.
+func (c *Categorical) sortItems() {
+	if c.sorted {
+		return
+	}
+	slices.SortFunc(c.items, compareItems)
+	for i, it := range c.items {
+		c.index[it.Value] = int32(i)
+	}
+	c.sorted = true
 }
 
 // shrink ends a merge: with more than k values, subtract the (k+1)-th
@@ -142,7 +162,7 @@ func (c *Categorical) shrink() {
 
 // Clone returns an independent copy.
 func (c *Categorical) Clone() *Categorical {
-	d := &Categorical{capacity: c.capacity, total: c.total, items: slices.Clone(c.items), index: make(map[string]int32, len(c.items))}
+	d := &Categorical{capacity: c.capacity, total: c.total, items: slices.Clone(c.items), index: make(map[string]int32, len(c.items)), sorted: c.sorted}
 	for k, i := range c.index {
 		d.index[k] = i
 	}

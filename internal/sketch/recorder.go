@@ -120,5 +120,14 @@ func (r *Recorder) Flush() *Profile {
 		// Same schema on both sides: Merge cannot fail.
 		_ = out.Merge(p)
 	}
+	// Values in order: the window encodes without sorting them again and
+	// merges on the leader without a sort or a hash per value.
+	for _, fs := range [][]*FeatureProfile{out.Inputs, out.Outputs} {
+		for _, f := range fs {
+			if f.Categorical != nil {
+				f.Categorical.sortItems()
+			}
+		}
+	}
 	return out
 }

@@ -212,7 +212,10 @@ func addBins(s store.Store, pb *droverv1.SketchBins) {
 // ToProto returns c's wire form, items sorted by value (so a decoder
 // finds duplicates by comparing neighbours).
 func (c *Categorical) ToProto() *droverv1.CategoricalSketch {
-	items := slices.SortedFunc(slices.Values(c.items), func(a, b Item) int { return strings.Compare(a.Value, b.Value) })
+	items := c.items
+	if !c.sorted {
+		items = slices.SortedFunc(slices.Values(c.items), compareItems)
+	}
 	pb := &droverv1.CategoricalSketch{Capacity: uint32(c.capacity), Total: c.total, Items: make([]*droverv1.CategoryCount, len(items))}
 	for i, it := range items {
 		pb.Items[i] = &droverv1.CategoryCount{Value: it.Value, Count: it.Count}
@@ -225,7 +228,8 @@ func CategoricalFromProto(pb *droverv1.CategoricalSketch) (*Categorical, error) 
 	if err := checkCategorical(pb); err != nil {
 		return nil, err
 	}
-	c := &Categorical{capacity: int(pb.Capacity), total: pb.Total, items: make([]Item, 0, len(pb.Items)), index: make(map[string]int32, len(pb.Items))}
+	// Checked sorted by value, so the sketch is too.
+	c := &Categorical{capacity: int(pb.Capacity), total: pb.Total, items: make([]Item, 0, len(pb.Items)), index: make(map[string]int32, len(pb.Items)), sorted: true}
 	for _, it := range pb.Items {
 		c.index[it.Value] = int32(len(c.items))
 		c.items = append(c.items, Item{it.Value, it.Count})

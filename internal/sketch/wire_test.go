@@ -126,6 +126,79 @@ func TestEncodedSizePerFeature(t *testing.T) {
 	}
 }
 
+// worstNumeric is a numeric feature with every bin of both signs in use,
+// each bin holding perBin values, and a name of the longest length.
+func worstNumeric(t *testing.T, perBin uint64) *FeatureProfile {
+	t.Helper()
+	counts := make([]uint64, MaxBins)
+	for i := range counts {
+		counts[i] = perBin
+	}
+	first := int32(theMapping.Index(1e-3))
+	pb := &droverv1.NumericSketch{
+		RelativeAccuracy: RelativeAccuracy, Mapping: droverv1.SketchMapping_SKETCH_MAPPING_CUBIC,
+		Positive:  &droverv1.SketchBins{Offset: first, Counts: counts},
+		Negative:  &droverv1.SketchBins{Offset: first, Counts: counts},
+		ZeroCount: perBin, Count: perBin * (2*MaxBins + 1),
+		Sum: -math.Pi * 1e300, Min: -math.MaxFloat64 / 3, Max: math.MaxFloat64 / 3,
+	}
+	n, err := NumericFromProto(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &FeatureProfile{Name: strings.Repeat("n", MaxNameBytes), Kind: KindNumeric, Numeric: n, Missing: math.MaxUint64 / 4, OutOfSchema: math.MaxUint64 / 4}
+}
+
+// The 8 KiB per feature per window bound in the worst case an agent can
+// produce: every numeric bin of both signs in use, and a categorical
+// sketch at the agents' capacity with values of the longest length and
+// counts of the largest encoding. Numeric bins cost their count's varint
+// size: every bin under 2^21 values keeps the feature at 6.2 KiB, and
+// passing 8 KiB takes more than 1,800 bins of 2^21 values each, some 3.8
+// billion values of one feature in one window. The largest the decoder
+// accepts (8-byte counts, up to 2^53 per bin) is about twice the target.
+func TestEncodedSizeWorstCase(t *testing.T) {
+	for _, c := range []struct {
+		perBin uint64
+		within bool
+	}{{1, true}, {1<<14 - 1, true}, {1<<21 - 1, true}, {1 << 21, false}, {1 << 52, false}} {
+		f := worstNumeric(t, c.perBin)
+		size := proto.Size(f.ToProto())
+		t.Logf("numeric, %d bins of %d values: %d B", 2*MaxBins, c.perBin, size)
+		if c.within != (size <= 8<<10) {
+			t.Errorf("numeric, %d per bin: %d bytes; want within 8 KiB: %v", c.perBin, size, c.within)
+		}
+		if size > 20<<10 {
+			t.Errorf("numeric, %d per bin: %d bytes, more than the 20 KiB documented as the decoder's worst case", c.perBin, size)
+		}
+	}
+	pb := &droverv1.CategoricalSketch{Capacity: DefaultCapacity}
+	for i := range DefaultCapacity {
+		// Two-byte runes to MaxValueBytes: the longest value Clip keeps.
+		v := fmt.Sprintf("%02d", i) + strings.Repeat("é", (MaxValueBytes-2)/2)
+		pb.Items = append(pb.Items, &droverv1.CategoryCount{Value: v, Count: math.MaxUint64 / (2 * DefaultCapacity)})
+		pb.Total += math.MaxUint64 / (2 * DefaultCapacity)
+	}
+	cat, err := CategoricalFromProto(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &FeatureProfile{Name: strings.Repeat("c", MaxNameBytes), Kind: KindCategorical, Categorical: cat, Missing: math.MaxUint64 / 4, OutOfSchema: math.MaxUint64 / 4}
+	size := proto.Size(f.ToProto())
+	t.Logf("categorical, %d values of %d bytes: %d B", DefaultCapacity, len(pb.Items[0].Value), size)
+	if size > 8<<10 {
+		t.Errorf("categorical at capacity %d with the longest values: %d bytes, above 8 KiB", DefaultCapacity, size)
+	}
+	// Filled by Add, the same size: the decoder's form is what agents make.
+	added := NewCategorical(DefaultCapacity)
+	for _, it := range pb.Items {
+		added.Add(it.Value + "cut off by Clip")
+	}
+	if got := proto.Size(added.ToProto()); got > size {
+		t.Errorf("a sketch filled by Add takes %d bytes, more than the %d of the worst case", got, size)
+	}
+}
+
 func TestDecodeRejectsMalformed(t *testing.T) {
 	good := func() *droverv1.TelemetryWindow { return testWindow(realisticProfile(t, 3, 200)).ToProto() }
 	numeric := func(w *droverv1.TelemetryWindow) *droverv1.NumericSketch {
