@@ -70,6 +70,7 @@ type fakeServer struct {
 	deploys  *fakeDeploys
 	rollouts *fakeRollouts
 	drift    *fakeDrift
+	telem    *fakeTelemetry
 }
 
 type recorded struct {
@@ -98,6 +99,7 @@ func newFakeServer(created time.Time) *fakeServer {
 	f.deploys = &fakeDeploys{f: f, deployments: map[string]*droverv1.Deployment{}, rollouts: map[string]*droverv1.Rollout{}}
 	f.rollouts = &fakeRollouts{d: f.deploys, nodes: map[string][]*droverv1.DeploymentNode{}}
 	f.drift = &fakeDrift{f: f}
+	f.telem = &fakeTelemetry{}
 	return f
 }
 
@@ -116,6 +118,7 @@ func (f *fakeServer) handler() http.Handler {
 	mux.Handle(droverv1connect.NewDeploymentServiceHandler(f.deploys))
 	mux.Handle(droverv1connect.NewRolloutServiceHandler(f.rollouts))
 	mux.Handle(droverv1connect.NewDriftServiceHandler(f.drift))
+	mux.Handle(droverv1connect.NewTelemetryServiceHandler(f.telem))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})

@@ -3,11 +3,16 @@ package server_test
 import (
 	"crypto/rand"
 	"fmt"
+	"math"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/internal/sketch"
@@ -194,4 +199,90 @@ func TestShipTelemetryRefusesBadWindows(t *testing.T) {
 	}
 	_, err = a.telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws[5:]}))
 	wantErr(t, "ship from a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
+}
+
+// /metrics carries the fleet's aggregates per site and deployment over the
+// last whole minute, in an exposition promtool's linter accepts.
+func TestFleetMetrics(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{})
+	n := c.Nodes()[0]
+	a := enrolledAgent(t, c, n)
+	// One window ends at the last minute boundary, one at the next, with
+	// different request counts: whichever minute the scrape covers, its
+	// window says what to expect.
+	t0 := time.Now().Truncate(time.Minute)
+	reqs := map[int64]uint64{t0.Unix(): 5, t0.Add(time.Minute).Unix(): 9}
+	var ws [][]byte
+	for end, r := range reqs {
+		ws = append(ws, encodedWindow(t, a.node.GetId(), time.Unix(end, 0), int(r)))
+	}
+	res, err := a.telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws}))
+	if err != nil || res.Msg.Stored != 2 {
+		t.Fatalf("ship: %v %v", res, err)
+	}
+	code, body := httpGet(t, c, n, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %s", code, body)
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("lint /metrics: %v", err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "drover_fleet_") || strings.HasPrefix(p.Metric, "drover_telemetry_") {
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		for _, m := range mfs[name].GetMetric() {
+			match := true
+			for _, l := range m.GetLabel() {
+				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
+					match = false
+				}
+			}
+			if match {
+				if m.GetGauge() != nil {
+					return m.GetGauge().GetValue(), true
+				}
+				return m.GetCounter().GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	end, ok := value("drover_fleet_window_end_timestamp_seconds", nil)
+	want, known := reqs[int64(end)]
+	if !ok || !known {
+		t.Fatalf("fleet window ends at %v (%v); want one of the shipped windows' ends %v", end, ok, reqs)
+	}
+	cohort := map[string]string{"site": "berlin", "deployment": "det"}
+	if got, _ := value("drover_fleet_requests", cohort); got != float64(want) {
+		t.Errorf("drover_fleet_requests = %v, want %d", got, want)
+	}
+	if got, _ := value("drover_fleet_errors", cohort); got != 1 {
+		t.Errorf("drover_fleet_errors = %v, want 1", got)
+	}
+	// Latencies were 0.01s, 0.02s, … 0.01s×requests; the sketch's
+	// quantile q is the value of rank ⌊q×(n-1)⌋, within 1%.
+	for _, q := range []struct {
+		name string
+		q    float64
+	}{{"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}} {
+		got, ok := value("drover_fleet_latency_"+q.name+"_seconds", cohort)
+		exact := 0.01 * (math.Floor(q.q*float64(want-1)) + 1)
+		if !ok || math.Abs(got-exact) > exact*0.02 {
+			t.Errorf("%s latency = %v (%v), want about %v", q.name, got, ok, exact)
+		}
+	}
+	if got, _ := value("drover_telemetry_windows_total", map[string]string{"outcome": "stored"}); got != 2 {
+		t.Errorf("stored windows = %v, want 2", got)
+	}
+	if got, _ := value("drover_telemetry_store_bytes", nil); got <= 0 {
+		t.Errorf("store bytes = %v, want more than 0", got)
+	}
 }

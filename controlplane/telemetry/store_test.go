@@ -170,6 +170,7 @@ func TestQueryGroupsStepsAndFilters(t *testing.T) {
 		{"by label", &droverv1.QueryTelemetryRequest{GroupBy: "label:zone"}, map[string]uint64{"berlin-z@0": 3, "lyon-z@0": 12}},
 		{"by node in steps", &droverv1.QueryTelemetryRequest{GroupBy: "node", StepSeconds: 120},
 			map[string]uint64{"n1@0": 3, "n2@0": 4, "n3@2": 8}},
+		{"by site and version", &droverv1.QueryTelemetryRequest{GroupBy: "site,version"}, map[string]uint64{"berlin,v1@0": 3, "lyon,v2@0": 12}},
 		{"site filter", &droverv1.QueryTelemetryRequest{Site: "lyon", GroupBy: "gpu"}, map[string]uint64{"L4@0": 12}},
 		{"range excludes older", &droverv1.QueryTelemetryRequest{Since: tsp(t0.Add(2 * time.Minute))}, map[string]uint64{"@2": 8}},
 	}
@@ -199,6 +200,8 @@ func TestNormalizeRefusesBadQueries(t *testing.T) {
 	for _, q := range []*droverv1.QueryTelemetryRequest{
 		{GroupBy: "colour"},
 		{GroupBy: "label:"},
+		{GroupBy: "site,"},
+		{GroupBy: "site,colour"},
 		{Since: tsp(t0), Until: tsp(t0)},
 		{Since: tsp(t0.Add(-24 * time.Hour)), Until: tsp(t0), StepSeconds: 1},
 	} {
