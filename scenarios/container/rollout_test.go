@@ -130,9 +130,9 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	agents := make([]*agent, rolloutAgents)
 	for i := range agents {
 		agents[i] = &agent{
-			name:      fmt.Sprintf("server-%02d-%d", i+1, run),
-			container: fmt.Sprintf("%s-server-%02d", c.project, i+1),
-			volume:    fmt.Sprintf("%s-server-%02d-data", c.project, i+1),
+			name:      fmt.Sprintf("edge-%02d-%d", i+1, run),
+			container: fmt.Sprintf("%s-edge-%02d", c.project, i+1),
+			volume:    fmt.Sprintf("%s-edge-%02d-data", c.project, i+1),
 		}
 	}
 	w := watchNodes(ctx, c)
@@ -327,6 +327,18 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 		if n := inBatches[a.id]; n != 1 {
 			t.Errorf("%s (%s) is in %d batches of rollout %d; want exactly 1", a.name, a.id, n, ro.GetId())
 		}
+	}
+	// The kill came mid-way: the new leader finished batches the old one
+	// had not (the containers share the host's clock with this test).
+	afterKill := 0
+	for _, b := range ro.GetBatches() {
+		if b.GetDoneTime().AsTime().After(killed) {
+			afterKill++
+		}
+	}
+	t.Logf("rollout %d: %d batches, %d of them done after the kill", ro.GetId(), len(ro.GetBatches()), afterKill)
+	if afterKill == 0 {
+		t.Errorf("every batch of rollout %d was done before leader %s was killed: the kill did not land mid-rollout", ro.GetId(), victim.name)
 	}
 	if len(inBatches) != len(agents) {
 		t.Errorf("rollout %d has %d nodes in its batches; the deployment has %d", ro.GetId(), len(inBatches), len(agents))
