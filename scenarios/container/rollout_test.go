@@ -42,11 +42,21 @@ const (
 	// canaryBound is how long after the alias moved the canary may take
 	// to be done on the new version.
 	canaryBound = time.Minute
+	// rolloutProgressDeadline is the deployment's progress_deadline. A
+	// node whose pull of the new version was under way through the
+	// killed leader waits for that server until the pull's own bounds
+	// give up on it (30 s for the manifest call, 30 s and more for a
+	// chunk call; a killed server sends nothing, and QUIC notices only
+	// after minutes) before it asks another server: that node's batch
+	// must not fail on the way, so the deadline is well beyond both. Runs
+	// where the kill caught a pull took about a minute for that batch.
+	rolloutProgressDeadline = "2m30s"
 	// rolloutDoneBound is how long after the alias moved the rollout may
 	// take to succeed: four batches, each a switch, reports riding on
-	// heartbeats (3 s TTL) and min_healthy_time (3 s), plus a leader
-	// election and the new leader's wait for every node's first report.
-	rolloutDoneBound = 3 * time.Minute
+	// heartbeats (3 s TTL) and min_healthy_time (3 s), a leader election
+	// and the new leader's wait for every node's first report, and a
+	// pull caught by the kill (see rolloutProgressDeadline).
+	rolloutDoneBound = 4 * time.Minute
 	// inferTimeout bounds one inference request of the load loop; the
 	// sample model answers in well under a millisecond.
 	inferTimeout = 10 * time.Second
@@ -57,11 +67,16 @@ const (
 )
 
 // rolloutSpec is the deployment: the sample model with the built-in onnx
-// runtime, a canary, batches of two with at most one node of a site
+// runtime on the nodes labelled for this run (earlier scenarios leave
+// their agents' nodes behind, down, and a deployment for every node would
+// wait for them), a canary, batches of two with at most one node of a site
 // updating at once, and a minimum healthy time that makes the rollout
-// last long enough for the leader to die in the middle of it.
+// last long enough for the leader to die in the middle of it. Its
+// progress deadline is rolloutProgressDeadline.
 const rolloutSpec = `name: %s
 model: %s@prod
+selector:
+  labels: {scenario: %s}
 runtime:
   type: onnx
 strategy:
@@ -69,7 +84,7 @@ strategy:
   max_parallel: 2
   max_unavailable_per_site: %d
   min_healthy_time: 3s
-  progress_deadline: 1m
+  progress_deadline: %s
   auto_promote: true
 `
 
@@ -101,6 +116,7 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	run := time.Now().Unix()
 	model := fmt.Sprintf("rollout-scenario-%d", run)
 	deployment := model
+	label := fmt.Sprintf("rollout-%d", run) // on this run's agents alone
 
 	sample := filepath.Join("..", "..", "cli", "sample", "hello-classifier")
 	ref := readReference(t, sample)
@@ -139,7 +155,7 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	t.Cleanup(w.stop)
 	token := c.createJoinToken(ctx, t, len(agents), run)
 	c.startAgents(ctx, t, image, token.GetTokenString(), agents,
-		"--serve-addr", net.JoinHostPort("0.0.0.0", strconv.Itoa(agentServePort)))
+		"--serve-addr", net.JoinHostPort("0.0.0.0", strconv.Itoa(agentServePort)), "--label", "scenario="+label)
 	if _, err := waitAgentsReady(ctx, w, agents, agentReadyBound); err != nil {
 		t.Fatalf("agents did not enroll: %v", err)
 	}
@@ -160,7 +176,7 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	}
 
 	applied := time.Now()
-	c.drover(ctx, t, "deploy", "apply", "-f", writeSpec(t, fmt.Sprintf(rolloutSpec, deployment, model, rolloutBudget)))
+	c.drover(ctx, t, "deploy", "apply", "-f", writeSpec(t, fmt.Sprintf(rolloutSpec, deployment, model, label, rolloutBudget, rolloutProgressDeadline)))
 	hc := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 4}, Timeout: inferTimeout}
 	defer hc.CloseIdleConnections()
 	for i, a := range agents {
@@ -175,7 +191,8 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 			return version == v1, nil
 		})
 		if err != nil {
-			t.Fatalf("%s never answered with %s@%d within %s of the apply (last: %s): %v", a.name, model, v1, serveBound, last, err)
+			t.Fatalf("%s never answered with %s@%d within %s of the apply (last: %s; the rollout: %s): %v",
+				a.name, model, v1, serveBound, last, c.rolloutWaiting(ctx, deployment), err)
 		}
 	}
 	t.Logf("every agent serves %s@%d, %s after the apply", model, v1, time.Since(applied).Round(time.Millisecond))
@@ -235,9 +252,11 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	}
 	t.Logf("%s leads %s after the kill", next, time.Since(killed).Round(time.Millisecond))
 
-	// The new leader finishes the rollout.
+	// The new leader finishes the rollout: this one, not a rollback
+	// after it.
+	id := ro.GetId()
 	err = poll(ctx, rolloutDoneBound-time.Since(moved), func(ctx context.Context, _ int) (bool, error) {
-		r, err := c.latestRollout(ctx, deployment)
+		r, err := c.rollout(ctx, deployment, id)
 		if err != nil {
 			lastErr = err
 			return false, nil
@@ -331,10 +350,13 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	// The kill came mid-way: the new leader finished batches the old one
 	// had not (the containers share the host's clock with this test).
 	afterKill := 0
-	for _, b := range ro.GetBatches() {
+	for i, b := range ro.GetBatches() {
 		if b.GetDoneTime().AsTime().After(killed) {
 			afterKill++
 		}
+		t.Logf("batch %d (canary %v, %d nodes): started %s, done %s, relative to the kill",
+			i, b.GetCanary(), len(b.GetNodeIds()), b.GetStartTime().AsTime().Sub(killed).Round(time.Millisecond),
+			b.GetDoneTime().AsTime().Sub(killed).Round(time.Millisecond))
 	}
 	t.Logf("rollout %d: %d batches, %d of them done after the kill", ro.GetId(), len(ro.GetBatches()), afterKill)
 	if afterKill == 0 {
@@ -506,13 +528,32 @@ func writeSpec(t *testing.T, spec string) string {
 
 // latestRollout reads deployment's latest rollout from the current leader.
 func (c *cluster) latestRollout(ctx context.Context, deployment string) (*droverv1.Rollout, error) {
+	return c.rollout(ctx, deployment, 0)
+}
+
+// rollout reads rollout id of deployment (0: the latest) from the current
+// leader.
+func (c *cluster) rollout(ctx context.Context, deployment string, id uint64) (*droverv1.Rollout, error) {
 	res, err := tryLeader(ctx, c, func(ctx context.Context, cl *api) (*connect.Response[droverv1.GetRolloutResponse], error) {
-		return cl.rollout.GetRollout(ctx, connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: deployment}))
+		return cl.rollout.GetRollout(ctx, connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: deployment, Id: id}))
 	})
 	if err != nil {
 		return nil, err
 	}
 	return res.Msg.GetRollout(), nil
+}
+
+// rolloutWaiting says what deployment's latest rollout waits for, in the
+// leader's words, for a failure message.
+func (c *cluster) rolloutWaiting(ctx context.Context, deployment string) string {
+	res, err := tryLeader(ctx, c, func(ctx context.Context, cl *api) (*connect.Response[droverv1.GetRolloutResponse], error) {
+		return cl.rollout.GetRollout(ctx, connect.NewRequest(&droverv1.GetRolloutRequest{Deployment: deployment}))
+	})
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	r := res.Msg.GetRollout()
+	return fmt.Sprintf("rollout %d %s, %d batches, waiting for %q", r.GetId(), r.GetState(), len(r.GetBatches()), res.Msg.GetWaiting())
 }
 
 // rollouts lists every rollout of deployment.
