@@ -48,8 +48,9 @@ const (
 	// give up on it (30 s for the manifest call, 30 s and more for a
 	// chunk call; a killed server sends nothing, and QUIC notices only
 	// after minutes) before it asks another server: that node's batch
-	// must not fail on the way, so the deadline is well beyond both. Runs
-	// where the kill caught a pull took about a minute for that batch.
+	// must not fail on the way, so the deadline is well beyond both. With
+	// a deadline of one minute, a run whose kill caught a pull failed
+	// that batch with the node still pulling, and rolled back.
 	rolloutProgressDeadline = "2m30s"
 	// rolloutDoneBound is how long after the alias moved the rollout may
 	// take to succeed: four batches, each a switch, reports riding on
