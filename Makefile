@@ -109,7 +109,7 @@ dev: build ## Run a single-server control plane and 3 local agents (drover dev; 
 sample-model: ## Regenerate cli/sample/hello-classifier (model.onnx, reference.json, card) with examples/digits.
 	cd $(DIGITS) && $(GO) run . -name hello-classifier -hidden 32 -epochs 30 -seed 1 -out ../../cli/sample/hello-classifier
 
-scenarios-docker: ## Container scenarios: 3 servers and agents under docker kill / disconnect, and agents pulling a model.
+scenarios-docker: ## Container scenarios: 3 servers and agents under docker kill / disconnect; agents pulling a model and rolling to a new version while the leader is killed.
 	bash deploy/docker/scenarios.sh
 
 clean:

@@ -274,6 +274,10 @@ func (in *fakeInstance) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		in.served.Add(1)
+		if v := r.URL.Query().Get("claim"); v != "" {
+			// An instance that names a version of its own.
+			w.Header().Set("Drover-Version", v)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"version": in.spec.Version, "path": r.URL.Path, "query": r.URL.RawQuery})
 	case "/v1/health":

@@ -108,6 +108,7 @@ func (t *target) close() <-chan struct{} {
 func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *target {
 	t := &target{version: version, idle: make(chan struct{})}
 	addr := inst.Addr()
+	vs := strconv.FormatUint(version, 10)
 	t.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -118,7 +119,14 @@ func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *targ
 			pr.SetXForwarded()
 		},
 		Transport: r.transport,
+		ModifyResponse: func(res *http.Response) error {
+			// Set, not added: an instance that sends a header of the
+			// same name must not be able to claim another version.
+			res.Header.Set(VersionHeader, vs)
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			w.Header().Set(VersionHeader, vs)
 			if errors.Is(err, context.Canceled) && req.Context().Err() != nil {
 				// The client went away; nobody reads an answer.
 				w.WriteHeader(statusClientClosed)
@@ -135,6 +143,13 @@ func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *targ
 	}
 	return t
 }
+
+// VersionHeader names the version of the deployment's model that took a
+// request, on every answer the endpoint passes on from an instance and on
+// a 502 from one that did not answer, so a client (or a test) knows which
+// side of a rollout served it. Errors the endpoint answers itself (404,
+// 503) carry none: no version took the request.
+const VersionHeader = "Drover-Version"
 
 // statusClientClosed is recorded for a request whose client left before
 // the instance answered (nginx's 499).
@@ -191,6 +206,8 @@ func stateName(s droverv1.InstanceState) string {
 //	ANY  /v1/deployments/{name}/{rest…}  proxied to the serving instance's /v1/{rest…}
 //
 // so POST /v1/deployments/digits/infer reaches the instance's /v1/infer.
+// Every answer from an instance carries VersionHeader, the version that
+// served it.
 // A deployment the node is not told to run is 404; one with no healthy
 // instance is 503 with Retry-After; an instance that does not answer is
 // 502. Every error is JSON, {"error": …, "deployment": …}.

@@ -569,6 +569,44 @@ func TestUpstreamDownIsBadGateway(t *testing.T) {
 	}
 }
 
+// TestVersionHeaderNamesServingVersion checks that every answer an
+// instance gives through the endpoint names the version that served it,
+// across an upgrade, whatever the instance itself claims; that a 502 names
+// the version that did not answer; and that the endpoint's own errors name
+// none.
+func TestVersionHeaderNamesServingVersion(t *testing.T) {
+	h := newHarness(t, nil)
+	post := func(query string) *http.Response {
+		t.Helper()
+		resp, err := http.Post(h.srv.URL+"/v1/deployments/digits/infer"+query, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := post(""); resp.StatusCode != http.StatusNotFound || resp.Header.Get(VersionHeader) != "" {
+		t.Errorf("unknown deployment: %d with %s %q, want 404 and no version", resp.StatusCode, VersionHeader, resp.Header.Get(VersionHeader))
+	}
+	h.update(asg("digits", 1))
+	h.waitServing("digits", 1)
+	if resp := post(""); resp.StatusCode != http.StatusOK || resp.Header.Get(VersionHeader) != "1" {
+		t.Errorf("version 1 serving: %d with %s %q, want 200 and 1", resp.StatusCode, VersionHeader, resp.Header.Get(VersionHeader))
+	}
+	h.update(asg("digits", 2))
+	h.waitState("digits", 2, stateHealthy)
+	h.waitServing("digits", 2)
+	resp := post("?claim=7")
+	if got := resp.Header.Values(VersionHeader); resp.StatusCode != http.StatusOK || !slices.Equal(got, []string{"2"}) {
+		t.Errorf("version 2 serving, its instance claiming 7: %d with %s %q, want 200 and only 2", resp.StatusCode, VersionHeader, got)
+	}
+	h.rt.instancesOf(2)[0].srv.Close()
+	if resp := post(""); resp.StatusCode != http.StatusBadGateway || resp.Header.Get(VersionHeader) != "2" {
+		t.Errorf("version 2 not answering: %d with %s %q, want 502 and 2", resp.StatusCode, VersionHeader, resp.Header.Get(VersionHeader))
+	}
+}
+
 func TestCorruptStateRefused(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, DefaultStateFile), []byte("{not json"), 0o600); err != nil {

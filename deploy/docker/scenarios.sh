@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Container scenarios: builds a static drover and drover-agent, the
-# drover:dev and drover-agent:dev images, makes a cluster CA, starts three
-# servers with compose, waits until they are ready, runs the Go scenario
-# tests of scenarios/container against them (the agent scenarios start
-# their agent containers themselves, labelled as part of the compose
-# project; the pull scenario also pushes a model from this machine), and
+# Container scenarios: builds a static drover, drover-agent and
+# drover-onnx, the drover:dev and drover-agent:dev images (the agent's with
+# drover-onnx beside it, for the onnx runtime), makes a cluster CA, starts
+# three servers with compose, waits until they are ready, runs the Go
+# scenario tests of scenarios/container against them (the agent scenarios
+# start their agent containers themselves, labelled as part of the compose
+# project; the pull and rollout scenarios also push models from this
+# machine, and the rollout scenario sends inference requests to the
+# agents' endpoints on the servers' network), and
 # always tears everything down again (agent and server containers, networks,
 # volumes, temporary files), on success, failure or Ctrl-C. On failure it
 # prints the end of every server's and agent's log and keeps the full logs
@@ -157,16 +160,17 @@ trap 'exit 143' TERM
 # --- build ----------------------------------------------------------------------
 
 cd "$root"
-log "building a static drover and drover-agent"
+log "building a static drover, drover-agent and drover-onnx"
 mkdir -p bin
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/drover ./cmd/drover
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/drover-agent ./cmd/drover-agent
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/drover-onnx ./cmd/drover-onnx
 
 log "building images $image and $agent_image"
 mkdir -p "$work/image/data" "$work/agent-image/data"
 cp bin/drover "$work/image/drover"
 docker build --quiet -f "$here/Dockerfile" -t "$image" "$work/image" >/dev/null
-cp bin/drover-agent "$work/agent-image/drover-agent"
+cp bin/drover-agent bin/drover-onnx "$work/agent-image/"
 docker build --quiet -f "$here/Dockerfile.agent" -t "$agent_image" "$work/agent-image" >/dev/null
 
 log "creating the cluster CA"

@@ -282,6 +282,7 @@ type api struct {
 	cluster droverv1connect.ClusterServiceClient
 	node    droverv1connect.NodeServiceClient
 	token   droverv1connect.TokenServiceClient
+	rollout droverv1connect.RolloutServiceClient
 }
 
 // client returns clients of s on the cluster's shared connections, with
@@ -309,6 +310,7 @@ func (c *cluster) clientWith(hc *http.Client, s *server, stale bool) *api {
 		cluster: droverv1connect.NewClusterServiceClient(hc, base, opts),
 		node:    droverv1connect.NewNodeServiceClient(hc, base, opts),
 		token:   droverv1connect.NewTokenServiceClient(hc, base, opts),
+		rollout: droverv1connect.NewRolloutServiceClient(hc, base, opts),
 	}
 }
 

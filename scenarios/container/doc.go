@@ -3,9 +3,16 @@
 // and check with package linearize that clients never saw a
 // non-linearizable registry; one that kills and restarts drover-agent
 // containers and checks that the leader marks exactly those nodes DOWN
-// within their heartbeat TTL, and READY again as the same nodes; and one
+// within their heartbeat TTL, and READY again as the same nodes; one
 // that has agent containers pull a pushed model, from each other and from
-// the servers, while the leader's container is killed.
+// the servers, while the leader's container is killed; and one that rolls
+// a deployment of the sample model (the built-in onnx runtime, drover-onnx
+// in the agent's image) from one version to the next across six agent
+// containers in two sites, kills the leader's container once the canary
+// is done, and checks, under inference requests to every agent the whole
+// time, that the new leader finishes the rollout, every agent switched
+// exactly once, no site ever had more nodes updating than its budget, and
+// no request failed.
 //
 // The tests carry the build tag "docker" and need the cluster and the
 // environment that deploy/docker/scenarios.sh sets up; run that script
@@ -37,4 +44,12 @@
 // volumes carry the compose project's label and "drover.scenario.agent";
 // the test removes them when it passes and stops them when it fails, and
 // scenarios.sh prints their logs and removes them in any case.
+//
+// The rollout scenario's agents also serve their inference endpoint on
+// every address (--serve-addr 0.0.0.0:7950), and the test reaches it at
+// each agent's address on the servers' network, which the host has an
+// address on too (Docker gives the host one on every bridge network,
+// internal ones included). Every answer names the version that served it
+// in the Drover-Version header, which is how the test's load loop tells
+// the two sides of the rollout apart.
 package container

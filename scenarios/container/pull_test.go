@@ -330,18 +330,42 @@ func (c *cluster) createModel(ctx context.Context, t *testing.T, model string) {
 	}
 }
 
-// push runs `drover model push tree --model model -o json` in this
-// process, against the first server that is ready, and returns its answer.
-// The CLI verifies the server by its address, which the certificates name
-// only on the servers' own network and as localhost, so it reaches the
-// server through a forwarder on 127.0.0.1.
-func (c *cluster) push(ctx context.Context, t *testing.T, tree, model string) *droverv1.FinishPushResponse {
+// push runs `drover model push tree --model model -o json` with extra
+// flags (--alias NAME) in this process, and returns its answer.
+func (c *cluster) push(ctx context.Context, t *testing.T, tree, model string, extra ...string) *droverv1.FinishPushResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, pushBound)
 	defer cancel()
-	s := c.servers[0]
-	if err := c.waitReady(ctx, s, readyBound); err != nil {
-		t.Fatal(err)
+	out := c.drover(ctx, t, append([]string{"model", "push", tree, "--model", model, "-o", "json"}, extra...)...)
+	var res droverv1.FinishPushResponse
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(out, &res); err != nil {
+		t.Fatalf("drover model push -o json: %v\n%s", err, out)
+	}
+	return &res
+}
+
+// drover runs the operator CLI with args in this process, against the
+// first server that is ready, with the management token, and returns
+// what it wrote to stdout; a non-zero exit fails the test. The CLI
+// verifies the server by its address, which the certificates name only on
+// the servers' own network and as localhost, so it reaches the server
+// through a forwarder on 127.0.0.1.
+func (c *cluster) drover(ctx context.Context, t *testing.T, args ...string) []byte {
+	t.Helper()
+	var s *server
+	var lastErr error
+	for _, cand := range c.servers {
+		if lastErr = c.waitReady(ctx, cand, infoTimeout); lastErr == nil {
+			s = cand
+			break
+		}
+	}
+	if s == nil {
+		// None answers at once: give the first the time a start takes.
+		s = c.servers[0]
+		if err := c.waitReady(ctx, s, readyBound); err != nil {
+			t.Fatalf("drover %s: no server is ready: %v (before: %v)", strings.Join(args, " "), err, lastErr)
+		}
 	}
 	fw := forward(t, s.api)
 	t.Setenv("DROVER_TOKEN", c.token)
@@ -350,16 +374,11 @@ func (c *cluster) push(ctx context.Context, t *testing.T, tree, model string) *d
 	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
 	t.Setenv("HOME", t.TempDir())
 	var stdout, stderr bytes.Buffer
-	code := cli.Main(ctx, []string{"--address", "https://" + fw, "model", "push", tree, "--model", model, "-o", "json"},
-		strings.NewReader(""), &stdout, &stderr)
+	code := cli.Main(ctx, append([]string{"--address", "https://" + fw}, args...), strings.NewReader(""), &stdout, &stderr)
 	if code != 0 {
-		t.Fatalf("drover model push through %s: exit %d\n%s", s.name, code, stderr.String())
+		t.Fatalf("drover %s through %s: exit %d\n%s%s", strings.Join(args, " "), s.name, code, stdout.String(), stderr.String())
 	}
-	var res droverv1.FinishPushResponse
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(stdout.Bytes(), &res); err != nil {
-		t.Fatalf("drover model push -o json: %v\n%s", err, stdout.String())
-	}
-	return &res
+	return stdout.Bytes()
 }
 
 // forward relays TCP connections from a port on 127.0.0.1 to target until
