@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent/fetch"
+	"github.com/droverhq/drover/agent/journal"
 	"github.com/droverhq/drover/agent/reconcile"
 	"github.com/droverhq/drover/agent/runtime"
 	"github.com/droverhq/drover/agent/runtime/exec"
@@ -43,11 +44,17 @@ type serving struct {
 	pull atomic.Pointer[puller]
 
 	runtimes []*exec.Runtime
+	journal  *journal.Journal
 	endpoint *http.Server // nil when --serve-addr is off
 	addr     string       // where the endpoint listens
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
+
+// JournalDir is where the agent with data directory dataDir keeps its
+// journal of instance transitions (agent/journal); `drover-agent journal`
+// reads it.
+func JournalDir(dataDir string) string { return filepath.Join(dataDir, "journal") }
 
 // onnxBinary is the program the onnx runtime runs.
 const onnxBinary = "drover-onnx"
@@ -104,6 +111,11 @@ func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*
 		}
 	}
 
+	sv.journal, err = journal.Open(JournalDir(dir), journal.Options{})
+	if err != nil {
+		return fail(withHint(err, "check that %s is writable", JournalDir(dir)))
+	}
+
 	reg := prometheus.NewRegistry()
 	rcfg := reconcile.DefaultConfig()
 	rcfg.Dir = filepath.Join(dir, "deployments")
@@ -111,6 +123,7 @@ func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*
 	rcfg.Puller = sessionPuller{sv}
 	rcfg.Local = reconcile.StoreVersions{Store: store}
 	rcfg.Resources = gpuResources{alloc}
+	rcfg.Journal = sv.journal
 	rcfg.Logger = log
 	rcfg.Registerer = reg
 	sv.rec, err = reconcile.New(rcfg)
@@ -169,6 +182,11 @@ func (sv *serving) stop() {
 	}
 	sv.cancel()
 	sv.wg.Wait()
+	if sv.journal != nil {
+		if err := sv.journal.Close(); err != nil {
+			sv.log.Warn("cannot close the journal", "err", err)
+		}
+	}
 	for _, rt := range sv.runtimes {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if err := rt.Close(ctx); err != nil {
