@@ -504,8 +504,8 @@ type harness struct {
 	journal *journal.Journal
 	r       *Reconciler
 	srv     *httptest.Server
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 func newHarness(t *testing.T, gpus *fakeGPUs) *harness {
