@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -325,12 +326,23 @@ func unavailability(r nodeRecord, deployment string) []interval {
 	return out
 }
 
-// checkSiteBudget rebuilds, from the journals, how many nodes of each site
-// were unavailable for deployment at every instant since from, fails the
-// test at the first instant a site had more than budget, and returns the
-// most each site had at once.
+// checkSiteBudget fails the test at the first instant since from at
+// which the journals show a site with more than budget nodes unavailable
+// for deployment, and returns the most each site had at once.
 func checkSiteBudget(t *testing.T, records []nodeRecord, deployment string, from time.Time, budget int) map[string]int {
 	t.Helper()
+	peak, over := siteUnavailability(records, deployment, from, budget)
+	for _, o := range over {
+		t.Error(o)
+	}
+	return peak
+}
+
+// siteUnavailability rebuilds, from the journals, how many nodes of each
+// site were unavailable for deployment at every instant since from. It
+// returns the most each site had at once, and for each site that had more
+// than budget, the first instant it did.
+func siteUnavailability(records []nodeRecord, deployment string, from time.Time, budget int) (peak map[string]int, over []string) {
 	type edge struct {
 		at    time.Time
 		delta int
@@ -348,8 +360,9 @@ func checkSiteBudget(t *testing.T, records []nodeRecord, deployment string, from
 			}
 		}
 	}
-	peak := map[string]int{}
-	for site, es := range edges {
+	peak = map[string]int{}
+	for _, site := range slices.Sorted(maps.Keys(edges)) {
+		es := edges[site]
 		// At equal times an end comes first: intervals are half-open.
 		slices.SortFunc(es, func(a, b edge) int {
 			if c := a.at.Compare(b.at); c != 0 {
@@ -364,17 +377,15 @@ func checkSiteBudget(t *testing.T, records []nodeRecord, deployment string, from
 			} else {
 				now = slices.DeleteFunc(now, func(n string) bool { return n == e.node })
 			}
-			if len(now) > peak[site] {
-				peak[site] = len(now)
-			}
+			peak[site] = max(peak[site], len(now))
 			if len(now) > budget {
-				t.Errorf("site %s at %s: %d nodes unavailable %v, over the budget of %d",
-					site, e.at.Format(time.RFC3339Nano), len(now), now, budget)
+				over = append(over, fmt.Sprintf("site %s at %s: %d nodes unavailable %v, over the budget of %d",
+					site, e.at.Format(time.RFC3339Nano), len(now), now, budget))
 				break
 			}
 		}
 	}
-	return peak
+	return peak, over
 }
 
 // describe prints a node's journal entries of deployment, for failures.
@@ -421,5 +432,77 @@ func waitRolloutVia(ctx context.Context, t *testing.T, c *cluster.Cluster, deplo
 			t.Fatalf("rollout %d of %s never reached %s: latest %v", id, deployment, state, r)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// The journal check itself: overlapping updates in one site are caught,
+// the same updates one after another are not, a node serving nothing
+// counts until it switches, a node without an assignment does not count,
+// and a boot means nothing serves.
+func TestSiteUnavailabilityFromJournals(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	// update is a node of site moving from version 1 to 2 between a and b
+	// seconds, after serving version 1 since second 0.
+	update := func(name, site string, a, b float64) nodeRecord {
+		return nodeRecord{name: name, site: site, entries: []journal.Entry{
+			{Time: at(0), Event: journal.Boot},
+			{Time: at(0), Event: journal.Assigned, Deployment: "web", Version: 1},
+			{Time: at(0), Event: journal.Switched, Deployment: "web", Version: 1},
+			{Time: at(a), Event: journal.Assigned, Deployment: "web", Version: 2},
+			{Time: at((a + b) / 2), Event: journal.Started, Deployment: "web", Version: 2},
+			{Time: at(b), Event: journal.Switched, Deployment: "web", Version: 2, Previous: 1},
+			{Time: at(b), Event: journal.Stopped, Deployment: "web", Version: 1},
+		}}
+	}
+	for _, tc := range []struct {
+		name    string
+		records []nodeRecord
+		peak    map[string]int
+		over    bool
+	}{
+		{"one after another", []nodeRecord{update("a", "x", 1, 2), update("b", "x", 2, 3), update("c", "x", 3, 4)},
+			map[string]int{"x": 1}, false},
+		{"two sites at once", []nodeRecord{update("a", "x", 1, 2), update("b", "y", 1, 2)},
+			map[string]int{"x": 1, "y": 1}, false},
+		{"overlap in a site", []nodeRecord{update("a", "x", 1, 3), update("b", "x", 2, 4)},
+			map[string]int{"x": 2}, true},
+		{"before the window", []nodeRecord{update("a", "x", -5, -3), update("b", "x", -4, -2), update("c", "x", 1, 2)},
+			map[string]int{"x": 1}, false},
+		{"a node serving nothing counts", []nodeRecord{update("a", "x", 1, 3), {name: "b", site: "x", entries: []journal.Entry{
+			{Time: at(0), Event: journal.Assigned, Deployment: "web", Version: 1},
+			{Time: at(0), Event: journal.Switched, Deployment: "web", Version: 1},
+			{Time: at(2), Event: journal.NotServing, Deployment: "web", Version: 1},
+			{Time: at(5), Event: journal.Switched, Deployment: "web", Version: 1},
+		}}}, map[string]int{"x": 2}, true},
+		{"a boot serves nothing", []nodeRecord{update("a", "x", 1, 3), {name: "b", site: "x", entries: []journal.Entry{
+			{Time: at(0), Event: journal.Assigned, Deployment: "web", Version: 1},
+			{Time: at(0), Event: journal.Switched, Deployment: "web", Version: 1},
+			{Time: at(2), Event: journal.Boot},
+			{Time: at(2), Event: journal.Assigned, Deployment: "web", Version: 1, Reason: "restored from the state file"},
+			{Time: at(4), Event: journal.Switched, Deployment: "web", Version: 1},
+		}}}, map[string]int{"x": 2}, true},
+		{"an unassigned node does not count", []nodeRecord{update("a", "x", 1, 3), {name: "b", site: "x", entries: []journal.Entry{
+			{Time: at(0), Event: journal.Assigned, Deployment: "web", Version: 1},
+			{Time: at(0), Event: journal.Switched, Deployment: "web", Version: 1},
+			{Time: at(1.5), Event: journal.Unassigned, Deployment: "web"},
+			{Time: at(1.6), Event: journal.NotServing, Deployment: "web", Version: 1},
+			{Time: at(1.7), Event: journal.Stopped, Deployment: "web", Version: 1},
+		}}}, map[string]int{"x": 1}, false},
+		{"another deployment does not count", []nodeRecord{update("a", "x", 1, 3), {name: "b", site: "x", entries: []journal.Entry{
+			{Time: at(2), Event: journal.Assigned, Deployment: "other", Version: 1},
+		}}}, map[string]int{"x": 1}, false},
+		{"still updating at the end", []nodeRecord{update("a", "x", 1, 3), {name: "b", site: "x", entries: []journal.Entry{
+			{Time: at(0), Event: journal.Assigned, Deployment: "web", Version: 1},
+			{Time: at(0), Event: journal.Switched, Deployment: "web", Version: 1},
+			{Time: at(2), Event: journal.Assigned, Deployment: "web", Version: 2},
+		}}}, map[string]int{"x": 2}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peak, over := siteUnavailability(tc.records, "web", t0, 1)
+			if !maps.Equal(peak, tc.peak) || (len(over) > 0) != tc.over {
+				t.Errorf("peak %v, over the budget of 1: %q; want peak %v, over %v", peak, over, tc.peak, tc.over)
+			}
+		})
 	}
 }
