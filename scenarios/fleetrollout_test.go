@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -46,34 +47,17 @@ func TestRolloutKeepsSiteBudget(t *testing.T) {
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	setCLIEnv(t, c)
+	addr := c.Nodes()[0].APIAddr()
+	pushVersions(ctx, t, c, addr, "one", "two")
 	sites := []string{"berlin", "lyon"}
 	siteOf := func(i int) string { return sites[i%2] }
 	fleet := startReady(ctx, t, c, n, cluster.AgentOptions{Prefix: "edge", Site: siteOf})
-	createModel(t, c.Client(c.Leader(), false), "web")
-	setCLIEnv(t, c)
-	addr := c.Nodes()[0].APIAddr()
-	pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": "one"})
-	pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": "two"})
 
 	// Version 1 goes everywhere at once: the fleet's starting point.
-	apply := func(version uint64, strategy string) {
-		t.Helper()
-		spec := fmt.Sprintf(`name: web
-model: web@%d
-runtime:
-  type: exec
-  command: [%q]
-  env: {%s: "1"}
-  health_path: /v1/health
-  start_timeout: 1m
-strategy:
-%s`, version, os.Args[0], modelServerEnv, strategy)
-		if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec)); code != 0 {
-			t.Fatalf("deploy apply version %d: exit %d\n%s%s", version, code, out, errOut)
-		}
-	}
+	apply := func(version uint64, strategy string) { applyWeb(ctx, t, addr, version, strategy) }
 	apply(1, fmt.Sprintf("  max_parallel: %d\n  max_unavailable_per_site: %d\n  min_healthy_time: 100ms\n", n, n))
-	waitRollout(ctx, t, c, "web", 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
+	waitRolloutVia(ctx, t, c, "web", 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
 	waitServing(ctx, t, fleet, "web", "one")
 
 	const budget = 3
@@ -85,17 +69,28 @@ strategy:
   progress_deadline: 2m
   auto_promote: false
 `, budget))
-	waitRollout(ctx, t, c, "web", 2, droverv1.RolloutState_ROLLOUT_STATE_AWAITING_PROMOTION)
+	waitRolloutVia(ctx, t, c, "web", 2, droverv1.RolloutState_ROLLOUT_STATE_AWAITING_PROMOTION)
 	// Long enough for a controller that wrongly went on to show it.
 	time.Sleep(time.Second)
-	canary := rolloutHistory(ctx, t, c, "web")[1].GetBatches()[0].GetNodeIds()
+	canary := latestRollout(ctx, t, c, "web").GetBatches()[0].GetNodeIds()
 	promoted := time.Now()
-	if _, err := c.Client(c.Leader(), false).Rollouts.PromoteRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{
-		Deployment: "web", Reason: "canary looks good",
-	})); err != nil {
-		t.Fatalf("promote: %v", err)
+	for {
+		l, err := c.WaitLeader(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Client(l, false).Rollouts.PromoteRollout(ctx, connect.NewRequest(&droverv1.RolloutActionRequest{
+			Deployment: "web", Reason: "canary looks good",
+		}))
+		if err == nil {
+			break
+		}
+		if connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
+			t.Fatalf("promote: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	waitRollout(ctx, t, c, "web", 2, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
+	waitRolloutVia(ctx, t, c, "web", 2, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
 	t.Logf("%d agents: rollout of version 2 done in %v (promoted after %v)", n, time.Since(start).Round(time.Millisecond),
 		promoted.Sub(start).Round(time.Millisecond))
 	waitServing(ctx, t, fleet, "web", "two")
@@ -138,43 +133,29 @@ func TestRolloutAcrossLeaderKillWithAgents(t *testing.T) {
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	setCLIEnv(t, c)
+	pushVersions(ctx, t, c, c.Nodes()[0].APIAddr(), "one", "two")
 	sites := []string{"berlin", "lyon"}
 	siteOf := func(i int) string { return sites[i%2] }
 	fleet := startReady(ctx, t, c, n, cluster.AgentOptions{Prefix: "edge", Site: siteOf})
-	createModel(t, c.Client(c.Leader(), false), "web")
-	setCLIEnv(t, c)
-	old := c.Leader()
-	var addr string // a server that outlives the leader
-	for _, node := range c.Nodes() {
-		if node != old {
-			addr = node.APIAddr()
-			break
-		}
-	}
-	pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": "one"})
-	pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": "two"})
 	const budget = 2
-	apply := func(version uint64, strategy string) {
-		t.Helper()
-		spec := fmt.Sprintf(`name: web
-model: web@%d
-runtime:
-  type: exec
-  command: [%q]
-  env: {%s: "1"}
-  health_path: /v1/health
-  start_timeout: 1m
-strategy:
-%s`, version, os.Args[0], modelServerEnv, strategy)
-		if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec)); code != 0 {
-			t.Fatalf("deploy apply version %d: exit %d\n%s%s", version, code, out, errOut)
-		}
-	}
+	addr := c.Nodes()[0].APIAddr()
+	apply := func(version uint64, strategy string) { applyWeb(ctx, t, addr, version, strategy) }
 	apply(1, fmt.Sprintf("  max_parallel: %d\n  max_unavailable_per_site: %d\n  min_healthy_time: 100ms\n", n, n))
 	waitRolloutVia(ctx, t, c, "web", 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
 	waitServing(ctx, t, fleet, "web", "one")
 
 	start := time.Now()
+	old, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range c.Nodes() {
+		if node != old {
+			addr = node.APIAddr() // a server that outlives the leader
+			break
+		}
+	}
 	apply(2, fmt.Sprintf("  max_parallel: 4\n  max_unavailable_per_site: %d\n  min_healthy_time: 500ms\n  progress_deadline: 2m\n", budget))
 	// The first batch done, the leader dies.
 	for {
@@ -211,6 +192,88 @@ strategy:
 	checkUpdatedOnce(t, records, "web", 2)
 	peak := checkSiteBudget(t, records, "web", start, budget)
 	t.Logf("most nodes of a site unavailable at once: %v (budget %d)", peak, budget)
+}
+
+// pushVersions creates model web and pushes one version per page, each
+// holding page.txt with that page, asking again through elections: a
+// loaded machine makes them.
+func pushVersions(ctx context.Context, t *testing.T, c *cluster.Cluster, addr string, pages ...string) {
+	t.Helper()
+	for {
+		l, err := c.WaitLeader(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Client(l, false).Models.CreateModel(ctx, connect.NewRequest(&droverv1.CreateModelRequest{Name: "web"}))
+		if err == nil || connect.CodeOf(err) == connect.CodeAlreadyExists {
+			break
+		}
+		if connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
+			t.Fatalf("create model web: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for i, page := range pages {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "page.txt"), []byte(page), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			// A push cut short by an election may have created the
+			// version all the same.
+			l, err := c.WaitLeader(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if versionCount(ctx, t, c.Client(l, false), "web") > i {
+				break
+			}
+			_, errOut, code := drover(ctx, addr, "model", "push", dir, "--model", "web")
+			if code == 0 {
+				break
+			}
+			if !leaderTrouble(errOut) || ctx.Err() != nil {
+				t.Fatalf("push version %d of web: exit %d\n%s", i+1, code, errOut)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// applyWeb applies deployment web of the given version of model web, the
+// test binary as its model server, with strategy (YAML lines under
+// strategy:), asking again through elections: applying the same file
+// twice changes nothing.
+func applyWeb(ctx context.Context, t *testing.T, addr string, version uint64, strategy string) {
+	t.Helper()
+	spec := fmt.Sprintf(`name: web
+model: web@%d
+runtime:
+  type: exec
+  command: [%q]
+  env: {%s: "1"}
+  health_path: /v1/health
+  start_timeout: 1m
+strategy:
+%s`, version, os.Args[0], modelServerEnv, strategy)
+	f := deployFile(t, spec)
+	for {
+		out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", f)
+		if code == 0 {
+			return
+		}
+		if !leaderTrouble(errOut) || ctx.Err() != nil {
+			t.Fatalf("deploy apply version %d: exit %d\n%s%s", version, code, out, errOut)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// leaderTrouble says whether a command failed for want of a leader, which
+// asking again mends.
+func leaderTrouble(stderr string) bool {
+	return strings.Contains(stderr, "no leader") || strings.Contains(stderr, "leadership lost") ||
+		strings.Contains(stderr, "unavailable")
 }
 
 // nodeRecord is one agent's journal.
