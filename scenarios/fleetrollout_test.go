@@ -98,18 +98,28 @@ func TestRolloutKeepsSiteBudget(t *testing.T) {
 	records := readJournals(t, fleet, siteOf)
 	checkUpdatedOnce(t, records, "web", 2)
 
-	// Before the promotion only the canary was told of version 2.
-	var early []string
+	// Before the promotion only the canary was told of version 2, and
+	// only the canary switched to it.
+	var early, switched []string
 	for _, r := range records {
 		for _, e := range r.entries {
-			if e.Deployment == "web" && e.Event == journal.Assigned && e.Version == 2 && e.Time.Before(promoted) {
+			if e.Deployment != "web" || e.Version != 2 || !e.Time.Before(promoted) {
+				continue
+			}
+			switch e.Event {
+			case journal.Assigned:
 				early = append(early, r.nodeID)
+			case journal.Switched:
+				switched = append(switched, r.nodeID)
 			}
 		}
 	}
 	slices.Sort(early)
-	if len(canary) != 2 || !slices.Equal(early, slices.Sorted(slices.Values(canary))) {
-		t.Errorf("nodes assigned version 2 before the promotion %v; want exactly the canary batch %v", early, canary)
+	slices.Sort(switched)
+	want := slices.Sorted(slices.Values(canary))
+	if len(canary) != 2 || !slices.Equal(early, want) || !slices.Equal(switched, want) {
+		t.Errorf("before the promotion, nodes assigned version 2 %v and nodes serving it %v; want exactly the canary batch %v",
+			early, switched, canary)
 	}
 
 	peak := checkSiteBudget(t, records, "web", start, budget)
