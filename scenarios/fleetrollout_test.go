@@ -43,7 +43,9 @@ func fleetSize(def int) int {
 func TestRolloutKeepsSiteBudget(t *testing.T) {
 	n := fleetSize(40)
 	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
-		cfg.HeartbeatMinTTL = server.Duration(time.Second)
+		// Reports ride on heartbeats: a short TTL keeps batches quick,
+		// and 2s keeps 40 agents up on a loaded two-core machine.
+		cfg.HeartbeatMinTTL = server.Duration(2 * time.Second)
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -139,7 +141,7 @@ func TestRolloutKeepsSiteBudget(t *testing.T) {
 func TestRolloutAcrossLeaderKillWithAgents(t *testing.T) {
 	n := fleetSize(20)
 	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
-		cfg.HeartbeatMinTTL = server.Duration(time.Second)
+		cfg.HeartbeatMinTTL = server.Duration(2 * time.Second)
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
