@@ -139,7 +139,7 @@ func TestRolloutKeepsSiteBudget(t *testing.T) {
 // and each node's journal shows exactly one move to it: none skipped,
 // none updated twice, and the site budget held throughout.
 func TestRolloutAcrossLeaderKillWithAgents(t *testing.T) {
-	n := fleetSize(20)
+	n := fleetSize(16)
 	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
 		cfg.HeartbeatMinTTL = server.Duration(2 * time.Second)
 	}})
