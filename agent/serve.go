@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent/fetch"
+	"github.com/droverhq/drover/agent/journal"
 	"github.com/droverhq/drover/agent/reconcile"
 	"github.com/droverhq/drover/agent/runtime"
 	"github.com/droverhq/drover/agent/runtime/exec"
@@ -43,11 +44,24 @@ type serving struct {
 	pull atomic.Pointer[puller]
 
 	runtimes []*exec.Runtime
+	journal  *journal.Journal
+
+	// watchMu guards the assignments watch's current call: the server it
+	// waits on and how to end it (see follow).
+	watchMu     sync.Mutex
+	watchAddr   string
+	watchCancel context.CancelCauseFunc
+
 	endpoint *http.Server // nil when --serve-addr is off
 	addr     string       // where the endpoint listens
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
+
+// JournalDir is where the agent with data directory dataDir keeps its
+// journal of instance transitions (agent/journal); `drover-agent journal`
+// reads it.
+func JournalDir(dataDir string) string { return filepath.Join(dataDir, "journal") }
 
 // onnxBinary is the program the onnx runtime runs.
 const onnxBinary = "drover-onnx"
@@ -104,6 +118,11 @@ func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*
 		}
 	}
 
+	sv.journal, err = journal.Open(JournalDir(dir), journal.Options{})
+	if err != nil {
+		return fail(withHint(err, "check that %s is writable", JournalDir(dir)))
+	}
+
 	reg := prometheus.NewRegistry()
 	rcfg := reconcile.DefaultConfig()
 	rcfg.Dir = filepath.Join(dir, "deployments")
@@ -111,6 +130,7 @@ func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*
 	rcfg.Puller = sessionPuller{sv}
 	rcfg.Local = reconcile.StoreVersions{Store: store}
 	rcfg.Resources = gpuResources{alloc}
+	rcfg.Journal = sv.journal
 	rcfg.Logger = log
 	rcfg.Registerer = reg
 	sv.rec, err = reconcile.New(rcfg)
@@ -169,6 +189,11 @@ func (sv *serving) stop() {
 	}
 	sv.cancel()
 	sv.wg.Wait()
+	if sv.journal != nil {
+		if err := sv.journal.Close(); err != nil {
+			sv.log.Warn("cannot close the journal", "err", err)
+		}
+	}
 	for _, rt := range sv.runtimes {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if err := rt.Close(ctx); err != nil {
@@ -186,10 +211,25 @@ func (sv *serving) watchAssignments(ctx context.Context, p *puller) {
 	var index uint64
 	wait := pullRetryMin
 	for ctx.Err() == nil {
-		err := p.each(ctx, "watch assignments", func(ctx context.Context, _ string, c droverv1connect.AgentServiceClient) error {
+		err := p.each(ctx, "watch assignments", func(ctx context.Context, addr string, c droverv1connect.AgentServiceClient) error {
+			ctx, cancel := context.WithCancelCause(ctx)
+			defer cancel(nil)
+			sv.watchMu.Lock()
+			sv.watchAddr, sv.watchCancel = addr, cancel
+			sv.watchMu.Unlock()
+			defer func() {
+				sv.watchMu.Lock()
+				sv.watchAddr, sv.watchCancel = "", nil
+				sv.watchMu.Unlock()
+			}()
 			resp, err := c.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{
 				Query: &droverv1.QueryOptions{MinIndex: index, MaxWait: durationpb.New(watchWait)},
 			}))
+			if err != nil && errors.Is(context.Cause(ctx), errFollow) {
+				// The session moved to another server: ask again at
+				// once, the server that answers first.
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -220,6 +260,25 @@ func (sv *serving) watchAssignments(ctx context.Context, p *puller) {
 		case <-t.C:
 		}
 		wait = min(2*wait, pullRetryMax)
+	}
+}
+
+// errFollow ends a watch call that waits on a server the session has left.
+var errFollow = errors.New("the session moved to another server")
+
+// follow ends the watch call under way if it waits on another server than
+// addr, the server the session's heartbeats reach now: a server that died
+// or was cut off keeps silent, and the call would wait on it for its whole
+// timeout (tens of seconds) while new assignments, a rollout's next batch
+// say, wait on the server that answers. The watch asks again at once, addr
+// first.
+func (sv *serving) follow(addr string) {
+	sv.watchMu.Lock()
+	defer sv.watchMu.Unlock()
+	if sv.watchCancel != nil && sv.watchAddr != addr {
+		sv.log.Debug("the session moved to another server: watching assignments there", "from", sv.watchAddr, "to", addr)
+		sv.watchCancel(errFollow)
+		sv.watchCancel = nil
 	}
 }
 

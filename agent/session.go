@@ -442,6 +442,7 @@ func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceC
 		}
 	}
 	s.puller.setServers(withFirst(addr, s.servers()))
+	s.serving.follow(addr)
 	s.puller.handle(m.GetPull())
 	now := s.a.clk.Now()
 	s.a.update(func(st *Status) {

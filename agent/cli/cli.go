@@ -1,5 +1,6 @@
-// Package cli is the drover-agent command line: running the agent, and
-// probing the hardware without joining anything.
+// Package cli is the drover-agent command line: running the agent,
+// probing the hardware without joining anything, and reading the journal
+// of the node's model instances.
 package cli
 
 import (

@@ -109,6 +109,9 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
   # In a container, read the host's hardware from its root mounted at /host.
   drover-agent --root /host --server 10.0.0.5:7400
 
+  # What happened to this node's model instances, from its own record.
+  drover-agent journal --deployment digits
+
   # What this machine would report, without joining anything.
   drover-agent probe
   drover-agent probe -o json | jq .gpus
@@ -223,7 +226,7 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 
-	cmd.AddCommand(newProbeCommand(), newVersionCommand())
+	cmd.AddCommand(newProbeCommand(), newJournalCommand(), newVersionCommand())
 	return cmd
 }
 

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/agent/journal"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -135,10 +136,18 @@ func holderName(a *droverv1.Assignment) string {
 // setWant makes a (nil: removed) what the deployment should run, and
 // cancels an attempt at something else. Bringing the last good version
 // back is cancelled only by a removal: something should serve while the
-// new version is tried.
-func (d *deployment) setWant(a *droverv1.Assignment) {
+// new version is tried. A change is journaled (why, if set, saying where
+// it came from) before anything acts on it.
+func (d *deployment) setWant(a *droverv1.Assignment, why string) {
 	k := assignmentKey(a)
 	d.mu.Lock()
+	if k != d.wantKey {
+		e := journal.Entry{Event: journal.Assigned, Deployment: d.name, Model: a.GetModel(), Version: a.GetVersion(), Reason: why}
+		if a == nil {
+			e = journal.Entry{Event: journal.Unassigned, Deployment: d.name, Reason: why}
+		}
+		d.r.record(e)
+	}
 	d.want = a
 	if k == d.wantKey {
 		d.mu.Unlock()
@@ -389,6 +398,7 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 		giveUp(stateFailed, fmt.Sprintf("start version %d: %v", v, err), 0)
 		return
 	}
+	d.r.record(journal.Entry{Event: journal.Started, Deployment: d.name, Model: a.GetModel(), Version: v})
 	timeout := d.r.cfg.DefaultStartTimeout
 	if st := a.GetRuntime().GetStartTimeout(); st != nil && st.AsDuration() > 0 {
 		timeout = st.AsDuration()
@@ -397,9 +407,11 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 	if !ok {
 		d.r.stop(inst)
 		d.r.release(holder)
+		d.r.record(journal.Entry{Event: journal.Stopped, Deployment: d.name, Version: v, Reason: "it did not become healthy"})
 		giveUp(st.State, st.Reason, st.Restarts)
 		return
 	}
+	d.r.record(journal.Entry{Event: journal.Healthy, Deployment: d.name, Version: v})
 
 	// Healthy: switch the endpoint to it, then let the old one finish
 	// what it took and stop it.
@@ -413,6 +425,13 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 		replaced = stopped.asg.GetVersion()
 	}
 	g, hadGood := d.r.lastGood(d.name) // before d.mu: r.mu is never taken under it
+	// Journaled before the switch is visible anywhere: before the
+	// endpoint uses it and before Status reports the version healthy.
+	sw := journal.Entry{Event: journal.Switched, Deployment: d.name, Model: a.GetModel(), Version: v, Previous: replaced}
+	if restore {
+		sw.Reason = "the last good version, brought back"
+	}
+	d.r.record(sw)
 	d.mu.Lock()
 	prev := d.previous
 	if replaced != 0 && replaced != v {
@@ -538,6 +557,7 @@ func (d *deployment) failed(a *droverv1.Assignment, state droverv1.InstanceState
 		msg += "; nothing serves"
 	}
 	msg += fmt.Sprintf("; next try in %v", wait)
+	d.r.record(journal.Entry{Event: journal.Failed, Deployment: d.name, Version: a.GetVersion(), State: stateName(state), Reason: reason})
 	if s == nil {
 		d.rt.setWhy(fmt.Sprintf("version %d: %s", a.GetVersion(), msg))
 	}
@@ -559,7 +579,9 @@ func (d *deployment) lost(s *served) {
 		why += ": " + st.Reason
 	}
 	why += ")"
+	d.r.record(journal.Entry{Event: journal.NotServing, Deployment: d.name, Version: v, Reason: why})
 	d.rt.set(nil, why)
+	d.r.record(journal.Entry{Event: journal.Stopped, Deployment: d.name, Version: v, Reason: "it ended"})
 	s.target.close()
 	d.r.release(s.holder)
 	now := d.r.clock.Now()
@@ -594,6 +616,7 @@ func (d *deployment) lost(s *served) {
 // held. Its version directory stays on disk for a rollback.
 func (d *deployment) retire(s *served, why string) {
 	if why != "" {
+		d.r.record(journal.Entry{Event: journal.NotServing, Deployment: d.name, Version: s.asg.GetVersion(), Reason: why})
 		d.rt.set(nil, why)
 	}
 	d.mu.Lock()
@@ -604,6 +627,7 @@ func (d *deployment) retire(s *served, why string) {
 	d.drain(s)
 	d.r.stop(s.inst)
 	d.r.release(s.holder)
+	d.r.record(journal.Entry{Event: journal.Stopped, Deployment: d.name, Version: s.asg.GetVersion()})
 	d.log.Info("stopped version", "version", s.asg.GetVersion())
 }
 
@@ -635,6 +659,7 @@ func (d *deployment) restart(ctx context.Context, s *served) {
 	log.Info("starting the old version again")
 	fail := func(reason string) {
 		why := fmt.Sprintf("version %d, stopped to make room for a new version that failed, did not come back: %s", v, reason)
+		d.r.record(journal.Entry{Event: journal.Failed, Deployment: d.name, Version: v, Reason: why})
 		d.rt.set(nil, why)
 		d.mu.Lock()
 		f := d.failures[s.key]
@@ -671,6 +696,7 @@ func (d *deployment) restart(ctx context.Context, s *served) {
 		fail(fmt.Sprintf("start: %v", err))
 		return
 	}
+	d.r.record(journal.Entry{Event: journal.Started, Deployment: d.name, Model: s.asg.GetModel(), Version: v})
 	timeout := d.r.cfg.DefaultStartTimeout
 	if st := s.asg.GetRuntime().GetStartTimeout(); st != nil && st.AsDuration() > 0 {
 		timeout = st.AsDuration()
@@ -679,9 +705,13 @@ func (d *deployment) restart(ctx context.Context, s *served) {
 	if !ok {
 		d.r.stop(inst)
 		d.r.release(s.holder)
+		d.r.record(journal.Entry{Event: journal.Stopped, Deployment: d.name, Version: v, Reason: "it did not become healthy"})
 		fail(st.Reason)
 		return
 	}
+	d.r.record(journal.Entry{Event: journal.Healthy, Deployment: d.name, Version: v})
+	d.r.record(journal.Entry{Event: journal.Switched, Deployment: d.name, Model: s.asg.GetModel(), Version: v,
+		Reason: "back after the version meant to replace it failed"})
 	ns := &served{asg: s.asg, key: s.key, dir: s.dir, inst: inst, holder: s.holder, gpus: slices.Clone(gpus),
 		target: d.r.newTarget(d.name, v, inst), since: d.r.clock.Now(), failures: s.failures}
 	d.mu.Lock()

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	durpb "google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/droverhq/drover/agent/journal"
 	"github.com/droverhq/drover/internal/logging"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -503,10 +504,12 @@ type harness struct {
 	gpus   *fakeGPUs // nil: no resource accounting
 	reg    *prometheus.Registry
 
-	r      *Reconciler
-	srv    *httptest.Server
-	cancel context.CancelFunc
-	done   chan struct{}
+	// journal is the running reconciler's, in dir/journal.
+	journal *journal.Journal
+	r       *Reconciler
+	srv     *httptest.Server
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 func newHarness(t *testing.T, gpus *fakeGPUs) *harness {
@@ -539,10 +542,17 @@ func (h *harness) config() Config {
 
 // start makes a reconciler on the harness's directory and runs it.
 func (h *harness) start() {
-	r, err := New(h.config())
+	j, err := journal.Open(filepath.Join(h.dir, "journal"), journal.Options{Now: h.clock.Now})
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	cfg := h.config()
+	cfg.Journal = j
+	r, err := New(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.journal = j
 	h.r = r
 	h.srv = httptest.NewServer(r.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -563,6 +573,9 @@ func (h *harness) stop() {
 	h.cancel()
 	<-h.done
 	h.srv.Close()
+	if err := h.journal.Close(); err != nil {
+		h.t.Error(err)
+	}
 	h.cancel = nil
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/droverhq/drover/agent/journal"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -191,6 +192,10 @@ type Config struct {
 	Clock Clock
 	// Logger receives the reconciler's logs; nil discards them.
 	Logger *slog.Logger
+	// Journal, if set, gets an entry for every transition of the node's
+	// instances (see agent/journal), written before the transition is
+	// acted on or reported. The reconciler does not close it.
+	Journal *journal.Journal
 	// Registerer, if set, gets the endpoint's and the reconciler's
 	// Prometheus collectors.
 	Registerer prometheus.Registerer

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/agent/journal"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -89,8 +90,11 @@ func New(cfg Config) (*Reconciler, error) {
 		r.transport = newTransport()
 	}
 	r.mux = r.newMux()
+	// Nothing serves until this run starts something: the journal says
+	// so before anything is started.
+	r.record(journal.Entry{Event: journal.Boot})
 	for name, a := range st.assignments {
-		r.depLocked(name).setWant(a)
+		r.depLocked(name).setWant(a, "restored from the state file")
 	}
 	if len(st.assignments) > 0 {
 		r.log.Info("restored assignments from the last run", "deployments", len(st.assignments), "received", st.received)
@@ -158,11 +162,11 @@ func (r *Reconciler) Update(assignments []*droverv1.Assignment) error {
 	first := !r.updated
 	r.updated = true
 	for name, a := range want {
-		r.depLocked(name).setWant(a)
+		r.depLocked(name).setWant(a, "")
 	}
 	for name, d := range r.deps {
 		if want[name] == nil {
-			d.setWant(nil)
+			d.setWant(nil, "")
 		} else if first {
 			// A server answered: what failed for want of one (a pull)
 			// may work now.
@@ -211,6 +215,19 @@ func (r *Reconciler) save() error {
 	}
 	r.mu.Unlock()
 	return st.save(r.cfg.Dir, r.clock.Now())
+}
+
+// record appends e to the journal, if there is one. A journal that cannot
+// be written is logged and does not hold the node back: serving matters
+// more than the record of it.
+func (r *Reconciler) record(e journal.Entry) {
+	if r.cfg.Journal == nil {
+		return
+	}
+	if err := r.cfg.Journal.Append(e); err != nil {
+		r.log.Error("cannot write the journal; this transition is missing from it", "event", e.Event,
+			"deployment", e.Deployment, "version", e.Version, "err", err)
+	}
 }
 
 // lastGood returns what deployment name last served well.
