@@ -286,3 +286,49 @@ func TestFleetMetrics(t *testing.T) {
 		t.Errorf("store bytes = %v, want more than 0", got)
 	}
 }
+
+// A server whose peers are alive in gossip but unreachable acknowledges
+// nothing: the agent keeps its windows rather than trust one disk with
+// them. Once the peers are back the same windows are stored.
+func TestShipTelemetryUnavailableWithoutCopy(t *testing.T) {
+	c := cluster.Make(t, 3, cluster.Options{})
+	recv := c.Nodes()[0]
+	a := enrolledAgent(t, c, recv)
+	ws := [][]byte{encodedWindow(t, a.node.GetId(), time.Now().Add(-time.Minute), 3)}
+	var others []string
+	for _, n := range c.Nodes()[1:] {
+		others = append(others, n.Name)
+	}
+	// The partition cuts the servers' API and Raft connections; gossip
+	// still shows the peers alive.
+	c.Partition([]string{recv.Name}, others)
+	_, err := a.telemetry(t, recv.APIAddr()).ShipTelemetry(testCtx(t, 60*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws}))
+	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "no other server took a copy") {
+		t.Fatalf("ship with unreachable peers: %v; want Unavailable", err)
+	}
+	if st, err := recv.Server().TelemetryStats(); err != nil || st.Windows != 0 {
+		t.Fatalf("receiver stored %+v (%v) of a batch it did not acknowledge", st, err)
+	}
+	c.Heal()
+	eventually(t, 30*time.Second, "the same windows are stored once the peers are back", func() error {
+		res, err := a.telemetry(t, recv.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws}))
+		if err != nil {
+			return err
+		}
+		if res.Msg.Stored != 1 {
+			return fmt.Errorf("answer %v", res.Msg)
+		}
+		return nil
+	})
+	held := 0
+	for _, n := range c.Nodes() {
+		st, err := n.Server().TelemetryStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held += int(st.Windows)
+	}
+	if held != 2 {
+		t.Fatalf("%d copies of the window across the servers, want 2", held)
+	}
+}
