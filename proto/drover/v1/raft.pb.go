@@ -60,6 +60,8 @@ const (
 	CommandType_COMMAND_TYPE_START_ROLLBACK            CommandType = 30
 	CommandType_COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES   CommandType = 31
 	CommandType_COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES CommandType = 32
+	CommandType_COMMAND_TYPE_SET_NODE_CONDITIONS       CommandType = 33
+	CommandType_COMMAND_TYPE_UNCORDON_NODE             CommandType = 34
 )
 
 // Enum value maps for CommandType.
@@ -98,6 +100,8 @@ var (
 		30: "COMMAND_TYPE_START_ROLLBACK",
 		31: "COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES",
 		32: "COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES",
+		33: "COMMAND_TYPE_SET_NODE_CONDITIONS",
+		34: "COMMAND_TYPE_UNCORDON_NODE",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":               0,
@@ -133,6 +137,8 @@ var (
 		"COMMAND_TYPE_START_ROLLBACK":            30,
 		"COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES":   31,
 		"COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES": 32,
+		"COMMAND_TYPE_SET_NODE_CONDITIONS":       33,
+		"COMMAND_TYPE_UNCORDON_NODE":             34,
 	}
 )
 
@@ -2361,7 +2367,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x06record\"B\n" +
 	"\x10ModelVersionMark\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion*\xf9\b\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion*\xbf\t\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -2396,7 +2402,9 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1eCOMMAND_TYPE_SET_ROLLOUT_STATE\x10\x1d\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_START_ROLLBACK\x10\x1e\x12(\n" +
 	"$COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES\x10\x1f\x12*\n" +
-	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 \x12$\n" +
+	" COMMAND_TYPE_SET_NODE_CONDITIONS\x10!\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_UNCORDON_NODE\x10\"B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_raft_proto_rawDescOnce sync.Once
