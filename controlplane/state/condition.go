@@ -178,3 +178,15 @@ func (s *Store) UncordonNode(idx uint64, meta *droverv1.CommandMeta, nodeID stri
 	})
 	return out, err
 }
+
+// cloneConditions deep-copies conditions; nil stays nil.
+func cloneConditions(cs []*droverv1.NodeCondition) []*droverv1.NodeCondition {
+	if cs == nil {
+		return nil
+	}
+	out := make([]*droverv1.NodeCondition, len(cs))
+	for i, c := range cs {
+		out[i] = clone(c)
+	}
+	return out
+}
