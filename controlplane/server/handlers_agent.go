@@ -295,8 +295,14 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 // differ from the node's record, cordoning the node when one of them is a
 // new occurrence (see state.NewConditions). Heartbeats carry them whole, so
 // a write that fails is simply tried again at the next heartbeat; a
-// refused one is in the audit log with its reason.
+// list the state would refuse is logged and left out, not written: it
+// would be refused again at every heartbeat, growing the log, and the
+// node's liveness must not hang on it.
 func (h *agentHandler) recordConditions(ctx context.Context, node *droverv1.Node, reported []*droverv1.NodeCondition) {
+	if err := state.ValidateConditions(reported); err != nil {
+		h.s.logger.Warn("heartbeat conditions ignored; upgrade the agent or the servers so they agree", "node", node.GetId(), "err", err)
+		return
+	}
 	reported = slices.Clone(reported)
 	state.SortConditions(reported)
 	if state.ConditionsEqual(node.GetConditions(), reported) {
