@@ -326,8 +326,8 @@ func (w *world) evict(limit int) []Decision {
 			}
 			unavail[n.Site]++
 		default:
-			// No report: whether stopping it disrupts anything is not
-			// known, so it uses the budget like a healthy one.
+			// No report: unavailable already counts it, so it may go
+			// while its site is within the budget with it counted.
 			if unavail[n.Site] > w.st.Budget {
 				continue
 			}
