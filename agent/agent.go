@@ -101,6 +101,8 @@ type Agent struct {
 
 	running atomic.Bool
 	pool    atomic.Pointer[gossipPool] // the running site gossip pool, nil for none
+	nvml    hwprobe.NVML
+	health  atomic.Pointer[hwprobe.Monitor] // the running health monitor, nil while Run is not running
 
 	mu     sync.Mutex // guards the fields below
 	status Status
@@ -127,8 +129,12 @@ func New(cfg Config) (*Agent, error) {
 	// per handle, and two handles loading at once would race. Each probe
 	// initialises and shuts NVML down around its own use, so nothing is
 	// left open when Run returns.
-	nvml := hwprobe.SystemNVML()
+	nvml := cfg.NVML
+	if nvml == nil {
+		nvml = hwprobe.SystemNVML()
+	}
 	a := &Agent{
+		nvml:        nvml,
 		cfg:         cfg,
 		log:         log,
 		clk:         realClock{},
@@ -176,6 +182,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return fmt.Errorf("probe hardware: %w", err)
 	}
 	inv := inventoryProto(hw)
+	defer a.startHealth(ctx, hw)()
 	a.log.Info("hardware probed", "hardware", hw.Summary(), "gpus", len(hw.GPUs), "gpu_probe", hw.GPUProbe.Reason)
 	// The agent's QUIC sockets are made as it dials; the kernel's caps
 	// are the same for all of them, so one probe tells.

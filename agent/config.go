@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/droverhq/drover/agent/fetch"
+	"github.com/droverhq/drover/hwprobe"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/names"
 )
@@ -96,6 +97,14 @@ type Config struct {
 	// PATH. Without one, deployments of runtime onnx fail with a reason
 	// that says so; exec deployments are unaffected.
 	ONNXRuntime string
+	// HealthInterval is how often the node's CPU, memory, data volume and
+	// GPUs are sampled for telemetry and for its conditions (see
+	// hwprobe.Monitor); zero means every 5 seconds.
+	HealthInterval time.Duration
+	// NVML is the NVIDIA library handle the probe and the health monitor
+	// use; nil means the machine's own (absent without the driver, when
+	// everything GPU-related is simply left out). Tests pass a mock.
+	NVML hwprobe.NVML
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// DialQUIC, when set, opens the agent's QUIC connections to servers
@@ -184,6 +193,9 @@ func (c Config) Validate() error {
 		if err := checkLabel(k, c.Labels[k]); err != nil {
 			bad("--label %s=%s: %v", k, c.Labels[k], err)
 		}
+	}
+	if c.HealthInterval < 0 || (c.HealthInterval > 0 && c.HealthInterval < 10*time.Millisecond) {
+		bad("health interval %s is shorter than 10ms; leave it 0 for the 5 s default", c.HealthInterval)
 	}
 	if c.ProbeInterval < time.Second {
 		bad("probe interval %s is shorter than a second", c.ProbeInterval)

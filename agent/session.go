@@ -404,7 +404,7 @@ func (s *session) learnSite(site string) {
 func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceClient, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, heartbeatTimeout(s.interval))
 	defer cancel()
-	req := &droverv1.HeartbeatRequest{Pull: s.puller.status(), Instances: s.serving.rec.Status()}
+	req := &droverv1.HeartbeatRequest{Pull: s.puller.status(), Instances: s.serving.rec.Status(), Conditions: s.a.Conditions()}
 	if s.pool != nil {
 		req.Suspects = s.pool.Suspects()
 		req.GossipMembers = uint32(s.pool.NumMembers())

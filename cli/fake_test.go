@@ -561,6 +561,19 @@ func (f *fakeServer) DrainNode(_ context.Context, req *connect.Request[droverv1.
 	return connect.NewResponse(&droverv1.DrainNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: idx}}), nil
 }
 
+func (f *fakeServer) UncordonNode(_ context.Context, req *connect.Request[droverv1.UncordonNodeRequest]) (*connect.Response[droverv1.UncordonNodeResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.nodeLocked(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	n.Cordoned = false
+	idx := f.commitLocked("node.uncordon", "node/"+n.GetId())
+	n.ModifyIndex = idx
+	return connect.NewResponse(&droverv1.UncordonNodeResponse{Node: proto.Clone(n).(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: idx}}), nil
+}
+
 func (f *fakeServer) PullVersion(_ context.Context, req *connect.Request[droverv1.PullVersionRequest]) (*connect.Response[droverv1.PullVersionResponse], error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -34,6 +34,9 @@ that have not left; -o json shows full IDs.
 
   drain / undrain   stop or resume giving a node new work; what it runs keeps
                     running
+  uncordon          let a node that cordoned itself for a condition (a GPU
+                    Xid, uncorrectable ECC errors, thermal throttling, disk
+                    pressure) get work again
   label             set or remove labels, which deployments select nodes by
   pull              have a node download a model version
   revoke            cut a node off for good: its identity is refused`,
@@ -47,6 +50,7 @@ that have not left; -o json shows full IDs.
 		newNodeShowCommand(g),
 		newNodeDrainCommand(g, true),
 		newNodeDrainCommand(g, false),
+		newNodeUncordonCommand(g),
 		newNodeLabelCommand(g),
 		newNodePullCommand(g),
 		newNodeRevokeCommand(g),
@@ -93,6 +97,9 @@ func nodeState(n *droverv1.Node) string {
 	if n.GetDraining() {
 		s += ", draining"
 	}
+	if n.GetCordoned() {
+		s += ", cordoned"
+	}
 	if n.GetRevoked() {
 		s += ", revoked"
 	}
@@ -127,7 +134,7 @@ so --min-gpu-memory 80G finds them where 80GiB may not.
 
 Columns:
   ID      the first characters of the node's ID; -o json has the whole ID
-  STATUS  ready, down, initializing or left, then ", draining" or
+  STATUS  ready, down, initializing or left, then ", draining", ", cordoned" or
           ", revoked" when so
   GPUS    GPUs by model; MIG instances are not counted separately
   SINCE   how long the node has been in its current status
@@ -302,6 +309,11 @@ func nodeView(w io.Writer, n *droverv1.Node, now time.Time) {
 	} else if n.GetDraining() {
 		fmt.Fprintf(w, "Draining: it keeps what it runs but gets nothing new; resume with `drover node undrain %s`.\n", cmp.Or(n.GetName(), n.GetId()))
 	}
+	if n.GetCordoned() {
+		fmt.Fprintf(w, "Cordoned: %s.\nIt gets nothing new and its instances are stopped within each deployment's per-site budget; once the machine is fixed, `drover node uncordon %s`.\n",
+			n.GetCordonReason(), cmp.Or(n.GetName(), n.GetId()))
+	}
+	conditionsView(w, n.GetConditions(), now)
 	pullView(w, n, now)
 
 	fmt.Fprintln(w)
@@ -510,6 +522,53 @@ draining changes nothing.`
 		})
 	}
 	return cmd
+}
+
+// conditionsView lists the conditions the node's agent reports.
+func conditionsView(w io.Writer, cs []*droverv1.NodeCondition, now time.Time) {
+	if len(cs) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	row(w, "CONDITION", "GPU", "SINCE", "DETAIL")
+	for _, c := range cs {
+		row(w, c.GetKind(), orDash(c.GetGpuUuid()), formatTimeAge(c.GetSince(), now), orDash(c.GetDetail()))
+	}
+}
+
+func newNodeUncordonCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "uncordon NODE",
+		Short: "Let a node that cordoned itself get work again",
+		Long: `Uncordon a node: rollouts may place work on it again, and the deployments it
+matches assign it their version within their budgets.
+
+A node is cordoned when its agent reports a new occurrence of a condition:
+a GPU Xid that needs a reset, uncorrectable ECC errors, sustained thermal
+throttling, or disk pressure (` + "`drover node show`" + ` says which and since when).
+Uncordon once the machine is fixed. A condition that is still reported with
+the same start does not cordon the node again; a new occurrence does.
+
+NODE is the node's name or its full ID. Uncordoning a node that is not
+cordoned changes nothing.`,
+		Example: `  drover node show gpu-01
+  drover node uncordon gpu-01`,
+		Args: exactArgs("NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.clients()
+			if err != nil {
+				return err
+			}
+			resp, err := c.node.UncordonNode(cmd.Context(), connect.NewRequest(&droverv1.UncordonNodeRequest{Node: args[0]}))
+			if err != nil {
+				return err
+			}
+			return printResult(cmd, resp.Msg, func(w io.Writer) {
+				fmt.Fprintf(w, "Node %s is no longer cordoned: it may get new work (index %d)\n",
+					cmp.Or(resp.Msg.GetNode().GetName(), args[0]), resp.Msg.GetMeta().GetIndex())
+			})
+		},
+	}
 }
 
 func newNodeLabelCommand(g *globals) *cobra.Command {

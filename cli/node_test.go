@@ -389,3 +389,32 @@ func TestGPUSummary(t *testing.T) {
 		}
 	}
 }
+
+// A node that cordoned itself says why in show and ls, and uncordon
+// clears it.
+func TestNodeCordonedAndUncordon(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.fake.addNodes(&droverv1.Node{
+		Id: "beef00112233", Name: "gpu-09", Site: "dc-west", Status: droverv1.NodeStatus_NODE_STATUS_READY,
+		Cordoned: true, CordonReason: "gpu_xid on GPU-b: Xid 79: GPU has fallen off the bus",
+		Conditions: []*droverv1.NodeCondition{{
+			Kind: "gpu_xid", GpuUuid: "GPU-b", Since: timestamppb.New(time.Date(2026, 3, 1, 11, 0, 0, 0, time.UTC)),
+			Detail: "Xid 79: GPU has fallen off the bus",
+		}},
+	})
+	wantContains(t, h.ok("node", "ls"), "gpu-09  beef0011  ready, cordoned")
+	wantContains(t, h.ok("node", "show", "gpu-09"),
+		"Status:    ready, cordoned",
+		"Cordoned: gpu_xid on GPU-b: Xid 79: GPU has fallen off the bus.",
+		"`drover node uncordon gpu-09`",
+		"CONDITION  GPU    SINCE                          DETAIL\n"+
+			"gpu_xid    GPU-b  2026-03-01T11:00:00Z (1h ago)  Xid 79: GPU has fallen off the bus\n")
+	wantContains(t, h.ok("node", "uncordon", "gpu-09"), "Node gpu-09 is no longer cordoned: it may get new work (index 1)")
+	if out := h.ok("node", "show", "gpu-09"); strings.Contains(out, "Cordoned:") || !strings.Contains(out, "CONDITION") {
+		t.Errorf("after uncordon, show should keep the condition and drop the cordon:\n%s", out)
+	}
+	if r := h.run("node", "uncordon", "nope"); r.code != exitError || !strings.Contains(r.stderr, `node "nope" not found`) {
+		t.Errorf("uncordon of an unknown node: %+v", r)
+	}
+}

@@ -141,6 +141,9 @@ type GPUSample struct {
 	TemperatureC        *uint32 `json:"temperature_c,omitempty"`
 	UtilizationGPU      *uint32 `json:"utilization_gpu_pct,omitempty"`
 	UtilizationMemory   *uint32 `json:"utilization_memory_pct,omitempty"`
+	SMClockMHz          *uint32 `json:"sm_clock_mhz,omitempty"`
+	// NVML's clock throttle reason bits (nvml.ClocksThrottleReason*).
+	ThrottleReasons *uint64 `json:"throttle_reasons,omitempty"`
 	// ECC error counts since the driver last loaded (NVML's volatile
 	// counters).
 	ECCCorrected   *uint64 `json:"ecc_corrected,omitempty"`

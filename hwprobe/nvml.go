@@ -45,6 +45,8 @@ type nvmlDevice interface {
 	GetPowerUsage() (uint32, nvml.Return)
 	GetTemperature(nvml.TemperatureSensors) (uint32, nvml.Return)
 	GetUtilizationRates() (nvml.Utilization, nvml.Return)
+	GetClockInfo(nvml.ClockType) (uint32, nvml.Return)
+	GetCurrentClocksThrottleReasons() (uint64, nvml.Return)
 	GetTotalEccErrors(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return)
 	GetSupportedEventTypes() (uint64, nvml.Return)
 	RegisterEvents(eventTypes uint64, set nvml.EventSet) nvml.Return
@@ -261,6 +263,16 @@ func readSample(index int, uuid string, d nvmlDevice) (GPUSample, []error) {
 		s.UtilizationGPU, s.UtilizationMemory = &v.Gpu, &v.Memory
 	} else {
 		fail("utilization", ret)
+	}
+	if v, ret := d.GetClockInfo(nvml.CLOCK_SM); ret == nvml.SUCCESS {
+		s.SMClockMHz = &v
+	} else {
+		fail("SM clock", ret)
+	}
+	if v, ret := d.GetCurrentClocksThrottleReasons(); ret == nvml.SUCCESS {
+		s.ThrottleReasons = &v
+	} else {
+		fail("throttle reasons", ret)
 	}
 	// One warning for a GPU without ECC, not one per counter.
 	if v, ret := d.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); ret == nvml.SUCCESS {

@@ -79,6 +79,10 @@ func newMockGPU(s gpuSpec) *mock.Device {
 			return s.temperature, ret("temperature")
 		},
 		GetUtilizationRatesFunc: func() (nvml.Utilization, nvml.Return) { return s.util, ret("utilization") },
+		GetClockInfoFunc:        func(nvml.ClockType) (uint32, nvml.Return) { return 1980, nvml.SUCCESS },
+		GetCurrentClocksThrottleReasonsFunc: func() (uint64, nvml.Return) {
+			return nvml.ClocksThrottleReasonGpuIdle, nvml.SUCCESS
+		},
 		GetTotalEccErrorsFunc: func(t nvml.MemoryErrorType, _ nvml.EccCounterType) (uint64, nvml.Return) {
 			if t == nvml.MEMORY_ERROR_TYPE_CORRECTED {
 				return s.eccCorrected, ret("ecc")

@@ -61,6 +61,7 @@ func TestGPUProbeH100Server(t *testing.T) {
 		want := GPUSample{Index: i, UUID: h100UUID(i), MemoryUsedBytes: ptr[uint64](512 * mib),
 			PowerDrawMilliwatts: ptr(71000 + uint32(i)*1000), TemperatureC: ptr(30 + uint32(i)),
 			UtilizationGPU: ptr(10 * uint32(i)), UtilizationMemory: ptr(5 * uint32(i)),
+			SMClockMHz: ptr[uint32](1980), ThrottleReasons: ptr[uint64](1),
 			ECCCorrected: ptr[uint64](0), ECCUncorrected: ptr[uint64](0)}
 		if i == 3 {
 			want.UtilizationGPU, want.UtilizationMemory = nil, nil

@@ -331,6 +331,12 @@ func accessCalls() []accessCall {
 				}
 				return err
 			}},
+		{proc: droverv1connect.NodeServiceUncordonNodeProcedure, needs: "node:write", objects: sites,
+			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {
+				// Uncordoning a node that is not cordoned changes nothing.
+				_, err := cl.Nodes.UncordonNode(ctx, connect.NewRequest(&droverv1.UncordonNodeRequest{Node: f.node(obj)}))
+				return err
+			}},
 		{proc: droverv1connect.NodeServiceLabelNodeProcedure, needs: "node:write", objects: sites,
 			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {
 				_, err := cl.Nodes.LabelNode(ctx, connect.NewRequest(&droverv1.LabelNodeRequest{Node: f.node(obj), Remove: []string{"no-such-label"}}))

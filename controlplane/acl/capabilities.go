@@ -172,6 +172,9 @@ var procedures = map[string]Capability{
 	connectv1.NodeServiceRevokeNodeProcedure: on(node, write, func(r *droverv1.RevokeNodeRequest) Ref {
 		return nodeRef(r.GetNode())
 	}),
+	connectv1.NodeServiceUncordonNodeProcedure: on(node, write, func(r *droverv1.UncordonNodeRequest) Ref {
+		return nodeRef(r.GetNode())
+	}),
 	// Asking a node to pull changes the node; the handler also checks
 	// model:read on the model, since the node gets its bytes.
 	connectv1.NodeServicePullVersionProcedure: on(node, write, func(r *droverv1.PullVersionRequest) Ref {

@@ -125,6 +125,16 @@ var commands = map[droverv1.CommandType]command{
 		func(s *state.Store, idx uint64, c *droverv1.SetNodePullCommand) (proto.Message, error) {
 			return value(s.SetNodePull(idx, c.GetMeta(), c.GetNodeId(), c.GetPull()))
 		}),
+	// Whether a SET_NODE_CONDITIONS cordons is in its payload, so an
+	// undecodable one is audited as a change of conditions.
+	droverv1.CommandType_COMMAND_TYPE_SET_NODE_CONDITIONS: commandOf(state.ActionNodeConditions,
+		func(s *state.Store, idx uint64, c *droverv1.SetNodeConditionsCommand) (proto.Message, error) {
+			return value(s.SetNodeConditions(idx, c.GetMeta(), c.GetNodeId(), c.GetConditions(), c.GetCordon(), c.GetReason()))
+		}),
+	droverv1.CommandType_COMMAND_TYPE_UNCORDON_NODE: commandOf(state.ActionNodeUncordon,
+		func(s *state.Store, idx uint64, c *droverv1.UncordonNodeCommand) (proto.Message, error) {
+			return value(s.UncordonNode(idx, c.GetMeta(), c.GetNodeId()))
+		}),
 	droverv1.CommandType_COMMAND_TYPE_REVOKE_NODE: commandOf(state.ActionNodeRevoke,
 		func(s *state.Store, idx uint64, c *droverv1.RevokeNodeCommand) (proto.Message, error) {
 			return value(s.RevokeNode(idx, c.GetMeta(), c.GetNodeId()))

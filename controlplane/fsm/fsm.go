@@ -40,7 +40,8 @@ const (
 //	CREATE_JOIN_TOKEN, REVOKE_JOIN_TOKEN
 //	                *droverv1.JoinToken
 //	ENROLL_NODE, REGISTER_NODE, SET_NODE_DRAIN, SET_NODE_LABELS, REVOKE_NODE,
-//	SET_NODE_PULL   *droverv1.Node
+//	SET_NODE_PULL, SET_NODE_CONDITIONS, UNCORDON_NODE
+//	                *droverv1.Node
 //	APPLY_ACL_POLICY
 //	                *droverv1.ApplyACLPolicyResponse (policy and whether it
 //	                replaced one; meta unset)

@@ -31,6 +31,8 @@ func Match(sel *droverv1.NodeSelector, res *droverv1.Resources, node *droverv1.N
 		r = append(r, fmt.Sprintf("node status %v is not ready", node.GetStatus()))
 	case node.GetDraining():
 		r = append(r, "node is draining")
+	case node.GetCordoned():
+		r = append(r, "node is cordoned: "+node.GetCordonReason())
 	}
 	if sites := sel.GetSites(); len(sites) > 0 && !slices.Contains(sites, node.GetSite()) {
 		site := node.GetSite()

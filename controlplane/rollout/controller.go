@@ -26,6 +26,11 @@ type NodeView struct {
 	// Draining: the node keeps what it runs but gets nothing new, so it
 	// is put in no batch and assigned nothing until it is undrained.
 	Draining bool
+	// Cordoned: the node reported a condition that makes it unfit (see
+	// NodeCondition). Like a draining node it gets nothing new; unlike
+	// one, its assignment is removed so its agent stops the instance, as
+	// many nodes of a site at a time as the site's budget allows.
+	Cordoned bool
 }
 
 // View is everything the controller reads for one deployment on one tick.
@@ -132,6 +137,7 @@ func (c *Controller) Step(v View) (Result, error) {
 	}
 	var res Result
 	res.Decisions = w.unassign(c.cfg.MaxNodesPerDecision)
+	res.Decisions = append(res.Decisions, w.evict(c.cfg.MaxNodesPerDecision)...)
 	for range maxChain {
 		d, waiting := c.next(w)
 		if d == nil {
@@ -282,6 +288,54 @@ func (w *world) unassign(limit int) []Decision {
 	slices.Sort(gone)
 	var ds []Decision
 	for chunk := range slices.Chunk(gone, limit) {
+		d := Unassign{Deployment: w.name(), NodeIDs: chunk}
+		_ = w.apply(d) // cannot fail
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+// evict removes the assignments of cordoned nodes within the per-site
+// budget. A cordoned node whose instance is already unavailable disrupts
+// nothing by stopping and is taken regardless of the budget, as pick takes
+// sick nodes; a healthy one only while its site has room. A cordoned node
+// already unassigned whose instance still reports running uses its site's
+// budget until the instance is gone, so a site loses at most its budget of
+// serving nodes to cordons at once.
+func (w *world) evict(limit int) []Decision {
+	if w.st.Budget <= 0 {
+		return nil
+	}
+	unavail := w.unavailable()
+	for _, n := range w.nodes {
+		if rep := w.reports[n.ID]; n.Cordoned && w.assigned[n.ID] == 0 && rep != nil &&
+			rep.GetState() != droverv1.InstanceState_INSTANCE_STATE_STOPPED {
+			unavail[n.Site]++
+		}
+	}
+	var ids []string
+	for _, n := range w.nodes {
+		if !n.Cordoned || w.assigned[n.ID] == 0 {
+			continue
+		}
+		switch w.health(n) {
+		case unavailable:
+		case available:
+			if unavail[n.Site] >= w.st.Budget {
+				continue
+			}
+			unavail[n.Site]++
+		default:
+			// No report: unavailable already counts it, so it may go
+			// while its site is within the budget with it counted.
+			if unavail[n.Site] > w.st.Budget {
+				continue
+			}
+		}
+		ids = append(ids, n.ID)
+	}
+	var ds []Decision
+	for chunk := range slices.Chunk(ids, limit) {
 		d := Unassign{Deployment: w.name(), NodeIDs: chunk}
 		_ = w.apply(d) // cannot fail
 		ds = append(ds, d)
@@ -537,7 +591,7 @@ func list(items []string, total int) string {
 }
 
 // eligible reports whether a node may be given something new.
-func eligible(n NodeView) bool { return !n.Down && !n.Draining }
+func eligible(n NodeView) bool { return !n.Down && !n.Draining && !n.Cordoned }
 
 // targets are the nodes the rollout still has to move: matching, up, not
 // draining, in none of its batches, and not assigned its version already.

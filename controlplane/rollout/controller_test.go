@@ -870,3 +870,48 @@ func TestBadViewsRefused(t *testing.T) {
 		t.Errorf("zero config: %v", err)
 	}
 }
+
+// Cordoned nodes lose their assignment so their agents stop serving, at
+// most the site's budget of unavailable ones at a time (an instance still
+// stopping counts); one whose instance is already unwell goes at once; a
+// cordoned node is never assigned again until uncordoned.
+func TestEvictCordonedNodesWithinBudget(t *testing.T) {
+	f := newFleet(strategy(0, 5, 1), map[string]int{"a": 4, "b": 1})
+	f.rollouts[1].State = succeeded
+	f.rollouts[1].ToVersion = 1
+	f.dep.Version = 1
+	for i := range f.nodes {
+		f.nodes[i].Cordoned = f.nodes[i].ID != "a-03"
+	}
+	f.report("a-02", 1, droverv1.InstanceState_INSTANCE_STATE_CRASH_LOOP, t0)
+	expect := func(ids ...string) {
+		t.Helper()
+		res := stepApply(t, f)
+		var want []Decision
+		if len(ids) > 0 {
+			want = []Decision{Unassign{Deployment: "detector", NodeIDs: ids}}
+		}
+		if !reflect.DeepEqual(res.Decisions, want) {
+			t.Fatalf("decisions %v, want %v", res.Decisions, want)
+		}
+	}
+	// a-02 is unwell already and fills a's budget; b-00 fits b's.
+	expect("a-02", "b-00")
+	// a-02 still reports its instance while it stops: the others wait.
+	expect()
+	delete(f.reports, "a-02")
+	expect("a-00")
+	expect()
+	delete(f.reports, "a-00")
+	expect("a-01")
+	delete(f.reports, "a-01")
+	delete(f.reports, "b-00")
+	expect()
+	// Uncordoned, they are assigned again.
+	for i := range f.nodes {
+		f.nodes[i].Cordoned = false
+	}
+	if res := step(t, f); kinds(res.Decisions) != "Assign" {
+		t.Fatalf("after uncordon: %v, want an Assign", res.Decisions)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/base32"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -274,6 +275,7 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 	if hb.reportInstances(node.GetId(), req.Msg.GetInstances()) {
 		h.s.kickRollouts()
 	}
+	h.recordConditions(ctx, node, req.Msg.GetConditions())
 	resp.Pull = node.GetRequestedPull()
 	resp.Ttl = durationpb.New(beat.TTL)
 	resp.SitePeers = beat.Peers
@@ -287,6 +289,38 @@ func (h *agentHandler) Heartbeat(ctx context.Context, req *connect.Request[drove
 		resp.Status = droverv1.NodeStatus_NODE_STATUS_READY
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// recordConditions writes the conditions a heartbeat reports when they
+// differ from the node's record, cordoning the node when one of them is a
+// new occurrence (see state.NewConditions). Heartbeats carry them whole, so
+// a write that fails is simply tried again at the next heartbeat; a
+// list the state would refuse is logged and left out, not written: it
+// would be refused again at every heartbeat, growing the log, and the
+// node's liveness must not hang on it.
+func (h *agentHandler) recordConditions(ctx context.Context, node *droverv1.Node, reported []*droverv1.NodeCondition) {
+	if err := state.ValidateConditions(reported); err != nil {
+		h.s.logger.Warn("heartbeat conditions ignored; upgrade the agent or the servers so they agree", "node", node.GetId(), "err", err)
+		return
+	}
+	reported = slices.Clone(reported)
+	state.SortConditions(reported)
+	if state.ConditionsEqual(node.GetConditions(), reported) {
+		return
+	}
+	cmd := &droverv1.SetNodeConditionsCommand{Meta: commandMeta(ctx), NodeId: node.GetId(), Conditions: reported}
+	if fresh := state.NewConditions(node.GetConditions(), reported); len(fresh) > 0 {
+		cmd.Cordon = true
+		cmd.Reason = state.ConditionReason(fresh[0])
+	}
+	if _, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_SET_NODE_CONDITIONS, cmd); err != nil {
+		h.s.logger.Warn("recording node conditions", "node", node.GetId(), "err", err)
+		return
+	}
+	if cmd.Cordon {
+		h.s.logger.Warn("node cordoned", "node", node.GetId(), "reason", cmd.Reason)
+		h.s.kickRollouts()
+	}
 }
 
 // WatchAssignments answers what the calling node should run. With

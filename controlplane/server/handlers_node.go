@@ -65,6 +65,21 @@ func (h *nodeHandler) DrainNode(ctx context.Context, req *connect.Request[drover
 	}), nil
 }
 
+func (h *nodeHandler) UncordonNode(ctx context.Context, req *connect.Request[droverv1.UncordonNodeRequest]) (*connect.Response[droverv1.UncordonNodeResponse], error) {
+	n, err := h.s.findNode(req.Msg.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	res, err := h.s.apply(ctx, droverv1.CommandType_COMMAND_TYPE_UNCORDON_NODE,
+		&droverv1.UncordonNodeCommand{Meta: commandMeta(ctx), NodeId: n.GetId()})
+	if err != nil {
+		return nil, toAPIError(err)
+	}
+	return connect.NewResponse(&droverv1.UncordonNodeResponse{
+		Node: res.Value.(*droverv1.Node), Meta: &droverv1.WriteMeta{Index: res.Index},
+	}), nil
+}
+
 func (h *nodeHandler) LabelNode(ctx context.Context, req *connect.Request[droverv1.LabelNodeRequest]) (*connect.Response[droverv1.LabelNodeResponse], error) {
 	n, err := h.s.findNode(req.Msg.GetNode())
 	if err != nil {

@@ -289,6 +289,7 @@ func matchingNodes(d *droverv1.Deployment, nodes []*droverv1.Node) []rollout.Nod
 			Site:     n.GetSite(),
 			Down:     n.GetStatus() != droverv1.NodeStatus_NODE_STATUS_READY,
 			Draining: n.GetDraining(),
+			Cordoned: n.GetCordoned(),
 		})
 	}
 	slices.SortFunc(out, func(a, b rollout.NodeView) int { return strings.Compare(a.ID, b.ID) })

@@ -30,6 +30,11 @@ const (
 	ActionNodeLabel        = "node.label"
 	ActionNodeRevoke       = "node.revoke"
 	ActionNodePull         = "node.pull"
+	// A node's agent reported conditions; node.cordon when they cordoned
+	// the node, node.conditions when they only changed the record.
+	ActionNodeCordon     = "node.cordon"
+	ActionNodeConditions = "node.conditions"
+	ActionNodeUncordon   = "node.uncordon"
 
 	ActionACLPolicyApply  = "acl.policy.apply"
 	ActionACLPolicyDelete = "acl.policy.rm"

@@ -513,9 +513,9 @@ func (s *Store) Node(id string) (*droverv1.Node, error) {
 }
 
 // NodeSummary returns node id's identity and status alone: a Node with
-// only its id, name, site, status, draining and revoked flags, gossip
-// address and requested pull set, none of its labels, inventory or
-// history. It is for the
+// only its id, name, site, status, draining, cordoned and revoked flags,
+// conditions, gossip address and requested pull set, none of its labels,
+// inventory or history. It is for the
 // hot path of agent calls, which check who is calling on every heartbeat
 // and must not copy a whole inventory each time.
 func (s *Store) NodeSummary(id string) (*droverv1.Node, error) {
@@ -531,8 +531,11 @@ func (s *Store) NodeSummary(id string) (*droverv1.Node, error) {
 		Site:       n.GetSite(),
 		Status:     n.GetStatus(),
 		Draining:   n.GetDraining(),
+		Cordoned:   n.GetCordoned(),
 		Revoked:    n.GetRevoked(),
 		GossipAddr: n.GetGossipAddr(),
+		// Usually none; heartbeats compare what they report with them.
+		Conditions: cloneConditions(n.GetConditions()),
 		// Small, and what a heartbeat answers with.
 		RequestedPull: clone(n.GetRequestedPull()),
 	}, nil

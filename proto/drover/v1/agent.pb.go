@@ -561,7 +561,11 @@ type HeartbeatRequest struct {
 	// started and had none on disk.
 	Pull *NodePullStatus `protobuf:"bytes,3,opt,name=pull,proto3" json:"pull,omitempty"`
 	// The node's instances, one per deployment it runs or was told to run.
-	Instances     []*InstanceStatus `protobuf:"bytes,4,rep,name=instances,proto3" json:"instances,omitempty"`
+	Instances []*InstanceStatus `protobuf:"bytes,4,rep,name=instances,proto3" json:"instances,omitempty"`
+	// The node's current conditions, all of them, sorted by kind then GPU;
+	// empty when it is healthy. The leader cordons the node on a new
+	// occurrence.
+	Conditions    []*NodeCondition `protobuf:"bytes,5,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -620,6 +624,13 @@ func (x *HeartbeatRequest) GetPull() *NodePullStatus {
 func (x *HeartbeatRequest) GetInstances() []*InstanceStatus {
 	if x != nil {
 		return x.Instances
+	}
+	return nil
+}
+
+func (x *HeartbeatRequest) GetConditions() []*NodeCondition {
+	if x != nil {
+		return x.Conditions
 	}
 	return nil
 }
@@ -1610,6 +1621,103 @@ func (x *PullVersionResponse) GetMeta() *WriteMeta {
 	return nil
 }
 
+type UncordonNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node id or name.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UncordonNodeRequest) Reset() {
+	*x = UncordonNodeRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UncordonNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UncordonNodeRequest) ProtoMessage() {}
+
+func (x *UncordonNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UncordonNodeRequest.ProtoReflect.Descriptor instead.
+func (*UncordonNodeRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UncordonNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type UncordonNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Meta          *WriteMeta             `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UncordonNodeResponse) Reset() {
+	*x = UncordonNodeResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UncordonNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UncordonNodeResponse) ProtoMessage() {}
+
+func (x *UncordonNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UncordonNodeResponse.ProtoReflect.Descriptor instead.
+func (*UncordonNodeResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UncordonNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *UncordonNodeResponse) GetMeta() *WriteMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
 type RevokeNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -1619,7 +1727,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[26]
+	mi := &file_drover_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1739,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[26]
+	mi := &file_drover_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1752,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeNodeRequest) GetNode() string {
@@ -1663,7 +1771,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[27]
+	mi := &file_drover_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1783,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[27]
+	mi := &file_drover_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1796,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevokeNodeResponse) GetMeta() *WriteMeta {
@@ -1746,12 +1854,15 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"\x8e\x01\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\fR\x0ecertificatePem\x12I\n" +
-	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"\xbd\x01\n" +
+	"\x12certificate_expiry\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11certificateExpiry\"\xf7\x01\n" +
 	"\x10HeartbeatRequest\x12\x1a\n" +
 	"\bsuspects\x18\x01 \x03(\tR\bsuspects\x12%\n" +
 	"\x0egossip_members\x18\x02 \x01(\rR\rgossipMembers\x12-\n" +
 	"\x04pull\x18\x03 \x01(\v2\x19.drover.v1.NodePullStatusR\x04pull\x127\n" +
-	"\tinstances\x18\x04 \x03(\v2\x19.drover.v1.InstanceStatusR\tinstances\"\xf1\x01\n" +
+	"\tinstances\x18\x04 \x03(\v2\x19.drover.v1.InstanceStatusR\tinstances\x128\n" +
+	"\n" +
+	"conditions\x18\x05 \x03(\v2\x18.drover.v1.NodeConditionR\n" +
+	"conditions\"\xf1\x01\n" +
 	"\x11HeartbeatResponse\x12+\n" +
 	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12\x18\n" +
@@ -1821,7 +1932,12 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x13PullVersionResponse\x12#\n" +
 	"\x04node\x18\x01 \x01(\v2\x0f.drover.v1.NodeR\x04node\x12'\n" +
 	"\x04pull\x18\x02 \x01(\v2\x13.drover.v1.NodePullR\x04pull\x12(\n" +
-	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"'\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\")\n" +
+	"\x13UncordonNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"e\n" +
+	"\x14UncordonNodeResponse\x12#\n" +
+	"\x04node\x18\x01 \x01(\v2\x0f.drover.v1.NodeR\x04node\x12(\n" +
+	"\x04meta\x18\x02 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"'\n" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\">\n" +
 	"\x12RevokeNodeResponse\x12(\n" +
@@ -1834,7 +1950,7 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse\x12`\n" +
 	"\x10WatchAssignments\x12\".drover.v1.WatchAssignmentsRequest\x1a#.drover.v1.WatchAssignmentsResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\xca\x03\n" +
+	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\x9b\x04\n" +
 	"\vNodeService\x12K\n" +
 	"\tListNodes\x12\x1b.drover.v1.ListNodesRequest\x1a\x1c.drover.v1.ListNodesResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\aGetNode\x12\x19.drover.v1.GetNodeRequest\x1a\x1a.drover.v1.GetNodeResponse\"\x03\x90\x02\x01\x12F\n" +
@@ -1842,7 +1958,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\tLabelNode\x12\x1b.drover.v1.LabelNodeRequest\x1a\x1c.drover.v1.LabelNodeResponse\x12I\n" +
 	"\n" +
 	"RevokeNode\x12\x1c.drover.v1.RevokeNodeRequest\x1a\x1d.drover.v1.RevokeNodeResponse\x12L\n" +
-	"\vPullVersion\x12\x1d.drover.v1.PullVersionRequest\x1a\x1e.drover.v1.PullVersionResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\vPullVersion\x12\x1d.drover.v1.PullVersionRequest\x1a\x1e.drover.v1.PullVersionResponse\x12O\n" +
+	"\fUncordonNode\x12\x1e.drover.v1.UncordonNodeRequest\x1a\x1f.drover.v1.UncordonNodeResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_agent_proto_rawDescOnce sync.Once
@@ -1856,7 +1973,7 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_drover_v1_agent_proto_goTypes = []any{
 	(*GetClusterInfoRequest)(nil),    // 0: drover.v1.GetClusterInfoRequest
 	(*GetClusterInfoResponse)(nil),   // 1: drover.v1.GetClusterInfoResponse
@@ -1884,98 +2001,106 @@ var file_drover_v1_agent_proto_goTypes = []any{
 	(*LabelNodeResponse)(nil),        // 23: drover.v1.LabelNodeResponse
 	(*PullVersionRequest)(nil),       // 24: drover.v1.PullVersionRequest
 	(*PullVersionResponse)(nil),      // 25: drover.v1.PullVersionResponse
-	(*RevokeNodeRequest)(nil),        // 26: drover.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),       // 27: drover.v1.RevokeNodeResponse
-	nil,                              // 28: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	nil,                              // 29: drover.v1.EnrollRequest.LabelsEntry
-	nil,                              // 30: drover.v1.ListNodesRequest.LabelsEntry
-	nil,                              // 31: drover.v1.LabelNodeRequest.SetEntry
-	(*NodeInventory)(nil),            // 32: drover.v1.NodeInventory
-	(*Node)(nil),                     // 33: drover.v1.Node
-	(*timestamppb.Timestamp)(nil),    // 34: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 35: drover.v1.WriteMeta
-	(*NodePullStatus)(nil),           // 36: drover.v1.NodePullStatus
-	(*InstanceStatus)(nil),           // 37: drover.v1.InstanceStatus
-	(*durationpb.Duration)(nil),      // 38: google.protobuf.Duration
-	(NodeStatus)(0),                  // 39: drover.v1.NodeStatus
-	(*NodePull)(nil),                 // 40: drover.v1.NodePull
-	(*QueryOptions)(nil),             // 41: drover.v1.QueryOptions
-	(*Assignment)(nil),               // 42: drover.v1.Assignment
-	(*QueryMeta)(nil),                // 43: drover.v1.QueryMeta
-	(*ModelVersion)(nil),             // 44: drover.v1.ModelVersion
-	(*SignedManifest)(nil),           // 45: drover.v1.SignedManifest
+	(*UncordonNodeRequest)(nil),      // 26: drover.v1.UncordonNodeRequest
+	(*UncordonNodeResponse)(nil),     // 27: drover.v1.UncordonNodeResponse
+	(*RevokeNodeRequest)(nil),        // 28: drover.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),       // 29: drover.v1.RevokeNodeResponse
+	nil,                              // 30: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	nil,                              // 31: drover.v1.EnrollRequest.LabelsEntry
+	nil,                              // 32: drover.v1.ListNodesRequest.LabelsEntry
+	nil,                              // 33: drover.v1.LabelNodeRequest.SetEntry
+	(*NodeInventory)(nil),            // 34: drover.v1.NodeInventory
+	(*Node)(nil),                     // 35: drover.v1.Node
+	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 37: drover.v1.WriteMeta
+	(*NodePullStatus)(nil),           // 38: drover.v1.NodePullStatus
+	(*InstanceStatus)(nil),           // 39: drover.v1.InstanceStatus
+	(*NodeCondition)(nil),            // 40: drover.v1.NodeCondition
+	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
+	(NodeStatus)(0),                  // 42: drover.v1.NodeStatus
+	(*NodePull)(nil),                 // 43: drover.v1.NodePull
+	(*QueryOptions)(nil),             // 44: drover.v1.QueryOptions
+	(*Assignment)(nil),               // 45: drover.v1.Assignment
+	(*QueryMeta)(nil),                // 46: drover.v1.QueryMeta
+	(*ModelVersion)(nil),             // 47: drover.v1.ModelVersion
+	(*SignedManifest)(nil),           // 48: drover.v1.SignedManifest
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	28, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	29, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
-	32, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
-	33, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
-	34, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	35, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
-	32, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
-	33, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
-	35, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
-	34, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	36, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
-	37, // 11: drover.v1.HeartbeatRequest.instances:type_name -> drover.v1.InstanceStatus
-	38, // 12: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
-	39, // 13: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
-	40, // 14: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
-	41, // 15: drover.v1.WatchAssignmentsRequest.query:type_name -> drover.v1.QueryOptions
-	42, // 16: drover.v1.WatchAssignmentsResponse.assignments:type_name -> drover.v1.Assignment
-	43, // 17: drover.v1.WatchAssignmentsResponse.meta:type_name -> drover.v1.QueryMeta
-	44, // 18: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
-	45, // 19: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
-	30, // 20: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
-	39, // 21: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
-	41, // 22: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
-	33, // 23: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
-	43, // 24: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
-	41, // 25: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
-	33, // 26: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
-	43, // 27: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
-	33, // 28: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
-	35, // 29: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	31, // 30: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
-	33, // 31: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
-	35, // 32: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	33, // 33: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
-	40, // 34: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
-	35, // 35: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
-	35, // 36: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	0,  // 37: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
-	2,  // 38: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
-	4,  // 39: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	6,  // 40: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
-	8,  // 41: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
-	10, // 42: drover.v1.AgentService.WatchAssignments:input_type -> drover.v1.WatchAssignmentsRequest
-	12, // 43: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
-	14, // 44: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
-	16, // 45: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	18, // 46: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	20, // 47: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	22, // 48: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	26, // 49: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	24, // 50: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
-	1,  // 51: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 52: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 53: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 54: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 55: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 56: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
-	13, // 57: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
-	15, // 58: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
-	17, // 59: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	19, // 60: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	21, // 61: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	23, // 62: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	27, // 63: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	25, // 64: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
-	51, // [51:65] is the sub-list for method output_type
-	37, // [37:51] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	30, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	31, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
+	34, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
+	35, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
+	36, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	37, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
+	34, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
+	35, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
+	37, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
+	36, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	38, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
+	39, // 11: drover.v1.HeartbeatRequest.instances:type_name -> drover.v1.InstanceStatus
+	40, // 12: drover.v1.HeartbeatRequest.conditions:type_name -> drover.v1.NodeCondition
+	41, // 13: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
+	42, // 14: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
+	43, // 15: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
+	44, // 16: drover.v1.WatchAssignmentsRequest.query:type_name -> drover.v1.QueryOptions
+	45, // 17: drover.v1.WatchAssignmentsResponse.assignments:type_name -> drover.v1.Assignment
+	46, // 18: drover.v1.WatchAssignmentsResponse.meta:type_name -> drover.v1.QueryMeta
+	47, // 19: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
+	48, // 20: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
+	32, // 21: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
+	42, // 22: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
+	44, // 23: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
+	35, // 24: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
+	46, // 25: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
+	44, // 26: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
+	35, // 27: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
+	46, // 28: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
+	35, // 29: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
+	37, // 30: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	33, // 31: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
+	35, // 32: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
+	37, // 33: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	35, // 34: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
+	43, // 35: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
+	37, // 36: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
+	35, // 37: drover.v1.UncordonNodeResponse.node:type_name -> drover.v1.Node
+	37, // 38: drover.v1.UncordonNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	37, // 39: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	0,  // 40: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
+	2,  // 41: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
+	4,  // 42: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	6,  // 43: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
+	8,  // 44: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
+	10, // 45: drover.v1.AgentService.WatchAssignments:input_type -> drover.v1.WatchAssignmentsRequest
+	12, // 46: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
+	14, // 47: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
+	16, // 48: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	18, // 49: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	20, // 50: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	22, // 51: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	28, // 52: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	24, // 53: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
+	26, // 54: drover.v1.NodeService.UncordonNode:input_type -> drover.v1.UncordonNodeRequest
+	1,  // 55: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 56: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 57: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 58: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 59: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 60: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
+	13, // 61: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	15, // 62: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	17, // 63: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	19, // 64: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	21, // 65: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	23, // 66: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	29, // 67: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	25, // 68: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
+	27, // 69: drover.v1.NodeService.UncordonNode:output_type -> drover.v1.UncordonNodeResponse
+	55, // [55:70] is the sub-list for method output_type
+	40, // [40:55] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -1994,7 +2119,7 @@ func file_drover_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

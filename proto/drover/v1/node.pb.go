@@ -1158,7 +1158,19 @@ type Node struct {
 	// leader keeps it in memory, not in the replicated state: it is absent
 	// in an answer from a follower (a stale read), and until the agent's
 	// first heartbeat to a new leader.
-	PullStatus    *NodePullStatus `protobuf:"bytes,18,opt,name=pull_status,json=pullStatus,proto3" json:"pull_status,omitempty"`
+	PullStatus *NodePullStatus `protobuf:"bytes,18,opt,name=pull_status,json=pullStatus,proto3" json:"pull_status,omitempty"`
+	// Cordoned nodes get nothing new, and their instances are stopped
+	// within each deployment's per-site disruption budget. The leader
+	// cordons a node when its agent reports a new occurrence of a
+	// condition (see NodeCondition); an operator uncordons it
+	// (NodeService.UncordonNode).
+	Cordoned bool `protobuf:"varint,19,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	// Why the node was last cordoned: the condition's kind and detail, or
+	// empty when it never was. Kept after an uncordon, for the record.
+	CordonReason string `protobuf:"bytes,20,opt,name=cordon_reason,json=cordonReason,proto3" json:"cordon_reason,omitempty"`
+	// The conditions its agent last reported, sorted by kind then GPU;
+	// empty when the node is healthy.
+	Conditions    []*NodeCondition `protobuf:"bytes,21,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1319,6 +1331,103 @@ func (x *Node) GetPullStatus() *NodePullStatus {
 	return nil
 }
 
+func (x *Node) GetCordoned() bool {
+	if x != nil {
+		return x.Cordoned
+	}
+	return false
+}
+
+func (x *Node) GetCordonReason() string {
+	if x != nil {
+		return x.CordonReason
+	}
+	return ""
+}
+
+func (x *Node) GetConditions() []*NodeCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
+// NodeCondition is something wrong with a node that its agent saw and that
+// makes it unfit to serve until someone acts: a GPU that needs a reset, a
+// full data volume.
+type NodeCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of gpu_xid, gpu_ecc_uncorrectable, gpu_thermal, disk_pressure.
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The GPU it concerns; empty for the node as a whole.
+	GpuUuid string `protobuf:"bytes,2,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
+	// When this occurrence began. A condition that clears and comes back,
+	// or a new Xid event, is a new occurrence with a later since.
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	// What was seen, for a person: "Xid 79: GPU has fallen off the bus".
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeCondition) Reset() {
+	*x = NodeCondition{}
+	mi := &file_drover_v1_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeCondition) ProtoMessage() {}
+
+func (x *NodeCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeCondition.ProtoReflect.Descriptor instead.
+func (*NodeCondition) Descriptor() ([]byte, []int) {
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *NodeCondition) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *NodeCondition) GetGpuUuid() string {
+	if x != nil {
+		return x.GpuUuid
+	}
+	return ""
+}
+
+func (x *NodeCondition) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *NodeCondition) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // NodePull is a version an operator asked a node to pull: resolved to a
 // version number and the digest of its signed manifest when asked, so a
 // later change of an alias does not move it.
@@ -1343,7 +1452,7 @@ type NodePull struct {
 
 func (x *NodePull) Reset() {
 	*x = NodePull{}
-	mi := &file_drover_v1_node_proto_msgTypes[12]
+	mi := &file_drover_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1464,7 @@ func (x *NodePull) String() string {
 func (*NodePull) ProtoMessage() {}
 
 func (x *NodePull) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[12]
+	mi := &file_drover_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1477,7 @@ func (x *NodePull) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodePull.ProtoReflect.Descriptor instead.
 func (*NodePull) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodePull) GetModel() string {
@@ -1445,7 +1554,7 @@ type NodePullStatus struct {
 
 func (x *NodePullStatus) Reset() {
 	*x = NodePullStatus{}
-	mi := &file_drover_v1_node_proto_msgTypes[13]
+	mi := &file_drover_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1566,7 @@ func (x *NodePullStatus) String() string {
 func (*NodePullStatus) ProtoMessage() {}
 
 func (x *NodePullStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[13]
+	mi := &file_drover_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1579,7 @@ func (x *NodePullStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodePullStatus.ProtoReflect.Descriptor instead.
 func (*NodePullStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodePullStatus) GetModel() string {
@@ -1557,7 +1666,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_drover_v1_node_proto_msgTypes[14]
+	mi := &file_drover_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1678,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[14]
+	mi := &file_drover_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1691,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateTokenRequest) GetDescription() string {
@@ -1632,7 +1741,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_drover_v1_node_proto_msgTypes[15]
+	mi := &file_drover_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1753,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[15]
+	mi := &file_drover_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1766,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateTokenResponse) GetToken() *JoinToken {
@@ -1690,7 +1799,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_drover_v1_node_proto_msgTypes[16]
+	mi := &file_drover_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1811,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[16]
+	mi := &file_drover_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1824,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTokensRequest) GetOptions() *QueryOptions {
@@ -1735,7 +1844,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_drover_v1_node_proto_msgTypes[17]
+	mi := &file_drover_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1856,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[17]
+	mi := &file_drover_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1869,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListTokensResponse) GetTokens() []*JoinToken {
@@ -1786,7 +1895,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_drover_v1_node_proto_msgTypes[18]
+	mi := &file_drover_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1907,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[18]
+	mi := &file_drover_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1920,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1830,7 +1939,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_drover_v1_node_proto_msgTypes[19]
+	mi := &file_drover_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +1951,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_node_proto_msgTypes[19]
+	mi := &file_drover_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +1964,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RevokeTokenResponse) GetMeta() *WriteMeta {
@@ -1973,7 +2082,7 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x15.drover.v1.NodeStatusR\x06status\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\x8a\x06\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\x85\a\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
@@ -1996,10 +2105,20 @@ const file_drover_v1_node_proto_rawDesc = "" +
 	"\x11public_key_sha256\x18\x10 \x01(\fR\x0fpublicKeySha256\x12:\n" +
 	"\x0erequested_pull\x18\x11 \x01(\v2\x13.drover.v1.NodePullR\rrequestedPull\x12:\n" +
 	"\vpull_status\x18\x12 \x01(\v2\x19.drover.v1.NodePullStatusR\n" +
-	"pullStatus\x1a9\n" +
+	"pullStatus\x12\x1a\n" +
+	"\bcordoned\x18\x13 \x01(\bR\bcordoned\x12#\n" +
+	"\rcordon_reason\x18\x14 \x01(\tR\fcordonReason\x128\n" +
+	"\n" +
+	"conditions\x18\x15 \x03(\v2\x18.drover.v1.NodeConditionR\n" +
+	"conditions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x01\n" +
+	"\rNodeCondition\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x19\n" +
+	"\bgpu_uuid\x18\x02 \x01(\tR\agpuUuid\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\x96\x02\n" +
 	"\bNodePull\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12'\n" +
@@ -2078,7 +2197,7 @@ func file_drover_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_drover_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_drover_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_drover_v1_node_proto_goTypes = []any{
 	(NodeStatus)(0),               // 0: drover.v1.NodeStatus
 	(PullPhase)(0),                // 1: drover.v1.PullPhase
@@ -2094,27 +2213,28 @@ var file_drover_v1_node_proto_goTypes = []any{
 	(*GPUInfo)(nil),               // 11: drover.v1.GPUInfo
 	(*NodeStatusChange)(nil),      // 12: drover.v1.NodeStatusChange
 	(*Node)(nil),                  // 13: drover.v1.Node
-	(*NodePull)(nil),              // 14: drover.v1.NodePull
-	(*NodePullStatus)(nil),        // 15: drover.v1.NodePullStatus
-	(*CreateTokenRequest)(nil),    // 16: drover.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 17: drover.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),     // 18: drover.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 19: drover.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 20: drover.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 21: drover.v1.RevokeTokenResponse
-	nil,                           // 22: drover.v1.JoinToken.LabelsEntry
-	nil,                           // 23: drover.v1.Node.LabelsEntry
-	nil,                           // 24: drover.v1.CreateTokenRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*WriteMeta)(nil),             // 27: drover.v1.WriteMeta
-	(*QueryOptions)(nil),          // 28: drover.v1.QueryOptions
-	(*QueryMeta)(nil),             // 29: drover.v1.QueryMeta
+	(*NodeCondition)(nil),         // 14: drover.v1.NodeCondition
+	(*NodePull)(nil),              // 15: drover.v1.NodePull
+	(*NodePullStatus)(nil),        // 16: drover.v1.NodePullStatus
+	(*CreateTokenRequest)(nil),    // 17: drover.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 18: drover.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),     // 19: drover.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 20: drover.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 21: drover.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 22: drover.v1.RevokeTokenResponse
+	nil,                           // 23: drover.v1.JoinToken.LabelsEntry
+	nil,                           // 24: drover.v1.Node.LabelsEntry
+	nil,                           // 25: drover.v1.CreateTokenRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*WriteMeta)(nil),             // 28: drover.v1.WriteMeta
+	(*QueryOptions)(nil),          // 29: drover.v1.QueryOptions
+	(*QueryMeta)(nil),             // 30: drover.v1.QueryMeta
 }
 var file_drover_v1_node_proto_depIdxs = []int32{
-	22, // 0: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
-	25, // 1: drover.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	25, // 2: drover.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	23, // 0: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
+	26, // 1: drover.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	26, // 2: drover.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
 	4,  // 3: drover.v1.NodeInventory.host:type_name -> drover.v1.HostInfo
 	5,  // 4: drover.v1.NodeInventory.cpu:type_name -> drover.v1.CPUInfo
 	6,  // 5: drover.v1.NodeInventory.memory:type_name -> drover.v1.MemoryInfo
@@ -2124,36 +2244,38 @@ var file_drover_v1_node_proto_depIdxs = []int32{
 	10, // 9: drover.v1.NodeInventory.gpu_probe:type_name -> drover.v1.GPUProbe
 	11, // 10: drover.v1.NodeInventory.gpus:type_name -> drover.v1.GPUInfo
 	0,  // 11: drover.v1.NodeStatusChange.status:type_name -> drover.v1.NodeStatus
-	25, // 12: drover.v1.NodeStatusChange.time:type_name -> google.protobuf.Timestamp
-	23, // 13: drover.v1.Node.labels:type_name -> drover.v1.Node.LabelsEntry
+	26, // 12: drover.v1.NodeStatusChange.time:type_name -> google.protobuf.Timestamp
+	24, // 13: drover.v1.Node.labels:type_name -> drover.v1.Node.LabelsEntry
 	0,  // 14: drover.v1.Node.status:type_name -> drover.v1.NodeStatus
 	3,  // 15: drover.v1.Node.inventory:type_name -> drover.v1.NodeInventory
-	25, // 16: drover.v1.Node.enroll_time:type_name -> google.protobuf.Timestamp
+	26, // 16: drover.v1.Node.enroll_time:type_name -> google.protobuf.Timestamp
 	12, // 17: drover.v1.Node.history:type_name -> drover.v1.NodeStatusChange
-	14, // 18: drover.v1.Node.requested_pull:type_name -> drover.v1.NodePull
-	15, // 19: drover.v1.Node.pull_status:type_name -> drover.v1.NodePullStatus
-	25, // 20: drover.v1.NodePull.request_time:type_name -> google.protobuf.Timestamp
-	1,  // 21: drover.v1.NodePullStatus.phase:type_name -> drover.v1.PullPhase
-	25, // 22: drover.v1.NodePullStatus.report_time:type_name -> google.protobuf.Timestamp
-	26, // 23: drover.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	24, // 24: drover.v1.CreateTokenRequest.labels:type_name -> drover.v1.CreateTokenRequest.LabelsEntry
-	2,  // 25: drover.v1.CreateTokenResponse.token:type_name -> drover.v1.JoinToken
-	27, // 26: drover.v1.CreateTokenResponse.meta:type_name -> drover.v1.WriteMeta
-	28, // 27: drover.v1.ListTokensRequest.options:type_name -> drover.v1.QueryOptions
-	2,  // 28: drover.v1.ListTokensResponse.tokens:type_name -> drover.v1.JoinToken
-	29, // 29: drover.v1.ListTokensResponse.meta:type_name -> drover.v1.QueryMeta
-	27, // 30: drover.v1.RevokeTokenResponse.meta:type_name -> drover.v1.WriteMeta
-	16, // 31: drover.v1.TokenService.CreateToken:input_type -> drover.v1.CreateTokenRequest
-	18, // 32: drover.v1.TokenService.ListTokens:input_type -> drover.v1.ListTokensRequest
-	20, // 33: drover.v1.TokenService.RevokeToken:input_type -> drover.v1.RevokeTokenRequest
-	17, // 34: drover.v1.TokenService.CreateToken:output_type -> drover.v1.CreateTokenResponse
-	19, // 35: drover.v1.TokenService.ListTokens:output_type -> drover.v1.ListTokensResponse
-	21, // 36: drover.v1.TokenService.RevokeToken:output_type -> drover.v1.RevokeTokenResponse
-	34, // [34:37] is the sub-list for method output_type
-	31, // [31:34] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	15, // 18: drover.v1.Node.requested_pull:type_name -> drover.v1.NodePull
+	16, // 19: drover.v1.Node.pull_status:type_name -> drover.v1.NodePullStatus
+	14, // 20: drover.v1.Node.conditions:type_name -> drover.v1.NodeCondition
+	26, // 21: drover.v1.NodeCondition.since:type_name -> google.protobuf.Timestamp
+	26, // 22: drover.v1.NodePull.request_time:type_name -> google.protobuf.Timestamp
+	1,  // 23: drover.v1.NodePullStatus.phase:type_name -> drover.v1.PullPhase
+	26, // 24: drover.v1.NodePullStatus.report_time:type_name -> google.protobuf.Timestamp
+	27, // 25: drover.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	25, // 26: drover.v1.CreateTokenRequest.labels:type_name -> drover.v1.CreateTokenRequest.LabelsEntry
+	2,  // 27: drover.v1.CreateTokenResponse.token:type_name -> drover.v1.JoinToken
+	28, // 28: drover.v1.CreateTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	29, // 29: drover.v1.ListTokensRequest.options:type_name -> drover.v1.QueryOptions
+	2,  // 30: drover.v1.ListTokensResponse.tokens:type_name -> drover.v1.JoinToken
+	30, // 31: drover.v1.ListTokensResponse.meta:type_name -> drover.v1.QueryMeta
+	28, // 32: drover.v1.RevokeTokenResponse.meta:type_name -> drover.v1.WriteMeta
+	17, // 33: drover.v1.TokenService.CreateToken:input_type -> drover.v1.CreateTokenRequest
+	19, // 34: drover.v1.TokenService.ListTokens:input_type -> drover.v1.ListTokensRequest
+	21, // 35: drover.v1.TokenService.RevokeToken:input_type -> drover.v1.RevokeTokenRequest
+	18, // 36: drover.v1.TokenService.CreateToken:output_type -> drover.v1.CreateTokenResponse
+	20, // 37: drover.v1.TokenService.ListTokens:output_type -> drover.v1.ListTokensResponse
+	22, // 38: drover.v1.TokenService.RevokeToken:output_type -> drover.v1.RevokeTokenResponse
+	36, // [36:39] is the sub-list for method output_type
+	33, // [33:36] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_node_proto_init() }
@@ -2168,7 +2290,7 @@ func file_drover_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_node_proto_rawDesc), len(file_drover_v1_node_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

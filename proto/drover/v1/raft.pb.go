@@ -60,8 +60,9 @@ const (
 	CommandType_COMMAND_TYPE_START_ROLLBACK            CommandType = 30
 	CommandType_COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES   CommandType = 31
 	CommandType_COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES CommandType = 32
-	// 33-39 are left to node health commands.
-	CommandType_COMMAND_TYPE_SET_VERSION_REFERENCE CommandType = 40
+	CommandType_COMMAND_TYPE_SET_NODE_CONDITIONS       CommandType = 33
+	CommandType_COMMAND_TYPE_UNCORDON_NODE             CommandType = 34
+	CommandType_COMMAND_TYPE_SET_VERSION_REFERENCE     CommandType = 40
 )
 
 // Enum value maps for CommandType.
@@ -100,6 +101,8 @@ var (
 		30: "COMMAND_TYPE_START_ROLLBACK",
 		31: "COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES",
 		32: "COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES",
+		33: "COMMAND_TYPE_SET_NODE_CONDITIONS",
+		34: "COMMAND_TYPE_UNCORDON_NODE",
 		40: "COMMAND_TYPE_SET_VERSION_REFERENCE",
 	}
 	CommandType_value = map[string]int32{
@@ -136,6 +139,8 @@ var (
 		"COMMAND_TYPE_START_ROLLBACK":            30,
 		"COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES":   31,
 		"COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES": 32,
+		"COMMAND_TYPE_SET_NODE_CONDITIONS":       33,
+		"COMMAND_TYPE_UNCORDON_NODE":             34,
 		"COMMAND_TYPE_SET_VERSION_REFERENCE":     40,
 	}
 )
@@ -2451,7 +2456,7 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x120\n" +
 	"\treference\x18\x04 \x01(\v2\x12.drover.v1.ProfileR\treference\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source*\xa1\t\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source*\xe7\t\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_INIT_CLUSTER\x10\x01\x12\x1e\n" +
@@ -2486,7 +2491,9 @@ const file_drover_v1_raft_proto_rawDesc = "" +
 	"\x1eCOMMAND_TYPE_SET_ROLLOUT_STATE\x10\x1d\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_START_ROLLBACK\x10\x1e\x12(\n" +
 	"$COMMAND_TYPE_ASSIGN_DEPLOYMENT_NODES\x10\x1f\x12*\n" +
-	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 \x12&\n" +
+	"&COMMAND_TYPE_UNASSIGN_DEPLOYMENT_NODES\x10 \x12$\n" +
+	" COMMAND_TYPE_SET_NODE_CONDITIONS\x10!\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_UNCORDON_NODE\x10\"\x12&\n" +
 	"\"COMMAND_TYPE_SET_VERSION_REFERENCE\x10(B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (

@@ -629,6 +629,139 @@ func (x *RevokeNodeCommand) GetNodeId() string {
 	return ""
 }
 
+// SetNodeConditionsCommand records the conditions a node's agent reports,
+// replacing the recorded ones; with cordon set it also cordons the node,
+// with reason as its cordon_reason. The leader sets cordon when a reported
+// condition is a new occurrence (absent before, or a later since).
+type SetNodeConditionsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Conditions    []*NodeCondition       `protobuf:"bytes,3,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	Cordon        bool                   `protobuf:"varint,4,opt,name=cordon,proto3" json:"cordon,omitempty"`
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeConditionsCommand) Reset() {
+	*x = SetNodeConditionsCommand{}
+	mi := &file_drover_v1_raft_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeConditionsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeConditionsCommand) ProtoMessage() {}
+
+func (x *SetNodeConditionsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeConditionsCommand.ProtoReflect.Descriptor instead.
+func (*SetNodeConditionsCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetNodeConditionsCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *SetNodeConditionsCommand) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SetNodeConditionsCommand) GetConditions() []*NodeCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
+func (x *SetNodeConditionsCommand) GetCordon() bool {
+	if x != nil {
+		return x.Cordon
+	}
+	return false
+}
+
+func (x *SetNodeConditionsCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// UncordonNodeCommand clears a node's cordon; its conditions stay.
+type UncordonNodeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *CommandMeta           `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UncordonNodeCommand) Reset() {
+	*x = UncordonNodeCommand{}
+	mi := &file_drover_v1_raft_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UncordonNodeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UncordonNodeCommand) ProtoMessage() {}
+
+func (x *UncordonNodeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_raft_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UncordonNodeCommand.ProtoReflect.Descriptor instead.
+func (*UncordonNodeCommand) Descriptor() ([]byte, []int) {
+	return file_drover_v1_raft_node_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *UncordonNodeCommand) GetMeta() *CommandMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *UncordonNodeCommand) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
 var File_drover_v1_raft_node_proto protoreflect.FileDescriptor
 
 const file_drover_v1_raft_node_proto_rawDesc = "" +
@@ -677,6 +810,17 @@ const file_drover_v1_raft_node_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
 	"\x11RevokeNodeCommand\x12*\n" +
 	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xc9\x01\n" +
+	"\x18SetNodeConditionsCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x128\n" +
+	"\n" +
+	"conditions\x18\x03 \x03(\v2\x18.drover.v1.NodeConditionR\n" +
+	"conditions\x12\x16\n" +
+	"\x06cordon\x18\x04 \x01(\bR\x06cordon\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"Z\n" +
+	"\x13UncordonNodeCommand\x12*\n" +
+	"\x04meta\x18\x01 \x01(\v2\x16.drover.v1.CommandMetaR\x04meta\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeIdB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
@@ -691,48 +835,54 @@ func file_drover_v1_raft_node_proto_rawDescGZIP() []byte {
 	return file_drover_v1_raft_node_proto_rawDescData
 }
 
-var file_drover_v1_raft_node_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_drover_v1_raft_node_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_drover_v1_raft_node_proto_goTypes = []any{
-	(*CreateJoinTokenCommand)(nil), // 0: drover.v1.CreateJoinTokenCommand
-	(*RevokeJoinTokenCommand)(nil), // 1: drover.v1.RevokeJoinTokenCommand
-	(*EnrollNodeCommand)(nil),      // 2: drover.v1.EnrollNodeCommand
-	(*RegisterNodeCommand)(nil),    // 3: drover.v1.RegisterNodeCommand
-	(*SetNodeStatusCommand)(nil),   // 4: drover.v1.SetNodeStatusCommand
-	(*NodeStatusUpdate)(nil),       // 5: drover.v1.NodeStatusUpdate
-	(*SetNodeDrainCommand)(nil),    // 6: drover.v1.SetNodeDrainCommand
-	(*SetNodePullCommand)(nil),     // 7: drover.v1.SetNodePullCommand
-	(*SetNodeLabelsCommand)(nil),   // 8: drover.v1.SetNodeLabelsCommand
-	(*RevokeNodeCommand)(nil),      // 9: drover.v1.RevokeNodeCommand
-	nil,                            // 10: drover.v1.SetNodeLabelsCommand.SetEntry
-	(*CommandMeta)(nil),            // 11: drover.v1.CommandMeta
-	(*JoinToken)(nil),              // 12: drover.v1.JoinToken
-	(*Node)(nil),                   // 13: drover.v1.Node
-	(*NodeInventory)(nil),          // 14: drover.v1.NodeInventory
-	(NodeStatus)(0),                // 15: drover.v1.NodeStatus
-	(*NodePull)(nil),               // 16: drover.v1.NodePull
+	(*CreateJoinTokenCommand)(nil),   // 0: drover.v1.CreateJoinTokenCommand
+	(*RevokeJoinTokenCommand)(nil),   // 1: drover.v1.RevokeJoinTokenCommand
+	(*EnrollNodeCommand)(nil),        // 2: drover.v1.EnrollNodeCommand
+	(*RegisterNodeCommand)(nil),      // 3: drover.v1.RegisterNodeCommand
+	(*SetNodeStatusCommand)(nil),     // 4: drover.v1.SetNodeStatusCommand
+	(*NodeStatusUpdate)(nil),         // 5: drover.v1.NodeStatusUpdate
+	(*SetNodeDrainCommand)(nil),      // 6: drover.v1.SetNodeDrainCommand
+	(*SetNodePullCommand)(nil),       // 7: drover.v1.SetNodePullCommand
+	(*SetNodeLabelsCommand)(nil),     // 8: drover.v1.SetNodeLabelsCommand
+	(*RevokeNodeCommand)(nil),        // 9: drover.v1.RevokeNodeCommand
+	(*SetNodeConditionsCommand)(nil), // 10: drover.v1.SetNodeConditionsCommand
+	(*UncordonNodeCommand)(nil),      // 11: drover.v1.UncordonNodeCommand
+	nil,                              // 12: drover.v1.SetNodeLabelsCommand.SetEntry
+	(*CommandMeta)(nil),              // 13: drover.v1.CommandMeta
+	(*JoinToken)(nil),                // 14: drover.v1.JoinToken
+	(*Node)(nil),                     // 15: drover.v1.Node
+	(*NodeInventory)(nil),            // 16: drover.v1.NodeInventory
+	(NodeStatus)(0),                  // 17: drover.v1.NodeStatus
+	(*NodePull)(nil),                 // 18: drover.v1.NodePull
+	(*NodeCondition)(nil),            // 19: drover.v1.NodeCondition
 }
 var file_drover_v1_raft_node_proto_depIdxs = []int32{
-	11, // 0: drover.v1.CreateJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	12, // 1: drover.v1.CreateJoinTokenCommand.token:type_name -> drover.v1.JoinToken
-	11, // 2: drover.v1.RevokeJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
-	11, // 3: drover.v1.EnrollNodeCommand.meta:type_name -> drover.v1.CommandMeta
-	13, // 4: drover.v1.EnrollNodeCommand.node:type_name -> drover.v1.Node
-	11, // 5: drover.v1.RegisterNodeCommand.meta:type_name -> drover.v1.CommandMeta
-	14, // 6: drover.v1.RegisterNodeCommand.inventory:type_name -> drover.v1.NodeInventory
-	11, // 7: drover.v1.SetNodeStatusCommand.meta:type_name -> drover.v1.CommandMeta
+	13, // 0: drover.v1.CreateJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	14, // 1: drover.v1.CreateJoinTokenCommand.token:type_name -> drover.v1.JoinToken
+	13, // 2: drover.v1.RevokeJoinTokenCommand.meta:type_name -> drover.v1.CommandMeta
+	13, // 3: drover.v1.EnrollNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	15, // 4: drover.v1.EnrollNodeCommand.node:type_name -> drover.v1.Node
+	13, // 5: drover.v1.RegisterNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	16, // 6: drover.v1.RegisterNodeCommand.inventory:type_name -> drover.v1.NodeInventory
+	13, // 7: drover.v1.SetNodeStatusCommand.meta:type_name -> drover.v1.CommandMeta
 	5,  // 8: drover.v1.SetNodeStatusCommand.updates:type_name -> drover.v1.NodeStatusUpdate
-	15, // 9: drover.v1.NodeStatusUpdate.status:type_name -> drover.v1.NodeStatus
-	11, // 10: drover.v1.SetNodeDrainCommand.meta:type_name -> drover.v1.CommandMeta
-	11, // 11: drover.v1.SetNodePullCommand.meta:type_name -> drover.v1.CommandMeta
-	16, // 12: drover.v1.SetNodePullCommand.pull:type_name -> drover.v1.NodePull
-	11, // 13: drover.v1.SetNodeLabelsCommand.meta:type_name -> drover.v1.CommandMeta
-	10, // 14: drover.v1.SetNodeLabelsCommand.set:type_name -> drover.v1.SetNodeLabelsCommand.SetEntry
-	11, // 15: drover.v1.RevokeNodeCommand.meta:type_name -> drover.v1.CommandMeta
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	17, // 9: drover.v1.NodeStatusUpdate.status:type_name -> drover.v1.NodeStatus
+	13, // 10: drover.v1.SetNodeDrainCommand.meta:type_name -> drover.v1.CommandMeta
+	13, // 11: drover.v1.SetNodePullCommand.meta:type_name -> drover.v1.CommandMeta
+	18, // 12: drover.v1.SetNodePullCommand.pull:type_name -> drover.v1.NodePull
+	13, // 13: drover.v1.SetNodeLabelsCommand.meta:type_name -> drover.v1.CommandMeta
+	12, // 14: drover.v1.SetNodeLabelsCommand.set:type_name -> drover.v1.SetNodeLabelsCommand.SetEntry
+	13, // 15: drover.v1.RevokeNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	13, // 16: drover.v1.SetNodeConditionsCommand.meta:type_name -> drover.v1.CommandMeta
+	19, // 17: drover.v1.SetNodeConditionsCommand.conditions:type_name -> drover.v1.NodeCondition
+	13, // 18: drover.v1.UncordonNodeCommand.meta:type_name -> drover.v1.CommandMeta
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_raft_node_proto_init() }
@@ -748,7 +898,7 @@ func file_drover_v1_raft_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_raft_node_proto_rawDesc), len(file_drover_v1_raft_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -67,6 +67,9 @@ const (
 	NodeServiceRevokeNodeProcedure = "/drover.v1.NodeService/RevokeNode"
 	// NodeServicePullVersionProcedure is the fully-qualified name of the NodeService's PullVersion RPC.
 	NodeServicePullVersionProcedure = "/drover.v1.NodeService/PullVersion"
+	// NodeServiceUncordonNodeProcedure is the fully-qualified name of the NodeService's UncordonNode
+	// RPC.
+	NodeServiceUncordonNodeProcedure = "/drover.v1.NodeService/UncordonNode"
 )
 
 // AgentServiceClient is a client for the drover.v1.AgentService service.
@@ -361,6 +364,10 @@ type NodeServiceClient interface {
 	// node's previous one. The agent hears of it in its next heartbeat
 	// and reports progress in the node's pull_status.
 	PullVersion(context.Context, *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error)
+	// UncordonNode lets a cordoned node take placements again. The
+	// conditions that cordoned it stay recorded; only a new occurrence
+	// cordons it again.
+	UncordonNode(context.Context, *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the drover.v1.NodeService service. By default, it
@@ -412,17 +419,24 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("PullVersion")),
 			connect.WithClientOptions(opts...),
 		),
+		uncordonNode: connect.NewClient[v1.UncordonNodeRequest, v1.UncordonNodeResponse](
+			httpClient,
+			baseURL+NodeServiceUncordonNodeProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("UncordonNode")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // nodeServiceClient implements NodeServiceClient.
 type nodeServiceClient struct {
-	listNodes   *connect.Client[v1.ListNodesRequest, v1.ListNodesResponse]
-	getNode     *connect.Client[v1.GetNodeRequest, v1.GetNodeResponse]
-	drainNode   *connect.Client[v1.DrainNodeRequest, v1.DrainNodeResponse]
-	labelNode   *connect.Client[v1.LabelNodeRequest, v1.LabelNodeResponse]
-	revokeNode  *connect.Client[v1.RevokeNodeRequest, v1.RevokeNodeResponse]
-	pullVersion *connect.Client[v1.PullVersionRequest, v1.PullVersionResponse]
+	listNodes    *connect.Client[v1.ListNodesRequest, v1.ListNodesResponse]
+	getNode      *connect.Client[v1.GetNodeRequest, v1.GetNodeResponse]
+	drainNode    *connect.Client[v1.DrainNodeRequest, v1.DrainNodeResponse]
+	labelNode    *connect.Client[v1.LabelNodeRequest, v1.LabelNodeResponse]
+	revokeNode   *connect.Client[v1.RevokeNodeRequest, v1.RevokeNodeResponse]
+	pullVersion  *connect.Client[v1.PullVersionRequest, v1.PullVersionResponse]
+	uncordonNode *connect.Client[v1.UncordonNodeRequest, v1.UncordonNodeResponse]
 }
 
 // ListNodes calls drover.v1.NodeService.ListNodes.
@@ -455,6 +469,11 @@ func (c *nodeServiceClient) PullVersion(ctx context.Context, req *connect.Reques
 	return c.pullVersion.CallUnary(ctx, req)
 }
 
+// UncordonNode calls drover.v1.NodeService.UncordonNode.
+func (c *nodeServiceClient) UncordonNode(ctx context.Context, req *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error) {
+	return c.uncordonNode.CallUnary(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the drover.v1.NodeService service.
 type NodeServiceHandler interface {
 	ListNodes(context.Context, *connect.Request[v1.ListNodesRequest]) (*connect.Response[v1.ListNodesResponse], error)
@@ -467,6 +486,10 @@ type NodeServiceHandler interface {
 	// node's previous one. The agent hears of it in its next heartbeat
 	// and reports progress in the node's pull_status.
 	PullVersion(context.Context, *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error)
+	// UncordonNode lets a cordoned node take placements again. The
+	// conditions that cordoned it stay recorded; only a new occurrence
+	// cordons it again.
+	UncordonNode(context.Context, *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error)
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -514,6 +537,12 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("PullVersion")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServiceUncordonNodeHandler := connect.NewUnaryHandler(
+		NodeServiceUncordonNodeProcedure,
+		svc.UncordonNode,
+		connect.WithSchema(nodeServiceMethods.ByName("UncordonNode")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceListNodesProcedure:
@@ -528,6 +557,8 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServiceRevokeNodeHandler.ServeHTTP(w, r)
 		case NodeServicePullVersionProcedure:
 			nodeServicePullVersionHandler.ServeHTTP(w, r)
+		case NodeServiceUncordonNodeProcedure:
+			nodeServiceUncordonNodeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -559,4 +590,8 @@ func (UnimplementedNodeServiceHandler) RevokeNode(context.Context, *connect.Requ
 
 func (UnimplementedNodeServiceHandler) PullVersion(context.Context, *connect.Request[v1.PullVersionRequest]) (*connect.Response[v1.PullVersionResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.NodeService.PullVersion is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) UncordonNode(context.Context, *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.NodeService.UncordonNode is not implemented"))
 }
