@@ -80,6 +80,8 @@ type Status struct {
 	// Pull is what the agent last did about the version the control
 	// plane asked it to pull; zero before any request.
 	Pull PullReport
+	// Telemetry is what the node's request telemetry holds and shipped.
+	Telemetry TelemetryStatus
 	// LastError is the most recent failure the agent is working around,
 	// such as a server that does not answer; a heartbeat clears it.
 	LastError error
@@ -100,7 +102,8 @@ type Agent struct {
 	dialTimeout time.Duration
 
 	running atomic.Bool
-	pool    atomic.Pointer[gossipPool] // the running site gossip pool, nil for none
+	pool    atomic.Pointer[gossipPool]     // the running site gossip pool, nil for none
+	tel     atomic.Pointer[telemetryParts] // the node's telemetry, nil when off or before serving starts
 
 	mu     sync.Mutex // guards the fields below
 	status Status
@@ -236,7 +239,7 @@ func (a *Agent) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sv, err := a.startServing(store, inv)
+	sv, err := a.startServing(store, inv, id.NodeID)
 	if err != nil {
 		return err
 	}
@@ -256,6 +259,7 @@ func (a *Agent) Status() Status {
 		st.GossipMembers = p.NumMembers()
 		st.Suspects = p.Suspects()
 	}
+	st.Telemetry = a.tel.Load().status()
 	return st
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/agent/telemetry"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -29,6 +30,7 @@ type Reconciler struct {
 	log       *slog.Logger
 	clock     Clock
 	transport http.RoundTripper
+	telemetry *telemetry.Collector // nil: no telemetry
 	metrics   *metrics
 	mux       *http.ServeMux
 
@@ -75,6 +77,7 @@ func New(cfg Config) (*Reconciler, error) {
 		log:       cfg.logger(),
 		clock:     cfg.Clock,
 		transport: cfg.Transport,
+		telemetry: cfg.Telemetry,
 		metrics:   m,
 		state:     st,
 		invalid:   make(map[string]refusal),

@@ -1,0 +1,556 @@
+package telemetry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/droverhq/drover/internal/sketch"
+)
+
+// Exchange is one request the inference endpoint passed to an instance,
+// with its answer, as the collector sees it. The endpoint fills one taken
+// from Collector.Get and hands it over with Collector.Submit; from then on
+// it belongs to the collector.
+type Exchange struct {
+	Deployment, Model string
+	Version           uint64
+	// Latency is from the request reaching the endpoint until its answer
+	// was written.
+	Latency time.Duration
+	// Status is the HTTP status the client got.
+	Status int
+	// ErrKind names a failure the status alone does not tell (the
+	// instance timed out or refused the connection); empty otherwise.
+	ErrKind string
+	// Request and Response are the bodies' first CaptureBytes bytes;
+	// RequestCut and ResponseCut say there was more.
+	Request, Response       []byte
+	RequestCut, ResponseCut bool
+}
+
+// Error kinds the endpoint reports beside the HTTP status classes.
+const (
+	ErrKindTimeout         = "timeout"
+	ErrKindUpstreamRefused = "upstream_refused"
+	ErrKindUpstream        = "upstream_error"
+	ErrKindClientClosed    = "client_closed"
+)
+
+// CaptureRequest appends b to the captured request body, up to limit.
+func (e *Exchange) CaptureRequest(b []byte, limit int) {
+	e.Request, e.RequestCut = capture(e.Request, e.RequestCut, b, limit)
+}
+
+// CaptureResponse appends b to the captured response body, up to limit.
+func (e *Exchange) CaptureResponse(b []byte, limit int) {
+	e.Response, e.ResponseCut = capture(e.Response, e.ResponseCut, b, limit)
+}
+
+func capture(dst []byte, cut bool, b []byte, limit int) ([]byte, bool) {
+	room := limit - len(dst)
+	if room <= 0 {
+		return dst, cut || len(b) > 0
+	}
+	if len(b) > room {
+		return append(dst, b[:room]...), true
+	}
+	return append(dst, b...), cut
+}
+
+func (e *Exchange) reset() {
+	req, resp := e.Request[:0], e.Response[:0]
+	*e = Exchange{Request: req, Response: resp}
+}
+
+// CollectorConfig configures a Collector; DefaultCollectorConfig fills it.
+type CollectorConfig struct {
+	// NodeID labels every window. Required.
+	NodeID string
+	// Spool receives closed windows. Required.
+	Spool *Spool
+	// Window is the length of a window; windows start at multiples of
+	// it (Unix time), so every node's windows line up.
+	Window time.Duration
+	// CaptureBytes bounds the body bytes kept per request and per
+	// answer; a body cut short is not parsed for features.
+	CaptureBytes int
+	// Queue is how many exchanges wait for the collector; past it the
+	// endpoint drops observations (counted) rather than wait.
+	Queue int
+	// MaxElements bounds the elements of one array observed as
+	// name[0]…name[MaxElements-1]; later ones are ignored.
+	MaxElements int
+	// MaxFeatures bounds the distinct inputs, and separately outputs, one
+	// stream's window tracks; further names are ignored.
+	MaxFeatures int
+	// Now is the time windows are cut on; nil means time.Now. Scenarios
+	// replace it to run long stretches of windows quickly.
+	Now func() time.Time
+	// Tick is how often the collector looks for windows that ended; zero
+	// means a quarter of Window, at most a second.
+	Tick time.Duration
+	// Notify, if set, is called (without blocking) after windows were
+	// spooled, so a shipper can send them at once.
+	Notify func()
+	Logger *slog.Logger
+}
+
+// DefaultCollectorConfig returns the defaults: one-minute windows, 64 KiB
+// of body per request, a queue of 4,096 exchanges.
+func DefaultCollectorConfig() CollectorConfig {
+	return CollectorConfig{
+		Window:       time.Minute,
+		CaptureBytes: 64 << 10,
+		Queue:        4096,
+		MaxElements:  64,
+		MaxFeatures:  256,
+	}
+}
+
+// Validate checks the configuration.
+func (c *CollectorConfig) Validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("telemetry collector: no node id")
+	case c.Spool == nil:
+		return errors.New("telemetry collector: no spool")
+	case c.Window <= 0:
+		return fmt.Errorf("telemetry collector: window %v: want a positive length such as 1m", c.Window)
+	case c.CaptureBytes < 0:
+		return fmt.Errorf("telemetry collector: capture %d bytes: want 0 or more", c.CaptureBytes)
+	case c.Queue <= 0:
+		return fmt.Errorf("telemetry collector: queue of %d: want at least 1", c.Queue)
+	case c.MaxElements < 0 || c.MaxFeatures <= 0 || c.MaxFeatures > sketch.MaxFeatures:
+		return fmt.Errorf("telemetry collector: %d elements, %d features: want 0 or more elements and 1..%d features",
+			c.MaxElements, c.MaxFeatures, sketch.MaxFeatures)
+	}
+	return nil
+}
+
+// CollectorStats counts what the collector saw and gave up.
+type CollectorStats struct {
+	// Observed is exchanges taken into a window.
+	Observed uint64
+	// Dropped is exchanges the endpoint could not queue: the collector
+	// was behind. They are in no window.
+	Dropped uint64
+	// Unparsed is exchanges whose body was cut short or not JSON of the
+	// expected form: counted, with latency and errors, but no features.
+	Unparsed uint64
+	// SpoolErrors is windows the spool would not take (a full or failing
+	// disk); they are lost, and counted here.
+	SpoolErrors uint64
+}
+
+// Collector turns the endpoint's exchanges into per-instance windows. The
+// endpoint's side (Get, Submit) never blocks and is safe for concurrent
+// use; parsing and sketching happen on the collector's own goroutine,
+// which Run owns.
+type Collector struct {
+	cfg   CollectorConfig
+	log   *slog.Logger
+	queue chan *Exchange
+	pool  sync.Pool
+
+	dropped, observed, unparsed, spoolErrs atomic.Uint64
+
+	// Fields below are the Run goroutine's alone.
+	streams map[streamKey]*stream
+}
+
+type streamKey struct {
+	deployment, model string
+	version           uint64
+}
+
+// NewCollector checks cfg and returns a collector; call Run to start it.
+func NewCollector(cfg CollectorConfig) (*Collector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = min(cfg.Window/4, time.Second)
+	}
+	c := &Collector{cfg: cfg, log: cfg.Logger, queue: make(chan *Exchange, cfg.Queue), streams: map[streamKey]*stream{}}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.pool.New = func() any { return new(Exchange) }
+	return c, nil
+}
+
+// CaptureBytes is how much of each body the endpoint should keep.
+func (c *Collector) CaptureBytes() int { return c.cfg.CaptureBytes }
+
+// Get returns an empty exchange to fill.
+func (c *Collector) Get() *Exchange { return c.pool.Get().(*Exchange) }
+
+// Submit hands e to the collector without waiting: when the queue is full
+// the observation is dropped and counted.
+func (c *Collector) Submit(e *Exchange) {
+	select {
+	case c.queue <- e:
+	default:
+		c.dropped.Add(1)
+		c.put(e)
+	}
+}
+
+func (c *Collector) put(e *Exchange) {
+	e.reset()
+	c.pool.Put(e)
+}
+
+// Stats returns the counters.
+func (c *Collector) Stats() CollectorStats {
+	return CollectorStats{Observed: c.observed.Load(), Dropped: c.dropped.Load(),
+		Unparsed: c.unparsed.Load(), SpoolErrors: c.spoolErrs.Load()}
+}
+
+// Run collects until ctx ends, then spools every window still open
+// (a window cut short by a stop is shipped as it is, not lost).
+func (c *Collector) Run(ctx context.Context) {
+	t := time.NewTicker(c.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case e := <-c.queue:
+			c.observe(e)
+		case <-t.C:
+			c.closeEnded(c.cfg.Now(), false)
+		case <-ctx.Done():
+			for {
+				select {
+				case e := <-c.queue:
+					c.observe(e)
+					continue
+				default:
+				}
+				break
+			}
+			c.closeEnded(c.cfg.Now(), true)
+			return
+		}
+	}
+}
+
+// observe adds e to its stream's open window, closing that window first
+// when e falls past its end.
+func (c *Collector) observe(e *Exchange) {
+	defer c.put(e)
+	now := c.cfg.Now()
+	key := streamKey{e.Deployment, e.Model, e.Version}
+	st := c.streams[key]
+	start := now.Truncate(c.cfg.Window)
+	if st != nil && !start.Before(st.end) {
+		c.spool(st)
+		st = nil
+	}
+	if st == nil {
+		st = c.newStream(key, start)
+		c.streams[key] = st
+	}
+	c.observed.Add(1)
+	st.add(e, c)
+}
+
+// closeEnded spools every window that ended by now (all of them when
+// all is set).
+func (c *Collector) closeEnded(now time.Time, all bool) {
+	for key, st := range c.streams {
+		if all || !now.Before(st.end) {
+			c.spool(st)
+			delete(c.streams, key)
+		}
+	}
+}
+
+func (c *Collector) newStream(key streamKey, start time.Time) *stream {
+	return &stream{
+		key: key, start: start, end: start.Add(c.cfg.Window),
+		prof: sketch.NewProfile(nil),
+		in:   features{byName: map[string]*feature{}},
+		out:  features{byName: map[string]*feature{}},
+	}
+}
+
+// spool encodes st's window and adds it to the spool.
+func (c *Collector) spool(st *stream) {
+	w := &sketch.Window{
+		NodeID: c.cfg.NodeID, Deployment: st.key.deployment, Model: st.key.model,
+		Version: strconv.FormatUint(st.key.version, 10),
+		Start:   st.start, End: st.end, Profile: st.profile(),
+	}
+	b, err := w.Encode()
+	if err == nil {
+		err = c.cfg.Spool.Add(Record{Key: RecordKey(w), Start: w.Start, End: w.End, Windows: 1, Data: b})
+	}
+	if err != nil {
+		c.spoolErrs.Add(1)
+		c.log.Warn("a telemetry window was lost: the spool did not take it", "deployment", st.key.deployment,
+			"version", st.key.version, "start", st.start, "err", err)
+	}
+	if c.cfg.Notify != nil {
+		c.cfg.Notify()
+	}
+}
+
+// RecordKey is the spool key of a window: windows of one key may merge.
+func RecordKey(w *sketch.Window) string {
+	return w.Deployment + "\x00" + w.Model + "\x00" + w.Version
+}
+
+// MergeWindows is the spool's MergeFunc for encoded sketch windows: the
+// profiles merge (counts exactly) and the result spans both.
+func MergeWindows(a, b Record) (Record, error) {
+	wa, err := sketch.DecodeWindow(a.Data)
+	if err != nil {
+		return Record{}, fmt.Errorf("merge windows: %w", err)
+	}
+	pb, err := sketch.UnmarshalWindow(b.Data)
+	if err != nil {
+		return Record{}, fmt.Errorf("merge windows: %w", err)
+	}
+	if err := wa.Profile.MergeProto(pb.Profile); err != nil {
+		return Record{}, fmt.Errorf("merge windows: %w", err)
+	}
+	wa.Start = minTime(a.Start, b.Start)
+	wa.End = maxTime(a.End, b.End)
+	data, err := wa.Encode()
+	if err != nil {
+		return Record{}, err
+	}
+	return Record{Key: a.Key, Start: wa.Start, End: wa.End, Windows: a.Windows + b.Windows, Data: data}, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// stream is one instance's open window.
+type stream struct {
+	key        streamKey
+	start, end time.Time
+	prof       *sketch.Profile // requests, errors, latency
+	in, out    features
+}
+
+// features are one side's feature profiles, found by name. reqs counts
+// the requests that carried the feature, which makes the missing count
+// exact even for a feature first seen late in the window.
+type features struct {
+	byName map[string]*feature
+}
+
+type feature struct {
+	fp      *sketch.FeatureProfile
+	lastReq uint64
+	reqs    uint64
+}
+
+// observe adds v to the feature name, creating it (its kind from v) when
+// there is room.
+func (fs *features) observe(name string, v sketch.Value, kind sketch.Kind, req uint64, max int) {
+	f := fs.byName[name]
+	if f == nil {
+		if len(fs.byName) >= max || name == "" || len(name) > sketch.MaxNameBytes {
+			return
+		}
+		f = &feature{fp: sketch.NewFeatureProfile(sketch.Field{Name: name, Kind: kind})}
+		fs.byName[name] = f
+	}
+	if f.lastReq != req {
+		f.lastReq = req
+		f.reqs++
+	}
+	f.fp.Observe(v)
+}
+
+func (fs *features) profiles(requests uint64) []*sketch.FeatureProfile {
+	out := make([]*sketch.FeatureProfile, 0, len(fs.byName))
+	for _, f := range fs.byName {
+		f.fp.Missing += requests - f.reqs
+		out = append(out, f.fp)
+	}
+	slices.SortFunc(out, func(a, b *sketch.FeatureProfile) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (st *stream) profile() *sketch.Profile {
+	p := st.prof
+	p.Inputs = st.in.profiles(p.Requests)
+	p.Outputs = st.out.profiles(p.Requests)
+	return p
+}
+
+// add records one exchange.
+func (st *stream) add(e *Exchange, c *Collector) {
+	p := st.prof
+	p.Requests++
+	req := p.Requests
+	_ = p.Latency.Add(e.Latency.Seconds())
+	if kind := errKind(e); kind != "" {
+		p.AddError(kind)
+	}
+	ok := true
+	if !e.RequestCut && len(e.Request) > 0 {
+		ok = st.parse(e.Request, "inputs", &st.in, req, false, c) && ok
+	} else {
+		ok = false
+	}
+	if e.Status >= 200 && e.Status < 300 {
+		if !e.ResponseCut && len(e.Response) > 0 {
+			ok = st.parse(e.Response, "outputs", &st.out, req, true, c) && ok
+		} else {
+			ok = false
+		}
+	}
+	if !ok {
+		c.unparsed.Add(1)
+	}
+}
+
+// errKind is the failure kind of an exchange: the endpoint's, else the
+// HTTP status class.
+func errKind(e *Exchange) string {
+	switch {
+	case e.ErrKind != "":
+		return e.ErrKind
+	case e.Status >= 500:
+		return "http_5xx"
+	case e.Status >= 400:
+		return "http_4xx"
+	}
+	return ""
+}
+
+// parse reads body as {"<field>": {"NAME": value, ...}, ...} and observes
+// each value. It reports whether the body had that form.
+func (st *stream) parse(body []byte, field string, fs *features, req uint64, outputs bool, c *Collector) bool {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return false
+	}
+	raw, ok := doc[field]
+	if !ok {
+		return false
+	}
+	var vals map[string]any
+	if err := json.Unmarshal(raw, &vals); err != nil {
+		return false
+	}
+	// Sorted, so that which names fit under MaxFeatures does not depend
+	// on map order.
+	names := make([]string, 0, len(vals))
+	for n := range vals {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		observeValue(fs, name, vals[name], req, outputs, c.cfg.MaxElements, c.cfg.MaxFeatures)
+	}
+	return true
+}
+
+// observeValue observes one named value: a number or a string (a bool is
+// a category) as the feature name; an array as rows: an array of arrays
+// is a batch whose rows are each observed, a flat array one row. A row's
+// elements are name[0], name[1]… up to maxElems (flattened in order when
+// a row is itself nested), and for an output a numeric row of two or more
+// also gives name.argmax, the index of its largest element, as a
+// category.
+func observeValue(fs *features, name string, v any, req uint64, outputs bool, maxElems, maxFeatures int) {
+	if s, kind, ok := scalar(v); ok {
+		fs.observe(name, s, kind, req, maxFeatures)
+		return
+	}
+	arr, ok := v.([]any)
+	if !ok {
+		return // objects and nulls are not features
+	}
+	rows := [][]any{arr}
+	if len(arr) > 0 {
+		if _, nested := arr[0].([]any); nested {
+			rows = rows[:0]
+			for _, r := range arr {
+				if ra, ok := r.([]any); ok {
+					rows = append(rows, ra)
+				}
+			}
+		}
+	}
+	var flat []any
+	for _, row := range rows {
+		flat = flatten(flat[:0], row, maxElems)
+		best, bestAt, numeric := 0.0, -1, outputs && len(flat) >= 2
+		for i, x := range flat {
+			s, kind, ok := scalar(x)
+			if !ok {
+				numeric = false
+				continue
+			}
+			fs.observe(elemName(name, i), s, kind, req, maxFeatures)
+			if f, isNum := x.(float64); isNum && numeric && (bestAt < 0 || f > best) {
+				best, bestAt = f, i
+			} else if !isNum {
+				numeric = false
+			}
+		}
+		if numeric && bestAt >= 0 {
+			fs.observe(name+".argmax", sketch.Category(strconv.Itoa(bestAt)), sketch.KindCategorical, req, maxFeatures)
+		}
+	}
+}
+
+func elemName(name string, i int) string {
+	return name + "[" + strconv.Itoa(i) + "]"
+}
+
+// flatten appends row's scalars, depth first, up to max of them.
+func flatten(dst []any, row []any, max int) []any {
+	for _, x := range row {
+		if len(dst) >= max {
+			return dst
+		}
+		if a, ok := x.([]any); ok {
+			dst = flatten(dst, a, max)
+			continue
+		}
+		dst = append(dst, x)
+	}
+	return dst
+}
+
+func scalar(v any) (sketch.Value, sketch.Kind, bool) {
+	switch x := v.(type) {
+	case float64:
+		return sketch.Number(x), sketch.KindNumeric, true
+	case string:
+		return sketch.Category(x), sketch.KindCategorical, true
+	case bool:
+		return sketch.Category(strconv.FormatBool(x)), sketch.KindCategorical, true
+	}
+	return sketch.Value{}, 0, false
+}
