@@ -254,3 +254,30 @@ func TestMergeWindowsAddsCounts(t *testing.T) {
 		t.Errorf("merged feature x: %+v", f)
 	}
 }
+
+// BenchmarkCollector measures the collector's goroutine: parsing one
+// digits request and answer (64 inputs, 10 outputs) and sketching them.
+// The endpoint drops observations rather than wait when requests arrive
+// faster than this.
+func BenchmarkCollector(b *testing.B) {
+	sp, err := OpenSpool(b.TempDir(), SpoolOptions{MaxBytes: 64 << 20, Merge: MergeWindows})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := DefaultCollectorConfig()
+	cfg.NodeID, cfg.Spool = "node-1", sp
+	c, err := NewCollector(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := []byte(`{"inputs":{"input":[[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]]}}`)
+	resp := []byte(`{"outputs":{"logits":[[-3.1,-2.0,-4.2,-1.5,-2.2,-0.9,-3.3,-2.8,-1.1,-2.6]]},"model":"digits","latency_ms":0.210}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		e := c.Get()
+		e.Deployment, e.Model, e.Version, e.Status, e.Latency = "digits", "digits", 1, 200, time.Millisecond
+		e.CaptureRequest(req, cfg.CaptureBytes)
+		e.CaptureResponse(resp, cfg.CaptureBytes)
+		c.observe(e)
+	}
+}
