@@ -113,6 +113,7 @@ func (s *Server) setupAPI() error {
 	mux.Handle(droverv1connect.NewAgentServiceHandler(&agentHandler{s: s, artifacts: artifacts}, interceptors))
 	mux.Handle(droverv1connect.NewArtifactServiceHandler(artifacts, interceptors))
 	mux.Handle(droverv1connect.NewChunkServiceHandler(&chunkHandler{s: s}, interceptors))
+	mux.Handle(droverv1connect.NewTelemetryServiceHandler(&telemetryHandler{s: s}, interceptors))
 	mux.HandleFunc(ChunkStreamPath, artifacts.serveChunkStream)
 	mux.Handle(MetricsPath, s.requireTelemetryRead(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	mux.HandleFunc(LivePath, func(w http.ResponseWriter, _ *http.Request) {

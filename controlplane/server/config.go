@@ -23,6 +23,13 @@ const (
 	DefaultGossipPort = 7402
 )
 
+// Bounds of the telemetry store's settings.
+const (
+	minTelemetryRetention = 10 * time.Minute
+	// minTelemetryBytes holds the largest window an agent may ship.
+	minTelemetryBytes = 32 << 20
+)
+
 // minRaftTimeout is the shortest Raft timeout hashicorp/raft accepts.
 const minRaftTimeout = 5 * time.Millisecond
 
@@ -127,6 +134,13 @@ type Config struct {
 	// a server joins, and retries sooner while chunks stay missing.
 	ChunkFillInterval Duration `json:"chunk_fill_interval,omitempty"`
 
+	// TelemetryRetention is how long the server keeps agents' telemetry
+	// windows after their end; older windows are deleted and refused.
+	TelemetryRetention Duration `json:"telemetry_retention,omitempty"`
+	// TelemetryMaxBytes bounds the server's telemetry store; past it the
+	// oldest windows are deleted first.
+	TelemetryMaxBytes int64 `json:"telemetry_max_bytes,omitempty"`
+
 	// Logger receives the server's logs; nil discards them. Not in files.
 	Logger *slog.Logger `json:"-"`
 	// Dial, when set, opens every connection this server makes to another
@@ -217,6 +231,9 @@ func DefaultConfig() Config {
 		ChunkGCInterval:   Duration(10 * time.Minute),
 		ChunkGCGrace:      Duration(time.Hour),
 		ChunkFillInterval: Duration(time.Minute),
+
+		TelemetryRetention: Duration(7 * 24 * time.Hour),
+		TelemetryMaxBytes:  1 << 30,
 	}
 }
 
@@ -344,6 +361,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ChunkReserveBytes < 0 {
 		errs = append(errs, fmt.Errorf("chunk_reserve_bytes %d must not be negative (use 0 to keep no disk free for other uses)", c.ChunkReserveBytes))
+	}
+	if c.TelemetryRetention < Duration(minTelemetryRetention) {
+		errs = append(errs, fmt.Errorf("telemetry_retention %v is shorter than %v, which a window shipped late from an agent's spool needs (168h is the default)", time.Duration(c.TelemetryRetention), minTelemetryRetention))
+	}
+	if c.TelemetryMaxBytes < minTelemetryBytes {
+		errs = append(errs, fmt.Errorf("telemetry_max_bytes %d is below %d, too small to hold a window (1073741824 is the default)", c.TelemetryMaxBytes, minTelemetryBytes))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid server config: %w", err)

@@ -50,6 +50,12 @@ type metrics struct {
 	// decisions this server wrote as leader, and those not written (stale
 	// or failed).
 	rolloutProposed, rolloutRefused prometheus.Counter
+	// telemetryWindows counts shipped windows by outcome: stored,
+	// refused (bad or foreign, never worth sending again) or unavailable
+	// (not stored now; the agent keeps it). telemetryCopyFailures counts
+	// copies of windows to a peer that failed.
+	telemetryWindows      *prometheus.CounterVec
+	telemetryCopyFailures prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
@@ -129,6 +135,18 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	}, []string{"outcome"})
 	m.rolloutProposed = decisions.WithLabelValues("written")
 	m.rolloutRefused = decisions.WithLabelValues("refused")
+	m.telemetryWindows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_telemetry_windows_total",
+		Help: "Telemetry windows agents shipped to this server, by outcome: stored (here and on one peer), " +
+			"refused (malformed, foreign, too old or too far in the future) or unavailable (no copy could be made; the agent keeps them).",
+	}, []string{"outcome"})
+	for _, o := range []string{"stored", "refused", "unavailable"} {
+		m.telemetryWindows.WithLabelValues(o)
+	}
+	m.telemetryCopyFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "drover_telemetry_copy_failures_total",
+		Help: "Copies of received telemetry windows to another server that failed (the next peer is tried).",
+	})
 	m.suspectsCounted = suspects.WithLabelValues("counted")
 	m.suspectsIgnored = suspects.WithLabelValues("ignored")
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
@@ -137,6 +155,17 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	reg.MustRegister(
 		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, m.aclDenials, m.aclDenialsDropped, nodeCollector{s: s},
 		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors, served, decisions,
+		m.telemetryWindows, m.telemetryCopyFailures,
+		gauge("drover_telemetry_store_bytes", "Bytes of the telemetry windows this server holds (keys and values), what telemetry_max_bytes bounds.", func() float64 {
+			if s.telemetry == nil {
+				return 0
+			}
+			st, err := s.telemetry.Stats()
+			if err != nil {
+				return 0
+			}
+			return float64(st.Bytes)
+		}),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("drover_raft_state", "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.", func() float64 {

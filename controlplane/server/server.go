@@ -26,6 +26,7 @@ import (
 	"github.com/droverhq/drover/controlplane/fsm"
 	"github.com/droverhq/drover/controlplane/raftstore"
 	"github.com/droverhq/drover/controlplane/state"
+	"github.com/droverhq/drover/controlplane/telemetry"
 	"github.com/droverhq/drover/internal/buildinfo"
 	"github.com/droverhq/drover/internal/logging"
 	"github.com/droverhq/drover/internal/pki"
@@ -53,6 +54,7 @@ type Server struct {
 	trans *raft.NetworkTransport
 
 	chunks     *blobstore.Store    // the chunks of model versions
+	telemetry  *telemetry.Store    // agents' telemetry windows this server holds
 	pushes     *pushRegistry       // pushes started on this server
 	signingKey artifact.SigningKey // the cluster's manifest signing key
 	fillKick   chan struct{}       // asks the filler for a round soon (kickFill)
@@ -147,6 +149,9 @@ func (s *Server) Start() (err error) {
 	s.metrics = newMetrics(s.registry, s)
 	s.denials = newDenialRecorder(s)
 	if err := s.setupChunks(); err != nil {
+		return err
+	}
+	if err := s.setupTelemetry(); err != nil {
 		return err
 	}
 	if err := s.setupRaft(); err != nil {
@@ -291,6 +296,11 @@ func (s *Server) stop() error {
 		// handler is left to use the store.
 		if err := s.chunks.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close chunk store: %w", err))
+		}
+	}
+	if s.telemetry != nil {
+		if err := s.telemetry.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close telemetry store: %w", err))
 		}
 	}
 	if s.logs != nil {
