@@ -103,6 +103,10 @@ type Config struct {
 	// TelemetrySpoolBytes bounds the on-disk spool of closed windows
 	// waiting for a server; zero means DefaultTelemetrySpoolBytes.
 	TelemetrySpoolBytes int64
+	// TelemetryMaxMerge is the longest span the spool merges windows
+	// into while no server answers; past it the oldest are dropped
+	// (counted). Zero means an hour.
+	TelemetryMaxMerge time.Duration
 	// TelemetryOff turns request telemetry off.
 	TelemetryOff bool
 	// TelemetryNow, when set, is the time telemetry windows are cut on

@@ -22,11 +22,13 @@ import (
 type TelemetryStatus struct {
 	// On is false when telemetry is turned off.
 	On bool
-	// SpooledWindows and SpooledBytes are what waits on disk for a
-	// server. SpooledWindows counts windows as they closed, merged or
-	// not.
+	// SpooledRecords and SpooledBytes are what waits on disk for a
+	// server; a record is a window, or several merged.
 	SpooledRecords int
 	SpooledBytes   int64
+	// Observed counts requests taken into windows since the agent
+	// started.
+	Observed uint64
 	// Shipped and Refused count windows servers stored, and refused.
 	Shipped, Refused uint64
 	// DroppedWindows counts closed windows the spool threw away to stay
@@ -35,7 +37,7 @@ type TelemetryStatus struct {
 	// (it was behind) since the agent started.
 	DroppedWindows      uint64
 	DroppedObservations uint64
-	// MergedWindows counts merges the spool made to keep a long outage
+	// Merges counts merges the spool made to keep a long outage
 	// in its size.
 	Merges uint64
 	// LastShipError is the last failed shipment's error, "" once one
@@ -62,6 +64,7 @@ func (a *Agent) startTelemetry(nodeID string, log *slog.Logger) (*telemetryParts
 	spool, err := telemetry.OpenSpool(dir, telemetry.SpoolOptions{
 		MaxBytes: cmp.Or(a.cfg.TelemetrySpoolBytes, DefaultTelemetrySpoolBytes),
 		Merge:    telemetry.MergeWindows,
+		MaxSpan:  a.cfg.TelemetryMaxMerge,
 	})
 	if err != nil {
 		return nil, withHint(err, "remove %s to start the telemetry spool afresh (its windows are lost)", dir)
@@ -108,7 +111,7 @@ func (tp *telemetryParts) status() TelemetryStatus {
 	return TelemetryStatus{
 		On:             true,
 		SpooledRecords: sp.Records, SpooledBytes: sp.Bytes,
-		Shipped: sh.Shipped, Refused: sh.Refused,
+		Observed: col.Observed, Shipped: sh.Shipped, Refused: sh.Refused,
 		DroppedWindows: sp.DroppedWindows, DroppedObservations: col.Dropped,
 		Merges:        sp.Merges,
 		LastShipError: sh.LastError, LastShipErrorAt: sh.LastErrorAt,

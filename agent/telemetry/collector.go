@@ -23,6 +23,9 @@ import (
 type Exchange struct {
 	Deployment, Model string
 	Version           uint64
+	// At is when the request arrived (Get sets it): the window it counts
+	// in, unless that window has closed meanwhile, then the next.
+	At time.Time
 	// Latency is from the request reaching the endpoint until its answer
 	// was written.
 	Latency time.Duration
@@ -165,6 +168,10 @@ type Collector struct {
 
 	// Fields below are the Run goroutine's alone.
 	streams map[streamKey]*stream
+	// closed is, per stream, the end of its last closed window: a
+	// request stamped before it counts in the next window, so no window
+	// is sent twice.
+	closed map[streamKey]time.Time
 }
 
 type streamKey struct {
@@ -183,7 +190,7 @@ func NewCollector(cfg CollectorConfig) (*Collector, error) {
 	if cfg.Tick <= 0 {
 		cfg.Tick = min(cfg.Window/4, time.Second)
 	}
-	c := &Collector{cfg: cfg, log: cfg.Logger, queue: make(chan *Exchange, cfg.Queue), streams: map[streamKey]*stream{}}
+	c := &Collector{cfg: cfg, log: cfg.Logger, queue: make(chan *Exchange, cfg.Queue), streams: map[streamKey]*stream{}, closed: map[streamKey]time.Time{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -194,8 +201,12 @@ func NewCollector(cfg CollectorConfig) (*Collector, error) {
 // CaptureBytes is how much of each body the endpoint should keep.
 func (c *Collector) CaptureBytes() int { return c.cfg.CaptureBytes }
 
-// Get returns an empty exchange to fill.
-func (c *Collector) Get() *Exchange { return c.pool.Get().(*Exchange) }
+// Get returns an empty exchange to fill, stamped with the time.
+func (c *Collector) Get() *Exchange {
+	e := c.pool.Get().(*Exchange)
+	e.At = c.cfg.Now()
+	return e
+}
 
 // Submit hands e to the collector without waiting: when the queue is full
 // the observation is dropped and counted.
@@ -250,12 +261,18 @@ func (c *Collector) Run(ctx context.Context) {
 // when e falls past its end.
 func (c *Collector) observe(e *Exchange) {
 	defer c.put(e)
-	now := c.cfg.Now()
 	key := streamKey{e.Deployment, e.Model, e.Version}
 	st := c.streams[key]
-	start := now.Truncate(c.cfg.Window)
-	if st != nil && !start.Before(st.end) {
+	start := e.At.Truncate(c.cfg.Window)
+	if end, ok := c.closed[key]; ok && start.Before(end) {
+		start = end
+	}
+	switch {
+	case st != nil && start.Before(st.start):
+		start = st.start // arrived before the open window: late, counts in it
+	case st != nil && !start.Before(st.end):
 		c.spool(st)
+		c.closed[key] = st.end
 		st = nil
 	}
 	if st == nil {
@@ -272,7 +289,15 @@ func (c *Collector) closeEnded(now time.Time, all bool) {
 	for key, st := range c.streams {
 		if all || !now.Before(st.end) {
 			c.spool(st)
+			c.closed[key] = st.end
 			delete(c.streams, key)
+		}
+	}
+	// A stream quiet for a long while needs no memory of its last
+	// window: a request now is far past it.
+	for key, end := range c.closed {
+		if _, open := c.streams[key]; !open && now.Sub(end) > 2*c.cfg.Window+time.Hour {
+			delete(c.closed, key)
 		}
 	}
 }

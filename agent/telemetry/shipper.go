@@ -39,7 +39,7 @@ type ShipperConfig struct {
 	// BackoffMin and BackoffMax bound the wait after a failed call; it
 	// doubles per failure in a row, with jitter (defaults 1s and 1m).
 	BackoffMin, BackoffMax time.Duration
-	// CallTimeout bounds one call (default 30s).
+	// CallTimeout bounds one call (default 10s).
 	CallTimeout time.Duration
 	Logger      *slog.Logger
 }
@@ -72,6 +72,13 @@ type Shipper struct {
 	log    *slog.Logger
 	sender atomic.Pointer[Sender]
 	poke   chan struct{}
+	// reconnected cuts a backoff short: a new server is worth trying at
+	// once. (Poke does not: windows close at the same aligned instant on
+	// every node, and would bring a whole fleet back in step.)
+	reconnected chan struct{}
+	// cancelCall ends the call in flight: the connection it went out on
+	// is gone once the sender changes.
+	cancelCall atomic.Pointer[context.CancelFunc]
 
 	mu    sync.Mutex // guards stats
 	stats ShipperStats
@@ -95,9 +102,9 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 		cfg.BackoffMax = max(time.Minute, cfg.BackoffMin)
 	}
 	if cfg.CallTimeout <= 0 {
-		cfg.CallTimeout = 30 * time.Second
+		cfg.CallTimeout = 10 * time.Second
 	}
-	s := &Shipper{cfg: cfg, log: cfg.Logger, poke: make(chan struct{}, 1)}
+	s := &Shipper{cfg: cfg, log: cfg.Logger, poke: make(chan struct{}, 1), reconnected: make(chan struct{}, 1)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -106,11 +113,18 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 
 // SetSender makes snd the way to a server; nil while none is connected.
 func (s *Shipper) SetSender(snd Sender) {
+	if cancel := s.cancelCall.Load(); cancel != nil {
+		(*cancel)()
+	}
 	if snd == nil {
 		s.sender.Store(nil)
 		return
 	}
 	s.sender.Store(&snd)
+	select {
+	case s.reconnected <- struct{}{}:
+	default:
+	}
 	s.Poke()
 }
 
@@ -181,6 +195,8 @@ func (s *Shipper) Run(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-s.reconnected:
+			t.Stop()
 		}
 	}
 }
@@ -198,7 +214,9 @@ func (s *Shipper) ship(ctx context.Context, snd Sender, batch []Entry) error {
 		wins[i] = e.Data
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	s.cancelCall.Store(&cancel)
 	refused, err := snd.Send(cctx, wins)
+	s.cancelCall.Store(nil)
 	cancel()
 	if err != nil {
 		err = fmt.Errorf("ship %d telemetry windows: %w", len(batch), err)

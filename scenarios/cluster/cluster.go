@@ -375,15 +375,16 @@ func (c *Cluster) Shutdown() {
 
 // Clients are the API clients for one node.
 type Clients struct {
-	Models   droverv1connect.ModelServiceClient
-	ACL      droverv1connect.ACLServiceClient
-	Audit    droverv1connect.AuditServiceClient
-	Cluster  droverv1connect.ClusterServiceClient
-	Tokens   droverv1connect.TokenServiceClient
-	Nodes    droverv1connect.NodeServiceClient
-	Keys     droverv1connect.KeyServiceClient
-	Deploys  droverv1connect.DeploymentServiceClient
-	Rollouts droverv1connect.RolloutServiceClient
+	Models    droverv1connect.ModelServiceClient
+	ACL       droverv1connect.ACLServiceClient
+	Audit     droverv1connect.AuditServiceClient
+	Cluster   droverv1connect.ClusterServiceClient
+	Tokens    droverv1connect.TokenServiceClient
+	Nodes     droverv1connect.NodeServiceClient
+	Keys      droverv1connect.KeyServiceClient
+	Deploys   droverv1connect.DeploymentServiceClient
+	Rollouts  droverv1connect.RolloutServiceClient
+	Telemetry droverv1connect.TelemetryServiceClient
 }
 
 // Client returns API clients that talk to node n with the cluster's token.
@@ -404,15 +405,16 @@ func (c *Cluster) Client(n *Node, stale bool) *Clients {
 	}))
 	base := "https://" + n.APIAddr()
 	return &Clients{
-		Models:   droverv1connect.NewModelServiceClient(hc, base, opts),
-		ACL:      droverv1connect.NewACLServiceClient(hc, base, opts),
-		Audit:    droverv1connect.NewAuditServiceClient(hc, base, opts),
-		Cluster:  droverv1connect.NewClusterServiceClient(hc, base, opts),
-		Tokens:   droverv1connect.NewTokenServiceClient(hc, base, opts),
-		Nodes:    droverv1connect.NewNodeServiceClient(hc, base, opts),
-		Keys:     droverv1connect.NewKeyServiceClient(hc, base, opts),
-		Deploys:  droverv1connect.NewDeploymentServiceClient(hc, base, opts),
-		Rollouts: droverv1connect.NewRolloutServiceClient(hc, base, opts),
+		Models:    droverv1connect.NewModelServiceClient(hc, base, opts),
+		ACL:       droverv1connect.NewACLServiceClient(hc, base, opts),
+		Audit:     droverv1connect.NewAuditServiceClient(hc, base, opts),
+		Cluster:   droverv1connect.NewClusterServiceClient(hc, base, opts),
+		Tokens:    droverv1connect.NewTokenServiceClient(hc, base, opts),
+		Nodes:     droverv1connect.NewNodeServiceClient(hc, base, opts),
+		Keys:      droverv1connect.NewKeyServiceClient(hc, base, opts),
+		Deploys:   droverv1connect.NewDeploymentServiceClient(hc, base, opts),
+		Rollouts:  droverv1connect.NewRolloutServiceClient(hc, base, opts),
+		Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base, opts),
 	}
 }
 
