@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/droverhq/drover/agent/telemetry"
 	"github.com/droverhq/drover/internal/sketch"
@@ -176,4 +177,40 @@ func BenchmarkEndpoint(b *testing.B) {
 		<-done
 		b.ReportMetric(float64(col.Stats().Dropped)/float64(b.N), "dropped/op")
 	})
+}
+
+// BenchmarkEndpointInterleaved runs requests without and with telemetry
+// in turn (as BenchmarkEndpoint's "off" and "on"), timing each, so that
+// both see the same load on a busy machine; it reports each one's ns per
+// request and their ratio.
+func BenchmarkEndpointInterleaved(b *testing.B) {
+	col, _ := newCollector(b, b.N+1)
+	off := endpointOnly(b, cannedTransport{body: []byte(digitsResponse)}, nil).Handler()
+	on := endpointOnly(b, cannedTransport{body: []byte(digitsResponse)}, col).Handler()
+	body := []byte(digitsRequest)
+	var took [2]time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		// Alternate which goes first, so neither always warms the other's
+		// caches.
+		for k := range 2 {
+			which := (i + k) % 2
+			h := off
+			if which == 1 {
+				h = on
+			}
+			w := httptest.NewRecorder()
+			req := httptest.NewRequest("POST", "/v1/deployments/digits/infer", bytes.NewReader(body))
+			start := time.Now()
+			h.ServeHTTP(w, req)
+			took[which] += time.Since(start)
+		}
+	}
+	b.StopTimer()
+	if d := col.Stats().Dropped; d != 0 {
+		b.Fatalf("%d observations dropped", d)
+	}
+	b.ReportMetric(float64(took[0].Nanoseconds())/float64(b.N), "off-ns/req")
+	b.ReportMetric(float64(took[1].Nanoseconds())/float64(b.N), "on-ns/req")
+	b.ReportMetric(float64(took[1])/float64(took[0]), "on/off")
 }
