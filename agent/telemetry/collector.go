@@ -387,6 +387,25 @@ type stream struct {
 // exact even for a feature first seen late in the window.
 type features struct {
 	byName map[string]*feature
+	// elems caches the names of arrays' elements, "x[0]", "x[1]"…, so
+	// that a request does not build them again.
+	elems map[string][]string
+}
+
+// elemName returns "name[i]".
+func (fs *features) elemName(name string, i, max int) string {
+	ns, ok := fs.elems[name]
+	if !ok && len(fs.elems) >= max {
+		return name + "[" + strconv.Itoa(i) + "]"
+	}
+	for len(ns) <= i {
+		ns = append(ns, name+"["+strconv.Itoa(len(ns))+"]")
+	}
+	if fs.elems == nil {
+		fs.elems = map[string][]string{}
+	}
+	fs.elems[name] = ns
+	return ns[i]
 }
 
 type feature struct {
@@ -441,13 +460,13 @@ func (st *stream) add(e *Exchange, c *Collector) {
 	}
 	ok := true
 	if !e.RequestCut && len(e.Request) > 0 {
-		ok = st.parse(e.Request, "inputs", &st.in, req, false, c) && ok
+		ok = st.parse(e.Request, &st.in, req, false, c) && ok
 	} else {
 		ok = false
 	}
 	if e.Status >= 200 && e.Status < 300 {
 		if !e.ResponseCut && len(e.Response) > 0 {
-			ok = st.parse(e.Response, "outputs", &st.out, req, true, c) && ok
+			ok = st.parse(e.Response, &st.out, req, true, c) && ok
 		} else {
 			ok = false
 		}
@@ -471,20 +490,28 @@ func errKind(e *Exchange) string {
 	return ""
 }
 
-// parse reads body as {"<field>": {"NAME": value, ...}, ...} and observes
+// parse reads body as {"inputs": {"NAME": value, ...}, ...} (or
+// "outputs") and observes
 // each value. It reports whether the body had that form.
-func (st *stream) parse(body []byte, field string, fs *features, req uint64, outputs bool, c *Collector) bool {
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return false
-	}
-	raw, ok := doc[field]
-	if !ok {
-		return false
-	}
+func (st *stream) parse(body []byte, fs *features, req uint64, outputs bool, c *Collector) bool {
+	// One pass; the decoder skips other fields without keeping them.
 	var vals map[string]any
-	if err := json.Unmarshal(raw, &vals); err != nil {
-		return false
+	if outputs {
+		var doc struct {
+			Outputs map[string]any `json:"outputs"`
+		}
+		if err := json.Unmarshal(body, &doc); err != nil || doc.Outputs == nil {
+			return false
+		}
+		vals = doc.Outputs
+	} else {
+		var doc struct {
+			Inputs map[string]any `json:"inputs"`
+		}
+		if err := json.Unmarshal(body, &doc); err != nil || doc.Inputs == nil {
+			return false
+		}
+		vals = doc.Inputs
 	}
 	// Sorted, so that which names fit under MaxFeatures does not depend
 	// on map order.
@@ -536,7 +563,7 @@ func observeValue(fs *features, name string, v any, req uint64, outputs bool, ma
 				numeric = false
 				continue
 			}
-			fs.observe(elemName(name, i), s, kind, req, maxFeatures)
+			fs.observe(fs.elemName(name, i, maxFeatures), s, kind, req, maxFeatures)
 			if f, isNum := x.(float64); isNum && numeric && (bestAt < 0 || f > best) {
 				best, bestAt = f, i
 			} else if !isNum {
@@ -547,10 +574,6 @@ func observeValue(fs *features, name string, v any, req uint64, outputs bool, ma
 			fs.observe(name+".argmax", sketch.Category(strconv.Itoa(bestAt)), sketch.KindCategorical, req, maxFeatures)
 		}
 	}
-}
-
-func elemName(name string, i int) string {
-	return name + "[" + strconv.Itoa(i) + "]"
 }
 
 // flatten appends row's scalars, depth first, up to max of them.
