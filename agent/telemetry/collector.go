@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -389,7 +388,8 @@ type features struct {
 	byName map[string]*feature
 	// elems caches the names of arrays' elements, "x[0]", "x[1]"…, so
 	// that a request does not build them again.
-	elems map[string][]string
+	elems  map[string][]string
+	argmax map[string]string
 }
 
 // elemName returns "name[i]".
@@ -398,14 +398,32 @@ func (fs *features) elemName(name string, i, max int) string {
 	if !ok && len(fs.elems) >= max {
 		return name + "[" + strconv.Itoa(i) + "]"
 	}
+	if len(ns) > i {
+		return ns[i]
+	}
 	for len(ns) <= i {
 		ns = append(ns, name+"["+strconv.Itoa(len(ns))+"]")
 	}
 	if fs.elems == nil {
 		fs.elems = map[string][]string{}
 	}
-	fs.elems[name] = ns
+	fs.elems[strings.Clone(name)] = ns
 	return ns[i]
+}
+
+// argmaxName returns "name.argmax".
+func (fs *features) argmaxName(name string, max int) string {
+	if n, ok := fs.argmax[name]; ok {
+		return n
+	}
+	n := name + ".argmax"
+	if len(fs.argmax) < max {
+		if fs.argmax == nil {
+			fs.argmax = map[string]string{}
+		}
+		fs.argmax[strings.Clone(name)] = n
+	}
+	return n
 }
 
 type feature struct {
@@ -422,6 +440,8 @@ func (fs *features) observe(name string, v sketch.Value, kind sketch.Kind, req u
 		if len(fs.byName) >= max || name == "" || len(name) > sketch.MaxNameBytes {
 			return
 		}
+		// name may alias a body buffer that is reused: copied to keep.
+		name = strings.Clone(name)
 		f = &feature{fp: sketch.NewFeatureProfile(sketch.Field{Name: name, Kind: kind})}
 		fs.byName[name] = f
 	}
@@ -491,114 +511,12 @@ func errKind(e *Exchange) string {
 }
 
 // parse reads body as {"inputs": {"NAME": value, ...}, ...} (or
-// "outputs") and observes
-// each value. It reports whether the body had that form.
+// "outputs") and observes each value. It reports whether the body had
+// that form.
 func (st *stream) parse(body []byte, fs *features, req uint64, outputs bool, c *Collector) bool {
-	// One pass; the decoder skips other fields without keeping them.
-	var vals map[string]any
+	field := "inputs"
 	if outputs {
-		var doc struct {
-			Outputs map[string]any `json:"outputs"`
-		}
-		if err := json.Unmarshal(body, &doc); err != nil || doc.Outputs == nil {
-			return false
-		}
-		vals = doc.Outputs
-	} else {
-		var doc struct {
-			Inputs map[string]any `json:"inputs"`
-		}
-		if err := json.Unmarshal(body, &doc); err != nil || doc.Inputs == nil {
-			return false
-		}
-		vals = doc.Inputs
+		field = "outputs"
 	}
-	// Sorted, so that which names fit under MaxFeatures does not depend
-	// on map order.
-	names := make([]string, 0, len(vals))
-	for n := range vals {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		observeValue(fs, name, vals[name], req, outputs, c.cfg.MaxElements, c.cfg.MaxFeatures)
-	}
-	return true
-}
-
-// observeValue observes one named value: a number or a string (a bool is
-// a category) as the feature name; an array as rows: an array of arrays
-// is a batch whose rows are each observed, a flat array one row. A row's
-// elements are name[0], name[1]… up to maxElems (flattened in order when
-// a row is itself nested), and for an output a numeric row of two or more
-// also gives name.argmax, the index of its largest element, as a
-// category.
-func observeValue(fs *features, name string, v any, req uint64, outputs bool, maxElems, maxFeatures int) {
-	if s, kind, ok := scalar(v); ok {
-		fs.observe(name, s, kind, req, maxFeatures)
-		return
-	}
-	arr, ok := v.([]any)
-	if !ok {
-		return // objects and nulls are not features
-	}
-	rows := [][]any{arr}
-	if len(arr) > 0 {
-		if _, nested := arr[0].([]any); nested {
-			rows = rows[:0]
-			for _, r := range arr {
-				if ra, ok := r.([]any); ok {
-					rows = append(rows, ra)
-				}
-			}
-		}
-	}
-	var flat []any
-	for _, row := range rows {
-		flat = flatten(flat[:0], row, maxElems)
-		best, bestAt, numeric := 0.0, -1, outputs && len(flat) >= 2
-		for i, x := range flat {
-			s, kind, ok := scalar(x)
-			if !ok {
-				numeric = false
-				continue
-			}
-			fs.observe(fs.elemName(name, i, maxFeatures), s, kind, req, maxFeatures)
-			if f, isNum := x.(float64); isNum && numeric && (bestAt < 0 || f > best) {
-				best, bestAt = f, i
-			} else if !isNum {
-				numeric = false
-			}
-		}
-		if numeric && bestAt >= 0 {
-			fs.observe(name+".argmax", sketch.Category(strconv.Itoa(bestAt)), sketch.KindCategorical, req, maxFeatures)
-		}
-	}
-}
-
-// flatten appends row's scalars, depth first, up to max of them.
-func flatten(dst []any, row []any, max int) []any {
-	for _, x := range row {
-		if len(dst) >= max {
-			return dst
-		}
-		if a, ok := x.([]any); ok {
-			dst = flatten(dst, a, max)
-			continue
-		}
-		dst = append(dst, x)
-	}
-	return dst
-}
-
-func scalar(v any) (sketch.Value, sketch.Kind, bool) {
-	switch x := v.(type) {
-	case float64:
-		return sketch.Number(x), sketch.KindNumeric, true
-	case string:
-		return sketch.Category(x), sketch.KindCategorical, true
-	case bool:
-		return sketch.Category(strconv.FormatBool(x)), sketch.KindCategorical, true
-	}
-	return sketch.Value{}, 0, false
+	return scanBody(body, field, fs, req, outputs, c.cfg.MaxElements, c.cfg.MaxFeatures)
 }

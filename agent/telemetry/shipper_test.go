@@ -99,7 +99,7 @@ func TestShipperAlternatesNewestAndOldest(t *testing.T) {
 	srv := newFakeServer()
 	sh := runShipper(t, ShipperConfig{Spool: sp, Batch: 2})
 	sh.SetSender(srv)
-	waitFor(t, "the spool to empty", func() bool { return sp.Stats().Records == 0 })
+	waitFor(t, "every window shipped", func() bool { return sp.Stats().Records == 0 && sh.Stats().Shipped == 10 })
 
 	min := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Minute) }
 	want := [][]time.Time{
@@ -159,7 +159,10 @@ func TestShipperKeepsWindowsUntilAServerTakesThem(t *testing.T) {
 		return ""
 	}
 	srv.mu.Unlock()
-	waitFor(t, "the spool to empty", func() bool { return sp.Stats().Records == 0 })
+	waitFor(t, "every window shipped or refused", func() bool {
+		st := sh.Stats()
+		return sp.Stats().Records == 0 && st.Shipped+st.Refused == 5
+	})
 	st := sh.Stats()
 	if st.Shipped != 4 || st.Refused != 1 || st.LastError != "" {
 		t.Errorf("stats %+v, want 4 shipped, 1 refused, no error", st)
