@@ -30,6 +30,12 @@ type devFlags struct {
 	servePort      int
 }
 
+// What "drover dev" keeps of agents' telemetry.
+const (
+	devTelemetryRetention = 24 * time.Hour
+	devTelemetryMaxBytes  = 256 << 20
+)
+
 func newDevCommand(g *globals) *cobra.Command {
 	f := &devFlags{}
 	cmd := &cobra.Command{
@@ -114,6 +120,9 @@ func runDev(ctx context.Context, g *globals, f *devFlags) error {
 	cfg.RaftAddr = net.JoinHostPort("127.0.0.1", port(1))
 	cfg.GossipAddr = net.JoinHostPort("127.0.0.1", port(2))
 	cfg.BootstrapExpect = 1
+	// A laptop's disk: a day of telemetry, a quarter of the default space.
+	cfg.TelemetryRetention = server.Duration(devTelemetryRetention)
+	cfg.TelemetryMaxBytes = devTelemetryMaxBytes
 	cfg.Logger = logging.New(g.stderr, level, "text")
 
 	s, err := server.New(cfg)

@@ -69,6 +69,7 @@ type fakeServer struct {
 	// deploys serves DeploymentService, rollouts RolloutService.
 	deploys  *fakeDeploys
 	rollouts *fakeRollouts
+	telem    *fakeTelemetry
 }
 
 type recorded struct {
@@ -96,6 +97,7 @@ func newFakeServer(created time.Time) *fakeServer {
 	f.art = newFakeArtifact(f)
 	f.deploys = &fakeDeploys{f: f, deployments: map[string]*droverv1.Deployment{}, rollouts: map[string]*droverv1.Rollout{}}
 	f.rollouts = &fakeRollouts{d: f.deploys, nodes: map[string][]*droverv1.DeploymentNode{}}
+	f.telem = &fakeTelemetry{}
 	return f
 }
 
@@ -113,6 +115,7 @@ func (f *fakeServer) handler() http.Handler {
 	mux.Handle(droverv1connect.NewKeyServiceHandler(fakeKeys{a: f.art}))
 	mux.Handle(droverv1connect.NewDeploymentServiceHandler(f.deploys))
 	mux.Handle(droverv1connect.NewRolloutServiceHandler(f.rollouts))
+	mux.Handle(droverv1connect.NewTelemetryServiceHandler(f.telem))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.requests = append(f.requests, recorded{path: r.URL.Path, header: r.Header.Clone(), protoMajor: r.ProtoMajor})

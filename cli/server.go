@@ -81,6 +81,10 @@ server and catches up from the leader. --rebuild refuses to touch intact data.`,
 	fl.StringVar(&f.cfg.CAKeyFile, "ca-key-file", "", "cluster CA private key (PEM)")
 	fl.BoolVar(&f.cfg.Rebuild, "rebuild", false, "set this server's damaged Raft data aside and catch up from the other servers "+
 		"(remove it with \"drover operator raft remove-peer\" first; see docs/operations.md)")
+	fl.DurationVar((*time.Duration)(&f.cfg.TelemetryRetention), "telemetry-retention", time.Duration(f.cfg.TelemetryRetention),
+		"how long agents' telemetry windows are kept (at least 10m)")
+	fl.Int64Var(&f.cfg.TelemetryMaxBytes, "telemetry-max-bytes", f.cfg.TelemetryMaxBytes,
+		"most bytes of telemetry windows kept; the oldest go first (at least 32 MiB)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -111,6 +115,8 @@ func (f *serverFlags) resolve(cmd *cobra.Command) (server.Config, error) {
 		override("join", func() { fromFile.Join = cfg.Join })
 		override("ca-file", func() { fromFile.CACertFile = cfg.CACertFile })
 		override("ca-key-file", func() { fromFile.CAKeyFile = cfg.CAKeyFile })
+		override("telemetry-retention", func() { fromFile.TelemetryRetention = cfg.TelemetryRetention })
+		override("telemetry-max-bytes", func() { fromFile.TelemetryMaxBytes = cfg.TelemetryMaxBytes })
 		fromFile.Rebuild = cfg.Rebuild // a flag only
 		cfg = fromFile
 	}

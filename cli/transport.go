@@ -34,6 +34,8 @@ type clients struct {
 	key     droverv1connect.KeyServiceClient
 	deploy  droverv1connect.DeploymentServiceClient
 	rollout droverv1connect.RolloutServiceClient
+	// telemetry answers fleet-wide queries over agents' windows.
+	telemetry droverv1connect.TelemetryServiceClient
 	// artifact moves model bytes; agent is used only for its public
 	// GetClusterInfo, which lists the keys manifests are signed with.
 	artifact droverv1connect.ArtifactServiceClient
@@ -62,16 +64,17 @@ func newClients(cfg ClientConfig, stale bool) (*clients, error) {
 	// is smaller and faster than JSON, and -o json renders locally.
 	opts := []connect.ClientOption{connect.WithInterceptors(headerInterceptor{header: h}, writeOutcomeInterceptor{})}
 	return &clients{
-		address: cfg.Address,
-		model:   droverv1connect.NewModelServiceClient(hc, cfg.Address, opts...),
-		acl:     droverv1connect.NewACLServiceClient(hc, cfg.Address, opts...),
-		audit:   droverv1connect.NewAuditServiceClient(hc, cfg.Address, opts...),
-		cluster: droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
-		token:   droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
-		node:    droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
-		key:     droverv1connect.NewKeyServiceClient(hc, cfg.Address, opts...),
-		deploy:  droverv1connect.NewDeploymentServiceClient(hc, cfg.Address, opts...),
-		rollout: droverv1connect.NewRolloutServiceClient(hc, cfg.Address, opts...),
+		address:   cfg.Address,
+		model:     droverv1connect.NewModelServiceClient(hc, cfg.Address, opts...),
+		acl:       droverv1connect.NewACLServiceClient(hc, cfg.Address, opts...),
+		audit:     droverv1connect.NewAuditServiceClient(hc, cfg.Address, opts...),
+		cluster:   droverv1connect.NewClusterServiceClient(hc, cfg.Address, opts...),
+		token:     droverv1connect.NewTokenServiceClient(hc, cfg.Address, opts...),
+		node:      droverv1connect.NewNodeServiceClient(hc, cfg.Address, opts...),
+		key:       droverv1connect.NewKeyServiceClient(hc, cfg.Address, opts...),
+		deploy:    droverv1connect.NewDeploymentServiceClient(hc, cfg.Address, opts...),
+		rollout:   droverv1connect.NewRolloutServiceClient(hc, cfg.Address, opts...),
+		telemetry: droverv1connect.NewTelemetryServiceClient(hc, cfg.Address, opts...),
 		// Model weights barely compress, so gzip on chunks would cost both
 		// ends CPU for nothing.
 		artifact: droverv1connect.NewArtifactServiceClient(hc, cfg.Address, append(slices.Clone(opts),

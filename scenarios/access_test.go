@@ -599,6 +599,28 @@ func accessCalls() []accessCall {
 				return err
 			}},
 
+		// TelemetryService.
+		{proc: droverv1connect.TelemetryServiceShipTelemetryProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Telemetry.ShipTelemetry(ctx, connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: [][]byte{{0xff}}})) // malformed: refused alone
+				return err
+			}},
+		{proc: droverv1connect.TelemetryServiceQueryProcedure, needs: "telemetry:read",
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Telemetry.Query(ctx, connect.NewRequest(&droverv1.QueryTelemetryRequest{Model: model(vision)}))
+				return err
+			}},
+		{proc: droverv1connect.TelemetryServiceReplicateWindowsProcedure, needs: needsServer,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Telemetry.ReplicateWindows(ctx, connect.NewRequest(&droverv1.ReplicateWindowsRequest{}))
+				return err
+			}},
+		{proc: droverv1connect.TelemetryServiceQueryLocalProcedure, needs: needsServer,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				_, err := cl.Telemetry.QueryLocal(ctx, connect.NewRequest(&droverv1.QueryLocalTelemetryRequest{Query: &droverv1.QueryTelemetryRequest{GroupBy: "site"}}))
+				return err
+			}},
+
 		// ChunkService: servers only.
 		{proc: droverv1connect.ChunkServiceMissingChunksProcedure, needs: needsServer,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
@@ -753,14 +775,15 @@ func (f *accessFixture) clientsWith(rt http.RoundTripper, n *cluster.Node, secre
 	base := "https://" + n.APIAddr()
 	return &apiClients{
 		Clients: cluster.Clients{
-			Models:  droverv1connect.NewModelServiceClient(hc, base),
-			ACL:     droverv1connect.NewACLServiceClient(hc, base),
-			Audit:   droverv1connect.NewAuditServiceClient(hc, base),
-			Cluster: droverv1connect.NewClusterServiceClient(hc, base),
-			Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
-			Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
-			Keys:    droverv1connect.NewKeyServiceClient(hc, base),
-			Deploys: droverv1connect.NewDeploymentServiceClient(hc, base),
+			Models:    droverv1connect.NewModelServiceClient(hc, base),
+			ACL:       droverv1connect.NewACLServiceClient(hc, base),
+			Audit:     droverv1connect.NewAuditServiceClient(hc, base),
+			Cluster:   droverv1connect.NewClusterServiceClient(hc, base),
+			Tokens:    droverv1connect.NewTokenServiceClient(hc, base),
+			Nodes:     droverv1connect.NewNodeServiceClient(hc, base),
+			Keys:      droverv1connect.NewKeyServiceClient(hc, base),
+			Deploys:   droverv1connect.NewDeploymentServiceClient(hc, base),
+			Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base),
 		},
 		Agent:     droverv1connect.NewAgentServiceClient(hc, base),
 		Artifacts: droverv1connect.NewArtifactServiceClient(hc, base),

@@ -363,10 +363,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("chunk_reserve_bytes %d must not be negative (use 0 to keep no disk free for other uses)", c.ChunkReserveBytes))
 	}
 	if c.TelemetryRetention < Duration(minTelemetryRetention) {
-		errs = append(errs, fmt.Errorf("telemetry_retention %v is shorter than %v, which a window shipped late from an agent's spool needs (168h is the default)", time.Duration(c.TelemetryRetention), minTelemetryRetention))
+		errs = append(errs, fmt.Errorf("telemetry_retention (--telemetry-retention) %v is shorter than %v, which a window shipped late from an agent's spool needs (168h is the default)", time.Duration(c.TelemetryRetention), minTelemetryRetention))
 	}
 	if c.TelemetryMaxBytes < minTelemetryBytes {
-		errs = append(errs, fmt.Errorf("telemetry_max_bytes %d is below %d, too small to hold a window (1073741824 is the default)", c.TelemetryMaxBytes, minTelemetryBytes))
+		errs = append(errs, fmt.Errorf("telemetry_max_bytes (--telemetry-max-bytes) %d is below %d, too small to hold a window (1073741824 is the default)", c.TelemetryMaxBytes, minTelemetryBytes))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid server config: %w", err)

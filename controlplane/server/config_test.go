@@ -63,6 +63,8 @@ func TestValidateRejects(t *testing.T) {
 		{"no room for a version", func(c *Config) { c.MaxVersionBytes = 0 }, "max_version_bytes"},
 		{"negative chunk reserve", func(c *Config) { c.ChunkReserveBytes = -1 }, "chunk_reserve_bytes"},
 		{"no chunk fill interval", func(c *Config) { c.ChunkFillInterval = 0 }, "chunk_fill_interval"},
+		{"telemetry kept a minute", func(c *Config) { c.TelemetryRetention = Duration(time.Minute) }, "--telemetry-retention"},
+		{"no room for telemetry", func(c *Config) { c.TelemetryMaxBytes = 0 }, "--telemetry-max-bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

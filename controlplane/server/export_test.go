@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/droverhq/drover/controlplane/blobstore"
+	"github.com/droverhq/drover/controlplane/telemetry"
 )
 
 // AuthorizeForBenchmark runs the authorization of one call as the API's
@@ -29,3 +30,6 @@ func (s *Server) ChunkStore() *blobstore.Store { return s.chunks }
 func (s *Server) CollectChunks(ctx context.Context) (removed int, freed int64, err error) {
 	return s.collectChunks(ctx)
 }
+
+// TelemetryStats says what the server's telemetry store holds.
+func (s *Server) TelemetryStats() (telemetry.Stats, error) { return s.telemetry.Stats() }

@@ -50,13 +50,14 @@ func clientsWith(t testing.TB, c *cluster.Cluster, n *cluster.Node, token string
 
 func connectClients(hc connect.HTTPClient, base string) *cluster.Clients {
 	return &cluster.Clients{
-		Models:  droverv1connect.NewModelServiceClient(hc, base),
-		ACL:     droverv1connect.NewACLServiceClient(hc, base),
-		Audit:   droverv1connect.NewAuditServiceClient(hc, base),
-		Cluster: droverv1connect.NewClusterServiceClient(hc, base),
-		Keys:    droverv1connect.NewKeyServiceClient(hc, base),
-		Tokens:  droverv1connect.NewTokenServiceClient(hc, base),
-		Nodes:   droverv1connect.NewNodeServiceClient(hc, base),
+		Models:    droverv1connect.NewModelServiceClient(hc, base),
+		ACL:       droverv1connect.NewACLServiceClient(hc, base),
+		Audit:     droverv1connect.NewAuditServiceClient(hc, base),
+		Cluster:   droverv1connect.NewClusterServiceClient(hc, base),
+		Keys:      droverv1connect.NewKeyServiceClient(hc, base),
+		Tokens:    droverv1connect.NewTokenServiceClient(hc, base),
+		Nodes:     droverv1connect.NewNodeServiceClient(hc, base),
+		Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base),
 	}
 }
 

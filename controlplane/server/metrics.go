@@ -155,7 +155,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 	reg.MustRegister(
 		m.applyLatency, m.requests, m.reqLatency, m.heartbeats, suspects, m.rejectedConns, m.gossipRefused, m.aclDenials, m.aclDenialsDropped, nodeCollector{s: s},
 		m.chunksMissing, m.fillChunks, m.fillBytes, m.fillErrors, served, decisions,
-		m.telemetryWindows, m.telemetryCopyFailures,
+		m.telemetryWindows, m.telemetryCopyFailures, &fleetCollector{s: s},
 		gauge("drover_telemetry_store_bytes", "Bytes of the telemetry windows this server holds (keys and values), what telemetry_max_bytes bounds.", func() float64 {
 			if s.telemetry == nil {
 				return 0

@@ -62,8 +62,31 @@ func Normalize(q *droverv1.QueryTelemetryRequest, now time.Time) (*droverv1.Quer
 	return q, nil
 }
 
-// groupKeyFunc returns the function giving a window's group for groupBy.
+// groupKeyFunc returns the function giving a window's group for groupBy:
+// one dimension, or several separated by commas ("site,deployment"), whose
+// values the key joins with commas in the same order.
 func groupKeyFunc(groupBy string) (func(w *droverv1.TelemetryWindow, sw *droverv1.StoredWindow) string, error) {
+	if dims := strings.Split(groupBy, ","); len(dims) > 1 {
+		fs := make([]func(*droverv1.TelemetryWindow, *droverv1.StoredWindow) string, len(dims))
+		for i, d := range dims {
+			f, err := groupKeyFunc(d)
+			if err != nil || d == "" {
+				return nil, fmt.Errorf("query group by %q: want dimensions among site, label:KEY, gpu, version, deployment, node, separated by commas", groupBy)
+			}
+			fs[i] = f
+		}
+		return func(w *droverv1.TelemetryWindow, sw *droverv1.StoredWindow) string {
+			parts := make([]string, len(fs))
+			for i, f := range fs {
+				parts[i] = f(w, sw)
+			}
+			return strings.Join(parts, ",")
+		}, nil
+	}
+	return groupKey1(groupBy)
+}
+
+func groupKey1(groupBy string) (func(w *droverv1.TelemetryWindow, sw *droverv1.StoredWindow) string, error) {
 	switch {
 	case groupBy == "":
 		return func(*droverv1.TelemetryWindow, *droverv1.StoredWindow) string { return "" }, nil

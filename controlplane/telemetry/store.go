@@ -76,6 +76,10 @@ type Store struct {
 	opts Options
 	log  *slog.Logger
 
+	// pruneMu is held by Prune throughout and by Close, so that Close
+	// never closes the database under a compaction.
+	pruneMu sync.Mutex
+
 	mu     sync.Mutex // guards the fields below; serialises writes
 	bytes  int64      // sum of the live windows' key and value lengths
 	count  int64      // live windows
@@ -142,6 +146,8 @@ func (s *Store) loadSize() error {
 
 // Close closes the store. It is idempotent.
 func (s *Store) Close() error {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -357,15 +363,32 @@ func (s *Store) Retention() time.Duration { return s.opts.Retention }
 // Prune deletes windows older than the retention, then the oldest windows
 // until the store is within MaxBytes. It returns how many it deleted.
 func (s *Store) Prune() (int, error) {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	n, end, err := s.deleteOld()
+	if err != nil || n == 0 {
+		return n, err
+	}
+	// Give the disk back now rather than at Pebble's next compaction of
+	// that range. Outside the lock: writes go on meanwhile.
+	if err := s.db.Compact(context.Background(), []byte{keyPrefix}, end, false); err != nil {
+		s.log.Warn("telemetry: compact after prune", "err", err)
+	}
+	return n, nil
+}
+
+// deleteOld deletes what Prune prunes and returns how many windows and
+// the key just past the last one.
+func (s *Store) deleteOld() (int, []byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return 0, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	cutoff := timeKey(s.opts.Now().Add(-s.opts.Retention).Add(time.Nanosecond))
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{keyPrefix}, UpperBound: []byte{keyPrefix + 1}})
 	if err != nil {
-		return 0, fmt.Errorf("telemetry: prune: %w", err)
+		return 0, nil, fmt.Errorf("telemetry: prune: %w", err)
 	}
 	var (
 		n      int
@@ -384,23 +407,18 @@ func (s *Store) Prune() (int, error) {
 	err = it.Error()
 	_ = it.Close()
 	if err != nil {
-		return 0, fmt.Errorf("telemetry: prune: %w", err)
+		return 0, nil, fmt.Errorf("telemetry: prune: %w", err)
 	}
 	if n == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	end := append(bytes.Clone(last), 0) // the first key after the last deleted
 	if err := s.db.DeleteRange([]byte{keyPrefix}, end, pebble.Sync); err != nil {
-		return 0, fmt.Errorf("telemetry: prune: delete: %w", err)
+		return 0, nil, fmt.Errorf("telemetry: prune: delete: %w", err)
 	}
 	s.bytes = remain
 	s.count -= int64(n)
-	// Give the disk back now rather than at Pebble's next compaction of
-	// that range.
-	if err := s.db.Compact(context.Background(), []byte{keyPrefix}, end, false); err != nil {
-		s.log.Warn("telemetry: compact after prune", "err", err)
-	}
-	return n, nil
+	return n, end, nil
 }
 
 // RetentionLoop prunes every interval until ctx ends.

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/droverhq/drover/controlplane/telemetry"
 	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
@@ -170,6 +172,7 @@ func TestQueryGroupsStepsAndFilters(t *testing.T) {
 		{"by label", &droverv1.QueryTelemetryRequest{GroupBy: "label:zone"}, map[string]uint64{"berlin-z@0": 3, "lyon-z@0": 12}},
 		{"by node in steps", &droverv1.QueryTelemetryRequest{GroupBy: "node", StepSeconds: 120},
 			map[string]uint64{"n1@0": 3, "n2@0": 4, "n3@2": 8}},
+		{"by site and version", &droverv1.QueryTelemetryRequest{GroupBy: "site,version"}, map[string]uint64{"berlin,v1@0": 3, "lyon,v2@0": 12}},
 		{"site filter", &droverv1.QueryTelemetryRequest{Site: "lyon", GroupBy: "gpu"}, map[string]uint64{"L4@0": 12}},
 		{"range excludes older", &droverv1.QueryTelemetryRequest{Since: tsp(t0.Add(2 * time.Minute))}, map[string]uint64{"@2": 8}},
 	}
@@ -199,6 +202,8 @@ func TestNormalizeRefusesBadQueries(t *testing.T) {
 	for _, q := range []*droverv1.QueryTelemetryRequest{
 		{GroupBy: "colour"},
 		{GroupBy: "label:"},
+		{GroupBy: "site,"},
+		{GroupBy: "site,colour"},
 		{Since: tsp(t0), Until: tsp(t0)},
 		{Since: tsp(t0.Add(-24 * time.Hour)), Until: tsp(t0), StepSeconds: 1},
 	} {
@@ -254,5 +259,40 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	if _, err := telemetry.Open(t.TempDir(), telemetry.Options{Retention: time.Hour, MaxBytes: -1}); err == nil {
 		t.Fatal("negative max bytes accepted")
+	}
+}
+
+// A Put that returned is on disk: a crash right after it (only what was
+// synced survives) keeps every window, and a store reopened on the crashed
+// disk counts their bytes again.
+func TestPutSurvivesCrash(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	opts := telemetry.DefaultOptions()
+	opts.FS = fs
+	s, err := telemetry.Open("/telemetry", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := s.Put([]*droverv1.StoredWindow{window(t, "n1", "v1", t0.Add(time.Duration(i+1)*time.Minute), i+1, 0.01, "berlin", "a", "b")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, _ := s.Stats()
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	_ = s.Close()
+	opts.FS = crashed
+	s2, err := telemetry.Open("/telemetry", opts)
+	if err != nil {
+		t.Fatalf("reopen after crash: %v", err)
+	}
+	defer s2.Close()
+	after, _ := s2.Stats()
+	if after.Windows != 5 || after.Bytes != before.Bytes {
+		t.Fatalf("after crash: %+v; before %+v", after, before)
+	}
+	gs := query(t, s2, &droverv1.QueryTelemetryRequest{Since: tsp(t0)}, "a", "a", "b")
+	if len(gs) != 1 || gs[0].Profile.Requests != 15 || gs[0].Windows != 5 {
+		t.Fatalf("groups after crash: %v", gs)
 	}
 }
