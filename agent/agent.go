@@ -80,6 +80,8 @@ type Status struct {
 	// Pull is what the agent last did about the version the control
 	// plane asked it to pull; zero before any request.
 	Pull PullReport
+	// Telemetry is what the node's request telemetry holds and shipped.
+	Telemetry TelemetryStatus
 	// LastError is the most recent failure the agent is working around,
 	// such as a server that does not answer; a heartbeat clears it.
 	LastError error
@@ -103,6 +105,7 @@ type Agent struct {
 	pool    atomic.Pointer[gossipPool] // the running site gossip pool, nil for none
 	nvml    hwprobe.NVML
 	health  atomic.Pointer[hwprobe.Monitor] // the running health monitor, nil while Run is not running
+	tel     atomic.Pointer[telemetryParts]  // the node's telemetry, nil when off or before serving starts
 
 	mu     sync.Mutex // guards the fields below
 	status Status
@@ -243,7 +246,7 @@ func (a *Agent) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sv, err := a.startServing(store, inv)
+	sv, err := a.startServing(store, inv, id.NodeID)
 	if err != nil {
 		return err
 	}
@@ -263,6 +266,7 @@ func (a *Agent) Status() Status {
 		st.GossipMembers = p.NumMembers()
 		st.Suspects = p.Suspects()
 	}
+	st.Telemetry = a.tel.Load().status()
 	return st
 }
 

@@ -105,6 +105,23 @@ type Config struct {
 	// use; nil means the machine's own (absent without the driver, when
 	// everything GPU-related is simply left out). Tests pass a mock.
 	NVML hwprobe.NVML
+	// TelemetryWindow is the length of a telemetry window: each serving
+	// instance's requests are summed up per window, aligned to multiples
+	// of it. Zero means DefaultTelemetryWindow.
+	TelemetryWindow time.Duration
+	// TelemetrySpoolBytes bounds the on-disk spool of closed windows
+	// waiting for a server; zero means DefaultTelemetrySpoolBytes.
+	TelemetrySpoolBytes int64
+	// TelemetryMaxMerge is the longest span the spool merges windows
+	// into while no server answers; past it the oldest are dropped
+	// (counted). Zero means an hour.
+	TelemetryMaxMerge time.Duration
+	// TelemetryOff turns request telemetry off.
+	TelemetryOff bool
+	// TelemetryNow, when set, is the time telemetry windows are cut on
+	// instead of the system's. Scenarios use it to run hours of windows
+	// in seconds; leave it nil everywhere else.
+	TelemetryNow func() time.Time
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// DialQUIC, when set, opens the agent's QUIC connections to servers
@@ -130,6 +147,13 @@ func DefaultConfig() Config {
 		MaxManifestBytes: fetch.DefaultMaxManifestBytes,
 	}
 }
+
+// DefaultTelemetryWindow and DefaultTelemetrySpoolBytes are the
+// telemetry window's length and the spool's size unless told otherwise.
+const (
+	DefaultTelemetryWindow     = time.Minute
+	DefaultTelemetrySpoolBytes = 64 << 20
+)
 
 // DefaultServeAddr is where the inference endpoint listens unless told
 // otherwise: loopback, since it answers anyone who reaches it; serve
@@ -234,6 +258,12 @@ func (c Config) Validate() error {
 	}
 	if c.PeerUploadBytesPerSecond < 0 {
 		bad("--peer-upload-bandwidth %d is negative: use 0 for no cap", c.PeerUploadBytesPerSecond)
+	}
+	if c.TelemetryWindow < 0 || (c.TelemetryWindow > 0 && c.TelemetryNow == nil && c.TelemetryWindow < time.Second) || c.TelemetryWindow > 24*time.Hour {
+		bad("--telemetry-window %s: want a length from 1s to 24h, such as 1m (the default)", c.TelemetryWindow)
+	}
+	if c.TelemetrySpoolBytes < 0 || (c.TelemetrySpoolBytes > 0 && c.TelemetrySpoolBytes < 64<<10) {
+		bad("--telemetry-spool-size %d: want at least 64KiB, such as 64MiB (the default)", c.TelemetrySpoolBytes)
 	}
 	if c.ServeAddr != "" {
 		if _, _, err := splitIPPort(c.ServeAddr); err != nil {

@@ -20,6 +20,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/quic-go/quic-go/http3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/droverhq/drover/agent/fetch"
@@ -44,6 +45,7 @@ type serving struct {
 	pull atomic.Pointer[puller]
 
 	runtimes []*exec.Runtime
+	tel      *telemetryParts // nil: telemetry off
 	journal  *journal.Journal
 
 	// watchMu guards the assignments watch's current call: the server it
@@ -70,7 +72,7 @@ const onnxBinary = "drover-onnx"
 // reconciler starts at once the versions it served last, from disk, so
 // an agent restarted while no server answers serves again. stop undoes
 // everything, stopping every instance.
-func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*serving, error) {
+func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory, nodeID string) (*serving, error) {
 	dir := a.cfg.DataDir
 	log := a.log.With("part", "serving")
 	sv := &serving{log: log}
@@ -122,6 +124,13 @@ func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*
 	if err != nil {
 		return fail(withHint(err, "check that %s is writable", JournalDir(dir)))
 	}
+	if !a.cfg.TelemetryOff {
+		sv.tel, err = a.startTelemetry(nodeID, log.With("part", "telemetry"))
+		if err != nil {
+			return fail(err)
+		}
+		a.tel.Store(sv.tel)
+	}
 
 	reg := prometheus.NewRegistry()
 	rcfg := reconcile.DefaultConfig()
@@ -133,6 +142,9 @@ func (a *Agent) startServing(store *fetch.Store, inv *droverv1.NodeInventory) (*
 	rcfg.Journal = sv.journal
 	rcfg.Logger = log
 	rcfg.Registerer = reg
+	if sv.tel != nil {
+		rcfg.Telemetry = sv.tel.collector
+	}
 	sv.rec, err = reconcile.New(rcfg)
 	if err != nil {
 		return fail(withHint(err, "remove %s to forget what the node served (it waits for a server's assignments then)", rcfg.Dir))
@@ -194,6 +206,8 @@ func (sv *serving) stop() {
 			sv.log.Warn("cannot close the journal", "err", err)
 		}
 	}
+	// After the endpoint: the collector spools what it was handed.
+	sv.tel.stop()
 	for _, rt := range sv.runtimes {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if err := rt.Close(ctx); err != nil {
@@ -201,6 +215,19 @@ func (sv *serving) stop() {
 		}
 		cancel()
 	}
+}
+
+// shipTo makes the session's server at addr the one telemetry goes to;
+// nil transport stops shipping.
+func (sv *serving) shipTo(tr *http3.Transport, addr string) {
+	if sv.tel == nil {
+		return
+	}
+	if tr == nil {
+		sv.tel.shipper.SetSender(nil)
+		return
+	}
+	sv.tel.shipper.SetSender(newTelemetrySender(tr, addr))
 }
 
 // watchAssignments follows the node's assignments on the servers the

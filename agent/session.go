@@ -255,6 +255,12 @@ func (s *session) client(addr string) droverv1connect.AgentServiceClient {
 func (s *session) serve(ctx context.Context, addr string) (progressed bool, err error) {
 	c := s.client(addr)
 	clk := s.a.clk
+	shipping := false
+	defer func() {
+		if shipping {
+			s.serving.shipTo(nil, "")
+		}
+	}()
 	for {
 		if now := clk.Now(); !now.Before(s.nextProbe) {
 			s.reprobe(ctx)
@@ -277,6 +283,12 @@ func (s *session) serve(ctx context.Context, addr string) (progressed bool, err 
 				return progressed, err
 			}
 			progressed = true
+			if !shipping {
+				// Telemetry goes to the server that answers heartbeats,
+				// on the same connection.
+				s.serving.shipTo(s.tr, addr)
+				shipping = true
+			}
 			s.nextHeartbeat = clk.Now().Add(s.interval)
 			if s.needRegister {
 				continue // the server asked for the inventory again

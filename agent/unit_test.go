@@ -111,6 +111,10 @@ func TestConfigValidate(t *testing.T) {
 		{"advertise unspecified", func(c *Config) { c.GossipAdvertise = "0.0.0.0:7947" }, `--gossip-advertise "0.0.0.0:7947"`},
 		{"advertise port 0", func(c *Config) { c.GossipAdvertise = "10.0.0.7:0" }, `--gossip-advertise "10.0.0.7:0"`},
 		{"advertise host name", func(c *Config) { c.GossipAdvertise = "gpu-01:7947" }, `--gossip-advertise "gpu-01:7947": "gpu-01" is not an IP address`},
+		{"telemetry window", func(c *Config) { c.TelemetryWindow = 10 * time.Second }, ""},
+		{"telemetry window too short", func(c *Config) { c.TelemetryWindow = 500 * time.Millisecond }, "--telemetry-window 500ms: want a length from 1s to 24h"},
+		{"telemetry window too long", func(c *Config) { c.TelemetryWindow = 48 * time.Hour }, "--telemetry-window 48h0m0s"},
+		{"telemetry spool too small", func(c *Config) { c.TelemetrySpoolBytes = 1024 }, "--telemetry-spool-size 1024: want at least 64KiB"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

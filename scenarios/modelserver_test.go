@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -45,6 +46,24 @@ func serveModel() int {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	// A model of sorts: {"inputs": {"x": N, "color": S}} is answered with
+	// {"outputs": {"y": 2N, "scores": [...]}}, the scores' largest at
+	// index N mod 3, so telemetry scenarios know every feature and output.
+	mux.HandleFunc("POST /v1/infer", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Inputs struct {
+				X float64 `json:"x"`
+			} `json:"inputs"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, "bad input: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		scores := []float64{0.1, 0.1, 0.1}
+		scores[int(req.Inputs.X)%3] = 0.8
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"outputs": map[string]any{"y": 2 * req.Inputs.X, "scores": scores}})
 	})
 	mux.HandleFunc("/v1/{path...}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("path")

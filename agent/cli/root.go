@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +29,8 @@ func newRootCommand(stdout, stderr io.Writer, lookupEnv func(string) (string, bo
 		bandwidth, manifest  string
 		serveAddr            string
 		onnxRuntime          string
+		telemetryWindow      time.Duration
+		telemetrySpool       string
 	)
 	defaults := agent.DefaultConfig()
 	cmd := &cobra.Command{
@@ -174,6 +177,15 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 			if strings.EqualFold(strings.TrimSpace(serveAddr), "off") {
 				cfg.ServeAddr = ""
 			}
+			cfg.TelemetryWindow = telemetryWindow
+			spool, err := units.ParseBytes(telemetrySpool)
+			if err != nil {
+				return usageErr(cmd, fmt.Errorf("--telemetry-spool-size %q: %w", telemetrySpool, err))
+			}
+			cfg.TelemetrySpoolBytes = int64(min(spool, math.MaxInt64))
+			if cfg.TelemetrySpoolBytes == 0 {
+				cfg.TelemetryOff = true
+			}
 			if name != "" {
 				cfg.Name = name
 			}
@@ -223,6 +235,8 @@ revoked node) with a hint saying what to do, and 2 for a wrong command line.`,
 	f.StringVar(&manifest, "max-manifest-size", "16MiB", "`SIZE` of the largest version manifest to accept")
 	f.StringVar(&serveAddr, "serve-addr", defaults.ServeAddr, "`IP:PORT` of the node's inference endpoint (HTTP): /v1/deployments/NAME/infer reaches the model deployment NAME serves; 0.0.0.0:7950 serves other machines, \"off\" turns it off")
 	f.StringVar(&onnxRuntime, "onnx-runtime", "", "`PATH` of the drover-onnx binary that runs deployments of runtime onnx (default: next to drover-agent, then the PATH)")
+	f.DurationVar(&telemetryWindow, "telemetry-window", agent.DefaultTelemetryWindow, "`LENGTH` of a telemetry window: each deployment's requests are summed up per window and shipped to the control plane (1s to 24h)")
+	f.StringVar(&telemetrySpool, "telemetry-spool-size", "64MiB", "`SIZE` of the on-disk spool that keeps closed telemetry windows while no server answers; older windows are merged into coarser ones, then dropped (counted), to stay under it; 0 turns request telemetry off")
 	f.StringVar(&logLevel, "log-level", "info", "log `LEVEL`: trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logging.FormatText, "log `FORMAT`: text or json")
 

@@ -416,7 +416,7 @@ func (d *deployment) bringUp(ctx context.Context, a *droverv1.Assignment, restor
 	// Healthy: switch the endpoint to it, then let the old one finish
 	// what it took and stop it.
 	ns := &served{asg: a, key: key, dir: dir, inst: inst, holder: holder, gpus: slices.Clone(gpus),
-		target: d.r.newTarget(d.name, v, inst), since: d.r.clock.Now(), failures: priorFailures}
+		target: d.r.newTarget(d.name, a.GetModel(), v, inst), since: d.r.clock.Now(), failures: priorFailures}
 	replaced := uint64(0)
 	switch {
 	case old != nil:
@@ -713,7 +713,7 @@ func (d *deployment) restart(ctx context.Context, s *served) {
 	d.r.record(journal.Entry{Event: journal.Switched, Deployment: d.name, Model: s.asg.GetModel(), Version: v,
 		Reason: "back after the version meant to replace it failed"})
 	ns := &served{asg: s.asg, key: s.key, dir: s.dir, inst: inst, holder: s.holder, gpus: slices.Clone(gpus),
-		target: d.r.newTarget(d.name, v, inst), since: d.r.clock.Now(), failures: s.failures}
+		target: d.r.newTarget(d.name, s.asg.GetModel(), v, inst), since: d.r.clock.Now(), failures: s.failures}
 	d.mu.Lock()
 	d.serving = ns
 	d.mu.Unlock()

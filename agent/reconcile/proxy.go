@@ -5,16 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/droverhq/drover/agent/telemetry"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -61,6 +64,7 @@ func (rt *route) reason() string {
 // the requests it took have finished.
 type target struct {
 	version uint64
+	model   string
 	proxy   *httputil.ReverseProxy
 
 	mu       sync.Mutex // guards the fields below
@@ -105,8 +109,8 @@ func (t *target) close() <-chan struct{} {
 // newTarget makes the proxy to inst for the deployment's requests. The
 // part of the path after /v1/deployments/{name}/ goes to the instance
 // under /v1/.
-func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *target {
-	t := &target{version: version, idle: make(chan struct{})}
+func (r *Reconciler) newTarget(name, model string, version uint64, inst Instance) *target {
+	t := &target{version: version, model: model, idle: make(chan struct{})}
 	addr := inst.Addr()
 	vs := strconv.FormatUint(version, 10)
 	t.proxy = &httputil.ReverseProxy{
@@ -127,6 +131,9 @@ func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *targ
 		},
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
 			w.Header().Set(VersionHeader, vs)
+			if rec, ok := w.(*statusRecorder); ok {
+				rec.errKind = proxyErrKind(req, err)
+			}
 			if errors.Is(err, context.Canceled) && req.Context().Err() != nil {
 				// The client went away; nobody reads an answer.
 				w.WriteHeader(statusClientClosed)
@@ -150,6 +157,20 @@ func (r *Reconciler) newTarget(name string, version uint64, inst Instance) *targ
 // side of a rollout served it. Errors the endpoint answers itself (404,
 // 503) carry none: no version took the request.
 const VersionHeader = "Drover-Version"
+
+// proxyErrKind names why an instance did not answer, for telemetry.
+func proxyErrKind(req *http.Request, err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.Canceled) && req.Context().Err() != nil:
+		return telemetry.ErrKindClientClosed
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return telemetry.ErrKindTimeout
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return telemetry.ErrKindUpstreamRefused
+	}
+	return telemetry.ErrKindUpstream
+}
 
 // statusClientClosed is recorded for a request whose client left before
 // the instance answered (nginx's 499).
@@ -256,8 +277,41 @@ func (r *Reconciler) serveInference(w http.ResponseWriter, req *http.Request) {
 	}
 	defer t.release()
 	rec := &statusRecorder{ResponseWriter: w}
+	col := r.telemetry
+	var ex *telemetry.Exchange
+	if col != nil {
+		// The bodies are copied as they pass, up to a bound; everything
+		// else about them happens on the collector's goroutine.
+		ex = col.Get()
+		rec.ex, rec.limit = ex, col.CaptureBytes()
+		if req.Body != nil && req.Body != http.NoBody {
+			req.Body = &captureBody{ReadCloser: req.Body, ex: ex, limit: rec.limit}
+		}
+	}
 	t.proxy.ServeHTTP(rec, req)
-	r.metrics.observe(name, strconv.FormatUint(t.version, 10), rec.code(), time.Since(start))
+	took := time.Since(start)
+	r.metrics.observe(name, strconv.FormatUint(t.version, 10), rec.code(), took)
+	if ex != nil {
+		ex.Deployment, ex.Model, ex.Version = name, t.model, t.version
+		ex.Latency, ex.Status, ex.ErrKind = took, rec.code(), rec.errKind
+		col.Submit(ex)
+	}
+}
+
+// captureBody copies what the proxy reads of a request body into an
+// exchange, up to limit.
+type captureBody struct {
+	io.ReadCloser
+	ex    *telemetry.Exchange
+	limit int
+}
+
+func (c *captureBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		c.ex.CaptureRequest(p[:n], c.limit)
+	}
+	return n, err
 }
 
 // unknownDeployment labels requests for deployments the node does not
@@ -270,6 +324,11 @@ const unknownDeployment = "(unknown)"
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	// errKind is why the instance did not answer, if it did not.
+	errKind string
+	// ex, when set, receives the answer's first limit bytes.
+	ex    *telemetry.Exchange
+	limit int
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -282,6 +341,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
+	}
+	if s.ex != nil {
+		s.ex.CaptureResponse(b, s.limit)
 	}
 	return s.ResponseWriter.Write(b)
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/droverhq/drover/agent/journal"
+	"github.com/droverhq/drover/agent/telemetry"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -199,6 +200,10 @@ type Config struct {
 	// Registerer, if set, gets the endpoint's and the reconciler's
 	// Prometheus collectors.
 	Registerer prometheus.Registerer
+	// Telemetry, if set, is handed every request the endpoint passes to
+	// an instance, without ever making the request wait; nil observes
+	// nothing.
+	Telemetry *telemetry.Collector
 	// Transport carries proxied requests to instances; nil means a
 	// transport of the reconciler's own (no proxy from the environment:
 	// instances are on this node).

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/agent/journal"
+	"github.com/droverhq/drover/agent/telemetry"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -30,6 +31,7 @@ type Reconciler struct {
 	log       *slog.Logger
 	clock     Clock
 	transport http.RoundTripper
+	telemetry *telemetry.Collector // nil: no telemetry
 	metrics   *metrics
 	mux       *http.ServeMux
 
@@ -76,6 +78,7 @@ func New(cfg Config) (*Reconciler, error) {
 		log:       cfg.logger(),
 		clock:     cfg.Clock,
 		transport: cfg.Transport,
+		telemetry: cfg.Telemetry,
 		metrics:   m,
 		state:     st,
 		invalid:   make(map[string]refusal),

@@ -404,3 +404,26 @@ func decodeRecord(b []byte) (Record, error) {
 	}
 	return Record{Key: h.Key, Start: h.Start, End: h.End, Windows: h.Windows, Data: bytes.Clone(data)}, nil
 }
+
+// Oldest returns up to n records, oldest first. It removes nothing.
+func (s *Spool) Oldest(n int) []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return entriesOf(s.entries[:min(max(n, 0), len(s.entries))])
+}
+
+// Newest returns up to n records, the newest of them last. It removes
+// nothing.
+func (s *Spool) Newest(n int) []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return entriesOf(s.entries[len(s.entries)-min(max(n, 0), len(s.entries)):])
+}
+
+func entriesOf(es []*spoolEntry) []Entry {
+	out := make([]Entry, len(es))
+	for i, e := range es {
+		out[i] = Entry{ID: e.id, Record: e.rec}
+	}
+	return out
+}
