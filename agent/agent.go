@@ -127,7 +127,10 @@ func New(cfg Config) (*Agent, error) {
 	// per handle, and two handles loading at once would race. Each probe
 	// initialises and shuts NVML down around its own use, so nothing is
 	// left open when Run returns.
-	nvml := hwprobe.SystemNVML()
+	nvml := cfg.NVML
+	if nvml == nil {
+		nvml = hwprobe.SystemNVML()
+	}
 	a := &Agent{
 		cfg:         cfg,
 		log:         log,

@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/droverhq/drover/agent/fetch"
+	"github.com/droverhq/drover/hwprobe"
 	"github.com/droverhq/drover/internal/jointoken"
 	"github.com/droverhq/drover/internal/names"
 )
@@ -96,6 +97,12 @@ type Config struct {
 	// PATH. Without one, deployments of runtime onnx fail with a reason
 	// that says so; exec deployments are unaffected.
 	ONNXRuntime string
+	// NVML, when set, is the NVML handle the agent finds its GPUs through,
+	// instead of the machine's NVIDIA driver library: a program that embeds
+	// the agent and knows its GPUs another way, or a test that hands it
+	// go-nvml's mock (github.com/NVIDIA/go-nvml/pkg/nvml/mock). Leave it
+	// nil everywhere else.
+	NVML hwprobe.NVML
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// DialQUIC, when set, opens the agent's QUIC connections to servers

@@ -337,7 +337,9 @@ func (g gpuResources) Reserve(holder string, res *droverv1.Resources) ([]string,
 	if res.GetGpus() == 0 {
 		return nil, nil
 	}
-	uuids, err := g.alloc.Allocate(holder, gpu.Request{Count: int(res.GetGpus()), MIGProfile: res.GetMigProfile()})
+	uuids, err := g.alloc.Allocate(holder, gpu.Request{
+		Count: int(res.GetGpus()), MIGProfile: res.GetMigProfile(), MinMemoryBytes: res.GetMinGpuMemoryBytes(),
+	})
 	if errors.Is(err, gpu.ErrInsufficient) {
 		return nil, fmt.Errorf("%w: %w", reconcile.ErrInsufficient, err)
 	}

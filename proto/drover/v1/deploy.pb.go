@@ -535,12 +535,17 @@ type Resources struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Whole GPUs, or MIG instances when mig_profile is set; assigned
 	// exclusively, by UUID.
-	Gpus          uint32  `protobuf:"varint,1,opt,name=gpus,proto3" json:"gpus,omitempty"`
-	MigProfile    string  `protobuf:"bytes,2,opt,name=mig_profile,json=migProfile,proto3" json:"mig_profile,omitempty"`
-	MemoryBytes   uint64  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Cpus          float64 `protobuf:"fixed64,4,opt,name=cpus,proto3" json:"cpus,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Gpus        uint32  `protobuf:"varint,1,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	MigProfile  string  `protobuf:"bytes,2,opt,name=mig_profile,json=migProfile,proto3" json:"mig_profile,omitempty"`
+	MemoryBytes uint64  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Cpus        float64 `protobuf:"fixed64,4,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	// The least memory each GPU or MIG instance handed to an instance must
+	// have: the server fills it in from selector.hardware.min_gpu_memory,
+	// so that a node with GPUs of several sizes hands out one that is big
+	// enough.
+	MinGpuMemoryBytes uint64 `protobuf:"varint,5,opt,name=min_gpu_memory_bytes,json=minGpuMemoryBytes,proto3" json:"min_gpu_memory_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Resources) Reset() {
@@ -597,6 +602,13 @@ func (x *Resources) GetMemoryBytes() uint64 {
 func (x *Resources) GetCpus() float64 {
 	if x != nil {
 		return x.Cpus
+	}
+	return 0
+}
+
+func (x *Resources) GetMinGpuMemoryBytes() uint64 {
+	if x != nil {
+		return x.MinGpuMemoryBytes
 	}
 	return 0
 }
@@ -2373,13 +2385,14 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\tmax_batch\x18\a \x01(\rR\bmaxBatch\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x01\n" +
 	"\tResources\x12\x12\n" +
 	"\x04gpus\x18\x01 \x01(\rR\x04gpus\x12\x1f\n" +
 	"\vmig_profile\x18\x02 \x01(\tR\n" +
 	"migProfile\x12!\n" +
 	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\x12\x12\n" +
-	"\x04cpus\x18\x04 \x01(\x01R\x04cpus\"\xfd\x02\n" +
+	"\x04cpus\x18\x04 \x01(\x01R\x04cpus\x12/\n" +
+	"\x14min_gpu_memory_bytes\x18\x05 \x01(\x04R\x11minGpuMemoryBytes\"\xfd\x02\n" +
 	"\x0fRolloutStrategy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12%\n" +
 	"\x0ecanary_percent\x18\x02 \x01(\rR\rcanaryPercent\x12!\n" +
