@@ -312,6 +312,10 @@ func (i instanceAdapter) Status() reconcile.Status {
 		if tail := st.LastExit.StderrTail; tail != "" {
 			out.Reason += ": " + lastLine(tail)
 		}
+	case len(st.Warnings) > 0:
+		// A healthy instance whose limits the machine cannot enforce
+		// says so where operators look, not only in the agent's log.
+		out.Reason = strings.Join(st.Warnings, "; ")
 	}
 	return out
 }
