@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -441,5 +442,52 @@ strategy:
 	}
 	for _, name := range []string{"reverts", "stays"} {
 		waitServing(ctx, t, fleet, name, "one")
+	}
+
+	// A new version applied with a command that exists nowhere: the
+	// rollback brings version 1 back with the command it ran with, not
+	// the one written for version 3, so the fleet is healthy again.
+	v3 := t.TempDir()
+	if err := os.WriteFile(filepath.Join(v3, "page.txt"), []byte("three"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := drover(ctx, addr, "model", "push", v3, "--model", "web"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
+	const missing = "/nonexistent/model-server"
+	bad := strings.Replace(strings.Replace(spec("reverts", true), "web@prod", "web@3", 1), "[./serve]", "["+missing+"]", 1)
+	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, bad)); code != 0 {
+		t.Fatalf("deploy apply: exit %d\n%s%s", code, out, errOut)
+	}
+	for {
+		for _, a := range fleet {
+			if body, err := infer(ctx, a, "reverts", "page.txt"); err != nil || body != "one" {
+				t.Fatalf("reverts on %s served %q (%v) while version 3 was tried, want version 1's page", a.Name, body, err)
+			}
+		}
+		h := rolloutHistory(ctx, t, c, "reverts")
+		if last := h[len(h)-1]; last.GetId() == 5 && last.GetState() == droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			if tried := h[len(h)-2]; tried.GetState() != droverv1.RolloutState_ROLLOUT_STATE_FAILED || !strings.Contains(tried.GetEndReason(), "command not found: "+missing) {
+				t.Errorf("rollout 4 %v ended %q; want failed naming %s", tried.GetState(), tried.GetEndReason(), missing)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the rollback of version 3 did not succeed: %v", h)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	d, err := c.Client(c.Leader(), false).Deploys.GetDeployment(ctx, connect.NewRequest(&droverv1.GetDeploymentRequest{Name: "reverts"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dep := d.Msg.GetDeployment(); dep.GetVersion() != 1 || !slices.Equal(dep.GetSpec().GetRuntime().GetCommand(), []string{"./serve"}) || dep.GetRevision() != 3 {
+		t.Errorf("after the rollback: version %d, command %q, revision %d; want version 1 with ./serve at revision 3",
+			dep.GetVersion(), dep.GetSpec().GetRuntime().GetCommand(), dep.GetRevision())
+	}
+	for _, n := range d.Msg.GetNodes() {
+		if st := n.GetStatus(); st.GetVersion() != 1 || st.GetState() != droverv1.InstanceState_INSTANCE_STATE_HEALTHY {
+			t.Errorf("after the rollback %s reports version %d %v: %s", n.GetNodeName(), st.GetVersion(), st.GetState(), st.GetReason())
+		}
 	}
 }

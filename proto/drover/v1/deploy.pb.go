@@ -734,12 +734,17 @@ type Deployment struct {
 	// converge on.
 	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	// Id of the deployment's latest rollout; 0 before the first.
-	RolloutId     uint64                 `protobuf:"varint,4,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,8,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64                 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	RolloutId   uint64                 `protobuf:"varint,4,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	CreatedBy   string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,8,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64                 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// How the version before this one ran, set when an apply moves the
+	// deployment to another version: a rollback to that version runs it
+	// so again, not with a runtime or resources written for the version
+	// rolled back from (a command the old version does not have).
+	Previous      *PreviousRun `protobuf:"bytes,10,opt,name=previous,proto3" json:"previous,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -837,6 +842,75 @@ func (x *Deployment) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Deployment) GetPrevious() *PreviousRun {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+// PreviousRun is the version a deployment ran before its current one, with
+// the runtime and resources it ran with.
+type PreviousRun struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Runtime       *RuntimeSpec           `protobuf:"bytes,2,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Resources     *Resources             `protobuf:"bytes,3,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviousRun) Reset() {
+	*x = PreviousRun{}
+	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviousRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviousRun) ProtoMessage() {}
+
+func (x *PreviousRun) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviousRun.ProtoReflect.Descriptor instead.
+func (*PreviousRun) Descriptor() ([]byte, []int) {
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PreviousRun) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *PreviousRun) GetRuntime() *RuntimeSpec {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+func (x *PreviousRun) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
 // RolloutBatch is a set of nodes updated together. The controller writes
 // one Raft command per batch it starts, naming its nodes, so its writes
 // grow with the number of batches, not with the fleet.
@@ -854,7 +928,7 @@ type RolloutBatch struct {
 
 func (x *RolloutBatch) Reset() {
 	*x = RolloutBatch{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	mi := &file_drover_v1_deploy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +940,7 @@ func (x *RolloutBatch) String() string {
 func (*RolloutBatch) ProtoMessage() {}
 
 func (x *RolloutBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	mi := &file_drover_v1_deploy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +953,7 @@ func (x *RolloutBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutBatch.ProtoReflect.Descriptor instead.
 func (*RolloutBatch) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{7}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RolloutBatch) GetNodeIds() []string {
@@ -938,7 +1012,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[8]
+	mi := &file_drover_v1_deploy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1024,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[8]
+	mi := &file_drover_v1_deploy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1037,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{8}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Rollout) GetDeployment() string {
@@ -1081,7 +1155,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[9]
+	mi := &file_drover_v1_deploy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1167,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[9]
+	mi := &file_drover_v1_deploy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1180,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{9}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetDeployment() string {
@@ -1172,7 +1246,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[10]
+	mi := &file_drover_v1_deploy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1258,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[10]
+	mi := &file_drover_v1_deploy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1271,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{10}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InstanceStatus) GetDeployment() string {
@@ -1268,7 +1342,7 @@ type ApplyDeploymentRequest struct {
 
 func (x *ApplyDeploymentRequest) Reset() {
 	*x = ApplyDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[11]
+	mi := &file_drover_v1_deploy_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1354,7 @@ func (x *ApplyDeploymentRequest) String() string {
 func (*ApplyDeploymentRequest) ProtoMessage() {}
 
 func (x *ApplyDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[11]
+	mi := &file_drover_v1_deploy_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1367,7 @@ func (x *ApplyDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*ApplyDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{11}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ApplyDeploymentRequest) GetSpec() *DeploymentSpec {
@@ -1322,7 +1396,7 @@ type ApplyDeploymentResponse struct {
 
 func (x *ApplyDeploymentResponse) Reset() {
 	*x = ApplyDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[12]
+	mi := &file_drover_v1_deploy_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1408,7 @@ func (x *ApplyDeploymentResponse) String() string {
 func (*ApplyDeploymentResponse) ProtoMessage() {}
 
 func (x *ApplyDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[12]
+	mi := &file_drover_v1_deploy_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1421,7 @@ func (x *ApplyDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*ApplyDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ApplyDeploymentResponse) GetDeployment() *Deployment {
@@ -1380,7 +1454,7 @@ type PlanDeploymentRequest struct {
 
 func (x *PlanDeploymentRequest) Reset() {
 	*x = PlanDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[13]
+	mi := &file_drover_v1_deploy_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1466,7 @@ func (x *PlanDeploymentRequest) String() string {
 func (*PlanDeploymentRequest) ProtoMessage() {}
 
 func (x *PlanDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[13]
+	mi := &file_drover_v1_deploy_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1479,7 @@ func (x *PlanDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*PlanDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PlanDeploymentRequest) GetSpec() *DeploymentSpec {
@@ -1433,7 +1507,7 @@ type NodeMatch struct {
 
 func (x *NodeMatch) Reset() {
 	*x = NodeMatch{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[14]
+	mi := &file_drover_v1_deploy_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1519,7 @@ func (x *NodeMatch) String() string {
 func (*NodeMatch) ProtoMessage() {}
 
 func (x *NodeMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[14]
+	mi := &file_drover_v1_deploy_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1532,7 @@ func (x *NodeMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeMatch.ProtoReflect.Descriptor instead.
 func (*NodeMatch) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NodeMatch) GetNodeId() string {
@@ -1524,7 +1598,7 @@ type PlanDeploymentResponse struct {
 
 func (x *PlanDeploymentResponse) Reset() {
 	*x = PlanDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[15]
+	mi := &file_drover_v1_deploy_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1610,7 @@ func (x *PlanDeploymentResponse) String() string {
 func (*PlanDeploymentResponse) ProtoMessage() {}
 
 func (x *PlanDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[15]
+	mi := &file_drover_v1_deploy_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1623,7 @@ func (x *PlanDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*PlanDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PlanDeploymentResponse) GetSpec() *DeploymentSpec {
@@ -1603,7 +1677,7 @@ type ListDeploymentsRequest struct {
 
 func (x *ListDeploymentsRequest) Reset() {
 	*x = ListDeploymentsRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[16]
+	mi := &file_drover_v1_deploy_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1689,7 @@ func (x *ListDeploymentsRequest) String() string {
 func (*ListDeploymentsRequest) ProtoMessage() {}
 
 func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[16]
+	mi := &file_drover_v1_deploy_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1702,7 @@ func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDeploymentsRequest) GetQuery() *QueryOptions {
@@ -1653,7 +1727,7 @@ type ListDeploymentsResponse struct {
 
 func (x *ListDeploymentsResponse) Reset() {
 	*x = ListDeploymentsResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[17]
+	mi := &file_drover_v1_deploy_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1739,7 @@ func (x *ListDeploymentsResponse) String() string {
 func (*ListDeploymentsResponse) ProtoMessage() {}
 
 func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[17]
+	mi := &file_drover_v1_deploy_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1752,7 @@ func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDeploymentsResponse) GetDeployments() []*Deployment {
@@ -1719,7 +1793,7 @@ type GetDeploymentRequest struct {
 
 func (x *GetDeploymentRequest) Reset() {
 	*x = GetDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[18]
+	mi := &file_drover_v1_deploy_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1805,7 @@ func (x *GetDeploymentRequest) String() string {
 func (*GetDeploymentRequest) ProtoMessage() {}
 
 func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[18]
+	mi := &file_drover_v1_deploy_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1818,7 @@ func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*GetDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetDeploymentRequest) GetName() string {
@@ -1774,7 +1848,7 @@ type GetDeploymentResponse struct {
 
 func (x *GetDeploymentResponse) Reset() {
 	*x = GetDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[19]
+	mi := &file_drover_v1_deploy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +1860,7 @@ func (x *GetDeploymentResponse) String() string {
 func (*GetDeploymentResponse) ProtoMessage() {}
 
 func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[19]
+	mi := &file_drover_v1_deploy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +1873,7 @@ func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*GetDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetDeploymentResponse) GetDeployment() *Deployment {
@@ -1846,7 +1920,7 @@ type DeploymentNode struct {
 
 func (x *DeploymentNode) Reset() {
 	*x = DeploymentNode{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[20]
+	mi := &file_drover_v1_deploy_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1932,7 @@ func (x *DeploymentNode) String() string {
 func (*DeploymentNode) ProtoMessage() {}
 
 func (x *DeploymentNode) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[20]
+	mi := &file_drover_v1_deploy_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1945,7 @@ func (x *DeploymentNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentNode.ProtoReflect.Descriptor instead.
 func (*DeploymentNode) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{20}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeploymentNode) GetNodeId() string {
@@ -1918,7 +1992,7 @@ type DeleteDeploymentRequest struct {
 
 func (x *DeleteDeploymentRequest) Reset() {
 	*x = DeleteDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[21]
+	mi := &file_drover_v1_deploy_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2004,7 @@ func (x *DeleteDeploymentRequest) String() string {
 func (*DeleteDeploymentRequest) ProtoMessage() {}
 
 func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[21]
+	mi := &file_drover_v1_deploy_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2017,7 @@ func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{21}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteDeploymentRequest) GetName() string {
@@ -1962,7 +2036,7 @@ type DeleteDeploymentResponse struct {
 
 func (x *DeleteDeploymentResponse) Reset() {
 	*x = DeleteDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[22]
+	mi := &file_drover_v1_deploy_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2048,7 @@ func (x *DeleteDeploymentResponse) String() string {
 func (*DeleteDeploymentResponse) ProtoMessage() {}
 
 func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[22]
+	mi := &file_drover_v1_deploy_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2061,7 @@ func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{22}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteDeploymentResponse) GetMeta() *WriteMeta {
@@ -2009,7 +2083,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[23]
+	mi := &file_drover_v1_deploy_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2095,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[23]
+	mi := &file_drover_v1_deploy_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2108,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{23}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetRolloutRequest) GetDeployment() string {
@@ -2075,7 +2149,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[24]
+	mi := &file_drover_v1_deploy_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2161,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[24]
+	mi := &file_drover_v1_deploy_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2174,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{24}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2142,7 +2216,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[25]
+	mi := &file_drover_v1_deploy_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2228,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[25]
+	mi := &file_drover_v1_deploy_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2241,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{25}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListRolloutsRequest) GetDeployment() string {
@@ -2194,7 +2268,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[26]
+	mi := &file_drover_v1_deploy_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2280,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[26]
+	mi := &file_drover_v1_deploy_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2293,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{26}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2249,7 +2323,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[27]
+	mi := &file_drover_v1_deploy_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2335,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[27]
+	mi := &file_drover_v1_deploy_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2348,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{27}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RolloutActionRequest) GetDeployment() string {
@@ -2301,7 +2375,7 @@ type RolloutActionResponse struct {
 
 func (x *RolloutActionResponse) Reset() {
 	*x = RolloutActionResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[28]
+	mi := &file_drover_v1_deploy_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2387,7 @@ func (x *RolloutActionResponse) String() string {
 func (*RolloutActionResponse) ProtoMessage() {}
 
 func (x *RolloutActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[28]
+	mi := &file_drover_v1_deploy_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2400,7 @@ func (x *RolloutActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionResponse.ProtoReflect.Descriptor instead.
 func (*RolloutActionResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{28}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RolloutActionResponse) GetRollout() *Rollout {
@@ -2402,7 +2476,7 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\fauto_promote\x18\x06 \x01(\bR\vautoPromote\x12\x1f\n" +
 	"\vauto_revert\x18\a \x01(\bR\n" +
 	"autoRevert\x127\n" +
-	"\x18max_unavailable_per_site\x18\b \x01(\rR\x15maxUnavailablePerSite\"\xef\x02\n" +
+	"\x18max_unavailable_per_site\x18\b \x01(\rR\x15maxUnavailablePerSite\"\xa3\x03\n" +
 	"\n" +
 	"Deployment\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.drover.v1.DeploymentSpecR\x04spec\x12\x1a\n" +
@@ -2417,7 +2491,13 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12!\n" +
 	"\fcreate_index\x18\b \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\"\xb5\x01\n" +
+	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\x122\n" +
+	"\bprevious\x18\n" +
+	" \x01(\v2\x16.drover.v1.PreviousRunR\bprevious\"\x8d\x01\n" +
+	"\vPreviousRun\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x120\n" +
+	"\aruntime\x18\x02 \x01(\v2\x16.drover.v1.RuntimeSpecR\aruntime\x122\n" +
+	"\tresources\x18\x03 \x01(\v2\x14.drover.v1.ResourcesR\tresources\"\xb5\x01\n" +
 	"\fRolloutBatch\x12\x19\n" +
 	"\bnode_ids\x18\x01 \x03(\tR\anodeIds\x12\x16\n" +
 	"\x06canary\x18\x02 \x01(\bR\x06canary\x129\n" +
@@ -2601,7 +2681,7 @@ func file_drover_v1_deploy_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_deploy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_drover_v1_deploy_proto_goTypes = []any{
 	(RolloutState)(0),                // 0: drover.v1.RolloutState
 	(InstanceState)(0),               // 1: drover.v1.InstanceState
@@ -2612,121 +2692,125 @@ var file_drover_v1_deploy_proto_goTypes = []any{
 	(*Resources)(nil),                // 6: drover.v1.Resources
 	(*RolloutStrategy)(nil),          // 7: drover.v1.RolloutStrategy
 	(*Deployment)(nil),               // 8: drover.v1.Deployment
-	(*RolloutBatch)(nil),             // 9: drover.v1.RolloutBatch
-	(*Rollout)(nil),                  // 10: drover.v1.Rollout
-	(*Assignment)(nil),               // 11: drover.v1.Assignment
-	(*InstanceStatus)(nil),           // 12: drover.v1.InstanceStatus
-	(*ApplyDeploymentRequest)(nil),   // 13: drover.v1.ApplyDeploymentRequest
-	(*ApplyDeploymentResponse)(nil),  // 14: drover.v1.ApplyDeploymentResponse
-	(*PlanDeploymentRequest)(nil),    // 15: drover.v1.PlanDeploymentRequest
-	(*NodeMatch)(nil),                // 16: drover.v1.NodeMatch
-	(*PlanDeploymentResponse)(nil),   // 17: drover.v1.PlanDeploymentResponse
-	(*ListDeploymentsRequest)(nil),   // 18: drover.v1.ListDeploymentsRequest
-	(*ListDeploymentsResponse)(nil),  // 19: drover.v1.ListDeploymentsResponse
-	(*GetDeploymentRequest)(nil),     // 20: drover.v1.GetDeploymentRequest
-	(*GetDeploymentResponse)(nil),    // 21: drover.v1.GetDeploymentResponse
-	(*DeploymentNode)(nil),           // 22: drover.v1.DeploymentNode
-	(*DeleteDeploymentRequest)(nil),  // 23: drover.v1.DeleteDeploymentRequest
-	(*DeleteDeploymentResponse)(nil), // 24: drover.v1.DeleteDeploymentResponse
-	(*GetRolloutRequest)(nil),        // 25: drover.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 26: drover.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 27: drover.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 28: drover.v1.ListRolloutsResponse
-	(*RolloutActionRequest)(nil),     // 29: drover.v1.RolloutActionRequest
-	(*RolloutActionResponse)(nil),    // 30: drover.v1.RolloutActionResponse
-	nil,                              // 31: drover.v1.NodeSelector.LabelsEntry
-	nil,                              // 32: drover.v1.RuntimeSpec.EnvEntry
-	nil,                              // 33: drover.v1.ListDeploymentsResponse.RolloutsEntry
-	nil,                              // 34: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
-	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 37: drover.v1.WriteMeta
-	(*QueryOptions)(nil),             // 38: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 39: drover.v1.QueryMeta
+	(*PreviousRun)(nil),              // 9: drover.v1.PreviousRun
+	(*RolloutBatch)(nil),             // 10: drover.v1.RolloutBatch
+	(*Rollout)(nil),                  // 11: drover.v1.Rollout
+	(*Assignment)(nil),               // 12: drover.v1.Assignment
+	(*InstanceStatus)(nil),           // 13: drover.v1.InstanceStatus
+	(*ApplyDeploymentRequest)(nil),   // 14: drover.v1.ApplyDeploymentRequest
+	(*ApplyDeploymentResponse)(nil),  // 15: drover.v1.ApplyDeploymentResponse
+	(*PlanDeploymentRequest)(nil),    // 16: drover.v1.PlanDeploymentRequest
+	(*NodeMatch)(nil),                // 17: drover.v1.NodeMatch
+	(*PlanDeploymentResponse)(nil),   // 18: drover.v1.PlanDeploymentResponse
+	(*ListDeploymentsRequest)(nil),   // 19: drover.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),  // 20: drover.v1.ListDeploymentsResponse
+	(*GetDeploymentRequest)(nil),     // 21: drover.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),    // 22: drover.v1.GetDeploymentResponse
+	(*DeploymentNode)(nil),           // 23: drover.v1.DeploymentNode
+	(*DeleteDeploymentRequest)(nil),  // 24: drover.v1.DeleteDeploymentRequest
+	(*DeleteDeploymentResponse)(nil), // 25: drover.v1.DeleteDeploymentResponse
+	(*GetRolloutRequest)(nil),        // 26: drover.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 27: drover.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 28: drover.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 29: drover.v1.ListRolloutsResponse
+	(*RolloutActionRequest)(nil),     // 30: drover.v1.RolloutActionRequest
+	(*RolloutActionResponse)(nil),    // 31: drover.v1.RolloutActionResponse
+	nil,                              // 32: drover.v1.NodeSelector.LabelsEntry
+	nil,                              // 33: drover.v1.RuntimeSpec.EnvEntry
+	nil,                              // 34: drover.v1.ListDeploymentsResponse.RolloutsEntry
+	nil,                              // 35: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	(*durationpb.Duration)(nil),      // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 38: drover.v1.WriteMeta
+	(*QueryOptions)(nil),             // 39: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 40: drover.v1.QueryMeta
 }
 var file_drover_v1_deploy_proto_depIdxs = []int32{
 	3,  // 0: drover.v1.DeploymentSpec.selector:type_name -> drover.v1.NodeSelector
 	5,  // 1: drover.v1.DeploymentSpec.runtime:type_name -> drover.v1.RuntimeSpec
 	6,  // 2: drover.v1.DeploymentSpec.resources:type_name -> drover.v1.Resources
 	7,  // 3: drover.v1.DeploymentSpec.strategy:type_name -> drover.v1.RolloutStrategy
-	31, // 4: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
+	32, // 4: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
 	4,  // 5: drover.v1.NodeSelector.hardware:type_name -> drover.v1.HardwareConstraints
-	32, // 6: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
-	35, // 7: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
-	35, // 8: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
-	35, // 9: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	33, // 6: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
+	36, // 7: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
+	36, // 8: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
+	36, // 9: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	2,  // 10: drover.v1.Deployment.spec:type_name -> drover.v1.DeploymentSpec
-	36, // 11: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
-	36, // 12: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
-	36, // 13: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
-	36, // 14: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
-	0,  // 15: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
-	9,  // 16: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
-	36, // 17: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	36, // 18: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 19: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
-	6,  // 20: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
-	1,  // 21: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
-	36, // 22: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
-	2,  // 23: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
-	8,  // 24: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	10, // 25: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	37, // 26: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	2,  // 27: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
-	2,  // 28: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
-	16, // 29: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
-	9,  // 30: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
-	8,  // 31: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
-	38, // 32: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
-	8,  // 33: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
-	33, // 34: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
-	39, // 35: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
-	34, // 36: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
-	38, // 37: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
-	8,  // 38: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	10, // 39: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	22, // 40: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
-	39, // 41: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
-	11, // 42: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
-	12, // 43: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
-	37, // 44: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	38, // 45: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
-	10, // 46: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
-	22, // 47: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
-	39, // 48: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
-	38, // 49: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
-	10, // 50: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
-	39, // 51: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
-	10, // 52: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
-	37, // 53: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
-	10, // 54: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
-	13, // 55: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
-	15, // 56: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
-	18, // 57: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
-	20, // 58: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
-	23, // 59: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
-	25, // 60: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	27, // 61: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
-	29, // 62: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 63: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 64: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
-	29, // 65: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
-	14, // 66: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
-	17, // 67: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
-	19, // 68: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
-	21, // 69: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
-	24, // 70: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
-	26, // 71: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	28, // 72: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
-	30, // 73: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 74: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 75: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
-	30, // 76: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
-	66, // [66:77] is the sub-list for method output_type
-	55, // [55:66] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	37, // 11: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
+	37, // 12: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
+	9,  // 13: drover.v1.Deployment.previous:type_name -> drover.v1.PreviousRun
+	5,  // 14: drover.v1.PreviousRun.runtime:type_name -> drover.v1.RuntimeSpec
+	6,  // 15: drover.v1.PreviousRun.resources:type_name -> drover.v1.Resources
+	37, // 16: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
+	37, // 17: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
+	0,  // 18: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
+	10, // 19: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
+	37, // 20: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	37, // 21: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 22: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
+	6,  // 23: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
+	1,  // 24: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
+	37, // 25: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	2,  // 26: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
+	8,  // 27: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	11, // 28: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	38, // 29: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	2,  // 30: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
+	2,  // 31: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
+	17, // 32: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
+	10, // 33: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
+	8,  // 34: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
+	39, // 35: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
+	8,  // 36: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
+	34, // 37: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
+	40, // 38: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
+	35, // 39: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	39, // 40: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
+	8,  // 41: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	11, // 42: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	23, // 43: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
+	40, // 44: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
+	12, // 45: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
+	13, // 46: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
+	38, // 47: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	39, // 48: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
+	11, // 49: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
+	23, // 50: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
+	40, // 51: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
+	39, // 52: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
+	11, // 53: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
+	40, // 54: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
+	11, // 55: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
+	38, // 56: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
+	11, // 57: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
+	14, // 58: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
+	16, // 59: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
+	19, // 60: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
+	21, // 61: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
+	24, // 62: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
+	26, // 63: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	28, // 64: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
+	30, // 65: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
+	30, // 66: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
+	30, // 67: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
+	30, // 68: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
+	15, // 69: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
+	18, // 70: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
+	20, // 71: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
+	22, // 72: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
+	25, // 73: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
+	27, // 74: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	29, // 75: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
+	31, // 76: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
+	31, // 77: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
+	31, // 78: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
+	31, // 79: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
+	69, // [69:80] is the sub-list for method output_type
+	58, // [58:69] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_deploy_proto_init() }
@@ -2735,14 +2819,14 @@ func file_drover_v1_deploy_proto_init() {
 		return
 	}
 	file_drover_v1_common_proto_init()
-	file_drover_v1_deploy_proto_msgTypes[11].OneofWrappers = []any{}
+	file_drover_v1_deploy_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_deploy_proto_rawDesc), len(file_drover_v1_deploy_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
