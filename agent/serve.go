@@ -398,6 +398,10 @@ func (i instanceAdapter) Status() reconcile.Status {
 		if tail := st.LastExit.StderrTail; tail != "" {
 			out.Reason += ": " + lastLine(tail)
 		}
+	case len(st.Warnings) > 0:
+		// A healthy instance whose limits the machine cannot enforce
+		// says so where operators look, not only in the agent's log.
+		out.Reason = strings.Join(st.Warnings, "; ")
 	}
 	return out
 }
@@ -423,7 +427,9 @@ func (g gpuResources) Reserve(holder string, res *droverv1.Resources) ([]string,
 	if res.GetGpus() == 0 {
 		return nil, nil
 	}
-	uuids, err := g.alloc.Allocate(holder, gpu.Request{Count: int(res.GetGpus()), MIGProfile: res.GetMigProfile()})
+	uuids, err := g.alloc.Allocate(holder, gpu.Request{
+		Count: int(res.GetGpus()), MIGProfile: res.GetMigProfile(), MinMemoryBytes: res.GetMinGpuMemoryBytes(),
+	})
 	if errors.Is(err, gpu.ErrInsufficient) {
 		return nil, fmt.Errorf("%w: %w", reconcile.ErrInsufficient, err)
 	}

@@ -63,4 +63,9 @@ func TestInstanceAdapterReports(t *testing.T) {
 	if healthy.State != droverv1.InstanceState_INSTANCE_STATE_HEALTHY || healthy.Reason != "" || !healthy.Since.Equal(at) {
 		t.Errorf("healthy reported as %+v", healthy)
 	}
+	const warning = "cgroup limits not applied: controller memory is not delegated to /sys/fs/cgroup/x (it has: cpu)"
+	unlimited := instanceAdapter{fixedInstance{st: runtime.Status{State: runtime.StateHealthy, HealthySince: at, Warnings: []string{warning}}}}.Status()
+	if unlimited.State != droverv1.InstanceState_INSTANCE_STATE_HEALTHY || unlimited.Reason != warning {
+		t.Errorf("healthy without its limits reported as %+v", unlimited)
+	}
 }

@@ -2,8 +2,10 @@ package scenarios
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/droverhq/drover/agent"
+	"github.com/droverhq/drover/controlplane/server"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/scenarios/cluster"
 )
@@ -286,4 +289,205 @@ func squeeze(s string) string {
 		s = strings.ReplaceAll(s, "   ", "  ")
 	}
 	return s
+}
+
+// TestDeployMissingCommand rolls out a version whose exec command does
+// not exist (the spec runs ./serve from the version's directory, and the
+// new version has none) to two deployments of the same model: one that
+// reverts on failure and one that does not. The canary alone is tried;
+// its agent reports the instance failed with a reason that names the
+// command, in the deployment's nodes and in `drover rollout status`; the
+// rollout goes no further than the canary; the first deployment rolls
+// back by itself and the second stays failed, as their strategies say;
+// and every node of both serves the old version the whole time.
+func TestDeployMissingCommand(t *testing.T) {
+	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
+		cfg.HeartbeatMinTTL = server.Duration(time.Second)
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fleet := startReady(ctx, t, c, 3, cluster.AgentOptions{Prefix: "edge"})
+	createModel(t, c.Client(c.Leader(), false), "web")
+	setCLIEnv(t, c)
+	addr := c.Nodes()[0].APIAddr()
+
+	// Version 1 holds its server's start script; version 2 does not.
+	v1 := t.TempDir()
+	script := fmt.Sprintf("#!/bin/sh\nexec %q \"$@\"\n", os.Args[0])
+	if err := os.WriteFile(filepath.Join(v1, "serve"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v1, "page.txt"), []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := drover(ctx, addr, "model", "push", v1, "--model", "web", "--alias", "prod"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
+	spec := func(name string, revert bool) string {
+		return fmt.Sprintf(`name: %s
+model: web@prod
+runtime:
+  type: exec
+  command: [./serve]
+  env: {%s: "1"}
+  health_path: /v1/health
+  start_timeout: 5s
+strategy:
+  canary: 1
+  max_parallel: 2
+  min_healthy_time: 1s
+  progress_deadline: 1m
+  auto_promote: true
+  auto_revert: %v
+`, name, modelServerEnv, revert)
+	}
+	for _, d := range []struct {
+		name   string
+		revert bool
+	}{{"reverts", true}, {"stays", false}} {
+		if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec(d.name, d.revert))); code != 0 {
+			t.Fatalf("deploy apply %s: exit %d\n%s%s", d.name, code, out, errOut)
+		}
+	}
+	for _, name := range []string{"reverts", "stays"} {
+		waitServing(ctx, t, fleet, name, "one")
+		waitRollout(ctx, t, c, name, 1, droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED)
+	}
+
+	pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": "two"})
+	const why = "command not found: ./serve"
+	seen := map[string]bool{} // deployments whose failed canary was reported with why
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		for _, name := range []string{"reverts", "stays"} {
+			for _, a := range fleet {
+				if body, err := infer(ctx, a, name, "page.txt"); err != nil || body != "one" {
+					t.Fatalf("%s on %s served %q (%v) while version 2 was tried, want version 1's page", name, a.Name, body, err)
+				}
+			}
+			if seen[name] {
+				continue
+			}
+			d, err := c.Client(c.Leader(), false).Deploys.GetDeployment(ctx, connect.NewRequest(&droverv1.GetDeploymentRequest{Name: name}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range d.Msg.GetNodes() {
+				if st := n.GetStatus(); st.GetVersion() == 2 && st.GetState() == droverv1.InstanceState_INSTANCE_STATE_FAILED {
+					if !strings.Contains(st.GetReason(), why) {
+						t.Errorf("%s: %s reports version 2 failed with %q, which does not say %q", name, n.GetNodeName(), st.GetReason(), why)
+					}
+					out, _, _ := drover(ctx, addr, "rollout", "status", name)
+					for line := range strings.Lines(out) {
+						if strings.HasPrefix(line, n.GetNodeName()+" ") && strings.Contains(line, " failed: start version 2: ") && strings.Contains(line, why) {
+							t.Logf("rollout status %s while its canary fails:\n%s", name, out)
+							seen[name] = true
+						}
+					}
+				}
+			}
+		}
+		hr, hs := rolloutHistory(ctx, t, c, "reverts"), rolloutHistory(ctx, t, c, "stays")
+		if seen["reverts"] && seen["stays"] && len(hr) == 3 && hr[2].GetState() == droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED &&
+			hs[len(hs)-1].GetState() == droverv1.RolloutState_ROLLOUT_STATE_FAILED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed rollouts did not end as their strategies say (reported: %v):\nreverts: %v\nstays: %v", seen, hr, hs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	for _, name := range []string{"reverts", "stays"} {
+		h := rolloutHistory(ctx, t, c, name)
+		failed := h[1]
+		t.Logf("%s: rollout 2 %v: %s; %d batches", name, failed.GetState(), failed.GetEndReason(), len(failed.GetBatches()))
+		if failed.GetState() != droverv1.RolloutState_ROLLOUT_STATE_FAILED || !strings.Contains(failed.GetEndReason(), why) {
+			t.Errorf("%s: rollout 2 is %v, ended %q; want failed naming %q", name, failed.GetState(), failed.GetEndReason(), why)
+		}
+		if len(failed.GetBatches()) != 1 || !failed.GetBatches()[0].GetCanary() || len(failed.GetBatches()[0].GetNodeIds()) != 1 {
+			t.Errorf("%s: rollout 2 went past its canary: %v", name, failed.GetBatches())
+		}
+		out, errOut, code := drover(ctx, addr, "rollout", "status", name, "--id", "2")
+		if code != 0 || !strings.Contains(out, why) {
+			t.Errorf("rollout status %s --id 2 does not say %q: exit %d\n%s%s", name, why, code, out, errOut)
+		}
+	}
+	if h := rolloutHistory(ctx, t, c, "reverts"); h[2].GetRollbackOf() != 2 || h[2].GetToVersion() != 1 {
+		t.Errorf("reverts: rollout 3 is %v, want a rollback of 2 to version 1", h[2])
+	}
+	if h := rolloutHistory(ctx, t, c, "stays"); len(h) != 2 {
+		t.Errorf("stays rolled back without auto_revert: %v", h)
+	}
+
+	// Nothing half-applied: the deployment that reverted is on version 1
+	// everywhere; the one that stayed has moved only its canary.
+	for _, tc := range []struct {
+		name string
+		onV2 int
+	}{{"reverts", 0}, {"stays", 1}} {
+		d, err := c.Client(c.Leader(), false).Deploys.GetDeployment(ctx, connect.NewRequest(&droverv1.GetDeploymentRequest{Name: tc.name}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		onV2 := 0
+		for _, n := range d.Msg.GetNodes() {
+			if n.GetAssignment().GetVersion() == 2 {
+				onV2++
+			}
+		}
+		if onV2 != tc.onV2 || len(d.Msg.GetNodes()) != len(fleet) {
+			t.Errorf("%s: %d of %d nodes assigned version 2, want %d", tc.name, onV2, len(d.Msg.GetNodes()), tc.onV2)
+		}
+	}
+	for _, name := range []string{"reverts", "stays"} {
+		waitServing(ctx, t, fleet, name, "one")
+	}
+
+	// A new version applied with a command that exists nowhere: the
+	// rollback brings version 1 back with the command it ran with, not
+	// the one written for version 3, so the fleet is healthy again.
+	v3 := t.TempDir()
+	if err := os.WriteFile(filepath.Join(v3, "page.txt"), []byte("three"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := drover(ctx, addr, "model", "push", v3, "--model", "web"); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, errOut)
+	}
+	const missing = "/nonexistent/model-server"
+	bad := strings.Replace(strings.Replace(spec("reverts", true), "web@prod", "web@3", 1), "[./serve]", "["+missing+"]", 1)
+	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, bad)); code != 0 {
+		t.Fatalf("deploy apply: exit %d\n%s%s", code, out, errOut)
+	}
+	for {
+		for _, a := range fleet {
+			if body, err := infer(ctx, a, "reverts", "page.txt"); err != nil || body != "one" {
+				t.Fatalf("reverts on %s served %q (%v) while version 3 was tried, want version 1's page", a.Name, body, err)
+			}
+		}
+		h := rolloutHistory(ctx, t, c, "reverts")
+		if last := h[len(h)-1]; last.GetId() == 5 && last.GetState() == droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			if tried := h[len(h)-2]; tried.GetState() != droverv1.RolloutState_ROLLOUT_STATE_FAILED || !strings.Contains(tried.GetEndReason(), "command not found: "+missing) {
+				t.Errorf("rollout 4 %v ended %q; want failed naming %s", tried.GetState(), tried.GetEndReason(), missing)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the rollback of version 3 did not succeed: %v", h)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	d, err := c.Client(c.Leader(), false).Deploys.GetDeployment(ctx, connect.NewRequest(&droverv1.GetDeploymentRequest{Name: "reverts"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dep := d.Msg.GetDeployment(); dep.GetVersion() != 1 || !slices.Equal(dep.GetSpec().GetRuntime().GetCommand(), []string{"./serve"}) || dep.GetRevision() != 3 {
+		t.Errorf("after the rollback: version %d, command %q, revision %d; want version 1 with ./serve at revision 3",
+			dep.GetVersion(), dep.GetSpec().GetRuntime().GetCommand(), dep.GetRevision())
+	}
+	for _, n := range d.Msg.GetNodes() {
+		if st := n.GetStatus(); st.GetVersion() != 1 || st.GetState() != droverv1.InstanceState_INSTANCE_STATE_HEALTHY {
+			t.Errorf("after the rollback %s reports version %d %v: %s", n.GetNodeName(), st.GetVersion(), st.GetState(), st.GetReason())
+		}
+	}
 }

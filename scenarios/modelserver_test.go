@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // modelServerEnv, set in a deployment's runtime env, makes this test binary
@@ -20,8 +21,51 @@ import (
 // it would start Triton or a Python script. It serves the version
 // directory's files under /v1/ and answers /v1/health with 200, or with
 // 500 when the version holds a file named "broken", which is how scenarios
-// make a version that fails its health check on start.
+// make a version that fails its health check on start. GET /v1/env
+// answers with the environment the agent gave it (modelEnv), so that
+// scenarios see which GPUs an instance was handed.
 const modelServerEnv = "SCENARIO_MODEL_SERVER"
+
+// modelLogEnv, when set in a deployment's runtime env, names a file each
+// model server appends a lifeRecord to as it starts serving and another as
+// it is told to stop: the whole run's instances, those a reconciler
+// replaced included, for invariants no sampling would catch.
+const modelLogEnv = "SCENARIO_MODEL_LOG"
+
+// modelEnv is what GET /v1/env answers and what a lifeRecord carries.
+type modelEnv struct {
+	PID     int    `json:"pid"`
+	Dir     string `json:"dir"`
+	Version string `json:"version"`
+	CUDA    string `json:"cuda_visible_devices"`
+	NVIDIA  string `json:"nvidia_visible_devices"`
+}
+
+// lifeRecord is one line of a modelLogEnv file.
+type lifeRecord struct {
+	Event string    `json:"event"` // "start" or "stop"
+	Time  time.Time `json:"time"`
+	modelEnv
+}
+
+// appendLife appends one record to the modelLogEnv file, in one write so
+// that servers writing at once never interleave.
+func appendLife(event string, env modelEnv) {
+	path := os.Getenv(modelLogEnv)
+	if path == "" {
+		return
+	}
+	b, _ := json.Marshal(lifeRecord{Event: event, Time: time.Now(), modelEnv: env})
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "model server: life log:", err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		fmt.Fprintln(os.Stderr, "model server: life log:", err)
+	}
+}
 
 func TestMain(m *testing.M) {
 	if os.Getenv(modelServerEnv) != "" {
@@ -39,7 +83,13 @@ func serveModel() int {
 	}
 	_, brokenErr := os.Stat(filepath.Join(dir, "broken"))
 	broken := brokenErr == nil
+	env := modelEnv{PID: os.Getpid(), Dir: dir, Version: os.Getenv("DROVER_VERSION"),
+		CUDA: os.Getenv("CUDA_VISIBLE_DEVICES"), NVIDIA: os.Getenv("NVIDIA_VISIBLE_DEVICES")}
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/env", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(env)
+	})
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, _ *http.Request) {
 		if broken {
 			http.Error(w, "this version is broken", http.StatusInternalServerError)
@@ -81,8 +131,10 @@ func serveModel() int {
 	srv := &http.Server{Handler: mux}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	appendLife("start", env)
 	go func() {
 		<-ctx.Done()
+		appendLife("stop", env)
 		_ = srv.Close()
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -131,13 +131,16 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	stale("assign another version", assign(2, "n4"))
 
-	// Version 2: rollout 2, which fails on its first batch and is
-	// rolled back as rollout 3.
+	// Version 2, applied with a runtime only it can run: rollout 2,
+	// which fails on its first batch and is rolled back as rollout 3.
 	h.mustApply(setAlias(t, "alice", "det", "prod", 2))
 	h.mustApply(command(t, droverv1.CommandType_COMMAND_TYPE_APPLY_DEPLOYMENT, &droverv1.ApplyDeploymentCommand{
 		Meta: meta("alice"),
-		Spec: &droverv1.DeploymentSpec{Name: "cams", Model: "det@prod", Runtime: &droverv1.RuntimeSpec{Type: "onnx"}},
+		Spec: &droverv1.DeploymentSpec{Name: "cams", Model: "det@prod", Runtime: &droverv1.RuntimeSpec{Type: "exec", Command: []string{"./v2-only"}}},
 	}))
+	if d, _ := h.store.Deployment("cams"); d.GetPrevious().GetVersion() != 1 || d.GetPrevious().GetRuntime().GetType() != "onnx" {
+		t.Fatalf("the apply of version 2 did not keep how version 1 ran: %v", d.GetPrevious())
+	}
 	if as, _ := h.store.NodeAssignments("n1"); len(as) != 1 || as[0].GetVersion() != 1 {
 		t.Fatalf("a new rollout changed assignments: %v", as)
 	}
@@ -156,8 +159,14 @@ func TestRolloutCommands(t *testing.T) {
 	if r := res.Value.(*droverv1.Rollout); r.GetId() != 3 || r.GetRollbackOf() != 2 || r.GetToVersion() != 1 || r.GetState() != progressing {
 		t.Fatalf("rollback: %v", r)
 	}
-	if d, _ := h.store.Deployment("cams"); d.GetVersion() != 1 || d.GetRolloutId() != 3 {
+	// Version 1 runs as it ran before, a change of spec and so of
+	// revision, and the nodes are told so.
+	if d, _ := h.store.Deployment("cams"); d.GetVersion() != 1 || d.GetRolloutId() != 3 || d.GetSpec().GetRuntime().GetType() != "onnx" ||
+		d.GetRevision() != 3 || d.GetPrevious().GetVersion() != 2 || d.GetPrevious().GetRuntime().GetCommand()[0] != "./v2-only" {
 		t.Errorf("deployment after rollback: %v", d)
+	}
+	if as, _ := h.store.NodeAssignments("n2"); len(as) != 1 || as[0].GetVersion() != 1 || as[0].GetRuntime().GetType() != "onnx" {
+		t.Errorf("n2, which stayed on version 1, after rollback: %v", as)
 	}
 	stale("rollback twice", rollback)
 
@@ -173,6 +182,9 @@ func TestRolloutCommands(t *testing.T) {
 		if len(a) != 1 || len(a) != len(b) || !proto.Equal(a[0], b[0]) {
 			t.Errorf("node %s: %v restored as %v", n, a, b)
 		}
+	}
+	if a, _ := h.store.Deployment("cams"); !proto.Equal(a, func() *droverv1.Deployment { b, _ := restored.Deployment("cams"); return b }()) {
+		t.Errorf("deployment %v restored differently", a)
 	}
 	ra, _ := h.store.Rollouts("cams")
 	rb, _ := restored.Rollouts("cams")

@@ -161,7 +161,7 @@ func TestNormalizeDefaults(t *testing.T) {
 	// A set value stays; the input is not modified.
 	in := validSpec()
 	in.Strategy = &droverv1.RolloutStrategy{MaxParallel: 5, MinHealthyTime: durationpb.New(time.Minute)}
-	in.Selector = &droverv1.NodeSelector{Hardware: &droverv1.HardwareConstraints{MinGpus: 2, MigProfile: "1g.10gb"}}
+	in.Selector = &droverv1.NodeSelector{Hardware: &droverv1.HardwareConstraints{MinGpus: 2, MigProfile: "1g.10gb", MinGpuMemoryBytes: 9 * gib}}
 	in.Resources = &droverv1.Resources{Gpus: 1}
 	s, err = Normalize(in)
 	if err != nil {
@@ -170,7 +170,8 @@ func TestNormalizeDefaults(t *testing.T) {
 	if s.GetStrategy().GetMaxParallel() != 5 || s.GetStrategy().GetMinHealthyTime().AsDuration() != time.Minute {
 		t.Errorf("set values changed: %v", s.GetStrategy())
 	}
-	if s.GetResources().GetGpus() != 2 || s.GetResources().GetMigProfile() != "1g.10gb" {
+	// The agent hands out only devices of the selector's GPU memory.
+	if r := s.GetResources(); r.GetGpus() != 2 || r.GetMigProfile() != "1g.10gb" || r.GetMinGpuMemoryBytes() != 9*gib {
 		t.Errorf("resources not raised to the selector: %v", s.GetResources())
 	}
 	if in.GetResources().GetGpus() != 1 || in.GetStrategy().GetMaxUnavailablePerSite() != 0 {

@@ -300,6 +300,11 @@ func checkResources(p *problems, res *droverv1.Resources, hw *droverv1.HardwareC
 	if res.GetMigProfile() != "" && res.GetGpus() == 0 {
 		res.Gpus = 1
 	}
+	// A node is chosen for having enough GPUs of min_gpu_memory; the
+	// agent must hand out those, not a smaller one the node also has.
+	if m := hw.GetMinGpuMemoryBytes(); res.GetMinGpuMemoryBytes() < m {
+		res.MinGpuMemoryBytes = m
+	}
 	if c := res.GetCpus(); c < 0 || c > 4096 || c != c {
 		p.add("resources.cpus: %v is not a number of CPUs between 0 and 4096", c)
 	}

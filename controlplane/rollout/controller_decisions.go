@@ -7,6 +7,7 @@ import (
 	"time"
 
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -356,6 +357,21 @@ func (d StartRollback) ApplyTo(dep *droverv1.Deployment, prev *droverv1.Rollout)
 		prev.State = droverv1.RolloutState_ROLLOUT_STATE_SUPERSEDED
 		prev.EndReason = fmt.Sprintf("superseded by rollout %d: %s", d.ID, d.Reason)
 		prev.EndTime = timestamppb.New(d.Time)
+	}
+	// The version rolled back to runs as it ran before, when that is
+	// known: the runtime and resources written for the version rolled
+	// back from may not suit it (a command only the newer version has).
+	// The spec changes, so the revision does; the runtime rolled back
+	// from is kept for a rollback of this rollback.
+	if p := dep.GetPrevious(); p.GetVersion() == d.To && p.GetVersion() != 0 {
+		back := &droverv1.PreviousRun{Version: d.From, Runtime: dep.GetSpec().GetRuntime(), Resources: dep.GetSpec().GetResources()}
+		if !proto.Equal(p.GetRuntime(), back.GetRuntime()) || !proto.Equal(p.GetResources(), back.GetResources()) {
+			spec := proto.CloneOf(dep.GetSpec())
+			spec.Runtime, spec.Resources = proto.CloneOf(p.GetRuntime()), proto.CloneOf(p.GetResources())
+			dep.Spec = spec
+			dep.Revision++
+		}
+		dep.Previous = back
 	}
 	dep.Version = d.To
 	dep.RolloutId = d.ID

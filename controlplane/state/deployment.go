@@ -102,6 +102,7 @@ func (s *Store) ApplyDeployment(idx uint64, meta *droverv1.CommandMeta, spec *dr
 			var from uint64
 			if cur != nil {
 				from = cur.GetVersion()
+				d.Previous = previousRun(cur)
 			}
 			r := s.startRolloutLocked(idx, meta, d, from, fmt.Sprintf("apply revision %d", d.GetRevision()))
 			res.Rollout = clone(r)
@@ -114,6 +115,16 @@ func (s *Store) ApplyDeployment(idx uint64, meta *droverv1.CommandMeta, spec *dr
 		return target, details, nil
 	})
 	return out, err
+}
+
+// previousRun is how cur runs its version, for a rollback to it once the
+// deployment has moved on.
+func previousRun(cur *droverv1.Deployment) *droverv1.PreviousRun {
+	return &droverv1.PreviousRun{
+		Version:   cur.GetVersion(),
+		Runtime:   clone(cur.GetSpec().GetRuntime()),
+		Resources: clone(cur.GetSpec().GetResources()),
+	}
 }
 
 // startRolloutLocked records a new rollout of deployment d, a copy the
@@ -157,6 +168,7 @@ func (s *Store) followAliasLocked(idx uint64, meta *droverv1.CommandMeta, model,
 			continue
 		}
 		d := shallowCopy(cur)
+		d.Previous = previousRun(cur)
 		d.Version = version
 		d.ModifyIndex = idx
 		if t := meta.GetTime(); t != nil {

@@ -1,10 +1,14 @@
 package exec
 
 import (
+	"bytes"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/droverhq/drover/agent/runtime"
@@ -96,5 +100,48 @@ func TestCgroupKillsEscapedChildren(t *testing.T) {
 	stop(t, in)
 	if !gone(child) {
 		t.Fatal("a child that left the process group outlived the instance")
+	}
+}
+
+// lockedBuffer is a log sink the runtime's goroutines may write at once.
+type lockedBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// On a machine that gives the agent no cgroup to manage, instances that
+// ask for limits still run, each says in its status that its limits are
+// not enforced and why, and the log says it once, not once per instance.
+func TestCgroupLimitsNotEnforcedSaysSo(t *testing.T) {
+	var logs lockedBuffer
+	notCgroup := t.TempDir() // a plain directory: no cgroup.procs
+	r := newRuntime(t, func(c *Config) {
+		c.CgroupParent = notCgroup
+		c.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(&logs, testLogWriter{t}), nil))
+	})
+	want := "cgroup limits not applied: " + notCgroup + " is not a cgroup v2 directory"
+	for range 2 {
+		s := spec(t, "serve")
+		s.MemoryBytes = 256 << 20
+		s.CPUs = 0.5
+		st := waitFor(t, start(t, r, s), "healthy", state(runtime.StateHealthy))
+		if len(st.Warnings) != 1 || !strings.HasPrefix(st.Warnings[0], want) {
+			t.Fatalf("status warnings %q, want one starting %q", st.Warnings, want)
+		}
+	}
+	if n := strings.Count(logs.String(), "level=WARN msg=\""+want); n != 1 {
+		t.Errorf("the warning was logged %d times, want once:\n%s", n, logs.String())
 	}
 }

@@ -601,12 +601,17 @@ type Resources struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Whole GPUs, or MIG instances when mig_profile is set; assigned
 	// exclusively, by UUID.
-	Gpus          uint32  `protobuf:"varint,1,opt,name=gpus,proto3" json:"gpus,omitempty"`
-	MigProfile    string  `protobuf:"bytes,2,opt,name=mig_profile,json=migProfile,proto3" json:"mig_profile,omitempty"`
-	MemoryBytes   uint64  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Cpus          float64 `protobuf:"fixed64,4,opt,name=cpus,proto3" json:"cpus,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Gpus        uint32  `protobuf:"varint,1,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	MigProfile  string  `protobuf:"bytes,2,opt,name=mig_profile,json=migProfile,proto3" json:"mig_profile,omitempty"`
+	MemoryBytes uint64  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Cpus        float64 `protobuf:"fixed64,4,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	// The least memory each GPU or MIG instance handed to an instance must
+	// have: the server fills it in from selector.hardware.min_gpu_memory,
+	// so that a node with GPUs of several sizes hands out one that is big
+	// enough.
+	MinGpuMemoryBytes uint64 `protobuf:"varint,5,opt,name=min_gpu_memory_bytes,json=minGpuMemoryBytes,proto3" json:"min_gpu_memory_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Resources) Reset() {
@@ -663,6 +668,13 @@ func (x *Resources) GetMemoryBytes() uint64 {
 func (x *Resources) GetCpus() float64 {
 	if x != nil {
 		return x.Cpus
+	}
+	return 0
+}
+
+func (x *Resources) GetMinGpuMemoryBytes() uint64 {
+	if x != nil {
+		return x.MinGpuMemoryBytes
 	}
 	return 0
 }
@@ -788,12 +800,17 @@ type Deployment struct {
 	// converge on.
 	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	// Id of the deployment's latest rollout; 0 before the first.
-	RolloutId     uint64                 `protobuf:"varint,4,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,8,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64                 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	RolloutId   uint64                 `protobuf:"varint,4,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	CreatedBy   string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,8,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64                 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// How the version before this one ran, set when an apply moves the
+	// deployment to another version: a rollback to that version runs it
+	// so again, not with a runtime or resources written for the version
+	// rolled back from (a command the old version does not have).
+	Previous      *PreviousRun `protobuf:"bytes,10,opt,name=previous,proto3" json:"previous,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -891,6 +908,75 @@ func (x *Deployment) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Deployment) GetPrevious() *PreviousRun {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+// PreviousRun is the version a deployment ran before its current one, with
+// the runtime and resources it ran with.
+type PreviousRun struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Runtime       *RuntimeSpec           `protobuf:"bytes,2,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Resources     *Resources             `protobuf:"bytes,3,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviousRun) Reset() {
+	*x = PreviousRun{}
+	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviousRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviousRun) ProtoMessage() {}
+
+func (x *PreviousRun) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviousRun.ProtoReflect.Descriptor instead.
+func (*PreviousRun) Descriptor() ([]byte, []int) {
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PreviousRun) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *PreviousRun) GetRuntime() *RuntimeSpec {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+func (x *PreviousRun) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
 // RolloutBatch is a set of nodes updated together. The controller writes
 // one Raft command per batch it starts, naming its nodes, so its writes
 // grow with the number of batches, not with the fleet.
@@ -908,7 +994,7 @@ type RolloutBatch struct {
 
 func (x *RolloutBatch) Reset() {
 	*x = RolloutBatch{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	mi := &file_drover_v1_deploy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1006,7 @@ func (x *RolloutBatch) String() string {
 func (*RolloutBatch) ProtoMessage() {}
 
 func (x *RolloutBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[7]
+	mi := &file_drover_v1_deploy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1019,7 @@ func (x *RolloutBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutBatch.ProtoReflect.Descriptor instead.
 func (*RolloutBatch) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{7}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RolloutBatch) GetNodeIds() []string {
@@ -992,7 +1078,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[8]
+	mi := &file_drover_v1_deploy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1090,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[8]
+	mi := &file_drover_v1_deploy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1103,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{8}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Rollout) GetDeployment() string {
@@ -1135,7 +1221,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[9]
+	mi := &file_drover_v1_deploy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1233,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[9]
+	mi := &file_drover_v1_deploy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1246,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{9}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetDeployment() string {
@@ -1226,7 +1312,7 @@ type InstanceStatus struct {
 
 func (x *InstanceStatus) Reset() {
 	*x = InstanceStatus{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[10]
+	mi := &file_drover_v1_deploy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1324,7 @@ func (x *InstanceStatus) String() string {
 func (*InstanceStatus) ProtoMessage() {}
 
 func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[10]
+	mi := &file_drover_v1_deploy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1337,7 @@ func (x *InstanceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStatus.ProtoReflect.Descriptor instead.
 func (*InstanceStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{10}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InstanceStatus) GetDeployment() string {
@@ -1322,7 +1408,7 @@ type ApplyDeploymentRequest struct {
 
 func (x *ApplyDeploymentRequest) Reset() {
 	*x = ApplyDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[11]
+	mi := &file_drover_v1_deploy_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1420,7 @@ func (x *ApplyDeploymentRequest) String() string {
 func (*ApplyDeploymentRequest) ProtoMessage() {}
 
 func (x *ApplyDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[11]
+	mi := &file_drover_v1_deploy_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1433,7 @@ func (x *ApplyDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*ApplyDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{11}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ApplyDeploymentRequest) GetSpec() *DeploymentSpec {
@@ -1376,7 +1462,7 @@ type ApplyDeploymentResponse struct {
 
 func (x *ApplyDeploymentResponse) Reset() {
 	*x = ApplyDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[12]
+	mi := &file_drover_v1_deploy_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1474,7 @@ func (x *ApplyDeploymentResponse) String() string {
 func (*ApplyDeploymentResponse) ProtoMessage() {}
 
 func (x *ApplyDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[12]
+	mi := &file_drover_v1_deploy_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1487,7 @@ func (x *ApplyDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*ApplyDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{12}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ApplyDeploymentResponse) GetDeployment() *Deployment {
@@ -1434,7 +1520,7 @@ type PlanDeploymentRequest struct {
 
 func (x *PlanDeploymentRequest) Reset() {
 	*x = PlanDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[13]
+	mi := &file_drover_v1_deploy_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1532,7 @@ func (x *PlanDeploymentRequest) String() string {
 func (*PlanDeploymentRequest) ProtoMessage() {}
 
 func (x *PlanDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[13]
+	mi := &file_drover_v1_deploy_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1545,7 @@ func (x *PlanDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*PlanDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{13}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PlanDeploymentRequest) GetSpec() *DeploymentSpec {
@@ -1487,7 +1573,7 @@ type NodeMatch struct {
 
 func (x *NodeMatch) Reset() {
 	*x = NodeMatch{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[14]
+	mi := &file_drover_v1_deploy_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1585,7 @@ func (x *NodeMatch) String() string {
 func (*NodeMatch) ProtoMessage() {}
 
 func (x *NodeMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[14]
+	mi := &file_drover_v1_deploy_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1598,7 @@ func (x *NodeMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeMatch.ProtoReflect.Descriptor instead.
 func (*NodeMatch) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{14}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NodeMatch) GetNodeId() string {
@@ -1578,7 +1664,7 @@ type PlanDeploymentResponse struct {
 
 func (x *PlanDeploymentResponse) Reset() {
 	*x = PlanDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[15]
+	mi := &file_drover_v1_deploy_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1676,7 @@ func (x *PlanDeploymentResponse) String() string {
 func (*PlanDeploymentResponse) ProtoMessage() {}
 
 func (x *PlanDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[15]
+	mi := &file_drover_v1_deploy_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1689,7 @@ func (x *PlanDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*PlanDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{15}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PlanDeploymentResponse) GetSpec() *DeploymentSpec {
@@ -1657,7 +1743,7 @@ type ListDeploymentsRequest struct {
 
 func (x *ListDeploymentsRequest) Reset() {
 	*x = ListDeploymentsRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[16]
+	mi := &file_drover_v1_deploy_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1755,7 @@ func (x *ListDeploymentsRequest) String() string {
 func (*ListDeploymentsRequest) ProtoMessage() {}
 
 func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[16]
+	mi := &file_drover_v1_deploy_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1768,7 @@ func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDeploymentsRequest) GetQuery() *QueryOptions {
@@ -1707,7 +1793,7 @@ type ListDeploymentsResponse struct {
 
 func (x *ListDeploymentsResponse) Reset() {
 	*x = ListDeploymentsResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[17]
+	mi := &file_drover_v1_deploy_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1805,7 @@ func (x *ListDeploymentsResponse) String() string {
 func (*ListDeploymentsResponse) ProtoMessage() {}
 
 func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[17]
+	mi := &file_drover_v1_deploy_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1818,7 @@ func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDeploymentsResponse) GetDeployments() []*Deployment {
@@ -1773,7 +1859,7 @@ type GetDeploymentRequest struct {
 
 func (x *GetDeploymentRequest) Reset() {
 	*x = GetDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[18]
+	mi := &file_drover_v1_deploy_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1871,7 @@ func (x *GetDeploymentRequest) String() string {
 func (*GetDeploymentRequest) ProtoMessage() {}
 
 func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[18]
+	mi := &file_drover_v1_deploy_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1884,7 @@ func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*GetDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetDeploymentRequest) GetName() string {
@@ -1828,7 +1914,7 @@ type GetDeploymentResponse struct {
 
 func (x *GetDeploymentResponse) Reset() {
 	*x = GetDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[19]
+	mi := &file_drover_v1_deploy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1926,7 @@ func (x *GetDeploymentResponse) String() string {
 func (*GetDeploymentResponse) ProtoMessage() {}
 
 func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[19]
+	mi := &file_drover_v1_deploy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1939,7 @@ func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*GetDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetDeploymentResponse) GetDeployment() *Deployment {
@@ -1900,7 +1986,7 @@ type DeploymentNode struct {
 
 func (x *DeploymentNode) Reset() {
 	*x = DeploymentNode{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[20]
+	mi := &file_drover_v1_deploy_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +1998,7 @@ func (x *DeploymentNode) String() string {
 func (*DeploymentNode) ProtoMessage() {}
 
 func (x *DeploymentNode) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[20]
+	mi := &file_drover_v1_deploy_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2011,7 @@ func (x *DeploymentNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentNode.ProtoReflect.Descriptor instead.
 func (*DeploymentNode) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{20}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeploymentNode) GetNodeId() string {
@@ -1972,7 +2058,7 @@ type DeleteDeploymentRequest struct {
 
 func (x *DeleteDeploymentRequest) Reset() {
 	*x = DeleteDeploymentRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[21]
+	mi := &file_drover_v1_deploy_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2070,7 @@ func (x *DeleteDeploymentRequest) String() string {
 func (*DeleteDeploymentRequest) ProtoMessage() {}
 
 func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[21]
+	mi := &file_drover_v1_deploy_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2083,7 @@ func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{21}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteDeploymentRequest) GetName() string {
@@ -2016,7 +2102,7 @@ type DeleteDeploymentResponse struct {
 
 func (x *DeleteDeploymentResponse) Reset() {
 	*x = DeleteDeploymentResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[22]
+	mi := &file_drover_v1_deploy_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2114,7 @@ func (x *DeleteDeploymentResponse) String() string {
 func (*DeleteDeploymentResponse) ProtoMessage() {}
 
 func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[22]
+	mi := &file_drover_v1_deploy_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2127,7 @@ func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{22}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteDeploymentResponse) GetMeta() *WriteMeta {
@@ -2063,7 +2149,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[23]
+	mi := &file_drover_v1_deploy_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2161,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[23]
+	mi := &file_drover_v1_deploy_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2174,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{23}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetRolloutRequest) GetDeployment() string {
@@ -2129,7 +2215,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[24]
+	mi := &file_drover_v1_deploy_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2227,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[24]
+	mi := &file_drover_v1_deploy_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2240,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{24}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2196,7 +2282,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[25]
+	mi := &file_drover_v1_deploy_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2294,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[25]
+	mi := &file_drover_v1_deploy_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2307,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{25}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListRolloutsRequest) GetDeployment() string {
@@ -2248,7 +2334,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[26]
+	mi := &file_drover_v1_deploy_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2346,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[26]
+	mi := &file_drover_v1_deploy_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2359,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{26}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2303,7 +2389,7 @@ type RolloutActionRequest struct {
 
 func (x *RolloutActionRequest) Reset() {
 	*x = RolloutActionRequest{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[27]
+	mi := &file_drover_v1_deploy_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2401,7 @@ func (x *RolloutActionRequest) String() string {
 func (*RolloutActionRequest) ProtoMessage() {}
 
 func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[27]
+	mi := &file_drover_v1_deploy_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2414,7 @@ func (x *RolloutActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionRequest.ProtoReflect.Descriptor instead.
 func (*RolloutActionRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{27}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RolloutActionRequest) GetDeployment() string {
@@ -2355,7 +2441,7 @@ type RolloutActionResponse struct {
 
 func (x *RolloutActionResponse) Reset() {
 	*x = RolloutActionResponse{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[28]
+	mi := &file_drover_v1_deploy_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2453,7 @@ func (x *RolloutActionResponse) String() string {
 func (*RolloutActionResponse) ProtoMessage() {}
 
 func (x *RolloutActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[28]
+	mi := &file_drover_v1_deploy_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2466,7 @@ func (x *RolloutActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutActionResponse.ProtoReflect.Descriptor instead.
 func (*RolloutActionResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{28}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RolloutActionResponse) GetRollout() *Rollout {
@@ -2415,7 +2501,7 @@ type MonitorPolicy struct {
 
 func (x *MonitorPolicy) Reset() {
 	*x = MonitorPolicy{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[29]
+	mi := &file_drover_v1_deploy_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2513,7 @@ func (x *MonitorPolicy) String() string {
 func (*MonitorPolicy) ProtoMessage() {}
 
 func (x *MonitorPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[29]
+	mi := &file_drover_v1_deploy_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2526,7 @@ func (x *MonitorPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MonitorPolicy.ProtoReflect.Descriptor instead.
 func (*MonitorPolicy) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{29}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MonitorPolicy) GetBy() string {
@@ -2489,7 +2575,7 @@ type DriftPolicy struct {
 
 func (x *DriftPolicy) Reset() {
 	*x = DriftPolicy{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[30]
+	mi := &file_drover_v1_deploy_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2587,7 @@ func (x *DriftPolicy) String() string {
 func (*DriftPolicy) ProtoMessage() {}
 
 func (x *DriftPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[30]
+	mi := &file_drover_v1_deploy_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2600,7 @@ func (x *DriftPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DriftPolicy.ProtoReflect.Descriptor instead.
 func (*DriftPolicy) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{30}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DriftPolicy) GetThresholds() *DriftThresholds {
@@ -2565,7 +2651,7 @@ type SLOPolicy struct {
 
 func (x *SLOPolicy) Reset() {
 	*x = SLOPolicy{}
-	mi := &file_drover_v1_deploy_proto_msgTypes[31]
+	mi := &file_drover_v1_deploy_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2663,7 @@ func (x *SLOPolicy) String() string {
 func (*SLOPolicy) ProtoMessage() {}
 
 func (x *SLOPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_deploy_proto_msgTypes[31]
+	mi := &file_drover_v1_deploy_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2676,7 @@ func (x *SLOPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SLOPolicy.ProtoReflect.Descriptor instead.
 func (*SLOPolicy) Descriptor() ([]byte, []int) {
-	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{31}
+	return file_drover_v1_deploy_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SLOPolicy) GetMaxErrorRate() float64 {
@@ -2671,13 +2757,14 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\tmax_batch\x18\a \x01(\rR\bmaxBatch\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x01\n" +
 	"\tResources\x12\x12\n" +
 	"\x04gpus\x18\x01 \x01(\rR\x04gpus\x12\x1f\n" +
 	"\vmig_profile\x18\x02 \x01(\tR\n" +
 	"migProfile\x12!\n" +
 	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\x12\x12\n" +
-	"\x04cpus\x18\x04 \x01(\x01R\x04cpus\"\xfd\x02\n" +
+	"\x04cpus\x18\x04 \x01(\x01R\x04cpus\x12/\n" +
+	"\x14min_gpu_memory_bytes\x18\x05 \x01(\x04R\x11minGpuMemoryBytes\"\xfd\x02\n" +
 	"\x0fRolloutStrategy\x12\x16\n" +
 	"\x06canary\x18\x01 \x01(\rR\x06canary\x12%\n" +
 	"\x0ecanary_percent\x18\x02 \x01(\rR\rcanaryPercent\x12!\n" +
@@ -2687,7 +2774,7 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\fauto_promote\x18\x06 \x01(\bR\vautoPromote\x12\x1f\n" +
 	"\vauto_revert\x18\a \x01(\bR\n" +
 	"autoRevert\x127\n" +
-	"\x18max_unavailable_per_site\x18\b \x01(\rR\x15maxUnavailablePerSite\"\xef\x02\n" +
+	"\x18max_unavailable_per_site\x18\b \x01(\rR\x15maxUnavailablePerSite\"\xa3\x03\n" +
 	"\n" +
 	"Deployment\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.drover.v1.DeploymentSpecR\x04spec\x12\x1a\n" +
@@ -2702,7 +2789,13 @@ const file_drover_v1_deploy_proto_rawDesc = "" +
 	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12!\n" +
 	"\fcreate_index\x18\b \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\"\xb5\x01\n" +
+	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\x122\n" +
+	"\bprevious\x18\n" +
+	" \x01(\v2\x16.drover.v1.PreviousRunR\bprevious\"\x8d\x01\n" +
+	"\vPreviousRun\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x120\n" +
+	"\aruntime\x18\x02 \x01(\v2\x16.drover.v1.RuntimeSpecR\aruntime\x122\n" +
+	"\tresources\x18\x03 \x01(\v2\x14.drover.v1.ResourcesR\tresources\"\xb5\x01\n" +
 	"\fRolloutBatch\x12\x19\n" +
 	"\bnode_ids\x18\x01 \x03(\tR\anodeIds\x12\x16\n" +
 	"\x06canary\x18\x02 \x01(\bR\x06canary\x129\n" +
@@ -2909,7 +3002,7 @@ func file_drover_v1_deploy_proto_rawDescGZIP() []byte {
 }
 
 var file_drover_v1_deploy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_drover_v1_deploy_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_drover_v1_deploy_proto_goTypes = []any{
 	(RolloutState)(0),                // 0: drover.v1.RolloutState
 	(InstanceState)(0),               // 1: drover.v1.InstanceState
@@ -2921,132 +3014,136 @@ var file_drover_v1_deploy_proto_goTypes = []any{
 	(*Resources)(nil),                // 7: drover.v1.Resources
 	(*RolloutStrategy)(nil),          // 8: drover.v1.RolloutStrategy
 	(*Deployment)(nil),               // 9: drover.v1.Deployment
-	(*RolloutBatch)(nil),             // 10: drover.v1.RolloutBatch
-	(*Rollout)(nil),                  // 11: drover.v1.Rollout
-	(*Assignment)(nil),               // 12: drover.v1.Assignment
-	(*InstanceStatus)(nil),           // 13: drover.v1.InstanceStatus
-	(*ApplyDeploymentRequest)(nil),   // 14: drover.v1.ApplyDeploymentRequest
-	(*ApplyDeploymentResponse)(nil),  // 15: drover.v1.ApplyDeploymentResponse
-	(*PlanDeploymentRequest)(nil),    // 16: drover.v1.PlanDeploymentRequest
-	(*NodeMatch)(nil),                // 17: drover.v1.NodeMatch
-	(*PlanDeploymentResponse)(nil),   // 18: drover.v1.PlanDeploymentResponse
-	(*ListDeploymentsRequest)(nil),   // 19: drover.v1.ListDeploymentsRequest
-	(*ListDeploymentsResponse)(nil),  // 20: drover.v1.ListDeploymentsResponse
-	(*GetDeploymentRequest)(nil),     // 21: drover.v1.GetDeploymentRequest
-	(*GetDeploymentResponse)(nil),    // 22: drover.v1.GetDeploymentResponse
-	(*DeploymentNode)(nil),           // 23: drover.v1.DeploymentNode
-	(*DeleteDeploymentRequest)(nil),  // 24: drover.v1.DeleteDeploymentRequest
-	(*DeleteDeploymentResponse)(nil), // 25: drover.v1.DeleteDeploymentResponse
-	(*GetRolloutRequest)(nil),        // 26: drover.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 27: drover.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 28: drover.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 29: drover.v1.ListRolloutsResponse
-	(*RolloutActionRequest)(nil),     // 30: drover.v1.RolloutActionRequest
-	(*RolloutActionResponse)(nil),    // 31: drover.v1.RolloutActionResponse
-	(*MonitorPolicy)(nil),            // 32: drover.v1.MonitorPolicy
-	(*DriftPolicy)(nil),              // 33: drover.v1.DriftPolicy
-	(*SLOPolicy)(nil),                // 34: drover.v1.SLOPolicy
-	nil,                              // 35: drover.v1.NodeSelector.LabelsEntry
-	nil,                              // 36: drover.v1.RuntimeSpec.EnvEntry
-	nil,                              // 37: drover.v1.ListDeploymentsResponse.RolloutsEntry
-	nil,                              // 38: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
-	(*durationpb.Duration)(nil),      // 39: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 40: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 41: drover.v1.WriteMeta
-	(*QueryOptions)(nil),             // 42: drover.v1.QueryOptions
-	(*QueryMeta)(nil),                // 43: drover.v1.QueryMeta
-	(*DriftThresholds)(nil),          // 44: drover.v1.DriftThresholds
+	(*PreviousRun)(nil),              // 10: drover.v1.PreviousRun
+	(*RolloutBatch)(nil),             // 11: drover.v1.RolloutBatch
+	(*Rollout)(nil),                  // 12: drover.v1.Rollout
+	(*Assignment)(nil),               // 13: drover.v1.Assignment
+	(*InstanceStatus)(nil),           // 14: drover.v1.InstanceStatus
+	(*ApplyDeploymentRequest)(nil),   // 15: drover.v1.ApplyDeploymentRequest
+	(*ApplyDeploymentResponse)(nil),  // 16: drover.v1.ApplyDeploymentResponse
+	(*PlanDeploymentRequest)(nil),    // 17: drover.v1.PlanDeploymentRequest
+	(*NodeMatch)(nil),                // 18: drover.v1.NodeMatch
+	(*PlanDeploymentResponse)(nil),   // 19: drover.v1.PlanDeploymentResponse
+	(*ListDeploymentsRequest)(nil),   // 20: drover.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),  // 21: drover.v1.ListDeploymentsResponse
+	(*GetDeploymentRequest)(nil),     // 22: drover.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),    // 23: drover.v1.GetDeploymentResponse
+	(*DeploymentNode)(nil),           // 24: drover.v1.DeploymentNode
+	(*DeleteDeploymentRequest)(nil),  // 25: drover.v1.DeleteDeploymentRequest
+	(*DeleteDeploymentResponse)(nil), // 26: drover.v1.DeleteDeploymentResponse
+	(*GetRolloutRequest)(nil),        // 27: drover.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 28: drover.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 29: drover.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 30: drover.v1.ListRolloutsResponse
+	(*RolloutActionRequest)(nil),     // 31: drover.v1.RolloutActionRequest
+	(*RolloutActionResponse)(nil),    // 32: drover.v1.RolloutActionResponse
+	(*MonitorPolicy)(nil),            // 33: drover.v1.MonitorPolicy
+	(*DriftPolicy)(nil),              // 34: drover.v1.DriftPolicy
+	(*SLOPolicy)(nil),                // 35: drover.v1.SLOPolicy
+	nil,                              // 36: drover.v1.NodeSelector.LabelsEntry
+	nil,                              // 37: drover.v1.RuntimeSpec.EnvEntry
+	nil,                              // 38: drover.v1.ListDeploymentsResponse.RolloutsEntry
+	nil,                              // 39: drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	(*durationpb.Duration)(nil),      // 40: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 41: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 42: drover.v1.WriteMeta
+	(*QueryOptions)(nil),             // 43: drover.v1.QueryOptions
+	(*QueryMeta)(nil),                // 44: drover.v1.QueryMeta
+	(*DriftThresholds)(nil),          // 45: drover.v1.DriftThresholds
 }
 var file_drover_v1_deploy_proto_depIdxs = []int32{
 	4,  // 0: drover.v1.DeploymentSpec.selector:type_name -> drover.v1.NodeSelector
 	6,  // 1: drover.v1.DeploymentSpec.runtime:type_name -> drover.v1.RuntimeSpec
 	7,  // 2: drover.v1.DeploymentSpec.resources:type_name -> drover.v1.Resources
 	8,  // 3: drover.v1.DeploymentSpec.strategy:type_name -> drover.v1.RolloutStrategy
-	32, // 4: drover.v1.DeploymentSpec.monitor:type_name -> drover.v1.MonitorPolicy
-	35, // 5: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
+	33, // 4: drover.v1.DeploymentSpec.monitor:type_name -> drover.v1.MonitorPolicy
+	36, // 5: drover.v1.NodeSelector.labels:type_name -> drover.v1.NodeSelector.LabelsEntry
 	5,  // 6: drover.v1.NodeSelector.hardware:type_name -> drover.v1.HardwareConstraints
-	36, // 7: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
-	39, // 8: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
-	39, // 9: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
-	39, // 10: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	37, // 7: drover.v1.RuntimeSpec.env:type_name -> drover.v1.RuntimeSpec.EnvEntry
+	40, // 8: drover.v1.RuntimeSpec.start_timeout:type_name -> google.protobuf.Duration
+	40, // 9: drover.v1.RolloutStrategy.min_healthy_time:type_name -> google.protobuf.Duration
+	40, // 10: drover.v1.RolloutStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	3,  // 11: drover.v1.Deployment.spec:type_name -> drover.v1.DeploymentSpec
-	40, // 12: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
-	40, // 13: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
-	40, // 14: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
-	40, // 15: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
-	0,  // 16: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
-	10, // 17: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
-	40, // 18: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	40, // 19: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	6,  // 20: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
-	7,  // 21: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
-	1,  // 22: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
-	40, // 23: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
-	3,  // 24: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
-	9,  // 25: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	11, // 26: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	41, // 27: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	3,  // 28: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
-	3,  // 29: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
-	17, // 30: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
-	10, // 31: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
-	9,  // 32: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
-	42, // 33: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
-	9,  // 34: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
-	37, // 35: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
-	43, // 36: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
-	38, // 37: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
-	42, // 38: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
-	9,  // 39: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
-	11, // 40: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
-	23, // 41: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
-	43, // 42: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
-	12, // 43: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
-	13, // 44: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
-	41, // 45: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
-	42, // 46: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
-	11, // 47: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
-	23, // 48: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
-	43, // 49: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
-	42, // 50: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
-	11, // 51: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
-	43, // 52: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
-	11, // 53: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
-	41, // 54: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
-	33, // 55: drover.v1.MonitorPolicy.drift:type_name -> drover.v1.DriftPolicy
-	34, // 56: drover.v1.MonitorPolicy.slo:type_name -> drover.v1.SLOPolicy
-	44, // 57: drover.v1.DriftPolicy.thresholds:type_name -> drover.v1.DriftThresholds
-	2,  // 58: drover.v1.DriftPolicy.action:type_name -> drover.v1.PolicyAction
-	39, // 59: drover.v1.SLOPolicy.max_p99:type_name -> google.protobuf.Duration
-	2,  // 60: drover.v1.SLOPolicy.action:type_name -> drover.v1.PolicyAction
-	11, // 61: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
-	14, // 62: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
-	16, // 63: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
-	19, // 64: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
-	21, // 65: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
-	24, // 66: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
-	26, // 67: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	28, // 68: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
-	30, // 69: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
-	30, // 70: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
-	30, // 71: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
-	30, // 72: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
-	15, // 73: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
-	18, // 74: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
-	20, // 75: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
-	22, // 76: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
-	25, // 77: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
-	27, // 78: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	29, // 79: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
-	31, // 80: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
-	31, // 81: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
-	31, // 82: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
-	31, // 83: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
-	73, // [73:84] is the sub-list for method output_type
-	62, // [62:73] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	41, // 12: drover.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
+	41, // 13: drover.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
+	10, // 14: drover.v1.Deployment.previous:type_name -> drover.v1.PreviousRun
+	6,  // 15: drover.v1.PreviousRun.runtime:type_name -> drover.v1.RuntimeSpec
+	7,  // 16: drover.v1.PreviousRun.resources:type_name -> drover.v1.Resources
+	41, // 17: drover.v1.RolloutBatch.start_time:type_name -> google.protobuf.Timestamp
+	41, // 18: drover.v1.RolloutBatch.done_time:type_name -> google.protobuf.Timestamp
+	0,  // 19: drover.v1.Rollout.state:type_name -> drover.v1.RolloutState
+	11, // 20: drover.v1.Rollout.batches:type_name -> drover.v1.RolloutBatch
+	41, // 21: drover.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	41, // 22: drover.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	6,  // 23: drover.v1.Assignment.runtime:type_name -> drover.v1.RuntimeSpec
+	7,  // 24: drover.v1.Assignment.resources:type_name -> drover.v1.Resources
+	1,  // 25: drover.v1.InstanceStatus.state:type_name -> drover.v1.InstanceState
+	41, // 26: drover.v1.InstanceStatus.since:type_name -> google.protobuf.Timestamp
+	3,  // 27: drover.v1.ApplyDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
+	9,  // 28: drover.v1.ApplyDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	12, // 29: drover.v1.ApplyDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	42, // 30: drover.v1.ApplyDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	3,  // 31: drover.v1.PlanDeploymentRequest.spec:type_name -> drover.v1.DeploymentSpec
+	3,  // 32: drover.v1.PlanDeploymentResponse.spec:type_name -> drover.v1.DeploymentSpec
+	18, // 33: drover.v1.PlanDeploymentResponse.nodes:type_name -> drover.v1.NodeMatch
+	11, // 34: drover.v1.PlanDeploymentResponse.batches:type_name -> drover.v1.RolloutBatch
+	9,  // 35: drover.v1.PlanDeploymentResponse.current:type_name -> drover.v1.Deployment
+	43, // 36: drover.v1.ListDeploymentsRequest.query:type_name -> drover.v1.QueryOptions
+	9,  // 37: drover.v1.ListDeploymentsResponse.deployments:type_name -> drover.v1.Deployment
+	38, // 38: drover.v1.ListDeploymentsResponse.rollouts:type_name -> drover.v1.ListDeploymentsResponse.RolloutsEntry
+	44, // 39: drover.v1.ListDeploymentsResponse.meta:type_name -> drover.v1.QueryMeta
+	39, // 40: drover.v1.ListDeploymentsResponse.assigned_nodes:type_name -> drover.v1.ListDeploymentsResponse.AssignedNodesEntry
+	43, // 41: drover.v1.GetDeploymentRequest.query:type_name -> drover.v1.QueryOptions
+	9,  // 42: drover.v1.GetDeploymentResponse.deployment:type_name -> drover.v1.Deployment
+	12, // 43: drover.v1.GetDeploymentResponse.rollout:type_name -> drover.v1.Rollout
+	24, // 44: drover.v1.GetDeploymentResponse.nodes:type_name -> drover.v1.DeploymentNode
+	44, // 45: drover.v1.GetDeploymentResponse.meta:type_name -> drover.v1.QueryMeta
+	13, // 46: drover.v1.DeploymentNode.assignment:type_name -> drover.v1.Assignment
+	14, // 47: drover.v1.DeploymentNode.status:type_name -> drover.v1.InstanceStatus
+	42, // 48: drover.v1.DeleteDeploymentResponse.meta:type_name -> drover.v1.WriteMeta
+	43, // 49: drover.v1.GetRolloutRequest.query:type_name -> drover.v1.QueryOptions
+	12, // 50: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.Rollout
+	24, // 51: drover.v1.GetRolloutResponse.nodes:type_name -> drover.v1.DeploymentNode
+	44, // 52: drover.v1.GetRolloutResponse.meta:type_name -> drover.v1.QueryMeta
+	43, // 53: drover.v1.ListRolloutsRequest.query:type_name -> drover.v1.QueryOptions
+	12, // 54: drover.v1.ListRolloutsResponse.rollouts:type_name -> drover.v1.Rollout
+	44, // 55: drover.v1.ListRolloutsResponse.meta:type_name -> drover.v1.QueryMeta
+	12, // 56: drover.v1.RolloutActionResponse.rollout:type_name -> drover.v1.Rollout
+	42, // 57: drover.v1.RolloutActionResponse.meta:type_name -> drover.v1.WriteMeta
+	34, // 58: drover.v1.MonitorPolicy.drift:type_name -> drover.v1.DriftPolicy
+	35, // 59: drover.v1.MonitorPolicy.slo:type_name -> drover.v1.SLOPolicy
+	45, // 60: drover.v1.DriftPolicy.thresholds:type_name -> drover.v1.DriftThresholds
+	2,  // 61: drover.v1.DriftPolicy.action:type_name -> drover.v1.PolicyAction
+	40, // 62: drover.v1.SLOPolicy.max_p99:type_name -> google.protobuf.Duration
+	2,  // 63: drover.v1.SLOPolicy.action:type_name -> drover.v1.PolicyAction
+	12, // 64: drover.v1.ListDeploymentsResponse.RolloutsEntry.value:type_name -> drover.v1.Rollout
+	15, // 65: drover.v1.DeploymentService.ApplyDeployment:input_type -> drover.v1.ApplyDeploymentRequest
+	17, // 66: drover.v1.DeploymentService.PlanDeployment:input_type -> drover.v1.PlanDeploymentRequest
+	20, // 67: drover.v1.DeploymentService.ListDeployments:input_type -> drover.v1.ListDeploymentsRequest
+	22, // 68: drover.v1.DeploymentService.GetDeployment:input_type -> drover.v1.GetDeploymentRequest
+	25, // 69: drover.v1.DeploymentService.DeleteDeployment:input_type -> drover.v1.DeleteDeploymentRequest
+	27, // 70: drover.v1.RolloutService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	29, // 71: drover.v1.RolloutService.ListRollouts:input_type -> drover.v1.ListRolloutsRequest
+	31, // 72: drover.v1.RolloutService.PauseRollout:input_type -> drover.v1.RolloutActionRequest
+	31, // 73: drover.v1.RolloutService.ResumeRollout:input_type -> drover.v1.RolloutActionRequest
+	31, // 74: drover.v1.RolloutService.PromoteRollout:input_type -> drover.v1.RolloutActionRequest
+	31, // 75: drover.v1.RolloutService.RollbackRollout:input_type -> drover.v1.RolloutActionRequest
+	16, // 76: drover.v1.DeploymentService.ApplyDeployment:output_type -> drover.v1.ApplyDeploymentResponse
+	19, // 77: drover.v1.DeploymentService.PlanDeployment:output_type -> drover.v1.PlanDeploymentResponse
+	21, // 78: drover.v1.DeploymentService.ListDeployments:output_type -> drover.v1.ListDeploymentsResponse
+	23, // 79: drover.v1.DeploymentService.GetDeployment:output_type -> drover.v1.GetDeploymentResponse
+	26, // 80: drover.v1.DeploymentService.DeleteDeployment:output_type -> drover.v1.DeleteDeploymentResponse
+	28, // 81: drover.v1.RolloutService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	30, // 82: drover.v1.RolloutService.ListRollouts:output_type -> drover.v1.ListRolloutsResponse
+	32, // 83: drover.v1.RolloutService.PauseRollout:output_type -> drover.v1.RolloutActionResponse
+	32, // 84: drover.v1.RolloutService.ResumeRollout:output_type -> drover.v1.RolloutActionResponse
+	32, // 85: drover.v1.RolloutService.PromoteRollout:output_type -> drover.v1.RolloutActionResponse
+	32, // 86: drover.v1.RolloutService.RollbackRollout:output_type -> drover.v1.RolloutActionResponse
+	76, // [76:87] is the sub-list for method output_type
+	65, // [65:76] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_deploy_proto_init() }
@@ -3056,14 +3153,14 @@ func file_drover_v1_deploy_proto_init() {
 	}
 	file_drover_v1_common_proto_init()
 	file_drover_v1_drift_proto_init()
-	file_drover_v1_deploy_proto_msgTypes[11].OneofWrappers = []any{}
+	file_drover_v1_deploy_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_deploy_proto_rawDesc), len(file_drover_v1_deploy_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
