@@ -14,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/droverhq/drover/agent/telemetry"
+	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
@@ -90,7 +91,40 @@ func (a *Agent) startTelemetry(nodeID string, log *slog.Logger) (*telemetryParts
 	tp := &telemetryParts{spool: spool, collector: col, shipper: sh, cancel: cancel}
 	tp.wg.Go(func() { col.Run(ctx) })
 	tp.wg.Go(func() { sh.Run(ctx) })
+	tp.wg.Go(func() { a.spoolNodeWindows(ctx, tp, nodeID, ccfg.Window, log) })
 	return tp, nil
+}
+
+// spoolNodeWindows spools the node's own metrics (CPU, memory, disk, GPUs
+// and their Xid events, from the health monitor) once per window, on the
+// same boundaries as the request windows, until ctx ends.
+func (a *Agent) spoolNodeWindows(ctx context.Context, tp *telemetryParts, nodeID string, window time.Duration, log *slog.Logger) {
+	next := time.Now().Truncate(window).Add(window)
+	t := time.NewTimer(time.Until(next))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start, end := next.Add(-window), next
+		next = next.Add(window)
+		t.Reset(time.Until(next))
+		m := a.NodeMetrics(start, end)
+		if m == nil || sketch.NodeMetricsEmpty(m) {
+			continue
+		}
+		data, err := telemetry.EncodeNodeWindow(nodeID, start, end, m)
+		if err == nil {
+			err = tp.spool.Add(telemetry.Record{Key: telemetry.NodeRecordKey, Start: start, End: end, Windows: 1, Data: data})
+		}
+		if err != nil {
+			log.Warn("node metrics window not spooled", "err", err)
+			continue
+		}
+		tp.shipper.Poke()
+	}
 }
 
 // stop ends the collector, which spools the windows still open, and the

@@ -12,7 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/droverhq/drover/internal/sketch"
+	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
 // Exchange is one request the inference endpoint passed to an instance,
@@ -336,9 +340,16 @@ func RecordKey(w *sketch.Window) string {
 	return w.Deployment + "\x00" + w.Model + "\x00" + w.Version
 }
 
+// NodeRecordKey is the spool key of the node's own metrics windows.
+const NodeRecordKey = "\x00node"
+
 // MergeWindows is the spool's MergeFunc for encoded sketch windows: the
-// profiles merge (counts exactly) and the result spans both.
+// profiles merge (counts exactly), or for the node's own windows its
+// metrics, and the result spans both.
 func MergeWindows(a, b Record) (Record, error) {
+	if a.Key == NodeRecordKey {
+		return mergeNodeWindows(a, b)
+	}
 	wa, err := sketch.DecodeWindow(a.Data)
 	if err != nil {
 		return Record{}, fmt.Errorf("merge windows: %w", err)
@@ -357,6 +368,36 @@ func MergeWindows(a, b Record) (Record, error) {
 		return Record{}, err
 	}
 	return Record{Key: a.Key, Start: wa.Start, End: wa.End, Windows: a.Windows + b.Windows, Data: data}, nil
+}
+
+func mergeNodeWindows(a, b Record) (Record, error) {
+	m := sketch.NewNodeMetrics()
+	var node string
+	for _, r := range []Record{a, b} {
+		pb, err := sketch.UnmarshalWindow(r.Data)
+		if err != nil {
+			return Record{}, fmt.Errorf("merge node windows: %w", err)
+		}
+		if err := m.MergeProto(pb.GetNode()); err != nil {
+			return Record{}, fmt.Errorf("merge node windows: %w", err)
+		}
+		node = pb.GetNodeId()
+	}
+	start, end := minTime(a.Start, b.Start), maxTime(a.End, b.End)
+	data, err := EncodeNodeWindow(node, start, end, m.ToProto())
+	if err != nil {
+		return Record{}, err
+	}
+	return Record{Key: a.Key, Start: start, End: end, Windows: a.Windows + b.Windows, Data: data}, nil
+}
+
+// EncodeNodeWindow encodes the node's own metrics window.
+func EncodeNodeWindow(node string, start, end time.Time, m *droverv1.NodeMetrics) ([]byte, error) {
+	b, err := proto.Marshal(&droverv1.TelemetryWindow{NodeId: node, Start: timestamppb.New(start), End: timestamppb.New(end), Node: m})
+	if err != nil {
+		return nil, fmt.Errorf("encode node window: %w", err)
+	}
+	return b, nil
 }
 
 func minTime(a, b time.Time) time.Time {

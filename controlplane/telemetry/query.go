@@ -161,7 +161,7 @@ func (s *Store) Query(q *droverv1.QueryTelemetryRequest, self string, answering 
 		if q.NodeMetrics != (w.Profile == nil) {
 			return true
 		}
-		if err := m.add(keyOf(&w, sw), end, 1, []string{w.NodeId}, w.Profile); err != nil {
+		if err := m.add(keyOf(&w, sw), end, 1, []string{w.NodeId}, w.Profile, w.Node); err != nil {
 			scanErr = err
 			return false
 		}
@@ -209,6 +209,7 @@ type bucket struct {
 	nodes      map[string]struct{}
 	extraNodes uint64 // nodes counted by other servers, not named
 	profile    *sketch.Profile
+	node       *sketch.NodeMetrics // node metrics windows' merge
 }
 
 type merger struct {
@@ -243,13 +244,13 @@ func (m *merger) bucket(key string, start, end time.Time) (*bucket, error) {
 		if len(m.buckets) >= MaxGroups {
 			return nil, fmt.Errorf("telemetry: query: more than %d groups: filter more, group less finely or use a longer step", MaxGroups)
 		}
-		b = &bucket{key: key, start: start, end: end, nodes: map[string]struct{}{}, profile: sketch.NewProfile(nil)}
+		b = &bucket{key: key, start: start, end: end, nodes: map[string]struct{}{}, profile: sketch.NewProfile(nil), node: sketch.NewNodeMetrics()}
 		m.buckets[bk] = b
 	}
 	return b, nil
 }
 
-func (m *merger) add(key string, end time.Time, windows uint64, nodes []string, p *droverv1.Profile) error {
+func (m *merger) add(key string, end time.Time, windows uint64, nodes []string, p *droverv1.Profile, nm *droverv1.NodeMetrics) error {
 	start, stop := m.span(end)
 	b, err := m.bucket(key, start, stop)
 	if err != nil {
@@ -260,6 +261,16 @@ func (m *merger) add(key string, end time.Time, windows uint64, nodes []string, 
 		b.nodes[n] = struct{}{}
 	}
 	mergeProfile(b.profile, p)
+	return mergeNode(b.node, nm)
+}
+
+// mergeNode merges a node metrics window; one that does not merge (a
+// malformed sketch stored before a check existed) fails the query rather
+// than skewing it silently.
+func mergeNode(n *sketch.NodeMetrics, pb *droverv1.NodeMetrics) error {
+	if err := n.MergeProto(pb); err != nil {
+		return fmt.Errorf("telemetry: query: node metrics: %w", err)
+	}
 	return nil
 }
 
@@ -273,7 +284,7 @@ func (m *merger) addGroup(g *droverv1.TelemetryGroup) error {
 	// servers in one step is counted by each (see docs/telemetry.md).
 	b.extraNodes += g.Nodes
 	mergeProfile(b.profile, g.Profile)
-	return nil
+	return mergeNode(b.node, g.Node)
 }
 
 // mergeProfile merges pb into p. Windows whose features changed kind (a
@@ -305,6 +316,9 @@ func (m *merger) groups() []*droverv1.TelemetryGroup {
 			Nodes:   uint64(len(b.nodes)) + b.extraNodes,
 			Profile: b.profile.ToProto(),
 		})
+		if !b.node.Empty() {
+			out[len(out)-1].Node = b.node.ToProto()
+		}
 	}
 	return out
 }

@@ -42,6 +42,10 @@ func readerCases(t testing.TB) map[string][]byte {
 	cases["no profile"] = enc(w)
 	w = good(43)
 	w.Node = &droverv1.NodeMetrics{MemoryTotalBytes: 1}
+	cases["node metrics beside a profile"] = enc(w)
+	w = good(43)
+	w.Profile, w.Deployment, w.Model, w.Version = nil, "", "", ""
+	w.Node = &droverv1.NodeMetrics{MemoryTotalBytes: 1}
 	cases["node metrics"] = enc(w)
 	b := enc(good(44))
 	cases["truncated"] = b[:len(b)-3]

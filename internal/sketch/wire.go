@@ -567,9 +567,17 @@ func checkWindowHeader(pb *droverv1.TelemetryWindow) (start, end time.Time, err 
 	if pb == nil {
 		return start, end, fmt.Errorf("window missing: %w", ErrInvalid)
 	}
-	for _, l := range []struct{ name, v string }{
+	labels := []struct{ name, v string }{
 		{"node id", pb.NodeId}, {"deployment", pb.Deployment}, {"model", pb.Model}, {"version", pb.Version},
-	} {
+	}
+	if pb.Node != nil {
+		// The node's own window: what the machine felt, no model's.
+		if pb.Profile != nil || pb.Deployment != "" || pb.Model != "" || pb.Version != "" {
+			return start, end, fmt.Errorf("window: node metrics come alone, without a profile, deployment, model or version: %w", ErrInvalid)
+		}
+		labels = labels[:1]
+	}
+	for _, l := range labels {
 		if l.v == "" || len(l.v) > MaxLabelBytes {
 			return start, end, fmt.Errorf("window %s: want 1..%d bytes, got %d: %w", l.name, MaxLabelBytes, len(l.v), ErrInvalid)
 		}
@@ -587,7 +595,7 @@ func checkWindowHeader(pb *droverv1.TelemetryWindow) (start, end time.Time, err 
 	if !end.After(start) {
 		return start, end, fmt.Errorf("window ends at %v, not after its start %v: %w", end, start, ErrInvalid)
 	}
-	if pb.Profile == nil {
+	if pb.Profile == nil && pb.Node == nil {
 		return start, end, fmt.Errorf("window: profile missing: %w", ErrInvalid)
 	}
 	return start, end, nil
@@ -618,6 +626,12 @@ func UnmarshalWindow(b []byte) (*droverv1.TelemetryWindow, error) {
 	}
 	if _, _, err := checkWindowHeader(&pb); err != nil {
 		return nil, fmt.Errorf("decode window: %w", err)
+	}
+	if pb.Node != nil {
+		if err := checkNodeMetrics(pb.Node); err != nil {
+			return nil, fmt.Errorf("decode window: node metrics: %w", err)
+		}
+		return &pb, nil
 	}
 	if err := checkProfile(pb.Profile); err != nil {
 		return nil, fmt.Errorf("decode window: %w", err)
