@@ -69,14 +69,14 @@ type deployResources struct {
 }
 
 type deployStrategyFile struct {
-	Canary                uint32    `yaml:"canary"`
-	CanaryPercent         uint32    `yaml:"canary_percent"`
-	MaxParallel           *uint32   `yaml:"max_parallel"`
-	MaxUnavailablePerSite *uint32   `yaml:"max_unavailable_per_site"`
+	Canary                uint32        `yaml:"canary"`
+	CanaryPercent         uint32        `yaml:"canary_percent"`
+	MaxParallel           *uint32       `yaml:"max_parallel"`
+	MaxUnavailablePerSite *uint32       `yaml:"max_unavailable_per_site"`
 	MinHealthyTime        *zeroDuration `yaml:"min_healthy_time"`
-	ProgressDeadline      *duration `yaml:"progress_deadline"`
-	AutoPromote           bool      `yaml:"auto_promote"`
-	AutoRevert            *bool     `yaml:"auto_revert"`
+	ProgressDeadline      *duration     `yaml:"progress_deadline"`
+	AutoPromote           bool          `yaml:"auto_promote"`
+	AutoRevert            *bool         `yaml:"auto_revert"`
 }
 
 // maxDeployFile bounds what plan and apply read. A deployment the server

@@ -21,8 +21,8 @@ import (
 // -benchtime=1x or a small count.
 var (
 	convergeAgents  = flag.Int("converge.agents", 100, "agents BenchmarkConvergence rolls a version out to")
-	convergeMiB     = flag.Int("converge.mib", 16, "size of the version's model file, in MiB")
-	convergeServers = flag.Int("converge.servers", 3, "servers of BenchmarkConvergence's cluster")
+	convergeMiB     = flag.Int("converge.mib", 8, "size of the version's model file, in MiB")
+	convergeServers = flag.Int("converge.servers", 1, "servers of BenchmarkConvergence's cluster")
 )
 
 // BenchmarkConvergence measures how long a fleet takes to serve a new
@@ -54,9 +54,11 @@ func BenchmarkConvergence(b *testing.B) {
 		// the rollout scenarios use, lets the controller see them soon.
 		cfg.HeartbeatMinTTL = server.Duration(time.Second)
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	fleet := startSite(ctx, b, c, "edge", n)
+	// Every agent in one site, so both measurements share chunks
+	// between peers the same way; neither waits for the pool to settle.
+	fleet := startReady(ctx, b, c, n, cluster.AgentOptions{Prefix: "edge"})
 	createModel(b, c.Client(c.Leader(), false), "web")
 	setCLIEnv(b, c)
 	addr := c.Nodes()[0].APIAddr()
