@@ -153,6 +153,10 @@ var procedures = map[string]Capability{
 	connectv1.AgentServiceRenewCertificateProcedure: {Auth: AuthAgent},
 	connectv1.AgentServiceHeartbeatProcedure:        {Auth: AuthAgent},
 	connectv1.AgentServiceWatchAssignmentsProcedure: {Auth: AuthAgent},
+	// An agent hears of operators' log requests for itself and answers
+	// them; the handlers check the request names the calling node.
+	connectv1.AgentServiceWatchLogRequestsProcedure: {Auth: AuthAgent},
+	connectv1.AgentServiceSendLogsProcedure:         {Auth: AuthAgent},
 	// Until deployments say which versions a node should run, every
 	// enrolled node may read every version's bytes, as the operator's
 	// read-only token may.
@@ -175,6 +179,11 @@ var procedures = map[string]Capability{
 	// Asking a node to pull changes the node; the handler also checks
 	// model:read on the model, since the node gets its bytes.
 	connectv1.NodeServicePullVersionProcedure: on(node, write, func(r *droverv1.PullVersionRequest) Ref {
+		return nodeRef(r.GetNode())
+	}),
+
+	// Reading a node's instance output is reading the node.
+	connectv1.NodeServiceReadLogsProcedure: on(node, read, func(r *droverv1.ReadLogsRequest) Ref {
 		return nodeRef(r.GetNode())
 	}),
 
