@@ -19,7 +19,9 @@ import (
 // it would start Triton or a Python script. It serves the version
 // directory's files under /v1/ and answers /v1/health with 200, or with
 // 500 when the version holds a file named "broken", which is how scenarios
-// make a version that fails its health check on start.
+// make a version that fails its health check on start. It prints a line
+// on stdout when it starts and per request, and one on stderr, for the
+// logs scenario.
 const modelServerEnv = "SCENARIO_MODEL_SERVER"
 
 func TestMain(m *testing.M) {
@@ -48,6 +50,9 @@ func serveModel() int {
 	})
 	mux.HandleFunc("/v1/{path...}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("path")
+		// One line per request on stdout, as model servers log them:
+		// what `drover logs -f` shows.
+		fmt.Printf("%s /v1/%s\n", r.Method, name)
 		if strings.Contains(name, "..") {
 			http.Error(w, "bad path", http.StatusBadRequest)
 			return
@@ -59,6 +64,8 @@ func serveModel() int {
 		fmt.Fprintln(os.Stderr, "model server:", err)
 		return 1
 	}
+	fmt.Printf("model server listening on %s, serving %s\n", ln.Addr(), dir)
+	fmt.Fprintln(os.Stderr, "model server: no GPU, running on CPU")
 	srv := &http.Server{Handler: mux}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -149,6 +149,10 @@ func (h *logHub) attach(node, id string) (*logRequest, error) {
 // what it sends until it is done, or, with follow, until the caller goes.
 func (h *nodeHandler) ReadLogs(ctx context.Context, req *connect.Request[droverv1.ReadLogsRequest], out *connect.ServerStream[droverv1.ReadLogsResponse]) error {
 	n, err := h.s.findNode(req.Msg.GetNode())
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		return apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+			fmt.Sprintf("node %q not found", req.Msg.GetNode()), "\"drover node ls\" lists the nodes")
+	}
 	if err != nil {
 		return err
 	}
@@ -156,6 +160,10 @@ func (h *nodeHandler) ReadLogs(ctx context.Context, req *connect.Request[droverv
 	if dep == "" {
 		return apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
 			"no deployment given", "name the deployment whose logs to read; \"drover deploy ls\" lists them")
+	}
+	if _, err := h.s.state.Deployment(dep); err != nil {
+		return apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
+			fmt.Sprintf("deployment %q not found", dep), "\"drover deploy ls\" lists them")
 	}
 	if n.GetStatus() != droverv1.NodeStatus_NODE_STATUS_READY {
 		return apiErr(connect.CodeFailedPrecondition, droverv1.ErrorReason_ERROR_REASON_UNSPECIFIED,
