@@ -182,10 +182,10 @@ var procedures = map[string]Capability{
 		return nodeRef(r.GetNode())
 	}),
 
-	// Reading a node's instance output is reading the node.
-	connectv1.NodeServiceReadLogsProcedure: on(node, read, func(r *droverv1.ReadLogsRequest) Ref {
-		return nodeRef(r.GetNode())
-	}),
+	// Reading a node's instance output is reading the node. A streaming
+	// call cannot name its object here; the handler checks node:read on
+	// the node it names.
+	connectv1.NodeServiceReadLogsProcedure: need(node, read),
 
 	connectv1.AuditServiceListEventsProcedure: need(audit, read),
 

@@ -10,7 +10,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/droverhq/drover/controlplane/acl"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
+	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
 )
 
 // Log reading (`drover logs`): an operator's ReadLogs and the node's
@@ -154,6 +156,9 @@ func (h *nodeHandler) ReadLogs(ctx context.Context, req *connect.Request[droverv
 			fmt.Sprintf("node %q not found", req.Msg.GetNode()), "\"drover node ls\" lists the nodes")
 	}
 	if err != nil {
+		return err
+	}
+	if err := h.s.mayReadNode(ctx, droverv1connect.NodeServiceReadLogsProcedure, n); err != nil {
 		return err
 	}
 	dep := req.Msg.GetDeployment()
@@ -304,4 +309,24 @@ func (h *agentHandler) SendLogs(ctx context.Context, in *connect.ClientStream[dr
 			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
 		}
 	}
+}
+
+// mayReadNode checks node:read on node n for a call whose interceptor
+// could not name it (a streaming call), recording a refusal as the
+// interceptor does.
+func (s *Server) mayReadNode(ctx context.Context, proc string, n *droverv1.Node) error {
+	c := callerFrom(ctx)
+	if c.allows(droverv1.ACLResource_ACL_RESOURCE_NODE, droverv1.ACLAccess_ACL_ACCESS_READ, nodeObject(n)) {
+		return nil
+	}
+	if c == nil {
+		// Unreachable: the interceptor admits only operator tokens.
+		return apiErr(connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING,
+			"this call needs a token", "pass --token or set DROVER_TOKEN")
+	}
+	capability := acl.Capability{Auth: acl.AuthToken, Resource: droverv1.ACLResource_ACL_RESOURCE_NODE, Access: droverv1.ACLAccess_ACL_ACCESS_READ}
+	ref := acl.Ref{Node: n.GetId()}
+	err := permissionDenied(c, capability, ref)
+	s.denials.add(s.denial(c, proc, capability, ref, err))
+	return err
 }
