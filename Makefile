@@ -86,6 +86,9 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	$(GO) test -run=NONE -bench=FanOut -benchtime=1x ./agent/peer/
 	# The rollout controller: Raft writes per rollout, and one step's cost.
 	$(GO) test -run=TestRaftWritesPerRollout -bench=Step -benchmem -v ./controlplane/rollout/
+	# Convergence: deploy apply until 100 agents serve the new version, beside
+	# pulling the same amount alone, in the same run (one iteration).
+	$(GO) test -run=NONE -bench=Convergence -benchtime=1x -timeout 40m ./scenarios/
 	# Telemetry sketches: cost per observation (one and two goroutines), and
 	# merging 10,000 agent profiles beside exact raw samples and histograms.
 	$(GO) test -run=NONE -bench='Add|Record' -cpu=1,2 ./internal/sketch/

@@ -154,6 +154,13 @@ func (a *Agent) runSession(ctx context.Context, id *identity, inv *droverv1.Node
 			sv.watchAssignments(watchCtx, s.puller)
 		}
 	})
+	watch.Go(func() {
+		select {
+		case <-watchCtx.Done():
+		case <-s.registered:
+			sv.watchLogRequests(watchCtx, s.puller)
+		}
+	})
 	defer func() {
 		stopWatch()
 		watch.Wait()

@@ -65,6 +65,12 @@ func TestParseDeployFile(t *testing.T) {
 	if !st.GetAutoRevert() || st.GetMaxUnavailablePerSite() != 0 || st.GetProgressDeadline() != nil {
 		t.Errorf("defaults: %v", st)
 	}
+	// min_healthy_time: 0s is kept, unlike a missing field: a node is
+	// done as soon as it is healthy.
+	spec, err = parseDeployFile([]byte(strings.Replace(testDeployFile, "30s", "0s", 1)))
+	if d := spec.GetStrategy().GetMinHealthyTime(); err != nil || d == nil || d.AsDuration() != 0 {
+		t.Errorf("min_healthy_time: 0s gives %v, %v", d, err)
+	}
 	spec, err = parseDeployFile([]byte(testDeployFile + "  auto_revert: false\n"))
 	if err != nil || spec.GetStrategy().GetAutoRevert() {
 		t.Errorf("auto_revert: false gives %v, %v", spec.GetStrategy(), err)
@@ -121,7 +127,8 @@ func TestParseDeployFileRefuses(t *testing.T) {
 			`line 19: field "colour" not found in resources; it takes gpus, mig_profile, memory, cpus`},
 		{"bad size", strings.Replace(testDeployFile, "4GiB", "4 gallons", 1), `line 9: size "4 gallons": unknown unit "gallons"`},
 		{"bare number duration", strings.Replace(testDeployFile, "30s", "30", 1), `line 23: duration "30" is not a duration such as 30s, 10m or 1h30m (a bare number has no unit: write 30s for seconds)`},
-		{"zero duration", strings.Replace(testDeployFile, "30s", "0s", 1), "must be more than zero"},
+		{"zero duration", strings.Replace(testDeployFile, "start_timeout: 2m", "start_timeout: 0s", 1), `line 15: duration "0s" must be more than zero`},
+		{"negative healthy time", strings.Replace(testDeployFile, "30s", "-1s", 1), `line 23: duration "-1s" is negative`},
 		{"wrong type", strings.Replace(testDeployFile, "sites: [berlin]", "sites: {a: b}", 1), "line 6: want a list, not a mapping"},
 		{"budget 0", testDeployFile + "  max_unavailable_per_site: 0\n", "line 24: strategy.max_unavailable_per_site is 0, which lets no node of a site update"},
 		{"max_parallel 0", strings.Replace(testDeployFile, "max_parallel: 5", "max_parallel: 0", 1), "line 22: strategy.max_parallel is 0"},

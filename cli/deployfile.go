@@ -121,14 +121,14 @@ type deployResources struct {
 }
 
 type deployStrategyFile struct {
-	Canary                uint32    `yaml:"canary"`
-	CanaryPercent         uint32    `yaml:"canary_percent"`
-	MaxParallel           *uint32   `yaml:"max_parallel"`
-	MaxUnavailablePerSite *uint32   `yaml:"max_unavailable_per_site"`
-	MinHealthyTime        *duration `yaml:"min_healthy_time"`
-	ProgressDeadline      *duration `yaml:"progress_deadline"`
-	AutoPromote           bool      `yaml:"auto_promote"`
-	AutoRevert            *bool     `yaml:"auto_revert"`
+	Canary                uint32        `yaml:"canary"`
+	CanaryPercent         uint32        `yaml:"canary_percent"`
+	MaxParallel           *uint32       `yaml:"max_parallel"`
+	MaxUnavailablePerSite *uint32       `yaml:"max_unavailable_per_site"`
+	MinHealthyTime        *zeroDuration `yaml:"min_healthy_time"`
+	ProgressDeadline      *duration     `yaml:"progress_deadline"`
+	AutoPromote           bool          `yaml:"auto_promote"`
+	AutoRevert            *bool         `yaml:"auto_revert"`
 }
 
 // maxDeployFile bounds what plan and apply read. A deployment the server
@@ -154,7 +154,10 @@ func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
 // duration is a duration written as Go writes them: "30s", "10m", "1h30m".
 type duration struct{ d time.Duration }
 
-func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+func (d *duration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n, false) }
+
+// parse reads n into d; zero is refused unless zeroOK.
+func (d *duration) parse(n *yaml.Node, zeroOK bool) error {
 	if n.Kind != yaml.ScalarNode {
 		return lineError(n.Line, "want a duration such as 30s or 10m")
 	}
@@ -166,11 +169,28 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 		}
 		return lineError(n.Line, "duration %q is not a duration such as 30s, 10m or 1h30m%s", n.Value, hint)
 	}
-	if v <= 0 {
+	switch {
+	case v < 0 && zeroOK:
+		return lineError(n.Line, "duration %q is negative; write 0s or more, or leave the field out for its default", n.Value)
+	case v <= 0 && !zeroOK:
 		return lineError(n.Line, "duration %q must be more than zero; leave the field out for its default", n.Value)
 	}
 	d.d = v
 	return nil
+}
+
+// zeroDuration is a duration for which 0s means something of its own
+// (min_healthy_time: 0s, a node is done as soon as it is healthy), as
+// opposed to leaving the field out for its default.
+type zeroDuration struct{ duration }
+
+func (d *zeroDuration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n, true) }
+
+func (d *zeroDuration) proto() *durationpb.Duration {
+	if d == nil {
+		return nil
+	}
+	return d.duration.proto()
 }
 
 func (d *duration) proto() *durationpb.Duration {

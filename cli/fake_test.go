@@ -37,6 +37,7 @@ type fakeServer struct {
 	events       []*droverv1.AuditEvent
 	bootstrapped bool
 	snapshot     []byte // what SaveSnapshot sends
+	lastReadLogs *droverv1.ReadLogsRequest
 	restored     []byte // what RestoreSnapshot received
 	chunks       []int  // message sizes RestoreSnapshot received
 	forced       bool   // force_foreign_cluster on RestoreSnapshot's first message

@@ -299,6 +299,24 @@ func accessCalls() []accessCall {
 				_, err := cl.Agent.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{}))
 				return err
 			}},
+		// Allowed, it waits for an operator's log request: the short
+		// deadline ends it past authorization.
+		{proc: droverv1connect.AgentServiceWatchLogRequestsProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+				defer cancel()
+				_, err := cl.Agent.WatchLogRequests(ctx, connect.NewRequest(&droverv1.WatchLogRequestsRequest{}))
+				return err
+			}},
+		{proc: droverv1connect.AgentServiceSendLogsProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				stream := cl.Agent.SendLogs(ctx)
+				if err := stream.Send(&droverv1.SendLogsRequest{RequestId: "no-such-request"}); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				}
+				_, err := stream.CloseAndReceive()
+				return err
+			}},
 		{proc: droverv1connect.AgentServiceGetManifestProcedure, needs: needsAgent,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
 				_, err := cl.Agent.GetManifest(ctx, connect.NewRequest(&droverv1.AgentGetManifestRequest{Model: model(vision), Ref: "latest"}))
@@ -348,6 +366,18 @@ func accessCalls() []accessCall {
 			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {
 				_, err := cl.Nodes.PullVersion(ctx, connect.NewRequest(&droverv1.PullVersionRequest{Node: f.node(obj), Model: "vision-no-such-model", Ref: "1"}))
 				return err
+			}},
+		// No such deployment: answered before any agent is asked.
+		{proc: droverv1connect.NodeServiceReadLogsProcedure, needs: "node:read", objects: sites,
+			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {
+				stream, err := cl.Nodes.ReadLogs(ctx, connect.NewRequest(&droverv1.ReadLogsRequest{Node: f.node(obj), Deployment: "no-such-deployment"}))
+				if err != nil {
+					return err
+				}
+				defer stream.Close()
+				for stream.Receive() {
+				}
+				return stream.Err()
 			}},
 		{proc: droverv1connect.NodeServiceRevokeNodeProcedure, needs: "node:write", objects: sites,
 			do: func(_ *testing.T, ctx context.Context, f *accessFixture, cl *apiClients, obj scope) error {

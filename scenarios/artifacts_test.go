@@ -186,7 +186,7 @@ func drover(ctx context.Context, addr string, args ...string) (stdout, stderr st
 
 // writeTree writes a model directory of one file of size random bytes,
 // streamed, so that a tree of gigabytes takes no memory.
-func writeTree(t *testing.T, size int) string {
+func writeTree(t testing.TB, size int) string {
 	t.Helper()
 	dir := t.TempDir()
 	f, err := os.Create(filepath.Join(dir, "model.bin"))
@@ -279,7 +279,7 @@ func TestCorruptPeerIsAvoided(t *testing.T) {
 
 // startSite starts n agents in site-a and waits until they are ready and
 // each sees every other as a peer that serves chunks.
-func startSite(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix string, n int) []*cluster.Agent {
+func startSite(ctx context.Context, t testing.TB, c *cluster.Cluster, prefix string, n int) []*cluster.Agent {
 	t.Helper()
 	fleet := startReady(ctx, t, c, n, cluster.AgentOptions{Prefix: prefix})
 	for _, a := range fleet {
@@ -295,7 +295,7 @@ func startSite(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix str
 }
 
 // setCLIEnv points the command line at the cluster's CA and token.
-func setCLIEnv(t *testing.T, c *cluster.Cluster) {
+func setCLIEnv(t testing.TB, c *cluster.Cluster) {
 	t.Setenv("DROVER_TOKEN", c.Token())
 	t.Setenv("DROVER_CACERT", c.CACertFile())
 	// No config file: the environment and flags say everything.

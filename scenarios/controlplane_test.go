@@ -19,7 +19,7 @@ func digest(i int) string {
 	return fmt.Sprintf("sha256:%064x", i+1)
 }
 
-func createModel(t *testing.T, cl *cluster.Clients, name string) {
+func createModel(t testing.TB, cl *cluster.Clients, name string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

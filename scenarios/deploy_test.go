@@ -20,7 +20,7 @@ import (
 )
 
 // deployFile writes a deployment file and returns its path.
-func deployFile(t *testing.T, body string) string {
+func deployFile(t testing.TB, body string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "deploy.yaml")
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {

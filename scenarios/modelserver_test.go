@@ -23,7 +23,9 @@ import (
 // 500 when the version holds a file named "broken", which is how scenarios
 // make a version that fails its health check on start. GET /v1/env
 // answers with the environment the agent gave it (modelEnv), so that
-// scenarios see which GPUs an instance was handed.
+// scenarios see which GPUs an instance was handed. It prints a line on
+// stdout when it starts and per request, and one on stderr, for the logs
+// scenario.
 const modelServerEnv = "SCENARIO_MODEL_SERVER"
 
 // modelLogEnv, when set in a deployment's runtime env, names a file each
@@ -117,6 +119,9 @@ func serveModel() int {
 	})
 	mux.HandleFunc("/v1/{path...}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("path")
+		// One line per request on stdout, as model servers log them:
+		// what `drover logs -f` shows.
+		fmt.Printf("%s /v1/%s\n", r.Method, name)
 		if strings.Contains(name, "..") {
 			http.Error(w, "bad path", http.StatusBadRequest)
 			return
@@ -128,6 +133,8 @@ func serveModel() int {
 		fmt.Fprintln(os.Stderr, "model server:", err)
 		return 1
 	}
+	fmt.Printf("model server listening on %s, serving %s\n", ln.Addr(), dir)
+	fmt.Fprintln(os.Stderr, "model server: no GPU, running on CPU")
 	srv := &http.Server{Handler: mux}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -301,7 +301,7 @@ func startPuller(ctx context.Context, t *testing.T, c *cluster.Cluster, prefix s
 
 // startReady starts n agents as opts say and waits until their nodes are
 // ready.
-func startReady(ctx context.Context, t *testing.T, c *cluster.Cluster, n int, opts cluster.AgentOptions) []*cluster.Agent {
+func startReady(ctx context.Context, t testing.TB, c *cluster.Cluster, n int, opts cluster.AgentOptions) []*cluster.Agent {
 	t.Helper()
 	fleet, err := c.StartAgents(ctx, n, opts)
 	if err != nil {
@@ -319,7 +319,7 @@ func startReady(ctx context.Context, t *testing.T, c *cluster.Cluster, n int, op
 
 // requestPull asks the node of a to pull model@ref, as `drover node pull`
 // does, and returns the recorded request.
-func requestPull(ctx context.Context, t *testing.T, c *cluster.Cluster, a *cluster.Agent, model, ref string) *droverv1.NodePull {
+func requestPull(ctx context.Context, t testing.TB, c *cluster.Cluster, a *cluster.Agent, model, ref string) *droverv1.NodePull {
 	t.Helper()
 	req := &droverv1.PullVersionRequest{Node: a.NodeID(), Model: model, Ref: ref}
 	for {

@@ -101,7 +101,7 @@ strategy:
 
 // pushFiles pushes a version of model holding files (name to content)
 // and points its alias prod at it.
-func pushFiles(ctx context.Context, t *testing.T, addr, model string, files map[string]string) {
+func pushFiles(ctx context.Context, t testing.TB, addr, model string, files map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	for name, body := range files {
@@ -141,7 +141,7 @@ func infer(ctx context.Context, a *cluster.Agent, deployment, path string) (stri
 
 // waitServing waits until every agent of fleet answers path page.txt of
 // deployment with want.
-func waitServing(ctx context.Context, t *testing.T, fleet []*cluster.Agent, deployment, want string) {
+func waitServing(ctx context.Context, t testing.TB, fleet []*cluster.Agent, deployment, want string) {
 	t.Helper()
 	for _, a := range fleet {
 		for {
@@ -158,7 +158,7 @@ func waitServing(ctx context.Context, t *testing.T, fleet []*cluster.Agent, depl
 }
 
 // rolloutHistory returns every rollout of deployment, oldest first.
-func rolloutHistory(ctx context.Context, t *testing.T, c *cluster.Cluster, deployment string) []*droverv1.Rollout {
+func rolloutHistory(ctx context.Context, t testing.TB, c *cluster.Cluster, deployment string) []*droverv1.Rollout {
 	t.Helper()
 	res, err := c.Client(c.Leader(), false).Rollouts.ListRollouts(ctx, connect.NewRequest(&droverv1.ListRolloutsRequest{Deployment: deployment}))
 	if err != nil {
@@ -173,7 +173,7 @@ func rolloutHistory(ctx context.Context, t *testing.T, c *cluster.Cluster, deplo
 }
 
 // waitRollout waits until rollout id of deployment is in state.
-func waitRollout(ctx context.Context, t *testing.T, c *cluster.Cluster, deployment string, id uint64, state droverv1.RolloutState) {
+func waitRollout(ctx context.Context, t testing.TB, c *cluster.Cluster, deployment string, id uint64, state droverv1.RolloutState) {
 	t.Helper()
 	for {
 		rs := rolloutHistory(ctx, t, c, deployment)

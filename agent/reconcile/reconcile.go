@@ -48,7 +48,20 @@ var (
 	// back; removing it starts over with nothing to serve until a server
 	// sends assignments.
 	ErrStateCorrupt = errors.New("reconciler state file is corrupt")
+	// ErrNoLogs means Logs has nothing to read: the deployment does not
+	// run on this node, no instance of it serves, or its runtime keeps
+	// no output.
+	ErrNoLogs = errors.New("no logs")
 )
+
+// LogReader is an Instance's optional ability to give its captured
+// output (`drover logs`).
+type LogReader interface {
+	// Logs writes the last tailBytes of stream ("stdout" or "stderr";
+	// all that is kept when tailBytes ≤ 0) to w and, with follow, what
+	// the instance prints after, until ctx ends or the instance is done.
+	Logs(ctx context.Context, stream string, tailBytes int64, follow bool, w io.Writer) error
+}
 
 // Puller makes a version of a model available on disk and returns its
 // directory, fetching what is missing from the cluster. It may need a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -385,4 +386,28 @@ func (r *Reconciler) Deployments() []DeploymentInfo {
 		return 0
 	})
 	return out
+}
+
+// Logs reads the captured output of deployment's serving instance, as
+// LogReader.Logs does. It fails with ErrNoLogs, saying why, when the
+// deployment does not run here, nothing of it serves yet, or its runtime
+// keeps no output.
+func (r *Reconciler) Logs(ctx context.Context, deployment, stream string, tailBytes int64, follow bool, w io.Writer) error {
+	r.mu.Lock()
+	d := r.deps[deployment]
+	r.mu.Unlock()
+	if d == nil {
+		return fmt.Errorf("deployment %s does not run on this node: %w", deployment, ErrNoLogs)
+	}
+	d.mu.Lock()
+	sv := d.serving
+	d.mu.Unlock()
+	if sv == nil {
+		return fmt.Errorf("no instance of deployment %s serves on this node yet (%s): %w", deployment, d.rt.reason(), ErrNoLogs)
+	}
+	lr, ok := sv.inst.(LogReader)
+	if !ok {
+		return fmt.Errorf("the runtime of deployment %s keeps no output: %w", deployment, ErrNoLogs)
+	}
+	return lr.Logs(ctx, stream, tailBytes, follow, w)
 }

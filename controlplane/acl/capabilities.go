@@ -153,6 +153,10 @@ var procedures = map[string]Capability{
 	connectv1.AgentServiceRenewCertificateProcedure: {Auth: AuthAgent},
 	connectv1.AgentServiceHeartbeatProcedure:        {Auth: AuthAgent},
 	connectv1.AgentServiceWatchAssignmentsProcedure: {Auth: AuthAgent},
+	// An agent hears of operators' log requests for itself and answers
+	// them; the handlers check the request names the calling node.
+	connectv1.AgentServiceWatchLogRequestsProcedure: {Auth: AuthAgent},
+	connectv1.AgentServiceSendLogsProcedure:         {Auth: AuthAgent},
 	// Until deployments say which versions a node should run, every
 	// enrolled node may read every version's bytes, as the operator's
 	// read-only token may.
@@ -180,6 +184,11 @@ var procedures = map[string]Capability{
 	connectv1.NodeServicePullVersionProcedure: on(node, write, func(r *droverv1.PullVersionRequest) Ref {
 		return nodeRef(r.GetNode())
 	}),
+
+	// Reading a node's instance output is reading the node. A streaming
+	// call cannot name its object here; the handler checks node:read on
+	// the node it names.
+	connectv1.NodeServiceReadLogsProcedure: need(node, read),
 
 	connectv1.AuditServiceListEventsProcedure: need(audit, read),
 

@@ -192,6 +192,15 @@ func TestNormalizeDefaults(t *testing.T) {
 	if slo.GetAction() != droverv1.PolicyAction_POLICY_ACTION_ALERT || slo.GetWindows() != DefaultPolicyWindows || slo.GetMinRequests() != DefaultSLOMinRequests {
 		t.Errorf("slo policy defaults: %v", slo)
 	}
+	// An explicit 0 minimum healthy time stays 0: done once healthy.
+	in = validSpec()
+	in.Strategy = &droverv1.RolloutStrategy{MinHealthyTime: durationpb.New(0)}
+	if s, err = Normalize(in); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.GetStrategy().GetMinHealthyTime(); got == nil || got.AsDuration() != 0 {
+		t.Errorf("min_healthy_time 0 became %v", got)
+	}
 }
 
 func TestNormalizeRefuses(t *testing.T) {

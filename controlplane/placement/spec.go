@@ -331,7 +331,12 @@ func checkStrategy(p *problems, st *droverv1.RolloutStrategy) {
 			p.add("strategy.%s: %v is negative", field, (*d).AsDuration())
 		}
 	}
-	defDuration("min_healthy_time", &st.MinHealthyTime, DefaultMinHealthyTime)
+	// An explicit 0 is a valid minimum healthy time (a node is done once
+	// healthy); only a missing one gets the default.
+	if st.MinHealthyTime == nil {
+		st.MinHealthyTime = durationpb.New(DefaultMinHealthyTime)
+	}
+	defDuration("min_healthy_time", &st.MinHealthyTime, 0)
 	defDuration("progress_deadline", &st.ProgressDeadline, DefaultProgressDeadline)
 	if st.GetProgressDeadline().AsDuration() > 0 && st.GetMinHealthyTime().AsDuration() >= st.GetProgressDeadline().AsDuration() {
 		p.add("strategy.progress_deadline %v is not longer than min_healthy_time %v: no batch could ever finish in time",

@@ -75,6 +75,7 @@ type Server struct {
 	forwarder   *forwarder
 	tokenCache  tokenCache      // operator tokens resolved since the last ACL change
 	denials     *denialRecorder // refused write calls on their way to the audit log
+	logReqs     *logHub         // operators' log requests waiting for agents (leader)
 
 	leaderNotify <-chan bool   // Raft's leadership transitions
 	reconcileCh  chan struct{} // nudges the leader to reconcile members
@@ -148,6 +149,7 @@ func (s *Server) Start() (err error) {
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry, s)
 	s.denials = newDenialRecorder(s)
+	s.logReqs = newLogHub()
 	if err := s.setupChunks(); err != nil {
 		return err
 	}

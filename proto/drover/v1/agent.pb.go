@@ -1037,6 +1037,312 @@ func (x *AgentGetChunkResponse) GetData() []byte {
 	return nil
 }
 
+type WatchLogRequestsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchLogRequestsRequest) Reset() {
+	*x = WatchLogRequestsRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchLogRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchLogRequestsRequest) ProtoMessage() {}
+
+func (x *WatchLogRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchLogRequestsRequest.ProtoReflect.Descriptor instead.
+func (*WatchLogRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+type WatchLogRequestsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*LogRequest          `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchLogRequestsResponse) Reset() {
+	*x = WatchLogRequestsResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchLogRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchLogRequestsResponse) ProtoMessage() {}
+
+func (x *WatchLogRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchLogRequestsResponse.ProtoReflect.Descriptor instead.
+func (*WatchLogRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchLogRequestsResponse) GetRequests() []*LogRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// LogRequest is an operator's ReadLogs as the node's agent is told it.
+type LogRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names the request in SendLogs.
+	Id         string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Deployment string `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// At most this many of the last lines kept, per stream; 0 for all kept.
+	TailLines     uint32 `protobuf:"varint,3,opt,name=tail_lines,json=tailLines,proto3" json:"tail_lines,omitempty"`
+	Follow        bool   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogRequest) Reset() {
+	*x = LogRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogRequest) ProtoMessage() {}
+
+func (x *LogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogRequest.ProtoReflect.Descriptor instead.
+func (*LogRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *LogRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LogRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *LogRequest) GetTailLines() uint32 {
+	if x != nil {
+		return x.TailLines
+	}
+	return 0
+}
+
+func (x *LogRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+type SendLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In the first message only.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// In the first message only: why the node cannot answer (the
+	// deployment does not run there, its runtime keeps no logs); nothing
+	// follows then.
+	Error         string   `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Data          *LogData `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendLogsRequest) Reset() {
+	*x = SendLogsRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendLogsRequest) ProtoMessage() {}
+
+func (x *SendLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendLogsRequest.ProtoReflect.Descriptor instead.
+func (*SendLogsRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SendLogsRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SendLogsRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SendLogsRequest) GetData() *LogData {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type SendLogsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendLogsResponse) Reset() {
+	*x = SendLogsResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendLogsResponse) ProtoMessage() {}
+
+func (x *SendLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendLogsResponse.ProtoReflect.Descriptor instead.
+func (*SendLogsResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+// LogData is a piece of an instance's captured output: whole lines, but
+// for a line still being written.
+type LogData struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "stdout" or "stderr".
+	Stream        string `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogData) Reset() {
+	*x = LogData{}
+	mi := &file_drover_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogData) ProtoMessage() {}
+
+func (x *LogData) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogData.ProtoReflect.Descriptor instead.
+func (*LogData) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LogData) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *LogData) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// All must match.
@@ -1054,7 +1360,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1372,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[16]
+	mi := &file_drover_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1385,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListNodesRequest) GetLabels() map[string]string {
@@ -1134,7 +1440,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1452,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[17]
+	mi := &file_drover_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1465,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1187,7 +1493,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	mi := &file_drover_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1505,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[18]
+	mi := &file_drover_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1518,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetNodeRequest) GetNode() string {
@@ -1239,7 +1545,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	mi := &file_drover_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1557,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[19]
+	mi := &file_drover_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1570,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1292,7 +1598,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[20]
+	mi := &file_drover_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1610,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[20]
+	mi := &file_drover_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1623,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1344,7 +1650,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[21]
+	mi := &file_drover_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1662,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[21]
+	mi := &file_drover_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1675,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -1397,7 +1703,7 @@ type LabelNodeRequest struct {
 
 func (x *LabelNodeRequest) Reset() {
 	*x = LabelNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	mi := &file_drover_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1715,7 @@ func (x *LabelNodeRequest) String() string {
 func (*LabelNodeRequest) ProtoMessage() {}
 
 func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[22]
+	mi := &file_drover_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1728,7 @@ func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNodeRequest.ProtoReflect.Descriptor instead.
 func (*LabelNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LabelNodeRequest) GetNode() string {
@@ -1456,7 +1762,7 @@ type LabelNodeResponse struct {
 
 func (x *LabelNodeResponse) Reset() {
 	*x = LabelNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	mi := &file_drover_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1774,7 @@ func (x *LabelNodeResponse) String() string {
 func (*LabelNodeResponse) ProtoMessage() {}
 
 func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[23]
+	mi := &file_drover_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1787,7 @@ func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNodeResponse.ProtoReflect.Descriptor instead.
 func (*LabelNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LabelNodeResponse) GetNode() *Node {
@@ -1511,7 +1817,7 @@ type PullVersionRequest struct {
 
 func (x *PullVersionRequest) Reset() {
 	*x = PullVersionRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[24]
+	mi := &file_drover_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1829,7 @@ func (x *PullVersionRequest) String() string {
 func (*PullVersionRequest) ProtoMessage() {}
 
 func (x *PullVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[24]
+	mi := &file_drover_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1842,7 @@ func (x *PullVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullVersionRequest.ProtoReflect.Descriptor instead.
 func (*PullVersionRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PullVersionRequest) GetNode() string {
@@ -1572,7 +1878,7 @@ type PullVersionResponse struct {
 
 func (x *PullVersionResponse) Reset() {
 	*x = PullVersionResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[25]
+	mi := &file_drover_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1890,7 @@ func (x *PullVersionResponse) String() string {
 func (*PullVersionResponse) ProtoMessage() {}
 
 func (x *PullVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[25]
+	mi := &file_drover_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1903,7 @@ func (x *PullVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullVersionResponse.ProtoReflect.Descriptor instead.
 func (*PullVersionResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PullVersionResponse) GetNode() *Node {
@@ -1631,7 +1937,7 @@ type UncordonNodeRequest struct {
 
 func (x *UncordonNodeRequest) Reset() {
 	*x = UncordonNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[26]
+	mi := &file_drover_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1949,7 @@ func (x *UncordonNodeRequest) String() string {
 func (*UncordonNodeRequest) ProtoMessage() {}
 
 func (x *UncordonNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[26]
+	mi := &file_drover_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1962,7 @@ func (x *UncordonNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UncordonNodeRequest.ProtoReflect.Descriptor instead.
 func (*UncordonNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UncordonNodeRequest) GetNode() string {
@@ -1676,7 +1982,7 @@ type UncordonNodeResponse struct {
 
 func (x *UncordonNodeResponse) Reset() {
 	*x = UncordonNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[27]
+	mi := &file_drover_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1994,7 @@ func (x *UncordonNodeResponse) String() string {
 func (*UncordonNodeResponse) ProtoMessage() {}
 
 func (x *UncordonNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[27]
+	mi := &file_drover_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +2007,7 @@ func (x *UncordonNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UncordonNodeResponse.ProtoReflect.Descriptor instead.
 func (*UncordonNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UncordonNodeResponse) GetNode() *Node {
@@ -1727,7 +2033,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_drover_v1_agent_proto_msgTypes[28]
+	mi := &file_drover_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +2045,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[28]
+	mi := &file_drover_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +2058,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeNodeRequest) GetNode() string {
@@ -1771,7 +2077,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_drover_v1_agent_proto_msgTypes[29]
+	mi := &file_drover_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +2089,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_agent_proto_msgTypes[29]
+	mi := &file_drover_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,12 +2102,126 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevokeNodeResponse) GetMeta() *WriteMeta {
 	if x != nil {
 		return x.Meta
+	}
+	return nil
+}
+
+type ReadLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node id or name.
+	Node       string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Deployment string `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// At most this many of the last lines kept, per stream; 0 for all kept.
+	TailLines     uint32 `protobuf:"varint,3,opt,name=tail_lines,json=tailLines,proto3" json:"tail_lines,omitempty"`
+	Follow        bool   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadLogsRequest) Reset() {
+	*x = ReadLogsRequest{}
+	mi := &file_drover_v1_agent_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadLogsRequest) ProtoMessage() {}
+
+func (x *ReadLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadLogsRequest.ProtoReflect.Descriptor instead.
+func (*ReadLogsRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ReadLogsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReadLogsRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *ReadLogsRequest) GetTailLines() uint32 {
+	if x != nil {
+		return x.TailLines
+	}
+	return 0
+}
+
+func (x *ReadLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+type ReadLogsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          *LogData               `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadLogsResponse) Reset() {
+	*x = ReadLogsResponse{}
+	mi := &file_drover_v1_agent_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadLogsResponse) ProtoMessage() {}
+
+func (x *ReadLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_agent_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadLogsResponse.ProtoReflect.Descriptor instead.
+func (*ReadLogsResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ReadLogsResponse) GetData() *LogData {
+	if x != nil {
+		return x.Data
 	}
 	return nil
 }
@@ -1889,7 +2309,28 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\fR\x06digest\"+\n" +
 	"\x15AgentGetChunkResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xd2\x02\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x19\n" +
+	"\x17WatchLogRequestsRequest\"M\n" +
+	"\x18WatchLogRequestsResponse\x121\n" +
+	"\brequests\x18\x01 \x03(\v2\x15.drover.v1.LogRequestR\brequests\"s\n" +
+	"\n" +
+	"LogRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x1d\n" +
+	"\n" +
+	"tail_lines\x18\x03 \x01(\rR\ttailLines\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\"n\n" +
+	"\x0fSendLogsRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12&\n" +
+	"\x04data\x18\x03 \x01(\v2\x12.drover.v1.LogDataR\x04data\"\x12\n" +
+	"\x10SendLogsResponse\"5\n" +
+	"\aLogData\x12\x16\n" +
+	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xd2\x02\n" +
 	"\x10ListNodesRequest\x12?\n" +
 	"\x06labels\x18\x01 \x03(\v2'.drover.v1.ListNodesRequest.LabelsEntryR\x06labels\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12-\n" +
@@ -1941,7 +2382,17 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\">\n" +
 	"\x12RevokeNodeResponse\x12(\n" +
-	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2\xa6\x05\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta\"|\n" +
+	"\x0fReadLogsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x1d\n" +
+	"\n" +
+	"tail_lines\x18\x03 \x01(\rR\ttailLines\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\":\n" +
+	"\x10ReadLogsResponse\x12&\n" +
+	"\x04data\x18\x01 \x01(\v2\x12.drover.v1.LogDataR\x04data2\xca\x06\n" +
 	"\fAgentService\x12Z\n" +
 	"\x0eGetClusterInfo\x12 .drover.v1.GetClusterInfoRequest\x1a!.drover.v1.GetClusterInfoResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x06Enroll\x12\x18.drover.v1.EnrollRequest\x1a\x19.drover.v1.EnrollResponse\x12C\n" +
@@ -1950,7 +2401,9 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse\x12`\n" +
 	"\x10WatchAssignments\x12\".drover.v1.WatchAssignmentsRequest\x1a#.drover.v1.WatchAssignmentsResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\x9b\x04\n" +
+	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x01\x12[\n" +
+	"\x10WatchLogRequests\x12\".drover.v1.WatchLogRequestsRequest\x1a#.drover.v1.WatchLogRequestsResponse\x12E\n" +
+	"\bSendLogs\x12\x1a.drover.v1.SendLogsRequest\x1a\x1b.drover.v1.SendLogsResponse(\x012\xe2\x04\n" +
 	"\vNodeService\x12K\n" +
 	"\tListNodes\x12\x1b.drover.v1.ListNodesRequest\x1a\x1c.drover.v1.ListNodesResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\aGetNode\x12\x19.drover.v1.GetNodeRequest\x1a\x1a.drover.v1.GetNodeResponse\"\x03\x90\x02\x01\x12F\n" +
@@ -1959,7 +2412,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"RevokeNode\x12\x1c.drover.v1.RevokeNodeRequest\x1a\x1d.drover.v1.RevokeNodeResponse\x12L\n" +
 	"\vPullVersion\x12\x1d.drover.v1.PullVersionRequest\x1a\x1e.drover.v1.PullVersionResponse\x12O\n" +
-	"\fUncordonNode\x12\x1e.drover.v1.UncordonNodeRequest\x1a\x1f.drover.v1.UncordonNodeResponseB5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\fUncordonNode\x12\x1e.drover.v1.UncordonNodeRequest\x1a\x1f.drover.v1.UncordonNodeResponse\x12E\n" +
+	"\bReadLogs\x12\x1a.drover.v1.ReadLogsRequest\x1a\x1b.drover.v1.ReadLogsResponse0\x01B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_agent_proto_rawDescOnce sync.Once
@@ -1973,7 +2427,7 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_drover_v1_agent_proto_goTypes = []any{
 	(*GetClusterInfoRequest)(nil),    // 0: drover.v1.GetClusterInfoRequest
 	(*GetClusterInfoResponse)(nil),   // 1: drover.v1.GetClusterInfoResponse
@@ -1991,116 +2445,133 @@ var file_drover_v1_agent_proto_goTypes = []any{
 	(*AgentGetManifestResponse)(nil), // 13: drover.v1.AgentGetManifestResponse
 	(*AgentGetChunkRequest)(nil),     // 14: drover.v1.AgentGetChunkRequest
 	(*AgentGetChunkResponse)(nil),    // 15: drover.v1.AgentGetChunkResponse
-	(*ListNodesRequest)(nil),         // 16: drover.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 17: drover.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),           // 18: drover.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),          // 19: drover.v1.GetNodeResponse
-	(*DrainNodeRequest)(nil),         // 20: drover.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),        // 21: drover.v1.DrainNodeResponse
-	(*LabelNodeRequest)(nil),         // 22: drover.v1.LabelNodeRequest
-	(*LabelNodeResponse)(nil),        // 23: drover.v1.LabelNodeResponse
-	(*PullVersionRequest)(nil),       // 24: drover.v1.PullVersionRequest
-	(*PullVersionResponse)(nil),      // 25: drover.v1.PullVersionResponse
-	(*UncordonNodeRequest)(nil),      // 26: drover.v1.UncordonNodeRequest
-	(*UncordonNodeResponse)(nil),     // 27: drover.v1.UncordonNodeResponse
-	(*RevokeNodeRequest)(nil),        // 28: drover.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),       // 29: drover.v1.RevokeNodeResponse
-	nil,                              // 30: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	nil,                              // 31: drover.v1.EnrollRequest.LabelsEntry
-	nil,                              // 32: drover.v1.ListNodesRequest.LabelsEntry
-	nil,                              // 33: drover.v1.LabelNodeRequest.SetEntry
-	(*NodeInventory)(nil),            // 34: drover.v1.NodeInventory
-	(*Node)(nil),                     // 35: drover.v1.Node
-	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
-	(*WriteMeta)(nil),                // 37: drover.v1.WriteMeta
-	(*NodePullStatus)(nil),           // 38: drover.v1.NodePullStatus
-	(*InstanceStatus)(nil),           // 39: drover.v1.InstanceStatus
-	(*NodeCondition)(nil),            // 40: drover.v1.NodeCondition
-	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
-	(NodeStatus)(0),                  // 42: drover.v1.NodeStatus
-	(*NodePull)(nil),                 // 43: drover.v1.NodePull
-	(*QueryOptions)(nil),             // 44: drover.v1.QueryOptions
-	(*Assignment)(nil),               // 45: drover.v1.Assignment
-	(*QueryMeta)(nil),                // 46: drover.v1.QueryMeta
-	(*ModelVersion)(nil),             // 47: drover.v1.ModelVersion
-	(*SignedManifest)(nil),           // 48: drover.v1.SignedManifest
+	(*WatchLogRequestsRequest)(nil),  // 16: drover.v1.WatchLogRequestsRequest
+	(*WatchLogRequestsResponse)(nil), // 17: drover.v1.WatchLogRequestsResponse
+	(*LogRequest)(nil),               // 18: drover.v1.LogRequest
+	(*SendLogsRequest)(nil),          // 19: drover.v1.SendLogsRequest
+	(*SendLogsResponse)(nil),         // 20: drover.v1.SendLogsResponse
+	(*LogData)(nil),                  // 21: drover.v1.LogData
+	(*ListNodesRequest)(nil),         // 22: drover.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 23: drover.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),           // 24: drover.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),          // 25: drover.v1.GetNodeResponse
+	(*DrainNodeRequest)(nil),         // 26: drover.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),        // 27: drover.v1.DrainNodeResponse
+	(*LabelNodeRequest)(nil),         // 28: drover.v1.LabelNodeRequest
+	(*LabelNodeResponse)(nil),        // 29: drover.v1.LabelNodeResponse
+	(*PullVersionRequest)(nil),       // 30: drover.v1.PullVersionRequest
+	(*PullVersionResponse)(nil),      // 31: drover.v1.PullVersionResponse
+	(*UncordonNodeRequest)(nil),      // 32: drover.v1.UncordonNodeRequest
+	(*UncordonNodeResponse)(nil),     // 33: drover.v1.UncordonNodeResponse
+	(*RevokeNodeRequest)(nil),        // 34: drover.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),       // 35: drover.v1.RevokeNodeResponse
+	(*ReadLogsRequest)(nil),          // 36: drover.v1.ReadLogsRequest
+	(*ReadLogsResponse)(nil),         // 37: drover.v1.ReadLogsResponse
+	nil,                              // 38: drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	nil,                              // 39: drover.v1.EnrollRequest.LabelsEntry
+	nil,                              // 40: drover.v1.ListNodesRequest.LabelsEntry
+	nil,                              // 41: drover.v1.LabelNodeRequest.SetEntry
+	(*NodeInventory)(nil),            // 42: drover.v1.NodeInventory
+	(*Node)(nil),                     // 43: drover.v1.Node
+	(*timestamppb.Timestamp)(nil),    // 44: google.protobuf.Timestamp
+	(*WriteMeta)(nil),                // 45: drover.v1.WriteMeta
+	(*NodePullStatus)(nil),           // 46: drover.v1.NodePullStatus
+	(*InstanceStatus)(nil),           // 47: drover.v1.InstanceStatus
+	(*NodeCondition)(nil),            // 48: drover.v1.NodeCondition
+	(*durationpb.Duration)(nil),      // 49: google.protobuf.Duration
+	(NodeStatus)(0),                  // 50: drover.v1.NodeStatus
+	(*NodePull)(nil),                 // 51: drover.v1.NodePull
+	(*QueryOptions)(nil),             // 52: drover.v1.QueryOptions
+	(*Assignment)(nil),               // 53: drover.v1.Assignment
+	(*QueryMeta)(nil),                // 54: drover.v1.QueryMeta
+	(*ModelVersion)(nil),             // 55: drover.v1.ModelVersion
+	(*SignedManifest)(nil),           // 56: drover.v1.SignedManifest
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	30, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
-	31, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
-	34, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
-	35, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
-	36, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	37, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
-	34, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
-	35, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
-	37, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
-	36, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
-	38, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
-	39, // 11: drover.v1.HeartbeatRequest.instances:type_name -> drover.v1.InstanceStatus
-	40, // 12: drover.v1.HeartbeatRequest.conditions:type_name -> drover.v1.NodeCondition
-	41, // 13: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
-	42, // 14: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
-	43, // 15: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
-	44, // 16: drover.v1.WatchAssignmentsRequest.query:type_name -> drover.v1.QueryOptions
-	45, // 17: drover.v1.WatchAssignmentsResponse.assignments:type_name -> drover.v1.Assignment
-	46, // 18: drover.v1.WatchAssignmentsResponse.meta:type_name -> drover.v1.QueryMeta
-	47, // 19: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
-	48, // 20: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
-	32, // 21: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
-	42, // 22: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
-	44, // 23: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
-	35, // 24: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
-	46, // 25: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
-	44, // 26: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
-	35, // 27: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
-	46, // 28: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
-	35, // 29: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
-	37, // 30: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	33, // 31: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
-	35, // 32: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
-	37, // 33: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	35, // 34: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
-	43, // 35: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
-	37, // 36: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
-	35, // 37: drover.v1.UncordonNodeResponse.node:type_name -> drover.v1.Node
-	37, // 38: drover.v1.UncordonNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	37, // 39: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
-	0,  // 40: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
-	2,  // 41: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
-	4,  // 42: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	6,  // 43: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
-	8,  // 44: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
-	10, // 45: drover.v1.AgentService.WatchAssignments:input_type -> drover.v1.WatchAssignmentsRequest
-	12, // 46: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
-	14, // 47: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
-	16, // 48: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	18, // 49: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	20, // 50: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	22, // 51: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	28, // 52: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	24, // 53: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
-	26, // 54: drover.v1.NodeService.UncordonNode:input_type -> drover.v1.UncordonNodeRequest
-	1,  // 55: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 56: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 57: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 58: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 59: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 60: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
-	13, // 61: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
-	15, // 62: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
-	17, // 63: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	19, // 64: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	21, // 65: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	23, // 66: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	29, // 67: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	25, // 68: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
-	27, // 69: drover.v1.NodeService.UncordonNode:output_type -> drover.v1.UncordonNodeResponse
-	55, // [55:70] is the sub-list for method output_type
-	40, // [40:55] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	38, // 0: drover.v1.GetClusterInfoResponse.manifest_keys:type_name -> drover.v1.GetClusterInfoResponse.ManifestKeysEntry
+	39, // 1: drover.v1.EnrollRequest.labels:type_name -> drover.v1.EnrollRequest.LabelsEntry
+	42, // 2: drover.v1.EnrollRequest.inventory:type_name -> drover.v1.NodeInventory
+	43, // 3: drover.v1.EnrollResponse.node:type_name -> drover.v1.Node
+	44, // 4: drover.v1.EnrollResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	45, // 5: drover.v1.EnrollResponse.meta:type_name -> drover.v1.WriteMeta
+	42, // 6: drover.v1.RegisterRequest.inventory:type_name -> drover.v1.NodeInventory
+	43, // 7: drover.v1.RegisterResponse.node:type_name -> drover.v1.Node
+	45, // 8: drover.v1.RegisterResponse.meta:type_name -> drover.v1.WriteMeta
+	44, // 9: drover.v1.RenewCertificateResponse.certificate_expiry:type_name -> google.protobuf.Timestamp
+	46, // 10: drover.v1.HeartbeatRequest.pull:type_name -> drover.v1.NodePullStatus
+	47, // 11: drover.v1.HeartbeatRequest.instances:type_name -> drover.v1.InstanceStatus
+	48, // 12: drover.v1.HeartbeatRequest.conditions:type_name -> drover.v1.NodeCondition
+	49, // 13: drover.v1.HeartbeatResponse.ttl:type_name -> google.protobuf.Duration
+	50, // 14: drover.v1.HeartbeatResponse.status:type_name -> drover.v1.NodeStatus
+	51, // 15: drover.v1.HeartbeatResponse.pull:type_name -> drover.v1.NodePull
+	52, // 16: drover.v1.WatchAssignmentsRequest.query:type_name -> drover.v1.QueryOptions
+	53, // 17: drover.v1.WatchAssignmentsResponse.assignments:type_name -> drover.v1.Assignment
+	54, // 18: drover.v1.WatchAssignmentsResponse.meta:type_name -> drover.v1.QueryMeta
+	55, // 19: drover.v1.AgentGetManifestResponse.version:type_name -> drover.v1.ModelVersion
+	56, // 20: drover.v1.AgentGetManifestResponse.manifest:type_name -> drover.v1.SignedManifest
+	18, // 21: drover.v1.WatchLogRequestsResponse.requests:type_name -> drover.v1.LogRequest
+	21, // 22: drover.v1.SendLogsRequest.data:type_name -> drover.v1.LogData
+	40, // 23: drover.v1.ListNodesRequest.labels:type_name -> drover.v1.ListNodesRequest.LabelsEntry
+	50, // 24: drover.v1.ListNodesRequest.status:type_name -> drover.v1.NodeStatus
+	52, // 25: drover.v1.ListNodesRequest.options:type_name -> drover.v1.QueryOptions
+	43, // 26: drover.v1.ListNodesResponse.nodes:type_name -> drover.v1.Node
+	54, // 27: drover.v1.ListNodesResponse.meta:type_name -> drover.v1.QueryMeta
+	52, // 28: drover.v1.GetNodeRequest.options:type_name -> drover.v1.QueryOptions
+	43, // 29: drover.v1.GetNodeResponse.node:type_name -> drover.v1.Node
+	54, // 30: drover.v1.GetNodeResponse.meta:type_name -> drover.v1.QueryMeta
+	43, // 31: drover.v1.DrainNodeResponse.node:type_name -> drover.v1.Node
+	45, // 32: drover.v1.DrainNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	41, // 33: drover.v1.LabelNodeRequest.set:type_name -> drover.v1.LabelNodeRequest.SetEntry
+	43, // 34: drover.v1.LabelNodeResponse.node:type_name -> drover.v1.Node
+	45, // 35: drover.v1.LabelNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	43, // 36: drover.v1.PullVersionResponse.node:type_name -> drover.v1.Node
+	51, // 37: drover.v1.PullVersionResponse.pull:type_name -> drover.v1.NodePull
+	45, // 38: drover.v1.PullVersionResponse.meta:type_name -> drover.v1.WriteMeta
+	43, // 39: drover.v1.UncordonNodeResponse.node:type_name -> drover.v1.Node
+	45, // 40: drover.v1.UncordonNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	45, // 41: drover.v1.RevokeNodeResponse.meta:type_name -> drover.v1.WriteMeta
+	21, // 42: drover.v1.ReadLogsResponse.data:type_name -> drover.v1.LogData
+	0,  // 43: drover.v1.AgentService.GetClusterInfo:input_type -> drover.v1.GetClusterInfoRequest
+	2,  // 44: drover.v1.AgentService.Enroll:input_type -> drover.v1.EnrollRequest
+	4,  // 45: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	6,  // 46: drover.v1.AgentService.RenewCertificate:input_type -> drover.v1.RenewCertificateRequest
+	8,  // 47: drover.v1.AgentService.Heartbeat:input_type -> drover.v1.HeartbeatRequest
+	10, // 48: drover.v1.AgentService.WatchAssignments:input_type -> drover.v1.WatchAssignmentsRequest
+	12, // 49: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
+	14, // 50: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
+	16, // 51: drover.v1.AgentService.WatchLogRequests:input_type -> drover.v1.WatchLogRequestsRequest
+	19, // 52: drover.v1.AgentService.SendLogs:input_type -> drover.v1.SendLogsRequest
+	22, // 53: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	24, // 54: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	26, // 55: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	28, // 56: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	34, // 57: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	30, // 58: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
+	32, // 59: drover.v1.NodeService.UncordonNode:input_type -> drover.v1.UncordonNodeRequest
+	36, // 60: drover.v1.NodeService.ReadLogs:input_type -> drover.v1.ReadLogsRequest
+	1,  // 61: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 62: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 63: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 64: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 65: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 66: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
+	13, // 67: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	15, // 68: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	17, // 69: drover.v1.AgentService.WatchLogRequests:output_type -> drover.v1.WatchLogRequestsResponse
+	20, // 70: drover.v1.AgentService.SendLogs:output_type -> drover.v1.SendLogsResponse
+	23, // 71: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	25, // 72: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	27, // 73: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	29, // 74: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	35, // 75: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	31, // 76: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
+	33, // 77: drover.v1.NodeService.UncordonNode:output_type -> drover.v1.UncordonNodeResponse
+	37, // 78: drover.v1.NodeService.ReadLogs:output_type -> drover.v1.ReadLogsResponse
+	61, // [61:79] is the sub-list for method output_type
+	43, // [43:61] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -2119,7 +2590,7 @@ func file_drover_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -55,6 +55,11 @@ const (
 	AgentServiceGetManifestProcedure = "/drover.v1.AgentService/GetManifest"
 	// AgentServiceGetChunkProcedure is the fully-qualified name of the AgentService's GetChunk RPC.
 	AgentServiceGetChunkProcedure = "/drover.v1.AgentService/GetChunk"
+	// AgentServiceWatchLogRequestsProcedure is the fully-qualified name of the AgentService's
+	// WatchLogRequests RPC.
+	AgentServiceWatchLogRequestsProcedure = "/drover.v1.AgentService/WatchLogRequests"
+	// AgentServiceSendLogsProcedure is the fully-qualified name of the AgentService's SendLogs RPC.
+	AgentServiceSendLogsProcedure = "/drover.v1.AgentService/SendLogs"
 	// NodeServiceListNodesProcedure is the fully-qualified name of the NodeService's ListNodes RPC.
 	NodeServiceListNodesProcedure = "/drover.v1.NodeService/ListNodes"
 	// NodeServiceGetNodeProcedure is the fully-qualified name of the NodeService's GetNode RPC.
@@ -70,6 +75,8 @@ const (
 	// NodeServiceUncordonNodeProcedure is the fully-qualified name of the NodeService's UncordonNode
 	// RPC.
 	NodeServiceUncordonNodeProcedure = "/drover.v1.NodeService/UncordonNode"
+	// NodeServiceReadLogsProcedure is the fully-qualified name of the NodeService's ReadLogs RPC.
+	NodeServiceReadLogsProcedure = "/drover.v1.NodeService/ReadLogs"
 )
 
 // AgentServiceClient is a client for the drover.v1.AgentService service.
@@ -92,6 +99,16 @@ type AgentServiceClient interface {
 	// that receives it, which copies a chunk it lacks from a peer.
 	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
 	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
+	// WatchLogRequests blocks until an operator asks for the calling node's
+	// logs (drover logs), or a while has passed, and answers the requests
+	// waiting for this node. Like every session call it reaches the leader,
+	// where operators' ReadLogs calls wait for the agent.
+	WatchLogRequests(context.Context, *connect.Request[v1.WatchLogRequestsRequest]) (*connect.Response[v1.WatchLogRequestsResponse], error)
+	// SendLogs carries one request's log bytes from the agent to the
+	// operator: the first message names the request (and, when the node
+	// cannot answer it, why); the rest carry output. The server ends the
+	// call when the operator has gone, which stops the agent following.
+	SendLogs(context.Context) *connect.ClientStreamForClient[v1.SendLogsRequest, v1.SendLogsResponse]
 }
 
 // NewAgentServiceClient constructs a client for the drover.v1.AgentService service. By default, it
@@ -157,6 +174,18 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		watchLogRequests: connect.NewClient[v1.WatchLogRequestsRequest, v1.WatchLogRequestsResponse](
+			httpClient,
+			baseURL+AgentServiceWatchLogRequestsProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("WatchLogRequests")),
+			connect.WithClientOptions(opts...),
+		),
+		sendLogs: connect.NewClient[v1.SendLogsRequest, v1.SendLogsResponse](
+			httpClient,
+			baseURL+AgentServiceSendLogsProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("SendLogs")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -170,6 +199,8 @@ type agentServiceClient struct {
 	watchAssignments *connect.Client[v1.WatchAssignmentsRequest, v1.WatchAssignmentsResponse]
 	getManifest      *connect.Client[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse]
 	getChunk         *connect.Client[v1.AgentGetChunkRequest, v1.AgentGetChunkResponse]
+	watchLogRequests *connect.Client[v1.WatchLogRequestsRequest, v1.WatchLogRequestsResponse]
+	sendLogs         *connect.Client[v1.SendLogsRequest, v1.SendLogsResponse]
 }
 
 // GetClusterInfo calls drover.v1.AgentService.GetClusterInfo.
@@ -212,6 +243,16 @@ func (c *agentServiceClient) GetChunk(ctx context.Context, req *connect.Request[
 	return c.getChunk.CallUnary(ctx, req)
 }
 
+// WatchLogRequests calls drover.v1.AgentService.WatchLogRequests.
+func (c *agentServiceClient) WatchLogRequests(ctx context.Context, req *connect.Request[v1.WatchLogRequestsRequest]) (*connect.Response[v1.WatchLogRequestsResponse], error) {
+	return c.watchLogRequests.CallUnary(ctx, req)
+}
+
+// SendLogs calls drover.v1.AgentService.SendLogs.
+func (c *agentServiceClient) SendLogs(ctx context.Context) *connect.ClientStreamForClient[v1.SendLogsRequest, v1.SendLogsResponse] {
+	return c.sendLogs.CallClientStream(ctx)
+}
+
 // AgentServiceHandler is an implementation of the drover.v1.AgentService service.
 type AgentServiceHandler interface {
 	// GetClusterInfo needs no credentials; the CA it returns is checked
@@ -232,6 +273,16 @@ type AgentServiceHandler interface {
 	// that receives it, which copies a chunk it lacks from a peer.
 	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
 	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
+	// WatchLogRequests blocks until an operator asks for the calling node's
+	// logs (drover logs), or a while has passed, and answers the requests
+	// waiting for this node. Like every session call it reaches the leader,
+	// where operators' ReadLogs calls wait for the agent.
+	WatchLogRequests(context.Context, *connect.Request[v1.WatchLogRequestsRequest]) (*connect.Response[v1.WatchLogRequestsResponse], error)
+	// SendLogs carries one request's log bytes from the agent to the
+	// operator: the first message names the request (and, when the node
+	// cannot answer it, why); the rest carry output. The server ends the
+	// call when the operator has gone, which stops the agent following.
+	SendLogs(context.Context, *connect.ClientStream[v1.SendLogsRequest]) (*connect.Response[v1.SendLogsResponse], error)
 }
 
 // NewAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -293,6 +344,18 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceWatchLogRequestsHandler := connect.NewUnaryHandler(
+		AgentServiceWatchLogRequestsProcedure,
+		svc.WatchLogRequests,
+		connect.WithSchema(agentServiceMethods.ByName("WatchLogRequests")),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentServiceSendLogsHandler := connect.NewClientStreamHandler(
+		AgentServiceSendLogsProcedure,
+		svc.SendLogs,
+		connect.WithSchema(agentServiceMethods.ByName("SendLogs")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.AgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AgentServiceGetClusterInfoProcedure:
@@ -311,6 +374,10 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceGetManifestHandler.ServeHTTP(w, r)
 		case AgentServiceGetChunkProcedure:
 			agentServiceGetChunkHandler.ServeHTTP(w, r)
+		case AgentServiceWatchLogRequestsProcedure:
+			agentServiceWatchLogRequestsHandler.ServeHTTP(w, r)
+		case AgentServiceSendLogsProcedure:
+			agentServiceSendLogsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -352,6 +419,14 @@ func (UnimplementedAgentServiceHandler) GetChunk(context.Context, *connect.Reque
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.GetChunk is not implemented"))
 }
 
+func (UnimplementedAgentServiceHandler) WatchLogRequests(context.Context, *connect.Request[v1.WatchLogRequestsRequest]) (*connect.Response[v1.WatchLogRequestsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.WatchLogRequests is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) SendLogs(context.Context, *connect.ClientStream[v1.SendLogsRequest]) (*connect.Response[v1.SendLogsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.SendLogs is not implemented"))
+}
+
 // NodeServiceClient is a client for the drover.v1.NodeService service.
 type NodeServiceClient interface {
 	ListNodes(context.Context, *connect.Request[v1.ListNodesRequest]) (*connect.Response[v1.ListNodesResponse], error)
@@ -368,6 +443,11 @@ type NodeServiceClient interface {
 	// conditions that cordoned it stay recorded; only a new occurrence
 	// cordons it again.
 	UncordonNode(context.Context, *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error)
+	// ReadLogs streams a deployment instance's captured stdout and stderr
+	// from a node, as `drover logs` shows them: the last lines kept and,
+	// with follow, what the instance prints until the caller goes away.
+	// The bytes come from the node's agent, through the leader.
+	ReadLogs(context.Context, *connect.Request[v1.ReadLogsRequest]) (*connect.ServerStreamForClient[v1.ReadLogsResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the drover.v1.NodeService service. By default, it
@@ -425,6 +505,12 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("UncordonNode")),
 			connect.WithClientOptions(opts...),
 		),
+		readLogs: connect.NewClient[v1.ReadLogsRequest, v1.ReadLogsResponse](
+			httpClient,
+			baseURL+NodeServiceReadLogsProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("ReadLogs")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -437,6 +523,7 @@ type nodeServiceClient struct {
 	revokeNode   *connect.Client[v1.RevokeNodeRequest, v1.RevokeNodeResponse]
 	pullVersion  *connect.Client[v1.PullVersionRequest, v1.PullVersionResponse]
 	uncordonNode *connect.Client[v1.UncordonNodeRequest, v1.UncordonNodeResponse]
+	readLogs     *connect.Client[v1.ReadLogsRequest, v1.ReadLogsResponse]
 }
 
 // ListNodes calls drover.v1.NodeService.ListNodes.
@@ -474,6 +561,11 @@ func (c *nodeServiceClient) UncordonNode(ctx context.Context, req *connect.Reque
 	return c.uncordonNode.CallUnary(ctx, req)
 }
 
+// ReadLogs calls drover.v1.NodeService.ReadLogs.
+func (c *nodeServiceClient) ReadLogs(ctx context.Context, req *connect.Request[v1.ReadLogsRequest]) (*connect.ServerStreamForClient[v1.ReadLogsResponse], error) {
+	return c.readLogs.CallServerStream(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the drover.v1.NodeService service.
 type NodeServiceHandler interface {
 	ListNodes(context.Context, *connect.Request[v1.ListNodesRequest]) (*connect.Response[v1.ListNodesResponse], error)
@@ -490,6 +582,11 @@ type NodeServiceHandler interface {
 	// conditions that cordoned it stay recorded; only a new occurrence
 	// cordons it again.
 	UncordonNode(context.Context, *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error)
+	// ReadLogs streams a deployment instance's captured stdout and stderr
+	// from a node, as `drover logs` shows them: the last lines kept and,
+	// with follow, what the instance prints until the caller goes away.
+	// The bytes come from the node's agent, through the leader.
+	ReadLogs(context.Context, *connect.Request[v1.ReadLogsRequest], *connect.ServerStream[v1.ReadLogsResponse]) error
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -543,6 +640,12 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("UncordonNode")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServiceReadLogsHandler := connect.NewServerStreamHandler(
+		NodeServiceReadLogsProcedure,
+		svc.ReadLogs,
+		connect.WithSchema(nodeServiceMethods.ByName("ReadLogs")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceListNodesProcedure:
@@ -559,6 +662,8 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServicePullVersionHandler.ServeHTTP(w, r)
 		case NodeServiceUncordonNodeProcedure:
 			nodeServiceUncordonNodeHandler.ServeHTTP(w, r)
+		case NodeServiceReadLogsProcedure:
+			nodeServiceReadLogsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -594,4 +699,8 @@ func (UnimplementedNodeServiceHandler) PullVersion(context.Context, *connect.Req
 
 func (UnimplementedNodeServiceHandler) UncordonNode(context.Context, *connect.Request[v1.UncordonNodeRequest]) (*connect.Response[v1.UncordonNodeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.NodeService.UncordonNode is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) ReadLogs(context.Context, *connect.Request[v1.ReadLogsRequest], *connect.ServerStream[v1.ReadLogsResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.NodeService.ReadLogs is not implemented"))
 }
