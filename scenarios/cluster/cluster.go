@@ -386,6 +386,9 @@ type Clients struct {
 	Rollouts  droverv1connect.RolloutServiceClient
 	Telemetry droverv1connect.TelemetryServiceClient
 	Drift     droverv1connect.DriftServiceClient
+	// Agent is for the public GetClusterInfo: the CA, the servers and the
+	// keys that sign manifests and alerts.
+	Agent droverv1connect.AgentServiceClient
 }
 
 // Client returns API clients that talk to node n with the cluster's token.
@@ -417,6 +420,7 @@ func (c *Cluster) Client(n *Node, stale bool) *Clients {
 		Rollouts:  droverv1connect.NewRolloutServiceClient(hc, base, opts),
 		Telemetry: droverv1connect.NewTelemetryServiceClient(hc, base, opts),
 		Drift:     droverv1connect.NewDriftServiceClient(hc, base, opts),
+		Agent:     droverv1connect.NewAgentServiceClient(hc, base, opts),
 	}
 }
 
