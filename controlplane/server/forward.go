@@ -224,6 +224,7 @@ func servedMethods() iter.Seq2[string, protoreflect.MethodDescriptor] {
 			droverv1.File_drover_v1_key_proto,
 			droverv1.File_drover_v1_deploy_proto,
 			droverv1.File_drover_v1_telemetry_proto,
+			droverv1.File_drover_v1_drift_proto,
 		} {
 			for i := range fd.Services().Len() {
 				svc := fd.Services().Get(i)
