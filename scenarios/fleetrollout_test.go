@@ -23,13 +23,19 @@ import (
 )
 
 // fleetAgents sizes the rollout scenarios that read the agents' journals,
-// to try them on larger fleets; each has its own default, which runs in
-// the short tier.
+// to try them on larger fleets; each has its own default.
 var fleetAgents = flag.Int("fleet-agents", 0, "agents in the journal-checked rollout scenarios (0: each scenario's default)")
 
-func fleetSize(def int) int {
-	if *fleetAgents > 0 {
+// fleetSize is def agents, or short of them in the short tier: `make test`
+// shares two cores with every other package's tests, where 40 in-process
+// agents and their model servers can miss their heartbeats before the
+// rollout even starts. The long tier runs def.
+func fleetSize(def, short int) int {
+	switch {
+	case *fleetAgents > 0:
 		return *fleetAgents
+	case testing.Short():
+		return short
 	}
 	return def
 }
@@ -41,7 +47,7 @@ func fleetSize(def int) int {
 // its budget at any instant and that only the canary moved before the
 // operator promoted it.
 func TestRolloutKeepsSiteBudget(t *testing.T) {
-	n := fleetSize(40)
+	n := fleetSize(40, 20)
 	c := cluster.Make(t, 1, cluster.Options{Configure: func(cfg *server.Config) {
 		// Reports ride on heartbeats: a short TTL keeps batches quick,
 		// and 2s keeps 40 agents up on a loaded two-core machine.
@@ -139,7 +145,7 @@ func TestRolloutKeepsSiteBudget(t *testing.T) {
 // and each node's journal shows exactly one move to it: none skipped,
 // none updated twice, and the site budget held throughout.
 func TestRolloutAcrossLeaderKillWithAgents(t *testing.T) {
-	n := fleetSize(16)
+	n := fleetSize(16, 12)
 	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
 		cfg.HeartbeatMinTTL = server.Duration(2 * time.Second)
 	}})

@@ -88,8 +88,11 @@ func fakeDevice(g fakeGPU) *mock.Device {
 		GetTotalEccErrorsFunc: func(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return) {
 			return 0, nvml.ERROR_NOT_SUPPORTED
 		},
-		GetMigModeFunc:           func() (int, int, nvml.Return) { return mode, mode, nvml.SUCCESS },
-		GetMaxMigDeviceCountFunc: func() (int, nvml.Return) { return 7, nvml.SUCCESS },
+		// The agent's health monitor samples these too.
+		GetClockInfoFunc:                    func(nvml.ClockType) (uint32, nvml.Return) { return 1410, nvml.SUCCESS },
+		GetCurrentClocksThrottleReasonsFunc: func() (uint64, nvml.Return) { return 0, nvml.SUCCESS },
+		GetMigModeFunc:                      func() (int, int, nvml.Return) { return mode, mode, nvml.SUCCESS },
+		GetMaxMigDeviceCountFunc:            func() (int, nvml.Return) { return 7, nvml.SUCCESS },
 		GetMigDeviceHandleByIndexFunc: func(i int) (nvml.Device, nvml.Return) {
 			if i < len(migs) {
 				return migs[i], nvml.SUCCESS

@@ -116,7 +116,17 @@ func classifyProcedures() map[string]procKind {
 	for _, p := range localProcedures {
 		procs[p] = procLocal
 	}
+	for _, p := range leaderReads {
+		procs[p] = procWrite
+	}
 	return procs
+}
+
+// leaderReads are reads only the leader can answer, whatever consistency
+// the caller asked for: agents hand a node's logs to the leader, so no
+// other server has them.
+var leaderReads = []string{
+	droverv1connect.NodeServiceReadLogsProcedure,
 }
 
 func (f *forwarder) close() { f.transport.CloseIdleConnections() }

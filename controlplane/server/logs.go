@@ -152,6 +152,12 @@ func (h *logHub) attach(node, id string) (*logRequest, error) {
 func (h *nodeHandler) ReadLogs(ctx context.Context, req *connect.Request[droverv1.ReadLogsRequest], out *connect.ServerStream[droverv1.ReadLogsResponse]) error {
 	n, err := h.s.findNode(req.Msg.GetNode())
 	if connect.CodeOf(err) == connect.CodeNotFound {
+		// Whether a node exists is itself something to read: a token
+		// scoped to sites learns it only of nodes it could read, and a
+		// node of no site is none of them.
+		if err := h.s.mayReadNode(ctx, droverv1connect.NodeServiceReadLogsProcedure, &droverv1.Node{Id: req.Msg.GetNode()}); err != nil {
+			return err
+		}
 		return apiErr(connect.CodeNotFound, droverv1.ErrorReason_ERROR_REASON_NOT_FOUND,
 			fmt.Sprintf("node %q not found", req.Msg.GetNode()), "\"drover node ls\" lists the nodes")
 	}

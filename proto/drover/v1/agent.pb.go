@@ -2403,7 +2403,7 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
 	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\x10WatchLogRequests\x12\".drover.v1.WatchLogRequestsRequest\x1a#.drover.v1.WatchLogRequestsResponse\x12E\n" +
-	"\bSendLogs\x12\x1a.drover.v1.SendLogsRequest\x1a\x1b.drover.v1.SendLogsResponse(\x012\xe2\x04\n" +
+	"\bSendLogs\x12\x1a.drover.v1.SendLogsRequest\x1a\x1b.drover.v1.SendLogsResponse(\x012\xe7\x04\n" +
 	"\vNodeService\x12K\n" +
 	"\tListNodes\x12\x1b.drover.v1.ListNodesRequest\x1a\x1c.drover.v1.ListNodesResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\aGetNode\x12\x19.drover.v1.GetNodeRequest\x1a\x1a.drover.v1.GetNodeResponse\"\x03\x90\x02\x01\x12F\n" +
@@ -2412,8 +2412,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"RevokeNode\x12\x1c.drover.v1.RevokeNodeRequest\x1a\x1d.drover.v1.RevokeNodeResponse\x12L\n" +
 	"\vPullVersion\x12\x1d.drover.v1.PullVersionRequest\x1a\x1e.drover.v1.PullVersionResponse\x12O\n" +
-	"\fUncordonNode\x12\x1e.drover.v1.UncordonNodeRequest\x1a\x1f.drover.v1.UncordonNodeResponse\x12E\n" +
-	"\bReadLogs\x12\x1a.drover.v1.ReadLogsRequest\x1a\x1b.drover.v1.ReadLogsResponse0\x01B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\fUncordonNode\x12\x1e.drover.v1.UncordonNodeRequest\x1a\x1f.drover.v1.UncordonNodeResponse\x12J\n" +
+	"\bReadLogs\x12\x1a.drover.v1.ReadLogsRequest\x1a\x1b.drover.v1.ReadLogsResponse\"\x03\x90\x02\x010\x01B5Z3github.com/droverhq/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_agent_proto_rawDescOnce sync.Once

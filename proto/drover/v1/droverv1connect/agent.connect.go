@@ -509,6 +509,7 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			httpClient,
 			baseURL+NodeServiceReadLogsProcedure,
 			connect.WithSchema(nodeServiceMethods.ByName("ReadLogs")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 	}
@@ -644,6 +645,7 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		NodeServiceReadLogsProcedure,
 		svc.ReadLogs,
 		connect.WithSchema(nodeServiceMethods.ByName("ReadLogs")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	return "/drover.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
