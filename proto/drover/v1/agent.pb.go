@@ -1825,7 +1825,7 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\">\n" +
 	"\x12RevokeNodeResponse\x12(\n" +
-	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2\xa6\x05\n" +
+	"\x04meta\x18\x01 \x01(\v2\x14.drover.v1.WriteMetaR\x04meta2\xf8\x05\n" +
 	"\fAgentService\x12Z\n" +
 	"\x0eGetClusterInfo\x12 .drover.v1.GetClusterInfoRequest\x1a!.drover.v1.GetClusterInfoResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x06Enroll\x12\x18.drover.v1.EnrollRequest\x1a\x19.drover.v1.EnrollResponse\x12C\n" +
@@ -1834,7 +1834,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse\x12`\n" +
 	"\x10WatchAssignments\x12\".drover.v1.WatchAssignmentsRequest\x1a#.drover.v1.WatchAssignmentsResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x012\xca\x03\n" +
+	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x01\x12P\n" +
+	"\x0fHeartbeatStream\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse(\x010\x012\xca\x03\n" +
 	"\vNodeService\x12K\n" +
 	"\tListNodes\x12\x1b.drover.v1.ListNodesRequest\x1a\x1c.drover.v1.ListNodesResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\aGetNode\x12\x19.drover.v1.GetNodeRequest\x1a\x1a.drover.v1.GetNodeResponse\"\x03\x90\x02\x01\x12F\n" +
@@ -1951,28 +1952,30 @@ var file_drover_v1_agent_proto_depIdxs = []int32{
 	10, // 42: drover.v1.AgentService.WatchAssignments:input_type -> drover.v1.WatchAssignmentsRequest
 	12, // 43: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
 	14, // 44: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
-	16, // 45: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	18, // 46: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	20, // 47: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	22, // 48: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	26, // 49: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	24, // 50: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
-	1,  // 51: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 52: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 53: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 54: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 55: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 56: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
-	13, // 57: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
-	15, // 58: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
-	17, // 59: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	19, // 60: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	21, // 61: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	23, // 62: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	27, // 63: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	25, // 64: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
-	51, // [51:65] is the sub-list for method output_type
-	37, // [37:51] is the sub-list for method input_type
+	8,  // 45: drover.v1.AgentService.HeartbeatStream:input_type -> drover.v1.HeartbeatRequest
+	16, // 46: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	18, // 47: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	20, // 48: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	22, // 49: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	26, // 50: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	24, // 51: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
+	1,  // 52: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 53: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 54: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 55: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 56: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 57: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
+	13, // 58: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	15, // 59: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	9,  // 60: drover.v1.AgentService.HeartbeatStream:output_type -> drover.v1.HeartbeatResponse
+	17, // 61: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	19, // 62: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	21, // 63: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	23, // 64: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	27, // 65: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	25, // 66: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
+	52, // [52:67] is the sub-list for method output_type
+	37, // [37:52] is the sub-list for method input_type
 	37, // [37:37] is the sub-list for extension type_name
 	37, // [37:37] is the sub-list for extension extendee
 	0,  // [0:37] is the sub-list for field type_name

@@ -55,6 +55,9 @@ const (
 	AgentServiceGetManifestProcedure = "/drover.v1.AgentService/GetManifest"
 	// AgentServiceGetChunkProcedure is the fully-qualified name of the AgentService's GetChunk RPC.
 	AgentServiceGetChunkProcedure = "/drover.v1.AgentService/GetChunk"
+	// AgentServiceHeartbeatStreamProcedure is the fully-qualified name of the AgentService's
+	// HeartbeatStream RPC.
+	AgentServiceHeartbeatStreamProcedure = "/drover.v1.AgentService/HeartbeatStream"
 	// NodeServiceListNodesProcedure is the fully-qualified name of the NodeService's ListNodes RPC.
 	NodeServiceListNodesProcedure = "/drover.v1.NodeService/ListNodes"
 	// NodeServiceGetNodeProcedure is the fully-qualified name of the NodeService's GetNode RPC.
@@ -89,6 +92,13 @@ type AgentServiceClient interface {
 	// that receives it, which copies a chunk it lacks from a peer.
 	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
 	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
+	// HeartbeatStream carries an agent's heartbeats as messages on one
+	// long-lived stream: each request is answered by one response, exactly
+	// as Heartbeat answers it. A stream costs the leader no QUIC stream
+	// opened and closed per heartbeat. It ends with an error when the
+	// server stops leading; the agent then opens a new one, which a
+	// follower forwards to the new leader.
+	HeartbeatStream(context.Context) *connect.BidiStreamForClient[v1.HeartbeatRequest, v1.HeartbeatResponse]
 }
 
 // NewAgentServiceClient constructs a client for the drover.v1.AgentService service. By default, it
@@ -154,6 +164,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		heartbeatStream: connect.NewClient[v1.HeartbeatRequest, v1.HeartbeatResponse](
+			httpClient,
+			baseURL+AgentServiceHeartbeatStreamProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("HeartbeatStream")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -167,6 +183,7 @@ type agentServiceClient struct {
 	watchAssignments *connect.Client[v1.WatchAssignmentsRequest, v1.WatchAssignmentsResponse]
 	getManifest      *connect.Client[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse]
 	getChunk         *connect.Client[v1.AgentGetChunkRequest, v1.AgentGetChunkResponse]
+	heartbeatStream  *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
 }
 
 // GetClusterInfo calls drover.v1.AgentService.GetClusterInfo.
@@ -209,6 +226,11 @@ func (c *agentServiceClient) GetChunk(ctx context.Context, req *connect.Request[
 	return c.getChunk.CallUnary(ctx, req)
 }
 
+// HeartbeatStream calls drover.v1.AgentService.HeartbeatStream.
+func (c *agentServiceClient) HeartbeatStream(ctx context.Context) *connect.BidiStreamForClient[v1.HeartbeatRequest, v1.HeartbeatResponse] {
+	return c.heartbeatStream.CallBidiStream(ctx)
+}
+
 // AgentServiceHandler is an implementation of the drover.v1.AgentService service.
 type AgentServiceHandler interface {
 	// GetClusterInfo needs no credentials; the CA it returns is checked
@@ -229,6 +251,13 @@ type AgentServiceHandler interface {
 	// that receives it, which copies a chunk it lacks from a peer.
 	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
 	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
+	// HeartbeatStream carries an agent's heartbeats as messages on one
+	// long-lived stream: each request is answered by one response, exactly
+	// as Heartbeat answers it. A stream costs the leader no QUIC stream
+	// opened and closed per heartbeat. It ends with an error when the
+	// server stops leading; the agent then opens a new one, which a
+	// follower forwards to the new leader.
+	HeartbeatStream(context.Context, *connect.BidiStream[v1.HeartbeatRequest, v1.HeartbeatResponse]) error
 }
 
 // NewAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -290,6 +319,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceHeartbeatStreamHandler := connect.NewBidiStreamHandler(
+		AgentServiceHeartbeatStreamProcedure,
+		svc.HeartbeatStream,
+		connect.WithSchema(agentServiceMethods.ByName("HeartbeatStream")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/drover.v1.AgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AgentServiceGetClusterInfoProcedure:
@@ -308,6 +343,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceGetManifestHandler.ServeHTTP(w, r)
 		case AgentServiceGetChunkProcedure:
 			agentServiceGetChunkHandler.ServeHTTP(w, r)
+		case AgentServiceHeartbeatStreamProcedure:
+			agentServiceHeartbeatStreamHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -347,6 +384,10 @@ func (UnimplementedAgentServiceHandler) GetManifest(context.Context, *connect.Re
 
 func (UnimplementedAgentServiceHandler) GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.GetChunk is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) HeartbeatStream(context.Context, *connect.BidiStream[v1.HeartbeatRequest, v1.HeartbeatResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.HeartbeatStream is not implemented"))
 }
 
 // NodeServiceClient is a client for the drover.v1.NodeService service.
