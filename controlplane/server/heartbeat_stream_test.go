@@ -16,25 +16,34 @@ import (
 
 // heartbeatStream is one agent's open HeartbeatStream.
 type heartbeatStream struct {
-	s *connect.BidiStreamForClient[droverv1.HeartbeatRequest, droverv1.HeartbeatResponse]
+	s      *connect.BidiStreamForClient[droverv1.HeartbeatRequest, droverv1.HeartbeatResponse]
+	cancel context.CancelFunc
 }
+
+// beatTimeout is how long beat waits for an answer before it gives the
+// stream up, as the agent does after its heartbeat timeout: a stream
+// forwarded to a leader that died without a reset would wait forever.
+const beatTimeout = 10 * time.Second
 
 func openHeartbeatStream(t *testing.T, ctx context.Context, ac droverv1connect.AgentServiceClient) *heartbeatStream {
 	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
 	s := ac.HeartbeatStream(ctx)
 	t.Cleanup(func() {
+		cancel()
 		_ = s.CloseRequest()
 		_ = s.CloseResponse()
 	})
-	return &heartbeatStream{s: s}
+	return &heartbeatStream{s: s, cancel: cancel}
 }
 
 // beat sends one heartbeat on the stream and returns its answer.
 func (h *heartbeatStream) beat(req *droverv1.HeartbeatRequest) (*droverv1.HeartbeatResponse, error) {
+	timer := time.AfterFunc(beatTimeout, h.cancel)
+	defer timer.Stop()
 	if err := h.s.Send(req); err != nil {
 		// A failed send means the stream is over; Receive says why.
-		_, rerr := h.s.Receive()
-		if rerr != nil {
+		if _, rerr := h.s.Receive(); rerr != nil {
 			return nil, rerr
 		}
 		return nil, err
