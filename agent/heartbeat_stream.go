@@ -49,7 +49,8 @@ func (h *heartbeatStream) beat(ctx context.Context, req *droverv1.HeartbeatReque
 		}
 		return resp.Msg, nil
 	}
-	if h.stream == nil {
+	reopened := h.stream == nil
+	if reopened {
 		sctx, cancel := context.WithCancel(h.ctx)
 		h.stream, h.cancel = h.client.HeartbeatStream(sctx), cancel
 	}
@@ -72,6 +73,15 @@ func (h *heartbeatStream) beat(ctx context.Context, req *droverv1.HeartbeatReque
 		return m, nil
 	}
 	h.close()
+	if !reopened && connect.CodeOf(err) == connect.CodeUnavailable {
+		// The stream outlived what it was routed to: leadership moved
+		// (the old leader answers NO_LEADER, and a follower forwarded
+		// the stream before the change) or the connection was reset. A
+		// unary heartbeat would have been routed afresh, so this one is,
+		// on a new stream, once.
+		h.log.Debug("heartbeat stream ended; opening a new one", "err", err)
+		return h.beat(ctx, req)
+	}
 	if connect.CodeOf(err) == connect.CodeUnimplemented {
 		h.log.Info("the server takes no heartbeat stream (an older version); sending each heartbeat as a call of its own", "err", err)
 		h.unary = true

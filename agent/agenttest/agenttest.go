@@ -114,6 +114,7 @@ type Cluster struct {
 	ttl        time.Duration
 	validity   time.Duration
 	refusals   map[string]error
+	refuseOnce map[string]error // nil until RefuseOnce
 	reregister bool
 	advertised []string // nil: every server's address
 	calls      []Call
@@ -211,6 +212,17 @@ func (c *Cluster) Refuse(procedure string, err error) {
 		return
 	}
 	c.refusals[procedure] = err
+}
+
+// RefuseOnce makes the next call of procedure, on any server, answer err
+// after recording the call; the calls after it are answered as before.
+func (c *Cluster) RefuseOnce(procedure string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refuseOnce == nil {
+		c.refuseOnce = map[string]error{}
+	}
+	c.refuseOnce[procedure] = err
 }
 
 // RefusalError is an error as the control plane sends it: a Connect code
@@ -396,6 +408,10 @@ func (h *handler) begin(ctx context.Context, procedure string, req proto.Message
 		call.NodeID = call.Cert.Subject.CommonName
 	}
 	h.c.mu.Lock()
+	if err, ok := h.c.refuseOnce[procedure]; ok {
+		delete(h.c.refuseOnce, procedure)
+		return call, err
+	}
 	return call, h.c.refusals[procedure]
 }
 
