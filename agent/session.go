@@ -101,6 +101,9 @@ type session struct {
 	nextProbe      time.Time
 	renewAt        time.Time
 	lastRenewal    time.Time
+
+	// beats carries heartbeats to the server serve talks to.
+	beats *heartbeatStream
 }
 
 // runSession keeps the node registered and heartbeating until ctx ends
@@ -268,6 +271,8 @@ func (s *session) serve(ctx context.Context, addr string) (progressed bool, err 
 			s.serving.shipTo(nil, "")
 		}
 	}()
+	s.beats = newHeartbeatStream(ctx, c, s.log.With("server", addr))
+	defer s.beats.close()
 	for {
 		if now := clk.Now(); !now.Before(s.nextProbe) {
 			s.reprobe(ctx)
@@ -428,11 +433,10 @@ func (s *session) heartbeat(ctx context.Context, c droverv1connect.AgentServiceC
 		req.Suspects = s.pool.Suspects()
 		req.GossipMembers = uint32(s.pool.NumMembers())
 	}
-	resp, err := c.Heartbeat(ctx, connect.NewRequest(req))
+	m, err := s.beats.beat(ctx, req)
 	if err != nil {
 		return s.callError("heartbeat", addr, err)
 	}
-	m := resp.Msg
 	ttl := m.GetTtl().AsDuration() // 0 when absent
 	if interval := heartbeatInterval(ttl); interval != s.interval {
 		s.log.Debug("heartbeat interval changed", "ttl", ttl, "interval", interval)
@@ -517,7 +521,9 @@ func (s *session) renew(ctx context.Context, c droverv1connect.AgentServiceClien
 	s.id = id
 	s.cert.Store(&id.Cert)
 	// The connection in use was authenticated with the old certificate;
-	// closing it makes the next call present the new one.
+	// closing it makes the next call present the new one. The heartbeat
+	// stream would keep it open.
+	s.beats.close()
 	s.tr.CloseIdleConnections()
 	now := s.a.clk.Now()
 	s.lastRenewal = now

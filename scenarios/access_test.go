@@ -294,6 +294,17 @@ func accessCalls() []accessCall {
 				_, err := cl.Agent.Heartbeat(ctx, connect.NewRequest(&droverv1.HeartbeatRequest{}))
 				return err
 			}},
+		{proc: droverv1connect.AgentServiceHeartbeatStreamProcedure, needs: needsAgent,
+			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
+				stream := cl.Agent.HeartbeatStream(ctx)
+				defer func() { _ = stream.CloseResponse() }()
+				if err := stream.Send(&droverv1.HeartbeatRequest{}); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				}
+				_, err := stream.Receive()
+				_ = stream.CloseRequest()
+				return err
+			}},
 		{proc: droverv1connect.AgentServiceWatchAssignmentsProcedure, needs: needsAgent,
 			do: func(_ *testing.T, ctx context.Context, _ *accessFixture, cl *apiClients, _ scope) error {
 				_, err := cl.Agent.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{}))

@@ -48,6 +48,9 @@ const (
 	Register         = droverv1connect.AgentServiceRegisterProcedure
 	RenewCertificate = droverv1connect.AgentServiceRenewCertificateProcedure
 	Heartbeat        = droverv1connect.AgentServiceHeartbeatProcedure
+	// HeartbeatStream is recorded when a stream opens; each heartbeat on
+	// it is recorded as a Heartbeat call with Streamed set.
+	HeartbeatStream  = droverv1connect.AgentServiceHeartbeatStreamProcedure
 	WatchAssignments = droverv1connect.AgentServiceWatchAssignmentsProcedure
 )
 
@@ -68,6 +71,8 @@ type Call struct {
 	Request proto.Message
 	// Err is the error the server answered with, nil for success.
 	Err error
+	// Streamed is set for a heartbeat sent on a HeartbeatStream.
+	Streamed bool
 }
 
 // Node is a node the fake cluster enrolled.
@@ -109,6 +114,7 @@ type Cluster struct {
 	ttl        time.Duration
 	validity   time.Duration
 	refusals   map[string]error
+	refuseOnce map[string]error // nil until RefuseOnce
 	reregister bool
 	advertised []string // nil: every server's address
 	calls      []Call
@@ -206,6 +212,17 @@ func (c *Cluster) Refuse(procedure string, err error) {
 		return
 	}
 	c.refusals[procedure] = err
+}
+
+// RefuseOnce makes the next call of procedure, on any server, answer err
+// after recording the call; the calls after it are answered as before.
+func (c *Cluster) RefuseOnce(procedure string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refuseOnce == nil {
+		c.refuseOnce = map[string]error{}
+	}
+	c.refuseOnce[procedure] = err
 }
 
 // RefusalError is an error as the control plane sends it: a Connect code
@@ -351,6 +368,12 @@ type tlsKey struct{}
 // handlers.
 func (s *Server) capture(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == HeartbeatStream {
+			// Its body ends when the agent closes the stream; the
+			// handler records each message instead.
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tlsKey{}, r.TLS)))
+			return
+		}
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -385,6 +408,10 @@ func (h *handler) begin(ctx context.Context, procedure string, req proto.Message
 		call.NodeID = call.Cert.Subject.CommonName
 	}
 	h.c.mu.Lock()
+	if err, ok := h.c.refuseOnce[procedure]; ok {
+		delete(h.c.refuseOnce, procedure)
+		return call, err
+	}
 	return call, h.c.refusals[procedure]
 }
 
@@ -527,8 +554,45 @@ func (h *handler) RenewCertificate(ctx context.Context, req *connect.Request[dro
 	return connect.NewResponse(resp), h.finish(call, nil)
 }
 
+// streamedKey marks the context of a heartbeat that came on a stream.
+type streamedKey struct{}
+
+// HeartbeatStream answers each heartbeat on the stream as Heartbeat
+// answers one, refusals included; Refuse(HeartbeatStream, …) refuses the
+// stream itself, as a server that does not know it does.
+func (h *handler) HeartbeatStream(ctx context.Context, stream *connect.BidiStream[droverv1.HeartbeatRequest, droverv1.HeartbeatResponse]) error {
+	call, err := h.begin(ctx, HeartbeatStream, &droverv1.HeartbeatRequest{})
+	call.Request = nil
+	if err := h.finish(call, err); err != nil {
+		return err
+	}
+	ctx = context.WithValue(ctx, streamedKey{}, true)
+	for {
+		msg, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if raw, err := proto.Marshal(msg); err == nil {
+			h.c.mu.Lock()
+			h.c.bodies = append(h.c.bodies, raw)
+			h.c.mu.Unlock()
+		}
+		resp, err := h.Heartbeat(ctx, connect.NewRequest(msg))
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp.Msg); err != nil {
+			return err
+		}
+	}
+}
+
 func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[droverv1.HeartbeatRequest]) (*connect.Response[droverv1.HeartbeatResponse], error) {
 	call, err := h.begin(ctx, Heartbeat, req.Msg)
+	call.Streamed, _ = ctx.Value(streamedKey{}).(bool)
 	if err != nil {
 		return nil, h.finish(call, err)
 	}

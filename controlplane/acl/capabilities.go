@@ -162,6 +162,8 @@ var procedures = map[string]Capability{
 	// read-only token may.
 	connectv1.AgentServiceGetManifestProcedure: {Auth: AuthAgent},
 	connectv1.AgentServiceGetChunkProcedure:    {Auth: AuthAgent},
+	// Each heartbeat on the stream is checked as a Heartbeat call is.
+	connectv1.AgentServiceHeartbeatStreamProcedure: {Auth: AuthAgent},
 
 	connectv1.NodeServiceListNodesProcedure: need(node, read),
 	connectv1.NodeServiceGetNodeProcedure: on(node, read, func(r *droverv1.GetNodeRequest) Ref {

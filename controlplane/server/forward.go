@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"iter"
 	"net"
 	"net/http"
@@ -184,6 +185,20 @@ func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
 			if c := agentCertFrom(pr.In.Context()); c != nil {
 				pr.Out.Header.Set(forwardedCertHeader, base64.StdEncoding.EncodeToString(c.Raw))
 			}
+			ctx, cancel := context.WithCancel(pr.Out.Context())
+			pr.Out = pr.Out.WithContext(context.WithValue(ctx, endForwardKey{}, cancel))
+		},
+		// The proxy closes the answer's body once it has copied it, and
+		// that Close waits until the request's body is sent to the end.
+		// A bidirectional stream the leader ended (with an error, say)
+		// still has its caller's side open, so the Close would wait for
+		// as long as the caller keeps it open, and the caller never sees
+		// the end. Ending the forwarded request first lets it return.
+		ModifyResponse: func(res *http.Response) error {
+			if end, ok := res.Request.Context().Value(endForwardKey{}).(context.CancelFunc); ok {
+				res.Body = &endOnClose{ReadCloser: res.Body, end: end}
+			}
+			return nil
 		},
 		Transport:     f.transport,
 		FlushInterval: -1, // stream responses as they come
@@ -209,6 +224,22 @@ func (f *forwarder) proxy(name, addr string) *httputil.ReverseProxy {
 	}
 	f.proxies[addr] = p
 	return p
+}
+
+// endForwardKey holds the function that ends a forwarded request, in
+// its context.
+type endForwardKey struct{}
+
+// endOnClose is a forwarded answer's body whose Close first ends the
+// forwarded request.
+type endOnClose struct {
+	io.ReadCloser
+	end context.CancelFunc
+}
+
+func (b *endOnClose) Close() error {
+	b.end()
+	return b.ReadCloser.Close()
 }
 
 // clusterClient is a ClusterService client to another server,

@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/base32"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -320,6 +322,36 @@ func (h *agentHandler) recordConditions(ctx context.Context, node *droverv1.Node
 	if cmd.Cordon {
 		h.s.logger.Warn("node cordoned", "node", node.GetId(), "reason", cmd.Reason)
 		h.s.kickRollouts()
+	}
+}
+
+// HeartbeatStream answers each heartbeat on the stream as Heartbeat
+// answers one. The node is looked up again for each (as the call's
+// authorization does for a unary heartbeat), so a node revoked or gone
+// while its stream is open is refused on its next heartbeat, and a status
+// change is seen at once. The stream ends with the first error: a server
+// that stops leading answers NO_LEADER, and the agent's new stream is
+// forwarded to the new leader.
+func (h *agentHandler) HeartbeatStream(ctx context.Context, stream *connect.BidiStream[droverv1.HeartbeatRequest, droverv1.HeartbeatResponse]) error {
+	for {
+		msg, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		beatCtx, err := h.s.authenticateAgent(ctx)
+		if err != nil {
+			return err
+		}
+		res, err := h.Heartbeat(beatCtx, connect.NewRequest(msg))
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(res.Msg); err != nil {
+			return fmt.Errorf("answer a heartbeat: %w", err)
+		}
 	}
 }
 

@@ -110,6 +110,9 @@ type simAgent struct {
 	// openSession. One transport, one QUIC connection: one node identity.
 	session *http3.Transport
 	client  droverv1connect.AgentServiceClient
+	// beats is the node's heartbeat stream, nil until streamHeartbeat
+	// opens it; closeBeats closes it.
+	beats *connect.BidiStreamForClient[droverv1.HeartbeatRequest, droverv1.HeartbeatResponse]
 }
 
 // enrollTiming splits one enrollment as the agent sees it.
@@ -204,6 +207,7 @@ func (a *simAgent) openSession(ca *x509.Certificate, addr string, opts ...connec
 }
 
 func (a *simAgent) close() {
+	a.closeBeats()
 	if a.session != nil {
 		_ = a.session.Close()
 	}
@@ -236,6 +240,37 @@ func (a *simAgent) heartbeat(ctx context.Context) error {
 			a.name, m.GetStatus(), m.GetReregister(), m.GetTtl().AsDuration())
 	}
 	return nil
+}
+
+// streamHeartbeat sends one heartbeat as a message on the node's
+// heartbeat stream, opened with ctx on its first use as the agent opens
+// it once per session, and checks the answer as heartbeat does.
+func (a *simAgent) streamHeartbeat(ctx context.Context) error {
+	if a.beats == nil {
+		a.beats = a.client.HeartbeatStream(ctx)
+	}
+	if err := a.beats.Send(&droverv1.HeartbeatRequest{}); err != nil {
+		return fmt.Errorf("heartbeat stream of %s: send: %w", a.name, err)
+	}
+	m, err := a.beats.Receive()
+	if err != nil {
+		return fmt.Errorf("heartbeat stream of %s: %w", a.name, err)
+	}
+	if m.GetStatus() != droverv1.NodeStatus_NODE_STATUS_READY || m.GetReregister() || m.GetTtl().AsDuration() <= 0 {
+		return fmt.Errorf("heartbeat stream of %s: answer status %v, reregister %v, ttl %v; want a READY node with a TTL",
+			a.name, m.GetStatus(), m.GetReregister(), m.GetTtl().AsDuration())
+	}
+	return nil
+}
+
+// closeBeats ends the node's heartbeat stream, if it has one.
+func (a *simAgent) closeBeats() {
+	if a.beats == nil {
+		return
+	}
+	_ = a.beats.CloseRequest()
+	_ = a.beats.CloseResponse()
+	a.beats = nil
 }
 
 // dialHeartbeat sends one heartbeat over a new connection, closed after:

@@ -26,7 +26,7 @@ var (
 	hbServers      = flag.Int("hb.servers", 1, "servers in each BenchmarkHeartbeat cluster (the leader takes the heartbeats)")
 	hbDuration     = flag.Duration("hb.duration", 5*time.Second, "measured window of each BenchmarkHeartbeat mode")
 	hbWarmup       = flag.Duration("hb.warmup", time.Second, "load before each measured window, not measured (the first mode also warms every connection up)")
-	hbInflight     = flag.Int("hb.inflight", 256, "heartbeat calls in flight at once in BenchmarkHeartbeat's first two modes")
+	hbInflight     = flag.Int("hb.inflight", 256, "heartbeat calls in flight at once in BenchmarkHeartbeat's first three modes")
 	hbStreams      = flag.Int("hb.streams", 32, "heartbeat calls in flight per connection in BenchmarkHeartbeat's multiplexed mode")
 	hbDialInflight = flag.Int("hb.dial-inflight", acceptQueue, "heartbeats in flight in BenchmarkHeartbeat's new-connection-per-heartbeat mode")
 	hbGzip         = flag.Bool("hb.gzip", true, "simulated agents accept gzip-compressed answers, as drover-agent's Connect client does; false shows what the leader saves when it does not compress them")
@@ -55,13 +55,17 @@ const hbTarget = 20000
 // one server), enrolls and registers that many simulated agents, each
 // holding its own QUIC connection with its own node certificate (one
 // HTTP/3 connection is one certificate is one node), and then drives
-// heartbeats at the leader as fast as it answers, in three modes:
+// heartbeats at the leader as fast as it answers, in four modes:
 //
 //   - conns=N,streams=1, the fleet's shape: -hb.inflight workers take
 //     turns over every node's connection, so each connection carries at
 //     most one call at a time and every connection of the fleet is used.
 //     This is the honest figure for a fleet whose agents keep their
 //     connection between heartbeats.
+//   - conns=N,heartbeat-stream: the fleet's shape again, but each node
+//     sends its heartbeats as messages on one long-lived HeartbeatStream
+//     (opened during the warm-up), as drover-agent does: no QUIC stream
+//     is opened or closed per heartbeat.
 //   - conns=C,streams=S: C nodes each keep S heartbeats in flight on
 //     their one connection (-hb.inflight in all, S = -hb.streams). No
 //     agent does this (each sends one heartbeat per interval); packets and
@@ -135,6 +139,13 @@ func BenchmarkHeartbeat(b *testing.B) {
 					return f.agents[turn(n, spread, w, k)].heartbeat(b.Context())
 				})
 			})
+			name = fmt.Sprintf("conns=%d,heartbeat-stream", n)
+			b.Run(name, func(b *testing.B) {
+				defer f.closeBeats()
+				f.measure(b, fmt.Sprintf("nodes=%d-%s", n, name), spread, warmHeartbeatsPerConn*int64(n), func(w, k int) error {
+					return f.agents[turn(n, spread, w, k)].streamHeartbeat(b.Context())
+				})
+			})
 			streams := *hbStreams
 			conns := min(max(1, *hbInflight/streams), n)
 			name = fmt.Sprintf("conns=%d,streams=%d", conns, streams)
@@ -150,6 +161,13 @@ func BenchmarkHeartbeat(b *testing.B) {
 				})
 			})
 		})
+	}
+}
+
+// closeBeats ends every node's heartbeat stream.
+func (f *fleet) closeBeats() {
+	for _, a := range f.agents {
+		a.closeBeats()
 	}
 }
 

@@ -2392,7 +2392,7 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"tail_lines\x18\x03 \x01(\rR\ttailLines\x12\x16\n" +
 	"\x06follow\x18\x04 \x01(\bR\x06follow\":\n" +
 	"\x10ReadLogsResponse\x12&\n" +
-	"\x04data\x18\x01 \x01(\v2\x12.drover.v1.LogDataR\x04data2\xca\x06\n" +
+	"\x04data\x18\x01 \x01(\v2\x12.drover.v1.LogDataR\x04data2\x9c\a\n" +
 	"\fAgentService\x12Z\n" +
 	"\x0eGetClusterInfo\x12 .drover.v1.GetClusterInfoRequest\x1a!.drover.v1.GetClusterInfoResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x06Enroll\x12\x18.drover.v1.EnrollRequest\x1a\x19.drover.v1.EnrollResponse\x12C\n" +
@@ -2401,7 +2401,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse\x12`\n" +
 	"\x10WatchAssignments\x12\".drover.v1.WatchAssignmentsRequest\x1a#.drover.v1.WatchAssignmentsResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\vGetManifest\x12\".drover.v1.AgentGetManifestRequest\x1a#.drover.v1.AgentGetManifestResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x01\x12[\n" +
+	"\bGetChunk\x12\x1f.drover.v1.AgentGetChunkRequest\x1a .drover.v1.AgentGetChunkResponse\"\x03\x90\x02\x01\x12P\n" +
+	"\x0fHeartbeatStream\x12\x1b.drover.v1.HeartbeatRequest\x1a\x1c.drover.v1.HeartbeatResponse(\x010\x01\x12[\n" +
 	"\x10WatchLogRequests\x12\".drover.v1.WatchLogRequestsRequest\x1a#.drover.v1.WatchLogRequestsResponse\x12E\n" +
 	"\bSendLogs\x12\x1a.drover.v1.SendLogsRequest\x1a\x1b.drover.v1.SendLogsResponse(\x012\xe7\x04\n" +
 	"\vNodeService\x12K\n" +
@@ -2539,36 +2540,38 @@ var file_drover_v1_agent_proto_depIdxs = []int32{
 	10, // 48: drover.v1.AgentService.WatchAssignments:input_type -> drover.v1.WatchAssignmentsRequest
 	12, // 49: drover.v1.AgentService.GetManifest:input_type -> drover.v1.AgentGetManifestRequest
 	14, // 50: drover.v1.AgentService.GetChunk:input_type -> drover.v1.AgentGetChunkRequest
-	16, // 51: drover.v1.AgentService.WatchLogRequests:input_type -> drover.v1.WatchLogRequestsRequest
-	19, // 52: drover.v1.AgentService.SendLogs:input_type -> drover.v1.SendLogsRequest
-	22, // 53: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
-	24, // 54: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
-	26, // 55: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
-	28, // 56: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
-	34, // 57: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
-	30, // 58: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
-	32, // 59: drover.v1.NodeService.UncordonNode:input_type -> drover.v1.UncordonNodeRequest
-	36, // 60: drover.v1.NodeService.ReadLogs:input_type -> drover.v1.ReadLogsRequest
-	1,  // 61: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
-	3,  // 62: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
-	5,  // 63: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	7,  // 64: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
-	9,  // 65: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
-	11, // 66: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
-	13, // 67: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
-	15, // 68: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
-	17, // 69: drover.v1.AgentService.WatchLogRequests:output_type -> drover.v1.WatchLogRequestsResponse
-	20, // 70: drover.v1.AgentService.SendLogs:output_type -> drover.v1.SendLogsResponse
-	23, // 71: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
-	25, // 72: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
-	27, // 73: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
-	29, // 74: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
-	35, // 75: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
-	31, // 76: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
-	33, // 77: drover.v1.NodeService.UncordonNode:output_type -> drover.v1.UncordonNodeResponse
-	37, // 78: drover.v1.NodeService.ReadLogs:output_type -> drover.v1.ReadLogsResponse
-	61, // [61:79] is the sub-list for method output_type
-	43, // [43:61] is the sub-list for method input_type
+	8,  // 51: drover.v1.AgentService.HeartbeatStream:input_type -> drover.v1.HeartbeatRequest
+	16, // 52: drover.v1.AgentService.WatchLogRequests:input_type -> drover.v1.WatchLogRequestsRequest
+	19, // 53: drover.v1.AgentService.SendLogs:input_type -> drover.v1.SendLogsRequest
+	22, // 54: drover.v1.NodeService.ListNodes:input_type -> drover.v1.ListNodesRequest
+	24, // 55: drover.v1.NodeService.GetNode:input_type -> drover.v1.GetNodeRequest
+	26, // 56: drover.v1.NodeService.DrainNode:input_type -> drover.v1.DrainNodeRequest
+	28, // 57: drover.v1.NodeService.LabelNode:input_type -> drover.v1.LabelNodeRequest
+	34, // 58: drover.v1.NodeService.RevokeNode:input_type -> drover.v1.RevokeNodeRequest
+	30, // 59: drover.v1.NodeService.PullVersion:input_type -> drover.v1.PullVersionRequest
+	32, // 60: drover.v1.NodeService.UncordonNode:input_type -> drover.v1.UncordonNodeRequest
+	36, // 61: drover.v1.NodeService.ReadLogs:input_type -> drover.v1.ReadLogsRequest
+	1,  // 62: drover.v1.AgentService.GetClusterInfo:output_type -> drover.v1.GetClusterInfoResponse
+	3,  // 63: drover.v1.AgentService.Enroll:output_type -> drover.v1.EnrollResponse
+	5,  // 64: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	7,  // 65: drover.v1.AgentService.RenewCertificate:output_type -> drover.v1.RenewCertificateResponse
+	9,  // 66: drover.v1.AgentService.Heartbeat:output_type -> drover.v1.HeartbeatResponse
+	11, // 67: drover.v1.AgentService.WatchAssignments:output_type -> drover.v1.WatchAssignmentsResponse
+	13, // 68: drover.v1.AgentService.GetManifest:output_type -> drover.v1.AgentGetManifestResponse
+	15, // 69: drover.v1.AgentService.GetChunk:output_type -> drover.v1.AgentGetChunkResponse
+	9,  // 70: drover.v1.AgentService.HeartbeatStream:output_type -> drover.v1.HeartbeatResponse
+	17, // 71: drover.v1.AgentService.WatchLogRequests:output_type -> drover.v1.WatchLogRequestsResponse
+	20, // 72: drover.v1.AgentService.SendLogs:output_type -> drover.v1.SendLogsResponse
+	23, // 73: drover.v1.NodeService.ListNodes:output_type -> drover.v1.ListNodesResponse
+	25, // 74: drover.v1.NodeService.GetNode:output_type -> drover.v1.GetNodeResponse
+	27, // 75: drover.v1.NodeService.DrainNode:output_type -> drover.v1.DrainNodeResponse
+	29, // 76: drover.v1.NodeService.LabelNode:output_type -> drover.v1.LabelNodeResponse
+	35, // 77: drover.v1.NodeService.RevokeNode:output_type -> drover.v1.RevokeNodeResponse
+	31, // 78: drover.v1.NodeService.PullVersion:output_type -> drover.v1.PullVersionResponse
+	33, // 79: drover.v1.NodeService.UncordonNode:output_type -> drover.v1.UncordonNodeResponse
+	37, // 80: drover.v1.NodeService.ReadLogs:output_type -> drover.v1.ReadLogsResponse
+	62, // [62:81] is the sub-list for method output_type
+	43, // [43:62] is the sub-list for method input_type
 	43, // [43:43] is the sub-list for extension type_name
 	43, // [43:43] is the sub-list for extension extendee
 	0,  // [0:43] is the sub-list for field type_name

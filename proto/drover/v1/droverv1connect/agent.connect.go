@@ -55,6 +55,9 @@ const (
 	AgentServiceGetManifestProcedure = "/drover.v1.AgentService/GetManifest"
 	// AgentServiceGetChunkProcedure is the fully-qualified name of the AgentService's GetChunk RPC.
 	AgentServiceGetChunkProcedure = "/drover.v1.AgentService/GetChunk"
+	// AgentServiceHeartbeatStreamProcedure is the fully-qualified name of the AgentService's
+	// HeartbeatStream RPC.
+	AgentServiceHeartbeatStreamProcedure = "/drover.v1.AgentService/HeartbeatStream"
 	// AgentServiceWatchLogRequestsProcedure is the fully-qualified name of the AgentService's
 	// WatchLogRequests RPC.
 	AgentServiceWatchLogRequestsProcedure = "/drover.v1.AgentService/WatchLogRequests"
@@ -99,6 +102,13 @@ type AgentServiceClient interface {
 	// that receives it, which copies a chunk it lacks from a peer.
 	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
 	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
+	// HeartbeatStream carries an agent's heartbeats as messages on one
+	// long-lived stream: each request is answered by one response, exactly
+	// as Heartbeat answers it. A stream costs the leader no QUIC stream
+	// opened and closed per heartbeat. It ends with an error when the
+	// server stops leading; the agent then opens a new one, which a
+	// follower forwards to the new leader.
+	HeartbeatStream(context.Context) *connect.BidiStreamForClient[v1.HeartbeatRequest, v1.HeartbeatResponse]
 	// WatchLogRequests blocks until an operator asks for the calling node's
 	// logs (drover logs), or a while has passed, and answers the requests
 	// waiting for this node. Like every session call it reaches the leader,
@@ -174,6 +184,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		heartbeatStream: connect.NewClient[v1.HeartbeatRequest, v1.HeartbeatResponse](
+			httpClient,
+			baseURL+AgentServiceHeartbeatStreamProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("HeartbeatStream")),
+			connect.WithClientOptions(opts...),
+		),
 		watchLogRequests: connect.NewClient[v1.WatchLogRequestsRequest, v1.WatchLogRequestsResponse](
 			httpClient,
 			baseURL+AgentServiceWatchLogRequestsProcedure,
@@ -199,6 +215,7 @@ type agentServiceClient struct {
 	watchAssignments *connect.Client[v1.WatchAssignmentsRequest, v1.WatchAssignmentsResponse]
 	getManifest      *connect.Client[v1.AgentGetManifestRequest, v1.AgentGetManifestResponse]
 	getChunk         *connect.Client[v1.AgentGetChunkRequest, v1.AgentGetChunkResponse]
+	heartbeatStream  *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
 	watchLogRequests *connect.Client[v1.WatchLogRequestsRequest, v1.WatchLogRequestsResponse]
 	sendLogs         *connect.Client[v1.SendLogsRequest, v1.SendLogsResponse]
 }
@@ -243,6 +260,11 @@ func (c *agentServiceClient) GetChunk(ctx context.Context, req *connect.Request[
 	return c.getChunk.CallUnary(ctx, req)
 }
 
+// HeartbeatStream calls drover.v1.AgentService.HeartbeatStream.
+func (c *agentServiceClient) HeartbeatStream(ctx context.Context) *connect.BidiStreamForClient[v1.HeartbeatRequest, v1.HeartbeatResponse] {
+	return c.heartbeatStream.CallBidiStream(ctx)
+}
+
 // WatchLogRequests calls drover.v1.AgentService.WatchLogRequests.
 func (c *agentServiceClient) WatchLogRequests(ctx context.Context, req *connect.Request[v1.WatchLogRequestsRequest]) (*connect.Response[v1.WatchLogRequestsResponse], error) {
 	return c.watchLogRequests.CallUnary(ctx, req)
@@ -273,6 +295,13 @@ type AgentServiceHandler interface {
 	// that receives it, which copies a chunk it lacks from a peer.
 	GetManifest(context.Context, *connect.Request[v1.AgentGetManifestRequest]) (*connect.Response[v1.AgentGetManifestResponse], error)
 	GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error)
+	// HeartbeatStream carries an agent's heartbeats as messages on one
+	// long-lived stream: each request is answered by one response, exactly
+	// as Heartbeat answers it. A stream costs the leader no QUIC stream
+	// opened and closed per heartbeat. It ends with an error when the
+	// server stops leading; the agent then opens a new one, which a
+	// follower forwards to the new leader.
+	HeartbeatStream(context.Context, *connect.BidiStream[v1.HeartbeatRequest, v1.HeartbeatResponse]) error
 	// WatchLogRequests blocks until an operator asks for the calling node's
 	// logs (drover logs), or a while has passed, and answers the requests
 	// waiting for this node. Like every session call it reaches the leader,
@@ -344,6 +373,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceHeartbeatStreamHandler := connect.NewBidiStreamHandler(
+		AgentServiceHeartbeatStreamProcedure,
+		svc.HeartbeatStream,
+		connect.WithSchema(agentServiceMethods.ByName("HeartbeatStream")),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentServiceWatchLogRequestsHandler := connect.NewUnaryHandler(
 		AgentServiceWatchLogRequestsProcedure,
 		svc.WatchLogRequests,
@@ -374,6 +409,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceGetManifestHandler.ServeHTTP(w, r)
 		case AgentServiceGetChunkProcedure:
 			agentServiceGetChunkHandler.ServeHTTP(w, r)
+		case AgentServiceHeartbeatStreamProcedure:
+			agentServiceHeartbeatStreamHandler.ServeHTTP(w, r)
 		case AgentServiceWatchLogRequestsProcedure:
 			agentServiceWatchLogRequestsHandler.ServeHTTP(w, r)
 		case AgentServiceSendLogsProcedure:
@@ -417,6 +454,10 @@ func (UnimplementedAgentServiceHandler) GetManifest(context.Context, *connect.Re
 
 func (UnimplementedAgentServiceHandler) GetChunk(context.Context, *connect.Request[v1.AgentGetChunkRequest]) (*connect.Response[v1.AgentGetChunkResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.GetChunk is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) HeartbeatStream(context.Context, *connect.BidiStream[v1.HeartbeatRequest, v1.HeartbeatResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("drover.v1.AgentService.HeartbeatStream is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) WatchLogRequests(context.Context, *connect.Request[v1.WatchLogRequestsRequest]) (*connect.Response[v1.WatchLogRequestsResponse], error) {
