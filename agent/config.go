@@ -120,7 +120,8 @@ type Config struct {
 	TelemetryOff bool
 	// TelemetryNow, when set, is the time telemetry windows are cut on
 	// instead of the system's. Scenarios use it to run hours of windows
-	// in seconds; leave it nil everywhere else.
+	// in seconds; leave it nil everywhere else. The node's own metrics
+	// windows, sampled on the real clock, are not spooled then.
 	TelemetryNow func() time.Time
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
