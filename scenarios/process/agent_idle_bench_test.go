@@ -69,8 +69,9 @@ func serveBenchModel() int {
 // idle (no requests: heartbeats, health checks, the node metrics) for
 // -idle.duration side by side, so that the same load on the box weighs on
 // both. It reports each agent's CPU over the window (utime+stime from
-// /proc/PID/stat, as a share of one core) and its VmRSS and RssAnon (from
-// /proc/PID/status) at the end, and the telemetry-on agent's ratio to the
+// /proc/PID/stat, as a share of one core) and its VmRSS, RssAnon (private
+// memory) and RssFile (the binary's mapped pages, shared and reclaimable)
+// from /proc/PID/status at the end, and the telemetry-on agent's ratio to the
 // targets: 1% of a core and 25 MB.
 func BenchmarkAgentIdle(b *testing.B) {
 	if *idleDuration <= 0 || *idleSettle < 0 {
@@ -194,10 +195,10 @@ strategy:
 	b.StopTimer()
 	load := loadAvg()
 	type figures struct {
-		cores       float64
-		rss, anon   int64
-		cpuUsed     time.Duration
-		haveRSSAnon bool
+		cores     float64
+		rss, anon int64
+		file      int64
+		cpuUsed   time.Duration
 	}
 	got := make([]figures, len(agents))
 	for i, a := range agents {
@@ -209,8 +210,7 @@ strategy:
 		if err != nil {
 			b.Fatal(err)
 		}
-		_, hasAnon := st["RssAnon"]
-		got[i] = figures{cores: (cpu1 - cpu0[i]).Seconds() / secs, rss: st["VmRSS"], anon: st["RssAnon"], cpuUsed: cpu1 - cpu0[i], haveRSSAnon: hasAnon}
+		got[i] = figures{cores: (cpu1 - cpu0[i]).Seconds() / secs, rss: st["VmRSS"], anon: st["RssAnon"], file: st["RssFile"], cpuUsed: cpu1 - cpu0[i]}
 	}
 	f, g := got[0], got[1]
 	b.ReportMetric(0, "ns/op")
@@ -220,6 +220,7 @@ strategy:
 	b.ReportMetric(float64(g.rss)/1e6, "off-RSS-MB")
 	b.ReportMetric(float64(f.anon)/1e6, "on-anon-MB")
 	b.ReportMetric(float64(g.anon)/1e6, "off-anon-MB")
+	b.ReportMetric(float64(f.file)/1e6, "on-file-MB")
 	b.ReportMetric(f.cores/idleCPUTarget, "on-cpu/target")
 	b.ReportMetric(float64(f.rss)/idleRSSTarget, "on-rss/target")
 	verdict := func(ok bool) string {
@@ -228,10 +229,11 @@ strategy:
 		}
 		return "MISSES"
 	}
-	b.Logf("idle %.0fs, one deployment serving: telemetry on: CPU %v (%.2f%% of a core, %s 1%%), VmRSS %.1f MB (%s 25 MB), RssAnon %.1f MB; "+
-		"telemetry off: CPU %v (%.2f%% of a core), VmRSS %.1f MB, RssAnon %.1f MB; load average %s",
+	b.Logf("idle %.0fs, one deployment serving: telemetry on: CPU %v (%.2f%% of a core, %s 1%%), VmRSS %.1f MB (%s 25 MB), RssAnon %.1f MB, RssFile %.1f MB; "+
+		"telemetry off: CPU %v (%.2f%% of a core), VmRSS %.1f MB, RssAnon %.1f MB, RssFile %.1f MB; load average %s",
 		secs, f.cpuUsed.Round(time.Millisecond), f.cores*100, verdict(f.cores < idleCPUTarget), float64(f.rss)/1e6, verdict(f.rss < idleRSSTarget),
-		float64(f.anon)/1e6, g.cpuUsed.Round(time.Millisecond), g.cores*100, float64(g.rss)/1e6, float64(g.anon)/1e6, load)
+		float64(f.anon)/1e6, float64(f.file)/1e6, g.cpuUsed.Round(time.Millisecond), g.cores*100, float64(g.rss)/1e6, float64(g.anon)/1e6,
+		float64(g.file)/1e6, load)
 	for _, a := range agents {
 		if s := strings.TrimSpace(a.log()); s != "" {
 			logVerbose(b, "%s log:\n%s", a.name, s)

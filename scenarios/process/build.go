@@ -53,12 +53,13 @@ var agentBuild struct {
 }
 
 // BuildAgent compiles ./cmd/drover-agent beside the drover binary, once
-// per process, and returns its path; RemoveBuild deletes it too.
+// per process, stripped as it ships (-trimpath -ldflags='-s -w'), so that
+// the memory it maps is a real agent's; RemoveBuild deletes it too.
 func BuildAgent(t testing.TB) string {
 	t.Helper()
 	drover := Build(t)
 	agentBuild.once.Do(func() {
-		agentBuild.path, agentBuild.err = goBuild(filepath.Dir(drover), "drover-agent")
+		agentBuild.path, agentBuild.err = goBuild(filepath.Dir(drover), "drover-agent", "-trimpath", "-ldflags=-s -w")
 	})
 	if agentBuild.err != nil {
 		t.Fatal(agentBuild.err)
@@ -66,14 +67,15 @@ func BuildAgent(t testing.TB) string {
 	return agentBuild.path
 }
 
-// goBuild builds ./cmd/NAME of the module under test into dir.
-func goBuild(dir, name string) (string, error) {
+// goBuild builds ./cmd/NAME of the module under test into dir, with
+// flags added to go build's.
+func goBuild(dir, name string, flags ...string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/"+name)...)
 	cmd.Dir = root
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
