@@ -69,7 +69,8 @@ var (
 // generator on the same cores), windows per server CPU-second, and the
 // p50 and p99 of a call's ack latency; it checks that every window was
 // stored (the leader's drover_telemetry_windows_total{outcome="stored"}
-// grows by exactly the windows the agents saw acknowledged, none refused).
+// grows by exactly the windows the agents saw acknowledged, none refused)
+// and that no copy to a peer failed.
 func BenchmarkTelemetryIngest(b *testing.B) {
 	sizes, err := intList("tel.nodes", *telNodes)
 	if err != nil {
@@ -159,6 +160,13 @@ func BenchmarkTelemetryIngest(b *testing.B) {
 						const stored = `drover_telemetry_windows_total{outcome="stored"}`
 						if got := int64(m1[stored] - m0[stored]); got != r.all {
 							b.Fatalf("the leader counted %d windows stored, the agents saw %d acknowledged", got, r.all)
+						}
+						const copyFailures = "drover_telemetry_copy_failures_total"
+						if _, ok := m1[copyFailures]; !ok {
+							b.Fatalf("the leader exports no %s", copyFailures)
+						}
+						if got := m1[copyFailures] - m0[copyFailures]; got != 0 {
+							b.Fatalf("%v copies to a peer failed: the peers' share of the CPU is not that of a copy per window", got)
 						}
 						b.ReportMetric(r.perSec, "windows/s")
 						b.ReportMetric(r.perCPU, "windows/cpu-s")
