@@ -93,6 +93,8 @@ bench: ## Benchmarks with their baselines in the same run (see docs/performance.
 	# merging 10,000 agent profiles beside exact raw samples and histograms.
 	$(GO) test -run=NONE -bench='Add|Record' -cpu=1,2 ./internal/sketch/
 	$(GO) test -run=NONE -bench=Merge10k -benchtime=3x -cpu=1 ./internal/sketch/
+	# The agent's telemetry spool: bytes on disk per hour and per day offline.
+	$(GO) test -run=NONE -bench=SpoolOffline -benchtime=1x ./agent/telemetry/
 	# The ONNX engine: the example model and a small CNN (against gonnx in bench/ above).
 	$(GO) test -run=NONE -bench='HelloClassifier|CNN|RealConvNet' -benchtime=2s ./agent/runtime/onnx/
 	$(GO) test -run=NONE -bench=Serve -benchtime=3s ./agent/runtime/onnx/serve/

@@ -45,25 +45,53 @@ func RemoveBuild() {
 	}
 }
 
-func buildDrover() (string, error) {
+// agentBuild is the drover-agent binary BuildAgent made.
+var agentBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BuildAgent compiles ./cmd/drover-agent beside the drover binary, once
+// per process, stripped as it ships (-trimpath -ldflags='-s -w'), so that
+// the memory it maps is a real agent's; RemoveBuild deletes it too.
+func BuildAgent(t testing.TB) string {
+	t.Helper()
+	drover := Build(t)
+	agentBuild.once.Do(func() {
+		agentBuild.path, agentBuild.err = goBuild(filepath.Dir(drover), "drover-agent", "-trimpath", "-ldflags=-s -w")
+	})
+	if agentBuild.err != nil {
+		t.Fatal(agentBuild.err)
+	}
+	return agentBuild.path
+}
+
+// goBuild builds ./cmd/NAME of the module under test into dir, with
+// flags added to go build's.
+func goBuild(dir, name string, flags ...string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/"+name)...)
+	cmd.Dir = root
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/%s in %s: %w\n%s", name, root, err, out.String())
+	}
+	return bin, nil
+}
+
+func buildDrover() (string, error) {
 	dir, err := os.MkdirTemp("", "drover-process-")
 	if err != nil {
 		return "", fmt.Errorf("build drover: %w", err)
 	}
 	build.dir = dir
-	bin := filepath.Join(dir, "drover")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/drover")
-	cmd.Dir = root
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/drover in %s: %w\n%s", root, err, out.String())
-	}
-	return bin, nil
+	return goBuild(dir, "drover")
 }
 
 // moduleRoot is the directory of the go.mod that holds the current

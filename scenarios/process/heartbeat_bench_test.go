@@ -195,6 +195,11 @@ type fleet struct {
 // startFleet starts a cluster and enrolls and registers n agents, whose
 // connections stay open until the benchmark ends.
 func startFleet(b *testing.B, n int) *fleet {
+	return startFleetOf(b, *hbServers, n)
+}
+
+// startFleetOf is startFleet with a cluster of servers servers.
+func startFleetOf(b *testing.B, servers, n int) *fleet {
 	ctx := b.Context()
 	opts := benchOptions(b)
 	if opts.Config == nil {
@@ -203,7 +208,7 @@ func startFleet(b *testing.B, n int) *fleet {
 	if _, ok := opts.Config["heartbeat_min_ttl"]; !ok {
 		opts.Config["heartbeat_min_ttl"] = benchHeartbeatTTL.String()
 	}
-	c := process.Start(b, *hbServers, opts)
+	c := process.Start(b, servers, opts)
 	f := &fleet{c: c}
 	var err error
 	if f.leader, err = c.Leader(ctx); err != nil {

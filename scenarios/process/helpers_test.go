@@ -18,6 +18,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchModelServerEnv) != "" {
+		os.Exit(serveBenchModel())
+	}
 	code := m.Run()
 	process.RemoveBuild()
 	os.Exit(code)
