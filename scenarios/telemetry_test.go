@@ -84,7 +84,8 @@ func queryTelemetry(ctx context.Context, t *testing.T, c *cluster.Cluster, q *dr
 // TestTelemetryReachesTheServers: agents in two sites observe the
 // requests their endpoints pass to the model, ship the windows to the
 // server each is connected to, and a query on any server, grouped by
-// site, counts every request exactly and carries the features' sketches.
+// site, counts every request exactly and carries the features' sketches;
+// once a server is killed, the survivors still count every request.
 func TestTelemetryReachesTheServers(t *testing.T) {
 	c := cluster.Make(t, 3, cluster.Options{Configure: func(cfg *server.Config) {
 		cfg.HeartbeatMinTTL = server.Duration(time.Second)
@@ -175,6 +176,35 @@ func TestTelemetryReachesTheServers(t *testing.T) {
 		if p.Latency.Count() != n || len(p.Errors) != 0 {
 			t.Errorf("site %s: %d latencies and errors %v, want %d and none", site, p.Latency.Count(), p.Errors, n)
 		}
+	}
+
+	// Every window counted above was acknowledged to its agent, which
+	// a server does only once the window is on a second server too: a
+	// server killed now loses none of them from the survivors' answers.
+	dead := c.Nodes()[2]
+	c.Kill(dead)
+	for {
+		res, err := c.Client(c.Nodes()[0], false).Telemetry.Query(ctx, connect.NewRequest(&droverv1.QueryTelemetryRequest{
+			Model: "web", Since: timestamppb.New(since), GroupBy: "site"}))
+		if err != nil {
+			t.Fatalf("query after killing %s: %v", dead.Name, err)
+		}
+		got := map[string]uint64{}
+		for _, g := range res.Msg.GetGroups() {
+			got[g.GetKey()] = g.GetProfile().GetRequests()
+		}
+		if len(res.Msg.GetMissing()) == 1 && res.Msg.GetMissing()[0].GetServerId() == dead.Name && len(res.Msg.GetAnswered()) == 2 {
+			for site, n := range want {
+				if got[site] != n {
+					t.Fatalf("site %s after killing %s: %d requests, want the %d acknowledged", site, dead.Name, got[site], n)
+				}
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the query never named %s missing: %v", dead.Name, res.Msg.GetMissing())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

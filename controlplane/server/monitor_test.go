@@ -201,3 +201,67 @@ func TestMonitorPolicyRollsBackOnDrift(t *testing.T) {
 		t.Errorf("drift of a version without reference: %v", err)
 	}
 }
+
+// A version pushed without a reference gets one from its first windows in
+// a deployment with a drift policy, once, from the canary that runs it.
+func TestCanaryWindowsBecomeTheReference(t *testing.T) {
+	never := func(uint64) bool { return false }
+	f := newRolloutFleetWith(t, 1, 1, never, func(cfg *server.Config) { cfg.MonitorInterval = server.Duration(time.Second) })
+	l := f.c.Leader()
+	cl := clientsWith(t, f.c, l, f.c.Token(), false)
+	ctx := testCtx(t, time.Minute)
+	rng := rand.New(rand.NewPCG(1, 1))
+	res, err := f.deploys.ApplyDeployment(ctx, connect.NewRequest(&droverv1.ApplyDeploymentRequest{Spec: &droverv1.DeploymentSpec{
+		Name: "cams", Model: "det@3",
+		Runtime:  &droverv1.RuntimeSpec{Type: "onnx", StartTimeout: durationpb.New(500 * time.Millisecond)},
+		Strategy: &droverv1.RolloutStrategy{MinHealthyTime: durationpb.New(200 * time.Millisecond), ProgressDeadline: durationpb.New(10 * time.Second)},
+		Monitor:  &droverv1.MonitorPolicy{Drift: &droverv1.DriftPolicy{ReferenceWindows: 3}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitRollout(t, res.Msg.GetRollout().GetId(), droverv1.RolloutState_ROLLOUT_STATE_SUCCEEDED, 30*time.Second)
+
+	a := f.agents[0].a
+	tel := a.telemetry(t, l.APIAddr())
+	// Windows of the canary: they end after its rollout began.
+	time.Sleep(time.Second)
+	end := time.Now()
+	var windows [][]byte
+	for i := range 4 {
+		w := &sketch.Window{NodeID: a.node.GetId(), Deployment: "cams", Model: "det", Version: "3",
+			Start: end.Add(time.Duration(i-4) * 100 * time.Millisecond), End: end.Add(time.Duration(i-3) * 100 * time.Millisecond),
+			Profile: featureProfile(t, rng, 250, 1)}
+		b, err := w.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		windows = append(windows, b)
+	}
+	if r, err := tel.ShipTelemetry(ctx, connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: windows})); err != nil || len(r.Msg.GetRefused()) > 0 {
+		t.Fatalf("ship: %v %v", r, err)
+	}
+	eventually(t, 20*time.Second, "version 3 gets its reference from the canary", func() error {
+		v, err := cl.Models.GetVersion(ctx, connect.NewRequest(&droverv1.GetVersionRequest{Model: "det", Ref: "3"}))
+		if err != nil {
+			return err
+		}
+		if v.Msg.GetVersion().GetReferenceSource() != "canary" {
+			return fmt.Errorf("reference source %q", v.Msg.GetVersion().GetReferenceSource())
+		}
+		ref := v.Msg.GetVersion().GetReference()
+		// Taken once at least 3 windows were in: 3 or all 4 of them.
+		if n := ref.GetRequests(); (n != 750 && n != 1000) || len(ref.GetInputs()) != 1 || ref.GetInputs()[0].GetName() != "x" {
+			t.Fatalf("reference from the canary: %d requests, %d inputs; want 3 or 4 windows of 250 requests of x", n, len(ref.GetInputs()))
+		}
+		return nil
+	})
+	// Drift is now measured against it: the canary's own traffic is stable.
+	d, err := cl.Drift.GetDrift(ctx, connect.NewRequest(&droverv1.GetDriftRequest{Model: "det", Ref: "3"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Msg.GetCohorts()) != 1 || d.Msg.GetCohorts()[0].GetVerdict() != droverv1.DriftVerdict_DRIFT_VERDICT_STABLE || d.Msg.GetReferenceSource() != "canary" {
+		t.Errorf("drift against the canary's reference: %v", d.Msg)
+	}
+}
