@@ -28,9 +28,9 @@ var _ droverv1connect.DriftServiceHandler = (*driftHandler)(nil)
 // reference.
 func (h *driftHandler) GetDrift(ctx context.Context, req *connect.Request[droverv1.GetDriftRequest]) (*connect.Response[droverv1.GetDriftResponse], error) {
 	m := req.Msg
-	if err := placement.CheckCohort(m.GetGroupBy(), false); err != nil && m.GetGroupBy() != "deployment" {
+	if err := placement.CheckCohort(m.GetGroupBy(), true); err != nil {
 		return nil, apiErr(connect.CodeInvalidArgument, droverv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
-			"group_by "+err.Error(), "group by site, gpu, label:KEY or deployment")
+			"group_by "+err.Error(), "group by site, gpu, label:KEY, deployment or node")
 	}
 	ref := m.GetRef()
 	if ref == "" {
