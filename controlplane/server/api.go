@@ -126,6 +126,10 @@ func (s *Server) setupAPI() error {
 			http.Error(w, "no known leader", http.StatusServiceUnavailable)
 			return
 		}
+		if !s.caughtUp() {
+			http.Error(w, fmt.Sprintf("replaying the log: applied %d of %d", s.raft.AppliedIndex(), max(s.raft.CommitIndex(), s.replayTo)), http.StatusServiceUnavailable)
+			return
+		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	handler := s.limitBodies(s.identify(s.forwarder.wrap(uncompressedChunks(mux))))

@@ -178,11 +178,11 @@ func requireServerPeer(ctx context.Context) error {
 func (s *Server) operator(ctx context.Context, h http.Header) (*caller, error) {
 	secret := bearer(h)
 	st := s.state
-	if !st.ACLBootstrapped() && st.Index() < s.raft.CommitIndex() {
+	if !st.ACLBootstrapped() && (st.Index() < s.raft.CommitIndex() || !s.caughtUp()) {
 		// A restarted server replays its log before it knows the tokens;
 		// "not bootstrapped" would send the operator the wrong way.
 		return nil, apiErr(connect.CodeUnavailable, droverv1.ErrorReason_ERROR_REASON_NO_LEADER,
-			fmt.Sprintf("this server is still replaying its log (at index %d of %d)", st.Index(), s.raft.CommitIndex()),
+			fmt.Sprintf("this server is still replaying its log (at index %d of %d)", s.raft.AppliedIndex(), max(s.raft.CommitIndex(), s.replayTo)),
 			"retry in a moment")
 	}
 	if !st.ACLBootstrapped() {

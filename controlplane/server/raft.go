@@ -151,6 +151,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
+	s.replayTo = r.LastIndex()
 	if !hasState && s.cfg.BootstrapExpect == 1 {
 		if err := s.bootstrapRaft([]serverMeta{s.selfMeta()}); err != nil {
 			return err

@@ -191,3 +191,17 @@ func (s *Server) query(ctx context.Context, h http.Header, opts *droverv1.QueryO
 	leader, _ := s.leader()
 	return &droverv1.QueryMeta{Index: s.state.Index(), KnownLeader: leader != "", ServedBy: s.cfg.Name}, nil
 }
+
+// caughtUp reports whether this server has applied the log it held when
+// it started, or as much of it as the cluster committed (an uncommitted
+// tail may be replaced by the leader). Until then a restarted server's
+// state is older than what it served before it stopped: it answers "not
+// ready" rather than, say, "ACLs are not bootstrapped". A commit index of
+// 0 means it has not heard from a leader yet.
+func (s *Server) caughtUp() bool {
+	if s.replayTo == 0 {
+		return true // a new server: nothing to replay
+	}
+	commit := s.raft.CommitIndex()
+	return commit > 0 && s.raft.AppliedIndex() >= min(s.replayTo, commit)
+}

@@ -51,6 +51,10 @@ type Server struct {
 	fsm   *fsm.FSM
 	logs  *raftstore.Store
 	raft  *raft.Raft
+	// replayTo is the last index of the log this server held when it
+	// started: until it has applied that far (or as far as the cluster
+	// committed), its state is older than what it once served.
+	replayTo uint64
 	trans *raft.NetworkTransport
 
 	chunks     *blobstore.Store    // the chunks of model versions
