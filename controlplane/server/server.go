@@ -55,7 +55,7 @@ type Server struct {
 	// started: until it has applied that far (or as far as the cluster
 	// committed), its state is older than what it once served.
 	replayTo uint64
-	trans *raft.NetworkTransport
+	trans    *raft.NetworkTransport
 
 	chunks     *blobstore.Store    // the chunks of model versions
 	telemetry  *telemetry.Store    // agents' telemetry windows this server holds
