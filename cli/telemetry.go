@@ -111,21 +111,27 @@ func telemetryTable(w io.Writer, groups []*droverv1.TelemetryGroup, by string, s
 			cells = append(cells, formatTime(g.GetStart()))
 		}
 		p := g.GetProfile()
-		var errs uint64
-		for _, e := range p.GetErrors() {
-			errs += e.GetCount()
-		}
-		rate := "-"
-		if p.GetRequests() > 0 {
-			rate = strconv.FormatFloat(100*float64(errs)/float64(p.GetRequests()), 'f', 2, 64)
-		}
-		p50, p99 := "-", "-"
-		if lat, err := sketch.NumericFromProto(p.GetLatencySeconds()); err == nil && lat.Count() > 0 {
-			p50, p99 = latency(lat, 0.5), latency(lat, 0.99)
-		}
+		errs, rate, p50, p99 := traffic(p)
 		row(w, append(cells, formatUint(g.GetWindows()), formatUint(g.GetNodes()), formatUint(p.GetRequests()),
 			formatUint(errs), rate, p50, p99)...)
 	}
+}
+
+// traffic sums up a merged profile's requests for a table: failed
+// requests, the error rate in percent, and p50 and p99 latency ("-" where
+// there were no requests).
+func traffic(p *droverv1.Profile) (errs uint64, errRate, p50, p99 string) {
+	for _, e := range p.GetErrors() {
+		errs += e.GetCount()
+	}
+	errRate, p50, p99 = "-", "-", "-"
+	if p.GetRequests() > 0 {
+		errRate = strconv.FormatFloat(100*float64(errs)/float64(p.GetRequests()), 'f', 2, 64)
+	}
+	if lat, err := sketch.NumericFromProto(p.GetLatencySeconds()); err == nil && lat.Count() > 0 {
+		p50, p99 = latency(lat, 0.5), latency(lat, 0.99)
+	}
+	return errs, errRate, p50, p99
 }
 
 // latency renders a quantile of a latency sketch in seconds as a duration.

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/droverhq/drover/internal/sketch"
 	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -122,17 +121,10 @@ func topTable(w io.Writer, snap *droverv1.QueryTelemetryResponse, by string, win
 	row(w, "GROUP", "NODES", "REQ/S", "ERROR%", "P50", "P99", "GPUS", "GPU%", "GPU MEM", "XID")
 	for _, g := range snap.GetGroups() {
 		p := g.GetProfile()
-		var errs uint64
-		for _, e := range p.GetErrors() {
-			errs += e.GetCount()
-		}
-		rate, errRate, p50, p99 := "-", "-", "-", "-"
+		_, errRate, p50, p99 := traffic(p)
+		rate := "-"
 		if p.GetRequests() > 0 {
 			rate = strconv.FormatFloat(float64(p.GetRequests())/window.Seconds(), 'f', 1, 64)
-			errRate = strconv.FormatFloat(100*float64(errs)/float64(p.GetRequests()), 'f', 2, 64)
-			if lat, err := sketch.NumericFromProto(p.GetLatencySeconds()); err == nil && lat.Count() > 0 {
-				p50, p99 = latency(lat, 0.5), latency(lat, 0.99)
-			}
 		}
 		gpus, util, mem, xids := gpuUse(g.GetNode())
 		row(w, orDash(g.GetKey()), formatUint(g.GetNodes()), rate, errRate, p50, p99, gpus, util, mem, xids)
