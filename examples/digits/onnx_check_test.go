@@ -48,7 +48,10 @@ for c in ref["cases"]:
 func TestONNXCheckerAcceptsExport(t *testing.T) {
 	python := ""
 	for _, p := range []string{"python3", "/usr/bin/python3"} {
-		if exec.Command(p, "-c", "import onnx, numpy").Run() == nil {
+		// Import the submodules the check uses, not just "onnx":
+		// libonnx-testdata installs a bare onnx/backend/test tree into
+		// dist-packages, which Python imports as an empty namespace package.
+		if exec.Command(p, "-c", "import numpy, onnx.checker, onnx.numpy_helper").Run() == nil {
 			python = p
 			break
 		}
