@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/droverhq/drover/internal/pki"
 	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -199,6 +200,22 @@ func TestShipTelemetryRefusesBadWindows(t *testing.T) {
 	}
 	_, err = a.telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws[5:]}))
 	wantErr(t, "ship from a revoked node", err, connect.CodePermissionDenied, droverv1.ErrorReason_ERROR_REASON_NODE_REVOKED)
+
+	// A certificate the cluster's CA signed for a node it never enrolled,
+	// and a caller with no certificate at all, are refused the same way.
+	stranger := newFakeAgent(t, c.CA.Pool())
+	if stranger.cert, err = c.CA.IssueClientCert("n-neverenrolled", pki.RoleAgent, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stranger.telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{
+		Windows: [][]byte{encodedWindow(t, "n-neverenrolled", now.Add(-time.Minute), 3)},
+	}))
+	wantErr(t, "ship from an unknown node", err, connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_INVALID)
+	_, err = newFakeAgent(t, c.CA.Pool()).telemetry(t, n.APIAddr()).ShipTelemetry(testCtx(t, 20*time.Second), connect.NewRequest(&droverv1.ShipTelemetryRequest{Windows: ws[5:]}))
+	wantErr(t, "ship without a certificate", err, connect.CodeUnauthenticated, droverv1.ErrorReason_ERROR_REASON_TOKEN_MISSING)
+	if st, err := n.Server().TelemetryStats(); err != nil || st.Windows != 1 {
+		t.Fatalf("after the refused callers the store holds %+v (%v); want still the one good window", st, err)
+	}
 }
 
 // /metrics carries the fleet's aggregates per site and deployment over the
