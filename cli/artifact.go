@@ -23,6 +23,7 @@ import (
 	"github.com/droverhq/drover/artifact"
 	"github.com/droverhq/drover/internal/names"
 	"github.com/droverhq/drover/internal/sketch"
+	"github.com/droverhq/drover/internal/sketch/parquetref"
 	"github.com/droverhq/drover/internal/units"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -87,9 +88,9 @@ The rest documents the version, and cannot be added later:
   --parent     lineage: the version this one was derived from
   --dataset    lineage: the training data, URI or URI@sha256:HEX
   --alias      point this alias at the new version once it exists
-  --reference  a reference data set (CSV with a header row, one column per
-               feature, "out:NAME" for an output) that drift is measured
-               against
+  --reference  a reference data set that drift is measured against: CSV
+               with a header row, or Parquet; one column per feature,
+               named as the agent observes it, "out:NAME" for an output
   --sign-key   sign the manifest with the private key in FILE
 
 While uploading it shows progress on standard error when that is a
@@ -134,7 +135,7 @@ terminal. -o json prints the server's answer (FinishPushResponse).`,
 	f.StringVar(&parent, "parent", "", "lineage: the `VERSION` this one was derived from")
 	f.StringVar(&dataset, "dataset", "", "lineage: where the training data is, with @sha256:HEX for its digest: `URI[@DIGEST]`")
 	f.StringVar(&alias, "alias", "", "point `ALIAS` at the new version once it exists")
-	f.StringVar(&reference, "reference", "", "build the version's reference profile, what drift is measured against, from a data set in CSV: `FILE` (- for stdin)")
+	f.StringVar(&reference, "reference", "", "build the version's reference profile, what drift is measured against, from a data set in CSV or Parquet: `FILE` (- for stdin)")
 	f.StringVar(&signKey, "sign-key", "", "sign the manifest with the private key in `FILE` (drover key create)")
 	// StringArray, not StringSlice: a slice flag splits on commas, and
 	// values may contain them.
@@ -225,22 +226,46 @@ func buildFinishPush(cmd *cobra.Command, stdin io.Reader, f pushFlags) (*droverv
 	}, nil
 }
 
-// readReference builds a reference profile from the CSV data set at path
-// ("" for none, - for stdin), before anything is uploaded.
+// readReference builds a reference profile from the data set at path (""
+// for none, - for stdin), before anything is uploaded: Parquet when the
+// data starts with Parquet's magic, CSV otherwise.
 func readReference(path string, stdin io.Reader) (*droverv1.Profile, error) {
 	if path == "" {
 		return nil, nil
 	}
 	r := stdin
+	var file *os.File
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("--reference: %w", err)
 		}
 		defer f.Close()
-		r = f
+		r, file = f, f
 	}
-	p, _, err := sketch.ReferenceFromCSV(bufio.NewReaderSize(r, 1<<20))
+	br := bufio.NewReaderSize(r, 1<<20)
+	head, _ := br.Peek(len(parquetref.Magic))
+	var p *sketch.Profile
+	var err error
+	switch {
+	case !parquetref.IsParquet(head):
+		p, _, err = sketch.ReferenceFromCSV(br)
+	case file != nil:
+		var fi os.FileInfo
+		if fi, err = file.Stat(); err == nil {
+			p, _, err = parquetref.Read(file, fi.Size())
+		}
+	default:
+		// Parquet's index is at the end of the file: read stdin whole.
+		var data []byte
+		data, err = io.ReadAll(io.LimitReader(br, maxStdinParquet+1))
+		if err == nil && len(data) > maxStdinParquet {
+			err = fmt.Errorf("more than %d bytes of Parquet on standard input; give the file's path instead", maxStdinParquet)
+		}
+		if err == nil {
+			p, _, err = parquetref.Read(bytes.NewReader(data), int64(len(data)))
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--reference %s: %w", path, err)
 	}
@@ -250,6 +275,10 @@ func readReference(path string, stdin io.Reader) (*droverv1.Profile, error) {
 	}
 	return pb, nil
 }
+
+// maxStdinParquet bounds a Parquet reference read from standard input,
+// which has to be held in memory whole.
+const maxStdinParquet = 1 << 30
 
 // parseDataset splits URI[@sha256:HEX]. Only an "@" followed by a digest
 // ends the URI, so a URI may hold "@" itself (s3://user@host/data).

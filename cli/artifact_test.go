@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parquet-go/parquet-go"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/droverhq/drover/artifact"
 	"github.com/droverhq/drover/internal/units"
@@ -575,5 +577,50 @@ func TestPlanFetchesKeepsRepeatsWithinBudget(t *testing.T) {
 		if got := planFetches(order, sizes, tc.budget); !slices.Equal(got, tc.want) {
 			t.Errorf("budget %d: plan %v, want %v", tc.budget, got, tc.want)
 		}
+	}
+}
+
+// --reference takes Parquet as well as CSV, from a file or standard input,
+// and the same data gives the same profile in both.
+func TestReadReferenceParquet(t *testing.T) {
+	type row struct {
+		Pixel  float64 `parquet:"pixel"`
+		Colour string  `parquet:"colour"`
+		Class  int32   `parquet:"out:class"`
+	}
+	var buf bytes.Buffer
+	if err := parquet.Write(&buf, []row{{0.5, "red", 3}, {0.7, "blue", 1}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pq := filepath.Join(dir, "reference.parquet")
+	csv := filepath.Join(dir, "reference.csv")
+	if err := os.WriteFile(pq, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(csv, []byte("pixel,colour,out:class\n0.5,red,3\n0.7,blue,1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want, err := readReference(csv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFile, err := readReference(pq, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromStdin, err := readReference("-", bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(fromFile, want) || !proto.Equal(fromStdin, want) {
+		t.Fatalf("Parquet profiles\n%v\n%v\ndiffer from the CSV one\n%v", fromFile, fromStdin, want)
+	}
+	// A Parquet file cut short is refused with the flag and file named.
+	if err := os.WriteFile(pq, buf.Bytes()[:buf.Len()-8], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readReference(pq, nil); err == nil || !strings.Contains(err.Error(), "--reference "+pq+": reference: not a readable Parquet file") {
+		t.Fatalf("truncated Parquet: err = %v", err)
 	}
 }

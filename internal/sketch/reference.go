@@ -56,7 +56,7 @@ func ReferenceFromCSV(r io.Reader) (*Profile, ReferenceStats, error) {
 	if err != nil {
 		return nil, ReferenceStats{}, fmt.Errorf("reference: header: %w", err)
 	}
-	cols, err := referenceColumns(header)
+	b, err := NewReferenceBuilder(header)
 	if err != nil {
 		return nil, ReferenceStats{}, err
 	}
@@ -74,33 +74,28 @@ func ReferenceFromCSV(r io.Reader) (*Profile, ReferenceStats, error) {
 			return nil, ReferenceStats{}, fmt.Errorf("reference: more than %d rows; sample the data set down to at most that many", MaxReferenceRows)
 		}
 		for i, cell := range rec {
-			cols[i].observe(cell)
+			b.ObserveText(i, cell)
 		}
 	}
 	if rows == 0 {
 		return nil, ReferenceStats{}, errors.New("reference: the file has a header but no rows")
 	}
-	p := &Profile{Errors: map[string]uint64{}, Latency: NewNumeric(), Requests: uint64(rows)}
-	st := ReferenceStats{Rows: rows}
-	for _, c := range cols {
-		fp := c.profile()
-		if c.output {
-			p.Outputs = append(p.Outputs, fp)
-			st.Outputs++
-		} else {
-			p.Inputs = append(p.Inputs, fp)
-			st.Inputs++
-		}
-	}
-	sortFeatures(p.Inputs)
-	sortFeatures(p.Outputs)
-	return p, st, nil
+	return b.Profile(rows)
 }
 
-func referenceColumns(header []string) ([]*referenceColumn, error) {
+// ReferenceBuilder sketches a reference data set column by column, for
+// readers of formats other than CSV. Its columns are named as
+// ReferenceFromCSV's header cells are, and follow the same rules.
+type ReferenceBuilder struct {
+	cols []*referenceColumn
+}
+
+// NewReferenceBuilder returns a builder for columns named by names, in
+// that order; it refuses names a profile cannot carry.
+func NewReferenceBuilder(names []string) (*ReferenceBuilder, error) {
 	var in, out []Field
-	cols := make([]*referenceColumn, len(header))
-	for i, h := range header {
+	cols := make([]*referenceColumn, len(names))
+	for i, h := range names {
 		h = strings.TrimSpace(h)
 		c := &referenceColumn{name: h, numeric: NewNumeric(), categorical: NewCategorical(DefaultCapacity)}
 		if name, ok := strings.CutPrefix(h, OutputPrefix); ok {
@@ -120,7 +115,63 @@ func referenceColumns(header []string) ([]*referenceColumn, error) {
 	if _, err := NewSchema(in, out); err != nil {
 		return nil, fmt.Errorf("reference: header: %w", err)
 	}
-	return cols, nil
+	return &ReferenceBuilder{cols: cols}, nil
+}
+
+// Categorical reports whether column i is sketched as categories whatever
+// its values: its name ends in ArgmaxSuffix.
+func (b *ReferenceBuilder) Categorical(i int) bool { return b.cols[i].text }
+
+// ObserveText adds a cell of text to column i, as CSV has them: empty is
+// missing, and the column stays numeric while every cell is a finite
+// number.
+func (b *ReferenceBuilder) ObserveText(i int, cell string) { b.cols[i].observe(cell) }
+
+// ObserveNumber adds a value of a numeric column. NaN and ±Inf count as
+// out of schema, as the agent counts them. A column that Categorical
+// reports takes the number's text instead.
+func (b *ReferenceBuilder) ObserveNumber(i int, x float64) {
+	c := b.cols[i]
+	if c.text {
+		c.categorical.Add(strconv.FormatFloat(x, 'f', -1, 64))
+		return
+	}
+	if math.IsNaN(x) || math.IsInf(x, 0) || c.numeric.Add(x) != nil {
+		c.outOfSchema++
+	}
+}
+
+// ObserveCategory adds a value of a column that holds categories (text,
+// booleans): the whole column becomes categorical.
+func (b *ReferenceBuilder) ObserveCategory(i int, v string) {
+	c := b.cols[i]
+	c.text = true
+	c.categorical.Add(v)
+}
+
+// ObserveMissing counts a missing value (a null) in column i.
+func (b *ReferenceBuilder) ObserveMissing(i int) { b.cols[i].missing++ }
+
+// Profile returns the profile of rows rows observed so far.
+func (b *ReferenceBuilder) Profile(rows int) (*Profile, ReferenceStats, error) {
+	if rows == 0 {
+		return nil, ReferenceStats{}, errors.New("reference: the data set has no rows")
+	}
+	p := &Profile{Errors: map[string]uint64{}, Latency: NewNumeric(), Requests: uint64(rows)}
+	st := ReferenceStats{Rows: rows}
+	for _, c := range b.cols {
+		fp := c.profile()
+		if c.output {
+			p.Outputs = append(p.Outputs, fp)
+			st.Outputs++
+		} else {
+			p.Inputs = append(p.Inputs, fp)
+			st.Inputs++
+		}
+	}
+	sortFeatures(p.Inputs)
+	sortFeatures(p.Outputs)
+	return p, st, nil
 }
 
 // referenceColumn sketches one column both ways until its kind is known.
@@ -130,6 +181,7 @@ type referenceColumn struct {
 	numeric     *Numeric
 	categorical *Categorical
 	missing     uint64
+	outOfSchema uint64
 	// text is set once a non-empty cell is not a finite number.
 	text bool
 }
@@ -151,7 +203,7 @@ func (c *referenceColumn) observe(cell string) {
 }
 
 func (c *referenceColumn) profile() *FeatureProfile {
-	fp := &FeatureProfile{Name: c.name, Missing: c.missing}
+	fp := &FeatureProfile{Name: c.name, Missing: c.missing, OutOfSchema: c.outOfSchema}
 	if c.text {
 		fp.Kind, fp.Categorical = KindCategorical, c.categorical
 	} else {
