@@ -234,14 +234,18 @@ func readReference(path string, stdin io.Reader) (*droverv1.Profile, error) {
 		return nil, nil
 	}
 	r := stdin
-	var file *os.File
+	var file *os.File // a regular file, which Parquet can be read from in place
+	var size int64
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("--reference: %w", err)
 		}
 		defer f.Close()
-		r, file = f, f
+		r = f
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			file, size = f, fi.Size()
+		}
 	}
 	br := bufio.NewReaderSize(r, 1<<20)
 	head, _ := br.Peek(len(parquetref.Magic))
@@ -251,16 +255,13 @@ func readReference(path string, stdin io.Reader) (*droverv1.Profile, error) {
 	case !parquetref.IsParquet(head):
 		p, _, err = sketch.ReferenceFromCSV(br)
 	case file != nil:
-		var fi os.FileInfo
-		if fi, err = file.Stat(); err == nil {
-			p, _, err = parquetref.Read(file, fi.Size())
-		}
+		p, _, err = parquetref.Read(file, size)
 	default:
-		// Parquet's index is at the end of the file: read stdin whole.
+		// Parquet's index is at the end of the file: read a pipe whole.
 		var data []byte
 		data, err = io.ReadAll(io.LimitReader(br, maxStdinParquet+1))
 		if err == nil && len(data) > maxStdinParquet {
-			err = fmt.Errorf("more than %d bytes of Parquet on standard input; give the file's path instead", maxStdinParquet)
+			err = fmt.Errorf("more than %d bytes of Parquet from a pipe; give the file's path instead", maxStdinParquet)
 		}
 		if err == nil {
 			p, _, err = parquetref.Read(bytes.NewReader(data), int64(len(data)))
@@ -276,8 +277,8 @@ func readReference(path string, stdin io.Reader) (*droverv1.Profile, error) {
 	return pb, nil
 }
 
-// maxStdinParquet bounds a Parquet reference read from standard input,
-// which has to be held in memory whole.
+// maxStdinParquet bounds a Parquet reference read from standard input or
+// another pipe, which has to be held in memory whole.
 const maxStdinParquet = 1 << 30
 
 // parseDataset splits URI[@sha256:HEX]. Only an "@" followed by a digest

@@ -118,18 +118,14 @@ func NewReferenceBuilder(names []string) (*ReferenceBuilder, error) {
 	return &ReferenceBuilder{cols: cols}, nil
 }
 
-// Categorical reports whether column i is sketched as categories whatever
-// its values: its name ends in ArgmaxSuffix.
-func (b *ReferenceBuilder) Categorical(i int) bool { return b.cols[i].text }
-
 // ObserveText adds a cell of text to column i, as CSV has them: empty is
 // missing, and the column stays numeric while every cell is a finite
 // number.
 func (b *ReferenceBuilder) ObserveText(i int, cell string) { b.cols[i].observe(cell) }
 
 // ObserveNumber adds a value of a numeric column. NaN and ±Inf count as
-// out of schema, as the agent counts them. A column that Categorical
-// reports takes the number's text instead.
+// out of schema, as the agent counts them. A column named for an argmax
+// (ArgmaxSuffix) takes the number's text as a category instead.
 func (b *ReferenceBuilder) ObserveNumber(i int, x float64) {
 	c := b.cols[i]
 	if c.text {
@@ -142,7 +138,9 @@ func (b *ReferenceBuilder) ObserveNumber(i int, x float64) {
 }
 
 // ObserveCategory adds a value of a column that holds categories (text,
-// booleans): the whole column becomes categorical.
+// booleans), which makes the column categorical. A reader gives a column
+// either numbers or categories, never both: numbers observed before the
+// first category would be lost.
 func (b *ReferenceBuilder) ObserveCategory(i int, v string) {
 	c := b.cols[i]
 	c.text = true
