@@ -477,11 +477,21 @@ func TestPoolAtScale(t *testing.T) {
 	start := time.Now()
 	seeds := []string{pools[0].Addr(), pools[1].Addr(), pools[2].Addr()}
 	var wg sync.WaitGroup
+	var rejoins atomic.Int64
 	for i, p := range pools[1:] {
 		wg.Go(func() {
-			if _, err := p.Join([]string{seeds[i%3]}); err != nil {
-				t.Errorf("%s joins: %v", p.name, err)
+			// A join that fails is tried again through the next seed,
+			// as an agent tries the next peers the control plane sends
+			// it: a seed busy past memberlist's TCP timeout on a loaded
+			// machine delays a member, it does not keep it out.
+			var err error
+			for try := range len(seeds) {
+				if _, err = p.Join([]string{seeds[(i+try)%len(seeds)]}); err == nil {
+					return
+				}
+				rejoins.Add(1)
 			}
+			t.Errorf("%s joins through every seed: %v", p.name, err)
 		})
 		time.Sleep(joinEvery)
 	}
@@ -513,8 +523,8 @@ func TestPoolAtScale(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d members: joins done in %v, converged in %v; failed probes %d while converging, %d after",
-		n, joined.Round(time.Millisecond), converged.Round(time.Millisecond), probesAtConvergence, failedProbes.Load()-probesAtConvergence)
+	t.Logf("%d members: joins done in %v (%d tried again through another seed), converged in %v; failed probes %d while converging, %d after",
+		n, joined.Round(time.Millisecond), rejoins.Load(), converged.Round(time.Millisecond), probesAtConvergence, failedProbes.Load()-probesAtConvergence)
 
 	// Closed, everything it started ends and its ports are free again.
 	addrs := make([]string, 0, 10)
