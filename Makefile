@@ -111,8 +111,12 @@ dev: build ## Run a single-server control plane and 3 local agents (drover dev; 
 
 # Needs the digits data set, which Debian's python3-sklearn ships; nothing
 # else in this Makefile does.
-sample-model: ## Regenerate cli/sample/hello-classifier (model.onnx, reference.json, card) with examples/digits.
+sample-model: ## Regenerate cli/sample/hello-classifier (model.onnx, reference.json, card) with examples/digits, and its reference data set.
 	cd $(DIGITS) && $(GO) run . -name hello-classifier -hidden 32 -epochs 30 -seed 1 -out ../../cli/sample/hello-classifier
+	# The reference data set: the digits data set under the names the agent
+	# observes (input[0..63], and the digit as the output's argmax).
+	{ printf 'input[%d],' $$(seq 0 63); echo 'out:probabilities.argmax'; zcat scenarios/testdata/digits.csv.gz; } \
+		| gzip -9n > cli/sample/hello-classifier-reference.csv.gz
 
 scenarios-docker: ## Container scenarios: 3 servers and agents under docker kill / disconnect; agents pulling a model and rolling to a new version while the leader is killed.
 	bash deploy/docker/scenarios.sh

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"embed"
 	"errors"
@@ -17,6 +19,7 @@ import (
 	"github.com/droverhq/drover/controlplane/server"
 	"github.com/droverhq/drover/internal/atomicfile"
 	"github.com/droverhq/drover/internal/logging"
+	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
 
@@ -211,6 +214,11 @@ Ask the model which digit an 8x8 image shows (dev-agent-1 serves on
 127.0.0.1:%d, the others on the next ports):
   curl -s 127.0.0.1:%d/v1/deployments/%s/infer -d '%s'
 
+What the agents observe of those requests reaches the servers each minute:
+  drover top
+  drover telemetry query --model hello-classifier --by site
+  drover drift show hello-classifier@prod --by site
+
 Press Ctrl-C to stop; run "drover dev" again to continue with the same data.
 `, dir, s.APIAddr(), client.CACert, client.Token, client.path, agentsLine,
 		sampleDeployment, sampleDeployment, f.servePort, f.servePort, sampleDeployment, sampleInferBody)
@@ -288,6 +296,15 @@ func setUpDev(ctx context.Context, g *globals, s *server.Server, dir string, noC
 //go:embed sample/hello-classifier
 var sampleModel embed.FS
 
+// sampleReference is the sample model's reference data set, gzipped CSV:
+// the whole digits data set it was trained and tested on (1,797 images,
+// CC BY 4.0, see the card), its 64 pixels named as the agent names the
+// input's elements and the true digit as the output's argmax. Pushed
+// with it, it lets `drover drift show` judge what the dev agents serve.
+//
+//go:embed sample/hello-classifier-reference.csv.gz
+var sampleReference []byte
+
 // sampleModelName is the sample model's name in the registry.
 const sampleModelName = "hello-classifier"
 
@@ -324,8 +341,12 @@ func createSampleModel(ctx context.Context, g *globals, cl *clients, dir string)
 	if err != nil {
 		return fmt.Errorf("read sample model card: %w", err)
 	}
+	ref, err := sampleReferenceProfile()
+	if err != nil {
+		return err
+	}
 	req := &droverv1.FinishPushRequest{
-		Model: name, Card: string(card), Alias: "prod",
+		Model: name, Card: string(card), Alias: "prod", Reference: ref,
 		Lineage: &droverv1.Lineage{DatasetUri: "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"},
 		Metrics: map[string]float64{"test_accuracy": 0.9666},
 	}
@@ -333,6 +354,19 @@ func createSampleModel(ctx context.Context, g *globals, cl *clients, dir string)
 		return fmt.Errorf("push sample model: %w", err)
 	}
 	return nil
+}
+
+// sampleReferenceProfile sketches the embedded reference data set.
+func sampleReferenceProfile() (*droverv1.Profile, error) {
+	gz, err := gzip.NewReader(bytes.NewReader(sampleReference))
+	if err != nil {
+		return nil, fmt.Errorf("sample model reference: %w", err)
+	}
+	p, _, err := sketch.ReferenceFromCSV(gz)
+	if err != nil {
+		return nil, fmt.Errorf("sample model reference: %w", err)
+	}
+	return p.ToProto(), nil
 }
 
 // writeSampleModel writes the embedded sample model's files into dir,

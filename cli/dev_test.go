@@ -125,6 +125,14 @@ func TestDevRunsAndResumes(t *testing.T) {
 	if !strings.Contains(h.stdout.(*syncBuffer).String(), "# hello-classifier") {
 		t.Fatalf("sample card not printed: %s", h.stdout)
 	}
+	// It carries its reference profile, so drift can be judged at once.
+	h.stdout = &syncBuffer{}
+	if code := h.run(context.Background(), []string{"model", "version", "show", "hello-classifier@prod"}); code != exitOK {
+		t.Fatalf("model version show exited %d: %s", code, h.stderr)
+	}
+	if got := h.stdout.(*syncBuffer).String(); !strings.Contains(got, "65 features, from the push (1797 rows)") {
+		t.Errorf("the sample version's reference is not the embedded data set:\n%s", got)
+	}
 	// The sample has real bytes: pulled back, they are the embedded model.
 	pulled := filepath.Join(t.TempDir(), "pulled")
 	if code := h.run(context.Background(), []string{"model", "pull", "hello-classifier@prod", pulled}); code != exitOK {
