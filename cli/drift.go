@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -131,7 +133,9 @@ func driftView(w io.Writer, r *droverv1.GetDriftResponse, by string) {
 			prefix string
 			fs     []*droverv1.FeatureDrift
 		}{{"", c.GetInputs()}, {"out:", c.GetOutputs()}} {
-			for _, f := range side.fs {
+			fs := slices.Clone(side.fs)
+			slices.SortStableFunc(fs, func(a, b *droverv1.FeatureDrift) int { return naturalCompare(a.GetName(), b.GetName()) })
+			for _, f := range fs {
 				numeric := f.GetKind() == droverv1.FeatureKind_FEATURE_KIND_NUMERIC
 				row(w, side.prefix+f.GetName(), kindText(f.GetKind()),
 					strconv.FormatUint(f.GetCurrentCount(), 10),
@@ -145,6 +149,40 @@ func driftView(w io.Writer, r *droverv1.GetDriftResponse, by string) {
 	for _, m := range r.GetMissing() {
 		fmt.Fprintf(w, "\nWarning: server %s did not answer (%s); windows only it held are missing.\n", m.GetServerId(), m.GetReason())
 	}
+}
+
+// naturalCompare orders names as a reader expects them, numbers by value:
+// input[2] before input[10], which byte order puts after input[1]. Vector
+// elements are what most features of a model are named after.
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitRun(a), digitRun(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Compare(len(na), len(nb)); c != 0 {
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+// digitRun is the length of the run of ASCII digits s starts with.
+func digitRun(s string) int {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 func verdictText(v droverv1.DriftVerdict) string {

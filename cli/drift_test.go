@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -90,5 +91,14 @@ func TestDriftShowRefusesBadFlagsBeforeAsking(t *testing.T) {
 	defer h.fake.mu.Unlock()
 	if h.fake.drift.last != nil {
 		t.Error("a refused command reached the server")
+	}
+}
+
+func TestNaturalCompareOrdersVectorElementsByIndex(t *testing.T) {
+	names := []string{"input[10]", "p.argmax", "input[2]", "input[1]", "age", "input[02]", "input[100]", "input", "input[9]x"}
+	slices.SortStableFunc(names, naturalCompare)
+	want := []string{"age", "input", "input[1]", "input[2]", "input[02]", "input[9]x", "input[10]", "input[100]", "p.argmax"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("sorted %q, want %q", names, want)
 	}
 }
