@@ -42,8 +42,10 @@ type MergeFunc func(a, b Record) (Record, error)
 
 // SpoolOptions bound a Spool.
 type SpoolOptions struct {
-	// MaxBytes bounds the bytes the records take on disk, headers
-	// included. When an Add would go over it, the oldest adjacent
+	// MaxBytes bounds the disk space the records take: each record's
+	// file, header included, counted in whole blocks (spoolBlock), as
+	// the file system allocates it. When an Add would go over it, the
+	// oldest adjacent
 	// windows of a stream are merged, then, if still over, the oldest
 	// records are dropped and counted.
 	MaxBytes int64
@@ -58,7 +60,8 @@ type SpoolOptions struct {
 // was created (across restarts).
 type SpoolStats struct {
 	Records int
-	Bytes   int64
+	// Bytes is the disk space the records take, in whole blocks.
+	Bytes int64
 	// Merges is how many times two records became one.
 	Merges uint64
 	// DroppedWindows and DroppedRecords count what was thrown away to
@@ -92,7 +95,7 @@ type Spool struct {
 type spoolEntry struct {
 	id   string // file name
 	rec  Record
-	size int64
+	size int64 // on disk: footprint of the file
 }
 
 const (
@@ -102,6 +105,15 @@ const (
 	// DefaultMaxSpan is the coarsest a merged record becomes.
 	DefaultMaxSpan = time.Hour
 )
+
+// spoolBlock is the unit the spool counts a record's file in: the block
+// most file systems allocate. A window of 600 bytes takes a 4 KiB block,
+// and it is the disk that the size limit protects; counting bytes alone
+// let a full spool take 30% more than its limit.
+const spoolBlock = 4096
+
+// footprint is the disk space a record file of n bytes takes.
+func footprint(n int) int64 { return (int64(n) + spoolBlock - 1) / spoolBlock * spoolBlock }
 
 // ErrRecordTooLarge: one window is larger than the whole spool may hold.
 var ErrRecordTooLarge = errors.New("telemetry window larger than the spool's size limit")
@@ -154,8 +166,9 @@ func OpenSpool(dir string, opts SpoolOptions) (*Spool, error) {
 			damaged = true
 			continue
 		}
-		s.entries = append(s.entries, &spoolEntry{id: name, rec: rec, size: int64(len(b))})
-		s.bytes += int64(len(b))
+		e := &spoolEntry{id: name, rec: rec, size: footprint(len(b))}
+		s.entries = append(s.entries, e)
+		s.bytes += e.size
 		var seq uint64
 		if _, err := fmt.Sscanf(name[21:], "%d", &seq); err == nil && seq > s.seq {
 			s.seq = seq
@@ -188,12 +201,12 @@ func (s *Spool) Add(r Record) error {
 		r.Windows = 1
 	}
 	b := encodeRecord(r)
-	if int64(len(b)) > s.opts.MaxBytes {
-		return fmt.Errorf("add a window of %d bytes to a spool of %d: %w", len(b), s.opts.MaxBytes, ErrRecordTooLarge)
+	if footprint(len(b)) > s.opts.MaxBytes {
+		return fmt.Errorf("add a window of %d bytes (%d on disk) to a spool of %d: %w", len(b), footprint(len(b)), s.opts.MaxBytes, ErrRecordTooLarge)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.makeRoomLocked(int64(len(b))); err != nil {
+	if err := s.makeRoomLocked(footprint(len(b))); err != nil {
 		return err
 	}
 	_, err := s.writeLocked(r, b)
@@ -207,7 +220,7 @@ func (s *Spool) writeLocked(r Record, b []byte) (*spoolEntry, error) {
 	if err := atomicfile.Write(filepath.Join(s.dir, name), b, 0o600); err != nil {
 		return nil, fmt.Errorf("spool a telemetry window: %w", err)
 	}
-	e := &spoolEntry{id: name, rec: r, size: int64(len(b))}
+	e := &spoolEntry{id: name, rec: r, size: footprint(len(b))}
 	s.entries = append(s.entries, e)
 	s.bytes += e.size
 	s.sortLocked()
@@ -277,7 +290,7 @@ func (s *Spool) mergeOldestLocked() (bool, error) {
 		}
 		m.Key, m.Start, m.End, m.Windows = a.rec.Key, a.rec.Start, b.rec.End, a.rec.Windows+b.rec.Windows
 		enc := encodeRecord(m)
-		if int64(len(enc)) >= a.size+b.size {
+		if footprint(len(enc)) >= a.size+b.size {
 			continue
 		}
 		// The merged record is durable before its parts go: a crash in

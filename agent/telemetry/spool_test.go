@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,7 +91,7 @@ func TestSpoolKeepsWindowsAcrossRestart(t *testing.T) {
 // A long outage in a small spool: old windows become coarser, and no
 // request count is lost while merging can make room.
 func TestSpoolMergesOldestBeforeDropping(t *testing.T) {
-	one := int64(len(encodeRecord(window("digits", 0, 10))))
+	one := footprint(len(encodeRecord(window("digits", 0, 10))))
 	s, err := OpenSpool(t.TempDir(), SpoolOptions{MaxBytes: 12 * one, Merge: sumMerge, MaxSpan: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +118,7 @@ func TestSpoolMergesOldestBeforeDropping(t *testing.T) {
 // plus what it counted as dropped is every window added.
 func TestSpoolCountsDropsExactly(t *testing.T) {
 	dir := t.TempDir()
-	one := int64(len(encodeRecord(window("digits", 0, 10))))
+	one := footprint(len(encodeRecord(window("digits", 0, 10))))
 	opts := SpoolOptions{MaxBytes: 5 * one} // no Merge
 	s, err := OpenSpool(dir, opts)
 	if err != nil {
@@ -145,7 +146,7 @@ func TestSpoolCountsDropsExactly(t *testing.T) {
 // Windows of different streams never merge; a merged window never spans
 // more than MaxSpan.
 func TestSpoolMergesWithinStreamAndSpan(t *testing.T) {
-	one := int64(len(encodeRecord(window("a", 0, 10))))
+	one := footprint(len(encodeRecord(window("a", 0, 10))))
 	s, err := OpenSpool(t.TempDir(), SpoolOptions{MaxBytes: 8 * one, Merge: sumMerge, MaxSpan: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +192,46 @@ func TestSpoolDropsDamagedFiles(t *testing.T) {
 	}
 	if st := s.Stats(); st.Records != 2 || st.DroppedRecords != 1 {
 		t.Errorf("stats %+v: want the damaged window dropped and counted", st)
+	}
+}
+
+// The size limit holds for the disk, not only for the bytes written: the
+// blocks the file system allocated to the records' files, as du counts
+// them, stay within it while a long outage fills the spool.
+func TestSpoolStaysWithinItsLimitOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	const limit = 40 * spoolBlock
+	s, err := OpenSpool(dir, SpoolOptions{MaxBytes: limit, Merge: sumMerge, MaxSpan: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		// Windows of a few hundred bytes, as a small model's are.
+		if err := s.Add(window(fmt.Sprintf("stream-%d", i%3), i, 10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var allocated int64
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), spoolSuffix) {
+			continue
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, e.Name()), &st); err != nil {
+			t.Fatal(err)
+		}
+		allocated += st.Blocks * 512
+	}
+	st := s.Stats()
+	if allocated > limit || st.Bytes > limit {
+		t.Fatalf("spool files take %d bytes on disk (spool counts %d), over its limit of %d", allocated, st.Bytes, limit)
+	}
+	if st.Merges == 0 || st.Records < 3 {
+		t.Fatalf("stats %+v: want the spool full of merged records", st)
 	}
 }
 
