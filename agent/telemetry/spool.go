@@ -45,9 +45,8 @@ type SpoolOptions struct {
 	// MaxBytes bounds the disk space the records take: each record's
 	// file, header included, counted in whole blocks (spoolBlock), as
 	// the file system allocates it. When an Add would go over it, the
-	// oldest adjacent
-	// windows of a stream are merged, then, if still over, the oldest
-	// records are dropped and counted.
+	// oldest adjacent windows of a stream are merged, then, if still
+	// over, the oldest records are dropped and counted.
 	MaxBytes int64
 	// Merge merges two windows; nil drops without merging.
 	Merge MergeFunc
