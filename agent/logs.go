@@ -37,42 +37,20 @@ const (
 func (sv *serving) watchLogRequests(ctx context.Context, p *puller) {
 	var answers sync.WaitGroup
 	defer answers.Wait()
-	wait := pullRetryMin
-	for ctx.Err() == nil {
-		err := p.each(ctx, "watch log requests", func(cctx context.Context, _ string, c droverv1connect.AgentServiceClient) error {
-			resp, err := c.WatchLogRequests(cctx, connect.NewRequest(&droverv1.WatchLogRequestsRequest{}))
-			if err != nil {
-				return err
-			}
-			for _, req := range resp.Msg.GetRequests() {
-				answers.Go(func() {
-					if err := sv.answerLogs(ctx, c, req); err != nil && ctx.Err() == nil {
-						sv.log.Debug("answering a log request ended", "deployment", req.GetDeployment(), "err", err)
-					}
-				})
-			}
-			return nil
-		})
-		if err == nil {
-			wait = pullRetryMin
-			continue
+	p.poll(ctx, "watch log requests", func(cctx context.Context, _ string, c droverv1connect.AgentServiceClient) error {
+		resp, err := c.WatchLogRequests(cctx, connect.NewRequest(&droverv1.WatchLogRequestsRequest{}))
+		if err != nil {
+			return err
 		}
-		if ctx.Err() != nil {
-			return
+		for _, req := range resp.Msg.GetRequests() {
+			answers.Go(func() {
+				if err := sv.answerLogs(ctx, c, req); err != nil && ctx.Err() == nil {
+					sv.log.Debug("answering a log request ended", "deployment", req.GetDeployment(), "err", err)
+				}
+			})
 		}
-		if connect.CodeOf(err) == connect.CodeUnimplemented {
-			wait = pullRetryMax
-		}
-		sv.log.Debug("watching log requests failed; trying again", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = min(2*wait, pullRetryMax)
-	}
+		return nil
+	})
 }
 
 // answerLogs sends one request's logs: the last lines asked for of both

@@ -427,6 +427,36 @@ func (p *puller) each(ctx context.Context, op string, f func(ctx context.Context
 	return errors.Join(errs...)
 }
 
+// poll calls f through each (every server in turn until one answers)
+// until ctx ends: again at once after an answer, after a wait that
+// doubles from pullRetryMin to pullRetryMax while no server answers, and
+// every pullRetryMax against servers too old to know the call, since an
+// upgrade may come. It is the loop of the agent's long polls on its
+// servers.
+func (p *puller) poll(ctx context.Context, op string, f func(ctx context.Context, addr string, c droverv1connect.AgentServiceClient) error) {
+	wait := pullRetryMin
+	for ctx.Err() == nil {
+		err := p.each(ctx, op, f)
+		if err == nil {
+			wait = pullRetryMin
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if connect.CodeOf(err) == connect.CodeUnimplemented {
+			wait = pullRetryMax
+		}
+		p.log.Debug(op+" failed; trying again", "err", err, "in", wait)
+		// On real time, not the agent's clock: tests step that clock
+		// through the session's schedule, which these waits are not in.
+		if sleep(ctx, realClock{}, wait) != nil {
+			return
+		}
+		wait = min(2*wait, pullRetryMax)
+	}
+}
+
 // manifest gets the signed manifest of version of model from a server.
 func (p *puller) manifest(ctx context.Context, model string, version uint64) (*droverv1.SignedManifest, error) {
 	var out *droverv1.SignedManifest

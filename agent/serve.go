@@ -236,58 +236,34 @@ func (sv *serving) shipTo(tr *http3.Transport, addr string) {
 // or watchWait passes.
 func (sv *serving) watchAssignments(ctx context.Context, p *puller) {
 	var index uint64
-	wait := pullRetryMin
-	for ctx.Err() == nil {
-		err := p.each(ctx, "watch assignments", func(ctx context.Context, addr string, c droverv1connect.AgentServiceClient) error {
-			ctx, cancel := context.WithCancelCause(ctx)
-			defer cancel(nil)
+	p.poll(ctx, "watch assignments", func(ctx context.Context, addr string, c droverv1connect.AgentServiceClient) error {
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		sv.watchMu.Lock()
+		sv.watchAddr, sv.watchCancel = addr, cancel
+		sv.watchMu.Unlock()
+		defer func() {
 			sv.watchMu.Lock()
-			sv.watchAddr, sv.watchCancel = addr, cancel
+			sv.watchAddr, sv.watchCancel = "", nil
 			sv.watchMu.Unlock()
-			defer func() {
-				sv.watchMu.Lock()
-				sv.watchAddr, sv.watchCancel = "", nil
-				sv.watchMu.Unlock()
-			}()
-			resp, err := c.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{
-				Query: &droverv1.QueryOptions{MinIndex: index, MaxWait: durationpb.New(watchWait)},
-			}))
-			if err != nil && errors.Is(context.Cause(ctx), errFollow) {
-				// The session moved to another server: ask again at
-				// once, the server that answers first.
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			index = resp.Msg.GetMeta().GetIndex()
-			if err := sv.rec.Update(resp.Msg.GetAssignments()); err != nil {
-				sv.log.Warn("some assignments cannot be carried out", "err", err)
-			}
+		}()
+		resp, err := c.WatchAssignments(ctx, connect.NewRequest(&droverv1.WatchAssignmentsRequest{
+			Query: &droverv1.QueryOptions{MinIndex: index, MaxWait: durationpb.New(watchWait)},
+		}))
+		if err != nil && errors.Is(context.Cause(ctx), errFollow) {
+			// The session moved to another server: ask again at
+			// once, the server that answers first.
 			return nil
-		})
-		if err == nil {
-			wait = pullRetryMin
-			continue
 		}
-		if ctx.Err() != nil {
-			return
+		if err != nil {
+			return err
 		}
-		if connect.CodeOf(err) == connect.CodeUnimplemented {
-			// A server older than deployments: ask again now and then,
-			// an upgrade may come.
-			wait = pullRetryMax
+		index = resp.Msg.GetMeta().GetIndex()
+		if err := sv.rec.Update(resp.Msg.GetAssignments()); err != nil {
+			sv.log.Warn("some assignments cannot be carried out", "err", err)
 		}
-		sv.log.Debug("watching assignments failed; trying again", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = min(2*wait, pullRetryMax)
-	}
+		return nil
+	})
 }
 
 // errFollow ends a watch call that waits on a server the session has left.

@@ -4,8 +4,6 @@ package scenarios
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -46,28 +44,8 @@ func TestXidCordonsNode(t *testing.T) {
 		cfg.NVML = lib
 		cfg.HealthInterval = 100 * time.Millisecond
 	}})
-	createModel(t, c.Client(c.Leader(), false), "web")
-	setCLIEnv(t, c)
+	deployWeb(ctx, t, c, fleet, "  max_parallel: 3\n  max_unavailable_per_site: 1\n  min_healthy_time: 1s\n  progress_deadline: 1m\n")
 	addr := c.Nodes()[0].APIAddr()
-	pushFiles(ctx, t, addr, "web", map[string]string{"page.txt": "one"})
-	spec := fmt.Sprintf(`name: web
-model: web@prod
-runtime:
-  type: exec
-  command: [%q]
-  env: {%s: "1"}
-  health_path: /v1/health
-  start_timeout: 20s
-strategy:
-  max_parallel: 3
-  max_unavailable_per_site: 1
-  min_healthy_time: 1s
-  progress_deadline: 1m
-`, os.Args[0], modelServerEnv)
-	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec)); code != 0 {
-		t.Fatalf("deploy apply: exit %d\n%s%s", code, out, errOut)
-	}
-	waitServing(ctx, t, fleet, "web", "one")
 	for _, a := range fleet {
 		if n := getNode(ctx, t, c, a.NodeID()); n.GetCordoned() || len(n.GetConditions()) != 0 {
 			t.Fatalf("healthy node %s: cordoned %v, conditions %v", a.Name, n.GetCordoned(), n.GetConditions())

@@ -24,9 +24,10 @@ import (
 )
 
 // deployWeb pushes version one of model web and deploys it with the exec
-// runtime (this test binary as the model server) to every node, then
-// waits until each of fleet serves it.
-func deployWeb(ctx context.Context, t *testing.T, c *cluster.Cluster, fleet []*cluster.Agent) {
+// runtime (this test binary as the model server) and strategy (the YAML
+// under "strategy:", indented) to every node, then waits until each of
+// fleet serves it.
+func deployWeb(ctx context.Context, t *testing.T, c *cluster.Cluster, fleet []*cluster.Agent, strategy string) {
 	t.Helper()
 	createModel(t, c.Client(c.Leader(), false), "web")
 	setCLIEnv(t, c)
@@ -39,10 +40,9 @@ runtime:
   command: [%q]
   env: {%s: "1"}
   health_path: /v1/health
+  start_timeout: 20s
 strategy:
-  max_parallel: 4
-  min_healthy_time: 1s
-`, os.Args[0], modelServerEnv)
+%s`, os.Args[0], modelServerEnv, strategy)
 	if out, errOut, code := drover(ctx, addr, "deploy", "apply", "-f", deployFile(t, spec)); code != 0 {
 		t.Fatalf("deploy apply: exit %d\n%s%s", code, out, errOut)
 	}
@@ -97,7 +97,7 @@ func TestTelemetryReachesTheServers(t *testing.T) {
 		Prefix: "edge", Site: func(i int) string { return sites[i%2] },
 		Configure: func(cfg *agent.Config) { cfg.TelemetryWindow = time.Second },
 	})
-	deployWeb(ctx, t, c, fleet)
+	deployWeb(ctx, t, c, fleet, "  max_parallel: 4\n  min_healthy_time: 1s\n")
 
 	// Requests so far (waitServing's) are in windows that end by since;
 	// the ones below are in windows that end after it.
@@ -252,7 +252,7 @@ func TestTelemetrySurvivesAnOutage(t *testing.T) {
 		}
 	}})
 	roomy, tiny := fleet[0], fleet[1]
-	deployWeb(ctx, t, c, fleet)
+	deployWeb(ctx, t, c, fleet, "  max_parallel: 4\n  min_healthy_time: 1s\n")
 	// waitServing's requests are in the window at start; close it and
 	// let it ship.
 	clk.Set(start.Add(2 * time.Second))

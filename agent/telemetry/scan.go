@@ -187,16 +187,7 @@ func (s *scanner) scalar() (v sketch.Value, kind sketch.Kind, num float64, ok bo
 // features reads the object of named values at s.i.
 func (s *scanner) features(fs *features, req uint64, outputs bool, maxElems, maxFeatures int) {
 	s.i++ // '{'
-	for {
-		s.ws()
-		switch s.peek() {
-		case '}':
-			s.i++
-			return
-		case ',':
-			s.i++
-			s.ws()
-		}
+	for s.next('}') {
 		name := s.str()
 		s.ws()
 		s.i++ // ':'
@@ -214,6 +205,23 @@ func (s *scanner) features(fs *features, req uint64, outputs bool, maxElems, max
 	}
 }
 
+// next moves s to the next member or element of the object or array it
+// is in, past a comma, and reports whether there is one; at the closing
+// bracket it steps past it and reports false. The scanner only runs on
+// bodies json.Valid accepted, so nothing else can come.
+func (s *scanner) next(closing byte) bool {
+	s.ws()
+	switch s.peek() {
+	case closing:
+		s.i++
+		return false
+	case ',':
+		s.i++
+		s.ws()
+	}
+	return true
+}
+
 // array reads an array value: a batch of rows when its first element is
 // an array, else one row.
 func (s *scanner) array(fs *features, name string, req uint64, outputs bool, maxElems, maxFeatures int) {
@@ -225,16 +233,7 @@ func (s *scanner) array(fs *features, name string, req uint64, outputs bool, max
 		s.row(fs, name, req, outputs, maxElems, maxFeatures)
 		return
 	}
-	for {
-		s.ws()
-		switch s.peek() {
-		case ']':
-			s.i++
-			return
-		case ',':
-			s.i++
-			s.ws()
-		}
+	for s.next(']') {
 		if s.peek() == '[' {
 			s.row(fs, name, req, outputs, maxElems, maxFeatures)
 		} else {
@@ -263,16 +262,7 @@ type rowState struct {
 
 func (s *scanner) rowElems(fs *features, name string, req uint64, r *rowState, maxElems, maxFeatures int) {
 	s.i++ // '['
-	for {
-		s.ws()
-		switch s.peek() {
-		case ']':
-			s.i++
-			return
-		case ',':
-			s.i++
-			s.ws()
-		}
+	for s.next(']') {
 		switch c := s.peek(); {
 		case r.n >= maxElems:
 			s.skip()

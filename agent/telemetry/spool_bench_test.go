@@ -6,11 +6,11 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/droverhq/drover/agent/telemetry/telemetrytest"
 	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 )
@@ -70,8 +70,8 @@ func BenchmarkSpoolOffline(b *testing.B) {
 				e.At = now
 				e.Deployment, e.Model, e.Version, e.Status = d, "digits", 1, 200
 				e.Latency = time.Duration(200+rng.IntN(800)) * time.Microsecond
-				e.CaptureRequest(offlineDigitsRequest(rng), cfg.CaptureBytes)
-				e.CaptureResponse(offlineDigitsResponse(rng), cfg.CaptureBytes)
+				e.CaptureRequest(telemetrytest.DigitsRequest(rng), cfg.CaptureBytes)
+				e.CaptureResponse(telemetrytest.DigitsResponse(rng), cfg.CaptureBytes)
 				c.observe(e)
 			}
 		}
@@ -163,33 +163,4 @@ func offlineNodeMetrics(rng *rand.Rand) *droverv1.NodeMetrics {
 			SmClockMhz:         sample(1200, 2040),
 		}},
 	}
-}
-
-// offlineDigitsRequest is a digits classifier request: one 8×8 image of
-// 0–16.
-func offlineDigitsRequest(rng *rand.Rand) []byte {
-	var sb strings.Builder
-	sb.WriteString(`{"inputs":{"input":[[`)
-	for i := range 64 {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString(strconv.Itoa(rng.IntN(17)))
-	}
-	sb.WriteString(`]]}}`)
-	return []byte(sb.String())
-}
-
-// offlineDigitsResponse is its answer: ten logits.
-func offlineDigitsResponse(rng *rand.Rand) []byte {
-	var sb strings.Builder
-	sb.WriteString(`{"outputs":{"logits":[[`)
-	for i := range 10 {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString(strconv.FormatFloat(-rng.Float64()*5, 'f', 3, 64))
-	}
-	sb.WriteString(`]]},"model":"digits"}`)
-	return []byte(sb.String())
 }

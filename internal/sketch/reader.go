@@ -211,11 +211,7 @@ func (r *WindowReader) parseProfile(p *droverv1.Profile, b []byte) bool {
 			}
 			p.Errors = append(p.Errors, e)
 		case 5:
-			if p.LatencySeconds != nil {
-				return false
-			}
-			p.LatencySeconds = r.nums.get()
-			if !r.parseNumeric(p.LatencySeconds, v) {
+			if !r.parseNumericOnce(&p.LatencySeconds, v) {
 				return false
 			}
 		default:
@@ -266,11 +262,7 @@ func (r *WindowReader) parseFeature(f *droverv1.FeatureProfile, b []byte) bool {
 			}
 			b = b[n:]
 			if num == 3 {
-				if f.Numeric != nil {
-					return false
-				}
-				f.Numeric = r.nums.get()
-				if !r.parseNumeric(f.Numeric, v) {
+				if !r.parseNumericOnce(&f.Numeric, v) {
 					return false
 				}
 				continue
@@ -287,6 +279,16 @@ func (r *WindowReader) parseFeature(f *droverv1.FeatureProfile, b []byte) bool {
 		}
 	}
 	return true
+}
+
+// parseNumericOnce parses b into a reused sketch set at *dst, refusing a
+// field that occurs twice (proto.Marshal writes a message field once).
+func (r *WindowReader) parseNumericOnce(dst **droverv1.NumericSketch, b []byte) bool {
+	if *dst != nil {
+		return false
+	}
+	*dst = r.nums.get()
+	return r.parseNumeric(*dst, b)
 }
 
 func (r *WindowReader) parseNumeric(s *droverv1.NumericSketch, b []byte) bool {

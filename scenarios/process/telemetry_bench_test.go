@@ -7,8 +7,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/droverhq/drover/agent/telemetry"
+	"github.com/droverhq/drover/agent/telemetry/telemetrytest"
 	"github.com/droverhq/drover/internal/sketch"
 	droverv1 "github.com/droverhq/drover/proto/drover/v1"
 	"github.com/droverhq/drover/proto/drover/v1/droverv1connect"
@@ -325,8 +324,8 @@ func digitsWindow(b *testing.B, requests int) (*droverv1.TelemetryWindow, error)
 		e := c.Get()
 		e.Deployment, e.Model, e.Version, e.Status = "digits", "digits", 1, 200
 		e.Latency = time.Duration(200+rng.IntN(800)) * time.Microsecond
-		e.CaptureRequest(digitsRequest(rng), cfg.CaptureBytes)
-		e.CaptureResponse(digitsResponse(rng), cfg.CaptureBytes)
+		e.CaptureRequest(telemetrytest.DigitsRequest(rng), cfg.CaptureBytes)
+		e.CaptureResponse(telemetrytest.DigitsResponse(rng), cfg.CaptureBytes)
 		c.Submit(e)
 	}
 	// Let the collector take every request before the window closes.
@@ -354,32 +353,4 @@ func digitsWindow(b *testing.B, requests int) (*droverv1.TelemetryWindow, error)
 		return nil, fmt.Errorf("template window: %d features, want 64 inputs and 11 outputs", got)
 	}
 	return w, nil
-}
-
-// digitsRequest is a digits classifier request: one 8×8 image of 0–16.
-func digitsRequest(rng *rand.Rand) []byte {
-	var sb strings.Builder
-	sb.WriteString(`{"inputs":{"input":[[`)
-	for i := range 64 {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString(strconv.Itoa(rng.IntN(17)))
-	}
-	sb.WriteString(`]]}}`)
-	return []byte(sb.String())
-}
-
-// digitsResponse is its answer: ten logits.
-func digitsResponse(rng *rand.Rand) []byte {
-	var sb strings.Builder
-	sb.WriteString(`{"outputs":{"logits":[[`)
-	for i := range 10 {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString(strconv.FormatFloat(-rng.Float64()*5, 'f', 3, 64))
-	}
-	sb.WriteString(`]]},"model":"digits"}`)
-	return []byte(sb.String())
 }
