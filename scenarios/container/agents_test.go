@@ -108,6 +108,21 @@ type agent struct {
 	id        string // node id, once enrolled
 }
 
+// newAgents names n agent containers of this cluster: node names
+// PREFIX-NN-RUN (run keeps names of earlier runs on the same cluster
+// apart), containers and their data volumes PROJECT-PREFIX-NN.
+func (c *cluster) newAgents(prefix string, n int, run int64) []*agent {
+	agents := make([]*agent, n)
+	for i := range agents {
+		agents[i] = &agent{
+			name:      fmt.Sprintf("%s-%02d-%d", prefix, i+1, run),
+			container: fmt.Sprintf("%s-%s-%02d", c.project, prefix, i+1),
+			volume:    fmt.Sprintf("%s-%s-%02d-data", c.project, prefix, i+1),
+		}
+	}
+	return agents
+}
+
 // TestAgentsKilled starts agents as containers on the servers' network,
 // waits until all of them are READY, and `docker kill`s ten. The killed
 // nodes must be DOWN within their heartbeat TTL, the slack and the leader
@@ -138,14 +153,7 @@ func TestAgentsKilled(t *testing.T) {
 	ctx := testContext(t)
 
 	run := time.Now().Unix()
-	agents := make([]*agent, n)
-	for i := range agents {
-		agents[i] = &agent{
-			name:      fmt.Sprintf("agent-%02d-%d", i+1, run),
-			container: fmt.Sprintf("%s-agent-%02d", c.project, i+1),
-			volume:    fmt.Sprintf("%s-agent-%02d-data", c.project, i+1),
-		}
-	}
+	agents := c.newAgents("agent", n, run)
 
 	watchStart := time.Now()
 	w := watchNodes(ctx, c)

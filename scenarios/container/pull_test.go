@@ -104,14 +104,7 @@ func TestAgentsPullDuringServerKill(t *testing.T) {
 	t.Logf("pushed %s@%d (%d MiB, %s) in %s, stored on %v", model, version, pullModelSize>>20, wantDigest,
 		time.Since(pushStart).Round(time.Millisecond), pushed.GetDurableOn())
 
-	agents := make([]*agent, pullAgents)
-	for i := range agents {
-		agents[i] = &agent{
-			name:      fmt.Sprintf("puller-%02d-%d", i+1, run),
-			container: fmt.Sprintf("%s-puller-%02d", c.project, i+1),
-			volume:    fmt.Sprintf("%s-puller-%02d-data", c.project, i+1),
-		}
-	}
+	agents := c.newAgents("puller", pullAgents, run)
 	w := watchNodes(ctx, c)
 	t.Cleanup(w.stop)
 	token := c.createJoinToken(ctx, t, len(agents), run)

@@ -144,14 +144,7 @@ func TestRolloutDuringLeaderKill(t *testing.T) {
 	v1 := c.push(ctx, t, sample, model, "--alias", "prod").GetVersion().GetVersion()
 	t.Logf("pushed %s@%d, alias prod", model, v1)
 
-	agents := make([]*agent, rolloutAgents)
-	for i := range agents {
-		agents[i] = &agent{
-			name:      fmt.Sprintf("edge-%02d-%d", i+1, run),
-			container: fmt.Sprintf("%s-edge-%02d", c.project, i+1),
-			volume:    fmt.Sprintf("%s-edge-%02d-data", c.project, i+1),
-		}
-	}
+	agents := c.newAgents("edge", rolloutAgents, run)
 	w := watchNodes(ctx, c)
 	t.Cleanup(w.stop)
 	token := c.createJoinToken(ctx, t, len(agents), run)
